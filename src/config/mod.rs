@@ -1,0 +1,352 @@
+//! Typed configuration: TOML with unknown keys refused, the embedded safe
+//! default, semantic validation whose errors name the key, and the open-relay guard.
+
+mod duration;
+mod guard;
+mod net;
+mod validate;
+
+pub use duration::ConfigDuration;
+pub use guard::{OpenRelayEntry, open_relay_entries};
+pub use net::{IpRange, canonical_ip};
+pub use validate::{Finding, Severity};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The configuration that `serve` uses when no --config is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default = "default_listeners")]
+    pub listener: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+    #[serde(default)]
+    pub network: Vec<NetworkConfig>,
+    #[serde(default)]
+    pub relay: RelayConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name in the banner, EHLO reply and Received: header; the system host name when absent.
+    pub hostname: Option<String>,
+    pub data_dir: PathBuf,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4 says 512).
+    pub max_command_line: usize,
+    /// Longest line of message text, CRLF included (RFC 5321 4.5.3.1.6 says 1000).
+    pub max_text_line: usize,
+    /// Failed commands allowed in one session before it is closed.
+    pub max_errors: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// What to do with a bare CR or LF inside message data.
+    pub bare_newline: BareNewline,
+    /// Time allowed for one command line to arrive (RFC 5321 4.5.3.2.7: 5 minutes).
+    pub command_timeout: ConfigDuration,
+    /// Time allowed between two pieces of message data (RFC 5321 4.5.3.2.5: 3 minutes).
+    pub data_block_timeout: ConfigDuration,
+    /// Time allowed for a whole DATA or BDAT chunk, so a trickling client cannot hold a slot forever.
+    pub data_timeout: ConfigDuration,
+    /// Time a connection may last in all.
+    pub session_timeout: ConfigDuration,
+    /// Time given to open sessions to finish after a shutdown request.
+    pub shutdown_grace: ConfigDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: None,
+            data_dir: PathBuf::from("portcullis-data"),
+            max_message_size: 26_214_400,
+            max_recipients: 100,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_errors: 20,
+            max_connections: 200,
+            max_connections_per_ip: 20,
+            bare_newline: BareNewline::Reject,
+            command_timeout: ConfigDuration::secs(300),
+            data_block_timeout: ConfigDuration::secs(180),
+            data_timeout: ConfigDuration::secs(600),
+            session_timeout: ConfigDuration::secs(3600),
+            shutdown_grace: ConfigDuration::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Refuse the message and close the connection (nothing after it is read as SMTP).
+    Reject,
+    /// Turn each bare CR or LF into CRLF inside the message; end of data stays CRLF.CRLF only.
+    Normalize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub kind: ListenerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25 style: STARTTLS offered; relay decided by the network table.
+    #[default]
+    Smtp,
+    /// Port 587 style: STARTTLS offered; AUTH required before MAIL.
+    Submission,
+    /// Port 465 style: TLS from the first byte; AUTH required before MAIL.
+    Smtps,
+}
+
+impl ListenerKind {
+    pub fn requires_auth(self) -> bool {
+        matches!(self, ListenerKind::Submission | ListenerKind::Smtps)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+        }
+    }
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        address: SocketAddr::from(([127, 0, 0, 1], 2525)),
+        kind: ListenerKind::Smtp,
+    }]
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// htpasswd-style `name:hash` lines; `data_dir/users` when absent.
+    pub users_file: Option<PathBuf>,
+    /// Allow AUTH over a connection that is neither TLS nor loopback.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    #[serde(default)]
+    pub filter: FilterMode,
+    #[serde(default)]
+    pub allow: Vec<IpRange>,
+    #[serde(default)]
+    pub deny: Vec<IpRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    #[default]
+    Off,
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub range: IpRange,
+    pub auth: NetworkAuth,
+    #[serde(default)]
+    pub exclude: Vec<IpRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkAuth {
+    /// May relay without AUTH.
+    None,
+    /// May relay only after AUTH.
+    Required,
+    /// Never relays, even after AUTH.
+    Deny,
+}
+
+impl NetworkAuth {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkAuth::None => "none",
+            NetworkAuth::Required => "required",
+            NetworkAuth::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    #[serde(default)]
+    pub inbound_domains: Vec<String>,
+    #[serde(default)]
+    pub allow_open_relay: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as "info" or "portcullis=debug"; RUST_LOG wins when set.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A configuration problem: the key, the value and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{key}` = {value}: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// The embedded safe default.
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "embedded default")
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Reads, parses and validates a config file (errors only; warnings via `findings`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        if let Some(f) = validate::findings(&config)
+            .into_iter()
+            .find(|f| f.severity == Severity::Error)
+        {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: f.key,
+                value: f.value,
+                reason: f.reason,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Every warning and error about this configuration, for check-config and the log at start.
+    pub fn findings(&self) -> Vec<Finding> {
+        validate::findings(self)
+    }
+
+    pub fn hostname(&self) -> String {
+        self.server.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.auth
+            .users_file
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("users"))
+    }
+}
+
+/// The machine's host name, or "localhost" when it has none we can use.
+pub fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(name) = std::str::from_utf8(&buf[..end])
+            && !name.is_empty()
+        {
+            return name.to_string();
+        }
+    }
+    "localhost".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_loopback_only() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listener.len(), 1);
+        assert!(c.listener[0].address.ip().is_loopback());
+        assert!(open_relay_entries(&c).is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::parse("[server]\nhostnmae = \"x\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("hostnmae"), "{err}");
+    }
+
+    #[test]
+    fn bad_range_names_the_value() {
+        let err = Config::parse(
+            "[[network]]\nrange = \"10.0.0.1/8\"\nauth = \"none\"\n",
+            "t",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("range") && msg.contains("host bits"), "{msg}");
+    }
+}

@@ -1,0 +1,353 @@
+//! Semantic checks beyond what serde enforces: each finding names the key,
+//! the value and the reason; errors stop `serve` and fail `check-config`.
+
+use super::{Config, FilterMode, NetworkAuth, guard};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "note",
+        };
+        write!(
+            f,
+            "{label}: `{}` = {}: {}",
+            self.key, self.value, self.reason
+        )
+    }
+}
+
+fn finding(
+    severity: Severity,
+    key: impl Into<String>,
+    value: impl Into<String>,
+    reason: impl Into<String>,
+) -> Finding {
+    Finding {
+        severity,
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+pub fn findings(c: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    check_server(c, &mut out);
+    check_listeners(c, &mut out);
+    check_tls(c, &mut out);
+    check_networks(c, &mut out);
+    check_access(c, &mut out);
+    check_relay(c, &mut out);
+    out
+}
+
+fn check_server(c: &Config, out: &mut Vec<Finding>) {
+    let s = &c.server;
+    let positive: [(&str, u64); 6] = [
+        ("server.max_message_size", s.max_message_size),
+        ("server.max_recipients", s.max_recipients as u64),
+        ("server.max_errors", u64::from(s.max_errors)),
+        ("server.max_connections", s.max_connections as u64),
+        (
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip as u64,
+        ),
+        ("server.max_text_line", s.max_text_line as u64),
+    ];
+    for (key, v) in positive {
+        if v == 0 {
+            out.push(finding(Severity::Error, key, "0", "must be at least 1"));
+        }
+    }
+    if s.max_command_line < 512 {
+        out.push(finding(
+            Severity::Error,
+            "server.max_command_line",
+            s.max_command_line.to_string(),
+            "must be at least 512 (RFC 5321 4.5.3.1.4)",
+        ));
+    }
+    if s.max_text_line < 1000 && s.max_text_line > 0 {
+        out.push(finding(
+            Severity::Warning,
+            "server.max_text_line",
+            s.max_text_line.to_string(),
+            "below 1000 octets refuses mail that RFC 5321 allows",
+        ));
+    }
+    if let Some(h) = &s.hostname
+        && (h.is_empty() || h.contains(char::is_whitespace))
+    {
+        out.push(finding(
+            Severity::Error,
+            "server.hostname",
+            format!("{h:?}"),
+            "must be a host name without spaces",
+        ));
+    }
+    for (key, d) in [
+        ("server.command_timeout", s.command_timeout),
+        ("server.data_block_timeout", s.data_block_timeout),
+        ("server.data_timeout", s.data_timeout),
+        ("server.session_timeout", s.session_timeout),
+    ] {
+        if d.get().is_zero() {
+            out.push(finding(
+                Severity::Error,
+                key,
+                format!("\"{d}\""),
+                "must be longer than zero",
+            ));
+        }
+    }
+}
+
+fn check_listeners(c: &Config, out: &mut Vec<Finding>) {
+    if c.listener.is_empty() {
+        out.push(finding(
+            Severity::Error,
+            "listener",
+            "[]",
+            "at least one [[listener]] is needed",
+        ));
+    }
+    let mut seen = HashMap::new();
+    for (i, l) in c.listener.iter().enumerate() {
+        if let Some(first) = seen.insert(l.address, i) {
+            out.push(finding(
+                Severity::Error,
+                format!("listener[{i}].address"),
+                format!("\"{}\"", l.address),
+                format!("already used by listener[{first}]"),
+            ));
+        }
+        if !l.address.ip().is_loopback() && c.auth.allow_plaintext {
+            out.push(finding(
+                Severity::Warning,
+                "auth.allow_plaintext",
+                "true",
+                format!(
+                    "passwords may cross the network in clear to listener[{i}] ({})",
+                    l.address
+                ),
+            ));
+        }
+    }
+}
+
+fn check_tls(c: &Config, out: &mut Vec<Finding>) {
+    match (&c.tls.cert, &c.tls.key) {
+        (Some(_), None) => out.push(finding(
+            Severity::Error,
+            "tls.key",
+            "(missing)",
+            "tls.cert is set, so tls.key is needed too",
+        )),
+        (None, Some(_)) => out.push(finding(
+            Severity::Error,
+            "tls.cert",
+            "(missing)",
+            "tls.key is set, so tls.cert is needed too",
+        )),
+        _ => {}
+    }
+}
+
+fn check_networks(c: &Config, out: &mut Vec<Finding>) {
+    let open = guard::open_relay_entries(c);
+    for e in &open {
+        let severity = if c.relay.allow_open_relay {
+            Severity::Warning
+        } else {
+            Severity::Error
+        };
+        let reason = if c.relay.allow_open_relay {
+            format!(
+                "{}; allowed only because relay.allow_open_relay = true: THIS SERVER IS AN OPEN RELAY",
+                e.reason
+            )
+        } else {
+            format!(
+                "{}; this would make an open relay. Use auth = \"required\", narrow the range, or (only if you really mean it) set relay.allow_open_relay = true",
+                e.reason
+            )
+        };
+        out.push(finding(
+            severity,
+            format!("{}.range", e.key),
+            format!("\"{}\"", e.range),
+            reason,
+        ));
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, n) in c.network.iter().enumerate() {
+        if let Some(first) = seen.insert(n.range.to_string(), i) {
+            out.push(finding(
+                Severity::Error,
+                format!("network[{i}].range"),
+                format!("\"{}\"", n.range),
+                format!("the same range is already listed as network[{first}]; merge them"),
+            ));
+        }
+        for (j, ex) in n.exclude.iter().enumerate() {
+            if !(n.range.contains(ex.net().network()) && ex.prefix_len() >= n.range.prefix_len()) {
+                out.push(finding(
+                    Severity::Warning,
+                    format!("network[{i}].exclude[{j}]"),
+                    format!("\"{ex}\""),
+                    format!("is not inside range {}, so it excludes nothing", n.range),
+                ));
+            }
+        }
+        for (j, other) in c.network.iter().enumerate() {
+            if i != j
+                && other.range.prefix_len() < n.range.prefix_len()
+                && other.range.contains(n.range.net().network())
+            {
+                out.push(finding(
+                    Severity::Info,
+                    format!("network[{i}].range"),
+                    format!("\"{}\"", n.range),
+                    format!(
+                        "lies inside network[{j}] ({}); the most specific range wins, so its clients get auth = \"{}\", not \"{}\"",
+                        other.range,
+                        n.auth.name(),
+                        other.auth.name()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn check_access(c: &Config, out: &mut Vec<Finding>) {
+    match c.access.filter {
+        FilterMode::Deny if c.access.deny.is_empty() => out.push(finding(
+            Severity::Warning,
+            "access.deny",
+            "[]",
+            "filter = \"deny\" with an empty deny list filters nothing",
+        )),
+        FilterMode::Allow => {
+            if c.access.allow.is_empty() {
+                out.push(finding(
+                    Severity::Warning,
+                    "access.allow",
+                    "[]",
+                    "filter = \"allow\" with an empty allow list refuses every connection",
+                ));
+            }
+            for (i, n) in c.network.iter().enumerate() {
+                if n.auth != NetworkAuth::Deny
+                    && !c.access.allow.iter().any(|a| {
+                        a.contains(n.range.net().network())
+                            && a.prefix_len() <= n.range.prefix_len()
+                    })
+                {
+                    out.push(finding(
+                        Severity::Warning,
+                        "access.allow",
+                        format!(
+                            "{:?}",
+                            c.access
+                                .allow
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                        ),
+                        format!(
+                            "does not include network[{i}] ({}): its clients cannot even connect",
+                            n.range
+                        ),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_relay(c: &Config, out: &mut Vec<Finding>) {
+    for (i, d) in c.relay.inbound_domains.iter().enumerate() {
+        let t = d.trim().trim_end_matches('.');
+        if t.is_empty() || t.contains(['@', ' ', '/', '[', ']']) || t == "*" {
+            out.push(finding(
+                Severity::Error,
+                format!("relay.inbound_domains[{i}]"),
+                format!("{d:?}"),
+                "must be a plain domain name such as \"example.lan\"",
+            ));
+        }
+    }
+    if c.relay.allow_open_relay && guard::open_relay_entries(c).is_empty() {
+        out.push(finding(
+            Severity::Info,
+            "relay.allow_open_relay",
+            "true",
+            "no entry opens the relay, so this switch has no effect; remove it",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_relay_refused_and_names_the_entry() {
+        let err = Config::parse("[[network]]\nrange = \"0.0.0.0/0\"\nauth = \"none\"\n", "t")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("network[0].range")
+                && msg.contains("0.0.0.0/0")
+                && msg.contains("open relay"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn open_relay_allowed_explicitly_is_a_loud_warning() {
+        let c = Config::parse("[[network]]\nrange = \"0.0.0.0/0\"\nauth = \"none\"\n[relay]\nallow_open_relay = true\n", "t").unwrap();
+        assert!(
+            c.findings()
+                .iter()
+                .any(|f| f.severity == Severity::Warning && f.reason.contains("OPEN RELAY"))
+        );
+    }
+
+    #[test]
+    fn filter_warnings() {
+        let c = Config::parse("[access]\nfilter = \"deny\"\n", "t").unwrap();
+        assert!(c.findings().iter().any(|f| f.key == "access.deny"));
+        let c = Config::parse(
+            "[access]\nfilter = \"allow\"\nallow = [\"10.0.0.0/8\"]\n[[network]]\nrange = \"192.168.1.0/24\"\nauth = \"none\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            c.findings()
+                .iter()
+                .any(|f| f.key == "access.allow" && f.reason.contains("network[0]"))
+        );
+    }
+}

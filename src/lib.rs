@@ -1,0 +1,4 @@
+//! Portcullis: an SMTP relay that cannot become an open relay by accident.
+
+pub mod config;
+pub mod smtp;

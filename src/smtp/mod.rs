@@ -1,0 +1,9 @@
+//! The SMTP protocol, receive side: reply values, command parsing, address
+//! parsing, the DATA reader and the connection stream. Knows nothing of policy or disk.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+
+pub use reply::Reply;
