@@ -1,4 +1,5 @@
 //! Portcullis: an SMTP relay that cannot become an open relay by accident.
 
 pub mod config;
+pub mod policy;
 pub mod smtp;

@@ -7,3 +7,4 @@ pub mod data;
 pub mod reply;
 
 pub use reply::Reply;
+pub mod stream;

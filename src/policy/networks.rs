@@ -1,0 +1,154 @@
+//! The `[[network]]` table: which authentication policy applies to a client address.
+//!
+//! Rules: the most specific range containing the address wins. An address
+//! listed in a range's `exclude` is not trusted by that range: it is judged by
+//! the next enclosing range, but never better than auth = "required" — an
+//! excluded address (the router that NATs Internet traffic in) can never relay
+//! without AUTH. An address in no range may relay only after AUTH.
+
+use crate::config::{IpRange, NetworkAuth, NetworkConfig};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone)]
+pub struct NetworkTable {
+    /// Entries with their config index, most specific first.
+    entries: Vec<(usize, NetworkConfig)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkMatch {
+    /// The policy in force for this client.
+    pub auth: NetworkAuth,
+    /// The config index of the range that decided, if any.
+    pub index: Option<usize>,
+    pub range: Option<IpRange>,
+    /// The steps taken, for logs and `explain`.
+    pub trace: Vec<String>,
+}
+
+impl NetworkTable {
+    pub fn from_config(networks: &[NetworkConfig]) -> Self {
+        let mut entries: Vec<(usize, NetworkConfig)> =
+            networks.iter().cloned().enumerate().collect();
+        // Longest prefix first; IPv4 and IPv6 prefixes are compared on the same
+        // scale (an IPv4 /24 is as specific as an IPv6 /120).
+        entries.sort_by_key(|(i, n)| (std::cmp::Reverse(specificity(&n.range)), *i));
+        Self { entries }
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> NetworkMatch {
+        let mut trace = Vec::new();
+        let mut excluded = false;
+        for (i, n) in &self.entries {
+            if !n.range.contains(ip) {
+                continue;
+            }
+            if let Some(ex) = n.exclude.iter().find(|e| e.contains(ip)) {
+                trace.push(format!(
+                    "{ip} is in network[{i}] ({}) but excluded there by {ex}: never trusted without AUTH",
+                    n.range
+                ));
+                excluded = true;
+                continue;
+            }
+            let auth = if excluded && n.auth == NetworkAuth::None {
+                trace.push(format!(
+                    "network[{i}] ({}) says auth = \"none\", capped to \"required\" for an excluded address",
+                    n.range
+                ));
+                NetworkAuth::Required
+            } else {
+                trace.push(format!(
+                    "{ip} matches network[{i}] ({}), auth = \"{}\" (most specific match)",
+                    n.range,
+                    n.auth.name()
+                ));
+                n.auth
+            };
+            return NetworkMatch {
+                auth,
+                index: Some(*i),
+                range: Some(n.range),
+                trace,
+            };
+        }
+        trace.push(format!(
+            "{ip} is in no [[network]] range: relaying needs AUTH"
+        ));
+        NetworkMatch {
+            auth: NetworkAuth::Required,
+            index: None,
+            range: None,
+            trace,
+        }
+    }
+}
+
+fn specificity(r: &IpRange) -> u8 {
+    match r.net() {
+        ipnet::IpNet::V4(n) => n.prefix_len() + 96,
+        ipnet::IpNet::V6(n) => n.prefix_len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, NetworkAuth, &[&str])]) -> NetworkTable {
+        let nets: Vec<NetworkConfig> = entries
+            .iter()
+            .map(|(r, a, ex)| NetworkConfig {
+                range: r.parse().unwrap(),
+                auth: *a,
+                exclude: ex.iter().map(|e| e.parse().unwrap()).collect(),
+            })
+            .collect();
+        NetworkTable::from_config(&nets)
+    }
+
+    fn auth(t: &NetworkTable, ip: &str) -> NetworkAuth {
+        t.lookup(ip.parse().unwrap()).auth
+    }
+
+    #[test]
+    fn most_specific_wins_regardless_of_order() {
+        let t = table(&[
+            ("10.0.0.0/8", NetworkAuth::Required, &[]),
+            ("10.1.0.0/16", NetworkAuth::None, &[]),
+            ("10.1.2.0/24", NetworkAuth::Deny, &[]),
+        ]);
+        assert_eq!(auth(&t, "10.9.9.9"), NetworkAuth::Required);
+        assert_eq!(auth(&t, "10.1.9.9"), NetworkAuth::None);
+        assert_eq!(auth(&t, "10.1.2.3"), NetworkAuth::Deny);
+        assert_eq!(auth(&t, "192.0.2.1"), NetworkAuth::Required);
+    }
+
+    #[test]
+    fn excluded_router_is_never_trusted() {
+        let t = table(&[
+            ("192.168.0.0/16", NetworkAuth::None, &[]),
+            ("192.168.1.0/24", NetworkAuth::None, &["192.168.1.1"]),
+        ]);
+        assert_eq!(auth(&t, "192.168.1.50"), NetworkAuth::None);
+        assert_eq!(auth(&t, "192.168.1.1"), NetworkAuth::Required);
+        let m = t.lookup("192.168.1.1".parse().unwrap());
+        assert!(m.trace.iter().any(|s| s.contains("excluded")));
+    }
+
+    #[test]
+    fn excluded_address_keeps_a_stricter_outer_policy() {
+        let t = table(&[
+            ("10.0.0.0/8", NetworkAuth::Deny, &[]),
+            ("10.0.0.0/24", NetworkAuth::None, &["10.0.0.1"]),
+        ]);
+        assert_eq!(auth(&t, "10.0.0.1"), NetworkAuth::Deny);
+    }
+
+    #[test]
+    fn ipv4_mapped_client_matches_ipv4_range() {
+        let t = table(&[("192.168.1.0/24", NetworkAuth::None, &[])]);
+        let mapped: IpAddr = "::ffff:192.168.1.5".parse().unwrap();
+        assert_eq!(t.lookup(mapped.to_canonical()).auth, NetworkAuth::None);
+    }
+}
