@@ -3,3 +3,6 @@
 pub mod config;
 pub mod policy;
 pub mod smtp;
+pub mod spool;
+pub mod tls;
+pub mod users;

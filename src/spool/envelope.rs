@@ -1,0 +1,54 @@
+//! The envelope kept with each spooled message.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeRecipient {
+    /// The final destination address, as `local@domain`.
+    pub address: String,
+    /// The domain delivery routes on (lower case), or an address literal.
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub id: String,
+    /// Seconds since the epoch when the 250 was given.
+    pub received_at: i64,
+    /// The reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<EnvelopeRecipient>,
+    pub client_ip: String,
+    pub helo: String,
+    pub auth_user: Option<String>,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    /// Content size in octets (Received: header included).
+    pub size: u64,
+}
+
+impl Envelope {
+    #[cfg(test)]
+    pub fn for_test(id: &str, sender: &str, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            version: 1,
+            id: id.to_string(),
+            received_at: 0,
+            sender: sender.to_string(),
+            recipients: rcpts
+                .iter()
+                .map(|r| EnvelopeRecipient {
+                    address: r.to_string(),
+                    domain: r.rsplit('@').next().unwrap_or_default().to_string(),
+                })
+                .collect(),
+            client_ip: "127.0.0.1".into(),
+            helo: "test".into(),
+            auth_user: None,
+            smtputf8: false,
+            eight_bit: false,
+            size: 0,
+        }
+    }
+}

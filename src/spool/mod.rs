@@ -1,0 +1,335 @@
+//! The durable spool. Each accepted message is one file in `queue/`:
+//! the message bytes, then the envelope as JSON, then a trailer line that
+//! gives both lengths. It is written in `tmp/`, fsynced, renamed into place
+//! and the directory fsynced before the 250; a file whose trailer does not
+//! match its size is torn and never taken for a message.
+//! Delivery state per recipient lives beside it in `state/ID.json`,
+//! replaced atomically the same way.
+
+mod envelope;
+mod queue_id;
+mod state;
+mod writer;
+
+pub use envelope::{Envelope, EnvelopeRecipient};
+pub use queue_id::new_queue_id;
+pub use state::{MessageState, RecipientState, RecipientStatus};
+pub use writer::SpoolWriter;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+const TRAILER_TAG: &str = "#PORTCULLIS-SPOOL v1";
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("no message {0} in the queue")]
+    NotFound(String),
+    #[error("message file {0} is torn or not a spool file")]
+    Torn(PathBuf),
+    #[error("bad envelope in {path}: {reason}")]
+    BadEnvelope { path: PathBuf, reason: String },
+    #[error("spool I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A message as listed: its envelope, its state and where its content is.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub envelope: Envelope,
+    pub state: MessageState,
+    pub path: PathBuf,
+    /// Length of the message content at the start of the file.
+    pub body_len: u64,
+}
+
+impl Spool {
+    /// Opens (creating when needed) the spool under `data_dir`.
+    pub fn open(data_dir: &Path) -> io::Result<Spool> {
+        let root = data_dir.to_path_buf();
+        for dir in ["queue", "tmp", "state"] {
+            fs::create_dir_all(root.join(dir))?;
+        }
+        Ok(Spool { root })
+    }
+
+    /// Opens an existing spool without creating anything (for the CLI).
+    pub fn open_existing(data_dir: &Path) -> io::Result<Spool> {
+        if !data_dir.join("queue").is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} holds no spool (no queue/ directory)",
+                    data_dir.display()
+                ),
+            ));
+        }
+        Ok(Spool {
+            root: data_dir.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn queue_dir(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    fn message_path(&self, id: &str) -> Result<PathBuf, SpoolError> {
+        if !queue_id::is_valid(id) {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        Ok(self.queue_dir().join(id))
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.state_dir().join(format!("{id}.json"))
+    }
+
+    /// Starts writing a new message.
+    pub fn begin(&self, id: &str) -> io::Result<SpoolWriter> {
+        SpoolWriter::create(self, id)
+    }
+
+    /// Removes leftovers of writes that never completed (from a crash).
+    pub fn clean_tmp(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(self.tmp_dir())? {
+            let entry = entry?;
+            if fs::remove_file(entry.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// All queue IDs, oldest first (IDs sort by time).
+    pub fn ids(&self) -> io::Result<Vec<String>> {
+        let mut ids: Vec<String> = fs::read_dir(self.queue_dir())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| queue_id::is_valid(n))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads one message's envelope and state.
+    pub fn load(&self, id: &str) -> Result<QueuedMessage, SpoolError> {
+        let path = self.message_path(id)?;
+        let mut file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
+            _ => SpoolError::Io(e),
+        })?;
+        let (envelope, body_len) = read_envelope(&mut file, &path)?;
+        let state = self
+            .read_state(id)?
+            .unwrap_or_else(|| MessageState::initial(&envelope));
+        Ok(QueuedMessage {
+            envelope,
+            state,
+            path,
+            body_len,
+        })
+    }
+
+    /// The message content (what follows DATA, with our Received: header first).
+    pub fn read_body(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
+        let msg = self.load(id)?;
+        let mut file = File::open(&msg.path)?;
+        let mut body = vec![0u8; msg.body_len as usize];
+        file.read_exact(&mut body)?;
+        Ok(body)
+    }
+
+    fn read_state(&self, id: &str) -> Result<Option<MessageState>, SpoolError> {
+        let path = self.state_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| SpoolError::BadEnvelope {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces a message's delivery state durably (tmp, fsync, rename, fsync dir).
+    pub fn write_state(&self, id: &str, state: &MessageState) -> Result<(), SpoolError> {
+        self.message_path(id)?;
+        let json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        let tmp = self.tmp_dir().join(format!("{id}.state"));
+        writer::write_durably(&tmp, &json)?;
+        fs::rename(&tmp, self.state_path(id))?;
+        writer::sync_dir(&self.state_dir())?;
+        Ok(())
+    }
+
+    /// Deletes a message and its state. The message file goes first, so a
+    /// crash in between leaves only a stale state file, which is ignored.
+    pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
+        let path = self.message_path(id)?;
+        fs::remove_file(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
+            _ => SpoolError::Io(e),
+        })?;
+        writer::sync_dir(&self.queue_dir())?;
+        match fs::remove_file(self.state_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks the trailer, then the envelope. Returns the body length.
+fn read_envelope(file: &mut File, path: &Path) -> Result<(Envelope, u64), SpoolError> {
+    let torn = || SpoolError::Torn(path.to_path_buf());
+    let size = file.metadata()?.len();
+    let tail_len = size.min(128);
+    file.seek(SeekFrom::Start(size - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact(&mut tail)?;
+    if tail.last() != Some(&b'\n') {
+        return Err(torn());
+    }
+    let line_start = tail[..tail.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| p + 1)
+        .ok_or_else(torn)?;
+    let trailer = std::str::from_utf8(&tail[line_start..tail.len() - 1]).map_err(|_| torn())?;
+    let rest = trailer.strip_prefix(TRAILER_TAG).ok_or_else(torn)?;
+    let mut nums = rest.split_whitespace().filter_map(|f| f.split_once('='));
+    let body_len: u64 = nums
+        .next()
+        .filter(|(k, _)| *k == "body")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(torn)?;
+    let env_len: u64 = nums
+        .next()
+        .filter(|(k, _)| *k == "envelope")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(torn)?;
+    // The trailer is "\n" + its line; line_start is just past that "\n".
+    let trailer_total = (tail.len() - line_start) as u64 + 1;
+    if body_len
+        .checked_add(env_len)
+        .and_then(|n| n.checked_add(trailer_total))
+        != Some(size)
+    {
+        return Err(torn());
+    }
+    file.seek(SeekFrom::Start(body_len))?;
+    let mut env = vec![0u8; env_len as usize];
+    file.read_exact(&mut env)?;
+    let envelope = serde_json::from_slice(&env).map_err(|e| SpoolError::BadEnvelope {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok((envelope, body_len))
+}
+
+pub(crate) fn trailer_line(body_len: u64, env_len: u64) -> String {
+    format!("\n{TRAILER_TAG} body={body_len} envelope={env_len}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: &str) -> Envelope {
+        Envelope::for_test(
+            id,
+            "sender@example.org",
+            &["a@example.net", "b@example.com"],
+        )
+    }
+
+    #[test]
+    fn write_commit_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let mut w = spool.begin(&id).unwrap();
+        w.write(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        w.commit(&envelope(&id)).unwrap();
+        assert_eq!(spool.ids().unwrap(), vec![id.clone()]);
+        let m = spool.load(&id).unwrap();
+        assert_eq!(m.envelope.recipients.len(), 2);
+        assert_eq!(m.state.recipients.len(), 2);
+        assert_eq!(
+            spool.read_body(&id).unwrap(),
+            b"Subject: hi\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[test]
+    fn torn_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let mut w = spool.begin(&id).unwrap();
+        w.write(b"hello\r\n").unwrap();
+        w.commit(&envelope(&id)).unwrap();
+        let path = spool.queue_dir().join(&id);
+        let full = fs::read(&path).unwrap();
+        for cut in [1, 10, full.len() / 2, full.len() - 1] {
+            fs::write(&path, &full[..cut]).unwrap();
+            assert!(
+                matches!(spool.load(&id), Err(SpoolError::Torn(_))),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn aborted_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let mut w = spool.begin(&id).unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert!(spool.ids().unwrap().is_empty());
+        assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn state_survives_and_delete_removes_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        let mut w = spool.begin(&id).unwrap();
+        w.write(b"x\r\n").unwrap();
+        w.commit(&envelope(&id)).unwrap();
+        let mut st = spool.load(&id).unwrap().state;
+        st.held = true;
+        spool.write_state(&id, &st).unwrap();
+        assert!(spool.load(&id).unwrap().state.held);
+        spool.delete(&id).unwrap();
+        assert!(matches!(spool.load(&id), Err(SpoolError::NotFound(_))));
+        assert!(matches!(
+            spool.delete("../etc/passwd"),
+            Err(SpoolError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! TLS for the server: load the configured PEM certificate and key, or
+//! generate a self-signed certificate into data_dir on first start so that
+//! STARTTLS works out of the box. rustls with the ring provider only.
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls.cert {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("tls.key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where the certificate and key come from.
+pub struct CertSource {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub generated: bool,
+}
+
+/// The configured pair, or a self-signed one in `data_dir/tls/` (created when missing).
+pub fn ensure_cert(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    data_dir: &Path,
+    hostname: &str,
+) -> Result<CertSource, TlsError> {
+    if let (Some(cert), Some(key)) = (cert, key) {
+        return Ok(CertSource {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            generated: false,
+        });
+    }
+    let dir = data_dir.join("tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if !(cert.exists() && key.exists()) {
+        let (cert_pem, key_pem) = self_signed(hostname)?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| TlsError::Generate(format!("{}: {e}", dir.display())))?;
+        write_private(&key, key_pem.as_bytes())?;
+        fs::write(&cert, cert_pem)
+            .map_err(|e| TlsError::Generate(format!("{}: {e}", cert.display())))?;
+    }
+    Ok(CertSource {
+        cert,
+        key,
+        generated: true,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))
+}
+
+/// A self-signed certificate for `hostname` (PEM cert, PEM key).
+pub fn self_signed(hostname: &str) -> Result<(String, String), TlsError> {
+    let mut names = vec![hostname.to_string()];
+    if hostname != "localhost" {
+        names.push("localhost".into());
+    }
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
+}
+
+/// A rustls server config from PEM files.
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.into(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.into(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_path.into(),
+            reason: "no certificate found in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Key {
+        path: key_path.into(),
+        reason: e.to_string(),
+    })?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Key {
+            path: key_path.into(),
+            reason: format!("does not match the certificate or cannot be used: {e}"),
+        })?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_loads_and_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = ensure_cert(None, None, dir.path(), "relay.test").unwrap();
+        assert!(src.generated);
+        server_config(&src.cert, &src.key).unwrap();
+        let first = fs::read(&src.cert).unwrap();
+        let again = ensure_cert(None, None, dir.path(), "relay.test").unwrap();
+        assert_eq!(fs::read(again.cert).unwrap(), first);
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        fs::write(&cert, "not a cert").unwrap();
+        let err = server_config(&cert, &cert).unwrap_err().to_string();
+        assert!(err.starts_with("tls.cert"), "{err}");
+    }
+}
