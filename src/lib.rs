@@ -1,7 +1,10 @@
 //! Portcullis: an SMTP relay that cannot become an open relay by accident.
 
+pub mod cli;
 pub mod config;
 pub mod policy;
+pub mod server;
+pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

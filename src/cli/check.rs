@@ -1,0 +1,58 @@
+//! `portcullis check-config`
+
+use crate::config::{Config, Severity};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Print findings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", args.config.display()))?;
+    let origin = args.config.display().to_string();
+    // Parse without stopping at the first error, so that every finding is shown.
+    let config: Config = match toml::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("{origin}: {}", e.to_string().trim_end());
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "findings": [{"severity": "error", "key": "", "value": "", "reason": msg}]})
+                );
+            } else {
+                eprintln!("error: {msg}");
+            }
+            return Ok(2);
+        }
+    };
+    let findings = config.findings();
+    let valid = !findings.iter().any(|f| f.severity == Severity::Error);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"valid": valid, "findings": findings})
+        );
+    } else {
+        for f in &findings {
+            if f.severity == Severity::Error {
+                eprintln!("{origin}: {f}");
+            } else {
+                println!("{origin}: {f}");
+            }
+        }
+        if valid {
+            println!("{origin}: configuration is valid");
+            println!(
+                "note: overlapping [[network]] ranges: the most specific range wins; an excluded address is never trusted without AUTH"
+            );
+        }
+    }
+    Ok(if valid { 0 } else { 2 })
+}

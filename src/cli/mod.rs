@@ -1,0 +1,59 @@
+//! The command line: clap subcommands, each in its own module.
+
+mod check;
+mod queue;
+mod serve;
+mod user;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An SMTP relay that cannot become an open relay by accident"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay in the foreground (the embedded safe default without --config).
+    Serve(serve::ServeArgs),
+    /// Validate a config file: exit 0 when valid, otherwise name the key and the reason.
+    CheckConfig(check::CheckArgs),
+    /// Inspect and manage the queue (safe while the server runs).
+    Queue(queue::QueueArgs),
+    /// Manage the users allowed to authenticate.
+    User(user::UserArgs),
+}
+
+/// Where a command finds the configuration (shared by queue and user).
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// Config file; the embedded default when absent.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<crate::config::Config> {
+        Ok(match &self.config {
+            Some(path) => crate::config::Config::load(path)?,
+            None => crate::config::Config::embedded_default(),
+        })
+    }
+}
+
+/// Runs the parsed command; the exit code comes back.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::CheckConfig(a) => check::run(a),
+        Command::Queue(a) => queue::run(a),
+        Command::User(a) => user::run(a),
+    }
+}

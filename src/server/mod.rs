@@ -1,0 +1,336 @@
+//! Listeners: bind with a large backlog, filter each connection by IP,
+//! enforce connection caps, run a session per connection, shut down gracefully.
+
+mod limits;
+
+pub use limits::ConnectionLimits;
+
+use crate::config::{Config, ListenerKind, open_relay_entries};
+use crate::session::{Context, Session};
+use crate::smtp::reply::{self, Reply};
+use crate::smtp::stream::{SmtpStream, tls_info};
+use crate::spool::Spool;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+const LISTEN_BACKLOG: i32 = 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const OPEN_RELAY_REMINDER: Duration = Duration::from_secs(3600);
+
+pub struct Server {
+    ctx: Arc<Context>,
+    listeners: Vec<(TcpListener, ListenerKind)>,
+    limits: Arc<ConnectionLimits>,
+    _lock: std::fs::File,
+}
+
+impl Server {
+    /// Prepares the spool, TLS and users, and binds every listener.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let data_dir = config.server.data_dir.clone();
+        let spool = Spool::open(&data_dir).with_context(|| {
+            format!(
+                "cannot create the spool in server.data_dir = {}",
+                data_dir.display()
+            )
+        })?;
+        let lock = lock_data_dir(&data_dir)?;
+        let stale = spool.clean_tmp().unwrap_or(0);
+        if stale > 0 {
+            info!(
+                count = stale,
+                "removed unfinished spool files left by an earlier stop (those messages were never acknowledged)"
+            );
+        }
+        let hostname = config.hostname();
+        let certs = crate::tls::ensure_cert(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &data_dir,
+            &hostname,
+        )?;
+        if certs.generated {
+            info!(cert = %certs.cert.display(), "using a self-signed certificate (set [tls] cert and key for a real one)");
+        }
+        let tls = crate::tls::server_config(&certs.cert, &certs.key)?;
+        let mut listeners = Vec::new();
+        for (i, l) in config.listener.iter().enumerate() {
+            let socket = bind_listener(l.address).with_context(|| {
+                format!("listener[{i}].address = \"{}\": cannot listen", l.address)
+            })?;
+            listeners.push((socket, l.kind));
+        }
+        let limits = ConnectionLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        );
+        let ctx = Arc::new(Context::new(config, Some(tls), spool));
+        Ok(Server {
+            ctx,
+            listeners,
+            limits,
+            _lock: lock,
+        })
+    }
+
+    /// The addresses actually bound (port 0 in the config becomes a real port).
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, ListenerKind)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, k)| l.local_addr().ok().map(|a| (a, *k)))
+            .collect()
+    }
+
+    pub fn context(&self) -> Arc<Context> {
+        Arc::clone(&self.ctx)
+    }
+
+    /// Accepts connections until `shutdown` fires, then gives open sessions
+    /// `shutdown_grace` to finish.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.log_startup();
+        let tracker = TaskTracker::new();
+        if self.ctx.config.relay.allow_open_relay
+            && !open_relay_entries(&self.ctx.config).is_empty()
+        {
+            tracker.spawn(remind_open_relay(Arc::clone(&self.ctx), shutdown.clone()));
+        }
+        for (listener, kind) in self.listeners {
+            let ctx = Arc::clone(&self.ctx);
+            let limits = Arc::clone(&self.limits);
+            let shutdown = shutdown.clone();
+            let sessions = tracker.clone();
+            tracker.spawn(accept_loop(listener, kind, ctx, limits, shutdown, sessions));
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        let grace = self.ctx.config.server.shutdown_grace.get();
+        info!(active = self.limits.active(), grace = ?grace, "shutting down");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                active = self.limits.active(),
+                "sessions still open after the grace period; stopping anyway"
+            );
+        }
+        Ok(())
+    }
+
+    fn log_startup(&self) {
+        let addrs: Vec<String> = self
+            .local_addrs()
+            .iter()
+            .map(|(a, k)| format!("{a} ({})", k.name()))
+            .collect();
+        let c = &self.ctx.config;
+        let trusted: Vec<String> = c
+            .network
+            .iter()
+            .filter(|n| n.auth == crate::config::NetworkAuth::None)
+            .map(|n| {
+                if n.exclude.is_empty() {
+                    n.range.to_string()
+                } else {
+                    let ex: Vec<String> = n.exclude.iter().map(|e| e.to_string()).collect();
+                    format!("{} except {}", n.range, ex.join(", "))
+                }
+            })
+            .collect();
+        let trusted = if trusted.is_empty() {
+            "nobody".to_string()
+        } else {
+            trusted.join("; ")
+        };
+        info!(
+            "listening on {}; relay without AUTH for: {}; everyone else must authenticate to relay; inbound domains: {}",
+            addrs.join(", "),
+            trusted,
+            if c.relay.inbound_domains.is_empty() {
+                "none".to_string()
+            } else {
+                c.relay.inbound_domains.join(", ")
+            }
+        );
+        for f in c.findings() {
+            warn!("config {f}");
+        }
+        warn_open_relay(&self.ctx);
+    }
+}
+
+fn warn_open_relay(ctx: &Context) {
+    if !ctx.config.relay.allow_open_relay {
+        return;
+    }
+    for e in open_relay_entries(&ctx.config) {
+        error!(
+            "THIS SERVER IS AN OPEN RELAY: {}: {} (relay.allow_open_relay = true)",
+            e.key, e.reason
+        );
+    }
+}
+
+async fn remind_open_relay(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(OPEN_RELAY_REMINDER);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => warn_open_relay(&ctx),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Keeps a second server from sharing (and corrupting) this spool.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!(
+            "server.data_dir = {}: another Portcullis server is using this data directory",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    ctx: Arc<Context>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = Arc::clone(&ctx);
+        let limits = Arc::clone(&limits);
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            handle_connection(tcp, peer, kind, ctx, limits, shutdown).await;
+        });
+    }
+}
+
+async fn handle_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    ctx: Arc<Context>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+) {
+    let ip = peer.ip().to_canonical();
+    let admitted = admit(&ctx, &limits, ip);
+    let stream = if kind == ListenerKind::Smtps {
+        let Some(acceptor) = ctx.tls.clone() else {
+            return;
+        };
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let info = tls_info(tls.get_ref().1);
+                SmtpStream::with_tls(Box::new(tls), info)
+            }
+            Ok(Err(e)) => {
+                warn!(client = %ip, error = %e, "TLS handshake failed on smtps listener");
+                return;
+            }
+            Err(_) => {
+                warn!(client = %ip, "TLS handshake timed out on smtps listener");
+                return;
+            }
+        }
+    } else {
+        SmtpStream::new(Box::new(tcp))
+    };
+
+    match admitted {
+        Ok(slot) => {
+            Session::new(
+                ctx,
+                kind,
+                SocketAddr::new(ip, peer.port()),
+                stream,
+                shutdown,
+            )
+            .run()
+            .await;
+            drop(slot);
+        }
+        Err(r) => refuse(stream, &ctx, r).await,
+    }
+}
+
+/// The connection filter, then the connection caps: a slot, or the reply that refuses.
+fn admit(
+    ctx: &Context,
+    limits: &Arc<ConnectionLimits>,
+    ip: std::net::IpAddr,
+) -> Result<limits::Slot, Reply> {
+    let access = ctx.policy.access.check(ip);
+    if !access.allowed {
+        warn!(client = %ip, reason = %access.reason, "connection refused by the connection filter");
+        return Err(reply::CONNECTION_FILTERED);
+    }
+    limits.acquire(ip).map_err(|refusal| match refusal {
+        limits::Refusal::Total => {
+            warn!(client = %ip, "connection refused: server.max_connections reached");
+            reply::TOO_MANY_CONNECTIONS
+        }
+        limits::Refusal::PerIp => {
+            warn!(client = %ip, "connection refused: server.max_connections_per_ip reached");
+            reply::TOO_MANY_FROM_IP
+        }
+    })
+}
+
+/// Sends one reply in place of the banner and closes.
+async fn refuse(mut stream: SmtpStream, ctx: &Context, r: Reply) {
+    let r = Reply::with_text(r.code, r.enhanced, format!("{} {}", ctx.hostname, r.text));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let _ = stream.send(&r, deadline).await;
+    stream.shutdown(deadline).await;
+}

@@ -1,0 +1,30 @@
+//! What every session shares: the config, the policy built from it, TLS,
+//! users and the spool. Built once at start.
+
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::spool::Spool;
+use crate::users::UserDb;
+use std::sync::Arc;
+
+pub struct Context {
+    pub config: Config,
+    pub hostname: String,
+    pub policy: Policy,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub users: UserDb,
+    pub spool: Spool,
+}
+
+impl Context {
+    pub fn new(config: Config, tls: Option<Arc<rustls::ServerConfig>>, spool: Spool) -> Context {
+        Context {
+            hostname: config.hostname(),
+            policy: Policy::from_config(&config),
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            users: UserDb::new(config.users_file()),
+            spool,
+            config,
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! DATA and BDAT: stream the message into the spool, then make it durable
+//! before the 250. A disk problem is a 4xx and the client keeps the message.
+
+use super::received::{ReceivedFacts, received_header};
+use super::transaction::BdatProgress;
+use super::{Flow, Session};
+use crate::smtp::data::{DataDecoder, Mode, Progress};
+use crate::smtp::reply::{self, Reply};
+use crate::smtp::stream::StreamError;
+use crate::spool::{Envelope, EnvelopeRecipient, SpoolWriter, new_queue_id};
+use std::io;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+type Outcome = Result<Option<(Reply, Flow)>, StreamError>;
+
+const BARE_NEWLINE_IN_CHUNK: Reply = Reply::new(
+    554,
+    "5.6.11",
+    "Bare CR or LF in message data; lines must end with CRLF",
+);
+
+/// How reading message data ended.
+enum DataEnd {
+    Complete,
+    BareNewline,
+    Timeout,
+}
+
+impl Session {
+    pub(super) async fn data(&mut self) -> Outcome {
+        let Some(tx) = &self.tx else {
+            return Ok(Some((reply::BAD_SEQUENCE_MAIL, Flow::Continue)));
+        };
+        if tx.bdat.is_some() {
+            return Ok(Some((reply::BDAT_AFTER_DATA_MIX, Flow::Continue)));
+        }
+        if tx.recipients.is_empty() {
+            return Ok(Some((reply::NO_VALID_RECIPIENTS, Flow::Continue)));
+        }
+        let queue_id = new_queue_id();
+        let mut writer = match self.start_message(&queue_id) {
+            Ok(w) => w,
+            Err(r) => return Ok(Some((r, Flow::Continue))),
+        };
+        self.send(&reply::START_DATA).await?;
+        let s = &self.ctx.config.server;
+        let mut decoder = DataDecoder::new(
+            Mode::Dot,
+            s.bare_newline,
+            s.max_message_size,
+            s.max_text_line,
+        );
+        let data_deadline = self.deadline(s.data_timeout.get());
+        let mut write_error = None;
+        let mut out = Vec::with_capacity(16 * 1024);
+        let end = loop {
+            let deadline = self
+                .deadline(self.ctx.config.server.data_block_timeout.get())
+                .min(data_deadline);
+            let (consumed, progress) = match self.stream.peek_some(deadline).await {
+                Ok(input) => {
+                    out.clear();
+                    decoder.feed(input, &mut out)
+                }
+                Err(StreamError::Timeout) => break DataEnd::Timeout,
+                Err(e) => return Err(e),
+            };
+            self.stream.consume(consumed);
+            if !out.is_empty() && write_error.is_none() {
+                write_error = writer.write(&out).err();
+            }
+            match progress {
+                Progress::More => {}
+                Progress::End => break DataEnd::Complete,
+                Progress::BareNewline => break DataEnd::BareNewline,
+            }
+        };
+        match end {
+            DataEnd::Timeout => {
+                warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "timeout during DATA; message discarded");
+                self.tx = None;
+                Ok(Some((reply::TIMEOUT, Flow::Close)))
+            }
+            DataEnd::BareNewline => {
+                warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "bare CR or LF in DATA (smuggling defence); message refused, closing");
+                self.tx = None;
+                Ok(Some((reply::BARE_NEWLINE, Flow::Close)))
+            }
+            DataEnd::Complete => {
+                let reply = self
+                    .finish_message(&queue_id, writer, &decoder, write_error)
+                    .await;
+                Ok(Some((reply, Flow::Continue)))
+            }
+        }
+    }
+
+    pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Outcome {
+        let refusal = match &self.tx {
+            None => Some(reply::BAD_SEQUENCE_MAIL),
+            Some(tx) if tx.recipients.is_empty() => Some(reply::BDAT_NEEDS_RCPT),
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            // The chunk must still be read so that its octets are not taken for commands.
+            return Ok(Some(match self.read_chunk(size, |_| {}).await? {
+                true => (r, Flow::Continue),
+                false => (reply::TIMEOUT, Flow::Close),
+            }));
+        }
+        let mut progress = match self.tx.as_mut().and_then(|t| t.bdat.take()) {
+            Some(p) => p,
+            None => {
+                let queue_id = new_queue_id();
+                let writer = match self.start_message(&queue_id) {
+                    Ok(w) => Some(w),
+                    Err(r) => {
+                        self.tx = None;
+                        let done = self.read_chunk(size, |_| {}).await?;
+                        return Ok(Some(if done {
+                            (r, Flow::Continue)
+                        } else {
+                            (reply::TIMEOUT, Flow::Close)
+                        }));
+                    }
+                };
+                let s = &self.ctx.config.server;
+                BdatProgress {
+                    queue_id,
+                    writer,
+                    decoder: DataDecoder::new(
+                        Mode::Raw,
+                        s.bare_newline,
+                        s.max_message_size,
+                        s.max_text_line,
+                    ),
+                    write_error: None,
+                }
+            }
+        };
+        let mut bare = false;
+        let mut out = Vec::with_capacity(16 * 1024);
+        let done = self
+            .read_chunk(size, |piece| {
+                if bare {
+                    return;
+                }
+                out.clear();
+                let (_, p) = progress.decoder.feed(piece, &mut out);
+                bare = p == Progress::BareNewline;
+                if let Some(w) = progress.writer.as_mut()
+                    && progress.write_error.is_none()
+                    && !out.is_empty()
+                {
+                    progress.write_error = w.write(&out).err();
+                }
+            })
+            .await?;
+        if !done {
+            warn!(session = self.id, client = %self.ip, queue_id = %progress.queue_id, "timeout during BDAT; message discarded");
+            self.tx = None;
+            return Ok(Some((reply::TIMEOUT, Flow::Close)));
+        }
+        if !bare && last {
+            out.clear();
+            bare = progress.decoder.finish(&mut out) == Progress::BareNewline;
+            if let (Some(w), false) = (progress.writer.as_mut(), out.is_empty()) {
+                progress.write_error = progress.write_error.take().or_else(|| w.write(&out).err());
+            }
+        }
+        if bare {
+            warn!(session = self.id, client = %self.ip, queue_id = %progress.queue_id, "bare CR or LF in BDAT; message refused");
+            self.tx = None;
+            return Ok(Some((BARE_NEWLINE_IN_CHUNK, Flow::Continue)));
+        }
+        if progress.decoder.too_big() {
+            warn!(session = self.id, client = %self.ip, queue_id = %progress.queue_id, "BDAT message too large; refused");
+            self.tx = None;
+            return Ok(Some((reply::MESSAGE_TOO_BIG, Flow::Continue)));
+        }
+        if !last {
+            let reply = Reply::with_text(250, "2.0.0", format!("{size} octets received"));
+            if let Some(tx) = self.tx.as_mut() {
+                tx.bdat = Some(progress);
+            }
+            return Ok(Some((reply, Flow::Continue)));
+        }
+        let Some(writer) = progress.writer.take() else {
+            self.tx = None;
+            return Ok(Some((reply::SPOOL_FAILED, Flow::Continue)));
+        };
+        let reply = self
+            .finish_message(
+                &progress.queue_id,
+                writer,
+                &progress.decoder,
+                progress.write_error.take(),
+            )
+            .await;
+        Ok(Some((reply, Flow::Continue)))
+    }
+
+    /// Reads exactly `size` octets, handing them to `each` piece by piece.
+    /// Returns false when the client was too slow.
+    async fn read_chunk(
+        &mut self,
+        size: u64,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<bool, StreamError> {
+        let s = &self.ctx.config.server;
+        let chunk_deadline = self.deadline(s.data_timeout.get());
+        let block = s.data_block_timeout.get();
+        let mut remaining = size;
+        while remaining > 0 {
+            let deadline: Instant = self.deadline(block).min(chunk_deadline);
+            let n = match self.stream.peek_some(deadline).await {
+                Ok(input) => {
+                    let n = input
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    each(&input[..n]);
+                    n
+                }
+                Err(StreamError::Timeout) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            self.stream.consume(n);
+            remaining -= n as u64;
+        }
+        Ok(true)
+    }
+
+    /// Opens the spool file and writes our Received: header into it.
+    fn start_message(&self, queue_id: &str) -> Result<SpoolWriter, Reply> {
+        let header = self.received_header(queue_id);
+        let result = self
+            .ctx
+            .spool
+            .begin(queue_id)
+            .and_then(|mut w| w.write(header.as_bytes()).map(|_| w));
+        result.map_err(|e| {
+            error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "cannot open spool file");
+            spool_error_reply(&e)
+        })
+    }
+
+    fn received_header(&self, queue_id: &str) -> String {
+        let tx = self.tx.as_ref();
+        let single = tx
+            .filter(|t| t.recipients.len() == 1)
+            .map(|t| t.recipients[0].to_string());
+        received_header(&ReceivedFacts {
+            helo: self.helo.as_ref().map_or("unknown", |h| h.name.as_str()),
+            ip: self.ip,
+            hostname: &self.ctx.hostname,
+            extended: self.helo.as_ref().is_some_and(|h| h.extended),
+            tls: self.stream.tls(),
+            authenticated: self.user.is_some(),
+            smtputf8: tx.is_some_and(|t| t.params.smtputf8),
+            queue_id,
+            single_recipient: single,
+        })
+    }
+
+    /// Checks the decoder's verdict, then commits the message durably. Ends the transaction.
+    async fn finish_message(
+        &mut self,
+        queue_id: &str,
+        writer: SpoolWriter,
+        decoder: &DataDecoder,
+        write_error: Option<io::Error>,
+    ) -> Reply {
+        let Some(tx) = self.tx.take() else {
+            return reply::BAD_SEQUENCE_MAIL;
+        };
+        if decoder.too_big() {
+            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, size = decoder.size(), "message too large; refused");
+            return reply::MESSAGE_TOO_BIG;
+        }
+        if decoder.line_too_long() {
+            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "message line too long; refused");
+            return reply::TEXT_LINE_TOO_LONG;
+        }
+        if let Some(e) = write_error {
+            error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "spool write failed; message not accepted");
+            return spool_error_reply(&e);
+        }
+        let envelope = Envelope {
+            version: 1,
+            id: queue_id.to_string(),
+            received_at: chrono::Utc::now().timestamp(),
+            sender: tx.sender_text(),
+            recipients: tx
+                .recipients
+                .iter()
+                .map(|m| EnvelopeRecipient {
+                    address: m.to_string(),
+                    domain: m.domain.to_string(),
+                })
+                .collect(),
+            client_ip: self.ip.to_string(),
+            helo: self
+                .helo
+                .as_ref()
+                .map(|h| h.name.clone())
+                .unwrap_or_default(),
+            auth_user: self.user.clone(),
+            smtputf8: tx.params.smtputf8,
+            eight_bit: tx.params.body == Some(crate::smtp::command::Body::EightBitMime),
+            size: writer.body_len(),
+        };
+        let env = envelope.clone();
+        let committed = tokio::task::spawn_blocking(move || writer.commit(&env))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        match committed {
+            Ok(()) => {
+                self.messages += 1;
+                info!(
+                    session = self.id,
+                    client = %self.ip,
+                    queue_id = %queue_id,
+                    from = %envelope.sender,
+                    rcpts = envelope.recipients.len(),
+                    size = envelope.size,
+                    tls = self.stream.tls().is_some(),
+                    user = self.user.as_deref(),
+                    "message accepted"
+                );
+                Reply::with_text(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+            }
+            Err(e) => {
+                error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "spool commit failed; message not accepted");
+                spool_error_reply(&e)
+            }
+        }
+    }
+}
+
+fn spool_error_reply(e: &io::Error) -> Reply {
+    if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
+        reply::SPOOL_FULL
+    } else {
+        reply::SPOOL_FAILED
+    }
+}

@@ -1,0 +1,84 @@
+//! MAIL and RCPT: open a transaction and decide every recipient.
+
+use super::Session;
+use super::transaction::Transaction;
+use crate::policy::{ClientFacts, RelayVerdict, decide_recipient};
+use crate::smtp::address::Path;
+use crate::smtp::command::MailParams;
+use crate::smtp::reply::{self, Reply};
+use tracing::{info, warn};
+
+impl Session {
+    pub(super) fn mail(&mut self, path: Path, params: MailParams) -> Reply {
+        if self.helo.is_none() {
+            return reply::BAD_SEQUENCE_HELO;
+        }
+        if self.tx.is_some() {
+            return reply::NESTED_MAIL;
+        }
+        if self.kind.requires_auth() && self.user.is_none() {
+            warn!(session = self.id, client = %self.ip, listener = self.kind.name(), "MAIL refused: AUTH required on this listener");
+            return reply::AUTH_REQUIRED;
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.ctx.config.server.max_message_size)
+        {
+            warn!(session = self.id, client = %self.ip, size = params.size, "MAIL refused: declared size too large");
+            return reply::MESSAGE_TOO_BIG;
+        }
+        if path == Path::Postmaster {
+            return Reply::new(553, "5.1.7", "Sender address rejected: needs a domain");
+        }
+        let tx = Transaction::new(path, params);
+        info!(session = self.id, client = %self.ip, from = %tx.sender_text(), user = self.user.as_deref(), "MAIL accepted");
+        self.tx = Some(tx);
+        reply::SENDER_OK
+    }
+
+    pub(super) fn rcpt(&mut self, path: Path) -> Reply {
+        let max = self.ctx.config.server.max_recipients;
+        let client = ClientFacts {
+            ip: self.ip,
+            user: self.user.clone(),
+            listener: self.kind,
+        };
+        let Some(tx) = self.tx.as_mut() else {
+            return reply::BAD_SEQUENCE_MAIL;
+        };
+        if tx.bdat.is_some() {
+            return Reply::new(503, "5.5.1", "RCPT not allowed after BDAT has started");
+        }
+        if tx.recipients.len() >= max {
+            return reply::TOO_MANY_RECIPIENTS;
+        }
+        if let Path::Mailbox(m) = &path
+            && m.is_utf8()
+            && !tx.params.smtputf8
+        {
+            return Reply::new(
+                553,
+                "5.6.7",
+                "UTF-8 recipient needs MAIL FROM with SMTPUTF8",
+            );
+        }
+        match decide_recipient(&self.ctx.policy, &client, &path) {
+            RelayVerdict::Accept {
+                mailbox, reason, ..
+            } => {
+                info!(session = self.id, client = %self.ip, to = %mailbox, reason = %reason, "RCPT accepted");
+                tx.add_recipient(mailbox);
+                reply::RECIPIENT_OK
+            }
+            RelayVerdict::Refuse { reply, reason, .. } => {
+                let to = match &path {
+                    Path::Mailbox(m) => m.to_string(),
+                    Path::Postmaster => "postmaster".into(),
+                    Path::Null => String::new(),
+                };
+                warn!(session = self.id, client = %self.ip, from = %tx.sender_text(), to = %to, user = client.user.as_deref(), reason = %reason, reply = %reply, "RCPT refused");
+                reply
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! One SMTP session: connection facts (peer, TLS, HELO, AUTH) and at most one
+//! open transaction. Each verb is one function doing check → policy → act and
+//! producing a reply. Sessions run over any `Io`, so tests can use in-memory pipes.
+
+mod auth;
+mod context;
+mod data;
+mod envelope;
+mod greeting;
+mod received;
+mod transaction;
+
+pub use context::Context;
+
+use crate::config::ListenerKind;
+use crate::smtp::command::{self, Command, Unparsed};
+use crate::smtp::reply::{self, Reply};
+use crate::smtp::stream::{Line, SmtpStream, StreamError};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use transaction::Transaction;
+
+/// SASL lines may be longer than commands (RFC 4954 4: 12288 octets).
+const MAX_AUTH_LINE: usize = 12288;
+
+static SESSION_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// What a verb asks the loop to do after its reply.
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+pub struct Session {
+    ctx: Arc<Context>,
+    id: u64,
+    kind: ListenerKind,
+    ip: IpAddr,
+    stream: SmtpStream,
+    helo: Option<Helo>,
+    user: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+    messages: u32,
+    ends_at: Instant,
+    shutdown: CancellationToken,
+}
+
+impl Session {
+    pub fn new(
+        ctx: Arc<Context>,
+        kind: ListenerKind,
+        peer: SocketAddr,
+        stream: SmtpStream,
+        shutdown: CancellationToken,
+    ) -> Session {
+        let ends_at = Instant::now() + ctx.config.server.session_timeout.get();
+        Session {
+            ctx,
+            id: SESSION_COUNTER.fetch_add(1, Ordering::Relaxed),
+            kind,
+            ip: peer.ip().to_canonical(),
+            stream,
+            helo: None,
+            user: None,
+            tx: None,
+            errors: 0,
+            messages: 0,
+            ends_at,
+            shutdown,
+        }
+    }
+
+    /// A deadline `d` from now, but never past the end of the session.
+    fn deadline(&self, d: Duration) -> Instant {
+        (Instant::now() + d).min(self.ends_at)
+    }
+
+    fn write_deadline(&self) -> Instant {
+        self.deadline(self.ctx.config.server.command_timeout.get())
+    }
+
+    async fn send(&mut self, reply: &Reply) -> Result<(), StreamError> {
+        let deadline = self.write_deadline();
+        self.stream.send(reply, deadline).await
+    }
+
+    /// Runs the session to its end. Never panics on input; errors end the session.
+    pub async fn run(mut self) {
+        info!(session = self.id, client = %self.ip, listener = self.kind.name(), tls = self.stream.tls().is_some(), "connect");
+        let banner = Reply::with_text(
+            220,
+            "",
+            format!("{} ESMTP Portcullis ready", self.ctx.hostname),
+        );
+        let result = match self.send(&banner).await {
+            Ok(()) => self.command_loop().await,
+            Err(e) => Err(e),
+        };
+        let why = match &result {
+            Ok(()) => "closed".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        self.stream.shutdown(deadline).await;
+        info!(session = self.id, client = %self.ip, messages = self.messages, errors = self.errors, reason = %why, "disconnect");
+    }
+
+    async fn command_loop(&mut self) -> Result<(), StreamError> {
+        loop {
+            let deadline = self.deadline(self.ctx.config.server.command_timeout.get());
+            let line = tokio::select! {
+                line = self.stream.read_line(MAX_AUTH_LINE, deadline) => line,
+                _ = self.shutdown.cancelled(), if !self.stream.has_buffered_input() => {
+                    self.send(&reply::SHUTTING_DOWN).await?;
+                    return Ok(());
+                }
+            };
+            let line = match line {
+                Ok(l) => l,
+                Err(StreamError::Timeout) => {
+                    warn!(session = self.id, client = %self.ip, "timeout waiting for a command");
+                    self.send(&reply::TIMEOUT).await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let (reply, flow) = match line {
+                Line::TooLong => (reply::LINE_TOO_LONG, Flow::Continue),
+                Line::Text(bytes) => match self.handle_line(bytes).await? {
+                    Some(outcome) => outcome,
+                    None => continue,
+                },
+            };
+            self.send(&reply).await?;
+            if matches!(flow, Flow::Close) {
+                return Ok(());
+            }
+            if reply.is_error() && counts_as_error(&reply) {
+                self.errors += 1;
+                if self.errors >= self.ctx.config.server.max_errors {
+                    warn!(session = self.id, client = %self.ip, errors = self.errors, "too many errors; closing");
+                    self.send(&reply::TOO_MANY_ERRORS).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Parses and runs one command line. `None` when the verb already replied itself.
+    async fn handle_line(&mut self, bytes: Vec<u8>) -> Result<Option<(Reply, Flow)>, StreamError> {
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Ok(Some((
+                Reply::new(500, "5.5.2", "Command is not valid UTF-8"),
+                Flow::Continue,
+            )));
+        };
+        let is_auth_line = text
+            .get(..5)
+            .is_some_and(|v| v.eq_ignore_ascii_case("AUTH "));
+        if !is_auth_line && text.len() + 2 > self.ctx.config.server.max_command_line {
+            return Ok(Some((reply::LINE_TOO_LONG, Flow::Continue)));
+        }
+        let cmd = match command::parse(&text) {
+            Ok(cmd) => cmd,
+            Err(Unparsed::Http) => {
+                warn!(session = self.id, client = %self.ip, "HTTP request on the SMTP port; closing");
+                return Ok(Some((reply::HTTP_REFUSED, Flow::Close)));
+            }
+            Err(Unparsed::Reply(r)) => return Ok(Some((r, Flow::Continue))),
+        };
+        self.dispatch(cmd).await
+    }
+
+    async fn dispatch(&mut self, cmd: Command) -> Result<Option<(Reply, Flow)>, StreamError> {
+        let reply = match cmd {
+            Command::Helo(name) => self.helo(name, false),
+            Command::Ehlo(name) => self.helo(name, true),
+            Command::Mail { path, params } => self.mail(path, params),
+            Command::Rcpt { path } => self.rcpt(path),
+            Command::Data => return self.data().await,
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
+            Command::Rset => {
+                self.tx = None;
+                reply::RESET_OK
+            }
+            Command::Noop => reply::NOOP_OK,
+            Command::Quit => {
+                return Ok(Some((
+                    Reply::with_text(
+                        221,
+                        "2.0.0",
+                        format!("{} closing connection", self.ctx.hostname),
+                    ),
+                    Flow::Close,
+                )));
+            }
+            Command::Vrfy => reply::VRFY_CANNOT,
+            Command::Expn => reply::NOT_IMPLEMENTED,
+            Command::Help => reply::HELP,
+            Command::StartTls => return self.starttls().await,
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await?,
+        };
+        Ok(Some((reply, Flow::Continue)))
+    }
+
+    fn is_loopback(&self) -> bool {
+        self.ip.is_loopback()
+    }
+}
+
+/// Replies that say "not now" to a well-behaved client do not count towards the error limit.
+fn counts_as_error(r: &Reply) -> bool {
+    r.enhanced != "4.5.3"
+}
