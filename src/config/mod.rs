@@ -36,7 +36,20 @@ pub struct Config {
     #[serde(default)]
     pub relay: RelayConfig,
     #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Resolvers to ask ("IP:PORT"); the system's resolv.conf when empty.
+    /// When set, no lookup goes anywhere else.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Time allowed for one lookup.
+    pub timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -132,7 +132,9 @@ fn check_listeners(c: &Config, out: &mut Vec<Finding>) {
     }
     let mut seen = HashMap::new();
     for (i, l) in c.listener.iter().enumerate() {
-        if let Some(first) = seen.insert(l.address, i) {
+        if l.address.port() != 0
+            && let Some(first) = seen.insert(l.address, i)
+        {
             out.push(finding(
                 Severity::Error,
                 format!("listener[{i}].address"),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole Portcullis test suite. Installs the third-party peers the
+# tests talk to (swaks with TLS support, python3) when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need_apt+=(libio-socket-ssl-perl libnet-ssleay-perl)
+perl -MAuthen::SASL -e1 >/dev/null 2>&1 || need_apt+=(libauthen-sasl-perl)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need_apt[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+cargo test --all-targets "$@"

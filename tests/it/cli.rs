@@ -1,0 +1,166 @@
+//! The command line: queue management, users, and the embedded default.
+
+use crate::support::client::SmtpClient;
+use crate::support::server::{TestServer, binary};
+use crate::support::{WAIT, run_with_timeout};
+use std::process::{Command, Stdio};
+
+fn config_file(server: &TestServer) -> std::path::PathBuf {
+    let path = server.dir.path().join("cli.toml");
+    std::fs::write(&path, toml::to_string(&server.config).unwrap()).unwrap();
+    path
+}
+
+fn cli(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
+    run_with_timeout(
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(config),
+        WAIT,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_while_the_server_runs() {
+    let server =
+        TestServer::start("[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n").await;
+    let config = config_file(&server);
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.2").await;
+    c.expect("EHLO cli.test", 250).await;
+    for i in 0..2 {
+        let r = c
+            .send_mail(
+                "from@x.test",
+                &["to@elsewhere.example"],
+                format!("Subject: q{i}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(r.code, 250);
+    }
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["queue", "list", "--json"], &config));
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(list[0]["sender"], "from@x.test");
+    assert_eq!(list[0]["recipients"][0], "to@elsewhere.example");
+
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| cli(&["queue", "show", &ids[0], "--json"], &config));
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["state"]["recipients"][0]["status"], "queued");
+    assert!(shown["headers"].as_str().unwrap().contains("Subject: q0"));
+
+    let (ok, _, _) = tokio::task::block_in_place(|| cli(&["queue", "hold", &ids[0]], &config));
+    assert!(ok);
+    assert!(server.spool().load(&ids[0]).unwrap().state.held);
+    let (ok, _, _) = tokio::task::block_in_place(|| cli(&["queue", "release", &ids[0]], &config));
+    assert!(ok);
+    assert!(!server.spool().load(&ids[0]).unwrap().state.held);
+    let (ok, _, _) = tokio::task::block_in_place(|| cli(&["queue", "delete", &ids[1]], &config));
+    assert!(ok);
+    assert_eq!(server.queued(), vec![ids[0].clone()]);
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| cli(&["queue", "show", "FFFFFFFFFFFFFFFFFF"], &config));
+    assert!(!ok && err.contains("no message"), "{err}");
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&["queue", "list"], &config));
+    assert!(
+        ok && out.contains(&ids[0]) && out.contains("1 message(s)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_added_by_the_cli_can_authenticate_at_once() {
+    let server = TestServer::start("").await;
+    let config = config_file(&server);
+    let add = |name: &str, pass: &str| {
+        let mut child = Command::new(binary())
+            .args(["user", "add", name, "--password-stdin", "--config"])
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{pass}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    tokio::task::block_in_place(|| add("erin", "correct horse"));
+    let users = std::fs::read_to_string(server.config.users_file()).unwrap();
+    assert!(users.contains("erin:$argon2id$"), "{users}");
+
+    let mut c = SmtpClient::connect(server.addr(), "127.0.9.9").await;
+    c.expect("EHLO roaming.test", 250).await;
+    c.expect("MAIL FROM:<erin@x.test>", 250).await;
+    c.expect("RCPT TO:<far@elsewhere.example>", 554).await;
+    c.expect("RSET", 250).await;
+    assert_eq!(c.auth_plain("erin", "correct horse").await.code, 235);
+    c.expect("MAIL FROM:<erin@x.test>", 250).await;
+    c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
+
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&["user", "list"], &config));
+    assert!(ok && out.trim() == "erin", "{out}");
+    let (ok, _, _) = tokio::task::block_in_place(|| cli(&["user", "del", "erin"], &config));
+    assert!(ok);
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["user", "del", "erin"], &config));
+    assert!(!ok && err.contains("no user"), "{err}");
+    let mut c = SmtpClient::connect(server.addr(), "127.0.9.9").await;
+    c.expect("EHLO roaming.test", 250).await;
+    assert_eq!(c.auth_plain("erin", "correct horse").await.code, 535);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_config_is_the_safe_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:2525".parse().unwrap();
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(Ok(tcp)) = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await
+        {
+            connected = Some(tcp);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(connected.expect("the default listens on 127.0.0.1:2525"));
+    let mut c = SmtpClient::connect(addr, "127.0.0.1").await;
+    let ehlo = c.expect("EHLO default.test", 250).await;
+    assert!(
+        ehlo.lines.iter().any(|l| l == "STARTTLS"),
+        "a certificate is generated so STARTTLS works"
+    );
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<b@elsewhere.example>", 250).await; // loopback relays without AUTH
+    c.expect("QUIT", 221).await;
+    assert!(dir.path().join("data/tls/cert.pem").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+}

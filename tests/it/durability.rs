@@ -1,0 +1,107 @@
+//! Accepted mail survives kill -9: the 250 after DATA means fsynced on disk.
+
+use crate::support::client::SmtpClient;
+use crate::support::server::{ProcessServer, binary, complete_config};
+use crate::support::tls::TestCa;
+use crate::support::{WAIT, run_with_timeout, strip_received};
+use std::process::Command;
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let text = complete_config(
+        "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n",
+        dir.path(),
+        &ca,
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn queue_ids(config: &std::path::Path) -> Vec<String> {
+    let (ok, out, err) = run_with_timeout(
+        Command::new(binary())
+            .args(["queue", "list", "--json", "--config"])
+            .arg(config),
+        WAIT,
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_250_keeps_every_message() {
+    let (dir, config) = setup();
+    let mut server = ProcessServer::spawn(&config);
+    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
+    c.expect("EHLO durable.test", 250).await;
+    let mut bodies = Vec::new();
+    for i in 0..5 {
+        let body = format!(
+            "Subject: durable {i}\r\n\r\n{}\r\n",
+            "payload line\r\n".repeat(200 * (i + 1))
+        );
+        c.expect("MAIL FROM:<a@x.test>", 250).await;
+        c.expect("RCPT TO:<b@example.lan>", 250).await;
+        c.expect("DATA", 354).await;
+        c.send_raw(body.as_bytes()).await;
+        c.send_raw(b".\r\n").await;
+        assert_eq!(c.read_reply().await.code, 250);
+        bodies.push(body);
+    }
+    server.kill9();
+    drop(c);
+
+    let ids = queue_ids(&config);
+    assert_eq!(ids.len(), 5, "every acknowledged message is on disk");
+    let spool = portcullis::spool::Spool::open_existing(&dir.path().join("data")).unwrap();
+    let mut found: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            String::from_utf8(strip_received(&spool.read_body(id).unwrap()).to_vec()).unwrap()
+        })
+        .collect();
+    found.sort();
+    bodies.sort();
+    assert_eq!(found, bodies, "intact, byte for byte");
+
+    // The server starts again on the same spool and still lists them.
+    let server = ProcessServer::spawn(&config);
+    drop(server);
+    assert_eq!(queue_ids(&config).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_data_leaves_no_torn_message() {
+    let (dir, config) = setup();
+    let mut server = ProcessServer::spawn(&config);
+    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
+    c.expect("EHLO torn.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<b@example.lan>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send_raw("Subject: never finished\r\n\r\n".repeat(2000).as_bytes())
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.kill9();
+    assert!(
+        queue_ids(&config).is_empty(),
+        "an unacknowledged message is not in the queue"
+    );
+    let server = ProcessServer::spawn(&config);
+    assert!(
+        server.wait_for_log("removed unfinished spool files"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    let tmp = std::fs::read_dir(dir.path().join("data/tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "leftovers are cleaned at start");
+}

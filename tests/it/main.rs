@@ -1,0 +1,10 @@
+//! One integration-test binary (each file under tests/ would link the library again).
+
+mod support;
+
+mod cli;
+mod clients;
+mod durability;
+mod guard;
+mod protocol;
+mod relay_matrix;

@@ -1,0 +1,167 @@
+//! The full relay matrix over real sockets: client ranges × AUTH × recipient
+//! domain × connection filter. Expected replies are written out by hand.
+
+use crate::support::client::SmtpClient;
+use crate::support::server::TestServer;
+
+const LAN: &str = "127.0.0.2"; // in a range with auth = "none"
+const ROUTER: &str = "127.0.0.254"; // inside the LAN range but excluded
+const AUTH_RANGE: &str = "127.0.1.2"; // range with auth = "required"
+const DENIED: &str = "127.0.2.2"; // range with auth = "deny"
+const OUTSIDER: &str = "127.0.3.2"; // in no range
+
+fn config(filter: &str) -> String {
+    let access = match filter {
+        "off" => "[access]\nfilter = \"off\"\n".to_string(),
+        "allow" => "[access]\nfilter = \"allow\"\nallow = [\"127.0.0.0/24\", \"127.0.1.0/24\"]\n"
+            .to_string(),
+        "deny" => "[access]\nfilter = \"deny\"\ndeny = [\"127.0.3.0/24\"]\n".to_string(),
+        _ => unreachable!(),
+    };
+    format!(
+        r#"
+{access}
+[[network]]
+range = "127.0.0.0/24"
+auth = "none"
+exclude = ["127.0.0.254"]
+
+[[network]]
+range = "127.0.1.0/24"
+auth = "required"
+
+[[network]]
+range = "127.0.2.0/24"
+auth = "deny"
+
+[relay]
+inbound_domains = ["example.lan"]
+"#
+    )
+}
+
+/// What the table expects for a RCPT: 250 accepted, 554 relay refused.
+fn expected_rcpt(client: &str, authed: bool, inbound: bool) -> u16 {
+    if inbound {
+        return 250; // anyone who may connect may send to our own domains
+    }
+    match (client, authed) {
+        (LAN, _) => 250,
+        (DENIED, _) => 554,
+        (ROUTER | AUTH_RANGE | OUTSIDER, true) => 250,
+        (ROUTER | AUTH_RANGE | OUTSIDER, false) => 554,
+        _ => unreachable!(),
+    }
+}
+
+fn connection_allowed(filter: &str, client: &str) -> bool {
+    match filter {
+        "off" => true,
+        "allow" => [LAN, ROUTER, AUTH_RANGE].contains(&client),
+        "deny" => client != OUTSIDER,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_matrix() {
+    let mut checked = 0;
+    for filter in ["off", "allow", "deny"] {
+        let server = TestServer::start(&config(filter)).await;
+        crate::support::write_users(&server.config.users_file(), &[("alice", "wonderland")]);
+        for client in [LAN, ROUTER, AUTH_RANGE, DENIED, OUTSIDER] {
+            for authed in [false, true] {
+                let case = format!("filter={filter} client={client} authed={authed}");
+                let mut c = SmtpClient::connect_raw(server.addr(), client).await;
+                let banner = c.read_reply().await;
+                if !connection_allowed(filter, client) {
+                    assert_eq!(banner.code, 554, "{case}: {banner:?}");
+                    assert!(banner.text().contains("5.7.1"), "{case}: {banner:?}");
+                    assert!(
+                        c.closed().await,
+                        "{case}: filtered connection must be closed"
+                    );
+                    checked += 1;
+                    continue;
+                }
+                assert_eq!(banner.code, 220, "{case}");
+                c.expect("EHLO client.test", 250).await;
+                if authed {
+                    assert_eq!(
+                        c.auth_plain("alice", "wonderland").await.code,
+                        235,
+                        "{case}"
+                    );
+                }
+                c.expect("MAIL FROM:<sender@client.test>", 250).await;
+                for (rcpt, inbound) in [
+                    ("someone@example.lan", true),
+                    ("victim@elsewhere.example", false),
+                ] {
+                    let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+                    let want = expected_rcpt(client, authed, inbound);
+                    assert_eq!(r.code, want, "{case} rcpt={rcpt}: {r:?}");
+                    if want == 554 {
+                        assert!(
+                            r.text().starts_with("5.7.1 Relay access denied"),
+                            "{case}: {r:?}"
+                        );
+                    }
+                    checked += 1;
+                }
+                c.expect("QUIT", 221).await;
+            }
+        }
+        server.stop().await;
+    }
+    // off: 10 sessions x 2 RCPTs; allow: 6 x 2 + 4 refused; deny: 8 x 2 + 2 refused.
+    assert_eq!(
+        checked,
+        20 + 16 + 18,
+        "every cell of the matrix was checked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_destinations_are_refused_for_untrusted_clients() {
+    let server = TestServer::start(&config("off")).await;
+    let forms = [
+        "<victim%elsewhere.example@example.lan>",
+        "<elsewhere.example!victim@example.lan>",
+        "<\"victim@elsewhere.example\"@example.lan>",
+        "<@example.lan:victim@elsewhere.example>",
+        "<@example.lan,@example.lan:victim@elsewhere.example>",
+        "<victim@[192.0.2.1]>",
+        "<victim@[IPv6:2001:db8::1]>",
+        "<victim@elsewhere.example.>",
+        "<victim@ELSEWHERE.example>",
+        "<victim@example.lan.elsewhere.example>",
+        "<victim@example.lan@elsewhere.example>",
+    ];
+    for source in [OUTSIDER, ROUTER, AUTH_RANGE] {
+        let mut c = SmtpClient::connect(server.addr(), source).await;
+        c.expect("EHLO x.test", 250).await;
+        c.expect("MAIL FROM:<a@x.test>", 250).await;
+        for f in forms {
+            let r = c.cmd(&format!("RCPT TO:{f}")).await;
+            assert!(r.code >= 500, "{source} {f} must be refused: {r:?}");
+        }
+        // The plain inbound address still works, and the same session is usable.
+        c.expect("RCPT TO:<Someone@EXAMPLE.LAN.>", 250).await;
+        c.expect("QUIT", 221).await;
+    }
+    assert!(server.queued().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_relay_is_logged_as_nothing_spooled() {
+    // An outsider's whole transaction to a foreign domain: refused at RCPT, DATA then has no recipients.
+    let server = TestServer::start(&config("off")).await;
+    let mut c = SmtpClient::connect(server.addr(), OUTSIDER).await;
+    c.expect("EHLO x.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<v@elsewhere.example>", 554).await;
+    c.expect("DATA", 554).await;
+    c.expect("QUIT", 221).await;
+    assert!(server.queued().is_empty());
+}

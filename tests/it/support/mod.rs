@@ -1,0 +1,79 @@
+//! The integration-test kit: servers on loopback, SMTP clients bound to chosen
+//! 127.0.0.x addresses, generated TLS certificates, and helpers to read the spool.
+
+pub mod client;
+pub mod server;
+pub mod tls;
+
+use std::time::Duration;
+
+/// Every wait in a test is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The TOML every test config starts with: DNS goes only to a loopback port
+/// nobody answers on, so no test can reach the machine's own resolver.
+pub const DNS_GUARD: &str = "[dns]\nnameservers = [\"127.0.0.1:1\"]\n";
+
+/// Strips the Received: header that Portcullis prepends (it is the first header, with its folded lines).
+pub fn strip_received(spooled: &[u8]) -> &[u8] {
+    assert!(
+        spooled.starts_with(b"Received: "),
+        "spooled message must start with our Received: header"
+    );
+    let mut pos = 0;
+    loop {
+        let nl = spooled[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("header line end")
+            + pos
+            + 2;
+        pos = nl;
+        if spooled.get(pos) != Some(&b'\t') {
+            return &spooled[pos..];
+        }
+    }
+}
+
+/// Runs an external program with a time limit; returns (exit ok, stdout, stderr).
+pub fn run_with_timeout(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+) -> (bool, String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {cmd:?}: {e} (run ./test.sh, which installs the test tools)")
+        });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    (status.success(), out, err)
+}
+
+/// Writes a users file with quick bcrypt hashes (argon2 is tested through `user add`).
+pub fn write_users(path: &std::path::Path, users: &[(&str, &str)]) {
+    let mut map = portcullis::users::Users::new();
+    for (name, pass) in users {
+        map.insert(name.to_string(), bcrypt::hash(pass, 4).unwrap());
+    }
+    portcullis::users::write_users(path, &map).unwrap();
+}
