@@ -22,10 +22,13 @@ const NON_GLOBAL_V4: &[&str] = &[
     "169.254.0.0/16",
     "172.16.0.0/12",
     "192.0.0.0/24",
+    "192.0.2.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
 ];
-const NON_GLOBAL_V6: &[&str] = &["::1/128", "fc00::/7", "fe80::/10"];
+const NON_GLOBAL_V6: &[&str] = &["::1/128", "fc00::/7", "fe80::/10", "2001:db8::/32"];
 
 /// Whether every address of `range` is local (private, loopback, link-local …).
 pub fn is_non_global(range: &IpRange) -> bool {
@@ -112,7 +115,7 @@ mod tests {
             "::ffff:0:0/96",
             "0.0.0.0/1",
             "8.8.8.0/24",
-            "2001:db8::/32",
+            "2001:4860::/32",
             "::/64",
         ] {
             let c = config(&[("10.0.0.0/8", "none"), (r, "none")]);

@@ -10,6 +10,9 @@ mod greeting;
 mod received;
 mod transaction;
 
+#[cfg(test)]
+mod tests;
+
 pub use context::Context;
 
 use crate::config::ListenerKind;

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod clients;
 mod durability;
+mod full_disk;
 mod guard;
 mod protocol;
 mod relay_matrix;

@@ -16,15 +16,17 @@ use tokio_util::sync::CancellationToken;
 /// certificate, DNS pinned to loopback, and one smtp listener on a free port
 /// unless the test names its own listeners.
 pub fn complete_config(toml_text: &str, dir: &Path, ca: &TestCa) -> String {
+    complete_config_at(toml_text, &dir.join("data"), ca)
+}
+
+/// As `complete_config`, with the spool in `data_dir`.
+pub fn complete_config_at(toml_text: &str, data_dir: &Path, ca: &TestCa) -> String {
     let mut table: toml::Table = toml::from_str(toml_text).expect("test config is valid TOML");
     let server = table
         .entry("server")
         .or_insert(toml::Value::Table(Default::default()));
     let server = server.as_table_mut().unwrap();
-    server.insert(
-        "data_dir".into(),
-        dir.join("data").display().to_string().into(),
-    );
+    server.insert("data_dir".into(), data_dir.display().to_string().into());
     server.entry("hostname").or_insert("relay.test".into());
     let tls = table
         .entry("tls")
@@ -56,9 +58,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(toml_text: &str) -> TestServer {
+        Self::start_at(toml_text, None).await
+    }
+
+    /// Starts with the spool in `data_dir` (a temp dir when None).
+    pub async fn start_at(toml_text: &str, data_dir: Option<&Path>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::generate(dir.path());
-        let text = complete_config(toml_text, dir.path(), &ca);
+        let data_dir = data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("data"));
+        let text = complete_config_at(toml_text, &data_dir, &ca);
         let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}\n{text}"));
         let server = Server::bind(config.clone()).await.expect("server binds");
         let addrs = server.local_addrs();
