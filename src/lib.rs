@@ -2,6 +2,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod policy;
 pub mod server;
 pub mod session;

@@ -1,11 +1,15 @@
 //! Typed configuration: TOML with unknown keys refused, the embedded safe
 //! default, semantic validation whose errors name the key, and the open-relay guard.
 
+mod delivery;
 mod duration;
 mod guard;
 mod net;
 mod validate;
 
+pub use delivery::{
+    BounceAttach, DeliveryConfig, DeliveryMode, NextHop, OutboundTls, RouteConfig, SmarthostTls,
+};
 pub use duration::ConfigDuration;
 pub use guard::{OpenRelayEntry, open_relay_entries};
 pub use net::{IpRange, canonical_ip};
@@ -35,6 +39,10 @@ pub struct Config {
     pub network: Vec<NetworkConfig>,
     #[serde(default)]
     pub relay: RelayConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

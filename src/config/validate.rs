@@ -57,6 +57,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_networks(c, &mut out);
     check_access(c, &mut out);
     check_relay(c, &mut out);
+    check_delivery(c, &mut out);
     out
 }
 
@@ -307,6 +308,75 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
             "true",
             "no entry opens the relay, so this switch has no effect; remove it",
         ));
+    }
+}
+
+fn check_delivery(c: &Config, out: &mut Vec<Finding>) {
+    use super::{DeliveryMode, SmarthostTls};
+    let d = &c.delivery;
+    if d.mode == DeliveryMode::Smarthost && d.smarthost.is_empty() {
+        out.push(finding(
+            Severity::Error,
+            "delivery.smarthost",
+            "[]",
+            "mode = \"smarthost\" needs at least one smarthost = \"HOST:PORT\"",
+        ));
+    }
+    if d.smarthost_user.is_some() != d.smarthost_password_file.is_some() {
+        out.push(finding(
+            Severity::Error,
+            "delivery.smarthost_password_file",
+            format!("{:?}", d.smarthost_password_file),
+            "smarthost_user and smarthost_password_file go together",
+        ));
+    }
+    if d.smarthost_user.is_some() && d.smarthost_tls == SmarthostTls::None {
+        out.push(finding(
+            Severity::Warning,
+            "delivery.smarthost_tls",
+            "\"none\"",
+            "the smart-host password would cross the network in clear",
+        ));
+    }
+    if d.retry_schedule.is_empty() || d.retry_schedule.iter().any(|r| r.get().is_zero()) {
+        out.push(finding(
+            Severity::Error,
+            "delivery.retry_schedule",
+            format!(
+                "{:?}",
+                d.retry_schedule
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+            ),
+            "needs at least one interval, each longer than zero",
+        ));
+    }
+    for (key, v) in [
+        ("delivery.concurrency", d.concurrency),
+        ("delivery.per_domain_concurrency", d.per_domain_concurrency),
+    ] {
+        if v == 0 {
+            out.push(finding(Severity::Error, key, "0", "must be at least 1"));
+        }
+    }
+    if d.mx_port == 0 {
+        out.push(finding(
+            Severity::Error,
+            "delivery.mx_port",
+            "0",
+            "must be a port number",
+        ));
+    }
+    for (i, r) in c.route.iter().enumerate() {
+        if r.domain.trim().is_empty() || r.domain.contains(['@', ' ']) {
+            out.push(finding(
+                Severity::Error,
+                format!("route[{i}].domain"),
+                format!("{:?}", r.domain),
+                "must be a plain domain name",
+            ));
+        }
     }
 }
 

@@ -1,0 +1,227 @@
+//! `[delivery]` and `[[route]]`: how accepted mail leaves.
+
+use super::ConfigDuration;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    /// One "HOST:PORT" or a list, tried in order (failover, never a copy to each).
+    #[serde(deserialize_with = "one_or_many")]
+    pub smarthost: Vec<NextHop>,
+    pub smarthost_tls: SmarthostTls,
+    pub smarthost_user: Option<String>,
+    pub smarthost_password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for a private smart host.
+    pub smarthost_ca_file: Option<PathBuf>,
+    /// Check the smart host's certificate (name and chain).
+    pub smarthost_verify: bool,
+    pub mx_port: u16,
+    pub outbound_tls: OutboundTls,
+    pub retry_schedule: Vec<ConfigDuration>,
+    pub max_queue_lifetime: ConfigDuration,
+    pub concurrency: usize,
+    pub per_domain_concurrency: usize,
+    pub helo_name: Option<String>,
+    /// Deliver to recipients written as address literals (user@[192.0.2.1]).
+    pub ip_literals: bool,
+    /// What the bounce carries of the original: the whole message or its headers.
+    pub bounce_attach: BounceAttach,
+    /// Send one "delayed" notice when a message is still queued after this long.
+    pub delay_warning: Option<ConfigDuration>,
+    pub connect_timeout: ConfigDuration,
+    /// Time allowed for each reply of the next hop (RFC 5321 4.5.3.2: 5 minutes).
+    pub reply_timeout: ConfigDuration,
+    /// Time allowed for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 minutes).
+    pub data_timeout: ConfigDuration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeliveryMode::Mx,
+            smarthost: Vec::new(),
+            smarthost_tls: SmarthostTls::Starttls,
+            smarthost_user: None,
+            smarthost_password_file: None,
+            smarthost_ca_file: None,
+            smarthost_verify: true,
+            mx_port: 25,
+            outbound_tls: OutboundTls::Opportunistic,
+            retry_schedule: ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+                .iter()
+                .map(|s| s.parse().expect("valid default duration"))
+                .collect(),
+            max_queue_lifetime: ConfigDuration::secs(4 * 86400),
+            concurrency: 50,
+            per_domain_concurrency: 5,
+            helo_name: None,
+            ip_literals: true,
+            bounce_attach: BounceAttach::Full,
+            delay_warning: None,
+            connect_timeout: ConfigDuration::secs(30),
+            reply_timeout: ConfigDuration::secs(300),
+            data_timeout: ConfigDuration::secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    Mx,
+    Smarthost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// STARTTLS required; no STARTTLS offered is a temporary failure.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// STARTTLS when offered, clear otherwise.
+    Opportunistic,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    Opportunistic,
+    /// Never send in clear: a server without STARTTLS is a temporary failure.
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BounceAttach {
+    Full,
+    Headers,
+}
+
+/// A next hop written "host:port" (or "[v6]:port"); the port defaults to 25.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for NextHop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not HOST:PORT (e.g. \"smtp.provider.example:587\")");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest.split_once(']').ok_or_else(bad)?;
+            h.parse::<IpAddr>().map_err(|_| bad())?;
+            (h.to_string(), p.strip_prefix(':'))
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
+                _ => (s.to_string(), None),
+            }
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
+            None => 25,
+        };
+        Ok(NextHop {
+            host: host.trim_end_matches('.').to_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NextHop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for NextHop {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NextHop>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    list.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The recipient domain this route applies to (exact match, case-insensitive).
+    pub domain: String,
+    /// Where its mail goes, "HOST:PORT".
+    pub host: NextHop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops() {
+        assert_eq!(
+            "smtp.example:587".parse::<NextHop>().unwrap(),
+            NextHop {
+                host: "smtp.example".into(),
+                port: 587
+            }
+        );
+        assert_eq!("Mail.Example".parse::<NextHop>().unwrap().port, 25);
+        assert_eq!(
+            "[::1]:2525".parse::<NextHop>().unwrap(),
+            NextHop {
+                host: "::1".into(),
+                port: 2525
+            }
+        );
+        assert!("host:0".parse::<NextHop>().is_err());
+        assert!("host:x".parse::<NextHop>().is_err());
+    }
+
+    #[test]
+    fn smarthost_string_or_list() {
+        let c: DeliveryConfig = toml::from_str("smarthost = \"a.example:587\"").unwrap();
+        assert_eq!(c.smarthost.len(), 1);
+        let c: DeliveryConfig =
+            toml::from_str("smarthost = [\"a.example:587\", \"b.example:465\"]").unwrap();
+        assert_eq!(c.smarthost[1].port, 465);
+    }
+}

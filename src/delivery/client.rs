@@ -1,0 +1,561 @@
+//! Our outbound SMTP client: connect, EHLO, STARTTLS, AUTH, then per message
+//! MAIL, RCPT (pipelined when offered), DATA with the dot-stuffed body and
+//! the final dot in one write, and a result for every recipient.
+
+use crate::smtp::stream::Io;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 200;
+
+/// A reply from the next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerReply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl ServerReply {
+    pub fn is_ok(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl std::fmt::Display for ServerReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text.replace('\n', " / "))
+    }
+}
+
+/// Why a connection or transaction could not go on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, String),
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    #[error("connection lost: {0}")]
+    Io(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server answered a session-level step (banner, EHLO, AUTH, MAIL) with this.
+    #[error("{stage} answered {reply}")]
+    Rejected {
+        stage: &'static str,
+        reply: ServerReply,
+    },
+    #[error("TLS required but {0}")]
+    TlsUnavailable(String),
+    #[error("TLS handshake failed: {0}")]
+    TlsFailed(String),
+    #[error("AUTH required but {0}")]
+    AuthUnavailable(String),
+}
+
+impl ClientError {
+    /// Whether the failure says the server refuses for good (a 5xx at session level).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ClientError::Rejected { reply, .. } if reply.is_permanent())
+    }
+
+    /// Whether another server of the same destination may do better.
+    pub fn try_next_host(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Rejected {
+                stage: "MAIL FROM",
+                ..
+            }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub auth_plain: bool,
+    pub auth_login: bool,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub size: Option<u64>,
+}
+
+fn parse_capabilities(reply: &ServerReply) -> Capabilities {
+    let mut caps = Capabilities::default();
+    for line in reply.text.lines().skip(1) {
+        let mut words = line.split_whitespace();
+        let Some(kw) = words.next() else { continue };
+        match kw.to_ascii_uppercase().as_str() {
+            "PIPELINING" => caps.pipelining = true,
+            "STARTTLS" => caps.starttls = true,
+            "8BITMIME" => caps.eight_bit = true,
+            "SMTPUTF8" => caps.smtputf8 = true,
+            "SIZE" => caps.size = words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0),
+            "AUTH" => {
+                for m in words {
+                    match m.to_ascii_uppercase().as_str() {
+                        "PLAIN" => caps.auth_plain = true,
+                        "LOGIN" => caps.auth_login = true,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    caps
+}
+
+/// How to treat TLS on this connection.
+#[derive(Clone)]
+pub enum TlsMode {
+    None,
+    /// STARTTLS when offered.
+    Opportunistic(Arc<rustls::ClientConfig>),
+    /// STARTTLS or fail.
+    Required(Arc<rustls::ClientConfig>),
+    /// TLS from the first byte.
+    Implicit(Arc<rustls::ClientConfig>),
+}
+
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub helo: String,
+    /// The name to check the certificate against and send as SNI.
+    pub server_name: String,
+    pub tls: TlsMode,
+    pub auth: Option<(String, String)>,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+/// One message to send on an open connection.
+pub struct Outgoing<'a> {
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub body: &'a [u8],
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+pub struct SmtpConnection {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    pub caps: Capabilities,
+    pub tls: Option<String>,
+    pub peer: SocketAddr,
+    opts: ConnectOptions,
+}
+
+impl SmtpConnection {
+    pub async fn connect(
+        peer: SocketAddr,
+        opts: &ConnectOptions,
+    ) -> Result<SmtpConnection, ClientError> {
+        let tcp = timeout(opts.connect_timeout, TcpStream::connect(peer))
+            .await
+            .map_err(|_| ClientError::Connect(peer, "timed out".into()))?
+            .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = SmtpConnection {
+            io: Box::new(tcp),
+            buf: Vec::new(),
+            caps: Capabilities::default(),
+            tls: None,
+            peer,
+            opts: opts.clone(),
+        };
+        if let TlsMode::Implicit(cfg) = &opts.tls {
+            conn.handshake(Arc::clone(cfg)).await?;
+        }
+        let banner = conn.read_reply("banner").await?;
+        if !banner.is_ok() {
+            return Err(ClientError::Rejected {
+                stage: "banner",
+                reply: banner,
+            });
+        }
+        conn.hello().await?;
+        match &opts.tls {
+            TlsMode::Opportunistic(cfg) | TlsMode::Required(cfg) if conn.caps.starttls => {
+                let reply = conn.command("STARTTLS", "STARTTLS").await?;
+                if reply.code != 220 {
+                    if matches!(opts.tls, TlsMode::Required(_)) {
+                        return Err(ClientError::TlsUnavailable(format!(
+                            "STARTTLS answered {reply}"
+                        )));
+                    }
+                } else {
+                    conn.handshake(Arc::clone(cfg)).await?;
+                    conn.hello().await?;
+                }
+            }
+            TlsMode::Required(_) => {
+                return Err(ClientError::TlsUnavailable(
+                    "the server does not offer STARTTLS".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some((user, pass)) = opts.auth.clone() {
+            conn.authenticate(&user, &pass).await?;
+        }
+        Ok(conn)
+    }
+
+    async fn handshake(&mut self, cfg: Arc<rustls::ClientConfig>) -> Result<(), ClientError> {
+        let name = rustls::pki_types::ServerName::try_from(self.opts.server_name.clone()).map_err(
+            |e| ClientError::TlsFailed(format!("bad server name {:?}: {e}", self.opts.server_name)),
+        )?;
+        let io = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
+        self.buf.clear();
+        let tls = timeout(
+            self.opts.reply_timeout,
+            tokio_rustls::TlsConnector::from(cfg).connect(name, io),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("TLS handshake"))?
+        .map_err(|e| ClientError::TlsFailed(e.to_string()))?;
+        let version = tls
+            .get_ref()
+            .1
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        self.tls = Some(version.replace("TLSv1_", "TLSv1."));
+        self.io = Box::new(tls);
+        Ok(())
+    }
+
+    async fn hello(&mut self) -> Result<(), ClientError> {
+        let ehlo = self
+            .command(&format!("EHLO {}", self.opts.helo), "EHLO")
+            .await?;
+        if ehlo.is_ok() {
+            self.caps = parse_capabilities(&ehlo);
+            return Ok(());
+        }
+        let helo = self
+            .command(&format!("HELO {}", self.opts.helo), "HELO")
+            .await?;
+        if !helo.is_ok() {
+            return Err(ClientError::Rejected {
+                stage: "HELO",
+                reply: helo,
+            });
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, user: &str, pass: &str) -> Result<(), ClientError> {
+        let reply = if self.caps.auth_plain {
+            let token = B64.encode(format!("\0{user}\0{pass}"));
+            self.command(&format!("AUTH PLAIN {token}"), "AUTH").await?
+        } else if self.caps.auth_login {
+            let r = self.command("AUTH LOGIN", "AUTH").await?;
+            if r.code != 334 {
+                return Err(ClientError::Rejected {
+                    stage: "AUTH",
+                    reply: r,
+                });
+            }
+            let r = self.command(&B64.encode(user), "AUTH").await?;
+            if r.code != 334 {
+                return Err(ClientError::Rejected {
+                    stage: "AUTH",
+                    reply: r,
+                });
+            }
+            self.command(&B64.encode(pass), "AUTH").await?
+        } else {
+            // Never fall back to sending unauthenticated: that is a temporary failure.
+            return Err(ClientError::AuthUnavailable(
+                "the server does not offer AUTH PLAIN or LOGIN".into(),
+            ));
+        };
+        if reply.code != 235 {
+            return Err(ClientError::Rejected {
+                stage: "AUTH",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends one message. Returns one reply per recipient, in order: the RCPT
+    /// refusal, or the reply to the final dot for the recipients that were accepted.
+    pub async fn send(&mut self, msg: &Outgoing<'_>) -> Result<Vec<ServerReply>, ClientError> {
+        if msg.smtputf8 && !self.caps.smtputf8 {
+            let reply = ServerReply {
+                code: 553,
+                text: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
+                    .into(),
+            };
+            return Ok(vec![reply; msg.recipients.len()]);
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+        if let Some(max) = self.caps.size {
+            if msg.body.len() as u64 > max {
+                let reply = ServerReply {
+                    code: 552,
+                    text: format!(
+                        "5.3.4 message size {} exceeds the next hop's limit {max}",
+                        msg.body.len()
+                    ),
+                };
+                return Ok(vec![reply; msg.recipients.len()]);
+            }
+            mail.push_str(&format!(" SIZE={}", msg.body.len()));
+        }
+        if msg.eight_bit && self.caps.eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if msg.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        let mut replies = Vec::with_capacity(msg.recipients.len());
+        if self.caps.pipelining {
+            let mut batch = format!("{mail}\r\n");
+            for r in msg.recipients {
+                batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
+            }
+            batch.push_str("DATA\r\n");
+            self.write(batch.as_bytes()).await?;
+            let mail_reply = self.read_reply("MAIL FROM").await?;
+            for _ in msg.recipients {
+                replies.push(self.read_reply("RCPT TO").await?);
+            }
+            let data_reply = self.read_reply("DATA").await?;
+            if !mail_reply.is_ok() {
+                return Err(ClientError::Rejected {
+                    stage: "MAIL FROM",
+                    reply: mail_reply,
+                });
+            }
+            return self.finish_data(msg, replies, data_reply).await;
+        }
+        let mail_reply = self.command(&mail, "MAIL FROM").await?;
+        if !mail_reply.is_ok() {
+            return Err(ClientError::Rejected {
+                stage: "MAIL FROM",
+                reply: mail_reply,
+            });
+        }
+        for r in msg.recipients {
+            replies.push(self.command(&format!("RCPT TO:<{r}>"), "RCPT TO").await?);
+        }
+        if !replies.iter().any(ServerReply::is_ok) {
+            self.command("RSET", "RSET").await?;
+            return Ok(replies);
+        }
+        let data_reply = self.command("DATA", "DATA").await?;
+        self.finish_data(msg, replies, data_reply).await
+    }
+
+    async fn finish_data(
+        &mut self,
+        msg: &Outgoing<'_>,
+        mut replies: Vec<ServerReply>,
+        data_reply: ServerReply,
+    ) -> Result<Vec<ServerReply>, ClientError> {
+        let any_accepted = replies.iter().any(ServerReply::is_ok);
+        if data_reply.code != 354 {
+            // No data phase: accepted recipients take the DATA refusal.
+            if any_accepted {
+                for r in replies.iter_mut().filter(|r| r.is_ok()) {
+                    *r = data_reply.clone();
+                }
+            }
+            return Ok(replies);
+        }
+        if !any_accepted {
+            // The server opened DATA although nobody was accepted: end it empty.
+            self.write(b".\r\n").await?;
+            let _ = self.read_reply("end of data").await?;
+            return Ok(replies);
+        }
+        self.write(&dot_stuff(msg.body)).await?;
+        let deadline = self.opts.data_timeout;
+        let done = timeout(deadline, self.read_reply_untimed("end of data"))
+            .await
+            .map_err(|_| ClientError::Timeout("the reply to end of data"))??;
+        for r in replies.iter_mut().filter(|r| r.is_ok()) {
+            *r = done.clone();
+        }
+        Ok(replies)
+    }
+
+    /// Prepares the connection for another message.
+    pub async fn reset(&mut self) -> Result<(), ClientError> {
+        let r = self.command("RSET", "RSET").await?;
+        if r.is_ok() {
+            Ok(())
+        } else {
+            Err(ClientError::Rejected {
+                stage: "RSET",
+                reply: r,
+            })
+        }
+    }
+
+    pub async fn quit(mut self) {
+        let _ = timeout(Duration::from_secs(5), async {
+            let _ = self.write(b"QUIT\r\n").await;
+            let _ = self.read_reply_untimed("QUIT").await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        timeout(self.opts.reply_timeout, async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("the next hop to take data"))?
+        .map_err(|e| ClientError::Io(e.to_string()))
+    }
+
+    async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+    ) -> Result<ServerReply, ClientError> {
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply(stage).await
+    }
+
+    async fn read_reply(&mut self, stage: &'static str) -> Result<ServerReply, ClientError> {
+        timeout(self.opts.reply_timeout, self.read_reply_untimed(stage))
+            .await
+            .map_err(|_| ClientError::Timeout(stage))?
+    }
+
+    async fn read_reply_untimed(
+        &mut self,
+        stage: &'static str,
+    ) -> Result<ServerReply, ClientError> {
+        let mut lines: Vec<String> = Vec::new();
+        let mut code = 0u16;
+        loop {
+            let line = self.read_line().await?;
+            let bad = || ClientError::Protocol(format!("malformed reply to {stage}: {line:?}"));
+            if line.len() < 3 {
+                return Err(bad());
+            }
+            let this: u16 = line[..3].parse().map_err(|_| bad())?;
+            if !(200..600).contains(&this) || (code != 0 && this != code) {
+                return Err(bad());
+            }
+            code = this;
+            lines.push(line.get(4..).unwrap_or_default().to_string());
+            match line.as_bytes().get(3) {
+                Some(b'-') if lines.len() < MAX_REPLY_LINES => continue,
+                Some(b'-') => {
+                    return Err(ClientError::Protocol(format!(
+                        "reply to {stage} is too long"
+                    )));
+                }
+                _ => {
+                    return Ok(ServerReply {
+                        code,
+                        text: lines.join("\n"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> Result<String, ClientError> {
+        loop {
+            if let Some(pos) = memchr::memchr(b'\n', &self.buf) {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.buf.len() > MAX_REPLY_LINE {
+                return Err(ClientError::Protocol("reply line too long".into()));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .io
+                .read(&mut chunk)
+                .await
+                .map_err(|e| ClientError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ClientError::Io("connection closed by the next hop".into()));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// The body as it goes on the wire: dots doubled at line starts, a final CRLF
+/// if missing, then ".\r\n" — one buffer, so it leaves in one write.
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
+    let mut at_line_start = true;
+    for chunk in body.split_inclusive(|&b| b == b'\n') {
+        if at_line_start && chunk.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(chunk);
+        at_line_start = chunk.last() == Some(&b'\n');
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(
+            dot_stuff(b"a\r\n.b\r\n..c\r\n"),
+            b"a\r\n..b\r\n...c\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b"no end"), b"no end\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
+    }
+
+    #[test]
+    fn capabilities() {
+        let r = ServerReply {
+            code: 250,
+            text: "mx.example\nPIPELINING\nSIZE 1000\nAUTH LOGIN PLAIN\nSTARTTLS\n8BITMIME".into(),
+        };
+        let c = parse_capabilities(&r);
+        assert!(
+            c.pipelining
+                && c.starttls
+                && c.auth_plain
+                && c.auth_login
+                && c.eight_bit
+                && !c.smtputf8
+        );
+        assert_eq!(c.size, Some(1000));
+    }
+}

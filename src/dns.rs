@@ -1,0 +1,170 @@
+//! The one DNS resolver, wrapped so that the rest of the code sees typed
+//! answers (found / no such domain / no records / temporary failure) and never
+//! the hickory API, which moves between versions. With `[dns] nameservers`
+//! set, no lookup goes anywhere else.
+
+use crate::config::DnsConfig;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    pub preference: u16,
+    /// Host name without the trailing dot, lower case.
+    pub host: String,
+}
+
+/// The answer to "where does mail for this domain go?"
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxAnswer {
+    /// MX records, unsorted.
+    Records(Vec<MxRecord>),
+    /// The domain exists but has no MX: use its A/AAAA (RFC 5321 5.1).
+    NoMx,
+    /// RFC 7505 null MX: the domain accepts no mail.
+    NullMx,
+    /// NXDOMAIN: the domain does not exist.
+    NoSuchDomain,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DnsError {
+    /// A timeout, SERVFAIL, or no resolver reachable: try again later.
+    #[error("temporary DNS failure: {0}")]
+    Temporary(String),
+    #[error("invalid DNS name {0:?}")]
+    BadName(String),
+}
+
+#[derive(Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+}
+
+impl Resolver {
+    pub fn from_config(config: &DnsConfig) -> Result<Resolver, DnsError> {
+        let provider = TokioRuntimeProvider::default();
+        let mut opts = ResolverOpts::default();
+        if let Some(t) = config.timeout {
+            opts.timeout = t.get();
+        } else {
+            opts.timeout = Duration::from_secs(5);
+        }
+        opts.attempts = 2;
+        opts.ndots = 0;
+        let builder = if config.nameservers.is_empty() {
+            TokioResolver::builder(provider).map_err(|e| {
+                DnsError::Temporary(format!(
+                    "cannot read the system resolver configuration: {e}"
+                ))
+            })?
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|a| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = a.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = a.port();
+                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                    ns.connections = vec![udp, tcp];
+                    ns
+                })
+                .collect();
+            // Only the configured servers, and no hosts file either.
+            opts.use_hosts_file = ResolveHosts::Never;
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        };
+        let inner = builder
+            .with_options(opts)
+            .build()
+            .map_err(|e| DnsError::Temporary(format!("cannot build the resolver: {e}")))?;
+        Ok(Resolver { inner })
+    }
+
+    fn fqdn(name: &str) -> String {
+        format!("{}.", name.trim_end_matches('.'))
+    }
+
+    pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        match self
+            .inner
+            .lookup(Self::fqdn(domain).as_str(), RecordType::MX)
+            .await
+        {
+            Ok(lookup) => {
+                let records: Vec<MxRecord> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some(MxRecord {
+                            preference: mx.preference,
+                            host: mx.exchange.to_utf8().trim_end_matches('.').to_lowercase(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                if records.len() == 1 && records[0].host.is_empty() {
+                    return Ok(MxAnswer::NullMx);
+                }
+                if records.is_empty() {
+                    return Ok(MxAnswer::NoMx);
+                }
+                Ok(MxAnswer::Records(records))
+            }
+            Err(e) => match negative(&e) {
+                Some(ResponseCode::NXDomain) => Ok(MxAnswer::NoSuchDomain),
+                Some(_) => Ok(MxAnswer::NoMx),
+                None => Err(DnsError::Temporary(e.to_string())),
+            },
+        }
+    }
+
+    /// A and AAAA addresses of a host; an empty list when it has none.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let mut out = Vec::new();
+        for rtype in [RecordType::A, RecordType::AAAA] {
+            match self.inner.lookup(Self::fqdn(host).as_str(), rtype).await {
+                Ok(lookup) => out.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })),
+                Err(e) => match negative(&e) {
+                    Some(_) => {}
+                    None if out.is_empty() => return Err(DnsError::Temporary(e.to_string())),
+                    None => {}
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a domain exists at all (has any A, AAAA or MX), for "no such domain" decisions.
+    pub async fn domain_exists(&self, domain: &str) -> Result<bool, DnsError> {
+        Ok(!matches!(self.mx(domain).await?, MxAnswer::NoSuchDomain))
+    }
+}
+
+/// The response code of an authoritative "no records" answer, or None for a failure.
+fn negative(e: &NetError) -> Option<ResponseCode> {
+    if e.is_nx_domain() {
+        return Some(ResponseCode::NXDomain);
+    }
+    if e.is_no_records_found() {
+        return Some(ResponseCode::NoError);
+    }
+    None
+}
