@@ -1,10 +1,12 @@
 //! Portcullis: an SMTP relay that cannot become an open relay by accident.
 
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod policy;
+pub mod queue;
 pub mod server;
 pub mod session;
 pub mod smtp;

@@ -31,6 +31,14 @@ enum QueueAction {
     Hold { id: String },
     /// Let a held message be delivered again.
     Release { id: String },
+    /// Try delivery now instead of at the next scheduled time.
+    Retry {
+        /// The message; or --all.
+        id: Option<String>,
+        /// Every queued message.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
 }
 
 pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
@@ -45,11 +53,34 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
         QueueAction::Show { id } => show(&spool, id, args.json),
         QueueAction::Delete { id } => {
             spool.delete(id)?;
+            spool.poke()?;
             report(args.json, id, "deleted");
             Ok(0)
         }
         QueueAction::Hold { id } => set_held(&spool, id, true, args.json),
         QueueAction::Release { id } => set_held(&spool, id, false, args.json),
+        QueueAction::Retry { id, all } => {
+            let ids = match (id, all) {
+                (Some(id), false) => vec![id.clone()],
+                (None, true) => spool.ids()?,
+                _ => anyhow::bail!("say which message: queue retry ID, or queue retry --all"),
+            };
+            let now = chrono::Utc::now().timestamp();
+            for id in &ids {
+                let mut state = spool.load(id)?.state;
+                for r in state
+                    .recipients
+                    .iter_mut()
+                    .filter(|r| r.status == RecipientStatus::Queued)
+                {
+                    r.next_attempt = Some(now);
+                }
+                spool.write_state(id, &state)?;
+                report(args.json, id, "due now");
+            }
+            spool.poke()?;
+            Ok(0)
+        }
     }
 }
 
@@ -65,6 +96,7 @@ fn set_held(spool: &Spool, id: &str, held: bool, json: bool) -> anyhow::Result<i
     let mut state = spool.load(id)?.state;
     state.held = held;
     spool.write_state(id, &state)?;
+    spool.poke()?;
     report(json, id, if held { "held" } else { "released" });
     Ok(0)
 }

@@ -6,6 +6,9 @@ mod limits;
 pub use limits::ConnectionLimits;
 
 use crate::config::{Config, ListenerKind, open_relay_entries};
+use crate::delivery::Deliverer;
+use crate::dns::Resolver;
+use crate::queue::QueueManager;
 use crate::session::{Context, Session};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{SmtpStream, tls_info};
@@ -25,6 +28,8 @@ const OPEN_RELAY_REMINDER: Duration = Duration::from_secs(3600);
 
 pub struct Server {
     ctx: Arc<Context>,
+    queue: Arc<QueueManager>,
+    new_ids: tokio::sync::mpsc::UnboundedReceiver<String>,
     listeners: Vec<(TcpListener, ListenerKind)>,
     limits: Arc<ConnectionLimits>,
     _lock: std::fs::File,
@@ -70,9 +75,18 @@ impl Server {
             config.server.max_connections,
             config.server.max_connections_per_ip,
         );
-        let ctx = Arc::new(Context::new(config, Some(tls), spool));
+        let resolver =
+            Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
+        let shared = Arc::new(config.clone());
+        let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver));
+        let (queue, new_ids) = QueueManager::new(spool.clone(), shared, deliverer);
+        let mut ctx = Context::new(config, Some(tls), spool);
+        ctx.queue = Some(queue.handle());
+        let ctx = Arc::new(ctx);
         Ok(Server {
             ctx,
+            queue,
+            new_ids,
             listeners,
             limits,
             _lock: lock,
@@ -101,6 +115,8 @@ impl Server {
         {
             tracker.spawn(remind_open_relay(Arc::clone(&self.ctx), shutdown.clone()));
         }
+        let grace = self.ctx.config.server.shutdown_grace.get();
+        tracker.spawn(Arc::clone(&self.queue).run(self.new_ids, shutdown.clone(), grace));
         for (listener, kind) in self.listeners {
             let ctx = Arc::clone(&self.ctx);
             let limits = Arc::clone(&self.limits);

@@ -14,6 +14,8 @@ pub struct Context {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub users: UserDb,
     pub spool: Spool,
+    /// Where to announce newly accepted messages (absent in protocol-only tests).
+    pub queue: Option<crate::queue::QueueHandle>,
 }
 
 impl Context {
@@ -25,6 +27,7 @@ impl Context {
             users: UserDb::new(config.users_file()),
             spool,
             config,
+            queue: None,
         }
     }
 }

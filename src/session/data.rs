@@ -317,6 +317,9 @@ impl Session {
         match committed {
             Ok(()) => {
                 self.messages += 1;
+                if let Some(q) = &self.ctx.queue {
+                    q.notify(queue_id);
+                }
                 info!(
                     session = self.id,
                     client = %self.ip,

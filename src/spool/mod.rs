@@ -174,13 +174,31 @@ impl Spool {
 
     /// Replaces a message's delivery state durably (tmp, fsync, rename, fsync dir).
     pub fn write_state(&self, id: &str, state: &MessageState) -> Result<(), SpoolError> {
-        self.message_path(id)?;
+        if !self.message_path(id)?.exists() {
+            // Deleted meanwhile (queue delete): do not leave a stray state file.
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
         let json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
         let tmp = self.tmp_dir().join(format!("{id}.state"));
         writer::write_durably(&tmp, &json)?;
         fs::rename(&tmp, self.state_path(id))?;
         writer::sync_dir(&self.state_dir())?;
         Ok(())
+    }
+
+    /// Tells a running server to look at the queue again (after hold, release, retry).
+    pub fn poke(&self) -> io::Result<()> {
+        fs::write(
+            self.root.join("queue-changed"),
+            chrono::Utc::now().timestamp_micros().to_string(),
+        )
+    }
+
+    /// When `poke` last happened, for the server to notice.
+    pub fn poked_at(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.root.join("queue-changed"))
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     /// Deletes a message and its state. The message file goes first, so a

@@ -26,6 +26,9 @@ pub struct RecipientState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageState {
     pub held: bool,
+    /// A "delayed" notice has been sent for this message.
+    #[serde(default)]
+    pub delay_warned: bool,
     pub recipients: Vec<RecipientState>,
 }
 
@@ -34,6 +37,7 @@ impl MessageState {
     pub fn initial(envelope: &Envelope) -> MessageState {
         MessageState {
             held: false,
+            delay_warned: false,
             recipients: envelope
                 .recipients
                 .iter()
@@ -46,5 +50,23 @@ impl MessageState {
                 })
                 .collect(),
         }
+    }
+
+    /// When the earliest queued recipient is due; None when held or nothing is queued.
+    pub fn next_due(&self) -> Option<i64> {
+        if self.held {
+            return None;
+        }
+        self.recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Queued)
+            .map(|r| r.next_attempt.unwrap_or(0))
+            .min()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Queued)
     }
 }

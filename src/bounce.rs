@@ -1,0 +1,215 @@
+//! Delivery status notifications (RFC 3464): a multipart/report with a
+//! human-readable part, a message/delivery-status part, and the original
+//! message (or its headers). Written by hand because the message/* parts
+//! must not be transfer-encoded (RFC 2046 5.2.1).
+
+use crate::config::BounceAttach;
+use crate::spool::Envelope;
+
+/// One recipient to report on.
+pub struct ReportedRecipient {
+    pub address: String,
+    /// The reason as recorded (reply text or our own words), ideally with an enhanced code.
+    pub reason: String,
+    pub remote: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    /// Permanent failure or expiry: the message was not delivered to these recipients.
+    Failed,
+    /// Still queued after the warning time; retries go on.
+    Delayed,
+}
+
+/// Whether a bounce may be sent for this message at all: never to the null
+/// sender (that would loop), never about a bounce.
+pub fn may_bounce(envelope: &Envelope) -> bool {
+    !envelope.sender.is_empty()
+}
+
+/// The enhanced status code in `reason` ("5.1.1"), or a default for the kind.
+pub fn status_of(reason: &str, kind: ReportKind) -> String {
+    let found = reason
+        .split(|c: char| c.is_whitespace() || c == ';' || c == ':')
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+    match (found, kind) {
+        (Some(code), ReportKind::Failed) if code.starts_with('5') => code.to_string(),
+        // A temporary code that ended the message (expiry) is reported as it was.
+        (Some(code), ReportKind::Failed) => code.to_string(),
+        (Some(code), ReportKind::Delayed) => format!("4{}", &code[1..]),
+        (None, ReportKind::Failed) => "5.0.0".into(),
+        (None, ReportKind::Delayed) => "4.0.0".into(),
+    }
+}
+
+/// Builds the DSN message (headers and body, CRLF line ends).
+pub fn build(
+    kind: ReportKind,
+    hostname: &str,
+    original: &Envelope,
+    original_body: &[u8],
+    recipients: &[ReportedRecipient],
+    attach: BounceAttach,
+    bounce_id: &str,
+) -> Vec<u8> {
+    let now = chrono::Utc::now().to_rfc2822();
+    let boundary = format!("=_portcullis_{bounce_id}");
+    let subject = match kind {
+        ReportKind::Failed => "Undelivered Mail Returned to Sender",
+        ReportKind::Delayed => "Delayed Mail (still being retried)",
+    };
+    let mut m = String::new();
+    m.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+    ));
+    m.push_str(&format!("To: <{}>\r\n", original.sender));
+    m.push_str(&format!("Subject: {subject}\r\n"));
+    m.push_str(&format!("Date: {now}\r\n"));
+    m.push_str(&format!("Message-ID: <{bounce_id}.dsn@{hostname}>\r\n"));
+    m.push_str("Auto-Submitted: auto-replied\r\n");
+    m.push_str("MIME-Version: 1.0\r\n");
+    m.push_str(&format!("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"));
+    m.push_str("This is a MIME-encapsulated delivery status notification.\r\n\r\n");
+
+    // Part 1: for people.
+    m.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"));
+    m.push_str(&format!("This is the mail system at {hostname}.\r\n\r\n"));
+    match kind {
+        ReportKind::Failed => m.push_str("Your message could not be delivered to the recipients below. It has been removed from the queue.\r\n\r\n"),
+        ReportKind::Delayed => m.push_str("Your message has not been delivered yet to the recipients below. Delivery will be retried; you do not need to send it again.\r\n\r\n"),
+    }
+    for r in recipients {
+        m.push_str(&format!("<{}>: {}\r\n", r.address, one_line(&r.reason)));
+    }
+    m.push_str("\r\n");
+
+    // Part 2: for programs.
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
+    m.push_str(&format!("Reporting-MTA: dns; {hostname}\r\n"));
+    m.push_str(&format!("X-Portcullis-Queue-ID: {}\r\n", original.id));
+    if let Some(arrival) = chrono::DateTime::from_timestamp(original.received_at, 0) {
+        m.push_str(&format!("Arrival-Date: {}\r\n", arrival.to_rfc2822()));
+    }
+    for r in recipients {
+        m.push_str("\r\n");
+        m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", r.address));
+        m.push_str(&format!(
+            "Action: {}\r\n",
+            if kind == ReportKind::Failed {
+                "failed"
+            } else {
+                "delayed"
+            }
+        ));
+        m.push_str(&format!("Status: {}\r\n", status_of(&r.reason, kind)));
+        if let Some(remote) = &r.remote {
+            m.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
+            m.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\r\n",
+                one_line(&r.reason)
+            ));
+        }
+        m.push_str(&format!("Last-Attempt-Date: {now}\r\n"));
+    }
+    m.push_str("\r\n");
+
+    // Part 3: the original.
+    let (ctype, content): (&str, &[u8]) = match attach {
+        BounceAttach::Full => ("message/rfc822", original_body),
+        BounceAttach::Headers => ("text/rfc822-headers", headers_of(original_body)),
+    };
+    let cte = if content.is_ascii() { "7bit" } else { "8bit" };
+    m.push_str(&format!("--{boundary}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\nContent-Description: the original message\r\n\r\n"));
+    let mut out = m.into_bytes();
+    out.extend_from_slice(content);
+    if !content.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    out
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// The header block of a message, up to and including the blank line.
+fn headers_of(body: &[u8]) -> &[u8] {
+    match body.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => &body[..p + 4],
+        None => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(
+            status_of("550 5.1.1 no such user", ReportKind::Failed),
+            "5.1.1"
+        );
+        assert_eq!(
+            status_of("5.1.10 x accepts no mail", ReportKind::Failed),
+            "5.1.10"
+        );
+        assert_eq!(status_of("421 4.4.2 timeout", ReportKind::Delayed), "4.4.2");
+        assert_eq!(status_of("connection refused", ReportKind::Failed), "5.0.0");
+    }
+
+    #[test]
+    fn report_structure() {
+        let env = Envelope::for_test(
+            "0123456789ABCDEF01",
+            "alice@example.org",
+            &["bob@example.net"],
+        );
+        let original = b"Subject: hello\r\n\r\nbody\r\n";
+        let rcpts = [ReportedRecipient {
+            address: "bob@example.net".into(),
+            reason: "550 5.1.1 user unknown".into(),
+            remote: Some("mx.example.net".into()),
+        }];
+        let dsn = String::from_utf8(build(
+            ReportKind::Failed,
+            "relay.test",
+            &env,
+            original,
+            &rcpts,
+            BounceAttach::Full,
+            "FEDCBA9876543210FF",
+        ))
+        .unwrap();
+        assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status"));
+        assert!(dsn.contains("Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.net"));
+        assert!(dsn.contains("Content-Type: message/rfc822"));
+        assert!(
+            dsn.contains("Subject: hello\r\n\r\nbody\r\n--=_portcullis_FEDCBA9876543210FF--\r\n")
+        );
+        let headers_only = String::from_utf8(build(
+            ReportKind::Failed,
+            "relay.test",
+            &env,
+            original,
+            &rcpts,
+            BounceAttach::Headers,
+            "X",
+        ))
+        .unwrap();
+        assert!(
+            headers_only.contains("text/rfc822-headers") && !headers_only.contains("body\r\n--")
+        );
+    }
+}
