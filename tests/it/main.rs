@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod clients;
+mod delivery;
 mod durability;
 mod full_disk;
 mod guard;

@@ -2,7 +2,9 @@
 //! 127.0.0.x addresses, generated TLS certificates, and helpers to read the spool.
 
 pub mod client;
+pub mod dns;
 pub mod server;
+pub mod sink;
 pub mod tls;
 
 use std::time::Duration;

@@ -1,0 +1,483 @@
+//! Delivery end to end over loopback: a test DNS server with MX/A records
+//! pointing at 127.0.0.x sinks, real SMTP both ways.
+
+use crate::support::client::SmtpClient;
+use crate::support::dns::TestDns;
+use crate::support::server::TestServer;
+use crate::support::sink::{Behaviour, Sink, tls_config};
+use crate::support::tls::TestCa;
+use crate::support::{WAIT, run_with_timeout, strip_received};
+use std::time::Duration;
+
+/// A port number free on 127.0.0.1, used on other 127.0.0.x addresses for every MX sink of a test.
+fn shared_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(dns: &TestDns, delivery: &str) -> String {
+    format!(
+        "{}\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n[delivery]\nretry_schedule = [\"1s\"]\n{delivery}\n",
+        dns.config()
+    )
+}
+
+async fn submit(server: &TestServer, from: &str, to: &[&str], body: &[u8]) -> String {
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.2").await;
+    c.expect("EHLO submit.test", 250).await;
+    let r = c.send_mail(from, to, body).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.expect("QUIT", 221).await;
+    r.text().rsplit(' ').next().unwrap().to_string()
+}
+
+/// Waits (bounded) until the queue is empty.
+async fn queue_drains(server: &TestServer) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < WAIT {
+        if server.queued().is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_to_portcullis_to_sink_byte_exact() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let sink = Sink::start("127.0.0.20", port, Behaviour::accept_all()).await;
+    dns.mx("example.net", 10, "mx1.example.net");
+    dns.host("mx1.example.net", "127.0.0.20");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+
+    let body = b"From: a@client.test\r\nTo: b@example.net\r\nSubject: end to end\r\n\r\nline one\r\n.dot line\r\nlast line";
+    let path = server.dir.path().join("e2e.eml");
+    std::fs::write(&path, body).unwrap();
+    let server_arg = server.addr().to_string();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            std::process::Command::new("swaks").args([
+                "--server",
+                &server_arg,
+                "--local-interface",
+                "127.0.0.2",
+                "--from",
+                "a@client.test",
+                "--to",
+                "b@example.net",
+                "--data",
+                &path.display().to_string(),
+                "--timeout",
+                "15",
+            ]),
+            WAIT,
+        )
+    });
+    assert!(ok, "{out}{err}");
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].from, "a@client.test");
+    assert_eq!(got[0].rcpts, vec!["b@example.net".to_string()]);
+    let mut expected = body.to_vec();
+    expected.extend_from_slice(b"\r\n");
+    assert_eq!(
+        strip_received(&got[0].data),
+        expected.as_slice(),
+        "byte-exact plus our Received:"
+    );
+    assert!(String::from_utf8_lossy(&got[0].data).starts_with("Received: from "));
+    assert!(
+        queue_drains(&server).await,
+        "delivered mail leaves the queue"
+    );
+    assert!(
+        !got[0].tls,
+        "the sink offers no STARTTLS, so opportunistic TLS sends in clear"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_preferences_and_failover() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    // mx1: nothing listens (connection refused); mx2: answers 421; mx3 takes the mail.
+    let _mx2 = Sink::start(
+        "127.0.0.31",
+        port,
+        Behaviour {
+            banner: Some((421, "4.3.2 busy")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mx3 = Sink::start("127.0.0.32", port, Behaviour::accept_all()).await;
+    dns.mx("failover.example", 10, "mx1.failover.example");
+    dns.mx("failover.example", 20, "mx2.failover.example");
+    dns.mx("failover.example", 30, "mx3.failover.example");
+    dns.host("mx1.failover.example", "127.0.0.30");
+    dns.host("mx2.failover.example", "127.0.0.31");
+    dns.host("mx3.failover.example", "127.0.0.32");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    submit(
+        &server,
+        "a@client.test",
+        &["x@failover.example", "y@failover.example"],
+        b"Subject: failover\r\n\r\nx\r\n",
+    )
+    .await;
+    let got = mx3.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "one transaction for both recipients");
+    assert_eq!(got[0].rcpts.len(), 2);
+    assert!(queue_drains(&server).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_servers_down_defers_then_delivers_once_one_comes_up() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    dns.mx("later.example", 10, "mx.later.example");
+    dns.host("mx.later.example", "127.0.0.40");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@later.example"],
+        b"Subject: later\r\n\r\nx\r\n",
+    )
+    .await;
+    // Wait for a first failed attempt to be recorded.
+    let start = std::time::Instant::now();
+    let state = loop {
+        let s = server.spool().load(&id).unwrap().state;
+        if s.recipients[0].last_error.is_some() || start.elapsed() > WAIT {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = &state.recipients[0];
+    assert_eq!(r.status, portcullis::spool::RecipientStatus::Queued);
+    assert!(
+        r.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("127.0.0.40"),
+        "{r:?}"
+    );
+    assert!(r.next_attempt.is_some());
+    let sink = Sink::start("127.0.0.40", port, Behaviour::accept_all()).await;
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "delivered once the server came up");
+    assert!(queue_drains(&server).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.messages().len(), 1, "and only once");
+}
+
+/// Parses the DSN of a bounce: (Action, Status, Final-Recipient) lines.
+fn dsn_fields(data: &[u8]) -> (String, String, String) {
+    let text = String::from_utf8_lossy(data).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in DSN:\n{text}"))
+    };
+    (
+        field("Action:"),
+        field("Status:"),
+        field("Final-Recipient:"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_bounces_to_the_sender_and_null_sender_gets_none() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let dest = Sink::start(
+        "127.0.0.50",
+        port,
+        Behaviour {
+            reject_rcpt: vec![("nobody", 550, "5.1.1 no such user here")],
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let senders_mx = Sink::start("127.0.0.51", port, Behaviour::accept_all()).await;
+    dns.mx("dest.example", 10, "mx.dest.example");
+    dns.host("mx.dest.example", "127.0.0.50");
+    dns.mx("sender.example", 10, "mx.sender.example");
+    dns.host("mx.sender.example", "127.0.0.51");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let original = b"Subject: will bounce\r\nMessage-ID: <orig@sender.example>\r\n\r\nhello\r\n";
+    submit(
+        &server,
+        "alice@sender.example",
+        &["nobody@dest.example", "somebody@dest.example"],
+        original,
+    )
+    .await;
+
+    let bounces = senders_mx.wait_for(1, WAIT).await;
+    assert_eq!(bounces.len(), 1, "one bounce");
+    let b = &bounces[0];
+    assert_eq!(b.from, "", "bounces come from the null sender");
+    assert_eq!(b.rcpts, vec!["alice@sender.example".to_string()]);
+    let (action, status, rcpt) = dsn_fields(&b.data);
+    assert_eq!(
+        (action.as_str(), status.as_str(), rcpt.as_str()),
+        ("failed", "5.1.1", "rfc822; nobody@dest.example")
+    );
+    let text = String::from_utf8_lossy(&b.data);
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(text.contains("Remote-MTA: dns; mx.dest.example"), "{text}");
+    assert!(
+        text.contains("Message-ID: <orig@sender.example>"),
+        "the original is attached"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; somebody@dest.example"),
+        "the delivered recipient is not reported"
+    );
+    assert_eq!(
+        dest.messages().len(),
+        1,
+        "the good recipient got the message"
+    );
+    assert!(queue_drains(&server).await);
+
+    // A message from the null sender that fails: no bounce at all.
+    submit(
+        &server,
+        "",
+        &["nobody@dest.example"],
+        b"Subject: from null\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(queue_drains(&server).await, "the failed message is removed");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        senders_mx.messages().len(),
+        1,
+        "no bounce to the null sender"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_mx_and_missing_domains_bounce_at_once() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let senders_mx = Sink::start("127.0.0.55", port, Behaviour::accept_all()).await;
+    dns.mx("sender.example", 10, "mx.sender.example");
+    dns.host("mx.sender.example", "127.0.0.55");
+    dns.null_mx("nomail.example");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    submit(
+        &server,
+        "alice@sender.example",
+        &["x@nomail.example"],
+        b"Subject: a\r\n\r\nx\r\n",
+    )
+    .await;
+    submit(
+        &server,
+        "alice@sender.example",
+        &["x@does-not-exist.example"],
+        b"Subject: b\r\n\r\nx\r\n",
+    )
+    .await;
+    let bounces = senders_mx.wait_for(2, WAIT).await;
+    assert_eq!(bounces.len(), 2);
+    let mut statuses: Vec<String> = bounces.iter().map(|b| dsn_fields(&b.data).1).collect();
+    statuses.sort();
+    assert_eq!(statuses, ["5.1.10", "5.1.2"]);
+    assert!(queue_drains(&server).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_bounces_with_4_4_7() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let senders_mx = Sink::start("127.0.0.57", port, Behaviour::accept_all()).await;
+    dns.mx("sender.example", 10, "mx.sender.example");
+    dns.host("mx.sender.example", "127.0.0.57");
+    dns.mx("down.example", 10, "mx.down.example");
+    dns.host("mx.down.example", "127.0.0.58"); // nothing listens there
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\nmax_queue_lifetime = \"3s\""),
+    ))
+    .await;
+    submit(
+        &server,
+        "alice@sender.example",
+        &["x@down.example"],
+        b"Subject: expires\r\n\r\nx\r\n",
+    )
+    .await;
+    let bounces = senders_mx.wait_for(1, WAIT).await;
+    assert_eq!(bounces.len(), 1, "an expiry bounce arrives");
+    let (action, status, _) = dsn_fields(&bounces[0].data);
+    assert_eq!((action.as_str(), status.as_str()), ("failed", "4.4.7"));
+    assert!(String::from_utf8_lossy(&bounces[0].data).contains("expired"));
+    assert!(queue_drains(&server).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smarthost_failover_with_starttls_and_auth() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let port = shared_port();
+    // The first smart host refuses connections; the second needs STARTTLS and AUTH.
+    let smarthost = Sink::start(
+        "127.0.0.61",
+        port,
+        Behaviour {
+            tls: Some(tls_config(&ca)),
+            require_auth: Some(("office@example.com".into(), "s3cret pass".into())),
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let pass = dir.path().join("smarthost.pass");
+    std::fs::write(&pass, "s3cret pass\n").unwrap();
+    let delivery = format!(
+        "mode = \"smarthost\"\nsmarthost = [\"127.0.0.60:{port}\", \"relay.test:{port}\"]\nsmarthost_tls = \"starttls\"\nsmarthost_user = \"office@example.com\"\nsmarthost_password_file = \"{}\"\nsmarthost_ca_file = \"{}\"\n",
+        pass.display(),
+        ca.ca_file(dir.path()).display()
+    );
+    dns.host("relay.test", "127.0.0.61");
+    let server = TestServer::start(&config(&dns, &delivery)).await;
+    submit(
+        &server,
+        "a@client.test",
+        &["far@anywhere.example"],
+        b"Subject: via smarthost\r\n\r\nx\r\n",
+    )
+    .await;
+    let got = smarthost.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "delivered through the second smart host");
+    assert!(got[0].tls, "over STARTTLS");
+    assert_eq!(
+        got[0].auth,
+        Some(("office@example.com".to_string(), "s3cret pass".to_string()))
+    );
+    assert!(queue_drains(&server).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_and_missing_auth_never_send_in_clear() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let plain = Sink::start("127.0.0.65", port, Behaviour::accept_all()).await;
+    dns.mx("plain.example", 10, "mx.plain.example");
+    dns.host("mx.plain.example", "127.0.0.65");
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\noutbound_tls = \"required\""),
+    ))
+    .await;
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@plain.example"],
+        b"Subject: secret\r\n\r\nx\r\n",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let err = loop {
+        let s = server.spool().load(&id).unwrap().state;
+        if let Some(e) = s.recipients[0].last_error.clone() {
+            break e;
+        }
+        assert!(start.elapsed() < WAIT, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(err.contains("TLS required"), "{err}");
+    assert!(plain.messages().is_empty(), "nothing was sent in clear");
+    server.stop().await;
+
+    // A smart host that does not offer AUTH when credentials are configured: deferred, never sent.
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("p");
+    std::fs::write(&pass, "pw").unwrap();
+    let no_auth = Sink::start("127.0.0.66", port, Behaviour::accept_all()).await;
+    let delivery = format!(
+        "mode = \"smarthost\"\nsmarthost = \"127.0.0.66:{port}\"\nsmarthost_tls = \"none\"\nsmarthost_user = \"u\"\nsmarthost_password_file = \"{}\"\n",
+        pass.display()
+    );
+    let server = TestServer::start(&config(&dns, &delivery)).await;
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@anywhere.example"],
+        b"Subject: auth\r\n\r\nx\r\n",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let err = loop {
+        let s = server.spool().load(&id).unwrap().state;
+        if let Some(e) = s.recipients[0].last_error.clone() {
+            break e;
+        }
+        assert!(start.elapsed() < WAIT, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(err.contains("AUTH required"), "{err}");
+    assert!(
+        no_auth.messages().is_empty(),
+        "never a silent unauthenticated send"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_dns_failures() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let office = Sink::start("127.0.0.70", port, Behaviour::accept_all()).await;
+    dns.silent("broken-dns.example");
+    let server = TestServer::start(&format!(
+        "{}\n[[route]]\ndomain = \"example.lan\"\nhost = \"127.0.0.70:{port}\"\n",
+        config(&dns, "")
+    ))
+    .await;
+    submit(
+        &server,
+        "a@client.test",
+        &["boss@example.lan"],
+        b"Subject: routed\r\n\r\nx\r\n",
+    )
+    .await;
+    assert_eq!(
+        office.wait_for(1, WAIT).await.len(),
+        1,
+        "[[route]] sends example.lan to the office server"
+    );
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@broken-dns.example"],
+        b"Subject: dns\r\n\r\nx\r\n",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let r = loop {
+        let s = server.spool().load(&id).unwrap().state;
+        if s.recipients[0].last_error.is_some() {
+            break s.recipients[0].clone();
+        }
+        assert!(start.elapsed() < WAIT, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        r.status,
+        portcullis::spool::RecipientStatus::Queued,
+        "a DNS failure is temporary"
+    );
+    assert_eq!(r.attempts, 0, "and does not count against the schedule");
+    assert!(dns.queries_for("broken-dns.example") > 0);
+}

@@ -1,0 +1,150 @@
+//! A tiny authoritative DNS server on a loopback UDP port, for tests only:
+//! MX, A and AAAA records, NXDOMAIN, and names that never get an answer.
+
+use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::net::UdpSocket;
+
+#[derive(Default)]
+struct Zone {
+    records: HashMap<(String, RecordType), Vec<RData>>,
+    silent: HashSet<String>,
+    queries: Vec<(String, RecordType)>,
+}
+
+pub struct TestDns {
+    pub addr: SocketAddr,
+    zone: Arc<Mutex<Zone>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_lowercase()
+}
+
+fn fqdn(name: &str) -> Name {
+    Name::from_ascii(format!("{}.", name.trim_end_matches('.'))).unwrap()
+}
+
+impl TestDns {
+    pub async fn start() -> TestDns {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let zone = Arc::new(Mutex::new(Zone::default()));
+        let z = Arc::clone(&zone);
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if let Some(reply) = answer(&z, &query) {
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+            }
+        });
+        TestDns { addr, zone, task }
+    }
+
+    /// The `[dns]` section that points Portcullis here.
+    pub fn config(&self) -> String {
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n",
+            self.addr
+        )
+    }
+
+    fn add(&self, name: &str, rtype: RecordType, data: RData) {
+        self.zone
+            .lock()
+            .unwrap()
+            .records
+            .entry((key(name), rtype))
+            .or_default()
+            .push(data);
+    }
+
+    pub fn mx(&self, domain: &str, preference: u16, host: &str) {
+        self.add(
+            domain,
+            RecordType::MX,
+            RData::MX(MX::new(preference, fqdn(host))),
+        );
+    }
+
+    /// RFC 7505: a single MX with preference 0 and the root as exchange.
+    pub fn null_mx(&self, domain: &str) {
+        self.add(domain, RecordType::MX, RData::MX(MX::new(0, Name::root())));
+    }
+
+    pub fn host(&self, name: &str, ip: &str) {
+        match ip.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(v4) => self.add(name, RecordType::A, RData::A(A(v4))),
+            IpAddr::V6(v6) => self.add(name, RecordType::AAAA, RData::AAAA(AAAA(v6))),
+        }
+    }
+
+    /// Queries for this name are never answered (a broken DNS server).
+    pub fn silent(&self, name: &str) {
+        self.zone.lock().unwrap().silent.insert(key(name));
+    }
+
+    /// How many queries asked about `name`.
+    pub fn queries_for(&self, name: &str) -> usize {
+        self.zone
+            .lock()
+            .unwrap()
+            .queries
+            .iter()
+            .filter(|(n, _)| *n == key(name))
+            .count()
+    }
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(zone: &Mutex<Zone>, query: &Message) -> Option<Vec<u8>> {
+    let q = query.queries.first()?;
+    let name = key(&q.name().to_ascii());
+    let rtype = q.query_type();
+    let mut z = zone.lock().unwrap();
+    z.queries.push((name.clone(), rtype));
+    if z.silent.contains(&name) {
+        return None;
+    }
+    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+    reply.metadata.message_type = MessageType::Response;
+    reply.metadata.authoritative = true;
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_query(q.clone());
+    let exists = z.records.keys().any(|(n, _)| *n == name);
+    match z.records.get(&(name.clone(), rtype)) {
+        Some(datas) => {
+            for d in datas {
+                reply.add_answer(Record::from_rdata(q.name().clone(), 60, d.clone()));
+            }
+        }
+        None => {
+            reply.metadata.response_code = if exists {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::NXDomain
+            };
+            let soa = SOA::new(fqdn("ns.test"), fqdn("hostmaster.test"), 1, 60, 60, 60, 60);
+            reply.add_authority(Record::from_rdata(Name::root(), 60, RData::SOA(soa)));
+        }
+    }
+    reply.to_vec().ok()
+}

@@ -1,0 +1,236 @@
+//! A destination SMTP server for delivery tests: records what it receives and
+//! can be told to refuse, to offer or require TLS and AUTH, or to be slow.
+
+use super::tls::TestCa;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub helo: String,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+    pub tls: bool,
+    pub auth: Option<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Banner reply; a 4xx/5xx here refuses the session.
+    pub banner: Option<(u16, &'static str)>,
+    /// Recipients (local parts) refused with this reply.
+    pub reject_rcpt: Vec<(&'static str, u16, &'static str)>,
+    /// Offer STARTTLS with a certificate from this CA.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH PLAIN LOGIN and require these credentials before MAIL.
+    pub require_auth: Option<(String, String)>,
+    /// Offer PIPELINING.
+    pub pipelining: bool,
+}
+
+impl Behaviour {
+    pub fn accept_all() -> Behaviour {
+        Behaviour {
+            pipelining: true,
+            ..Default::default()
+        }
+    }
+}
+
+pub fn tls_config(ca: &TestCa) -> Arc<rustls::ServerConfig> {
+    portcullis::tls::server_config(&ca.cert_path, &ca.key_path).unwrap()
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// Listens on `ip:port` (port 0 for any).
+    pub async fn start(ip: &str, port: u16, behaviour: Behaviour) -> Sink {
+        let listener = TcpListener::bind((ip, port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let store = Arc::clone(&store);
+                let b = behaviour.clone();
+                tokio::spawn(async move {
+                    let _ = serve(Box::new(tcp), b, store).await;
+                });
+            }
+        });
+        Sink {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until at least `n` messages have arrived.
+    pub async fn wait_for(&self, n: usize, limit: std::time::Duration) -> Vec<Received> {
+        let start = std::time::Instant::now();
+        loop {
+            let got = self.messages();
+            if got.len() >= n || start.elapsed() > limit {
+                return got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Stream = Box<dyn crate::support::client::Io>;
+
+async fn serve(io: Stream, b: Behaviour, store: Arc<Mutex<Vec<Received>>>) -> std::io::Result<()> {
+    let mut io = BufReader::new(io);
+    let (code, text) = b.banner.unwrap_or((220, "sink.test ESMTP"));
+    io.write_all(format!("{code} {text}\r\n").as_bytes())
+        .await?;
+    if code != 220 {
+        return Ok(());
+    }
+    let mut tls = false;
+    let mut cur = Received::default();
+    let mut authed: Option<(String, String)> = None;
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end().to_string();
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            cur.helo = line[5.min(line.len())..].to_string();
+            let mut caps = vec![
+                "250-sink.test".to_string(),
+                "250-8BITMIME".into(),
+                "250-SIZE 100000000".into(),
+            ];
+            if b.pipelining {
+                caps.push("250-PIPELINING".into());
+            }
+            if b.tls.is_some() && !tls {
+                caps.push("250-STARTTLS".into());
+            }
+            if b.require_auth.is_some() {
+                caps.push("250-AUTH PLAIN LOGIN".into());
+            }
+            caps.push("250 HELP".into());
+            caps.join("\r\n")
+        } else if upper == "STARTTLS" && b.tls.is_some() && !tls {
+            io.write_all(b"220 go ahead\r\n").await?;
+            let inner = io.into_inner();
+            let acceptor = tokio_rustls::TlsAcceptor::from(b.tls.clone().unwrap());
+            let stream = acceptor.accept(inner).await?;
+            io = BufReader::new(Box::new(stream) as Stream);
+            tls = true;
+            cur = Received::default();
+            continue;
+        } else if let Some(token) = upper.strip_prefix("AUTH PLAIN ").map(|_| &line[11..]) {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|&c| c == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let creds = (
+                parts.get(1).cloned().unwrap_or_default(),
+                parts.get(2).cloned().unwrap_or_default(),
+            );
+            if Some(&creds) == b.require_auth.as_ref() {
+                authed = Some(creds);
+                "235 2.7.0 ok".into()
+            } else {
+                "535 5.7.8 bad credentials".into()
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            if b.require_auth.is_some() && authed.is_none() {
+                "530 5.7.0 authentication required".into()
+            } else {
+                cur.from = between(&line, '<', '>');
+                cur.rcpts.clear();
+                "250 2.1.0 ok".into()
+            }
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = between(&line, '<', '>');
+            let local = rcpt.split('@').next().unwrap_or_default().to_string();
+            match b.reject_rcpt.iter().find(|(l, _, _)| *l == local) {
+                Some((_, code, text)) => format!("{code} {text}"),
+                None => {
+                    cur.rcpts.push(rcpt);
+                    "250 2.1.5 ok".into()
+                }
+            }
+        } else if upper == "DATA" {
+            if cur.rcpts.is_empty() {
+                "554 5.5.1 no valid recipients".into()
+            } else {
+                io.write_all(b"354 go\r\n").await?;
+                cur.data = read_data(&mut io).await?;
+                cur.tls = tls;
+                cur.auth = authed.clone();
+                store.lock().unwrap().push(cur.clone());
+                cur.rcpts.clear();
+                "250 2.0.0 queued in the sink".into()
+            }
+        } else if upper == "RSET" {
+            cur.rcpts.clear();
+            "250 2.0.0 ok".into()
+        } else if upper == "QUIT" {
+            io.write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else if upper == "NOOP" {
+            "250 2.0.0 ok".into()
+        } else {
+            "502 5.5.1 not here".into()
+        };
+        io.write_all(format!("{reply}\r\n").as_bytes()).await?;
+    }
+}
+
+fn between(s: &str, a: char, b: char) -> String {
+    let start = s.find(a).map_or(0, |i| i + 1);
+    let end = s.rfind(b).unwrap_or(s.len());
+    s.get(start..end).unwrap_or_default().to_string()
+}
+
+/// Reads dot-stuffed data up to CRLF.CRLF and undoes the stuffing.
+async fn read_data(io: &mut BufReader<Stream>) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = io.read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == b".\r\n" {
+            return Ok(out);
+        }
+        if line.starts_with(b".") {
+            line.remove(0);
+        }
+        out.extend_from_slice(&line);
+    }
+}
