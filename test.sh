@@ -9,13 +9,17 @@ command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need_apt+=(libio-socket-ssl-perl libnet-ssleay-perl)
 perl -MAuthen::SASL -e1 >/dev/null 2>&1 || need_apt+=(libauthen-sasl-perl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    # Postfix is wanted only for its smtp-sink/smtp-source tools: no mail system, no daemon on port 25.
+    echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    $SUDO postfix stop >/dev/null 2>&1 || true
 fi
 
 cargo test --all-targets "$@"

@@ -130,6 +130,7 @@ async fn mx_preferences_and_failover() {
         b"Subject: failover\r\n\r\nx\r\n",
     )
     .await;
+    assert_eq!(mx3.addr.port(), port);
     let got = mx3.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1, "one transaction for both recipients");
     assert_eq!(got[0].rcpts.len(), 2);

@@ -8,5 +8,6 @@ mod delivery;
 mod durability;
 mod full_disk;
 mod guard;
+mod postfix;
 mod protocol;
 mod relay_matrix;

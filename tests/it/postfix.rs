@@ -1,0 +1,219 @@
+//! Postfix's smtp-sink as the real downstream: every message arrives exactly
+//! once, also when Portcullis is killed with -9 in the middle of a burst.
+
+use crate::support::WAIT;
+use crate::support::client::SmtpClient;
+use crate::support::server::{ProcessServer, TestServer, complete_config};
+use crate::support::tls::TestCa;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// smtp-sink writing one file per received message.
+struct SmtpSink {
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl SmtpSink {
+    fn start(ip: &str, dir: &Path) -> SmtpSink {
+        let dumps = dir.join("sink");
+        std::fs::create_dir_all(&dumps).unwrap();
+        let port = std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("{ip}:{port}");
+        let child = Command::new("smtp-sink")
+            .args(["-u", "root", "-d"])
+            .arg(format!("{}/%H%M%S.", dumps.display()))
+            .args([&addr, "256"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink from the postfix package (./test.sh installs it)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(start.elapsed() < WAIT, "smtp-sink did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SmtpSink {
+            child,
+            dir: dumps,
+            addr,
+        }
+    }
+
+    /// How often each "Subject: burst N" arrived.
+    fn subjects(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if let Some(s) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
+                *counts.entry(s.to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Waits (bounded) until `n` distinct subjects have arrived.
+    async fn wait_distinct(&self, n: usize, limit: Duration) -> HashMap<String, usize> {
+        let start = Instant::now();
+        loop {
+            let s = self.subjects();
+            if s.len() >= n || start.elapsed() > limit {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smarthost_config(sink: &SmtpSink) -> String {
+    format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n",
+        sink.addr
+    )
+}
+
+/// Sends `count` messages "Subject: burst N" (N from `first`) over `clients` parallel sessions.
+async fn send_burst(addr: std::net::SocketAddr, first: usize, count: usize, clients: usize) {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut client = SmtpClient::connect(addr, "127.0.0.2").await;
+            client.expect("EHLO burst.test", 250).await;
+            for n in (first + c..first + count).step_by(clients) {
+                let body = format!("Subject: burst {n}\r\n\r\nmessage number {n}\r\n");
+                let r = client
+                    .send_mail("burst@client.test", &["rcpt@far.example"], body.as_bytes())
+                    .await;
+                assert_eq!(r.code, 250, "{r:?}");
+            }
+            client.expect("QUIT", 221).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_reach_postfix_smtp_sink_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start("127.0.0.80", dir.path());
+    let server = TestServer::start(&smarthost_config(&sink)).await;
+    send_burst(server.addr(), 0, 1000, 4).await;
+    let got = sink.wait_distinct(1000, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), 1000, "every message arrived");
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    assert_eq!(duplicates, 0, "and exactly once");
+    let start = Instant::now();
+    while !server.queued().is_empty() && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.queued().is_empty(), "the queue is empty afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_delivery_burst_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start("127.0.0.81", dir.path());
+    let ca = TestCa::generate(dir.path());
+    let config_path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config_path,
+        complete_config(&smarthost_config(&sink), dir.path(), &ca),
+    )
+    .unwrap();
+
+    let total = 600;
+    let mut server = ProcessServer::spawn(&config_path);
+    // Submit while deliveries run; kill -9 once some have arrived.
+    let senders: Vec<_> = (0..3)
+        .map(|c| tokio::spawn(send_until_cut(server.addr, c, total, 3)))
+        .collect();
+    let start = Instant::now();
+    while sink.subjects().len() < 50 && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill9();
+    let before_restart = sink.subjects().len();
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    assert!(
+        acked.len() >= 50,
+        "the burst was under way when the server died"
+    );
+
+    let _server = ProcessServer::spawn(&config_path);
+    let got = sink
+        .wait_distinct(acked.len(), Duration::from_secs(120))
+        .await;
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    println!(
+        "kill -9 burst: {} acknowledged, {before_restart} delivered before the kill, {} after restart, {duplicates} duplicate(s)",
+        acked.len(),
+        got.len()
+    );
+    for n in &acked {
+        assert!(
+            got.contains_key(&format!("burst {n}")),
+            "acknowledged message {n} was lost"
+        );
+    }
+    assert!(
+        duplicates <= acked.len(),
+        "duplicates are bounded by the messages in flight"
+    );
+}
+
+/// Sends "burst N" messages until `total` or until the server goes away; returns the acknowledged N.
+async fn send_until_cut(
+    addr: std::net::SocketAddr,
+    first: usize,
+    total: usize,
+    step: usize,
+) -> Vec<usize> {
+    let mut acked = Vec::new();
+    let mut c = SmtpClient::connect(addr, "127.0.0.2").await;
+    if c.cmd("EHLO burst.test").await.code != 250 {
+        return acked;
+    }
+    for n in (first..total).step_by(step) {
+        let body = "MAIL FROM:<burst@client.test>\r\nRCPT TO:<rcpt@far.example>\r\nDATA\r\n";
+        if !c.try_send(body.as_bytes()).await {
+            break;
+        }
+        let ok = matches!(c.try_read_reply().await, Some(r) if r.code == 250)
+            & matches!(c.try_read_reply().await, Some(r) if r.code == 250)
+            & matches!(c.try_read_reply().await, Some(r) if r.code == 354);
+        if !ok
+            || !c
+                .try_send(format!("Subject: burst {n}\r\n\r\nmessage {n}\r\n.\r\n").as_bytes())
+                .await
+        {
+            break;
+        }
+        match c.try_read_reply().await {
+            Some(r) if r.code == 250 => acked.push(n),
+            _ => break,
+        }
+    }
+    acked
+}
