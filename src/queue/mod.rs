@@ -272,9 +272,18 @@ impl QueueManager {
         }
         let spool = self.spool.clone();
         let owned_id = id.to_string();
-        let to_write = state.clone();
-        match tokio::task::spawn_blocking(move || spool.write_state(&owned_id, &to_write)).await {
-            Ok(Ok(())) => {}
+        let mut to_write = state.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            // A `queue hold` given while this attempt ran must survive our write.
+            if let Ok(current) = spool.load(&owned_id) {
+                to_write.held = current.state.held;
+            }
+            spool.write_state(&owned_id, &to_write).map(|_| to_write.held)
+        })
+        .await;
+        match written {
+            Ok(Ok(true)) => return None,
+            Ok(Ok(false)) => {}
             Ok(Err(SpoolError::NotFound(_))) => return None,
             other => {
                 error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot record delivery state; will retry");
