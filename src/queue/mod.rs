@@ -278,7 +278,9 @@ impl QueueManager {
             if let Ok(current) = spool.load(&owned_id) {
                 to_write.held = current.state.held;
             }
-            spool.write_state(&owned_id, &to_write).map(|_| to_write.held)
+            spool
+                .write_state(&owned_id, &to_write)
+                .map(|_| to_write.held)
         })
         .await;
         match written {

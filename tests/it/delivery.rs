@@ -492,12 +492,25 @@ async fn one_delay_notice_while_retries_go_on() {
     dns.host("mx.sender.example", "127.0.0.75");
     dns.mx("slow.example", 10, "mx.slow.example");
     dns.host("mx.slow.example", "127.0.0.76"); // nothing listens there
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}\ndelay_warning = \"2s\""))).await;
-    let id = submit(&server, "alice@sender.example", &["x@slow.example"], b"Subject: slow\r\n\r\nx\r\n").await;
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\ndelay_warning = \"2s\""),
+    ))
+    .await;
+    let id = submit(
+        &server,
+        "alice@sender.example",
+        &["x@slow.example"],
+        b"Subject: slow\r\n\r\nx\r\n",
+    )
+    .await;
     let notices = senders_mx.wait_for(1, WAIT).await;
     assert_eq!(notices.len(), 1, "a delay notice arrives");
     let (action, status, rcpt) = dsn_fields(&notices[0].data);
-    assert_eq!((action.as_str(), rcpt.as_str()), ("delayed", "rfc822; x@slow.example"));
+    assert_eq!(
+        (action.as_str(), rcpt.as_str()),
+        ("delayed", "rfc822; x@slow.example")
+    );
     assert!(status.starts_with("4."), "{status}");
     assert_eq!(notices[0].from, "");
     // Retries go on, the message stays queued, and no second notice comes.
