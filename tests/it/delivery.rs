@@ -46,6 +46,19 @@ async fn queue_drains(server: &TestServer) -> bool {
     false
 }
 
+/// Waits (bounded) until the first recipient of `id` has a recorded attempt; returns its state.
+async fn first_attempt(server: &TestServer, id: &str) -> portcullis::spool::RecipientState {
+    let start = std::time::Instant::now();
+    loop {
+        let s = server.spool().load(id).unwrap().state;
+        if s.recipients[0].last_error.is_some() {
+            return s.recipients[0].clone();
+        }
+        assert!(start.elapsed() < WAIT, "no attempt recorded for {id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_to_portcullis_to_sink_byte_exact() {
     let dns = TestDns::start().await;
@@ -151,16 +164,7 @@ async fn all_servers_down_defers_then_delivers_once_one_comes_up() {
         b"Subject: later\r\n\r\nx\r\n",
     )
     .await;
-    // Wait for a first failed attempt to be recorded.
-    let start = std::time::Instant::now();
-    let state = loop {
-        let s = server.spool().load(&id).unwrap().state;
-        if s.recipients[0].last_error.is_some() || start.elapsed() > WAIT {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let r = &state.recipients[0];
+    let r = &first_attempt(&server, &id).await;
     assert_eq!(r.status, portcullis::spool::RecipientStatus::Queued);
     assert!(
         r.last_error
@@ -389,15 +393,10 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
         b"Subject: secret\r\n\r\nx\r\n",
     )
     .await;
-    let start = std::time::Instant::now();
-    let err = loop {
-        let s = server.spool().load(&id).unwrap().state;
-        if let Some(e) = s.recipients[0].last_error.clone() {
-            break e;
-        }
-        assert!(start.elapsed() < WAIT, "no attempt recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let err = first_attempt(&server, &id)
+        .await
+        .last_error
+        .unwrap_or_default();
     assert!(err.contains("TLS required"), "{err}");
     assert!(plain.messages().is_empty(), "nothing was sent in clear");
     server.stop().await;
@@ -419,15 +418,10 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
         b"Subject: auth\r\n\r\nx\r\n",
     )
     .await;
-    let start = std::time::Instant::now();
-    let err = loop {
-        let s = server.spool().load(&id).unwrap().state;
-        if let Some(e) = s.recipients[0].last_error.clone() {
-            break e;
-        }
-        assert!(start.elapsed() < WAIT, "no attempt recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let err = first_attempt(&server, &id)
+        .await
+        .last_error
+        .unwrap_or_default();
     assert!(err.contains("AUTH required"), "{err}");
     assert!(
         no_auth.messages().is_empty(),
@@ -465,15 +459,7 @@ async fn routes_and_dns_failures() {
         b"Subject: dns\r\n\r\nx\r\n",
     )
     .await;
-    let start = std::time::Instant::now();
-    let r = loop {
-        let s = server.spool().load(&id).unwrap().state;
-        if s.recipients[0].last_error.is_some() {
-            break s.recipients[0].clone();
-        }
-        assert!(start.elapsed() < WAIT, "no attempt recorded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let r = first_attempt(&server, &id).await;
     assert_eq!(
         r.status,
         portcullis::spool::RecipientStatus::Queued,
