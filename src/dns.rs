@@ -61,11 +61,18 @@ impl Resolver {
         opts.attempts = 2;
         opts.ndots = 0;
         let builder = if config.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| {
-                DnsError::Temporary(format!(
-                    "cannot read the system resolver configuration: {e}"
-                ))
-            })?
+            match TokioResolver::builder(provider.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    // No usable resolv.conf: start anyway; lookups fail (temporarily) until
+                    // [dns] nameservers is set, and mail waits safely in the queue.
+                    tracing::warn!(error = %e, "cannot read the system resolver configuration; set [dns] nameservers");
+                    TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(Vec::new()),
+                        provider,
+                    )
+                }
+            }
         } else {
             let servers = config
                 .nameservers

@@ -136,13 +136,11 @@ fn list(spool: &Spool, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<18}  {:<19}  {:>9}  {:<6}  {:<30}  recipients",
+        "{:<18}  {:<23}  {:>9}  {:<6}  {:<30}  recipients",
         "ID", "received (UTC)", "size", "state", "sender"
     );
     for m in &rows {
-        let when = chrono::DateTime::from_timestamp(m.envelope.received_at, 0)
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_default();
+        let received = when(m.envelope.received_at);
         let sender = if m.envelope.sender.is_empty() {
             "<>"
         } else {
@@ -155,9 +153,9 @@ fn list(spool: &Spool, json: bool) -> anyhow::Result<i32> {
             .map(|r| r.address.as_str())
             .collect();
         println!(
-            "{:<18}  {:<19}  {:>9}  {:<6}  {:<30}  {}",
+            "{:<18}  {:<23}  {:>9}  {:<6}  {:<30}  {}",
             m.envelope.id,
-            when,
+            received,
             m.envelope.size,
             if m.state.held { "held" } else { "queued" },
             sender,
@@ -166,6 +164,13 @@ fn list(spool: &Spool, json: bool) -> anyhow::Result<i32> {
     }
     println!("{} message(s)", rows.len());
     Ok(0)
+}
+
+/// A queue timestamp for people: UTC date and time.
+fn when(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| t.to_string())
 }
 
 fn show(spool: &Spool, id: &str, json: bool) -> anyhow::Result<i32> {
@@ -187,7 +192,9 @@ fn show(spool: &Spool, id: &str, json: bool) -> anyhow::Result<i32> {
     println!("id:          {}", e.id);
     println!(
         "received:    {} from {} (HELO {})",
-        e.received_at, e.client_ip, e.helo
+        when(e.received_at),
+        e.client_ip,
+        e.helo
     );
     println!(
         "sender:      {}",
@@ -203,9 +210,7 @@ fn show(spool: &Spool, id: &str, json: bool) -> anyhow::Result<i32> {
             r.address,
             r.status,
             r.attempts,
-            r.next_attempt
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| "-".into()),
+            r.next_attempt.map(when).unwrap_or_else(|| "-".into()),
             r.last_error.as_deref().unwrap_or("-")
         );
     }

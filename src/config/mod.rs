@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// What to do with a bare CR or LF inside message data.
     pub bare_newline: BareNewline,
+    /// Most Received: headers a message may carry before it is refused as a mail loop.
+    pub max_hops: usize,
     /// Time allowed for one command line to arrive (RFC 5321 4.5.3.2.7: 5 minutes).
     pub command_timeout: ConfigDuration,
     /// Time allowed between two pieces of message data (RFC 5321 4.5.3.2.5: 3 minutes).
@@ -103,6 +105,7 @@ impl Default for ServerConfig {
             max_connections: 200,
             max_connections_per_ip: 20,
             bare_newline: BareNewline::Reject,
+            max_hops: 50,
             command_timeout: ConfigDuration::secs(300),
             data_block_timeout: ConfigDuration::secs(180),
             data_timeout: ConfigDuration::secs(600),

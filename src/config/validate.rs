@@ -63,7 +63,8 @@ pub fn findings(c: &Config) -> Vec<Finding> {
 
 fn check_server(c: &Config, out: &mut Vec<Finding>) {
     let s = &c.server;
-    let positive: [(&str, u64); 6] = [
+    let positive: [(&str, u64); 7] = [
+        ("server.max_hops", s.max_hops as u64),
         ("server.max_message_size", s.max_message_size),
         ("server.max_recipients", s.max_recipients as u64),
         ("server.max_errors", u64::from(s.max_errors)),
@@ -298,6 +299,21 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
                 format!("relay.inbound_domains[{i}]"),
                 format!("{d:?}"),
                 "must be a plain domain name such as \"example.lan\"",
+            ));
+        }
+    }
+    for (i, d) in c.relay.inbound_domains.iter().enumerate() {
+        let d = d.trim().trim_end_matches('.');
+        if !c
+            .route
+            .iter()
+            .any(|r| r.domain.trim_end_matches('.').eq_ignore_ascii_case(d))
+        {
+            out.push(finding(
+                Severity::Warning,
+                format!("relay.inbound_domains[{i}]"),
+                format!("{d:?}"),
+                "has no [[route]]: its mail is delivered by MX lookup; if that MX is this server, mail loops (refused after server.max_hops)",
             ));
         }
     }

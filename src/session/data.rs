@@ -5,6 +5,7 @@ use super::received::{ReceivedFacts, received_header};
 use super::transaction::BdatProgress;
 use super::{Flow, Session};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
+use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
 use crate::spool::{Envelope, EnvelopeRecipient, SpoolWriter, new_queue_id};
@@ -53,6 +54,7 @@ impl Session {
         );
         let data_deadline = self.deadline(s.data_timeout.get());
         let mut write_error = None;
+        let mut hops = HopCounter::new();
         let mut out = Vec::with_capacity(16 * 1024);
         let end = loop {
             let deadline = self
@@ -67,6 +69,7 @@ impl Session {
                 Err(e) => return Err(e),
             };
             self.stream.consume(consumed);
+            hops.feed(&out);
             if !out.is_empty() && write_error.is_none() {
                 write_error = writer.write(&out).err();
             }
@@ -89,7 +92,7 @@ impl Session {
             }
             DataEnd::Complete => {
                 let reply = self
-                    .finish_message(&queue_id, writer, &decoder, write_error)
+                    .finish_message(&queue_id, writer, &decoder, hops.hops(), write_error)
                     .await;
                 Ok(Some((reply, Flow::Continue)))
             }
@@ -136,6 +139,7 @@ impl Session {
                         s.max_text_line,
                     ),
                     write_error: None,
+                    hops: HopCounter::new(),
                 }
             }
         };
@@ -149,6 +153,7 @@ impl Session {
                 out.clear();
                 let (_, p) = progress.decoder.feed(piece, &mut out);
                 bare = p == Progress::BareNewline;
+                progress.hops.feed(&out);
                 if let Some(w) = progress.writer.as_mut()
                     && progress.write_error.is_none()
                     && !out.is_empty()
@@ -195,6 +200,7 @@ impl Session {
                 &progress.queue_id,
                 writer,
                 &progress.decoder,
+                progress.hops.hops(),
                 progress.write_error.take(),
             )
             .await;
@@ -269,6 +275,7 @@ impl Session {
         queue_id: &str,
         writer: SpoolWriter,
         decoder: &DataDecoder,
+        hops: usize,
         write_error: Option<io::Error>,
     ) -> Reply {
         let Some(tx) = self.tx.take() else {
@@ -281,6 +288,10 @@ impl Session {
         if decoder.line_too_long() {
             warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "message line too long; refused");
             return reply::TEXT_LINE_TOO_LONG;
+        }
+        if hops + 1 > self.ctx.config.server.max_hops {
+            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, hops, "too many Received: headers (mail loop?); refused");
+            return reply::TOO_MANY_HOPS;
         }
         if let Some(e) = write_error {
             error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "spool write failed; message not accepted");

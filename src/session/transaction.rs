@@ -20,6 +20,7 @@ pub struct BdatProgress {
     pub writer: Option<SpoolWriter>,
     pub decoder: DataDecoder,
     pub write_error: Option<std::io::Error>,
+    pub hops: crate::smtp::hops::HopCounter,
 }
 
 impl Transaction {

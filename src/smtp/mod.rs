@@ -4,6 +4,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod hops;
 pub mod reply;
 
 pub use reply::Reply;

@@ -148,6 +148,7 @@ pub const TEXT_LINE_TOO_LONG: Reply = Reply::new(
 );
 pub const BINARY_NEEDS_BDAT: Reply =
     Reply::new(503, "5.5.1", "BODY=BINARYMIME requires BDAT, not DATA");
+pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "Too many Received: headers; mail loop?");
 pub const SPOOL_FAILED: Reply = Reply::new(
     451,
     "4.3.0",

@@ -506,3 +506,42 @@ async fn smtps_listener_speaks_tls_first_and_requires_auth() {
     let body = server.spool().read_body(&ids[0]).unwrap();
     assert!(String::from_utf8_lossy(&body).contains("with ESMTPSA"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_went_round_too_often_is_refused_as_a_loop() {
+    let server = TestServer::start(&config("max_hops = 5")).await;
+    let mut c = ehlo(&server, LAN).await;
+    let looped: String = (0..5)
+        .map(|i| {
+            format!(
+                "Received: from hop{i}.test by relay.test; Mon, 23 Nov 2026 10:00:0{i} +0000\r\n"
+            )
+        })
+        .collect();
+    let r = c
+        .send_mail(
+            "a@x.test",
+            &["b@example.lan"],
+            format!("{looped}Subject: loop\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text().starts_with("5.4.6"), "{r:?}");
+    // Four earlier hops plus ours is still within the limit.
+    let fine: String = (0..4)
+        .map(|i| {
+            format!(
+                "Received: from hop{i}.test by relay.test; Mon, 23 Nov 2026 10:00:0{i} +0000\r\n"
+            )
+        })
+        .collect();
+    let r = c
+        .send_mail(
+            "a@x.test",
+            &["b@example.lan"],
+            format!("{fine}Subject: ok\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(server.queued().len(), 1);
+}
