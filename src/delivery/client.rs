@@ -141,11 +141,13 @@ pub struct ConnectOptions {
     pub data_timeout: Duration,
 }
 
-/// One message to send on an open connection.
+/// One message to send on an open connection. The content is streamed from
+/// the first `body_len` bytes of the spool file, never held whole in memory.
 pub struct Outgoing<'a> {
     pub sender: &'a str,
     pub recipients: &'a [String],
-    pub body: &'a [u8],
+    pub body_path: &'a std::path::Path,
+    pub body_len: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
 }
@@ -308,17 +310,17 @@ impl SmtpConnection {
         }
         let mut mail = format!("MAIL FROM:<{}>", msg.sender);
         if let Some(max) = self.caps.size {
-            if msg.body.len() as u64 > max {
+            if msg.body_len > max {
                 let reply = ServerReply {
                     code: 552,
                     text: format!(
                         "5.3.4 message size {} exceeds the next hop's limit {max}",
-                        msg.body.len()
+                        msg.body_len
                     ),
                 };
                 return Ok(vec![reply; msg.recipients.len()]);
             }
-            mail.push_str(&format!(" SIZE={}", msg.body.len()));
+            mail.push_str(&format!(" SIZE={}", msg.body_len));
         }
         if msg.eight_bit && self.caps.eight_bit {
             mail.push_str(" BODY=8BITMIME");
@@ -387,7 +389,7 @@ impl SmtpConnection {
             let _ = self.read_reply("end of data").await?;
             return Ok(replies);
         }
-        self.write(&dot_stuff(msg.body)).await?;
+        self.write_body(msg.body_path, msg.body_len).await?;
         let deadline = self.opts.data_timeout;
         let done = timeout(deadline, self.read_reply_untimed("end of data"))
             .await
@@ -396,6 +398,31 @@ impl SmtpConnection {
             *r = done.clone();
         }
         Ok(replies)
+    }
+
+    /// Streams the content dot-stuffed; the last piece and the final dot go in one write.
+    async fn write_body(&mut self, path: &std::path::Path, len: u64) -> Result<(), ClientError> {
+        use tokio::io::AsyncReadExt as _;
+        const CHUNK: usize = 64 * 1024;
+        let local =
+            |e: std::io::Error| ClientError::Io(format!("reading the spooled message: {e}"));
+        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+        let mut stuffer = DotStuffer::default();
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut out = Vec::with_capacity(buf.len() + buf.len() / 32 + 8);
+        let mut remaining = len;
+        loop {
+            let n = CHUNK.min(remaining as usize);
+            file.read_exact(&mut buf[..n]).await.map_err(local)?;
+            remaining -= n as u64;
+            out.clear();
+            stuffer.push(&buf[..n], &mut out);
+            if remaining == 0 {
+                stuffer.finish(&mut out);
+                return self.write(&out).await;
+            }
+            self.write(&out).await?;
+        }
     }
 
     /// Prepares the connection for another message.
@@ -507,22 +534,55 @@ impl SmtpConnection {
     }
 }
 
-/// The body as it goes on the wire: dots doubled at line starts, a final CRLF
-/// if missing, then ".\r\n" — one buffer, so it leaves in one write.
+/// Dot-stuffing for content that arrives in pieces: a dot at the start of a
+/// line is doubled, a missing final CRLF is added, and ".\r\n" ends it.
+#[derive(Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    /// The last two bytes seen, to know whether the content ended with CRLF.
+    tail: [u8; 2],
+    seen: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self {
+            at_line_start: true,
+            tail: [0; 2],
+            seen: false,
+        }
+    }
+}
+
+impl DotStuffer {
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for piece in chunk.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start && piece.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(piece);
+            self.at_line_start = piece.last() == Some(&b'\n');
+        }
+        for &b in chunk.iter().rev().take(2).rev() {
+            self.tail = [self.tail[1], b];
+            self.seen = true;
+        }
+    }
+
+    pub fn finish(&self, out: &mut Vec<u8>) {
+        if self.seen && self.tail != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// The whole body as it goes on the wire (for small, in-memory content).
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
-    let mut at_line_start = true;
-    for chunk in body.split_inclusive(|&b| b == b'\n') {
-        if at_line_start && chunk.first() == Some(&b'.') {
-            out.push(b'.');
-        }
-        out.extend_from_slice(chunk);
-        at_line_start = chunk.last() == Some(&b'\n');
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.push(body, &mut out);
+    stuffer.finish(&mut out);
     out
 }
 
@@ -539,6 +599,20 @@ mod tests {
         assert_eq!(dot_stuff(b"no end"), b"no end\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
+    }
+
+    #[test]
+    fn stuffing_in_pieces_matches_stuffing_whole() {
+        let body = b"first\r\n.dot\r\n..two\r\nx.y\r\n.\r\nend\r";
+        let whole = dot_stuff(body);
+        for split in 0..=body.len() {
+            let mut s = DotStuffer::default();
+            let mut out = Vec::new();
+            s.push(&body[..split], &mut out);
+            s.push(&body[split..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, whole, "split at {split}");
+        }
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub struct Job<'a> {
     pub domain: &'a str,
     pub sender: &'a str,
     pub recipients: &'a [String],
-    pub body: &'a [u8],
+    /// The spool file; its first `body_len` bytes are the message.
+    pub body_path: &'a std::path::Path,
+    pub body_len: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
 }
@@ -147,7 +149,8 @@ impl Deliverer {
         let msg = Outgoing {
             sender: job.sender,
             recipients: job.recipients,
-            body: job.body,
+            body_path: job.body_path,
+            body_len: job.body_len,
             eight_bit: job.eight_bit,
             smtputf8: job.smtputf8,
         };

@@ -27,6 +27,23 @@ pub fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Where a queued message's content is: the first `len` bytes of its spool
+/// file. Deliveries stream it from there; only reports read it whole.
+#[derive(Clone)]
+struct Content {
+    path: std::path::PathBuf,
+    len: u64,
+}
+
+impl Content {
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut bytes = vec![0u8; self.len as usize];
+        std::fs::File::open(&self.path)?.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 /// Hands newly spooled queue IDs to the manager.
 #[derive(Clone)]
 pub struct QueueHandle(mpsc::UnboundedSender<String>);
@@ -223,13 +240,8 @@ impl QueueManager {
     async fn process(&self, id: &str) -> Option<i64> {
         let spool = self.spool.clone();
         let owned_id = id.to_string();
-        let loaded = tokio::task::spawn_blocking(move || {
-            spool
-                .load(&owned_id)
-                .and_then(|m| spool.read_body(&owned_id).map(|b| (m, b)))
-        })
-        .await;
-        let (msg, body) = match loaded {
+        let loaded = tokio::task::spawn_blocking(move || spool.load(&owned_id)).await;
+        let msg = match loaded {
             Ok(Ok(x)) => x,
             Ok(Err(SpoolError::NotFound(_))) => return None,
             Ok(Err(e)) => {
@@ -244,6 +256,10 @@ impl QueueManager {
         if msg.state.held {
             return None;
         }
+        let body = Content {
+            path: msg.path.clone(),
+            len: msg.body_len,
+        };
         let env = msg.envelope;
         let mut state = msg.state;
         let now = unix_now();
@@ -293,7 +309,9 @@ impl QueueManager {
             }
         }
         if state.has_queued() {
-            return state.next_due();
+            // Never later than the moment the message expires.
+            let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
+            return state.next_due().map(|t| t.min(expires));
         }
         self.finish(id, &env, &body, &state).await;
         None
@@ -304,7 +322,7 @@ impl QueueManager {
         &self,
         id: &str,
         env: &Envelope,
-        body: &[u8],
+        body: &Content,
         state: &mut MessageState,
         now: i64,
     ) {
@@ -329,7 +347,8 @@ impl QueueManager {
                 domain: &domain,
                 sender: &env.sender,
                 recipients: &recipients,
-                body,
+                body_path: &body.path,
+                body_len: body.len,
                 eight_bit: env.eight_bit,
                 smtputf8: env.smtputf8,
             };
@@ -376,7 +395,7 @@ impl QueueManager {
         &self,
         id: &str,
         env: &Envelope,
-        body: &[u8],
+        body: &Content,
         state: &mut MessageState,
         now: i64,
     ) {
@@ -411,7 +430,7 @@ impl QueueManager {
     }
 
     /// The message is done with: bounce what failed, then remove it.
-    async fn finish(&self, id: &str, env: &Envelope, body: &[u8], state: &MessageState) {
+    async fn finish(&self, id: &str, env: &Envelope, body: &Content, state: &MessageState) {
         let failed: Vec<ReportedRecipient> = state
             .recipients
             .iter()
@@ -459,15 +478,23 @@ impl QueueManager {
         kind: ReportKind,
         id: &str,
         env: &Envelope,
-        body: &[u8],
+        body: &Content,
         rcpts: &[ReportedRecipient],
     ) -> bool {
+        let content = body.clone();
+        let original = match tokio::task::spawn_blocking(move || content.read()).await {
+            Ok(Ok(bytes)) => bytes,
+            other => {
+                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot read the message to attach to its report");
+                return false;
+            }
+        };
         let bounce_id = new_queue_id();
         let dsn = bounce::build(
             kind,
             &self.hostname,
             env,
-            body,
+            &original,
             rcpts,
             self.config.delivery.bounce_attach,
             &bounce_id,

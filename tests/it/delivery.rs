@@ -505,3 +505,42 @@ async fn one_delay_notice_while_retries_go_on() {
     let state = server.spool().load(&id).unwrap().state;
     assert!(state.delay_warned && state.has_queued());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_streams_through_byte_exact() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let sink = Sink::start("127.0.0.78", port, Behaviour::accept_all()).await;
+    dns.mx("big.example", 10, "mx.big.example");
+    dns.host("mx.big.example", "127.0.0.78");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    // 3 MB of lines of varying length, many starting with a dot, so that dots
+    // fall on every side of the 64 KB chunks the delivery streams in.
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    let mut i = 0usize;
+    while body.len() < 3_000_000 {
+        let len = 1 + (i * 7919) % 200;
+        if i % 3 == 0 {
+            body.push(b'.');
+        }
+        body.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
+        body.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    let mut wire = Vec::with_capacity(body.len() + body.len() / 50);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    submit(&server, "a@client.test", &["x@big.example"], &wire).await;
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        strip_received(&got[0].data),
+        body.as_slice(),
+        "3 MB delivered byte-exact"
+    );
+    assert!(queue_drains(&server).await);
+}
