@@ -520,7 +520,7 @@ async fn a_large_message_streams_through_byte_exact() {
     let mut i = 0usize;
     while body.len() < 3_000_000 {
         let len = 1 + (i * 7919) % 200;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             body.push(b'.');
         }
         body.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
