@@ -139,7 +139,10 @@ impl Session {
                 Err(e) => return Err(e),
             };
             let (reply, flow) = match line {
-                Line::TooLong => (reply::LINE_TOO_LONG, Flow::Continue),
+                Line::TooLong => {
+                    info!(session = self.id, client = %self.ip, "command line too long; refused");
+                    (reply::LINE_TOO_LONG, Flow::Continue)
+                }
                 Line::Text(bytes) => match self.handle_line(bytes).await? {
                     Some(outcome) => outcome,
                     None => continue,
@@ -180,7 +183,10 @@ impl Session {
                 warn!(session = self.id, client = %self.ip, "HTTP request on the SMTP port; closing");
                 return Ok(Some((reply::HTTP_REFUSED, Flow::Close)));
             }
-            Err(Unparsed::Reply(r)) => return Ok(Some((r, Flow::Continue))),
+            Err(Unparsed::Reply(r)) => {
+                info!(session = self.id, client = %self.ip, command = %text.split(' ').next().unwrap_or_default().chars().take(16).collect::<String>(), reply = %r, "command refused");
+                return Ok(Some((r, Flow::Continue)));
+            }
         };
         self.dispatch(cmd).await
     }

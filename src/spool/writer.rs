@@ -55,8 +55,9 @@ impl SpoolWriter {
         file.write_all(&env)?;
         file.write_all(trailer_line(self.body_len, env.len() as u64).as_bytes())?;
         let file = file.into_inner().map_err(|e| e.into_error())?;
+        // fdatasync: the content and the size needed to read it, without mtime churn.
         let result = file
-            .sync_all()
+            .sync_data()
             .and_then(|_| fs::rename(&self.tmp_path, &self.final_path))
             .and_then(|_| sync_dir(&self.queue_dir));
         if result.is_err() {
