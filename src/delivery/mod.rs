@@ -183,7 +183,7 @@ impl Deliverer {
                     Ok(outcomes) => return outcomes,
                     Err((e, connected)) => {
                         reached |= connected;
-                        warn!(queue_id = %job.queue_id, host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
+                        warn!(queue_id = %job.queue_id, to = %job.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
                         if e.is_permanent() && !e.try_next_host() {
                             return all(Outcome::Failed {
                                 reason: e.to_string(),
