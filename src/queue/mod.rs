@@ -518,8 +518,8 @@ impl QueueManager {
         let spool = self.spool.clone();
         let bid = bounce_id.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let mut w = spool.begin(&bid)?;
-            w.write(&dsn)?;
+            let mut w = spool.begin(&bid);
+            w.write(&dsn);
             w.commit(&envelope)
         })
         .await;

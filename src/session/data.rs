@@ -1,11 +1,11 @@
-//! DATA and BDAT: stream the message into the spool, then make it durable
-//! before the 250. A disk problem is a 4xx and the client keeps the message.
+//! DATA and BDAT: decode the message into the spool writer, then make it
+//! durable before the 250. A disk problem is a 4xx and the client keeps the
+//! message. No file I/O happens on the async threads (see `Incoming`).
 
+use super::incoming::Incoming;
 use super::received::{ReceivedFacts, received_header};
-use super::transaction::BdatProgress;
 use super::{Flow, Session};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
-use crate::smtp::hops::HopCounter;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
 use crate::spool::{Envelope, EnvelopeRecipient, SpoolWriter, new_queue_id};
@@ -39,40 +39,20 @@ impl Session {
         if tx.recipients.is_empty() {
             return Ok(Some((reply::NO_VALID_RECIPIENTS, Flow::Continue)));
         }
-        let queue_id = new_queue_id();
-        let mut writer = match self.start_message(&queue_id) {
-            Ok(w) => w,
-            Err(r) => return Ok(Some((r, Flow::Continue))),
-        };
+        let mut msg = self.start_message(Mode::Dot);
         self.send(&reply::START_DATA).await?;
-        let s = &self.ctx.config.server;
-        let mut decoder = DataDecoder::new(
-            Mode::Dot,
-            s.bare_newline,
-            s.max_message_size,
-            s.max_text_line,
-        );
-        let data_deadline = self.deadline(s.data_timeout.get());
-        let mut write_error = None;
-        let mut hops = HopCounter::new();
-        let mut out = Vec::with_capacity(16 * 1024);
+        let data_deadline = self.deadline(self.ctx.config.server.data_timeout.get());
         let end = loop {
             let deadline = self
                 .deadline(self.ctx.config.server.data_block_timeout.get())
                 .min(data_deadline);
             let (consumed, progress) = match self.stream.peek_some(deadline).await {
-                Ok(input) => {
-                    out.clear();
-                    decoder.feed(input, &mut out)
-                }
+                Ok(input) => msg.feed(input),
                 Err(StreamError::Timeout) => break DataEnd::Timeout,
                 Err(e) => return Err(e),
             };
             self.stream.consume(consumed);
-            hops.feed(&out);
-            if !out.is_empty() && write_error.is_none() {
-                write_error = writer.write(&out).err();
-            }
+            msg.spill_if_needed().await;
             match progress {
                 Progress::More => {}
                 Progress::End => break DataEnd::Complete,
@@ -81,21 +61,16 @@ impl Session {
         };
         match end {
             DataEnd::Timeout => {
-                warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "timeout during DATA; message discarded");
+                warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "timeout during DATA; message discarded");
                 self.tx = None;
                 Ok(Some((reply::TIMEOUT, Flow::Close)))
             }
             DataEnd::BareNewline => {
-                warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "bare CR or LF in DATA (smuggling defence); message refused, closing");
+                warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "bare CR or LF in DATA (smuggling defence); message refused, closing");
                 self.tx = None;
                 Ok(Some((reply::BARE_NEWLINE, Flow::Close)))
             }
-            DataEnd::Complete => {
-                let reply = self
-                    .finish_message(&queue_id, writer, &decoder, hops.hops(), write_error)
-                    .await;
-                Ok(Some((reply, Flow::Continue)))
-            }
+            DataEnd::Complete => Ok(Some((self.finish_message(msg).await, Flow::Continue))),
         }
     }
 
@@ -107,113 +82,74 @@ impl Session {
         };
         if let Some(r) = refusal {
             // The chunk must still be read so that its octets are not taken for commands.
-            return Ok(Some(match self.read_chunk(size, |_| {}).await? {
+            return Ok(Some(match self.discard_chunk(size).await? {
                 true => (r, Flow::Continue),
                 false => (reply::TIMEOUT, Flow::Close),
             }));
         }
-        let mut progress = match self.tx.as_mut().and_then(|t| t.bdat.take()) {
-            Some(p) => p,
-            None => {
-                let queue_id = new_queue_id();
-                let writer = match self.start_message(&queue_id) {
-                    Ok(w) => Some(w),
-                    Err(r) => {
-                        self.tx = None;
-                        let done = self.read_chunk(size, |_| {}).await?;
-                        return Ok(Some(if done {
-                            (r, Flow::Continue)
-                        } else {
-                            (reply::TIMEOUT, Flow::Close)
-                        }));
-                    }
-                };
-                let s = &self.ctx.config.server;
-                BdatProgress {
-                    queue_id,
-                    writer,
-                    decoder: DataDecoder::new(
-                        Mode::Raw,
-                        s.bare_newline,
-                        s.max_message_size,
-                        s.max_text_line,
-                    ),
-                    write_error: None,
-                    hops: HopCounter::new(),
-                }
-            }
+        let mut msg = match self.tx.as_mut().and_then(|t| t.bdat.take()) {
+            Some(m) => m,
+            None => self.start_message(Mode::Raw),
         };
+        let s = &self.ctx.config.server;
+        let chunk_deadline = self.deadline(s.data_timeout.get());
+        let block = s.data_block_timeout.get();
+        let mut remaining = size;
         let mut bare = false;
-        let mut out = Vec::with_capacity(16 * 1024);
-        let done = self
-            .read_chunk(size, |piece| {
-                if bare {
-                    return;
+        while remaining > 0 {
+            let deadline: Instant = self.deadline(block).min(chunk_deadline);
+            let (n, progress) = match self.stream.peek_some(deadline).await {
+                Ok(input) => {
+                    let n = input
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    // After a bare newline the rest of the chunk is read and dropped.
+                    let progress = if bare {
+                        Progress::More
+                    } else {
+                        msg.feed(&input[..n]).1
+                    };
+                    (n, progress)
                 }
-                out.clear();
-                let (_, p) = progress.decoder.feed(piece, &mut out);
-                bare = p == Progress::BareNewline;
-                progress.hops.feed(&out);
-                if let Some(w) = progress.writer.as_mut()
-                    && progress.write_error.is_none()
-                    && !out.is_empty()
-                {
-                    progress.write_error = w.write(&out).err();
+                Err(StreamError::Timeout) => {
+                    warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "timeout during BDAT; message discarded");
+                    self.tx = None;
+                    return Ok(Some((reply::TIMEOUT, Flow::Close)));
                 }
-            })
-            .await?;
-        if !done {
-            warn!(session = self.id, client = %self.ip, queue_id = %progress.queue_id, "timeout during BDAT; message discarded");
-            self.tx = None;
-            return Ok(Some((reply::TIMEOUT, Flow::Close)));
+                Err(e) => return Err(e),
+            };
+            self.stream.consume(n);
+            remaining -= n as u64;
+            bare |= progress == Progress::BareNewline;
+            msg.spill_if_needed().await;
         }
         if !bare && last {
-            out.clear();
-            bare = progress.decoder.finish(&mut out) == Progress::BareNewline;
-            if let (Some(w), false) = (progress.writer.as_mut(), out.is_empty()) {
-                progress.write_error = progress.write_error.take().or_else(|| w.write(&out).err());
-            }
+            bare = msg.finish_chunks() == Progress::BareNewline;
         }
         if bare {
-            warn!(session = self.id, client = %self.ip, queue_id = %progress.queue_id, "bare CR or LF in BDAT; message refused");
+            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "bare CR or LF in BDAT; message refused");
             self.tx = None;
             return Ok(Some((BARE_NEWLINE_IN_CHUNK, Flow::Continue)));
         }
-        if progress.decoder.too_big() {
-            warn!(session = self.id, client = %self.ip, queue_id = %progress.queue_id, "BDAT message too large; refused");
+        if msg.decoder.too_big() {
+            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "BDAT message too large; refused");
             self.tx = None;
             return Ok(Some((reply::MESSAGE_TOO_BIG, Flow::Continue)));
         }
         if !last {
-            let reply = Reply::with_text(250, "2.0.0", format!("{size} octets received"));
             if let Some(tx) = self.tx.as_mut() {
-                tx.bdat = Some(progress);
+                tx.bdat = Some(msg);
             }
-            return Ok(Some((reply, Flow::Continue)));
+            return Ok(Some((
+                Reply::with_text(250, "2.0.0", format!("{size} octets received")),
+                Flow::Continue,
+            )));
         }
-        let Some(writer) = progress.writer.take() else {
-            self.tx = None;
-            return Ok(Some((reply::SPOOL_FAILED, Flow::Continue)));
-        };
-        let reply = self
-            .finish_message(
-                &progress.queue_id,
-                writer,
-                &progress.decoder,
-                progress.hops.hops(),
-                progress.write_error.take(),
-            )
-            .await;
-        Ok(Some((reply, Flow::Continue)))
+        Ok(Some((self.finish_message(msg).await, Flow::Continue)))
     }
 
-    /// Reads exactly `size` octets, handing them to `each` piece by piece.
-    /// Returns false when the client was too slow.
-    async fn read_chunk(
-        &mut self,
-        size: u64,
-        mut each: impl FnMut(&[u8]),
-    ) -> Result<bool, StreamError> {
+    /// Reads `size` octets and drops them. Returns false when the client was too slow.
+    async fn discard_chunk(&mut self, size: u64) -> Result<bool, StreamError> {
         let s = &self.ctx.config.server;
         let chunk_deadline = self.deadline(s.data_timeout.get());
         let block = s.data_block_timeout.get();
@@ -221,13 +157,9 @@ impl Session {
         while remaining > 0 {
             let deadline: Instant = self.deadline(block).min(chunk_deadline);
             let n = match self.stream.peek_some(deadline).await {
-                Ok(input) => {
-                    let n = input
-                        .len()
-                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    each(&input[..n]);
-                    n
-                }
+                Ok(input) => input
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX)),
                 Err(StreamError::Timeout) => return Ok(false),
                 Err(e) => return Err(e),
             };
@@ -237,20 +169,15 @@ impl Session {
         Ok(true)
     }
 
-    /// Opens the spool file and writes our Received: header into it.
-    fn start_message(&self, queue_id: &str) -> Result<SpoolWriter, Reply> {
-        let header = self.received_header(queue_id);
-        let result = self
-            .ctx
-            .spool
-            .begin(queue_id)
-            .and_then(|mut w| w.write(header.as_bytes()).map(|_| w));
-        result.map_err(|e| {
-            error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "cannot open spool file");
-            spool_error_reply(&e)
-        })
+    /// A new message with our Received: header first (in memory: no I/O yet).
+    fn start_message(&self, mode: Mode) -> Incoming {
+        let queue_id = new_queue_id();
+        let mut writer: SpoolWriter = self.ctx.spool.begin(&queue_id);
+        writer.write(self.received_header(&queue_id).as_bytes());
+        let s = &self.ctx.config.server;
+        let decoder = DataDecoder::new(mode, s.bare_newline, s.max_message_size, s.max_text_line);
+        Incoming::new(queue_id, writer, decoder)
     }
-
     fn received_header(&self, queue_id: &str) -> String {
         let tx = self.tx.as_ref();
         let single = tx
@@ -269,34 +196,33 @@ impl Session {
         })
     }
 
-    /// Checks the decoder's verdict, then commits the message durably. Ends the transaction.
-    async fn finish_message(
-        &mut self,
-        queue_id: &str,
-        writer: SpoolWriter,
-        decoder: &DataDecoder,
-        hops: usize,
-        write_error: Option<io::Error>,
-    ) -> Reply {
+    /// Checks the decoder's verdicts, then commits the message durably. Ends the transaction.
+    async fn finish_message(&mut self, mut msg: Incoming) -> Reply {
+        let queue_id = msg.queue_id.clone();
         let Some(tx) = self.tx.take() else {
             return reply::BAD_SEQUENCE_MAIL;
         };
-        if decoder.too_big() {
-            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, size = decoder.size(), "message too large; refused");
+        if msg.decoder.too_big() {
+            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, size = msg.decoder.size(), "message too large; refused");
             return reply::MESSAGE_TOO_BIG;
         }
-        if decoder.line_too_long() {
+        if msg.decoder.line_too_long() {
             warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "message line too long; refused");
             return reply::TEXT_LINE_TOO_LONG;
         }
+        let hops = msg.hops.hops();
         if hops + 1 > self.ctx.config.server.max_hops {
             warn!(session = self.id, client = %self.ip, queue_id = %queue_id, hops, "too many Received: headers (mail loop?); refused");
             return reply::TOO_MANY_HOPS;
         }
-        if let Some(e) = write_error {
+        if let Some(e) = msg.write_error.take() {
             error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "spool write failed; message not accepted");
             return spool_error_reply(&e);
         }
+        let Some(writer) = msg.take_writer() else {
+            return reply::SPOOL_FAILED;
+        };
+        let queue_id = queue_id.as_str();
         let envelope = Envelope {
             version: 1,
             id: queue_id.to_string(),

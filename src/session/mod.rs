@@ -7,6 +7,7 @@ mod context;
 mod data;
 mod envelope;
 mod greeting;
+mod incoming;
 mod received;
 mod transaction;
 

@@ -1,26 +1,16 @@
 //! One mail transaction: from MAIL to the end of DATA (or the last BDAT), or RSET.
 
+use super::incoming::Incoming;
 use crate::smtp::address::{Mailbox, Path};
 use crate::smtp::command::MailParams;
-use crate::smtp::data::DataDecoder;
-use crate::spool::SpoolWriter;
 
 pub struct Transaction {
     pub sender: Path,
     pub params: MailParams,
     /// Accepted recipients (final destinations), without duplicates.
     pub recipients: Vec<Mailbox>,
-    /// Set once BDAT has started; DATA is then refused.
-    pub bdat: Option<BdatProgress>,
-}
-
-/// A BDAT transfer in progress: the message being written and the line-ending checker.
-pub struct BdatProgress {
-    pub queue_id: String,
-    pub writer: Option<SpoolWriter>,
-    pub decoder: DataDecoder,
-    pub write_error: Option<std::io::Error>,
-    pub hops: crate::smtp::hops::HopCounter,
+    /// The message being received by BDAT, once the first chunk came; DATA is then refused.
+    pub bdat: Option<Incoming>,
 }
 
 impl Transaction {

@@ -100,9 +100,9 @@ impl Spool {
         self.state_dir().join(format!("{id}.json"))
     }
 
-    /// Starts writing a new message.
-    pub fn begin(&self, id: &str) -> io::Result<SpoolWriter> {
-        SpoolWriter::create(self, id)
+    /// Starts a new message (in memory until it spills or commits).
+    pub fn begin(&self, id: &str) -> SpoolWriter {
+        SpoolWriter::new(self, id)
     }
 
     /// Removes leftovers of writes that never completed (from a crash).
@@ -287,8 +287,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = new_queue_id();
-        let mut w = spool.begin(&id).unwrap();
-        w.write(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        let mut w = spool.begin(&id);
+        w.write(b"Subject: hi\r\n\r\nbody\r\n");
         w.commit(&envelope(&id)).unwrap();
         assert_eq!(spool.ids().unwrap(), vec![id.clone()]);
         let m = spool.load(&id).unwrap();
@@ -305,8 +305,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = new_queue_id();
-        let mut w = spool.begin(&id).unwrap();
-        w.write(b"hello\r\n").unwrap();
+        let mut w = spool.begin(&id);
+        w.write(b"hello\r\n");
         w.commit(&envelope(&id)).unwrap();
         let path = spool.queue_dir().join(&id);
         let full = fs::read(&path).unwrap();
@@ -324,8 +324,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = new_queue_id();
-        let mut w = spool.begin(&id).unwrap();
-        w.write(b"partial").unwrap();
+        let mut w = spool.begin(&id);
+        w.write(&vec![b'x'; 300 * 1024]);
+        assert!(w.needs_spill());
+        w.spill().unwrap();
+        assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 1);
         drop(w);
         assert!(spool.ids().unwrap().is_empty());
         assert_eq!(fs::read_dir(spool.tmp_dir()).unwrap().count(), 0);
@@ -336,8 +339,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = new_queue_id();
-        let mut w = spool.begin(&id).unwrap();
-        w.write(b"x\r\n").unwrap();
+        let mut w = spool.begin(&id);
+        w.write(b"x\r\n");
         w.commit(&envelope(&id)).unwrap();
         let mut st = spool.load(&id).unwrap().state;
         st.held = true;

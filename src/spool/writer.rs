@@ -1,76 +1,110 @@
-//! Writing one message: content streams into `tmp/ID`; `commit` appends the
+//! Writing one message. Content is gathered in memory and goes to `tmp/ID`
+//! only in `spill` (when 256 KB are waiting) and `commit`: both do blocking
+//! file I/O and are called off the async threads. `commit` appends the
 //! envelope and trailer, fsyncs the file, renames it into `queue/` and fsyncs
-//! that directory. Dropping an uncommitted writer removes the temporary file.
+//! that directory. A writer dropped before commit removes its temporary file.
 
 use super::{Envelope, Spool, trailer_line};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Content waiting in memory before it must go to disk; bounds memory per message.
+const SPILL_AT: usize = 256 * 1024;
+
 pub struct SpoolWriter {
-    file: Option<BufWriter<File>>,
+    pending: Vec<u8>,
+    file: Option<File>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_dir: PathBuf,
     body_len: u64,
+    done: bool,
 }
 
 impl SpoolWriter {
-    pub(super) fn create(spool: &Spool, id: &str) -> io::Result<SpoolWriter> {
-        let tmp_path = spool.tmp_dir().join(id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)?;
-        Ok(SpoolWriter {
-            file: Some(BufWriter::with_capacity(64 * 1024, file)),
-            tmp_path,
+    pub(super) fn new(spool: &Spool, id: &str) -> SpoolWriter {
+        SpoolWriter {
+            pending: Vec::new(),
+            file: None,
+            tmp_path: spool.tmp_dir().join(id),
             final_path: spool.queue_dir().join(id),
             queue_dir: spool.queue_dir(),
             body_len: 0,
-        })
+            done: false,
+        }
     }
 
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("spool writer already finished"))?;
-        file.write_all(bytes)?;
+    /// Adds content (in memory; no I/O).
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
         self.body_len += bytes.len() as u64;
-        Ok(())
     }
 
     pub fn body_len(&self) -> u64 {
         self.body_len
     }
 
-    /// Makes the message durable. Only after this returns Ok may the server say 250.
+    /// Whether enough is waiting that it should go to disk now (call `spill` off the async threads).
+    pub fn needs_spill(&self) -> bool {
+        self.pending.len() >= SPILL_AT
+    }
+
+    /// Writes what is waiting to the temporary file (blocking I/O).
+    pub fn spill(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&self.tmp_path)?,
+            );
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(&self.pending)?;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Makes the message durable (blocking I/O). Only after this returns Ok may the server say 250.
     pub fn commit(mut self, envelope: &Envelope) -> io::Result<()> {
-        let mut file = self
+        let result = self.commit_inner(envelope);
+        if result.is_err() {
+            self.discard();
+        }
+        self.done = true;
+        result
+    }
+
+    fn commit_inner(&mut self, envelope: &Envelope) -> io::Result<()> {
+        let env = serde_json::to_vec(envelope).map_err(io::Error::other)?;
+        let trailer = trailer_line(self.body_len, env.len() as u64);
+        self.pending.extend_from_slice(&env);
+        self.pending.extend_from_slice(trailer.as_bytes());
+        self.spill()?;
+        let file = self
             .file
             .take()
-            .ok_or_else(|| io::Error::other("spool writer already finished"))?;
-        let env = serde_json::to_vec(envelope).map_err(io::Error::other)?;
-        file.write_all(&env)?;
-        file.write_all(trailer_line(self.body_len, env.len() as u64).as_bytes())?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
+            .ok_or_else(|| io::Error::other("spool file missing"))?;
         // fdatasync: the content and the size needed to read it, without mtime churn.
-        let result = file
-            .sync_data()
-            .and_then(|_| fs::rename(&self.tmp_path, &self.final_path))
-            .and_then(|_| sync_dir(&self.queue_dir));
-        if result.is_err() {
+        file.sync_data()?;
+        drop(file);
+        fs::rename(&self.tmp_path, &self.final_path)?;
+        sync_dir(&self.queue_dir)
+    }
+
+    fn discard(&mut self) {
+        if self.file.take().is_some() {
             let _ = fs::remove_file(&self.tmp_path);
         }
-        result
     }
 }
 
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.tmp_path);
+        if !self.done {
+            self.discard();
         }
     }
 }
