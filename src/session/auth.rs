@@ -46,26 +46,33 @@ impl Session {
     }
 
     async fn check_credentials(&mut self, user: String, password: String) -> Reply {
-        let hash = match self.ctx.users.hash_of(&user) {
-            Ok(h) => h,
-            Err(e) => {
-                error!(session = self.id, client = %self.ip, error = %e, "users file unreadable");
-                return reply::AUTH_TEMP_FAILURE;
+        // Reading the users file and hashing are blocking work: keep them off the async threads.
+        let ctx = std::sync::Arc::clone(&self.ctx);
+        let name = user.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            ctx.users
+                .hash_of(&name)
+                .map(|hash| hash.is_some_and(|h| verify_password(&password, &h)))
+        })
+        .await;
+        match checked {
+            Ok(Ok(true)) => {
+                info!(session = self.id, client = %self.ip, user = %user, "AUTH succeeded");
+                self.user = Some(user);
+                reply::AUTH_OK
             }
-        };
-        let ok = match hash {
-            Some(hash) => tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-                .await
-                .unwrap_or(false),
-            None => false,
-        };
-        if ok {
-            info!(session = self.id, client = %self.ip, user = %user, "AUTH succeeded");
-            self.user = Some(user);
-            reply::AUTH_OK
-        } else {
-            warn!(session = self.id, client = %self.ip, user = %user, "AUTH failed: bad user name or password");
-            reply::AUTH_FAILED
+            Ok(Ok(false)) => {
+                warn!(session = self.id, client = %self.ip, user = %user, "AUTH failed: bad user name or password");
+                reply::AUTH_FAILED
+            }
+            Ok(Err(e)) => {
+                error!(session = self.id, client = %self.ip, error = %e, "users file unreadable");
+                reply::AUTH_TEMP_FAILURE
+            }
+            Err(e) => {
+                error!(session = self.id, client = %self.ip, error = %e, "AUTH check failed");
+                reply::AUTH_TEMP_FAILURE
+            }
         }
     }
 
