@@ -286,17 +286,32 @@ impl QueueManager {
             self.maybe_warn_delay(id, &env, &body, &mut state, now)
                 .await;
         }
+        if state
+            .recipients
+            .iter()
+            .all(|r| r.status == RecipientStatus::Delivered)
+        {
+            // Nothing left to record or report: remove it at once.
+            self.finish(id, &env, &body, &state).await;
+            return None;
+        }
         let spool = self.spool.clone();
         let owned_id = id.to_string();
         let mut to_write = state.clone();
+        // Final results that lead to a bounce must survive a crash; a deferral
+        // lost to a crash only means an earlier retry.
+        let durable = !state.has_queued();
         let written = tokio::task::spawn_blocking(move || {
             // A `queue hold` given while this attempt ran must survive our write.
             if let Ok(current) = spool.load(&owned_id) {
                 to_write.held = current.state.held;
             }
-            spool
-                .write_state(&owned_id, &to_write)
-                .map(|_| to_write.held)
+            let result = if durable {
+                spool.write_state(&owned_id, &to_write)
+            } else {
+                spool.write_state_quick(&owned_id, &to_write)
+            };
+            result.map(|_| to_write.held)
         })
         .await;
         match written {
@@ -462,7 +477,7 @@ impl QueueManager {
         }
         let spool = self.spool.clone();
         let owned = id.to_string();
-        match tokio::task::spawn_blocking(move || spool.delete(&owned)).await {
+        match tokio::task::spawn_blocking(move || spool.remove_finished(&owned)).await {
             Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {
                 info!(queue_id = %id, failed = failed.len(), "message done, removed from the queue")
             }

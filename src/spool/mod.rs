@@ -156,33 +156,56 @@ impl Spool {
         Ok(body)
     }
 
+    /// The recorded delivery state. A state file a crash left unreadable counts
+    /// as absent: every recipient is then queued again (a duplicate at worst, never a loss).
     fn read_state(&self, id: &str) -> Result<Option<MessageState>, SpoolError> {
         let path = self.state_path(id);
         match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| SpoolError::BadEnvelope {
-                        path,
-                        reason: e.to_string(),
-                    })
-            }
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => Ok(Some(state)),
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, error = %e, "unreadable state file ignored; all recipients will be retried");
+                    Ok(None)
+                }
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Replaces a message's delivery state durably (tmp, fsync, rename, fsync dir).
+    /// Replaces a message's delivery state durably (tmp, fsync, rename, fsync dir):
+    /// for changes a crash must not undo (hold, release, results before a bounce).
     pub fn write_state(&self, id: &str, state: &MessageState) -> Result<(), SpoolError> {
+        self.replace_state(id, state, true)
+    }
+
+    /// Replaces a message's delivery state atomically but without fsync: for
+    /// deferrals, where losing the update to a crash only means an earlier retry.
+    pub fn write_state_quick(&self, id: &str, state: &MessageState) -> Result<(), SpoolError> {
+        self.replace_state(id, state, false)
+    }
+
+    fn replace_state(
+        &self,
+        id: &str,
+        state: &MessageState,
+        durable: bool,
+    ) -> Result<(), SpoolError> {
         if !self.message_path(id)?.exists() {
             // Deleted meanwhile (queue delete): do not leave a stray state file.
             return Err(SpoolError::NotFound(id.to_string()));
         }
         let json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
         let tmp = self.tmp_dir().join(format!("{id}.state"));
-        writer::write_durably(&tmp, &json)?;
+        if durable {
+            writer::write_durably(&tmp, &json)?;
+        } else {
+            fs::write(&tmp, &json)?;
+        }
         fs::rename(&tmp, self.state_path(id))?;
-        writer::sync_dir(&self.state_dir())?;
+        if durable {
+            writer::sync_dir(&self.state_dir())?;
+        }
         Ok(())
     }
 
@@ -201,15 +224,28 @@ impl Spool {
             .ok()
     }
 
-    /// Deletes a message and its state. The message file goes first, so a
-    /// crash in between leaves only a stale state file, which is ignored.
+    /// Deletes a message and its state, durably (for `queue delete`). The
+    /// message file goes first, so a crash in between leaves only a stale
+    /// state file, which is ignored.
     pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
+        self.remove(id, true)
+    }
+
+    /// Removes a message that is done with, without waiting for the disk: a
+    /// crash right after can only bring it back for a duplicate delivery.
+    pub fn remove_finished(&self, id: &str) -> Result<(), SpoolError> {
+        self.remove(id, false)
+    }
+
+    fn remove(&self, id: &str, durable: bool) -> Result<(), SpoolError> {
         let path = self.message_path(id)?;
         fs::remove_file(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
             _ => SpoolError::Io(e),
         })?;
-        writer::sync_dir(&self.queue_dir())?;
+        if durable {
+            writer::sync_dir(&self.queue_dir())?;
+        }
         match fs::remove_file(self.state_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
@@ -346,6 +382,12 @@ mod tests {
         st.held = true;
         spool.write_state(&id, &st).unwrap();
         assert!(spool.load(&id).unwrap().state.held);
+        st.recipients[0].attempts = 3;
+        spool.write_state_quick(&id, &st).unwrap();
+        assert_eq!(spool.load(&id).unwrap().state.recipients[0].attempts, 3);
+        // A state file torn by a crash is ignored: the message is intact, all recipients queued.
+        fs::write(spool.state_path(&id), b"{\"held\": tr").unwrap();
+        assert_eq!(spool.load(&id).unwrap().state.recipients[0].attempts, 0);
         spool.delete(&id).unwrap();
         assert!(matches!(spool.load(&id), Err(SpoolError::NotFound(_))));
         assert!(matches!(
