@@ -39,13 +39,7 @@ pub enum Outcome {
 pub struct Job<'a> {
     pub queue_id: &'a str,
     pub domain: &'a str,
-    pub sender: &'a str,
-    pub recipients: &'a [String],
-    /// The spool file; its first `body_len` bytes are the message.
-    pub body_path: &'a std::path::Path,
-    pub body_len: u64,
-    pub eight_bit: bool,
-    pub smtputf8: bool,
+    pub message: Outgoing<'a>,
 }
 
 pub struct Deliverer {
@@ -137,7 +131,7 @@ impl Deliverer {
 
     /// One attempt for a job: tries every host and address in order until one takes the message.
     pub async fn deliver(&self, job: &Job<'_>) -> Vec<Outcome> {
-        let all = |o: Outcome| vec![o; job.recipients.len()];
+        let all = |o: Outcome| vec![o; job.message.recipients.len()];
         let dest = match route::destination(job.domain, &self.config) {
             Ok(d) => d,
             Err(e) => return all(route_failure(e)),
@@ -146,14 +140,7 @@ impl Deliverer {
             Ok(h) => h,
             Err(e) => return all(route_failure(e)),
         };
-        let msg = Outgoing {
-            sender: job.sender,
-            recipients: job.recipients,
-            body_path: job.body_path,
-            body_len: job.body_len,
-            eight_bit: job.eight_bit,
-            smtputf8: job.smtputf8,
-        };
+        let msg = &job.message;
         let mut last_error = String::from("4.4.1 no server to try");
         let mut reached = false;
         for hop in &hosts {
@@ -179,11 +166,11 @@ impl Deliverer {
             };
             for ip in addrs {
                 let addr = SocketAddr::new(ip, hop.port);
-                match self.try_address(job, &msg, &hop.host, addr, &opts).await {
+                match self.try_address(job, msg, &hop.host, addr, &opts).await {
                     Ok(outcomes) => return outcomes,
                     Err((e, connected)) => {
                         reached |= connected;
-                        warn!(queue_id = %job.queue_id, to = %job.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
+                        warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
                         if e.is_permanent() && !e.try_next_host() {
                             return all(Outcome::Failed {
                                 reason: e.to_string(),
@@ -243,7 +230,12 @@ impl Deliverer {
         };
         let tls = conn.tls.clone().unwrap_or_else(|| "none".into());
         let outcomes: Vec<Outcome> = replies.iter().map(|r| reply_outcome(r, host)).collect();
-        for (rcpt, (reply, outcome)) in job.recipients.iter().zip(replies.iter().zip(&outcomes)) {
+        for (rcpt, (reply, outcome)) in job
+            .message
+            .recipients
+            .iter()
+            .zip(replies.iter().zip(&outcomes))
+        {
             let result = match outcome {
                 Outcome::Delivered { .. } => "delivered",
                 Outcome::Failed { .. } => "failed",

@@ -8,6 +8,7 @@ pub use schedule::{expired, next_attempt};
 
 use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::config::Config;
+use crate::delivery::client::Outgoing;
 use crate::delivery::{Deliverer, Job, Outcome};
 use crate::spool::{
     Envelope, EnvelopeRecipient, MessageState, RecipientStatus, Spool, SpoolError, new_queue_id,
@@ -360,12 +361,14 @@ impl QueueManager {
             let job = Job {
                 queue_id: id,
                 domain: &domain,
-                sender: &env.sender,
-                recipients: &recipients,
-                body_path: &body.path,
-                body_len: body.len,
-                eight_bit: env.eight_bit,
-                smtputf8: env.smtputf8,
+                message: Outgoing {
+                    sender: &env.sender,
+                    recipients: &recipients,
+                    body_path: &body.path,
+                    body_len: body.len,
+                    eight_bit: env.eight_bit,
+                    smtputf8: env.smtputf8,
+                },
             };
             let outcomes = self.deliverer.deliver(&job).await;
             let after = unix_now();

@@ -511,13 +511,7 @@ async fn smtps_listener_speaks_tls_first_and_requires_auth() {
 async fn a_message_that_went_round_too_often_is_refused_as_a_loop() {
     let server = TestServer::start(&config("max_hops = 5")).await;
     let mut c = ehlo(&server, LAN).await;
-    let looped: String = (0..5)
-        .map(|i| {
-            format!(
-                "Received: from hop{i}.test by relay.test; Mon, 23 Nov 2026 10:00:0{i} +0000\r\n"
-            )
-        })
-        .collect();
+    let looped = received_lines(5);
     let r = c
         .send_mail(
             "a@x.test",
@@ -528,13 +522,7 @@ async fn a_message_that_went_round_too_often_is_refused_as_a_loop() {
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text().starts_with("5.4.6"), "{r:?}");
     // Four earlier hops plus ours is still within the limit.
-    let fine: String = (0..4)
-        .map(|i| {
-            format!(
-                "Received: from hop{i}.test by relay.test; Mon, 23 Nov 2026 10:00:0{i} +0000\r\n"
-            )
-        })
-        .collect();
+    let fine = received_lines(4);
     let r = c
         .send_mail(
             "a@x.test",
@@ -544,4 +532,15 @@ async fn a_message_that_went_round_too_often_is_refused_as_a_loop() {
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     assert_eq!(server.queued().len(), 1);
+}
+
+/// `n` Received: header lines, as earlier relays would have added them.
+fn received_lines(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Received: from hop{i}.test by relay.test; Mon, 23 Nov 2026 10:00:0{i} +0000\r\n"
+            )
+        })
+        .collect()
 }
