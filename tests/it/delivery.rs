@@ -19,8 +19,14 @@ fn shared_port() -> u16 {
 }
 
 fn config(dns: &TestDns, delivery: &str) -> String {
+    // Quick retries unless the test sets its own schedule.
+    let retry = if delivery.contains("retry_schedule") {
+        ""
+    } else {
+        "retry_schedule = [\"1s\"]\n"
+    };
     format!(
-        "{}\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n[delivery]\nretry_schedule = [\"1s\"]\n{delivery}\n",
+        "{}\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n[delivery]\n{retry}{delivery}\n",
         dns.config()
     )
 }
@@ -541,6 +547,63 @@ async fn a_large_message_streams_through_byte_exact() {
         strip_received(&got[0].data),
         body.as_slice(),
         "3 MB delivered byte-exact"
+    );
+    assert!(queue_drains(&server).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_release_and_retry_act_on_the_running_server() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    dns.mx("retry.example", 10, "mx.retry.example");
+    dns.host("mx.retry.example", "127.0.0.79");
+    // A long retry interval: only `queue retry` can bring the next attempt forward.
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
+    ))
+    .await;
+    let config_path = server.dir.path().join("cli.toml");
+    std::fs::write(&config_path, toml::to_string(&server.config).unwrap()).unwrap();
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = tokio::task::block_in_place(|| {
+            run_with_timeout(
+                std::process::Command::new(crate::support::server::binary())
+                    .args(args)
+                    .arg("--config")
+                    .arg(&config_path),
+                WAIT,
+            )
+        });
+        assert!(ok, "{args:?}: {out}{err}");
+    };
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@retry.example"],
+        b"Subject: retry\r\n\r\nx\r\n",
+    )
+    .await;
+    let r = first_attempt(&server, &id).await;
+    assert!(
+        r.next_attempt.unwrap() > chrono::Utc::now().timestamp() + 3000,
+        "next attempt an hour away: {r:?}"
+    );
+
+    let sink = Sink::start("127.0.0.79", port, Behaviour::accept_all()).await;
+    cli(&["queue", "hold", &id]);
+    cli(&["queue", "retry", &id]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        sink.messages().is_empty(),
+        "a held message is not delivered, even when due"
+    );
+    cli(&["queue", "release", &id]);
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "released and due: delivered within seconds, not in an hour"
     );
     assert!(queue_drains(&server).await);
 }
