@@ -14,6 +14,8 @@ pub struct Context {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub users: UserDb,
     pub spool: Spool,
+    /// Renames prepared messages into the queue, one directory fsync per batch.
+    pub committer: crate::spool::Committer,
     /// Where to announce newly accepted messages (absent in protocol-only tests).
     pub queue: Option<crate::queue::QueueHandle>,
 }
@@ -25,6 +27,7 @@ impl Context {
             policy: Policy::from_config(&config),
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             users: UserDb::new(config.users_file()),
+            committer: spool.committer(),
             spool,
             config,
             queue: None,

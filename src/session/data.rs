@@ -248,9 +248,13 @@ impl Session {
             size: writer.body_len(),
         };
         let env = envelope.clone();
-        let committed = tokio::task::spawn_blocking(move || writer.commit(&env))
+        let prepared = tokio::task::spawn_blocking(move || writer.prepare(&env))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        let committed = match prepared {
+            Ok(p) => self.ctx.committer.publish(p).await,
+            Err(e) => Err(e),
+        };
         match committed {
             Ok(()) => {
                 self.messages += 1;

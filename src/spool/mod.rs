@@ -6,15 +6,17 @@
 //! Delivery state per recipient lives beside it in `state/ID.json`,
 //! replaced atomically the same way.
 
+mod committer;
 mod envelope;
 mod queue_id;
 mod state;
 mod writer;
 
+pub use committer::Committer;
 pub use envelope::{Envelope, EnvelopeRecipient};
 pub use queue_id::new_queue_id;
 pub use state::{MessageState, RecipientState, RecipientStatus};
-pub use writer::SpoolWriter;
+pub use writer::{Prepared, SpoolWriter};
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -73,6 +75,11 @@ impl Spool {
         Ok(Spool {
             root: data_dir.to_path_buf(),
         })
+    }
+
+    /// Starts the group-commit task for this spool (needs a Tokio runtime).
+    pub fn committer(&self) -> Committer {
+        Committer::start(self.queue_dir())
     }
 
     pub fn root(&self) -> &Path {

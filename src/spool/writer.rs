@@ -67,17 +67,36 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Makes the message durable (blocking I/O). Only after this returns Ok may the server say 250.
-    pub fn commit(mut self, envelope: &Envelope) -> io::Result<()> {
-        let result = self.commit_inner(envelope);
-        if result.is_err() {
-            self.discard();
-        }
-        self.done = true;
-        result
+    /// Makes the message durable on its own (blocking I/O): `prepare`, then publish it alone.
+    /// The server batches publications instead (see `Committer`).
+    pub fn commit(self, envelope: &Envelope) -> io::Result<()> {
+        let prepared = self.prepare(envelope)?;
+        let queue_dir = prepared.queue_dir.clone();
+        Prepared::publish_batch(vec![prepared], &queue_dir)
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("nothing published")))
     }
 
-    fn commit_inner(&mut self, envelope: &Envelope) -> io::Result<()> {
+    /// Writes everything with the envelope and trailer and fdatasyncs the file
+    /// (blocking I/O). The message is not in the queue until it is published.
+    pub fn prepare(mut self, envelope: &Envelope) -> io::Result<Prepared> {
+        let result = self.write_and_sync(envelope);
+        self.done = true;
+        match result {
+            Ok(()) => Ok(Prepared {
+                tmp_path: self.tmp_path.clone(),
+                final_path: self.final_path.clone(),
+                queue_dir: self.queue_dir.clone(),
+                published: false,
+            }),
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn write_and_sync(&mut self, envelope: &Envelope) -> io::Result<()> {
         let env = serde_json::to_vec(envelope).map_err(io::Error::other)?;
         let trailer = trailer_line(self.body_len, env.len() as u64);
         self.pending.extend_from_slice(&env);
@@ -88,10 +107,7 @@ impl SpoolWriter {
             .take()
             .ok_or_else(|| io::Error::other("spool file missing"))?;
         // fdatasync: the content and the size needed to read it, without mtime churn.
-        file.sync_data()?;
-        drop(file);
-        fs::rename(&self.tmp_path, &self.final_path)?;
-        sync_dir(&self.queue_dir)
+        file.sync_data()
     }
 
     fn discard(&mut self) {
@@ -105,6 +121,49 @@ impl Drop for SpoolWriter {
     fn drop(&mut self) {
         if !self.done {
             self.discard();
+        }
+    }
+}
+
+/// A message written and synced in `tmp/`, waiting to be renamed into the queue.
+/// Dropped unpublished, its file is removed.
+pub struct Prepared {
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    queue_dir: PathBuf,
+    published: bool,
+}
+
+impl Prepared {
+    /// Renames each into `queue/`, then makes all the renames durable with one
+    /// directory fsync (blocking I/O). One result per message, in order.
+    pub fn publish_batch(mut batch: Vec<Prepared>, queue_dir: &Path) -> Vec<io::Result<()>> {
+        let mut results: Vec<io::Result<()>> = batch
+            .iter()
+            .map(|p| fs::rename(&p.tmp_path, &p.final_path))
+            .collect();
+        if results.iter().any(|r| r.is_ok())
+            && let Err(e) = sync_dir(queue_dir)
+        {
+            // Not durable: undo what we can; the senders get a 4xx and keep their mail.
+            for (p, r) in batch.iter().zip(results.iter_mut()) {
+                if r.is_ok() {
+                    let _ = fs::remove_file(&p.final_path);
+                    *r = Err(io::Error::new(e.kind(), e.to_string()));
+                }
+            }
+        }
+        for (p, r) in batch.iter_mut().zip(&results) {
+            p.published = r.is_ok();
+        }
+        results
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.tmp_path);
         }
     }
 }
