@@ -180,6 +180,7 @@ impl QueueManager {
                         self.rescan(&mut schedule, &in_flight).await;
                     }
                     self.deliverer.sweep_idle().await;
+                    self.forget_idle_domains();
                 }
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 _ = shutdown.cancelled() => break,
@@ -228,6 +229,13 @@ impl QueueManager {
                 None => schedule.remove(id),
             }
         }
+    }
+
+    /// Drops the limit of every domain no delivery is using, so the map does
+    /// not grow with every domain ever seen.
+    fn forget_idle_domains(&self) {
+        let mut map = self.per_domain.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, slot| Arc::strong_count(slot) > 1);
     }
 
     fn domain_slot(&self, domain: &str) -> Arc<Semaphore> {
