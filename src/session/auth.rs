@@ -96,10 +96,9 @@ impl Session {
             Some(i) => decode_answer(i.as_bytes()),
             None => self.challenge("").await?,
         };
-        let data = match answer {
-            Answer::Data(d) => d,
-            Answer::Cancelled => return Ok(Err(reply::AUTH_CANCELLED)),
-            Answer::BadBase64 => return Ok(Err(reply::AUTH_BAD_BASE64)),
+        let data = match answer.into_data() {
+            Ok(d) => d,
+            Err(r) => return Ok(Err(r)),
         };
         // authzid NUL authcid NUL passwd
         let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
@@ -132,15 +131,13 @@ impl Session {
             Some(i) => decode_answer(i.as_bytes()),
             None => self.challenge("VXNlcm5hbWU6").await?,
         };
-        let user = match user {
-            Answer::Data(d) => d,
-            Answer::Cancelled => return Ok(Err(reply::AUTH_CANCELLED)),
-            Answer::BadBase64 => return Ok(Err(reply::AUTH_BAD_BASE64)),
+        let user = match user.into_data() {
+            Ok(d) => d,
+            Err(r) => return Ok(Err(r)),
         };
-        let pass = match self.challenge("UGFzc3dvcmQ6").await? {
-            Answer::Data(d) => d,
-            Answer::Cancelled => return Ok(Err(reply::AUTH_CANCELLED)),
-            Answer::BadBase64 => return Ok(Err(reply::AUTH_BAD_BASE64)),
+        let pass = match self.challenge("UGFzc3dvcmQ6").await?.into_data() {
+            Ok(d) => d,
+            Err(r) => return Ok(Err(r)),
         };
         match (String::from_utf8(user), String::from_utf8(pass)) {
             (Ok(u), Ok(p)) => Ok(Ok((u, p))),
@@ -149,6 +146,17 @@ impl Session {
                 "5.5.2",
                 "User name and password must be UTF-8",
             ))),
+        }
+    }
+}
+
+impl Answer {
+    /// The decoded bytes, or the reply that ends the exchange.
+    fn into_data(self) -> Result<Vec<u8>, Reply> {
+        match self {
+            Answer::Data(d) => Ok(d),
+            Answer::Cancelled => Err(reply::AUTH_CANCELLED),
+            Answer::BadBase64 => Err(reply::AUTH_BAD_BASE64),
         }
     }
 }
