@@ -41,7 +41,6 @@ pub fn status_of(reason: &str, kind: ReportKind) -> String {
                     .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         });
     match (found, kind) {
-        (Some(code), ReportKind::Failed) if code.starts_with('5') => code.to_string(),
         // A temporary code that ended the message (expiry) is reported as it was.
         (Some(code), ReportKind::Failed) => code.to_string(),
         (Some(code), ReportKind::Delayed) => format!("4{}", &code[1..]),

@@ -158,11 +158,6 @@ impl Resolver {
         }
         Ok(out)
     }
-
-    /// Whether a domain exists at all (has any A, AAAA or MX), for "no such domain" decisions.
-    pub async fn domain_exists(&self, domain: &str) -> Result<bool, DnsError> {
-        Ok(!matches!(self.mx(domain).await?, MxAnswer::NoSuchDomain))
-    }
 }
 
 /// The response code of an authoritative "no records" answer, or None for a failure.

@@ -155,10 +155,6 @@ impl UserDb {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The stored hash for `name`, reading the file again if it changed.
     pub fn hash_of(&self, name: &str) -> Result<Option<String>, UsersError> {
         let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
@@ -168,12 +164,6 @@ impl UserDb {
             cache.0 = mtime;
         }
         Ok(cache.1.get(name).cloned())
-    }
-
-    pub fn has_users(&self) -> bool {
-        read_users(&self.path)
-            .map(|u| !u.is_empty())
-            .unwrap_or(false)
     }
 }
 

@@ -12,7 +12,7 @@ pub use delivery::{
 };
 pub use duration::ConfigDuration;
 pub use guard::{OpenRelayEntry, open_relay_entries};
-pub use net::{IpRange, canonical_ip};
+pub use net::IpRange;
 pub use validate::{Finding, Severity};
 
 use serde::{Deserialize, Serialize};

@@ -45,11 +45,6 @@ impl IpRange {
     }
 }
 
-/// The one spelling of a client address: IPv4-mapped IPv6 becomes IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
 impl FromStr for IpRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -157,7 +157,6 @@ pub struct SmtpConnection {
     buf: Vec<u8>,
     pub caps: Capabilities,
     pub tls: Option<String>,
-    pub peer: SocketAddr,
     opts: ConnectOptions,
 }
 
@@ -176,7 +175,6 @@ impl SmtpConnection {
             buf: Vec::new(),
             caps: Capabilities::default(),
             tls: None,
-            peer,
             opts: opts.clone(),
         };
         if let TlsMode::Implicit(cfg) = &opts.tls {

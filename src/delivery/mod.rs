@@ -69,10 +69,6 @@ impl Deliverer {
         }
     }
 
-    pub fn resolver(&self) -> &Resolver {
-        &self.resolver
-    }
-
     pub async fn sweep_idle(&self) {
         self.pool.sweep().await;
     }

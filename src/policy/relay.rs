@@ -30,14 +30,6 @@ pub enum RelayVerdict {
     },
 }
 
-impl RelayVerdict {
-    pub fn trace(&self) -> &[String] {
-        match self {
-            RelayVerdict::Accept { trace, .. } | RelayVerdict::Refuse { trace, .. } => trace,
-        }
-    }
-}
-
 /// Whether this client may relay (send to domains that are not ours), and why.
 fn may_relay(
     policy: &Policy,

@@ -101,10 +101,6 @@ impl Server {
             .collect()
     }
 
-    pub fn context(&self) -> Arc<Context> {
-        Arc::clone(&self.ctx)
-    }
-
     /// Accepts connections until `shutdown` fires, then gives open sessions
     /// `shutdown_grace` to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

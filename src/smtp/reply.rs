@@ -28,10 +28,6 @@ impl Reply {
         }
     }
 
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
     pub fn is_error(&self) -> bool {
         self.code >= 400
     }
