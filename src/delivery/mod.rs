@@ -77,8 +77,29 @@ impl Deliverer {
         self.pool.close_all().await;
     }
 
+    /// The smart-host credentials, read once per attempt (the password file may
+    /// change while the server runs) and without blocking the async threads.
+    async fn smarthost_auth(&self) -> Result<Option<(String, String)>, String> {
+        let d = &self.config.delivery;
+        let (Some(user), Some(path)) = (&d.smarthost_user, &d.smarthost_password_file) else {
+            return Ok(None);
+        };
+        let pass = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("delivery.smarthost_password_file {}: {e}", path.display()))?;
+        Ok(Some((
+            user.clone(),
+            pass.trim_end_matches(['\r', '\n']).to_string(),
+        )))
+    }
+
     /// TLS and AUTH for a connection to `host` of `dest`.
-    fn options(&self, dest: &Destination, host: &str) -> Result<ConnectOptions, String> {
+    fn options(
+        &self,
+        dest: &Destination,
+        host: &str,
+        smarthost_auth: &Option<(String, String)>,
+    ) -> Result<ConnectOptions, String> {
         let d = &self.config.delivery;
         let (tls, auth) = if dest.is_smarthost() {
             let cfg = if d.smarthost_verify {
@@ -92,19 +113,7 @@ impl Deliverer {
                 SmarthostTls::Opportunistic => TlsMode::Opportunistic(cfg),
                 SmarthostTls::None => TlsMode::None,
             };
-            let auth = match (&d.smarthost_user, &d.smarthost_password_file) {
-                (Some(user), Some(path)) => {
-                    let pass = std::fs::read_to_string(path).map_err(|e| {
-                        format!("delivery.smarthost_password_file {}: {e}", path.display())
-                    })?;
-                    Some((
-                        user.clone(),
-                        pass.trim_end_matches(['\r', '\n']).to_string(),
-                    ))
-                }
-                _ => None,
-            };
-            (tls, auth)
+            (tls, smarthost_auth.clone())
         } else {
             let cfg = Arc::clone(&self.unverified_tls);
             let tls = match d.outbound_tls {
@@ -137,10 +146,23 @@ impl Deliverer {
             Err(e) => return all(route_failure(e)),
         };
         let msg = &job.message;
+        let smarthost_auth = if dest.is_smarthost() {
+            match self.smarthost_auth().await {
+                Ok(a) => a,
+                Err(e) => {
+                    return all(Outcome::Deferred {
+                        reason: format!("4.3.5 {e}"),
+                        counts: true,
+                    });
+                }
+            }
+        } else {
+            None
+        };
         let mut last_error = String::from("4.4.1 no server to try");
         let mut reached = false;
         for hop in &hosts {
-            let opts = match self.options(&dest, &hop.host) {
+            let opts = match self.options(&dest, &hop.host, &smarthost_auth) {
                 Ok(o) => o,
                 Err(e) => {
                     return all(Outcome::Deferred {

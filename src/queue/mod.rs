@@ -312,9 +312,7 @@ impl QueueManager {
         let durable = !state.has_queued();
         let written = tokio::task::spawn_blocking(move || {
             // A `queue hold` given while this attempt ran must survive our write.
-            if let Ok(current) = spool.load(&owned_id) {
-                to_write.held = current.state.held;
-            }
+            to_write.held = spool.is_held(&owned_id);
             let result = if durable {
                 spool.write_state(&owned_id, &to_write)
             } else {
@@ -357,7 +355,13 @@ impl QueueManager {
                 groups.entry(domain).or_default().push(i);
             }
         }
-        let d = &self.config.delivery;
+        let schedule: Vec<std::time::Duration> = self
+            .config
+            .delivery
+            .retry_schedule
+            .iter()
+            .map(|x| x.get())
+            .collect();
         for (domain, idxs) in groups {
             let slot = self.domain_slot(&domain);
             let _domain_permit = slot.acquire_owned().await;
@@ -404,11 +408,7 @@ impl QueueManager {
                         if counts {
                             r.attempts += 1;
                         }
-                        r.next_attempt = Some(next_attempt(
-                            after,
-                            r.attempts,
-                            &d.retry_schedule.iter().map(|x| x.get()).collect::<Vec<_>>(),
-                        ));
+                        r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
                         info!(queue_id = %id, to = %r.address, reason = %reason, counted = counts, next = r.next_attempt, "recipient deferred");
                         r.last_error = Some(reason);
                     }

@@ -163,6 +163,11 @@ impl Spool {
         Ok(body)
     }
 
+    /// Whether the message is held, from its state file alone (cheap: no envelope).
+    pub fn is_held(&self, id: &str) -> bool {
+        matches!(self.read_state(id), Ok(Some(state)) if state.held)
+    }
+
     /// The recorded delivery state. A state file a crash left unreadable counts
     /// as absent: every recipient is then queued again (a duplicate at worst, never a loss).
     fn read_state(&self, id: &str) -> Result<Option<MessageState>, SpoolError> {
