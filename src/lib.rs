@@ -3,6 +3,7 @@
 pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod delivery;
 pub mod dns;
 pub mod policy;

@@ -1,11 +1,12 @@
 //! AUTH PLAIN and LOGIN (RFC 4954, RFC 4616).
 
 use super::{MAX_AUTH_LINE, Session};
+use crate::credentials::CheckResult;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{Line, StreamError};
-use crate::users::verify_password;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// A client's answer to a SASL challenge.
@@ -42,38 +43,46 @@ impl Session {
             Ok(c) => c,
             Err(r) => return Ok(r),
         };
-        Ok(self.check_credentials(user, password).await)
+        self.check_credentials(user, password).await
     }
 
-    async fn check_credentials(&mut self, user: String, password: String) -> Reply {
-        // Reading the users file and hashing are blocking work: keep them off the async threads.
-        let ctx = std::sync::Arc::clone(&self.ctx);
-        let name = user.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            ctx.users
-                .hash_of(&name)
-                .map(|hash| hash.is_some_and(|h| verify_password(&password, &h)))
-        })
-        .await;
-        match checked {
-            Ok(Ok(true)) => {
+    async fn check_credentials(
+        &mut self,
+        user: String,
+        password: String,
+    ) -> Result<Reply, StreamError> {
+        // A client that hangs up while its check waits for a turn gives its turn away.
+        let result = tokio::select! {
+            r = self.ctx.credentials.check(&user, password) => r,
+            e = self.stream.closed() => return Err(e),
+        };
+        let reply = match result {
+            CheckResult::Valid => {
                 info!(session = self.id, client = %self.ip, user = %user, "AUTH succeeded");
                 self.user = Some(user);
-                reply::AUTH_OK
+                return Ok(reply::AUTH_OK);
             }
-            Ok(Ok(false)) => {
-                warn!(session = self.id, client = %self.ip, user = %user, "AUTH failed: bad user name or password");
+            CheckResult::Invalid => {
+                self.auth_failures += 1;
+                warn!(session = self.id, client = %self.ip, user = %user, failures = self.auth_failures, "AUTH failed: bad user name or password");
                 reply::AUTH_FAILED
             }
-            Ok(Err(e)) => {
-                error!(session = self.id, client = %self.ip, error = %e, "users file unreadable");
-                reply::AUTH_TEMP_FAILURE
+            CheckResult::Busy => {
+                warn!(session = self.id, client = %self.ip, user = %user, "AUTH refused for now: too many password checks running and waiting");
+                return Ok(reply::AUTH_BUSY);
             }
-            Err(e) => {
-                error!(session = self.id, client = %self.ip, error = %e, "AUTH check failed");
-                reply::AUTH_TEMP_FAILURE
+            CheckResult::Unavailable(e) => {
+                error!(session = self.id, client = %self.ip, error = %e, "AUTH check failed (users file unreadable?)");
+                return Ok(reply::AUTH_TEMP_FAILURE);
             }
+        };
+        // Each failure in a session costs the client more time before its answer.
+        let brake = failure_delay(self.auth_failures);
+        tokio::select! {
+            _ = tokio::time::sleep(brake) => {}
+            e = self.stream.closed() => return Err(e),
         }
+        Ok(reply)
     }
 
     /// Sends a 334 challenge and reads the answer.
@@ -161,6 +170,13 @@ impl Answer {
     }
 }
 
+/// The pause before answering the `failures`-th failed AUTH of a session:
+/// half a second, doubling each time, at most eight seconds.
+fn failure_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(4);
+    Duration::from_millis(500 << doublings)
+}
+
 fn decode_answer(line: &[u8]) -> Answer {
     let line = line.trim_ascii();
     if line == b"*" {
@@ -172,5 +188,16 @@ fn decode_answer(line: &[u8]) -> Answer {
     match B64.decode(line) {
         Ok(d) => Answer::Data(d),
         Err(_) => Answer::BadBase64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_delay_grows_and_is_capped() {
+        let secs: Vec<f64> = (1..=7).map(|n| failure_delay(n).as_secs_f64()).collect();
+        assert_eq!(secs, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]);
     }
 }

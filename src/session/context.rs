@@ -2,6 +2,7 @@
 //! users and the spool. Built once at start.
 
 use crate::config::Config;
+use crate::credentials::CredentialChecker;
 use crate::policy::Policy;
 use crate::spool::Spool;
 use crate::users::UserDb;
@@ -12,7 +13,8 @@ pub struct Context {
     pub hostname: String,
     pub policy: Policy,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub users: UserDb,
+    /// Password checks, bounded in number and abandoned when the client leaves.
+    pub credentials: CredentialChecker,
     pub spool: Spool,
     /// Renames prepared messages into the queue, one directory fsync per batch.
     pub committer: crate::spool::Committer,
@@ -26,7 +28,7 @@ impl Context {
             hostname: config.hostname(),
             policy: Policy::from_config(&config),
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
-            users: UserDb::new(config.users_file()),
+            credentials: CredentialChecker::new(UserDb::new(config.users_file())),
             committer: spool.committer(),
             spool,
             config,

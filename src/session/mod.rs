@@ -55,6 +55,8 @@ pub struct Session {
     user: Option<String>,
     tx: Option<Transaction>,
     errors: u32,
+    /// Failed AUTH attempts in this session; each one is answered more slowly.
+    auth_failures: u32,
     messages: u32,
     ends_at: Instant,
     shutdown: CancellationToken,
@@ -79,6 +81,7 @@ impl Session {
             user: None,
             tx: None,
             errors: 0,
+            auth_failures: 0,
             messages: 0,
             ends_at,
             shutdown,

@@ -125,6 +125,11 @@ pub const AUTH_NEEDS_TLS: Reply = Reply::new(
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
 pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
 pub const AUTH_TEMP_FAILURE: Reply = Reply::new(454, "4.7.0", "Temporary authentication failure");
+pub const AUTH_BUSY: Reply = Reply::new(
+    454,
+    "4.7.0",
+    "Too many authentication attempts in progress, try again later",
+);
 pub const MESSAGE_TOO_BIG: Reply = Reply::new(
     552,
     "5.3.4",

@@ -12,6 +12,8 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 const READ_CHUNK: usize = 16 * 1024;
+/// Most input `closed` gathers while it watches for the client leaving.
+const LOOKAHEAD_LIMIT: usize = 16 * 1024;
 /// Replies are written out once this much is waiting, even mid-pipeline.
 const MAX_PENDING_OUTPUT: usize = 16 * 1024;
 
@@ -157,6 +159,24 @@ impl SmtpStream {
                 self.pos = self.input.len();
             }
             self.fill(deadline).await?;
+        }
+    }
+
+    /// Resolves when the client closes the connection (or it fails), for work
+    /// that should be abandoned once nobody waits for its answer. Whatever the
+    /// client sends meanwhile is kept for the next read; past `LOOKAHEAD_LIMIT`
+    /// buffered bytes it stops reading and never resolves. Cancel-safe.
+    pub async fn closed(&mut self) -> StreamError {
+        let mut chunk = [0u8; 1024];
+        loop {
+            if self.buffered().len() >= LOOKAHEAD_LIMIT {
+                return std::future::pending().await;
+            }
+            match self.io.read(&mut chunk).await {
+                Ok(0) => return StreamError::Closed,
+                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                Err(e) => return e.into(),
+            }
         }
     }
 

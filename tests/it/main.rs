@@ -8,6 +8,7 @@ mod delivery;
 mod durability;
 mod full_disk;
 mod guard;
+mod hostile;
 mod postfix;
 mod protocol;
 mod relay_matrix;
