@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// What to do with a bare CR or LF inside message data.
     pub bare_newline: BareNewline,
+    /// What to do with a NUL byte inside message data.
+    pub nul_in_data: NulInData,
     /// Most Received: headers a message may carry before it is refused as a mail loop.
     pub max_hops: usize,
     /// Time allowed for one command line to arrive (RFC 5321 4.5.3.2.7: 5 minutes).
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             max_connections: 200,
             max_connections_per_ip: 20,
             bare_newline: BareNewline::Reject,
+            nul_in_data: NulInData::Reject,
             max_hops: 50,
             command_timeout: ConfigDuration::secs(300),
             data_block_timeout: ConfigDuration::secs(180),
@@ -122,6 +125,18 @@ pub enum BareNewline {
     Reject,
     /// Turn each bare CR or LF into CRLF inside the message; end of data stays CRLF.CRLF only.
     Normalize,
+}
+
+/// NUL in message data. A next hop that silently drops NUL would read
+/// `CRLF NUL . CRLF` as the end of data and run what follows as a second
+/// transaction (SMTP smuggling), so it is refused by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NulInData {
+    /// Refuse the message (554 5.6.0) and close the connection.
+    Reject,
+    /// Remove each NUL; a dot after a removed NUL is text, never the end of data.
+    Strip,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -20,12 +20,26 @@ const BARE_NEWLINE_IN_CHUNK: Reply = Reply::new(
     "5.6.11",
     "Bare CR or LF in message data; lines must end with CRLF",
 );
+const NUL_IN_CHUNK: Reply = Reply::new(
+    554,
+    "5.6.0",
+    "NUL byte in message data is not allowed (BINARYMIME is not offered)",
+);
 
 /// How reading message data ended.
 enum DataEnd {
     Complete,
-    BareNewline,
+    /// A byte the smuggling defence refuses (bare CR/LF or NUL).
+    Forbidden(Progress),
     Timeout,
+}
+
+/// The reply and log reason for a refused byte in DATA (the connection is closed after it).
+fn forbidden_in_data(p: Progress) -> (Reply, &'static str) {
+    match p {
+        Progress::Nul => (reply::NUL_IN_DATA, "NUL byte in DATA"),
+        _ => (reply::BARE_NEWLINE, "bare CR or LF in DATA"),
+    }
 }
 
 impl Session {
@@ -56,7 +70,7 @@ impl Session {
             match progress {
                 Progress::More => {}
                 Progress::End => break DataEnd::Complete,
-                Progress::BareNewline => break DataEnd::BareNewline,
+                Progress::BareNewline | Progress::Nul => break DataEnd::Forbidden(progress),
             }
         };
         match end {
@@ -65,10 +79,11 @@ impl Session {
                 self.tx = None;
                 Ok(Some((reply::TIMEOUT, Flow::Close)))
             }
-            DataEnd::BareNewline => {
-                warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "bare CR or LF in DATA (smuggling defence); message refused, closing");
+            DataEnd::Forbidden(p) => {
+                let (reply, what) = forbidden_in_data(p);
+                warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "{what} (smuggling defence); message refused, closing");
                 self.tx = None;
-                Ok(Some((reply::BARE_NEWLINE, Flow::Close)))
+                Ok(Some((reply, Flow::Close)))
             }
             DataEnd::Complete => Ok(Some((self.finish_message(msg).await, Flow::Continue))),
         }
@@ -91,11 +106,21 @@ impl Session {
             Some(m) => m,
             None => self.start_message(Mode::Raw),
         };
+        let max = self.ctx.config.server.max_message_size;
+        if size > max.saturating_sub(msg.decoder.size()) {
+            // Reading a chunk we will refuse anyway could take forever (the size
+            // may be 2^64-1), and skipping it unread would run its octets as
+            // commands: refuse and close.
+            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, size, "BDAT chunk larger than the message size limit; refused, closing");
+            self.tx = None;
+            return Ok(Some((reply::BDAT_TOO_BIG, Flow::Close)));
+        }
         let s = &self.ctx.config.server;
         let chunk_deadline = self.deadline(s.data_timeout.get());
         let block = s.data_block_timeout.get();
         let mut remaining = size;
-        let mut bare = false;
+        // The first refused byte; after it the rest of the chunk is read and dropped.
+        let mut forbidden: Option<Progress> = None;
         while remaining > 0 {
             let deadline: Instant = self.deadline(block).min(chunk_deadline);
             let (n, progress) = match self.stream.peek_some(deadline).await {
@@ -103,8 +128,7 @@ impl Session {
                     let n = input
                         .len()
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    // After a bare newline the rest of the chunk is read and dropped.
-                    let progress = if bare {
+                    let progress = if forbidden.is_some() {
                         Progress::More
                     } else {
                         msg.feed(&input[..n]).1
@@ -120,16 +144,22 @@ impl Session {
             };
             self.stream.consume(n);
             remaining -= n as u64;
-            bare |= progress == Progress::BareNewline;
+            if matches!(progress, Progress::BareNewline | Progress::Nul) {
+                forbidden.get_or_insert(progress);
+            }
             msg.spill_if_needed().await;
         }
-        if !bare && last {
-            bare = msg.finish_chunks() == Progress::BareNewline;
+        if forbidden.is_none() && last && msg.finish_chunks() == Progress::BareNewline {
+            forbidden = Some(Progress::BareNewline);
         }
-        if bare {
-            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "bare CR or LF in BDAT; message refused");
+        if let Some(p) = forbidden {
+            let (reply, what) = match p {
+                Progress::Nul => (NUL_IN_CHUNK, "NUL byte"),
+                _ => (BARE_NEWLINE_IN_CHUNK, "bare CR or LF"),
+            };
+            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "{what} in BDAT; message refused");
             self.tx = None;
-            return Ok(Some((BARE_NEWLINE_IN_CHUNK, Flow::Continue)));
+            return Ok(Some((reply, Flow::Continue)));
         }
         if msg.decoder.too_big() {
             warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "BDAT message too large; refused");
@@ -175,7 +205,13 @@ impl Session {
         let mut writer: SpoolWriter = self.ctx.spool.begin(&queue_id);
         writer.write(self.received_header(&queue_id).as_bytes());
         let s = &self.ctx.config.server;
-        let decoder = DataDecoder::new(mode, s.bare_newline, s.max_message_size, s.max_text_line);
+        let decoder = DataDecoder::new(
+            mode,
+            s.bare_newline,
+            s.nul_in_data,
+            s.max_message_size,
+            s.max_text_line,
+        );
         Incoming::new(queue_id, writer, decoder)
     }
     fn received_header(&self, queue_id: &str) -> String {

@@ -62,6 +62,15 @@ const HTTP_VERBS: &[&str] = &[
 /// Parses one command line without its line ending. `utf8` says whether
 /// SMTPUTF8 is announced, so that UTF-8 addresses are allowed.
 pub fn parse(line: &str) -> Result<Command, Unparsed> {
+    // NUL and other control characters have no place in a command (a tab may
+    // separate words); a lenient next hop might drop them and read another command.
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(Unparsed::Reply(Reply::new(
+            500,
+            "5.5.2",
+            "Command contains control characters",
+        )));
+    }
     let (verb, args) = match line.find(' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
@@ -182,11 +191,21 @@ fn parse_mail(args: &str) -> Result<Command, Unparsed> {
 
 fn parse_mail_params(text: &str) -> Result<MailParams, Unparsed> {
     let mut params = MailParams::default();
+    let mut seen: Vec<String> = Vec::new();
     for param in text.split_whitespace() {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
             None => (param.to_ascii_uppercase(), None),
         };
+        // RFC 5321 4.1.1.2 allows each parameter once; two SIZE values would leave us guessing.
+        if seen.contains(&key) {
+            return Err(Unparsed::Reply(Reply::with_text(
+                501,
+                "5.5.4",
+                format!("Duplicate MAIL parameter {key}"),
+            )));
+        }
+        seen.push(key.clone());
         match (key.as_str(), value) {
             ("SIZE", Some(v)) => {
                 let size = v.parse::<u64>().map_err(|_| {
@@ -315,6 +334,11 @@ mod tests {
         assert_eq!(code("RCPT TO:<a@b.c> NOTIFY=NEVER"), 555);
         assert_eq!(code("RCPT TO:<>"), 553);
         assert_eq!(code("BDAT x"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.c> SIZE=1 SIZE=2"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.c> BODY=7BIT body=8BITMIME"), 501);
+        assert_eq!(code("EHLO a\0b"), 500);
+        assert_eq!(code("HELO a\x1bb"), 500);
+        assert_eq!(code("RCPT TO:<a\0@b.c>"), 500);
         assert_eq!(code("DATA now"), 501);
     }
 

@@ -2,9 +2,11 @@
 //! and nothing else — and removes dot-stuffing; in BDAT mode it only checks
 //! line endings. Bare CR or LF is refused or normalised to CRLF, so that no
 //! variant such as LF.LF or CR.CR can end the data or be passed on ("SMTP smuggling").
+//! NUL is refused or removed the same way: a next hop that drops it silently
+//! would read CRLF NUL . CRLF as the end of data.
 //! Memory use is bounded: the decoder stores nothing but its state.
 
-use crate::config::BareNewline;
+use crate::config::{BareNewline, NulInData};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -35,6 +37,8 @@ pub enum Progress {
     End,
     /// A bare CR or LF under the "reject" policy; stop reading data.
     BareNewline,
+    /// A NUL byte under the "reject" policy; stop reading data.
+    Nul,
 }
 
 #[derive(Debug)]
@@ -42,6 +46,7 @@ pub struct DataDecoder {
     mode: Mode,
     state: State,
     policy: BareNewline,
+    nul: NulInData,
     max_size: u64,
     max_line: usize,
     size: u64,
@@ -51,11 +56,18 @@ pub struct DataDecoder {
 }
 
 impl DataDecoder {
-    pub fn new(mode: Mode, policy: BareNewline, max_size: u64, max_line: usize) -> Self {
+    pub fn new(
+        mode: Mode,
+        policy: BareNewline,
+        nul: NulInData,
+        max_size: u64,
+        max_line: usize,
+    ) -> Self {
         Self {
             mode,
             state: State::Text { at_start: true },
             policy,
+            nul,
             max_size,
             max_line,
             size: 0,
@@ -84,12 +96,12 @@ impl DataDecoder {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Progress) {
         let mut i = 0;
         while i < input.len() {
-            // Fast path: copy the run up to the next CR or LF in one go.
+            // Fast path: copy the run up to the next CR, LF or NUL in one go.
             if let State::Text { at_start } = self.state
                 && !(at_start && self.mode == Mode::Dot && input[i] == b'.')
             {
                 let run_end =
-                    memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
+                    memchr::memchr3(b'\r', b'\n', 0, &input[i..]).map_or(input.len(), |p| i + p);
                 if run_end > i {
                     self.emit(&input[i..run_end], out);
                     self.line_len += run_end - i;
@@ -106,6 +118,7 @@ impl DataDecoder {
                 Step::Reprocess => i -= 1,
                 Step::End => return (i, Progress::End),
                 Step::Bare => return (i, Progress::BareNewline),
+                Step::Nul => return (i, Progress::Nul),
             }
         }
         (i, Progress::More)
@@ -132,6 +145,7 @@ impl DataDecoder {
                 }
                 b'\r' => self.state = State::Cr,
                 b'\n' => return self.bare(out),
+                0 => return self.nul(),
                 _ => {
                     self.emit(&[b], out);
                     self.line_len += 1;
@@ -194,6 +208,18 @@ impl DataDecoder {
         }
     }
 
+    /// A NUL was seen: refuse, or drop it. Either way the line has started,
+    /// so a dot after it is text.
+    fn nul(&mut self) -> Step {
+        match self.nul {
+            NulInData::Reject => Step::Nul,
+            NulInData::Strip => {
+                self.state = State::Text { at_start: false };
+                Step::Continue
+            }
+        }
+    }
+
     fn end_line(&mut self, out: &mut Vec<u8>, real_crlf: bool) {
         self.emit(b"\r\n", out);
         self.line_len += 2;
@@ -227,6 +253,7 @@ enum Step {
     Reprocess,
     End,
     Bare,
+    Nul,
 }
 
 #[cfg(test)]
@@ -235,7 +262,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn decode(policy: BareNewline, input: &[u8]) -> (Vec<u8>, usize, Progress) {
-        let mut d = DataDecoder::new(Mode::Dot, policy, 1 << 20, 1000);
+        let mut d = DataDecoder::new(Mode::Dot, policy, NulInData::Reject, 1 << 20, 1000);
         let mut out = Vec::new();
         let (n, p) = d.feed(input, &mut out);
         (out, n, p)
@@ -284,7 +311,13 @@ mod tests {
         let input = b"line one\r\n..dotted\r\n\r\nlast\r\n.\r\nRSET\r\n";
         let (whole, n_whole, _) = decode(BareNewline::Reject, input);
         for split in 1..input.len() {
-            let mut d = DataDecoder::new(Mode::Dot, BareNewline::Reject, 1 << 20, 1000);
+            let mut d = DataDecoder::new(
+                Mode::Dot,
+                BareNewline::Reject,
+                NulInData::Reject,
+                1 << 20,
+                1000,
+            );
             let mut out = Vec::new();
             let (n1, p1) = d.feed(&input[..split], &mut out);
             let consumed = if p1 == Progress::End {
@@ -302,12 +335,18 @@ mod tests {
 
     #[test]
     fn size_and_line_limits_stop_keeping_content() {
-        let mut d = DataDecoder::new(Mode::Dot, BareNewline::Reject, 10, 1000);
+        let mut d = DataDecoder::new(Mode::Dot, BareNewline::Reject, NulInData::Reject, 10, 1000);
         let mut out = Vec::new();
         let (_, p) = d.feed(b"0123456789abcdef\r\n.\r\n", &mut out);
         assert_eq!(p, Progress::End);
         assert!(d.too_big());
-        let mut d = DataDecoder::new(Mode::Dot, BareNewline::Reject, 1 << 20, 20);
+        let mut d = DataDecoder::new(
+            Mode::Dot,
+            BareNewline::Reject,
+            NulInData::Reject,
+            1 << 20,
+            20,
+        );
         let (_, p) = d.feed(&[b'x'; 100], &mut out);
         assert_eq!(p, Progress::More);
         assert!(d.line_too_long());
@@ -315,14 +354,60 @@ mod tests {
 
     #[test]
     fn raw_mode_keeps_dots_and_checks_endings() {
-        let mut d = DataDecoder::new(Mode::Raw, BareNewline::Reject, 1 << 20, 1000);
+        let mut d = DataDecoder::new(
+            Mode::Raw,
+            BareNewline::Reject,
+            NulInData::Reject,
+            1 << 20,
+            1000,
+        );
         let mut out = Vec::new();
         assert_eq!(d.feed(b".\r\n..x\r", &mut out).1, Progress::More);
         assert_eq!(d.feed(b"\n", &mut out).1, Progress::More);
         assert_eq!(d.finish(&mut out), Progress::End);
         assert_eq!(out, b".\r\n..x\r\n");
-        let mut d = DataDecoder::new(Mode::Raw, BareNewline::Reject, 1 << 20, 1000);
+        let mut d = DataDecoder::new(
+            Mode::Raw,
+            BareNewline::Reject,
+            NulInData::Reject,
+            1 << 20,
+            1000,
+        );
         assert_eq!(d.feed(b"a\nb", &mut out).1, Progress::BareNewline);
+    }
+
+    #[test]
+    fn nul_never_hides_an_end_of_data() {
+        for evil in [
+            &b"a\r\n\0.\r\nMAIL FROM:<x@y>\r\n"[..],
+            b"a\r\n.\0\r\nMAIL",
+            b"a\0b\r\n.\r\n",
+        ] {
+            let (_, _, p) = decode(BareNewline::Reject, evil);
+            assert_eq!(p, Progress::Nul, "{evil:?}");
+        }
+        // Stripped: the dot after a NUL is text, kept (and stuffed again on the way out).
+        let mut d = DataDecoder::new(
+            Mode::Dot,
+            BareNewline::Reject,
+            NulInData::Strip,
+            1 << 20,
+            1000,
+        );
+        let mut out = Vec::new();
+        let (n, p) = d.feed(b"a\r\n\0.\r\nb\0c\r\n.\r\nQUIT\r\n", &mut out);
+        assert_eq!(p, Progress::End);
+        assert_eq!(out, b"a\r\n.\r\nbc\r\n");
+        assert_eq!(n, b"a\r\n\0.\r\nb\0c\r\n.\r\n".len());
+        // BDAT: NUL needs BINARYMIME, which is not offered.
+        let mut d = DataDecoder::new(
+            Mode::Raw,
+            BareNewline::Reject,
+            NulInData::Reject,
+            1 << 20,
+            1000,
+        );
+        assert_eq!(d.feed(b"a\0b\r\n", &mut out).1, Progress::Nul);
     }
 
     fn has_bare_newline(b: &[u8]) -> bool {
@@ -367,6 +452,10 @@ mod tests {
             let (out, n, _) = decode(BareNewline::Normalize, &input);
             prop_assert!(n <= input.len());
             prop_assert!(!has_bare_newline(&out));
+            let mut d = DataDecoder::new(Mode::Dot, BareNewline::Normalize, NulInData::Strip, 1 << 20, 1000);
+            let mut out = Vec::new();
+            d.feed(&input, &mut out);
+            prop_assert!(!out.contains(&0));
         }
     }
 }

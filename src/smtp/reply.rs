@@ -142,6 +142,16 @@ pub const BARE_NEWLINE: Reply = Reply::new(
     "5.6.11",
     "Bare CR or LF in message data; lines must end with CRLF. Closing connection",
 );
+pub const BDAT_TOO_BIG: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Chunk would make the message larger than the fixed maximum message size. Closing connection",
+);
+pub const NUL_IN_DATA: Reply = Reply::new(
+    554,
+    "5.6.0",
+    "NUL byte in message data is not allowed. Closing connection",
+);
 pub const TEXT_LINE_TOO_LONG: Reply = Reply::new(
     554,
     "5.6.0",

@@ -100,3 +100,68 @@ async fn failed_auth_attempts_cost_growing_time() {
     // The right password is still accepted in the same session.
     assert_eq!(c.auth_plain("bob", "builder").await.code, 235);
 }
+
+const CLOSED_LAN: &str = "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n";
+
+/// `CRLF NUL . CRLF` would end the data at a next hop that drops NUL; what
+/// follows would run there as a second transaction. Refused, nothing spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_before_a_dot_cannot_smuggle_a_second_message() {
+    let server = TestServer::start(CLOSED_LAN).await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.9").await;
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<b@example.lan>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send_raw(b"Subject: one\r\n\r\nhello\r\n\0.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@example.lan>\r\nDATA\r\n\r\nsmuggled\r\n.\r\n")
+        .await;
+    let r = c.read_reply().await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text().starts_with("5.6.0"), "{r:?}");
+    assert!(c.closed().await, "connection closed after a NUL in DATA");
+    assert!(server.queued().is_empty(), "nothing is spooled");
+}
+
+/// With `nul_in_data = "strip"` the NUL goes, and the dot after it stays text:
+/// the whole input is one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripped_nul_keeps_one_message() {
+    let server =
+        TestServer::start(&format!("[server]\nnul_in_data = \"strip\"\n{CLOSED_LAN}")).await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.9").await;
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<b@example.lan>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send_raw(b"Subject: one\r\n\r\nhello\r\n\0.\r\nRSET\r\n.\r\n")
+        .await;
+    assert_eq!(c.read_reply().await.code, 250);
+    c.expect("QUIT", 221).await;
+    let ids = server.queued();
+    assert_eq!(ids.len(), 1);
+    let content = server.spool().read_body(&ids[0]).unwrap();
+    assert!(
+        crate::support::strip_received(&content).ends_with(b"hello\r\n.\r\nRSET\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&content)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_commands_and_oversized_chunks_are_refused() {
+    let server = TestServer::start(CLOSED_LAN).await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.9").await;
+    let r = c.cmd("EHLO a\0b").await;
+    assert_eq!(r.code, 500, "{r:?}");
+    assert!(!r.text().contains('\0'), "the NUL is not echoed back");
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test> SIZE=1 SIZE=2", 501).await;
+    c.expect("MAIL FROM:<a@x.test> SIZE=10", 250).await;
+    c.expect("RCPT TO:<b@example.lan>", 250).await;
+    // A chunk size past the limit is refused at once, and the connection closed
+    // (its octets can be neither read in reasonable time nor taken for commands).
+    let r = c.cmd("BDAT 18446744073709551615 LAST").await;
+    assert_eq!(r.code, 552, "{r:?}");
+    assert!(r.text().starts_with("5.3.4"), "{r:?}");
+    assert!(c.closed().await);
+}
