@@ -1,9 +1,19 @@
-//! `portcullis queue`: list and manage spooled messages. Works on the files,
-//! so it is safe while the server runs (state changes are atomic renames).
+//! `portcullis queue`: list and manage spooled messages. With a server
+//! running, every command goes through its control socket (the queue manager
+//! alone writes queue state); with none, the CLI takes the data-dir lock and
+//! applies the same commands to the files itself.
 
 use super::ConfigArgs;
-use crate::spool::{QueuedMessage, RecipientStatus, Spool};
-use std::path::PathBuf;
+use crate::queue::{
+    Changed, ControlError, Index, MessageDetail, MessageSummary, QueueAnswer, QueueCommand,
+    Selector, Write, request, unix_now,
+};
+use crate::spool::{QueueId, Spool, lock_data_dir};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long the CLI waits for the server's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
 pub struct QueueArgs {
@@ -19,25 +29,40 @@ pub struct QueueArgs {
     json: bool,
 }
 
+/// A message by ID, or every message from one source.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The message's queue ID.
+    #[arg(required_unless_present = "source")]
+    id: Option<String>,
+    /// Every message from this client IP address or authenticated user.
+    #[arg(long, conflicts_with = "id")]
+    source: Option<String>,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum QueueAction {
     /// Every queued message, oldest first.
     List,
     /// One message: envelope, per-recipient state, headers.
     Show { id: String },
-    /// Remove a message without delivering it.
-    Delete { id: String },
-    /// Keep a message from being delivered until released.
-    Hold { id: String },
-    /// Let a held message be delivered again.
-    Release { id: String },
+    /// Remove messages without delivering them.
+    Delete(Target),
+    /// Keep messages from being delivered until released.
+    Hold(Target),
+    /// Let held messages be delivered again.
+    Release(Target),
     /// Try delivery now instead of at the next scheduled time.
     Retry {
-        /// The message; or --all.
+        /// The message; or --all, or --source.
+        #[arg(required_unless_present_any = ["all", "source"])]
         id: Option<String>,
         /// Every queued message.
-        #[arg(long, conflicts_with = "id")]
+        #[arg(long, conflicts_with_all = ["id", "source"])]
         all: bool,
+        /// Every message from this client IP address or authenticated user.
+        #[arg(long, conflicts_with = "id")]
+        source: Option<String>,
     },
 }
 
@@ -47,88 +72,99 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
         .data_dir
         .clone()
         .unwrap_or(config.server.data_dir.clone());
-    let spool = Spool::open_existing(&data_dir)?;
-    match &args.action {
-        QueueAction::List => list(&spool, args.json),
-        QueueAction::Show { id } => show(&spool, id, args.json),
-        QueueAction::Delete { id } => {
-            spool.delete(id)?;
-            spool.poke()?;
-            report(args.json, id, "deleted");
-            Ok(0)
-        }
-        QueueAction::Hold { id } => set_held(&spool, id, true, args.json),
-        QueueAction::Release { id } => set_held(&spool, id, false, args.json),
-        QueueAction::Retry { id, all } => {
-            let ids = match (id, all) {
-                (Some(id), false) => vec![id.clone()],
-                (None, true) => spool.ids()?,
-                _ => anyhow::bail!("say which message: queue retry ID, or queue retry --all"),
-            };
-            let now = chrono::Utc::now().timestamp();
-            for id in &ids {
-                let mut state = spool.load(id)?.state;
-                for r in state
-                    .recipients
-                    .iter_mut()
-                    .filter(|r| r.status == RecipientStatus::Queued)
-                {
-                    r.next_attempt = Some(now);
-                }
-                spool.write_state(id, &state)?;
-                report(args.json, id, "due now");
-            }
-            spool.poke()?;
-            Ok(0)
-        }
-    }
+    let command = command_of(&args.action)?;
+    let answer = match request(&data_dir, &command, ANSWER_TIMEOUT) {
+        Ok(answer) => answer,
+        Err(ControlError::NoServer) => offline(&data_dir, &command)?,
+        Err(e) => anyhow::bail!(e),
+    };
+    print_answer(answer, args.json)
 }
 
-fn report(json: bool, id: &str, what: &str) {
-    if json {
-        println!("{}", serde_json::json!({"id": id, "result": what}));
-    } else {
-        println!("{id}: {what}");
-    }
+fn parse_id(id: &str) -> anyhow::Result<QueueId> {
+    QueueId::parse(id)
+        .ok_or_else(|| anyhow::anyhow!("no message {id} in the queue (not a queue ID)"))
 }
 
-fn set_held(spool: &Spool, id: &str, held: bool, json: bool) -> anyhow::Result<i32> {
-    let mut state = spool.load(id)?.state;
-    state.held = held;
-    spool.write_state(id, &state)?;
-    spool.poke()?;
-    report(json, id, if held { "held" } else { "released" });
-    Ok(0)
-}
-
-fn summary(m: &QueuedMessage) -> serde_json::Value {
-    let count = |s: RecipientStatus| m.state.recipients.iter().filter(|r| r.status == s).count();
-    serde_json::json!({
-        "id": m.envelope.id,
-        "received_at": m.envelope.received_at,
-        "size": m.envelope.size,
-        "sender": m.envelope.sender,
-        "recipients": m.envelope.recipients.iter().map(|r| r.address.clone()).collect::<Vec<_>>(),
-        "held": m.state.held,
-        "queued": count(RecipientStatus::Queued),
-        "delivered": count(RecipientStatus::Delivered),
-        "failed": count(RecipientStatus::Failed),
+fn selector(id: &Option<String>, all: bool, source: &Option<String>) -> anyhow::Result<Selector> {
+    Ok(match (id, all, source) {
+        (Some(id), false, None) => Selector::Id(parse_id(id)?),
+        (None, true, None) => Selector::All,
+        (None, false, Some(s)) => Selector::Source(s.clone()),
+        _ => anyhow::bail!("say which messages: an ID, --all (retry only) or --source IP|USER"),
     })
 }
 
-fn list(spool: &Spool, json: bool) -> anyhow::Result<i32> {
-    let mut rows = Vec::new();
-    for id in spool.ids()? {
-        match spool.load(&id) {
-            Ok(m) => rows.push(m),
-            Err(e) => eprintln!("warning: {id}: {e}"),
+fn command_of(action: &QueueAction) -> anyhow::Result<QueueCommand> {
+    let target = |t: &Target| selector(&t.id, false, &t.source);
+    Ok(match action {
+        QueueAction::List => QueueCommand::List,
+        QueueAction::Show { id } => QueueCommand::Show { id: parse_id(id)? },
+        QueueAction::Delete(t) => QueueCommand::Delete { select: target(t)? },
+        QueueAction::Hold(t) => QueueCommand::Hold { select: target(t)? },
+        QueueAction::Release(t) => QueueCommand::Release { select: target(t)? },
+        QueueAction::Retry { id, all, source } => QueueCommand::Retry {
+            select: selector(id, *all, source)?,
+        },
+    })
+}
+
+/// No server runs: hold the lock and apply the command to the files.
+fn offline(data_dir: &Path, command: &QueueCommand) -> anyhow::Result<QueueAnswer> {
+    let spool = Spool::open_existing(data_dir)?;
+    let Some(_lock) = lock_data_dir(data_dir)? else {
+        anyhow::bail!(
+            "a server holds {} but its control socket does not answer; try again",
+            data_dir.display()
+        );
+    };
+    let (mut index, problems) = Index::load(&spool)?;
+    for (id, e) in problems {
+        eprintln!("warning: {id}: {e}");
+    }
+    let applied = index.apply(command, unix_now());
+    let mut answer = applied.answer;
+    if let (Some(content), QueueAnswer::Show { message }) = (applied.headers_from, &mut answer) {
+        message.headers = content.headers()?;
+    }
+    for write in applied.writes {
+        match write {
+            Write::State(id) => spool.write_state(&id, &index.entries[&id].state)?,
+            Write::StateQuick(id) => spool.write_state_quick(&id, &index.entries[&id].state)?,
+            Write::Delete(id) => spool.delete(&id)?,
         }
     }
+    Ok(answer)
+}
+
+fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
+    match answer {
+        QueueAnswer::List { messages } => list(&messages, json),
+        QueueAnswer::Show { message } => show(&message, json),
+        QueueAnswer::Changed { changed } => {
+            report(&changed, json);
+            Ok(0)
+        }
+        QueueAnswer::Error { message } => anyhow::bail!(message),
+    }
+}
+
+fn report(changed: &[Changed], json: bool) {
+    for c in changed {
+        if json {
+            println!("{}", serde_json::json!({"id": c.id, "result": c.result}));
+        } else {
+            println!("{}: {}", c.id, c.result);
+        }
+    }
+    if changed.is_empty() && !json {
+        println!("no message matched");
+    }
+}
+
+fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
     if json {
-        println!(
-            "{}",
-            serde_json::Value::Array(rows.iter().map(summary).collect())
-        );
+        println!("{}", serde_json::to_string(rows)?);
         return Ok(0);
     }
     if rows.is_empty() {
@@ -136,30 +172,25 @@ fn list(spool: &Spool, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<18}  {:<23}  {:>9}  {:<6}  {:<30}  recipients",
+        "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  recipients",
         "ID", "received (UTC)", "size", "state", "sender"
     );
-    for m in &rows {
-        let received = when(m.envelope.received_at);
-        let sender = if m.envelope.sender.is_empty() {
-            "<>"
+    for m in rows {
+        let state = if m.held {
+            "held"
+        } else if m.in_flight {
+            "sending"
         } else {
-            &m.envelope.sender
+            "queued"
         };
-        let rcpts: Vec<&str> = m
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
         println!(
-            "{:<18}  {:<23}  {:>9}  {:<6}  {:<30}  {}",
-            m.envelope.id,
-            received,
-            m.envelope.size,
-            if m.state.held { "held" } else { "queued" },
-            sender,
-            rcpts.join(", ")
+            "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  {}",
+            m.id,
+            when(m.received_at),
+            m.size,
+            state,
+            if m.sender.is_empty() { "<>" } else { &m.sender },
+            m.recipients.join(", ")
         );
     }
     println!("{} message(s)", rows.len());
@@ -173,18 +204,11 @@ fn when(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn show(spool: &Spool, id: &str, json: bool) -> anyhow::Result<i32> {
-    let m = spool.load(id)?;
-    let body = spool.read_body(id)?;
-    let header_end = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(body.len(), |p| p + 2);
-    let headers = String::from_utf8_lossy(&body[..header_end]);
+fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"envelope": m.envelope, "state": m.state, "headers": headers})
+            serde_json::json!({"envelope": m.envelope, "state": m.state, "in_flight": m.in_flight, "headers": m.headers})
         );
         return Ok(0);
     }
@@ -203,6 +227,7 @@ fn show(spool: &Spool, id: &str, json: bool) -> anyhow::Result<i32> {
     println!("auth user:   {}", e.auth_user.as_deref().unwrap_or("-"));
     println!("size:        {}", e.size);
     println!("held:        {}", m.state.held);
+    println!("sending now: {}", m.in_flight);
     println!("recipients:");
     for r in &m.state.recipients {
         println!(
@@ -214,6 +239,6 @@ fn show(spool: &Spool, id: &str, json: bool) -> anyhow::Result<i32> {
             r.last_error.as_deref().unwrap_or("-")
         );
     }
-    println!("headers:\n{headers}");
+    println!("headers:\n{}", m.headers);
     Ok(0)
 }

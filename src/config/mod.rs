@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub bare_newline: BareNewline,
     /// What to do with a NUL byte inside message data.
     pub nul_in_data: NulInData,
+    /// Written into every queue ID this server mints, so nodes sharing a queue never collide.
+    pub node_id: u8,
     /// Most Received: headers a message may carry before it is refused as a mail loop.
     pub max_hops: usize,
     /// Time allowed for one command line to arrive (RFC 5321 4.5.3.2.7: 5 minutes).
@@ -108,6 +110,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 20,
             bare_newline: BareNewline::Reject,
             nul_in_data: NulInData::Reject,
+            node_id: 0,
             max_hops: 50,
             command_timeout: ConfigDuration::secs(300),
             data_block_timeout: ConfigDuration::secs(180),

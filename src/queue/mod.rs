@@ -1,59 +1,80 @@
-//! The queue manager: knows when each spooled message is next due, runs
-//! deliveries under the concurrency limits, writes every result back to the
-//! spool before acting on it, sends bounces, and removes finished messages.
+//! The queue manager: the one owner of queue state. It keeps every queued
+//! message in memory (an index built from the spool at start), knows when each
+//! is next due, starts delivery passes under the concurrency limits (never two
+//! for one message), and handles the control commands (`QueueCommand`) from
+//! the control socket in the same loop. Every write of a message's state is
+//! made by a job it started, so no two writers ever race.
 
+mod control;
+mod index;
 mod schedule;
+mod socket;
+mod work;
 
+pub use control::{Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector};
+pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
+pub use socket::{ControlError, bind_control, request, serve_control, socket_path};
 
-use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::config::Config;
-use crate::delivery::client::Outgoing;
-use crate::delivery::{Deliverer, Job, Outcome};
-use crate::spool::{
-    Envelope, EnvelopeRecipient, MessageState, RecipientStatus, Spool, SpoolError, new_queue_id,
-};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use crate::delivery::Deliverer;
+use crate::spool::{MessageState, QueueId, QueuedMessage, Spool, SpoolError};
+use index::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-
-/// How often the spool is read again in full, to pick up changes made by hand.
-const RESCAN_EVERY: Duration = Duration::from_secs(60);
 
 pub fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Where a queued message's content is: the first `len` bytes of its spool
-/// file. Deliveries stream it from there; only reports read it whole.
-#[derive(Clone)]
-struct Content {
-    path: std::path::PathBuf,
-    len: u64,
+/// What reaches the manager's loop.
+enum Inbound {
+    /// A message was just spooled (by a session, or a bounce we wrote).
+    New(QueueId),
+    Loaded(QueueId, Result<QueuedMessage, SpoolError>),
+    Command(QueueCommand, oneshot::Sender<QueueAnswer>),
+    Done(QueueId, Done),
 }
 
-impl Content {
-    fn read(&self) -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        let mut bytes = vec![0u8; self.len as usize];
-        std::fs::File::open(&self.path)?.read_exact(&mut bytes)?;
-        Ok(bytes)
-    }
+/// A job the manager started has ended.
+enum Done {
+    /// A delivery pass: the new state (None: the message is gone) and when it is next due.
+    Processed(Option<MessageState>, Option<i64>),
+    /// A state write for a command.
+    Written,
 }
 
-/// Hands newly spooled queue IDs to the manager.
+/// The way into the manager: announce new messages, send commands.
 #[derive(Clone)]
-pub struct QueueHandle(mpsc::UnboundedSender<String>);
+pub struct QueueHandle(mpsc::UnboundedSender<Inbound>);
 
 impl QueueHandle {
-    pub fn notify(&self, id: &str) {
-        let _ = self.0.send(id.to_string());
+    pub fn notify(&self, id: QueueId) {
+        let _ = self.0.send(Inbound::New(id));
+    }
+
+    /// Runs a command in the manager's loop and waits for its answer.
+    pub async fn command(&self, cmd: QueueCommand) -> QueueAnswer {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Inbound::Command(cmd, tx)).is_err() {
+            return QueueAnswer::error("the queue manager has stopped");
+        }
+        rx.await
+            .unwrap_or_else(|_| QueueAnswer::error("the queue manager has stopped"))
+    }
+
+    fn done(&self, id: QueueId, done: Done) {
+        let _ = self.0.send(Inbound::Done(id, done));
     }
 }
+
+/// The manager's receiving end, handed to `run`.
+pub struct QueueInbox(mpsc::UnboundedReceiver<Inbound>);
 
 pub struct QueueManager {
     spool: Spool,
@@ -68,23 +89,24 @@ pub struct QueueManager {
 /// Due times by queue ID, ordered for "what is next".
 #[derive(Default)]
 struct Schedule {
-    by_time: BTreeSet<(i64, String)>,
-    by_id: HashMap<String, i64>,
+    by_time: BTreeSet<(i64, QueueId)>,
+    by_id: HashMap<QueueId, i64>,
 }
 
 impl Schedule {
-    fn set(&mut self, id: String, due: i64) {
-        if let Some(old) = self.by_id.insert(id.clone(), due) {
+    fn set(&mut self, id: QueueId, due: Option<i64>) {
+        self.remove(&id);
+        if let Some(due) = due {
+            self.by_id.insert(id.clone(), due);
+            self.by_time.insert((due, id));
+        }
+    }
+    fn remove(&mut self, id: &QueueId) {
+        if let Some(old) = self.by_id.remove(id) {
             self.by_time.remove(&(old, id.clone()));
         }
-        self.by_time.insert((due, id));
     }
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.by_id.remove(id) {
-            self.by_time.remove(&(old, id.to_string()));
-        }
-    }
-    fn pop_due(&mut self, now: i64) -> Option<String> {
+    fn pop_due(&mut self, now: i64) -> Option<QueueId> {
         let (due, id) = self.by_time.first()?.clone();
         if due > now {
             return None;
@@ -109,12 +131,70 @@ fn due_of(state: &MessageState) -> Option<i64> {
     }
 }
 
+/// Answers a command once every state write it started has ended (each write
+/// job holds a clone; the last one dropped sends the answer).
+struct AnswerWhenWritten {
+    tx: Mutex<Option<oneshot::Sender<QueueAnswer>>>,
+    answer: Mutex<Option<QueueAnswer>>,
+    failures: Mutex<Vec<String>>,
+}
+
+impl AnswerWhenWritten {
+    /// Sends the answer before every write has ended.
+    fn answer_now(&self) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let answer = self.answer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(tx), Some(answer)) = (tx, answer) {
+            let _ = tx.send(answer);
+        }
+    }
+
+    fn failed(&self, what: String) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(what);
+    }
+}
+
+impl Drop for AnswerWhenWritten {
+    fn drop(&mut self) {
+        let failures = std::mem::take(self.failures.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let answer = if failures.is_empty() {
+            self.answer
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        } else {
+            Some(QueueAnswer::error(failures.join("; ")))
+        };
+        if let (Some(tx), Some(answer)) = (
+            self.tx.get_mut().unwrap_or_else(|p| p.into_inner()).take(),
+            answer,
+        ) {
+            let _ = tx.send(answer);
+        }
+    }
+}
+
+/// How long a command waits for an attempt in progress to end before it answers.
+const WAIT_FOR_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// The loop's own state.
+struct Queue {
+    index: Index,
+    schedule: Schedule,
+    tasks: TaskTracker,
+    /// Commands waiting for an attempt in progress to end, by message.
+    waiting: HashMap<QueueId, Vec<Arc<AnswerWhenWritten>>>,
+}
+
 impl QueueManager {
     pub fn new(
         spool: Spool,
         config: Arc<Config>,
         deliverer: Arc<Deliverer>,
-    ) -> (Arc<QueueManager>, mpsc::UnboundedReceiver<String>) {
+    ) -> (Arc<QueueManager>, QueueInbox) {
         let (tx, rx) = mpsc::unbounded_channel();
         let manager = QueueManager {
             hostname: config.hostname(),
@@ -125,60 +205,58 @@ impl QueueManager {
             config,
             deliverer,
         };
-        (Arc::new(manager), rx)
+        (Arc::new(manager), QueueInbox(rx))
     }
 
     pub fn handle(&self) -> QueueHandle {
         self.handle.clone()
     }
 
-    /// Runs until `shutdown`; deliveries in progress then get `grace` to finish.
+    /// Runs until `shutdown`; jobs in progress then get `grace` to finish.
     pub async fn run(
         self: Arc<Self>,
-        mut new_ids: mpsc::UnboundedReceiver<String>,
+        inbox: QueueInbox,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
-        let mut schedule = Schedule::default();
-        let mut in_flight: HashSet<String> = HashSet::new();
-        let mut again: HashSet<String> = HashSet::new();
-        self.rescan(&mut schedule, &in_flight).await;
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<i64>)>();
-        let tasks = TaskTracker::new();
+        let mut inbox = inbox.0;
+        let spool = self.spool.clone();
+        let loaded = tokio::task::spawn_blocking(move || Index::load(&spool)).await;
+        let index = match loaded {
+            Ok(Ok((index, problems))) => {
+                for (id, e) in problems {
+                    error!(queue_id = %id, error = %e, "unreadable queue file left in place");
+                }
+                index
+            }
+            other => {
+                error!(result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot read the queue; starting with what arrives from now on");
+                Index::default()
+            }
+        };
+        let mut q = Queue {
+            index,
+            schedule: Schedule::default(),
+            tasks: TaskTracker::new(),
+            waiting: HashMap::new(),
+        };
+        for (id, e) in &q.index.entries {
+            q.schedule.set(id.clone(), due_of(&e.state));
+        }
+        info!(messages = q.index.entries.len(), "queue loaded");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut last_poke = self.spool.poked_at();
-        let mut last_rescan = tokio::time::Instant::now();
         loop {
             let now = unix_now();
-            while let Some(id) = schedule.pop_due(now) {
-                if !in_flight.insert(id.clone()) {
-                    again.insert(id);
-                    continue;
-                }
-                let me = Arc::clone(&self);
-                let done = done_tx.clone();
-                tasks.spawn(async move {
-                    let next = me.process(&id).await;
-                    let _ = done.send((id, next));
-                });
+            while let Some(id) = q.schedule.pop_due(now) {
+                self.dispatch(&mut q, id);
             }
-            let wait = schedule.next_time().map_or(60, |t| (t - now).clamp(1, 60)) as u64;
+            let wait = q
+                .schedule
+                .next_time()
+                .map_or(60, |t| (t - now).clamp(1, 60)) as u64;
             tokio::select! {
-                Some(id) = new_ids.recv() => {
-                    if in_flight.contains(&id) { again.insert(id); } else { schedule.set(id, 0); }
-                }
-                Some((id, next)) = done_rx.recv() => {
-                    in_flight.remove(&id);
-                    let next = if again.remove(&id) { Some(0) } else { next };
-                    if let Some(t) = next { schedule.set(id, t); }
-                }
+                Some(msg) = inbox.recv() => self.handle_inbound(&mut q, msg),
                 _ = tick.tick() => {
-                    let poked = self.spool.poked_at();
-                    if poked != last_poke || last_rescan.elapsed() >= RESCAN_EVERY {
-                        last_poke = poked;
-                        last_rescan = tokio::time::Instant::now();
-                        self.rescan(&mut schedule, &in_flight).await;
-                    }
                     self.deliverer.sweep_idle().await;
                     self.forget_idle_domains();
                 }
@@ -186,48 +264,237 @@ impl QueueManager {
                 _ = shutdown.cancelled() => break,
             }
         }
-        tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        q.tasks.close();
+        if tokio::time::timeout(grace, q.tasks.wait()).await.is_err() {
             warn!("deliveries still running at shutdown; they will be retried at the next start");
         }
         self.deliverer.close_idle().await;
     }
 
-    /// Reads every message's state from disk (at start, after a `queue` command, and now and then).
-    async fn rescan(&self, schedule: &mut Schedule, in_flight: &HashSet<String>) {
-        let spool = self.spool.clone();
-        let found = tokio::task::spawn_blocking(move || -> Vec<(String, Option<i64>)> {
-            let ids = spool.ids().unwrap_or_default();
-            ids.into_iter()
-                .filter_map(|id| match spool.load(&id) {
-                    Ok(m) => Some((id, due_of(&m.state))),
-                    Err(e) => {
-                        error!(queue_id = %id, error = %e, "unreadable queue file left in place");
-                        None
+    fn handle_inbound(self: &Arc<Self>, q: &mut Queue, msg: Inbound) {
+        match msg {
+            Inbound::New(id) => {
+                if let Some(e) = q.index.entries.get(&id) {
+                    if !e.busy {
+                        q.schedule.set(id, due_of(&e.state));
                     }
-                })
-                .collect()
-        })
-        .await
-        .unwrap_or_default();
-        let present: HashSet<&String> = found.iter().map(|(id, _)| id).collect();
-        let gone: Vec<String> = schedule
-            .by_id
-            .keys()
-            .filter(|id| !present.contains(id))
-            .cloned()
-            .collect();
-        for id in gone {
-            schedule.remove(&id);
+                    return;
+                }
+                let spool = self.spool.clone();
+                let handle = self.handle.clone();
+                q.tasks.spawn(async move {
+                    let owned = id.clone();
+                    let loaded = tokio::task::spawn_blocking(move || spool.load(&owned))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(SpoolError::Io(std::io::Error::other(e.to_string())))
+                        });
+                    let _ = handle.0.send(Inbound::Loaded(id, loaded));
+                });
+            }
+            Inbound::Loaded(id, Ok(m)) => {
+                if !q.index.entries.contains_key(&id) {
+                    let entry = Entry::from_spool(m);
+                    q.schedule.set(id.clone(), due_of(&entry.state));
+                    q.index.entries.insert(id, entry);
+                }
+            }
+            Inbound::Loaded(id, Err(e)) => {
+                error!(queue_id = %id, error = %e, "cannot read a newly queued message; it will be picked up at the next start");
+            }
+            Inbound::Command(cmd, reply) => self.command(q, cmd, reply),
+            Inbound::Done(id, done) => self.job_done(q, id, done),
         }
-        for (id, due) in &found {
-            if in_flight.contains(id) {
-                continue;
+    }
+
+    /// Starts a delivery pass for a due message that no job owns.
+    fn dispatch(self: &Arc<Self>, q: &mut Queue, id: QueueId) {
+        let Some(entry) = q.index.get_mut(&id) else {
+            return;
+        };
+        if entry.busy || entry.state.held {
+            return;
+        }
+        entry.busy = true;
+        let envelope = Arc::clone(&entry.envelope);
+        let content = entry.content.clone();
+        let state = entry.state.clone();
+        let me = Arc::clone(self);
+        q.tasks.spawn(async move {
+            let (state, next) = me.process(&id, &envelope, &content, state).await;
+            me.handle.done(id, Done::Processed(state, next));
+        });
+    }
+
+    fn command(
+        self: &Arc<Self>,
+        q: &mut Queue,
+        cmd: QueueCommand,
+        reply: oneshot::Sender<QueueAnswer>,
+    ) {
+        let applied = q.index.apply(&cmd, unix_now());
+        if !matches!(cmd, QueueCommand::List | QueueCommand::Show { .. }) {
+            info!(command = cmd.name(), answer = ?applied.answer, "queue command");
+        }
+        for id in &applied.reschedule {
+            self.reschedule(q, id);
+        }
+        if let Some(content) = applied.headers_from {
+            let mut answer = applied.answer;
+            q.tasks.spawn(async move {
+                let headers = tokio::task::spawn_blocking(move || content.headers()).await;
+                if let QueueAnswer::Show { message } = &mut answer {
+                    message.headers = match headers {
+                        Ok(Ok(h)) => h,
+                        other => format!("(headers unreadable: {other:?})"),
+                    };
+                }
+                let _ = reply.send(answer);
+            });
+            return;
+        }
+        let waiter = Arc::new(AnswerWhenWritten {
+            tx: Mutex::new(Some(reply)),
+            answer: Mutex::new(Some(applied.answer)),
+            failures: Mutex::new(Vec::new()),
+        });
+        for write in applied.writes {
+            self.write(q, write, vec![Arc::clone(&waiter)]);
+        }
+        // A change to a message in the middle of an attempt is made when the
+        // attempt ends; wait for that a little, then answer anyway.
+        let mut parked = false;
+        for id in &applied.reschedule {
+            if q.index
+                .entries
+                .get(id)
+                .is_some_and(|e| e.busy && !e.pending.is_empty())
+            {
+                q.waiting
+                    .entry(id.clone())
+                    .or_default()
+                    .push(Arc::clone(&waiter));
+                parked = true;
             }
-            match due {
-                Some(t) => schedule.set(id.clone(), *t),
-                None => schedule.remove(id),
+        }
+        if parked {
+            let weak = Arc::downgrade(&waiter);
+            tokio::spawn(async move {
+                tokio::time::sleep(WAIT_FOR_ATTEMPT).await;
+                if let Some(w) = weak.upgrade() {
+                    w.answer_now();
+                }
+            });
+        }
+    }
+
+    /// Carries out a write a command asked for, as a job that owns the message meanwhile.
+    fn write(self: &Arc<Self>, q: &mut Queue, write: Write, waiters: Vec<Arc<AnswerWhenWritten>>) {
+        let spool = self.spool.clone();
+        let handle = self.handle.clone();
+        let (id, quick) = match write {
+            Write::State(id) => (id, false),
+            Write::StateQuick(id) => (id, true),
+            Write::Delete(id) => return self.delete(q, id, waiters),
+        };
+        let Some(entry) = q.index.get_mut(&id) else {
+            return;
+        };
+        entry.busy = true;
+        q.schedule.remove(&id);
+        let state = entry.state.clone();
+        q.tasks.spawn(async move {
+            let owned = id.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                if quick {
+                    spool.write_state_quick(&owned, &state)
+                } else {
+                    spool.write_state(&owned, &state)
+                }
+            })
+            .await;
+            if let Some(e) = failure(result) {
+                error!(queue_id = %id, error = %e, "cannot record a queue command");
+                for w in &waiters {
+                    w.failed(format!("{id}: {e}"));
+                }
             }
+            drop(waiters);
+            handle.done(id, Done::Written);
+        });
+    }
+
+    /// Removes a message's files (it has already left the index).
+    fn delete(&self, q: &mut Queue, id: QueueId, waiters: Vec<Arc<AnswerWhenWritten>>) {
+        let spool = self.spool.clone();
+        q.schedule.remove(&id);
+        q.tasks.spawn(async move {
+            let owned = id.clone();
+            let result = tokio::task::spawn_blocking(move || spool.delete(&owned)).await;
+            match failure(result) {
+                None | Some(SpoolError::NotFound(_)) => {
+                    info!(queue_id = %id, "message deleted from the queue")
+                }
+                Some(e) => {
+                    error!(queue_id = %id, error = %e, "cannot delete message");
+                    for w in &waiters {
+                        w.failed(format!("{id}: {e}"));
+                    }
+                }
+            }
+            drop(waiters);
+        });
+    }
+    /// A job ended: take its result, then apply what commands left pending.
+    fn job_done(self: &Arc<Self>, q: &mut Queue, id: QueueId, done: Done) {
+        let Some(entry) = q.index.get_mut(&id) else {
+            return;
+        };
+        entry.busy = false;
+        let mut next = None;
+        if let Done::Processed(state, due) = done {
+            match state {
+                Some(s) => {
+                    entry.state = s;
+                    next = due;
+                }
+                None => {
+                    q.index.entries.remove(&id);
+                    q.schedule.remove(&id);
+                    q.waiting.remove(&id);
+                    return;
+                }
+            }
+        }
+        let pending = std::mem::take(&mut entry.pending);
+        let waiters = q.waiting.remove(&id).unwrap_or_default();
+        let mut write = None;
+        if let Some(held) = pending.held {
+            entry.state.held = held;
+            write = Some(Write::State(id.clone()));
+        }
+        if pending.retry {
+            entry.make_due(unix_now());
+            next = None;
+            write.get_or_insert(Write::StateQuick(id.clone()));
+        }
+        if let Some(w) = write {
+            self.write(q, w, waiters);
+            return;
+        }
+        let due = if entry.state.held {
+            None
+        } else {
+            next.or_else(|| due_of(&entry.state))
+        };
+        q.schedule.set(id, due);
+    }
+
+    /// After a command: schedule a message by its (possibly changed) state.
+    fn reschedule(&self, q: &mut Queue, id: &QueueId) {
+        match q.index.entries.get(id) {
+            Some(e) if !e.busy => q.schedule.set(id.clone(), due_of(&e.state)),
+            _ => q.schedule.remove(id),
         }
     }
 
@@ -244,337 +511,13 @@ impl QueueManager {
             Arc::new(Semaphore::new(self.config.delivery.per_domain_concurrency))
         }))
     }
-
-    /// One pass over one message. Returns when it is next due.
-    async fn process(&self, id: &str) -> Option<i64> {
-        let spool = self.spool.clone();
-        let owned_id = id.to_string();
-        let loaded = tokio::task::spawn_blocking(move || spool.load(&owned_id)).await;
-        let msg = match loaded {
-            Ok(Ok(x)) => x,
-            Ok(Err(SpoolError::NotFound(_))) => return None,
-            Ok(Err(e)) => {
-                error!(queue_id = %id, error = %e, "cannot read queued message; will look again later");
-                return Some(unix_now() + 300);
-            }
-            Err(e) => {
-                error!(queue_id = %id, error = %e, "queue task failed");
-                return Some(unix_now() + 300);
-            }
-        };
-        if msg.state.held {
-            return None;
-        }
-        let body = Content {
-            path: msg.path.clone(),
-            len: msg.body_len,
-        };
-        let env = msg.envelope;
-        let mut state = msg.state;
-        let now = unix_now();
-        let d = &self.config.delivery;
-        if expired(now, env.received_at, d.max_queue_lifetime.get()) {
-            for r in state
-                .recipients
-                .iter_mut()
-                .filter(|r| r.status == RecipientStatus::Queued)
-            {
-                r.status = RecipientStatus::Failed;
-                r.next_attempt = None;
-                r.last_error = Some(format!(
-                    "4.4.7 message expired after {} in the queue; last error: {}",
-                    d.max_queue_lifetime,
-                    r.last_error.as_deref().unwrap_or("none")
-                ));
-                warn!(queue_id = %id, to = %r.address, "expired");
-            }
-        } else {
-            self.deliver_due(id, &env, &body, &mut state, now).await;
-        }
-        if state.has_queued() {
-            self.maybe_warn_delay(id, &env, &body, &mut state, now)
-                .await;
-        }
-        if state
-            .recipients
-            .iter()
-            .all(|r| r.status == RecipientStatus::Delivered)
-        {
-            // Nothing left to record or report: remove it at once.
-            self.finish(id, &env, &body, &state).await;
-            return None;
-        }
-        let spool = self.spool.clone();
-        let owned_id = id.to_string();
-        let mut to_write = state.clone();
-        // Final results that lead to a bounce must survive a crash; a deferral
-        // lost to a crash only means an earlier retry.
-        let durable = !state.has_queued();
-        let written = tokio::task::spawn_blocking(move || {
-            // A `queue hold` given while this attempt ran must survive our write.
-            to_write.held = spool.is_held(&owned_id);
-            let result = if durable {
-                spool.write_state(&owned_id, &to_write)
-            } else {
-                spool.write_state_quick(&owned_id, &to_write)
-            };
-            result.map(|_| to_write.held)
-        })
-        .await;
-        match written {
-            Ok(Ok(true)) => return None,
-            Ok(Ok(false)) => {}
-            Ok(Err(SpoolError::NotFound(_))) => return None,
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot record delivery state; will retry");
-                return Some(unix_now() + 60);
-            }
-        }
-        if state.has_queued() {
-            // Never later than the moment the message expires.
-            let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
-            return state.next_due().map(|t| t.min(expires));
-        }
-        self.finish(id, &env, &body, &state).await;
-        None
-    }
-
-    /// Delivers every recipient that is due, one domain at a time, under the limits.
-    async fn deliver_due(
-        &self,
-        id: &str,
-        env: &Envelope,
-        body: &Content,
-        state: &mut MessageState,
-        now: i64,
-    ) {
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, r) in state.recipients.iter().enumerate() {
-            if r.status == RecipientStatus::Queued && r.next_attempt.unwrap_or(0) <= now {
-                let domain = domain_of(env, &r.address);
-                groups.entry(domain).or_default().push(i);
-            }
-        }
-        let schedule: Vec<std::time::Duration> = self
-            .config
-            .delivery
-            .retry_schedule
-            .iter()
-            .map(|x| x.get())
-            .collect();
-        for (domain, idxs) in groups {
-            let slot = self.domain_slot(&domain);
-            let _domain_permit = slot.acquire_owned().await;
-            let _permit = self.global.acquire().await;
-            let recipients: Vec<String> = idxs
-                .iter()
-                .map(|&i| state.recipients[i].address.clone())
-                .collect();
-            let job = Job {
-                queue_id: id,
-                domain: &domain,
-                message: Outgoing {
-                    sender: &env.sender,
-                    recipients: &recipients,
-                    body_path: &body.path,
-                    body_len: body.len,
-                    eight_bit: env.eight_bit,
-                    smtputf8: env.smtputf8,
-                },
-            };
-            let outcomes = self.deliverer.deliver(&job).await;
-            let after = unix_now();
-            for (&i, outcome) in idxs.iter().zip(outcomes) {
-                let r = &mut state.recipients[i];
-                match outcome {
-                    Outcome::Delivered { host, reply } => {
-                        r.status = RecipientStatus::Delivered;
-                        r.next_attempt = None;
-                        r.last_error = None;
-                        r.attempts += 1;
-                        info!(queue_id = %id, to = %r.address, host = %host, reply = %reply, "recipient delivered");
-                    }
-                    Outcome::Failed { reason, remote } => {
-                        r.status = RecipientStatus::Failed;
-                        r.next_attempt = None;
-                        r.attempts += 1;
-                        warn!(queue_id = %id, to = %r.address, remote = remote.as_deref(), reason = %reason, "recipient failed permanently");
-                        r.last_error = Some(match remote {
-                            Some(host) => format!("{reason} (from {host})"),
-                            None => reason,
-                        });
-                    }
-                    Outcome::Deferred { reason, counts } => {
-                        if counts {
-                            r.attempts += 1;
-                        }
-                        r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
-                        info!(queue_id = %id, to = %r.address, reason = %reason, counted = counts, next = r.next_attempt, "recipient deferred");
-                        r.last_error = Some(reason);
-                    }
-                }
-            }
-        }
-    }
-
-    async fn maybe_warn_delay(
-        &self,
-        id: &str,
-        env: &Envelope,
-        body: &Content,
-        state: &mut MessageState,
-        now: i64,
-    ) {
-        let Some(after) = self.config.delivery.delay_warning else {
-            return;
-        };
-        if state.delay_warned
-            || !bounce::may_bounce(env)
-            || now - env.received_at < after.get().as_secs() as i64
-        {
-            return;
-        }
-        let waiting: Vec<ReportedRecipient> = state
-            .recipients
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Queued)
-            .map(|r| ReportedRecipient {
-                address: r.address.clone(),
-                reason: r
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "4.0.0 not yet delivered".into()),
-                remote: None,
-            })
-            .collect();
-        if self
-            .queue_report(ReportKind::Delayed, id, env, body, &waiting)
-            .await
-        {
-            state.delay_warned = true;
-        }
-    }
-
-    /// The message is done with: bounce what failed, then remove it.
-    async fn finish(&self, id: &str, env: &Envelope, body: &Content, state: &MessageState) {
-        let failed: Vec<ReportedRecipient> = state
-            .recipients
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Failed)
-            .map(|r| ReportedRecipient {
-                address: r.address.clone(),
-                remote: r.last_error.as_deref().and_then(|e| {
-                    e.rsplit_once("(from ")
-                        .map(|(_, h)| h.trim_end_matches(')').to_string())
-                }),
-                reason: r
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "5.0.0 delivery failed".into()),
-            })
-            .collect();
-        if !failed.is_empty() {
-            if bounce::may_bounce(env) {
-                if !self
-                    .queue_report(ReportKind::Failed, id, env, body, &failed)
-                    .await
-                {
-                    // Keep the message (its state says everything is final) and try again later.
-                    return;
-                }
-            } else {
-                warn!(queue_id = %id, failed = failed.len(), "no bounce: the sender is the null address");
-            }
-        }
-        let spool = self.spool.clone();
-        let owned = id.to_string();
-        match tokio::task::spawn_blocking(move || spool.remove_finished(&owned)).await {
-            Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {
-                info!(queue_id = %id, failed = failed.len(), "message done, removed from the queue")
-            }
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot remove finished message")
-            }
-        }
-    }
-
-    /// Spools a DSN to the original sender. Returns false when it could not be written.
-    async fn queue_report(
-        &self,
-        kind: ReportKind,
-        id: &str,
-        env: &Envelope,
-        body: &Content,
-        rcpts: &[ReportedRecipient],
-    ) -> bool {
-        let content = body.clone();
-        let original = match tokio::task::spawn_blocking(move || content.read()).await {
-            Ok(Ok(bytes)) => bytes,
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot read the message to attach to its report");
-                return false;
-            }
-        };
-        let bounce_id = new_queue_id();
-        let dsn = bounce::build(
-            kind,
-            &self.hostname,
-            env,
-            &original,
-            rcpts,
-            self.config.delivery.bounce_attach,
-            &bounce_id,
-        );
-        let envelope = Envelope {
-            version: 1,
-            id: bounce_id.clone(),
-            received_at: unix_now(),
-            sender: String::new(),
-            recipients: vec![EnvelopeRecipient {
-                address: env.sender.clone(),
-                domain: domain_of_address(&env.sender),
-            }],
-            client_ip: "127.0.0.1".into(),
-            helo: self.hostname.clone(),
-            auth_user: None,
-            smtputf8: env.smtputf8,
-            eight_bit: !dsn.is_ascii(),
-            size: dsn.len() as u64,
-        };
-        let spool = self.spool.clone();
-        let bid = bounce_id.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut w = spool.begin(&bid);
-            w.write(&dsn);
-            w.commit(&envelope)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                info!(queue_id = %id, bounce_id = %bounce_id, to = %env.sender, kind = ?kind, recipients = rcpts.len(), "delivery report queued");
-                self.handle.notify(&bounce_id);
-                true
-            }
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot queue delivery report");
-                false
-            }
-        }
-    }
 }
 
-fn domain_of_address(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_lowercase())
-        .unwrap_or_default()
-}
-
-/// The routing domain of a recipient, from the envelope (falls back to the address).
-fn domain_of(env: &Envelope, address: &str) -> String {
-    env.recipients
-        .iter()
-        .find(|r| r.address == address)
-        .map(|r| r.domain.clone())
-        .unwrap_or_else(|| domain_of_address(address))
+/// The error of a blocking spool job, if any.
+fn failure(result: Result<Result<(), SpoolError>, tokio::task::JoinError>) -> Option<SpoolError> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(SpoolError::Io(std::io::Error::other(e.to_string()))),
+    }
 }

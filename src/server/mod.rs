@@ -8,7 +8,7 @@ pub use limits::ConnectionLimits;
 use crate::config::{Config, ListenerKind, open_relay_entries};
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
-use crate::queue::QueueManager;
+use crate::queue::{QueueInbox, QueueManager};
 use crate::session::{Context, Session};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{SmtpStream, tls_info};
@@ -29,7 +29,8 @@ const OPEN_RELAY_REMINDER: Duration = Duration::from_secs(3600);
 pub struct Server {
     ctx: Arc<Context>,
     queue: Arc<QueueManager>,
-    new_ids: tokio::sync::mpsc::UnboundedReceiver<String>,
+    inbox: QueueInbox,
+    control: tokio::net::UnixListener,
     listeners: Vec<(TcpListener, ListenerKind)>,
     limits: Arc<ConnectionLimits>,
     _lock: std::fs::File,
@@ -39,13 +40,19 @@ impl Server {
     /// Prepares the spool, TLS and users, and binds every listener.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let data_dir = config.server.data_dir.clone();
+        crate::spool::set_node(config.server.node_id);
         let spool = Spool::open(&data_dir).with_context(|| {
             format!(
                 "cannot create the spool in server.data_dir = {}",
                 data_dir.display()
             )
         })?;
-        let lock = lock_data_dir(&data_dir)?;
+        let lock = crate::spool::lock_data_dir(&data_dir)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "server.data_dir = {}: another Portcullis server is using this data directory",
+                data_dir.display()
+            )
+        })?;
         let stale = spool.clean_tmp().unwrap_or(0);
         if stale > 0 {
             info!(
@@ -79,14 +86,21 @@ impl Server {
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
         let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver));
-        let (queue, new_ids) = QueueManager::new(spool.clone(), shared, deliverer);
+        let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer);
+        let control = crate::queue::bind_control(&data_dir).with_context(|| {
+            format!(
+                "cannot create the control socket {}",
+                crate::queue::socket_path(&data_dir).display()
+            )
+        })?;
         let mut ctx = Context::new(config, Some(tls), spool);
         ctx.queue = Some(queue.handle());
         let ctx = Arc::new(ctx);
         Ok(Server {
             ctx,
             queue,
-            new_ids,
+            inbox,
+            control,
             listeners,
             limits,
             _lock: lock,
@@ -112,7 +126,12 @@ impl Server {
             tracker.spawn(remind_open_relay(Arc::clone(&self.ctx), shutdown.clone()));
         }
         let grace = self.ctx.config.server.shutdown_grace.get();
-        tracker.spawn(Arc::clone(&self.queue).run(self.new_ids, shutdown.clone(), grace));
+        tracker.spawn(Arc::clone(&self.queue).run(self.inbox, shutdown.clone(), grace));
+        tracker.spawn(crate::queue::serve_control(
+            self.control,
+            self.queue.handle(),
+            shutdown.clone(),
+        ));
         for (listener, kind) in self.listeners {
             let ctx = Arc::clone(&self.ctx);
             let limits = Arc::clone(&self.limits);
@@ -212,27 +231,6 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Keeps a second server from sharing (and corrupting) this spool.
-fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        anyhow::bail!(
-            "server.data_dir = {}: another Portcullis server is using this data directory",
-            dir.display()
-        );
-    }
-    Ok(file)
 }
 
 async fn accept_loop(

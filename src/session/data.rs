@@ -8,7 +8,7 @@ use super::{Flow, Session};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
-use crate::spool::{Envelope, EnvelopeRecipient, SpoolWriter, new_queue_id};
+use crate::spool::{Envelope, EnvelopeRecipient, QueueId, SpoolWriter};
 use std::io;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -201,7 +201,7 @@ impl Session {
 
     /// A new message with our Received: header first (in memory: no I/O yet).
     fn start_message(&self, mode: Mode) -> Incoming {
-        let queue_id = new_queue_id();
+        let queue_id = QueueId::new();
         let mut writer: SpoolWriter = self.ctx.spool.begin(&queue_id);
         writer.write(self.received_header(&queue_id).as_bytes());
         let s = &self.ctx.config.server;
@@ -258,7 +258,6 @@ impl Session {
         let Some(writer) = msg.take_writer() else {
             return reply::SPOOL_FAILED;
         };
-        let queue_id = queue_id.as_str();
         let envelope = Envelope {
             version: 1,
             id: queue_id.to_string(),
@@ -295,7 +294,7 @@ impl Session {
             Ok(()) => {
                 self.messages += 1;
                 if let Some(q) = &self.ctx.queue {
-                    q.notify(queue_id);
+                    q.notify(queue_id.clone());
                 }
                 info!(
                     session = self.id,

@@ -8,7 +8,7 @@ use crate::spool::SpoolWriter;
 use std::io;
 
 pub struct Incoming {
-    pub queue_id: String,
+    pub queue_id: crate::spool::QueueId,
     pub decoder: DataDecoder,
     pub hops: HopCounter,
     /// None only while a spill runs elsewhere.
@@ -19,7 +19,7 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(queue_id: String, writer: SpoolWriter, decoder: DataDecoder) -> Self {
+    pub fn new(queue_id: crate::spool::QueueId, writer: SpoolWriter, decoder: DataDecoder) -> Self {
         Self {
             queue_id,
             decoder,

@@ -68,7 +68,7 @@ async fn run(queue_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<Request>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::spool::{Envelope, Spool, new_queue_id};
+    use crate::spool::{Envelope, QueueId, Spool};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_publications_all_land_in_the_queue() {
@@ -80,7 +80,7 @@ mod tests {
             let spool = spool.clone();
             let committer = committer.clone();
             tasks.push(tokio::spawn(async move {
-                let id = new_queue_id();
+                let id = QueueId::new();
                 let mut w = spool.begin(&id);
                 w.write(format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes());
                 let env = Envelope::for_test(&id, "a@x.test", &["b@y.test"]);

@@ -14,7 +14,7 @@ mod writer;
 
 pub use committer::Committer;
 pub use envelope::{Envelope, EnvelopeRecipient};
-pub use queue_id::new_queue_id;
+pub use queue_id::{QueueId, set_node};
 pub use state::{MessageState, RecipientState, RecipientStatus};
 pub use writer::{Prepared, SpoolWriter};
 
@@ -125,14 +125,31 @@ impl Spool {
     }
 
     /// All queue IDs, oldest first (IDs sort by time).
-    pub fn ids(&self) -> io::Result<Vec<String>> {
-        let mut ids: Vec<String> = fs::read_dir(self.queue_dir())?
+    pub fn ids(&self) -> io::Result<Vec<QueueId>> {
+        let mut ids: Vec<QueueId> = fs::read_dir(self.queue_dir())?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| queue_id::is_valid(n))
+            .filter_map(|e| e.file_name().to_str().and_then(QueueId::parse))
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Removes state files whose message is gone (a delete that raced with an
+    /// attempt recording its results). Call only while holding the data-dir lock.
+    pub fn remove_orphan_states(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.state_dir())? {
+            let path = entry?.path();
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            if queue_id::is_valid(id) && !self.queue_dir().join(id).exists() {
+                fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Reads one message's envelope and state.
@@ -221,21 +238,6 @@ impl Spool {
         Ok(())
     }
 
-    /// Tells a running server to look at the queue again (after hold, release, retry).
-    pub fn poke(&self) -> io::Result<()> {
-        fs::write(
-            self.root.join("queue-changed"),
-            chrono::Utc::now().timestamp_micros().to_string(),
-        )
-    }
-
-    /// When `poke` last happened, for the server to notice.
-    pub fn poked_at(&self) -> Option<std::time::SystemTime> {
-        fs::metadata(self.root.join("queue-changed"))
-            .and_then(|m| m.modified())
-            .ok()
-    }
-
     /// Deletes a message and its state, durably (for `queue delete`). The
     /// message file goes first, so a crash in between leaves only a stale
     /// state file, which is ignored.
@@ -264,6 +266,21 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// Takes the data directory's lock, which keeps a second server (or the CLI
+/// acting on the files) from sharing this spool. `None` when someone holds it;
+/// the lock lasts as long as the returned file stays open.
+pub fn lock_data_dir(dir: &Path) -> io::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((rc == 0).then_some(file))
 }
 
 /// Reads and checks the trailer, then the envelope. Returns the body length.
@@ -334,7 +351,7 @@ mod tests {
     fn write_commit_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let id = new_queue_id();
+        let id = QueueId::new();
         let mut w = spool.begin(&id);
         w.write(b"Subject: hi\r\n\r\nbody\r\n");
         w.commit(&envelope(&id)).unwrap();
@@ -352,7 +369,7 @@ mod tests {
     fn torn_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let id = new_queue_id();
+        let id = QueueId::new();
         let mut w = spool.begin(&id);
         w.write(b"hello\r\n");
         w.commit(&envelope(&id)).unwrap();
@@ -371,7 +388,7 @@ mod tests {
     fn aborted_write_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let id = new_queue_id();
+        let id = QueueId::new();
         let mut w = spool.begin(&id);
         w.write(&vec![b'x'; 300 * 1024]);
         assert!(w.needs_spill());
@@ -386,7 +403,7 @@ mod tests {
     fn state_survives_and_delete_removes_both() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let id = new_queue_id();
+        let id = QueueId::new();
         let mut w = spool.begin(&id);
         w.write(b"x\r\n");
         w.commit(&envelope(&id)).unwrap();

@@ -11,4 +11,5 @@ mod guard;
 mod hostile;
 mod postfix;
 mod protocol;
+mod queue_control;
 mod relay_matrix;

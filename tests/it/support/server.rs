@@ -109,7 +109,12 @@ impl TestServer {
 
     /// Queue IDs currently spooled.
     pub fn queued(&self) -> Vec<String> {
-        self.spool().ids().unwrap()
+        self.spool()
+            .ids()
+            .unwrap()
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     pub async fn stop(mut self) {

@@ -1,0 +1,94 @@
+//! The queue's control API: typed commands that the queue manager handles in
+//! its own loop (it alone writes queue state), and their answers. The control
+//! socket carries them as JSON lines; the CLI without a running server applies
+//! the very same commands to an index it loads itself.
+
+use crate::spool::{Envelope, MessageState, QueueId};
+use serde::{Deserialize, Serialize};
+
+/// Which messages a command acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selector {
+    Id(QueueId),
+    All,
+    /// Every message that came from this client IP or authenticated user.
+    Source(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum QueueCommand {
+    List,
+    Show { id: QueueId },
+    Hold { select: Selector },
+    Release { select: Selector },
+    Retry { select: Selector },
+    Delete { select: Selector },
+}
+
+impl QueueCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            QueueCommand::List => "list",
+            QueueCommand::Show { .. } => "show",
+            QueueCommand::Hold { .. } => "hold",
+            QueueCommand::Release { .. } => "release",
+            QueueCommand::Retry { .. } => "retry",
+            QueueCommand::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// One line of `queue list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageSummary {
+    pub id: QueueId,
+    pub received_at: i64,
+    pub size: u64,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub client_ip: String,
+    pub auth_user: Option<String>,
+    pub held: bool,
+    /// A delivery attempt (or a state write) is running right now.
+    pub in_flight: bool,
+    pub next_attempt: Option<i64>,
+    pub queued: usize,
+    pub delivered: usize,
+    pub failed: usize,
+}
+
+/// `queue show`: everything known about one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageDetail {
+    pub envelope: Envelope,
+    pub state: MessageState,
+    pub in_flight: bool,
+    /// The message's header section, as spooled.
+    pub headers: String,
+}
+
+/// What a changing command did to one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    pub id: QueueId,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "lowercase")]
+pub enum QueueAnswer {
+    List { messages: Vec<MessageSummary> },
+    Show { message: Box<MessageDetail> },
+    Changed { changed: Vec<Changed> },
+    Error { message: String },
+}
+
+impl QueueAnswer {
+    pub fn error(message: impl Into<String>) -> QueueAnswer {
+        QueueAnswer::Error {
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! One delivery pass over one message: expiry, delivery of the due
+//! recipients under the concurrency limits, delay notices, the state write,
+//! and at the end the bounce and the removal. Runs as a task the manager
+//! starts; it touches only the message the manager handed it.
+
+use super::index::Content;
+use super::{QueueManager, expired, next_attempt, unix_now};
+use crate::bounce::{self, ReportKind, ReportedRecipient};
+use crate::delivery::client::Outgoing;
+use crate::delivery::{Job, Outcome};
+use crate::spool::{
+    Envelope, EnvelopeRecipient, MessageState, QueueId, RecipientStatus, SpoolError,
+};
+use std::collections::BTreeMap;
+use tracing::{error, info, warn};
+
+impl QueueManager {
+    /// One delivery pass over one message, on a snapshot of its state the
+    /// manager handed over (it writes nothing else of this message meanwhile).
+    /// Returns the new state, or None when the message is gone, and when it is next due.
+    pub(super) async fn process(
+        &self,
+        id: &QueueId,
+        env: &Envelope,
+        body: &Content,
+        mut state: MessageState,
+    ) -> (Option<MessageState>, Option<i64>) {
+        let now = unix_now();
+        let d = &self.config.delivery;
+        if expired(now, env.received_at, d.max_queue_lifetime.get()) {
+            for r in state
+                .recipients
+                .iter_mut()
+                .filter(|r| r.status == RecipientStatus::Queued)
+            {
+                r.status = RecipientStatus::Failed;
+                r.next_attempt = None;
+                r.last_error = Some(format!(
+                    "4.4.7 message expired after {} in the queue; last error: {}",
+                    d.max_queue_lifetime,
+                    r.last_error.as_deref().unwrap_or("none")
+                ));
+                warn!(queue_id = %id, to = %r.address, "expired");
+            }
+        } else {
+            self.deliver_due(id, env, body, &mut state, now).await;
+        }
+        if state.has_queued() {
+            self.maybe_warn_delay(id, env, body, &mut state, now).await;
+        }
+        if state
+            .recipients
+            .iter()
+            .all(|r| r.status == RecipientStatus::Delivered)
+        {
+            // Nothing left to record or report: remove it at once.
+            if self.finish(id, env, body, &state).await {
+                return (None, None);
+            }
+            return (Some(state), Some(unix_now() + 60));
+        }
+        let spool = self.spool.clone();
+        let owned_id = id.clone();
+        let to_write = state.clone();
+        // Final results that lead to a bounce must survive a crash; a deferral
+        // lost to a crash only means an earlier retry.
+        let durable = !state.has_queued();
+        let written = tokio::task::spawn_blocking(move || {
+            if durable {
+                spool.write_state(&owned_id, &to_write)
+            } else {
+                spool.write_state_quick(&owned_id, &to_write)
+            }
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(SpoolError::NotFound(_))) => return (None, None),
+            other => {
+                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot record delivery state; will retry");
+                return (Some(state), Some(unix_now() + 60));
+            }
+        }
+        if state.has_queued() {
+            // Never later than the moment the message expires.
+            let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
+            let next = state.next_due().map(|t| t.min(expires));
+            return (Some(state), next);
+        }
+        if self.finish(id, env, body, &state).await {
+            (None, None)
+        } else {
+            // The report could not be queued: keep the message and try again.
+            (Some(state), Some(unix_now() + 60))
+        }
+    }
+
+    /// Delivers every recipient that is due, one domain at a time, under the limits.
+    async fn deliver_due(
+        &self,
+        id: &str,
+        env: &Envelope,
+        body: &Content,
+        state: &mut MessageState,
+        now: i64,
+    ) {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in state.recipients.iter().enumerate() {
+            if r.status == RecipientStatus::Queued && r.next_attempt.unwrap_or(0) <= now {
+                let domain = domain_of(env, &r.address);
+                groups.entry(domain).or_default().push(i);
+            }
+        }
+        let schedule: Vec<std::time::Duration> = self
+            .config
+            .delivery
+            .retry_schedule
+            .iter()
+            .map(|x| x.get())
+            .collect();
+        for (domain, idxs) in groups {
+            let slot = self.domain_slot(&domain);
+            let _domain_permit = slot.acquire_owned().await;
+            let _permit = self.global.acquire().await;
+            let recipients: Vec<String> = idxs
+                .iter()
+                .map(|&i| state.recipients[i].address.clone())
+                .collect();
+            let job = Job {
+                queue_id: id,
+                domain: &domain,
+                message: Outgoing {
+                    sender: &env.sender,
+                    recipients: &recipients,
+                    body_path: &body.path,
+                    body_len: body.len,
+                    eight_bit: env.eight_bit,
+                    smtputf8: env.smtputf8,
+                },
+            };
+            let outcomes = self.deliverer.deliver(&job).await;
+            let after = unix_now();
+            for (&i, outcome) in idxs.iter().zip(outcomes) {
+                let r = &mut state.recipients[i];
+                match outcome {
+                    Outcome::Delivered { host, reply } => {
+                        r.status = RecipientStatus::Delivered;
+                        r.next_attempt = None;
+                        r.last_error = None;
+                        r.attempts += 1;
+                        info!(queue_id = %id, to = %r.address, host = %host, reply = %reply, "recipient delivered");
+                    }
+                    Outcome::Failed { reason, remote } => {
+                        r.status = RecipientStatus::Failed;
+                        r.next_attempt = None;
+                        r.attempts += 1;
+                        warn!(queue_id = %id, to = %r.address, remote = remote.as_deref(), reason = %reason, "recipient failed permanently");
+                        r.last_error = Some(match remote {
+                            Some(host) => format!("{reason} (from {host})"),
+                            None => reason,
+                        });
+                    }
+                    Outcome::Deferred { reason, counts } => {
+                        if counts {
+                            r.attempts += 1;
+                        }
+                        r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
+                        info!(queue_id = %id, to = %r.address, reason = %reason, counted = counts, next = r.next_attempt, "recipient deferred");
+                        r.last_error = Some(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn maybe_warn_delay(
+        &self,
+        id: &str,
+        env: &Envelope,
+        body: &Content,
+        state: &mut MessageState,
+        now: i64,
+    ) {
+        let Some(after) = self.config.delivery.delay_warning else {
+            return;
+        };
+        if state.delay_warned
+            || !bounce::may_bounce(env)
+            || now - env.received_at < after.get().as_secs() as i64
+        {
+            return;
+        }
+        let waiting: Vec<ReportedRecipient> = state
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Queued)
+            .map(|r| ReportedRecipient {
+                address: r.address.clone(),
+                reason: r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "4.0.0 not yet delivered".into()),
+                remote: None,
+            })
+            .collect();
+        if self
+            .queue_report(ReportKind::Delayed, id, env, body, &waiting)
+            .await
+        {
+            state.delay_warned = true;
+        }
+    }
+
+    /// The message is done with: bounce what failed, then remove it. False
+    /// when the bounce could not be queued (the message stays).
+    async fn finish(&self, id: &str, env: &Envelope, body: &Content, state: &MessageState) -> bool {
+        let failed: Vec<ReportedRecipient> = state
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Failed)
+            .map(|r| ReportedRecipient {
+                address: r.address.clone(),
+                remote: r.last_error.as_deref().and_then(|e| {
+                    e.rsplit_once("(from ")
+                        .map(|(_, h)| h.trim_end_matches(')').to_string())
+                }),
+                reason: r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "5.0.0 delivery failed".into()),
+            })
+            .collect();
+        if !failed.is_empty() {
+            if bounce::may_bounce(env) {
+                if !self
+                    .queue_report(ReportKind::Failed, id, env, body, &failed)
+                    .await
+                {
+                    // Keep the message (its state says everything is final) and try again later.
+                    return false;
+                }
+            } else {
+                warn!(queue_id = %id, failed = failed.len(), "no bounce: the sender is the null address");
+            }
+        }
+        let spool = self.spool.clone();
+        let owned = id.to_string();
+        match tokio::task::spawn_blocking(move || spool.remove_finished(&owned)).await {
+            Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {
+                info!(queue_id = %id, failed = failed.len(), "message done, removed from the queue")
+            }
+            other => {
+                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot remove finished message")
+            }
+        }
+        true
+    }
+
+    /// Spools a DSN to the original sender. Returns false when it could not be written.
+    async fn queue_report(
+        &self,
+        kind: ReportKind,
+        id: &str,
+        env: &Envelope,
+        body: &Content,
+        rcpts: &[ReportedRecipient],
+    ) -> bool {
+        let content = body.clone();
+        let original = match tokio::task::spawn_blocking(move || content.read()).await {
+            Ok(Ok(bytes)) => bytes,
+            other => {
+                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot read the message to attach to its report");
+                return false;
+            }
+        };
+        let bounce_id = QueueId::new();
+        let dsn = bounce::build(
+            kind,
+            &self.hostname,
+            env,
+            &original,
+            rcpts,
+            self.config.delivery.bounce_attach,
+            &bounce_id,
+        );
+        let envelope = Envelope {
+            version: 1,
+            id: bounce_id.to_string(),
+            received_at: unix_now(),
+            sender: String::new(),
+            recipients: vec![EnvelopeRecipient {
+                address: env.sender.clone(),
+                domain: domain_of_address(&env.sender),
+            }],
+            client_ip: "127.0.0.1".into(),
+            helo: self.hostname.clone(),
+            auth_user: None,
+            smtputf8: env.smtputf8,
+            eight_bit: !dsn.is_ascii(),
+            size: dsn.len() as u64,
+        };
+        let spool = self.spool.clone();
+        let bid = bounce_id.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut w = spool.begin(&bid);
+            w.write(&dsn);
+            w.commit(&envelope)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                info!(queue_id = %id, bounce_id = %bounce_id, to = %env.sender, kind = ?kind, recipients = rcpts.len(), "delivery report queued");
+                self.handle.notify(bounce_id.clone());
+                true
+            }
+            other => {
+                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot queue delivery report");
+                false
+            }
+        }
+    }
+}
+
+fn domain_of_address(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_lowercase())
+        .unwrap_or_default()
+}
+
+/// The routing domain of a recipient, from the envelope (falls back to the address).
+fn domain_of(env: &Envelope, address: &str) -> String {
+    env.recipients
+        .iter()
+        .find(|r| r.address == address)
+        .map(|r| r.domain.clone())
+        .unwrap_or_else(|| domain_of_address(address))
+}
