@@ -4,14 +4,14 @@
 //! must not be transfer-encoded (RFC 2046 5.2.1).
 
 use crate::config::BounceAttach;
+use crate::delivery::AttemptResult;
 use crate::spool::Envelope;
 
 /// One recipient to report on.
 pub struct ReportedRecipient {
     pub address: String,
-    /// The reason as recorded (reply text or our own words), ideally with an enhanced code.
-    pub reason: String,
-    pub remote: Option<String>,
+    /// What the last attempt found (or why the message expired).
+    pub result: AttemptResult,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,24 +28,13 @@ pub fn may_bounce(envelope: &Envelope) -> bool {
     !envelope.sender.is_empty()
 }
 
-/// The enhanced status code in `reason` ("5.1.1"), or a default for the kind.
-pub fn status_of(reason: &str, kind: ReportKind) -> String {
-    let found = reason
-        .split(|c: char| c.is_whitespace() || c == ';' || c == ':')
-        .find(|w| {
-            let parts: Vec<&str> = w.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-        });
-    match (found, kind) {
-        // A temporary code that ended the message (expiry) is reported as it was.
-        (Some(code), ReportKind::Failed) => code.to_string(),
-        (Some(code), ReportKind::Delayed) => format!("4{}", &code[1..]),
-        (None, ReportKind::Failed) => "5.0.0".into(),
-        (None, ReportKind::Delayed) => "4.0.0".into(),
+/// The Status field: the result's enhanced code; a delay is always reported
+/// in class 4, whatever the last reply said.
+pub fn status_of(result: &AttemptResult, kind: ReportKind) -> String {
+    let status = result.status();
+    match kind {
+        ReportKind::Failed => status,
+        ReportKind::Delayed => format!("4{}", &status[1..]),
     }
 }
 
@@ -86,7 +75,11 @@ pub fn build(
         ReportKind::Delayed => m.push_str("Your message has not been delivered yet to the recipients below. Delivery will be retried; you do not need to send it again.\r\n\r\n"),
     }
     for r in recipients {
-        m.push_str(&format!("<{}>: {}\r\n", r.address, one_line(&r.reason)));
+        m.push_str(&format!(
+            "<{}>: {}\r\n",
+            r.address,
+            one_line(&r.result.to_string())
+        ));
     }
     m.push_str("\r\n");
 
@@ -110,12 +103,20 @@ pub fn build(
                 "delayed"
             }
         ));
-        m.push_str(&format!("Status: {}\r\n", status_of(&r.reason, kind)));
-        if let Some(remote) = &r.remote {
+        m.push_str(&format!("Status: {}\r\n", status_of(&r.result, kind)));
+        if let Some(remote) = &r.result.remote {
             m.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
+        }
+        if let Some(code) = r.result.code {
+            let enhanced = r
+                .result
+                .enhanced
+                .as_deref()
+                .map(|e| format!("{e} "))
+                .unwrap_or_default();
             m.push_str(&format!(
-                "Diagnostic-Code: smtp; {}\r\n",
-                one_line(&r.reason)
+                "Diagnostic-Code: smtp; {code} {enhanced}{}\r\n",
+                one_line(&r.result.text)
             ));
         }
         m.push_str(&format!("Last-Attempt-Date: {now}\r\n"));
@@ -156,16 +157,11 @@ mod tests {
 
     #[test]
     fn status_codes() {
-        assert_eq!(
-            status_of("550 5.1.1 no such user", ReportKind::Failed),
-            "5.1.1"
-        );
-        assert_eq!(
-            status_of("5.1.10 x accepts no mail", ReportKind::Failed),
-            "5.1.10"
-        );
-        assert_eq!(status_of("421 4.4.2 timeout", ReportKind::Delayed), "4.4.2");
-        assert_eq!(status_of("connection refused", ReportKind::Failed), "5.0.0");
+        use crate::delivery::Stage;
+        let local = |e: &str| AttemptResult::local(Stage::Routing, e, "x");
+        assert_eq!(status_of(&local("5.1.10"), ReportKind::Failed), "5.1.10");
+        assert_eq!(status_of(&local("4.4.7"), ReportKind::Failed), "4.4.7");
+        assert_eq!(status_of(&local("5.1.1"), ReportKind::Delayed), "4.1.1");
     }
 
     #[test]
@@ -178,8 +174,15 @@ mod tests {
         let original = b"Subject: hello\r\n\r\nbody\r\n";
         let rcpts = [ReportedRecipient {
             address: "bob@example.net".into(),
-            reason: "550 5.1.1 user unknown".into(),
-            remote: Some("mx.example.net".into()),
+            result: AttemptResult::reply(
+                crate::delivery::Stage::RcptTo,
+                &crate::delivery::client::ServerReply {
+                    code: 550,
+                    text: "5.1.1 user unknown".into(),
+                    step: "RCPT TO",
+                },
+                "mx.example.net",
+            ),
         }];
         let dsn = String::from_utf8(build(
             ReportKind::Failed,
@@ -192,7 +195,7 @@ mod tests {
         ))
         .unwrap();
         assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status"));
-        assert!(dsn.contains("Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.net"));
+        assert!(dsn.contains("Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.net\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n"));
         assert!(dsn.contains("Content-Type: message/rfc822"));
         assert!(
             dsn.contains("Subject: hello\r\n\r\nbody\r\n--=_portcullis_FEDCBA9876543210FF--\r\n")

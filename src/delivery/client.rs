@@ -20,6 +20,8 @@ const MAX_REPLY_LINES: usize = 200;
 pub struct ServerReply {
     pub code: u16,
     pub text: String,
+    /// The step it answered ("RCPT TO", "end of data", …).
+    pub step: &'static str,
 }
 
 impl ServerReply {
@@ -40,8 +42,14 @@ impl std::fmt::Display for ServerReply {
 /// Why a connection or transaction could not go on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("connect to {0} failed: {1}")]
-    Connect(SocketAddr, String),
+    /// No SMTP session: `unreachable` when our own network has no way there
+    /// (no route), as opposed to a host that refused or did not answer.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect {
+        addr: SocketAddr,
+        reason: String,
+        unreachable: bool,
+    },
     #[error("timeout waiting for {0}")]
     Timeout(&'static str),
     #[error("connection lost: {0}")]
@@ -167,8 +175,19 @@ impl SmtpConnection {
     ) -> Result<SmtpConnection, ClientError> {
         let tcp = timeout(opts.connect_timeout, TcpStream::connect(peer))
             .await
-            .map_err(|_| ClientError::Connect(peer, "timed out".into()))?
-            .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+            .map_err(|_| ClientError::Connect {
+                addr: peer,
+                reason: "timed out".into(),
+                unreachable: false,
+            })?
+            .map_err(|e| ClientError::Connect {
+                addr: peer,
+                reason: e.to_string(),
+                unreachable: matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+                ),
+            })?;
         let _ = tcp.set_nodelay(true);
         let mut conn = SmtpConnection {
             io: Box::new(tcp),
@@ -300,6 +319,7 @@ impl SmtpConnection {
     pub async fn send(&mut self, msg: &Outgoing<'_>) -> Result<Vec<ServerReply>, ClientError> {
         if msg.smtputf8 && !self.caps.smtputf8 {
             let reply = ServerReply {
+                step: "MAIL FROM",
                 code: 553,
                 text: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
                     .into(),
@@ -310,6 +330,7 @@ impl SmtpConnection {
         if let Some(max) = self.caps.size {
             if msg.body_len > max {
                 let reply = ServerReply {
+                    step: "MAIL FROM",
                     code: 552,
                     text: format!(
                         "5.3.4 message size {} exceeds the next hop's limit {max}",
@@ -499,6 +520,7 @@ impl SmtpConnection {
                     return Ok(ServerReply {
                         code,
                         text: lines.join("\n"),
+                        step: stage,
                     });
                 }
             }
@@ -618,6 +640,7 @@ mod tests {
         let r = ServerReply {
             code: 250,
             text: "mx.example\nPIPELINING\nSIZE 1000\nAUTH LOGIN PLAIN\nSTARTTLS\n8BITMIME".into(),
+            step: "EHLO",
         };
         let c = parse_capabilities(&r);
         assert!(

@@ -3,8 +3,12 @@
 
 pub mod client;
 mod client_tls;
+mod down;
 mod pool;
+pub mod result;
 pub mod route;
+
+pub use result::{AttemptResult, Stage};
 
 use crate::config::{Config, OutboundTls, SmarthostTls};
 use crate::dns::Resolver;
@@ -18,21 +22,23 @@ use tracing::{info, warn};
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered {
-        host: String,
-        reply: String,
-    },
-    /// Bounce. The text starts with the reply or enhanced code.
-    Failed {
-        reason: String,
-        remote: Option<String>,
-    },
-    /// Try again later; `counts` is false for DNS trouble or an unreachable
-    /// network, which do not use up the retry schedule.
+    Delivered(AttemptResult),
+    /// Bounce.
+    Failed(AttemptResult),
+    /// Try again later; `counts` is false when our own side is the trouble
+    /// (DNS, no route to the network), which does not use up the retry schedule.
     Deferred {
-        reason: String,
+        result: AttemptResult,
         counts: bool,
     },
+}
+
+impl Outcome {
+    pub fn result(&self) -> &AttemptResult {
+        match self {
+            Outcome::Delivered(r) | Outcome::Failed(r) | Outcome::Deferred { result: r, .. } => r,
+        }
+    }
 }
 
 /// One message's recipients for one domain.
@@ -48,6 +54,8 @@ pub struct Deliverer {
     verified_tls: Result<Arc<rustls::ClientConfig>, String>,
     unverified_tls: Arc<rustls::ClientConfig>,
     pool: Pool,
+    /// Next hops that just failed to answer: skipped until they may be back.
+    down: down::DownHosts,
     helo: String,
 }
 
@@ -64,9 +72,15 @@ impl Deliverer {
             verified_tls,
             unverified_tls: client_tls::unverified(),
             pool: Pool::default(),
+            down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
             helo,
             config,
         }
+    }
+
+    /// Forgets which next hops seemed down, so the next attempts knock again.
+    pub fn forget_down_hosts(&self) {
+        self.down.forget_all();
     }
 
     pub async fn sweep_idle(&self) {
@@ -137,6 +151,9 @@ impl Deliverer {
     /// One attempt for a job: tries every host and address in order until one takes the message.
     pub async fn deliver(&self, job: &Job<'_>) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; job.message.recipients.len()];
+        let deferred =
+            |result: AttemptResult, counts: bool| all(Outcome::Deferred { result, counts });
+        let local = |text: String| AttemptResult::local(Stage::Queue, "4.3.5", text);
         let dest = match route::destination(job.domain, &self.config) {
             Ok(d) => d,
             Err(e) => return all(route_failure(e)),
@@ -149,70 +166,74 @@ impl Deliverer {
         let smarthost_auth = if dest.is_smarthost() {
             match self.smarthost_auth().await {
                 Ok(a) => a,
-                Err(e) => {
-                    return all(Outcome::Deferred {
-                        reason: format!("4.3.5 {e}"),
-                        counts: true,
-                    });
-                }
+                Err(e) => return deferred(local(e), true),
             }
         } else {
             None
         };
-        let mut last_error = String::from("4.4.1 no server to try");
-        let mut reached = false;
+        let mut last = AttemptResult::local(Stage::Routing, "4.4.1", "no server to try");
+        // Whether the attempt tells us anything about the destination: a host
+        // answered, refused or timed out. Our own network down does not count.
+        let mut counts = false;
         for hop in &hosts {
             let opts = match self.options(&dest, &hop.host, &smarthost_auth) {
                 Ok(o) => o,
-                Err(e) => {
-                    return all(Outcome::Deferred {
-                        reason: format!("4.3.5 {e}"),
-                        counts: true,
-                    });
-                }
+                Err(e) => return deferred(local(e), true),
             };
             let addrs = match self.resolver.addresses(&hop.host).await {
                 Ok(a) if !a.is_empty() => a,
                 Ok(_) => {
-                    last_error = format!("4.4.4 {} has no address", hop.host);
+                    last = AttemptResult::local(
+                        Stage::Dns,
+                        "4.4.4",
+                        format!("{} has no address", hop.host),
+                    );
                     continue;
                 }
                 Err(e) => {
-                    last_error = format!("4.4.3 address lookup for {}: {e}", hop.host);
+                    last = AttemptResult::local(
+                        Stage::Dns,
+                        "4.4.3",
+                        format!("address lookup for {}: {e}", hop.host),
+                    );
                     continue;
                 }
             };
             for ip in addrs {
                 let addr = SocketAddr::new(ip, hop.port);
-                match self.try_address(job, msg, &hop.host, addr, &opts).await {
-                    Ok(outcomes) => return outcomes,
-                    Err((e, connected)) => {
-                        reached |= connected;
-                        warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
-                        if e.is_permanent() && !e.try_next_host() {
-                            return all(Outcome::Failed {
-                                reason: e.to_string(),
-                                remote: Some(hop.host.clone()),
-                            });
-                        }
-                        last_error = format!("4.4.1 {}[{ip}]: {e}", hop.host);
-                        if !e.try_next_host() {
-                            return all(Outcome::Deferred {
-                                reason: last_error,
-                                counts: true,
-                            });
-                        }
-                    }
+                if let Some(known) = self.down.check(addr) {
+                    // Tried moments ago and it did not answer: do not knock again yet.
+                    counts = true;
+                    last = known;
+                    continue;
                 }
+                let e = match self.try_address(job, msg, &hop.host, addr, &opts).await {
+                    Ok(outcomes) => return outcomes,
+                    Err(e) => e,
+                };
+                let result = AttemptResult::client_error(&e, &hop.host).with_ip(ip);
+                if let ClientError::Connect { unreachable, .. } = &e {
+                    counts |= !unreachable;
+                    self.down.mark(addr, result.clone());
+                } else {
+                    counts = true;
+                }
+                warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
+                if !e.try_next_host() {
+                    // The sender was refused: another server of the same destination will not differ.
+                    return if result.is_permanent() {
+                        all(Outcome::Failed(result))
+                    } else {
+                        deferred(result, true)
+                    };
+                }
+                last = result;
             }
         }
-        all(Outcome::Deferred {
-            reason: last_error,
-            counts: reached,
-        })
+        deferred(last, counts)
     }
 
-    /// Sends on a pooled or new connection to `addr`. On failure, says whether the server was reached.
+    /// Sends on a pooled or new connection to `addr`.
     async fn try_address(
         &self,
         job: &Job<'_>,
@@ -220,7 +241,7 @@ impl Deliverer {
         host: &str,
         addr: SocketAddr,
         opts: &ConnectOptions,
-    ) -> Result<Vec<Outcome>, (ClientError, bool)> {
+    ) -> Result<Vec<Outcome>, ClientError> {
         let key = format!(
             "{addr}|{host}|{}",
             opts.auth.as_ref().map_or("", |a| a.0.as_str())
@@ -232,22 +253,22 @@ impl Deliverer {
                 Ok(replies) => conn = Some((pooled, replies)),
                 // A pooled connection the server has since closed: open a new one.
                 Err(ClientError::Io(_)) | Err(ClientError::Timeout(_)) => {}
-                Err(e) => return Err((e, true)),
+                Err(e) => return Err(e),
             }
         }
         let (conn, replies) = match conn {
             Some(c) => c,
             None => {
-                let mut fresh = SmtpConnection::connect(addr, opts).await.map_err(|e| {
-                    let reached = !matches!(e, ClientError::Connect(..));
-                    (e, reached)
-                })?;
-                let replies = fresh.send(msg).await.map_err(|e| (e, true))?;
+                let mut fresh = SmtpConnection::connect(addr, opts).await?;
+                let replies = fresh.send(msg).await?;
                 (fresh, replies)
             }
         };
         let tls = conn.tls.clone().unwrap_or_else(|| "none".into());
-        let outcomes: Vec<Outcome> = replies.iter().map(|r| reply_outcome(r, host)).collect();
+        let outcomes: Vec<Outcome> = replies
+            .iter()
+            .map(|r| reply_outcome(r, host, addr.ip()))
+            .collect();
         for (rcpt, (reply, outcome)) in job
             .message
             .recipients
@@ -255,8 +276,8 @@ impl Deliverer {
             .zip(replies.iter().zip(&outcomes))
         {
             let result = match outcome {
-                Outcome::Delivered { .. } => "delivered",
-                Outcome::Failed { .. } => "failed",
+                Outcome::Delivered(_) => "delivered",
+                Outcome::Failed(_) => "failed",
                 Outcome::Deferred { .. } => "deferred",
             };
             info!(queue_id = %job.queue_id, to = %rcpt, host = %host, ip = %addr.ip(), tls = %tls, reply = %reply, delay_ms = started.elapsed().as_millis() as u64, "{result}");
@@ -266,20 +287,16 @@ impl Deliverer {
     }
 }
 
-fn reply_outcome(r: &ServerReply, host: &str) -> Outcome {
+/// A recipient's outcome from the reply to its RCPT (or to the data, for all).
+fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
+    let result = AttemptResult::reply(Stage::of_step(r.step), r, host).with_ip(ip);
     if r.is_ok() {
-        Outcome::Delivered {
-            host: host.to_string(),
-            reply: r.to_string(),
-        }
+        Outcome::Delivered(result)
     } else if r.is_permanent() {
-        Outcome::Failed {
-            reason: r.to_string(),
-            remote: Some(host.to_string()),
-        }
+        Outcome::Failed(result)
     } else {
         Outcome::Deferred {
-            reason: r.to_string(),
+            result,
             counts: true,
         }
     }
@@ -287,12 +304,9 @@ fn reply_outcome(r: &ServerReply, host: &str) -> Outcome {
 
 fn route_failure(e: RouteError) -> Outcome {
     match e {
-        RouteError::Permanent(reason) => Outcome::Failed {
-            reason,
-            remote: None,
-        },
-        RouteError::Temporary(reason) => Outcome::Deferred {
-            reason,
+        RouteError::Permanent(result) => Outcome::Failed(result),
+        RouteError::Temporary(result) => Outcome::Deferred {
+            result,
             counts: false,
         },
     }

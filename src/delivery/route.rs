@@ -2,6 +2,7 @@
 //! config change applies to mail already queued: a [[route]], the smart hosts,
 //! an address literal, or the domain's MX hosts (RFC 5321 section 5).
 
+use super::result::{AttemptResult, Stage};
 use crate::config::{Config, DeliveryMode, NextHop};
 use crate::dns::{MxAnswer, Resolver};
 use rand::seq::SliceRandom;
@@ -28,10 +29,10 @@ impl Destination {
 /// Why there is nowhere to deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
-    /// Will never work (no such domain, null MX): bounce. Text starts with an enhanced code.
-    Permanent(String),
+    /// Will never work (no such domain, null MX): bounce.
+    Permanent(AttemptResult),
     /// DNS trouble: try later, without counting it as an attempt.
-    Temporary(String),
+    Temporary(AttemptResult),
 }
 
 pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteError> {
@@ -47,16 +48,20 @@ pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteEr
     }
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         if !config.delivery.ip_literals {
-            return Err(RouteError::Permanent(
-                "5.1.2 delivery to address literals is disabled (delivery.ip_literals = false)"
-                    .into(),
-            ));
+            return Err(RouteError::Permanent(AttemptResult::local(
+                Stage::Routing,
+                "5.1.2",
+                "delivery to address literals is disabled (delivery.ip_literals = false)",
+            )));
         }
         let ip = lit.strip_prefix("IPv6:").unwrap_or(lit);
-        return ip
-            .parse()
-            .map(Destination::Literal)
-            .map_err(|_| RouteError::Permanent(format!("5.1.2 bad address literal {domain}")));
+        return ip.parse().map(Destination::Literal).map_err(|_| {
+            RouteError::Permanent(AttemptResult::local(
+                Stage::Routing,
+                "5.1.2",
+                format!("bad address literal {domain}"),
+            ))
+        });
     }
     Ok(Destination::Mx(domain.to_string()))
 }
@@ -87,14 +92,20 @@ pub async fn hosts(
                 host: domain.clone(),
                 port: mx_port,
             }]),
-            Ok(MxAnswer::NullMx) => Err(RouteError::Permanent(format!(
-                "5.1.10 {domain} accepts no mail (null MX, RFC 7505)"
+            Ok(MxAnswer::NullMx) => Err(RouteError::Permanent(AttemptResult::local(
+                Stage::Routing,
+                "5.1.10",
+                format!("{domain} accepts no mail (null MX, RFC 7505)"),
             ))),
-            Ok(MxAnswer::NoSuchDomain) => Err(RouteError::Permanent(format!(
-                "5.1.2 domain {domain} does not exist"
+            Ok(MxAnswer::NoSuchDomain) => Err(RouteError::Permanent(AttemptResult::local(
+                Stage::Routing,
+                "5.1.2",
+                format!("domain {domain} does not exist"),
             ))),
-            Err(e) => Err(RouteError::Temporary(format!(
-                "4.4.3 MX lookup for {domain}: {e}"
+            Err(e) => Err(RouteError::Temporary(AttemptResult::local(
+                Stage::Routing,
+                "4.4.3",
+                format!("MX lookup for {domain}: {e}"),
             ))),
         },
     }

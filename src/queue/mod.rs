@@ -332,6 +332,9 @@ impl QueueManager {
         cmd: QueueCommand,
         reply: oneshot::Sender<QueueAnswer>,
     ) {
+        if matches!(cmd, QueueCommand::Retry { .. }) {
+            self.deliverer.forget_down_hosts();
+        }
         let applied = q.index.apply(&cmd, unix_now());
         if !matches!(cmd, QueueCommand::List | QueueCommand::Show { .. }) {
             info!(command = cmd.name(), answer = ?applied.answer, "queue command");

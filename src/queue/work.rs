@@ -7,7 +7,7 @@ use super::index::Content;
 use super::{QueueManager, expired, next_attempt, unix_now};
 use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::delivery::client::Outgoing;
-use crate::delivery::{Job, Outcome};
+use crate::delivery::{AttemptResult, Job, Outcome, Stage};
 use crate::spool::{
     Envelope, EnvelopeRecipient, MessageState, QueueId, RecipientStatus, SpoolError,
 };
@@ -35,11 +35,18 @@ impl QueueManager {
             {
                 r.status = RecipientStatus::Failed;
                 r.next_attempt = None;
-                r.last_error = Some(format!(
-                    "4.4.7 message expired after {} in the queue; last error: {}",
-                    d.max_queue_lifetime,
-                    r.last_error.as_deref().unwrap_or("none")
-                ));
+                let mut expiry = AttemptResult::local(
+                    Stage::Queue,
+                    "4.4.7",
+                    format!(
+                        "message expired after {} in the queue; last error: {}",
+                        d.max_queue_lifetime,
+                        r.last_error.as_deref().unwrap_or("none")
+                    ),
+                );
+                // The next hop last tried is still worth naming in the report.
+                expiry.remote = r.last_result.as_ref().and_then(|l| l.remote.clone());
+                r.record(expiry);
                 warn!(queue_id = %id, to = %r.address, "expired");
             }
         } else {
@@ -143,30 +150,27 @@ impl QueueManager {
             for (&i, outcome) in idxs.iter().zip(outcomes) {
                 let r = &mut state.recipients[i];
                 match outcome {
-                    Outcome::Delivered { host, reply } => {
+                    Outcome::Delivered(result) => {
                         r.status = RecipientStatus::Delivered;
                         r.next_attempt = None;
-                        r.last_error = None;
                         r.attempts += 1;
-                        info!(queue_id = %id, to = %r.address, host = %host, reply = %reply, "recipient delivered");
+                        info!(queue_id = %id, to = %r.address, result = %result, "recipient delivered");
+                        r.record(result);
                     }
-                    Outcome::Failed { reason, remote } => {
+                    Outcome::Failed(result) => {
                         r.status = RecipientStatus::Failed;
                         r.next_attempt = None;
                         r.attempts += 1;
-                        warn!(queue_id = %id, to = %r.address, remote = remote.as_deref(), reason = %reason, "recipient failed permanently");
-                        r.last_error = Some(match remote {
-                            Some(host) => format!("{reason} (from {host})"),
-                            None => reason,
-                        });
+                        warn!(queue_id = %id, to = %r.address, stage = ?result.stage, result = %result, "recipient failed permanently");
+                        r.record(result);
                     }
-                    Outcome::Deferred { reason, counts } => {
+                    Outcome::Deferred { result, counts } => {
                         if counts {
                             r.attempts += 1;
                         }
                         r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
-                        info!(queue_id = %id, to = %r.address, reason = %reason, counted = counts, next = r.next_attempt, "recipient deferred");
-                        r.last_error = Some(reason);
+                        info!(queue_id = %id, to = %r.address, stage = ?result.stage, result = %result, counted = counts, next = r.next_attempt, "recipient deferred");
+                        r.record(result);
                     }
                 }
             }
@@ -196,11 +200,11 @@ impl QueueManager {
             .filter(|r| r.status == RecipientStatus::Queued)
             .map(|r| ReportedRecipient {
                 address: r.address.clone(),
-                reason: r
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "4.0.0 not yet delivered".into()),
-                remote: None,
+                result: r.result_or(AttemptResult::local(
+                    Stage::Queue,
+                    "4.0.0",
+                    "not yet delivered",
+                )),
             })
             .collect();
         if self
@@ -220,14 +224,11 @@ impl QueueManager {
             .filter(|r| r.status == RecipientStatus::Failed)
             .map(|r| ReportedRecipient {
                 address: r.address.clone(),
-                remote: r.last_error.as_deref().and_then(|e| {
-                    e.rsplit_once("(from ")
-                        .map(|(_, h)| h.trim_end_matches(')').to_string())
-                }),
-                reason: r
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "5.0.0 delivery failed".into()),
+                result: r.result_or(AttemptResult::local(
+                    Stage::Queue,
+                    "5.0.0",
+                    "delivery failed",
+                )),
             })
             .collect();
         if !failed.is_empty() {

@@ -1,6 +1,7 @@
 //! Delivery state per recipient; absent on disk until delivery first changes it.
 
 use super::Envelope;
+use crate::delivery::AttemptResult;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +21,24 @@ pub struct RecipientState {
     pub attempts: u32,
     /// Seconds since the epoch of the next attempt, when queued.
     pub next_attempt: Option<i64>,
+    /// The last attempt's result in words, as `queue show` prints it.
     pub last_error: Option<String>,
+    /// The same as fields (stage, reply code, enhanced status, next hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<AttemptResult>,
+}
+
+impl RecipientState {
+    /// Records what an attempt found.
+    pub fn record(&mut self, result: AttemptResult) {
+        self.last_error = Some(result.to_string());
+        self.last_result = Some(result);
+    }
+
+    /// The last result, or `fallback` when there is none yet.
+    pub fn result_or(&self, fallback: AttemptResult) -> AttemptResult {
+        self.last_result.clone().unwrap_or(fallback)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +65,7 @@ impl MessageState {
                     attempts: 0,
                     next_attempt: Some(envelope.received_at),
                     last_error: None,
+                    last_result: None,
                 })
                 .collect(),
         }

@@ -244,7 +244,14 @@ async fn permanent_failure_bounces_to_the_sender_and_null_sender_gets_none() {
     );
     let text = String::from_utf8_lossy(&b.data);
     assert!(text.contains("report-type=delivery-status"), "{text}");
-    assert!(text.contains("Remote-MTA: dns; mx.dest.example"), "{text}");
+    assert!(
+        text.contains("Remote-MTA: dns; mx.dest.example\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here\r\n"),
+        "the diagnostic comes from the recorded reply: {text}"
+    );
     assert!(
         text.contains("Message-ID: <orig@sender.example>"),
         "the original is attached"
@@ -606,4 +613,41 @@ async fn hold_release_and_retry_act_on_the_running_server() {
         "released and due: delivered within seconds, not in an hour"
     );
     assert!(queue_drains(&server).await);
+}
+
+/// A next hop that refuses connections is a failure like any other: the
+/// attempt counts (so retries back off), and the state records where it
+/// stopped as fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_counts_as_an_attempt() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    dns.mx("refusing.example", 10, "mx.refusing.example");
+    dns.host("mx.refusing.example", "127.0.0.86"); // nothing listens there
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
+    ))
+    .await;
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@refusing.example"],
+        b"Subject: refused\r\n\r\nx\r\n",
+    )
+    .await;
+    let r = first_attempt(&server, &id).await;
+    assert_eq!(
+        r.attempts, 1,
+        "a refused connection is a counted attempt: {r:?}"
+    );
+    assert!(
+        r.next_attempt.unwrap() > chrono::Utc::now().timestamp() + 3000,
+        "so the next try follows the schedule: {r:?}"
+    );
+    let result = r.last_result.expect("the result is recorded as fields");
+    assert_eq!(result.stage, portcullis::delivery::Stage::Connect);
+    assert_eq!(result.remote.as_deref(), Some("mx.refusing.example"));
+    assert_eq!(result.remote_ip, Some("127.0.0.86".parse().unwrap()));
+    assert_eq!(result.code, None, "nobody replied");
 }
