@@ -1,7 +1,7 @@
 //! Semantic checks beyond what serde enforces: each finding names the key,
 //! the value and the reason; errors stop `serve` and fail `check-config`.
 
-use super::{Config, FilterMode, NetworkAuth, guard};
+use super::{Config, FilterMode, NetworkAuth};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -177,7 +177,7 @@ fn check_tls(c: &Config, out: &mut Vec<Finding>) {
 }
 
 fn check_networks(c: &Config, out: &mut Vec<Finding>) {
-    let open = guard::open_relay_entries(c);
+    let open = crate::policy::open_relay_entries(c);
     for e in &open {
         let severity = if c.relay.allow_open_relay {
             Severity::Warning
@@ -317,7 +317,7 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
             ));
         }
     }
-    if c.relay.allow_open_relay && guard::open_relay_entries(c).is_empty() {
+    if c.relay.allow_open_relay && crate::policy::open_relay_entries(c).is_empty() {
         out.push(finding(
             Severity::Info,
             "relay.allow_open_relay",

@@ -4,11 +4,15 @@
 
 mod access;
 mod networks;
+mod open_relay;
+mod reason;
 mod relay;
 
 pub use access::{AccessDecision, AccessFilter};
 pub use networks::{NetworkMatch, NetworkTable};
-pub use relay::{ClientFacts, RelayVerdict, decide_recipient};
+pub use open_relay::{OpenRelayEntry, is_non_global, open_relay_entries};
+pub use reason::RefuseReason;
+pub use relay::{ClientFacts, Decision, Stage, Step};
 
 use crate::config::Config;
 use std::collections::HashSet;
@@ -22,6 +26,8 @@ pub struct Policy {
     pub inbound_domains: HashSet<String>,
     /// The first inbound domain, where mail for plain `<postmaster>` goes.
     pub postmaster_domain: Option<String>,
+    /// `auth.allow_plaintext`: AUTH offered on connections that are neither TLS nor loopback.
+    pub allow_plaintext_auth: bool,
 }
 
 impl Policy {
@@ -36,6 +42,7 @@ impl Policy {
             access: AccessFilter::from_config(&config.access),
             networks: NetworkTable::from_config(&config.network),
             postmaster_domain: inbound.first().cloned(),
+            allow_plaintext_auth: config.auth.allow_plaintext,
             inbound_domains: inbound.into_iter().collect(),
         }
     }

@@ -84,6 +84,50 @@ impl NetworkTable {
     }
 }
 
+impl NetworkTable {
+    /// The table in words, one line per range in config order, as the lookup
+    /// applies it: "192.168.0.0/16 except 192.168.5.0/24, 192.168.1.1: relay
+    /// without AUTH". More specific ranges and exclusions are the exceptions.
+    pub fn describe(&self) -> Vec<String> {
+        let mut by_index: Vec<&(usize, NetworkConfig)> = self.entries.iter().collect();
+        by_index.sort_by_key(|(i, _)| *i);
+        let mut lines: Vec<String> = by_index
+            .iter()
+            .map(|(_, n)| {
+                let mut holes: Vec<String> = self
+                    .entries
+                    .iter()
+                    .map(|(_, other)| other.range)
+                    .filter(|r| *r != n.range && nested_in(r, &n.range))
+                    .map(|r| r.to_string())
+                    .collect();
+                holes.extend(n.exclude.iter().map(|e| e.to_string()));
+                let what = match n.auth {
+                    NetworkAuth::None => "relay without AUTH",
+                    NetworkAuth::Required => "relay after AUTH",
+                    NetworkAuth::Deny => "never relay, even after AUTH",
+                };
+                if holes.is_empty() {
+                    format!("{}: {what}", n.range)
+                } else {
+                    format!("{} except {}: {what}", n.range, holes.join(", "))
+                }
+            })
+            .collect();
+        lines.push("any other address: relay after AUTH".into());
+        lines
+    }
+}
+
+/// Whether every address of `inner` lies in `outer`.
+fn nested_in(inner: &IpRange, outer: &IpRange) -> bool {
+    use ipnet::IpNet;
+    match (inner.net(), outer.net(), outer.ipv4_part()) {
+        (IpNet::V4(i), IpNet::V6(_), Some(o)) => o.contains(&i),
+        (i, o, _) => o.contains(&i),
+    }
+}
+
 fn specificity(r: &IpRange) -> u8 {
     match r.net() {
         ipnet::IpNet::V4(n) => n.prefix_len() + 96,
@@ -143,6 +187,22 @@ mod tests {
             ("10.0.0.0/24", NetworkAuth::None, &["10.0.0.1"]),
         ]);
         assert_eq!(auth(&t, "10.0.0.1"), NetworkAuth::Deny);
+    }
+
+    #[test]
+    fn description_names_the_exceptions() {
+        let t = table(&[
+            ("192.168.0.0/16", NetworkAuth::None, &["192.168.1.1"]),
+            ("192.168.5.0/24", NetworkAuth::Required, &[]),
+        ]);
+        assert_eq!(
+            t.describe(),
+            [
+                "192.168.0.0/16 except 192.168.5.0/24, 192.168.1.1: relay without AUTH",
+                "192.168.5.0/24: relay after AUTH",
+                "any other address: relay after AUTH",
+            ]
+        );
     }
 
     #[test]

@@ -1,159 +1,240 @@
-//! The per-recipient relay rule: may this client send to this recipient?
+//! The staged decision: connect → HELO → AUTH → MAIL → RCPT, each a pure call
+//! over one set of client facts, returning a typed verdict and the steps that
+//! led to it (OpenSMTPD's ruleset_match is the model). The session gathers the
+//! facts and asks; `explain`, the audit and the self-test ask exactly the same
+//! functions, so there is one copy of the rules.
 
-use super::Policy;
+use super::{Policy, RefuseReason};
 use crate::config::{ListenerKind, NetworkAuth};
 use crate::smtp::address::{Domain, Mailbox, Path};
 use crate::smtp::reply::Reply;
+use serde::Serialize;
 use std::net::IpAddr;
 
-/// What is known of the client when a recipient is judged.
+/// What is known of the client at the moment of a decision.
 #[derive(Debug, Clone)]
 pub struct ClientFacts {
     pub ip: IpAddr,
+    pub listener: ListenerKind,
+    /// The session runs over TLS (STARTTLS done, or an smtps listener).
+    pub tls: bool,
     /// The authenticated user name, if any.
     pub user: Option<String>,
-    pub listener: ListenerKind,
+    /// The HELO/EHLO name, once given.
+    pub helo: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RelayVerdict {
-    /// Accept this recipient; `mailbox` is the final destination to queue.
-    Accept {
-        mailbox: Mailbox,
-        reason: String,
-        trace: Vec<String>,
-    },
-    Refuse {
-        reply: Reply,
-        reason: String,
-        trace: Vec<String>,
-    },
-}
-
-/// Whether this client may relay (send to domains that are not ours), and why.
-fn may_relay(
-    policy: &Policy,
-    client: &ClientFacts,
-    trace: &mut Vec<String>,
-) -> Result<String, (Reply, String)> {
-    let m = policy.networks.lookup(client.ip);
-    trace.extend(m.trace.iter().cloned());
-    match (m.auth, &client.user) {
-        (NetworkAuth::Deny, _) => Err((
-            Reply::new(
-                554,
-                "5.7.1",
-                "Relay access denied: your network may not relay through this server",
-            ),
-            "client network has auth = \"deny\"".into(),
-        )),
-        (_, Some(user)) => Ok(format!("authenticated as {user}")),
-        (NetworkAuth::None, None) => Ok(match m.range {
-            Some(r) => format!("trusted network {r} (auth = \"none\")"),
-            None => "trusted network".into(),
-        }),
-        (NetworkAuth::Required, None) => Err((
-            Reply::new(
-                554,
-                "5.7.1",
-                "Relay access denied: authenticate first to send to other domains",
-            ),
-            "not authenticated and the client network requires AUTH to relay".into(),
-        )),
+impl ClientFacts {
+    pub fn new(ip: IpAddr, listener: ListenerKind) -> ClientFacts {
+        ClientFacts {
+            ip: ip.to_canonical(),
+            listener,
+            tls: listener == ListenerKind::Smtps,
+            user: None,
+            helo: None,
+        }
     }
 }
 
-fn is_inbound(policy: &Policy, mailbox: &Mailbox) -> bool {
-    matches!(&mailbox.domain, Domain::Name(d) if policy.inbound_domains.contains(d))
+/// The stage of the SMTP dialogue a decision belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Connect,
+    Helo,
+    Auth,
+    Mail,
+    Rcpt,
 }
 
-/// Decides one recipient. Source routes are already stripped by the parser,
-/// so `path` names the final destination.
-pub fn decide_recipient(policy: &Policy, client: &ClientFacts, path: &Path) -> RelayVerdict {
-    let mut trace = Vec::new();
-    let mailbox = match path {
-        Path::Null => {
-            return RelayVerdict::Refuse {
-                reply: Reply::new(553, "5.1.3", "Recipient address rejected: empty address"),
-                reason: "null recipient".into(),
-                trace,
-            };
-        }
-        Path::Postmaster => match &policy.postmaster_domain {
-            Some(d) => {
-                trace.push(format!(
-                    "<postmaster> goes to postmaster@{d} (first inbound domain)"
-                ));
-                Mailbox {
-                    local: "postmaster".into(),
-                    domain: Domain::Name(d.clone()),
-                }
-            }
-            None => {
-                return RelayVerdict::Refuse {
-                    reply: Reply::new(
-                        550,
-                        "5.1.1",
-                        "No local postmaster: this relay has no inbound domains",
-                    ),
-                    reason: "<postmaster> with no inbound domain configured".into(),
-                    trace,
-                };
-            }
-        },
-        Path::Mailbox(m) => m.clone(),
-    };
+/// One step of a decision, in words, for logs and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub stage: Stage,
+    pub text: String,
+}
 
-    if is_inbound(policy, &mailbox) {
-        trace.push(format!("{} is an inbound domain", mailbox.domain));
-        if let Some(form) = mailbox.hidden_route() {
-            trace.push(format!(
-                "local part uses {form}, which could route to another destination"
-            ));
-            return match may_relay(policy, client, &mut trace) {
-                Ok(why) => {
-                    trace.push(format!("allowed: the client may relay anyway ({why})"));
-                    RelayVerdict::Accept {
-                        mailbox,
-                        reason: why,
-                        trace,
+/// A verdict (`Ok(T)` accepts) and how it was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<T> {
+    pub verdict: Result<T, RefuseReason>,
+    pub steps: Vec<Step>,
+}
+
+impl<T> Decision<T> {
+    pub fn is_accept(&self) -> bool {
+        self.verdict.is_ok()
+    }
+
+    /// The reply to a refusal.
+    pub fn refusal_reply(&self) -> Option<Reply> {
+        self.verdict.as_ref().err().map(RefuseReason::reply)
+    }
+}
+
+/// Collects steps while a stage is decided.
+struct Trace {
+    stage: Stage,
+    steps: Vec<Step>,
+}
+
+impl Trace {
+    fn new(stage: Stage) -> Trace {
+        Trace {
+            stage,
+            steps: Vec::new(),
+        }
+    }
+    fn note(&mut self, text: impl Into<String>) {
+        self.steps.push(Step {
+            stage: self.stage,
+            text: text.into(),
+        });
+    }
+    fn accept<T>(mut self, value: T, why: impl Into<String>) -> Decision<T> {
+        self.note(why);
+        Decision {
+            verdict: Ok(value),
+            steps: self.steps,
+        }
+    }
+    fn refuse<T>(mut self, reason: RefuseReason) -> Decision<T> {
+        self.note(format!("refused: {reason}"));
+        Decision {
+            verdict: Err(reason),
+            steps: self.steps,
+        }
+    }
+}
+
+impl Policy {
+    /// Before the banner: the connection filter.
+    pub fn connect(&self, client: &ClientFacts) -> Decision<()> {
+        let mut t = Trace::new(Stage::Connect);
+        t.note(format!(
+            "client {} on a {} listener",
+            client.ip,
+            client.listener.name()
+        ));
+        let access = self.access.check(client.ip);
+        if !access.allowed {
+            return t.refuse(RefuseReason::Filtered {
+                rule: access.reason,
+            });
+        }
+        t.note(access.reason);
+        let m = self.networks.lookup(client.ip);
+        for s in m.trace {
+            t.note(s);
+        }
+        t.accept((), "connection accepted")
+    }
+
+    /// HELO/EHLO. No rule refuses a name yet; the stage exists so that checks
+    /// on it have their place.
+    pub fn helo(&self, _client: &ClientFacts, name: &str) -> Decision<()> {
+        Trace::new(Stage::Helo).accept((), format!("HELO name {name:?} accepted"))
+    }
+
+    /// Whether AUTH may be used here: only where passwords cannot be sniffed
+    /// (TLS, loopback) unless the admin allowed plaintext.
+    pub fn auth(&self, client: &ClientFacts) -> Decision<()> {
+        let t = Trace::new(Stage::Auth);
+        if client.tls {
+            t.accept((), "AUTH offered: the session is encrypted")
+        } else if client.ip.is_loopback() {
+            t.accept((), "AUTH offered: the client is on loopback")
+        } else if self.allow_plaintext_auth {
+            t.accept((), "AUTH offered in clear: auth.allow_plaintext = true")
+        } else {
+            t.refuse(RefuseReason::AuthNeedsTls)
+        }
+    }
+
+    /// MAIL FROM: listener rules, then the sender.
+    pub fn mail(&self, client: &ClientFacts, sender: &Path) -> Decision<()> {
+        let mut t = Trace::new(Stage::Mail);
+        if client.listener.requires_auth() {
+            match &client.user {
+                None => return t.refuse(RefuseReason::ListenerNeedsAuth),
+                Some(u) => t.note(format!(
+                    "{} listener: authenticated as {u}",
+                    client.listener.name()
+                )),
+            }
+        }
+        if *sender == Path::Postmaster {
+            return t.refuse(RefuseReason::SenderNeedsDomain);
+        }
+        t.accept((), "sender accepted")
+    }
+
+    /// RCPT TO: may this client send to this recipient? Source routes are
+    /// already stripped by the parser, so `path` names the final destination.
+    /// The accepted value is the mailbox to queue.
+    pub fn rcpt(&self, client: &ClientFacts, path: &Path) -> Decision<Mailbox> {
+        let mut t = Trace::new(Stage::Rcpt);
+        let mailbox = match path {
+            Path::Null => return t.refuse(RefuseReason::NullRecipient),
+            Path::Postmaster => match &self.postmaster_domain {
+                Some(d) => {
+                    t.note(format!(
+                        "<postmaster> goes to postmaster@{d} (first inbound domain)"
+                    ));
+                    Mailbox {
+                        local: "postmaster".into(),
+                        domain: Domain::Name(d.clone()),
                     }
                 }
-                Err((_, why)) => RelayVerdict::Refuse {
-                    reply: Reply::with_text(
-                        550,
-                        "5.7.1",
-                        format!(
-                            "Address form not accepted: {form} could route to another destination"
-                        ),
-                    ),
-                    reason: format!("hidden route ({form}); {why}"),
-                    trace,
-                },
+                None => return t.refuse(RefuseReason::NoPostmaster),
+            },
+            Path::Mailbox(m) => m.clone(),
+        };
+        if self.is_inbound(&mailbox) {
+            t.note(format!("{} is an inbound domain", mailbox.domain));
+            let Some(form) = mailbox.hidden_route() else {
+                return t.accept(mailbox, "accepted for an inbound domain");
+            };
+            t.note(format!(
+                "local part uses {form}, which could route to another destination"
+            ));
+            return match self.may_relay(client, &mut t) {
+                Ok(why) => t.accept(
+                    mailbox,
+                    format!("accepted: the client may relay anyway ({why})"),
+                ),
+                Err(_) => t.refuse(RefuseReason::HiddenRoute { form }),
             };
         }
-        return RelayVerdict::Accept {
-            mailbox,
-            reason: "inbound domain".into(),
-            trace,
-        };
+        t.note(format!(
+            "{} is not an inbound domain: this is relaying",
+            mailbox.domain
+        ));
+        match self.may_relay(client, &mut t) {
+            Ok(why) => t.accept(mailbox, format!("relay allowed: {why}")),
+            Err(reason) => t.refuse(reason),
+        }
     }
 
-    trace.push(format!(
-        "{} is not an inbound domain: this is relaying",
-        mailbox.domain
-    ));
-    match may_relay(policy, client, &mut trace) {
-        Ok(why) => RelayVerdict::Accept {
-            mailbox,
-            reason: why,
-            trace,
-        },
-        Err((reply, why)) => RelayVerdict::Refuse {
-            reply,
-            reason: why,
-            trace,
-        },
+    fn is_inbound(&self, mailbox: &Mailbox) -> bool {
+        matches!(&mailbox.domain, Domain::Name(d) if self.inbound_domains.contains(d))
+    }
+
+    /// Whether this client may relay (send to domains that are not ours), and why.
+    fn may_relay(&self, client: &ClientFacts, t: &mut Trace) -> Result<String, RefuseReason> {
+        let m = self.networks.lookup(client.ip);
+        for s in m.trace {
+            t.note(s);
+        }
+        match (m.auth, &client.user) {
+            (NetworkAuth::Deny, _) => Err(RefuseReason::NetworkDenied),
+            (_, Some(user)) => Ok(format!("authenticated as {user}")),
+            (NetworkAuth::None, None) => Ok(match m.range {
+                Some(r) => format!("trusted network {r} (auth = \"none\")"),
+                None => "trusted network".into(),
+            }),
+            (NetworkAuth::Required, None) => Err(RefuseReason::NeedsAuth),
+        }
     }
 }
 
@@ -186,17 +267,17 @@ mod tests {
         )
     }
 
+    fn client(ip: &str, user: Option<&str>, listener: ListenerKind) -> ClientFacts {
+        let mut c = ClientFacts::new(ip.parse().unwrap(), listener);
+        c.user = user.map(str::to_string);
+        c
+    }
+
     fn verdict(ip: &str, user: Option<&str>, rcpt: &str) -> bool {
-        let client = ClientFacts {
-            ip: ip.parse().unwrap(),
-            user: user.map(str::to_string),
-            listener: ListenerKind::Smtp,
-        };
         let (path, _) = parse_path(rcpt, true).unwrap();
-        matches!(
-            decide_recipient(&policy(), &client, &path),
-            RelayVerdict::Accept { .. }
-        )
+        policy()
+            .rcpt(&client(ip, user, ListenerKind::Smtp), &path)
+            .is_accept()
     }
 
     #[test]
@@ -238,5 +319,55 @@ mod tests {
             None,
             "<victim%elsewhere.example@example.lan>"
         ));
+    }
+
+    #[test]
+    fn reasons_are_typed_and_steps_explain_them() {
+        let p = policy();
+        let (path, _) = parse_path("<x@elsewhere.example>", true).unwrap();
+        let d = p.rcpt(&client("192.168.1.1", None, ListenerKind::Smtp), &path);
+        assert_eq!(d.verdict, Err(RefuseReason::NeedsAuth));
+        assert_eq!(d.refusal_reply().unwrap().code, 554);
+        assert!(
+            d.steps.iter().any(|s| s.text.contains("excluded")),
+            "{:?}",
+            d.steps
+        );
+        let d = p.rcpt(
+            &client("172.16.1.1", Some("bob"), ListenerKind::Smtp),
+            &path,
+        );
+        assert_eq!(d.verdict, Err(RefuseReason::NetworkDenied));
+    }
+
+    #[test]
+    fn listener_and_auth_stages() {
+        let p = policy();
+        let lan_submission = client("192.168.1.20", None, ListenerKind::Submission);
+        assert_eq!(
+            p.mail(&lan_submission, &Path::Null).verdict,
+            Err(RefuseReason::ListenerNeedsAuth),
+            "even a trusted client must authenticate on submission"
+        );
+        assert!(
+            p.mail(
+                &client("192.168.1.20", None, ListenerKind::Smtp),
+                &Path::Null
+            )
+            .is_accept()
+        );
+        assert_eq!(
+            p.auth(&client("203.0.113.9", None, ListenerKind::Smtp))
+                .verdict,
+            Err(RefuseReason::AuthNeedsTls)
+        );
+        assert!(
+            p.auth(&client("203.0.113.9", None, ListenerKind::Smtps))
+                .is_accept()
+        );
+        assert!(
+            p.auth(&client("127.0.0.1", None, ListenerKind::Smtp))
+                .is_accept()
+        );
     }
 }

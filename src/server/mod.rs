@@ -5,9 +5,11 @@ mod limits;
 
 pub use limits::ConnectionLimits;
 
-use crate::config::{Config, ListenerKind, open_relay_entries};
+use crate::config::{Config, ListenerKind};
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
+use crate::policy::ClientFacts;
+use crate::policy::open_relay_entries;
 use crate::queue::{QueueInbox, QueueManager};
 use crate::session::{Context, Session};
 use crate::smtp::reply::{self, Reply};
@@ -159,28 +161,10 @@ impl Server {
             .map(|(a, k)| format!("{a} ({})", k.name()))
             .collect();
         let c = &self.ctx.config;
-        let trusted: Vec<String> = c
-            .network
-            .iter()
-            .filter(|n| n.auth == crate::config::NetworkAuth::None)
-            .map(|n| {
-                if n.exclude.is_empty() {
-                    n.range.to_string()
-                } else {
-                    let ex: Vec<String> = n.exclude.iter().map(|e| e.to_string()).collect();
-                    format!("{} except {}", n.range, ex.join(", "))
-                }
-            })
-            .collect();
-        let trusted = if trusted.is_empty() {
-            "nobody".to_string()
-        } else {
-            trusted.join("; ")
-        };
         info!(
-            "listening on {}; relay without AUTH for: {}; everyone else must authenticate to relay; inbound domains: {}",
+            "listening on {}; relay rules: {}; inbound domains: {}",
             addrs.join(", "),
-            trusted,
+            self.ctx.policy.networks.describe().join("; "),
             if c.relay.inbound_domains.is_empty() {
                 "none".to_string()
             } else {
@@ -274,7 +258,7 @@ async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     let ip = peer.ip().to_canonical();
-    let admitted = admit(&ctx, &limits, ip);
+    let admitted = admit(&ctx, &limits, ip, kind);
     let stream = if kind == ListenerKind::Smtps {
         let Some(acceptor) = ctx.tls.clone() else {
             return;
@@ -319,11 +303,11 @@ fn admit(
     ctx: &Context,
     limits: &Arc<ConnectionLimits>,
     ip: std::net::IpAddr,
+    kind: ListenerKind,
 ) -> Result<limits::Slot, Reply> {
-    let access = ctx.policy.access.check(ip);
-    if !access.allowed {
-        warn!(client = %ip, reason = %access.reason, "connection refused by the connection filter");
-        return Err(reply::CONNECTION_FILTERED);
+    if let Err(reason) = ctx.policy.connect(&ClientFacts::new(ip, kind)).verdict {
+        warn!(client = %ip, reason = %reason, "connection refused by the connection filter");
+        return Err(reason.reply());
     }
     limits.acquire(ip).map_err(|refusal| match refusal {
         limits::Refusal::Total => {

@@ -31,8 +31,8 @@ impl Session {
         if self.tx.is_some() {
             return Ok(reply::AUTH_DURING_MAIL);
         }
-        if !self.auth_allowed_here() {
-            return Ok(reply::AUTH_NEEDS_TLS);
+        if let Err(reason) = self.ctx.policy.auth(&self.facts()).verdict {
+            return Ok(reason.reply());
         }
         let credentials = match mechanism {
             "PLAIN" => self.sasl_plain(initial).await?,

@@ -2,7 +2,6 @@
 
 use super::Session;
 use super::transaction::Transaction;
-use crate::policy::{ClientFacts, RelayVerdict, decide_recipient};
 use crate::smtp::address::Path;
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::{self, Reply};
@@ -16,9 +15,9 @@ impl Session {
         if self.tx.is_some() {
             return reply::NESTED_MAIL;
         }
-        if self.kind.requires_auth() && self.user.is_none() {
-            warn!(session = self.id, client = %self.ip, listener = self.kind.name(), "MAIL refused: AUTH required on this listener");
-            return reply::AUTH_REQUIRED;
+        if let Err(reason) = self.ctx.policy.mail(&self.facts(), &path).verdict {
+            warn!(session = self.id, client = %self.ip, listener = self.kind.name(), reason = %reason, "MAIL refused");
+            return reason.reply();
         }
         if params
             .size
@@ -26,9 +25,6 @@ impl Session {
         {
             warn!(session = self.id, client = %self.ip, size = params.size, "MAIL refused: declared size too large");
             return reply::MESSAGE_TOO_BIG;
-        }
-        if path == Path::Postmaster {
-            return Reply::new(553, "5.1.7", "Sender address rejected: needs a domain");
         }
         let tx = Transaction::new(path, params);
         info!(session = self.id, client = %self.ip, from = %tx.sender_text(), user = self.user.as_deref(), "MAIL accepted");
@@ -38,11 +34,7 @@ impl Session {
 
     pub(super) fn rcpt(&mut self, path: Path) -> Reply {
         let max = self.ctx.config.server.max_recipients;
-        let client = ClientFacts {
-            ip: self.ip,
-            user: self.user.clone(),
-            listener: self.kind,
-        };
+        let client = self.facts();
         let Some(tx) = self.tx.as_mut() else {
             return reply::BAD_SEQUENCE_MAIL;
         };
@@ -62,15 +54,20 @@ impl Session {
                 "UTF-8 recipient needs MAIL FROM with SMTPUTF8",
             );
         }
-        match decide_recipient(&self.ctx.policy, &client, &path) {
-            RelayVerdict::Accept {
-                mailbox, reason, ..
-            } => {
-                info!(session = self.id, client = %self.ip, to = %mailbox, reason = %reason, "RCPT accepted");
+        let decision = self.ctx.policy.rcpt(&client, &path);
+        match decision.verdict {
+            Ok(mailbox) => {
+                let why = decision
+                    .steps
+                    .last()
+                    .map(|s| s.text.as_str())
+                    .unwrap_or_default();
+                info!(session = self.id, client = %self.ip, to = %mailbox, reason = %why, "RCPT accepted");
                 tx.add_recipient(mailbox);
                 reply::RECIPIENT_OK
             }
-            RelayVerdict::Refuse { reply, reason, .. } => {
+            Err(reason) => {
+                let reply = reason.reply();
                 let to = match &path {
                     Path::Mailbox(m) => m.to_string(),
                     Path::Postmaster => "postmaster".into(),

@@ -32,10 +32,9 @@ impl Session {
         Reply::with_text(250, "", lines.join("\n"))
     }
 
-    /// AUTH is offered only where passwords cannot be sniffed: over TLS, from
-    /// loopback, or where the admin explicitly allowed plaintext.
+    /// Whether the policy lets AUTH be used on this connection.
     pub(super) fn auth_allowed_here(&self) -> bool {
-        self.stream.tls().is_some() || self.is_loopback() || self.ctx.config.auth.allow_plaintext
+        self.ctx.policy.auth(&self.facts()).is_accept()
     }
 
     pub(super) async fn starttls(&mut self) -> Result<Option<(Reply, Flow)>, StreamError> {

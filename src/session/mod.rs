@@ -227,8 +227,15 @@ impl Session {
         Ok(Some((reply, Flow::Continue)))
     }
 
-    fn is_loopback(&self) -> bool {
-        self.ip.is_loopback()
+    /// What the policy needs to know of this client now.
+    fn facts(&self) -> crate::policy::ClientFacts {
+        crate::policy::ClientFacts {
+            ip: self.ip,
+            listener: self.kind,
+            tls: self.stream.tls().is_some(),
+            user: self.user.clone(),
+            helo: self.helo.as_ref().map(|h| h.name.clone()),
+        }
     }
 }
 

@@ -165,3 +165,82 @@ async fn refused_relay_is_logged_as_nothing_spooled() {
     c.expect("QUIT", 221).await;
     assert!(server.queued().is_empty());
 }
+
+/// For every row of the matrix — filter × client × AUTH × listener kind ×
+/// recipient form — the staged policy (what `explain` and the audit ask)
+/// and a real SMTP session give the same answer at every stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_policy_and_real_sessions_agree() {
+    use portcullis::config::ListenerKind;
+    use portcullis::policy::{ClientFacts, Policy};
+    use portcullis::smtp::address::parse_path;
+    let listeners = "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n";
+    let rcpts = [
+        "<someone@example.lan>",
+        "<victim@elsewhere.example>",
+        "<victim%elsewhere.example@example.lan>",
+        "<\"victim@elsewhere.example\"@example.lan>",
+        "<victim@[192.0.2.1]>",
+        "<postmaster>",
+    ];
+    let mut rows = 0;
+    for filter in ["off", "allow", "deny"] {
+        let server = TestServer::start(&format!("{listeners}{}", config(filter))).await;
+        crate::support::write_users(&server.config.users_file(), &[("alice", "wonderland")]);
+        let policy = Policy::from_config(&server.config);
+        for kind in [ListenerKind::Smtp, ListenerKind::Submission] {
+            for client in [LAN, ROUTER, AUTH_RANGE, DENIED, OUTSIDER] {
+                for authed in [false, true] {
+                    let case = format!("filter={filter} {kind:?} client={client} authed={authed}");
+                    let mut facts = ClientFacts::new(client.parse().unwrap(), kind);
+                    let mut c = SmtpClient::connect_raw(server.addr_of(kind), client).await;
+                    let banner = c.read_reply().await;
+                    let connect = policy.connect(&facts);
+                    match connect.refusal_reply() {
+                        Some(want) => {
+                            assert_eq!(banner.code, want.code, "{case}: {banner:?}");
+                            rows += 1;
+                            continue;
+                        }
+                        None => assert_eq!(banner.code, 220, "{case}"),
+                    }
+                    c.expect("EHLO client.test", 250).await;
+                    if authed {
+                        assert!(policy.auth(&facts).is_accept(), "{case}");
+                        assert_eq!(
+                            c.auth_plain("alice", "wonderland").await.code,
+                            235,
+                            "{case}"
+                        );
+                        facts.user = Some("alice".into());
+                    }
+                    let (sender, _) = parse_path("<sender@client.test>", true).unwrap();
+                    let want = policy
+                        .mail(&facts, &sender)
+                        .refusal_reply()
+                        .map_or(250, |r| r.code);
+                    let r = c.cmd("MAIL FROM:<sender@client.test>").await;
+                    assert_eq!(r.code, want, "{case} MAIL: {r:?}");
+                    if r.code == 250 {
+                        for rcpt in rcpts {
+                            let (path, _) = parse_path(rcpt, true).unwrap();
+                            let decision = policy.rcpt(&facts, &path);
+                            let want = decision.refusal_reply().map_or(250, |r| r.code);
+                            let r = c.cmd(&format!("RCPT TO:{rcpt}")).await;
+                            assert_eq!(
+                                r.code, want,
+                                "{case} RCPT {rcpt}: {r:?} vs {:?}",
+                                decision.steps
+                            );
+                            rows += 1;
+                        }
+                    }
+                    c.expect("QUIT", 221).await;
+                    rows += 1;
+                }
+            }
+        }
+        server.stop().await;
+    }
+    assert!(rows > 150, "the matrix was walked: {rows} rows");
+}
