@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod delivery;
 pub mod dns;
+pub mod events;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -18,6 +18,7 @@ pub use socket::{ControlError, bind_control, request, serve_control, socket_path
 
 use crate::config::Config;
 use crate::delivery::Deliverer;
+use crate::events::{Event, Events};
 use crate::spool::{MessageState, QueueId, QueuedMessage, Spool, SpoolError};
 use index::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -84,6 +85,7 @@ pub struct QueueManager {
     global: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     handle: QueueHandle,
+    events: Events,
 }
 
 /// Due times by queue ID, ordered for "what is next".
@@ -194,6 +196,7 @@ impl QueueManager {
         spool: Spool,
         config: Arc<Config>,
         deliverer: Arc<Deliverer>,
+        events: Events,
     ) -> (Arc<QueueManager>, QueueInbox) {
         let (tx, rx) = mpsc::unbounded_channel();
         let manager = QueueManager {
@@ -204,6 +207,7 @@ impl QueueManager {
             spool,
             config,
             deliverer,
+            events,
         };
         (Arc::new(manager), QueueInbox(rx))
     }
@@ -337,7 +341,16 @@ impl QueueManager {
         }
         let applied = q.index.apply(&cmd, unix_now());
         if !matches!(cmd, QueueCommand::List | QueueCommand::Show { .. }) {
-            info!(command = cmd.name(), answer = ?applied.answer, "queue command");
+            let (messages, error) = match &applied.answer {
+                QueueAnswer::Changed { changed } => (changed.len(), None),
+                QueueAnswer::Error { message } => (0, Some(message.clone())),
+                _ => (0, None),
+            };
+            self.events.emit(Event::QueueCommand {
+                command: cmd.name(),
+                messages,
+                error,
+            });
         }
         for id in &applied.reschedule {
             self.reschedule(q, id);

@@ -8,11 +8,12 @@ use super::{QueueManager, expired, next_attempt, unix_now};
 use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::delivery::client::Outgoing;
 use crate::delivery::{AttemptResult, Job, Outcome, Stage};
+use crate::events::{self, DeliveryState, Event};
 use crate::spool::{
     Envelope, EnvelopeRecipient, MessageState, QueueId, RecipientStatus, SpoolError,
 };
 use std::collections::BTreeMap;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 impl QueueManager {
     /// One delivery pass over one message, on a snapshot of its state the
@@ -46,8 +47,15 @@ impl QueueManager {
                 );
                 // The next hop last tried is still worth naming in the report.
                 expiry.remote = r.last_result.as_ref().and_then(|l| l.remote.clone());
+                self.events.emit(Event::Delivery {
+                    queue_id: id.clone(),
+                    to: r.address.clone(),
+                    state: DeliveryState::Expired,
+                    result: expiry.clone(),
+                    counted: false,
+                    next_attempt: None,
+                });
                 r.record(expiry);
-                warn!(queue_id = %id, to = %r.address, "expired");
             }
         } else {
             self.deliver_due(id, env, body, &mut state, now).await;
@@ -105,7 +113,7 @@ impl QueueManager {
     /// Delivers every recipient that is due, one domain at a time, under the limits.
     async fn deliver_due(
         &self,
-        id: &str,
+        id: &QueueId,
         env: &Envelope,
         body: &Content,
         state: &mut MessageState,
@@ -149,37 +157,43 @@ impl QueueManager {
             let after = unix_now();
             for (&i, outcome) in idxs.iter().zip(outcomes) {
                 let r = &mut state.recipients[i];
-                match outcome {
+                let (state, result, counted) = match outcome {
                     Outcome::Delivered(result) => {
                         r.status = RecipientStatus::Delivered;
                         r.next_attempt = None;
                         r.attempts += 1;
-                        info!(queue_id = %id, to = %r.address, result = %result, "recipient delivered");
-                        r.record(result);
+                        (DeliveryState::Delivered, result, true)
                     }
                     Outcome::Failed(result) => {
                         r.status = RecipientStatus::Failed;
                         r.next_attempt = None;
                         r.attempts += 1;
-                        warn!(queue_id = %id, to = %r.address, stage = ?result.stage, result = %result, "recipient failed permanently");
-                        r.record(result);
+                        (DeliveryState::Failed, result, true)
                     }
                     Outcome::Deferred { result, counts } => {
                         if counts {
                             r.attempts += 1;
                         }
                         r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
-                        info!(queue_id = %id, to = %r.address, stage = ?result.stage, result = %result, counted = counts, next = r.next_attempt, "recipient deferred");
-                        r.record(result);
+                        (DeliveryState::Deferred, result, counts)
                     }
-                }
+                };
+                self.events.emit(Event::Delivery {
+                    queue_id: id.clone(),
+                    to: r.address.clone(),
+                    state,
+                    result: result.clone(),
+                    counted,
+                    next_attempt: r.next_attempt,
+                });
+                r.record(result);
             }
         }
     }
 
     async fn maybe_warn_delay(
         &self,
-        id: &str,
+        id: &QueueId,
         env: &Envelope,
         body: &Content,
         state: &mut MessageState,
@@ -217,7 +231,13 @@ impl QueueManager {
 
     /// The message is done with: bounce what failed, then remove it. False
     /// when the bounce could not be queued (the message stays).
-    async fn finish(&self, id: &str, env: &Envelope, body: &Content, state: &MessageState) -> bool {
+    async fn finish(
+        &self,
+        id: &QueueId,
+        env: &Envelope,
+        body: &Content,
+        state: &MessageState,
+    ) -> bool {
         let failed: Vec<ReportedRecipient> = state
             .recipients
             .iter()
@@ -248,7 +268,10 @@ impl QueueManager {
         let owned = id.to_string();
         match tokio::task::spawn_blocking(move || spool.remove_finished(&owned)).await {
             Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {
-                info!(queue_id = %id, failed = failed.len(), "message done, removed from the queue")
+                self.events.emit(Event::MessageFinished {
+                    queue_id: id.clone(),
+                    failed: failed.len(),
+                });
             }
             other => {
                 error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot remove finished message")
@@ -261,7 +284,7 @@ impl QueueManager {
     async fn queue_report(
         &self,
         kind: ReportKind,
-        id: &str,
+        id: &QueueId,
         env: &Envelope,
         body: &Content,
         rcpts: &[ReportedRecipient],
@@ -310,7 +333,16 @@ impl QueueManager {
         .await;
         match written {
             Ok(Ok(())) => {
-                info!(queue_id = %id, bounce_id = %bounce_id, to = %env.sender, kind = ?kind, recipients = rcpts.len(), "delivery report queued");
+                self.events.emit(Event::ReportQueued {
+                    queue_id: id.clone(),
+                    report_id: bounce_id.clone(),
+                    to: env.sender.clone(),
+                    kind: match kind {
+                        ReportKind::Failed => events::ReportKind::Bounce,
+                        ReportKind::Delayed => events::ReportKind::DelayNotice,
+                    },
+                    recipients: rcpts.len(),
+                });
                 self.handle.notify(bounce_id.clone());
                 true
             }

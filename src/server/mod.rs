@@ -8,6 +8,7 @@ pub use limits::ConnectionLimits;
 use crate::config::{Config, ListenerKind};
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
+use crate::events::{ConnectionRefusal, Event};
 use crate::policy::ClientFacts;
 use crate::policy::open_relay_entries;
 use crate::queue::{QueueInbox, QueueManager};
@@ -88,7 +89,8 @@ impl Server {
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
         let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver));
-        let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer);
+        let events = crate::events::Events::new();
+        let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {
             format!(
                 "cannot create the control socket {}",
@@ -96,6 +98,7 @@ impl Server {
             )
         })?;
         let mut ctx = Context::new(config, Some(tls), spool);
+        ctx.events = events;
         ctx.queue = Some(queue.handle());
         let ctx = Arc::new(ctx);
         Ok(Server {
@@ -305,17 +308,25 @@ fn admit(
     ip: std::net::IpAddr,
     kind: ListenerKind,
 ) -> Result<limits::Slot, Reply> {
+    let refused = |refusal: ConnectionRefusal| {
+        ctx.events.emit(Event::ConnectionRefused {
+            client: ip,
+            listener: kind,
+            refusal,
+        })
+    };
     if let Err(reason) = ctx.policy.connect(&ClientFacts::new(ip, kind)).verdict {
-        warn!(client = %ip, reason = %reason, "connection refused by the connection filter");
-        return Err(reason.reply());
+        let reply = reason.reply();
+        refused(ConnectionRefusal::Policy { reason });
+        return Err(reply);
     }
     limits.acquire(ip).map_err(|refusal| match refusal {
         limits::Refusal::Total => {
-            warn!(client = %ip, "connection refused: server.max_connections reached");
+            refused(ConnectionRefusal::TooManyConnections);
             reply::TOO_MANY_CONNECTIONS
         }
         limits::Refusal::PerIp => {
-            warn!(client = %ip, "connection refused: server.max_connections_per_ip reached");
+            refused(ConnectionRefusal::TooManyFromAddress);
             reply::TOO_MANY_FROM_IP
         }
     })

@@ -2,12 +2,13 @@
 
 use super::{MAX_AUTH_LINE, Session};
 use crate::credentials::CheckResult;
+use crate::events::Event;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{Line, StreamError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 /// A client's answer to a SASL challenge.
 enum Answer {
@@ -58,21 +59,30 @@ impl Session {
         };
         let reply = match result {
             CheckResult::Valid => {
-                info!(session = self.id, client = %self.ip, user = %user, "AUTH succeeded");
+                self.emit(Event::AuthSucceeded {
+                    session: self.id,
+                    client: self.ip,
+                    user: user.clone(),
+                });
                 self.user = Some(user);
                 return Ok(reply::AUTH_OK);
             }
             CheckResult::Invalid => {
                 self.auth_failures += 1;
-                warn!(session = self.id, client = %self.ip, user = %user, failures = self.auth_failures, "AUTH failed: bad user name or password");
+                self.emit(Event::AuthFailed {
+                    session: self.id,
+                    client: self.ip,
+                    user,
+                    failures: self.auth_failures,
+                });
                 reply::AUTH_FAILED
             }
             CheckResult::Busy => {
-                warn!(session = self.id, client = %self.ip, user = %user, "AUTH refused for now: too many password checks running and waiting");
+                warn!(user = %user, "AUTH refused for now: too many password checks running and waiting");
                 return Ok(reply::AUTH_BUSY);
             }
             CheckResult::Unavailable(e) => {
-                error!(session = self.id, client = %self.ip, error = %e, "AUTH check failed (users file unreadable?)");
+                error!(error = %e, "AUTH check failed (users file unreadable?)");
                 return Ok(reply::AUTH_TEMP_FAILURE);
             }
         };

@@ -16,6 +16,8 @@ pub struct Context {
     /// Password checks, bounded in number and abandoned when the client leaves.
     pub credentials: CredentialChecker,
     pub spool: Spool,
+    /// Where the session's facts go (the log, and whoever subscribes).
+    pub events: crate::events::Events,
     /// Renames prepared messages into the queue, one directory fsync per batch.
     pub committer: crate::spool::Committer,
     /// Where to announce newly accepted messages (absent in protocol-only tests).
@@ -31,6 +33,7 @@ impl Context {
             credentials: CredentialChecker::new(UserDb::new(config.users_file())),
             committer: spool.committer(),
             spool,
+            events: crate::events::Events::new(),
             config,
             queue: None,
         }

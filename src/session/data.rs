@@ -5,13 +5,13 @@
 use super::incoming::Incoming;
 use super::received::{ReceivedFacts, received_header};
 use super::{Flow, Session};
+use crate::events::{Event, MessageRefusal};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
 use crate::spool::{Envelope, EnvelopeRecipient, QueueId, SpoolWriter};
 use std::io;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
 
 type Outcome = Result<Option<(Reply, Flow)>, StreamError>;
 
@@ -34,11 +34,11 @@ enum DataEnd {
     Timeout,
 }
 
-/// The reply and log reason for a refused byte in DATA (the connection is closed after it).
-fn forbidden_in_data(p: Progress) -> (Reply, &'static str) {
+/// The reply and the refusal for a refused byte in DATA (the connection is closed after it).
+fn forbidden_in_data(p: Progress) -> (Reply, MessageRefusal) {
     match p {
-        Progress::Nul => (reply::NUL_IN_DATA, "NUL byte in DATA"),
-        _ => (reply::BARE_NEWLINE, "bare CR or LF in DATA"),
+        Progress::Nul => (reply::NUL_IN_DATA, MessageRefusal::NulByte),
+        _ => (reply::BARE_NEWLINE, MessageRefusal::BareNewline),
     }
 }
 
@@ -75,13 +75,13 @@ impl Session {
         };
         match end {
             DataEnd::Timeout => {
-                warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "timeout during DATA; message discarded");
+                self.refused(&msg.queue_id, MessageRefusal::Timeout, "DATA");
                 self.tx = None;
                 Ok(Some((reply::TIMEOUT, Flow::Close)))
             }
             DataEnd::Forbidden(p) => {
-                let (reply, what) = forbidden_in_data(p);
-                warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "{what} (smuggling defence); message refused, closing");
+                let (reply, refusal) = forbidden_in_data(p);
+                self.refused(&msg.queue_id, refusal, "DATA; closing");
                 self.tx = None;
                 Ok(Some((reply, Flow::Close)))
             }
@@ -111,7 +111,11 @@ impl Session {
             // Reading a chunk we will refuse anyway could take forever (the size
             // may be 2^64-1), and skipping it unread would run its octets as
             // commands: refuse and close.
-            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, size, "BDAT chunk larger than the message size limit; refused, closing");
+            self.refused(
+                &msg.queue_id,
+                MessageRefusal::TooBig,
+                &format!("BDAT chunk of {size} octets; closing"),
+            );
             self.tx = None;
             return Ok(Some((reply::BDAT_TOO_BIG, Flow::Close)));
         }
@@ -136,7 +140,7 @@ impl Session {
                     (n, progress)
                 }
                 Err(StreamError::Timeout) => {
-                    warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "timeout during BDAT; message discarded");
+                    self.refused(&msg.queue_id, MessageRefusal::Timeout, "BDAT");
                     self.tx = None;
                     return Ok(Some((reply::TIMEOUT, Flow::Close)));
                 }
@@ -153,16 +157,17 @@ impl Session {
             forbidden = Some(Progress::BareNewline);
         }
         if let Some(p) = forbidden {
-            let (reply, what) = match p {
-                Progress::Nul => (NUL_IN_CHUNK, "NUL byte"),
-                _ => (BARE_NEWLINE_IN_CHUNK, "bare CR or LF"),
+            let (reply, refusal) = match p {
+                Progress::Nul => (NUL_IN_CHUNK, MessageRefusal::NulByte),
+                _ => (BARE_NEWLINE_IN_CHUNK, MessageRefusal::BareNewline),
             };
-            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "{what} in BDAT; message refused");
+            self.refused(&msg.queue_id, refusal, "BDAT");
             self.tx = None;
             return Ok(Some((reply, Flow::Continue)));
         }
         if msg.decoder.too_big() {
-            warn!(session = self.id, client = %self.ip, queue_id = %msg.queue_id, "BDAT message too large; refused");
+            let size = msg.decoder.size().to_string();
+            self.refused(&msg.queue_id, MessageRefusal::TooBig, &size);
             self.tx = None;
             return Ok(Some((reply::MESSAGE_TOO_BIG, Flow::Continue)));
         }
@@ -232,6 +237,16 @@ impl Session {
         })
     }
 
+    fn refused(&self, queue_id: &QueueId, refusal: MessageRefusal, detail: &str) {
+        self.emit(Event::MessageRefused {
+            session: self.id,
+            client: self.ip,
+            queue_id: queue_id.clone(),
+            refusal,
+            detail: detail.to_string(),
+        });
+    }
+
     /// Checks the decoder's verdicts, then commits the message durably. Ends the transaction.
     async fn finish_message(&mut self, mut msg: Incoming) -> Reply {
         let queue_id = msg.queue_id.clone();
@@ -239,20 +254,25 @@ impl Session {
             return reply::BAD_SEQUENCE_MAIL;
         };
         if msg.decoder.too_big() {
-            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, size = msg.decoder.size(), "message too large; refused");
+            let size = msg.decoder.size().to_string();
+            self.refused(&queue_id, MessageRefusal::TooBig, &size);
             return reply::MESSAGE_TOO_BIG;
         }
         if msg.decoder.line_too_long() {
-            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, "message line too long; refused");
+            self.refused(&queue_id, MessageRefusal::LineTooLong, "");
             return reply::TEXT_LINE_TOO_LONG;
         }
         let hops = msg.hops.hops();
         if hops + 1 > self.ctx.config.server.max_hops {
-            warn!(session = self.id, client = %self.ip, queue_id = %queue_id, hops, "too many Received: headers (mail loop?); refused");
+            self.refused(
+                &queue_id,
+                MessageRefusal::MailLoop,
+                &format!("{hops} Received: headers"),
+            );
             return reply::TOO_MANY_HOPS;
         }
         if let Some(e) = msg.write_error.take() {
-            error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "spool write failed; message not accepted");
+            self.refused(&queue_id, MessageRefusal::SpoolFailed, &e.to_string());
             return spool_error_reply(&e);
         }
         let Some(writer) = msg.take_writer() else {
@@ -296,21 +316,20 @@ impl Session {
                 if let Some(q) = &self.ctx.queue {
                     q.notify(queue_id.clone());
                 }
-                info!(
-                    session = self.id,
-                    client = %self.ip,
-                    queue_id = %queue_id,
-                    from = %envelope.sender,
-                    rcpts = envelope.recipients.len(),
-                    size = envelope.size,
-                    tls = self.stream.tls().is_some(),
-                    user = self.user.as_deref(),
-                    "message accepted"
-                );
+                self.emit(Event::MessageAccepted {
+                    session: self.id,
+                    client: self.ip,
+                    queue_id: queue_id.clone(),
+                    from: envelope.sender.clone(),
+                    rcpts: envelope.recipients.len(),
+                    size: envelope.size,
+                    tls: self.stream.tls().is_some(),
+                    user: self.user.clone(),
+                });
                 Reply::with_text(250, "2.0.0", format!("Ok: queued as {queue_id}"))
             }
             Err(e) => {
-                error!(session = self.id, client = %self.ip, queue_id = %queue_id, error = %e, "spool commit failed; message not accepted");
+                self.refused(&queue_id, MessageRefusal::SpoolFailed, &e.to_string());
                 spool_error_reply(&e)
             }
         }

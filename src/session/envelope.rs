@@ -2,6 +2,7 @@
 
 use super::Session;
 use super::transaction::Transaction;
+use crate::events::Event;
 use crate::smtp::address::Path;
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::{self, Reply};
@@ -16,18 +17,23 @@ impl Session {
             return reply::NESTED_MAIL;
         }
         if let Err(reason) = self.ctx.policy.mail(&self.facts(), &path).verdict {
-            warn!(session = self.id, client = %self.ip, listener = self.kind.name(), reason = %reason, "MAIL refused");
-            return reason.reply();
+            let reply = reason.reply();
+            self.emit(Event::MailRefused {
+                session: self.id,
+                client: self.ip,
+                reason,
+            });
+            return reply;
         }
         if params
             .size
             .is_some_and(|s| s > self.ctx.config.server.max_message_size)
         {
-            warn!(session = self.id, client = %self.ip, size = params.size, "MAIL refused: declared size too large");
+            warn!(size = params.size, "MAIL refused: declared size too large");
             return reply::MESSAGE_TOO_BIG;
         }
         let tx = Transaction::new(path, params);
-        info!(session = self.id, client = %self.ip, from = %tx.sender_text(), user = self.user.as_deref(), "MAIL accepted");
+        info!(from = %tx.sender_text(), user = self.user.as_deref(), "MAIL accepted");
         self.tx = Some(tx);
         reply::SENDER_OK
     }
@@ -55,25 +61,40 @@ impl Session {
             );
         }
         let decision = self.ctx.policy.rcpt(&client, &path);
+        let from = tx.sender_text();
         match decision.verdict {
             Ok(mailbox) => {
                 let why = decision
                     .steps
                     .last()
-                    .map(|s| s.text.as_str())
+                    .map(|s| s.text.clone())
                     .unwrap_or_default();
-                info!(session = self.id, client = %self.ip, to = %mailbox, reason = %why, "RCPT accepted");
+                let to = mailbox.to_string();
                 tx.add_recipient(mailbox);
+                self.emit(Event::RcptAccepted {
+                    session: self.id,
+                    client: self.ip,
+                    from,
+                    to,
+                    why,
+                });
                 reply::RECIPIENT_OK
             }
             Err(reason) => {
-                let reply = reason.reply();
                 let to = match &path {
                     Path::Mailbox(m) => m.to_string(),
                     Path::Postmaster => "postmaster".into(),
                     Path::Null => String::new(),
                 };
-                warn!(session = self.id, client = %self.ip, from = %tx.sender_text(), to = %to, user = client.user.as_deref(), reason = %reason, reply = %reply, "RCPT refused");
+                let reply = reason.reply();
+                self.emit(Event::RcptRefused {
+                    session: self.id,
+                    client: self.ip,
+                    from,
+                    to,
+                    user: client.user,
+                    reason,
+                });
                 reply
             }
         }

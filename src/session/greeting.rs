@@ -1,9 +1,10 @@
 //! HELO, EHLO (with the capability list) and STARTTLS.
 
 use super::{Flow, Helo, Session};
+use crate::events::Event;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
-use tracing::{info, warn};
+use tracing::warn;
 
 impl Session {
     pub(super) fn helo(&mut self, name: String, extended: bool) -> Reply {
@@ -47,7 +48,7 @@ impl Session {
         self.send(&reply::READY_FOR_TLS).await?;
         let deadline = self.write_deadline();
         if let Err(e) = self.stream.upgrade(&acceptor, deadline).await {
-            warn!(session = self.id, client = %self.ip, error = %e, "TLS handshake failed");
+            warn!(error = %e, "TLS handshake failed");
             return Err(e);
         }
         // RFC 3207 4.2: forget everything learnt before TLS.
@@ -55,7 +56,12 @@ impl Session {
         self.user = None;
         self.tx = None;
         if let Some(tls) = self.stream.tls() {
-            info!(session = self.id, client = %self.ip, version = %tls.version, cipher = %tls.cipher, "STARTTLS established");
+            self.emit(Event::TlsEstablished {
+                session: self.id,
+                client: self.ip,
+                version: tls.version.clone(),
+                cipher: tls.cipher.clone(),
+            });
         }
         Ok(None)
     }

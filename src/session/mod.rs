@@ -17,6 +17,7 @@ mod tests;
 pub use context::Context;
 
 use crate::config::ListenerKind;
+use crate::events::Event;
 use crate::smtp::command::{self, Command, Unparsed};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{Line, SmtpStream, StreamError};
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 use transaction::Transaction;
 
 /// SASL lines may be longer than commands (RFC 4954 4: 12288 octets).
@@ -102,9 +103,21 @@ impl Session {
         self.stream.send(reply, deadline).await
     }
 
-    /// Runs the session to its end. Never panics on input; errors end the session.
-    pub async fn run(mut self) {
-        info!(session = self.id, client = %self.ip, listener = self.kind.name(), tls = self.stream.tls().is_some(), "connect");
+    /// Runs the session to its end. Never panics on input; errors end the
+    /// session. Everything logged meanwhile carries the session's span
+    /// (id, client, listener).
+    pub async fn run(self) {
+        let span = tracing::info_span!("session", id = self.id, client = %self.ip, listener = self.kind.name());
+        self.run_in_span().instrument(span).await
+    }
+
+    async fn run_in_span(mut self) {
+        self.emit(Event::ConnectionOpened {
+            session: self.id,
+            client: self.ip,
+            listener: self.kind,
+            tls: self.stream.tls().is_some(),
+        });
         let banner = Reply::with_text(
             220,
             "",
@@ -120,7 +133,13 @@ impl Session {
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         self.stream.shutdown(deadline).await;
-        info!(session = self.id, client = %self.ip, messages = self.messages, errors = self.errors, reason = %why, "disconnect");
+        self.emit(Event::ConnectionClosed {
+            session: self.id,
+            client: self.ip,
+            messages: self.messages,
+            errors: self.errors,
+            reason: why,
+        });
     }
 
     async fn command_loop(&mut self) -> Result<(), StreamError> {
@@ -136,7 +155,7 @@ impl Session {
             let line = match line {
                 Ok(l) => l,
                 Err(StreamError::Timeout) => {
-                    warn!(session = self.id, client = %self.ip, "timeout waiting for a command");
+                    warn!("timeout waiting for a command");
                     self.send(&reply::TIMEOUT).await?;
                     return Ok(());
                 }
@@ -144,7 +163,7 @@ impl Session {
             };
             let (reply, flow) = match line {
                 Line::TooLong => {
-                    info!(session = self.id, client = %self.ip, "command line too long; refused");
+                    info!("command line too long; refused");
                     (reply::LINE_TOO_LONG, Flow::Continue)
                 }
                 Line::Text(bytes) => match self.handle_line(bytes).await? {
@@ -159,7 +178,7 @@ impl Session {
             if reply.is_error() && counts_as_error(&reply) {
                 self.errors += 1;
                 if self.errors >= self.ctx.config.server.max_errors {
-                    warn!(session = self.id, client = %self.ip, errors = self.errors, "too many errors; closing");
+                    warn!(errors = self.errors, "too many errors; closing");
                     self.send(&reply::TOO_MANY_ERRORS).await?;
                     return Ok(());
                 }
@@ -184,11 +203,11 @@ impl Session {
         let cmd = match command::parse(&text) {
             Ok(cmd) => cmd,
             Err(Unparsed::Http) => {
-                warn!(session = self.id, client = %self.ip, "HTTP request on the SMTP port; closing");
+                warn!("HTTP request on the SMTP port; closing");
                 return Ok(Some((reply::HTTP_REFUSED, Flow::Close)));
             }
             Err(Unparsed::Reply(r)) => {
-                info!(session = self.id, client = %self.ip, command = %text.split(' ').next().unwrap_or_default().chars().take(16).collect::<String>(), reply = %r, "command refused");
+                info!(command = %text.split(' ').next().unwrap_or_default().chars().take(16).collect::<String>(), reply = %r, "command refused");
                 return Ok(Some((r, Flow::Continue)));
             }
         };
@@ -225,6 +244,10 @@ impl Session {
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await?,
         };
         Ok(Some((reply, Flow::Continue)))
+    }
+
+    fn emit(&self, event: Event) {
+        self.ctx.events.emit(event);
     }
 
     /// What the policy needs to know of this client now.

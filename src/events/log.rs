@@ -1,0 +1,118 @@
+//! The log writer: one readable line per event, through `tracing`. Events of
+//! a session are emitted inside its span, which already names the session,
+//! the client and the listener, so those fields are not repeated here.
+
+use super::{ConnectionRefusal, DeliveryState, Event, Subscriber};
+use tracing::{info, warn};
+
+pub struct LogWriter;
+
+impl Subscriber for LogWriter {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::ConnectionOpened { tls, .. } => info!(tls, "connect"),
+            Event::ConnectionRefused {
+                client,
+                listener,
+                refusal,
+            } => match refusal {
+                ConnectionRefusal::Policy { reason } => {
+                    warn!(client = %client, listener = listener.name(), reason = %reason, "connection refused")
+                }
+                ConnectionRefusal::TooManyConnections => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: server.max_connections reached")
+                }
+                ConnectionRefusal::TooManyFromAddress => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: server.max_connections_per_ip reached")
+                }
+            },
+            Event::ConnectionClosed {
+                messages,
+                errors,
+                reason,
+                ..
+            } => info!(messages, errors, reason = %reason, "disconnect"),
+            Event::TlsEstablished {
+                version, cipher, ..
+            } => info!(version = %version, cipher = %cipher, "STARTTLS established"),
+            Event::AuthSucceeded { user, .. } => info!(user = %user, "AUTH succeeded"),
+            Event::AuthFailed { user, failures, .. } => {
+                warn!(user = %user, failures, "AUTH failed: bad user name or password")
+            }
+            Event::MailRefused { reason, .. } => {
+                warn!(reason = %reason, reply = %reason.reply(), "MAIL refused")
+            }
+            Event::RcptAccepted { to, why, .. } => info!(to = %to, reason = %why, "RCPT accepted"),
+            Event::RcptRefused {
+                from,
+                to,
+                user,
+                reason,
+                ..
+            } => {
+                warn!(from = %from, to = %to, user = user.as_deref(), reason = %reason, reply = %reason.reply(), "RCPT refused")
+            }
+            Event::MessageAccepted {
+                queue_id,
+                from,
+                rcpts,
+                size,
+                tls,
+                user,
+                ..
+            } => info!(
+                queue_id = %queue_id,
+                from = %from,
+                rcpts,
+                size,
+                tls,
+                user = user.as_deref(),
+                "message accepted"
+            ),
+            Event::MessageRefused {
+                queue_id,
+                refusal,
+                detail,
+                ..
+            } => warn!(queue_id = %queue_id, detail = %detail, "message refused: {refusal}"),
+            Event::Delivery {
+                queue_id,
+                to,
+                state,
+                result,
+                counted,
+                next_attempt,
+            } => match state {
+                DeliveryState::Delivered => {
+                    info!(queue_id = %queue_id, to = %to, result = %result, "recipient delivered")
+                }
+                DeliveryState::Deferred => {
+                    info!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = next_attempt, "recipient deferred")
+                }
+                DeliveryState::Failed => {
+                    warn!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, "recipient failed permanently")
+                }
+                DeliveryState::Expired => {
+                    warn!(queue_id = %queue_id, to = %to, result = %result, "recipient expired")
+                }
+            },
+            Event::ReportQueued {
+                queue_id,
+                report_id,
+                to,
+                kind,
+                recipients,
+            } => {
+                info!(queue_id = %queue_id, report_id = %report_id, to = %to, kind = ?kind, recipients, "delivery report queued")
+            }
+            Event::MessageFinished { queue_id, failed } => {
+                info!(queue_id = %queue_id, failed, "message done, removed from the queue")
+            }
+            Event::QueueCommand {
+                command,
+                messages,
+                error,
+            } => info!(command, messages, error = error.as_deref(), "queue command"),
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Typed events: every fact others may want to know — a connection, a
+//! refusal and its reason, an accepted message, a delivery result, a bounce, a
+//! queue command — is emitted once, where it happens, as an `Event`. The
+//! fan-out hands each event to the subscribers in order (the log writer is the
+//! first; metrics, the admin page and the guard add theirs) and to anyone
+//! listening on the broadcast channel (`subscribe`), which never slows the
+//! emitter: a listener that falls behind loses the oldest events.
+
+mod log;
+
+use crate::config::ListenerKind;
+use crate::delivery::AttemptResult;
+use crate::policy::RefuseReason;
+use crate::spool::QueueId;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Events the broadcast channel keeps for a slow listener.
+const BROADCAST_CAPACITY: usize = 4096;
+
+/// Why a connection was turned away before its banner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ConnectionRefusal {
+    /// The policy refused it (the connection filter).
+    Policy { reason: RefuseReason },
+    /// `server.max_connections` reached.
+    TooManyConnections,
+    /// `server.max_connections_per_ip` reached.
+    TooManyFromAddress,
+}
+
+/// Why a message was not accepted after its data was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageRefusal {
+    TooBig,
+    LineTooLong,
+    MailLoop,
+    BareNewline,
+    NulByte,
+    Timeout,
+    SpoolFailed,
+}
+
+impl std::fmt::Display for MessageRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MessageRefusal::TooBig => "message too large",
+            MessageRefusal::LineTooLong => "a line of the message is too long",
+            MessageRefusal::MailLoop => "too many Received: headers (mail loop?)",
+            MessageRefusal::BareNewline => "bare CR or LF in the data (smuggling defence)",
+            MessageRefusal::NulByte => "NUL byte in the data (smuggling defence)",
+            MessageRefusal::Timeout => "timeout during the data; message discarded",
+            MessageRefusal::SpoolFailed => "could not write the message to disk",
+        })
+    }
+}
+
+/// What a delivery attempt did for a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Delivered,
+    Deferred,
+    Failed,
+    /// Gave up: the message outlived `max_queue_lifetime`.
+    Expired,
+}
+
+/// A delivery status report we queued for a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    Bounce,
+    DelayNotice,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    ConnectionOpened {
+        session: u64,
+        client: IpAddr,
+        listener: ListenerKind,
+        tls: bool,
+    },
+    ConnectionRefused {
+        client: IpAddr,
+        listener: ListenerKind,
+        refusal: ConnectionRefusal,
+    },
+    ConnectionClosed {
+        session: u64,
+        client: IpAddr,
+        messages: u32,
+        errors: u32,
+        reason: String,
+    },
+    TlsEstablished {
+        session: u64,
+        client: IpAddr,
+        version: String,
+        cipher: String,
+    },
+    AuthSucceeded {
+        session: u64,
+        client: IpAddr,
+        user: String,
+    },
+    AuthFailed {
+        session: u64,
+        client: IpAddr,
+        user: String,
+        /// Failures in this session so far.
+        failures: u32,
+    },
+    MailRefused {
+        session: u64,
+        client: IpAddr,
+        reason: RefuseReason,
+    },
+    RcptAccepted {
+        session: u64,
+        client: IpAddr,
+        from: String,
+        to: String,
+        why: String,
+    },
+    RcptRefused {
+        session: u64,
+        client: IpAddr,
+        from: String,
+        to: String,
+        user: Option<String>,
+        reason: RefuseReason,
+    },
+    MessageAccepted {
+        session: u64,
+        client: IpAddr,
+        queue_id: QueueId,
+        from: String,
+        rcpts: usize,
+        size: u64,
+        tls: bool,
+        user: Option<String>,
+    },
+    MessageRefused {
+        session: u64,
+        client: IpAddr,
+        queue_id: QueueId,
+        refusal: MessageRefusal,
+        /// Particulars (a size, a count, an I/O error).
+        detail: String,
+    },
+    Delivery {
+        queue_id: QueueId,
+        to: String,
+        state: DeliveryState,
+        result: AttemptResult,
+        /// Whether the attempt counted against the retry schedule.
+        counted: bool,
+        next_attempt: Option<i64>,
+    },
+    ReportQueued {
+        queue_id: QueueId,
+        report_id: QueueId,
+        to: String,
+        kind: ReportKind,
+        recipients: usize,
+    },
+    MessageFinished {
+        queue_id: QueueId,
+        failed: usize,
+    },
+    QueueCommand {
+        command: &'static str,
+        messages: usize,
+        error: Option<String>,
+    },
+}
+
+impl Event {
+    /// The client address the event is about, if any.
+    pub fn client(&self) -> Option<IpAddr> {
+        match self {
+            Event::ConnectionOpened { client, .. }
+            | Event::ConnectionRefused { client, .. }
+            | Event::ConnectionClosed { client, .. }
+            | Event::TlsEstablished { client, .. }
+            | Event::AuthSucceeded { client, .. }
+            | Event::AuthFailed { client, .. }
+            | Event::MailRefused { client, .. }
+            | Event::RcptAccepted { client, .. }
+            | Event::RcptRefused { client, .. }
+            | Event::MessageAccepted { client, .. }
+            | Event::MessageRefused { client, .. } => Some(*client),
+            _ => None,
+        }
+    }
+}
+
+/// Something that wants every event, in order, as it is emitted. Must be quick:
+/// it runs on the emitter's thread.
+pub trait Subscriber: Send + Sync {
+    fn on_event(&self, event: &Event);
+}
+
+/// The fan-out. Cheap to clone; every clone feeds the same subscribers.
+#[derive(Clone)]
+pub struct Events {
+    subscribers: Arc<Vec<Arc<dyn Subscriber>>>,
+    broadcast: broadcast::Sender<Arc<Event>>,
+}
+
+impl Events {
+    /// The fan-out with the log writer as its only subscriber.
+    pub fn new() -> Events {
+        Events::with_subscribers(vec![Arc::new(log::LogWriter)])
+    }
+
+    pub fn with_subscribers(subscribers: Vec<Arc<dyn Subscriber>>) -> Events {
+        let (broadcast, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Events {
+            subscribers: Arc::new(subscribers),
+            broadcast,
+        }
+    }
+
+    pub fn emit(&self, event: Event) {
+        for s in self.subscribers.iter() {
+            s.on_event(&event);
+        }
+        if self.broadcast.receiver_count() > 0 {
+            let _ = self.broadcast.send(Arc::new(event));
+        }
+    }
+
+    /// Every event from now on (a listener that falls behind loses the oldest).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.broadcast.subscribe()
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Subscriber for Recorder {
+        fn on_event(&self, e: &Event) {
+            self.0.lock().unwrap().push(format!("{:?}", e.client()));
+        }
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_and_listener_sees_each_event() {
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let events = Events::with_subscribers(vec![recorder.clone()]);
+        let mut rx = events.subscribe();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        events.emit(Event::RcptRefused {
+            session: 1,
+            client,
+            from: "a@x".into(),
+            to: "b@y".into(),
+            user: None,
+            reason: RefuseReason::NeedsAuth,
+        });
+        assert_eq!(recorder.0.lock().unwrap().as_slice(), ["Some(192.0.2.7)"]);
+        let got = rx.recv().await.unwrap();
+        let json = serde_json::to_value(&*got).unwrap();
+        assert_eq!(json["event"], "rcpt_refused");
+        assert_eq!(json["reason"]["reason"], "needs_auth");
+    }
+}
