@@ -4,6 +4,7 @@
 //! set, no lookup goes anywhere else.
 
 use crate::config::DnsConfig;
+use crate::smtp::address::Domain;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -115,7 +116,7 @@ impl Resolver {
                     .filter_map(|r| match &r.data {
                         RData::MX(mx) => Some(MxRecord {
                             preference: mx.preference,
-                            host: mx.exchange.to_utf8().trim_end_matches('.').to_lowercase(),
+                            host: Domain::normalize(&mx.exchange.to_utf8()),
                         }),
                         _ => None,
                     })

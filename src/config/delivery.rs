@@ -136,7 +136,7 @@ impl FromStr for NextHop {
             None => 25,
         };
         Ok(NextHop {
-            host: host.trim_end_matches('.').to_lowercase(),
+            host: crate::smtp::address::Domain::normalize(&host),
             port,
         })
     }

@@ -2,6 +2,7 @@
 //! the value and the reason; errors stop `serve` and fail `check-config`.
 
 use super::{Config, FilterMode, NetworkAuth};
+use crate::smtp::address::Domain;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -292,7 +293,7 @@ fn check_access(c: &Config, out: &mut Vec<Finding>) {
 
 fn check_relay(c: &Config, out: &mut Vec<Finding>) {
     for (i, d) in c.relay.inbound_domains.iter().enumerate() {
-        let t = d.trim().trim_end_matches('.');
+        let t = Domain::normalize(d);
         if t.is_empty() || t.contains(['@', ' ', '/', '[', ']']) || t == "*" {
             out.push(finding(
                 Severity::Error,
@@ -303,12 +304,8 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
         }
     }
     for (i, d) in c.relay.inbound_domains.iter().enumerate() {
-        let d = d.trim().trim_end_matches('.');
-        if !c
-            .route
-            .iter()
-            .any(|r| r.domain.trim_end_matches('.').eq_ignore_ascii_case(d))
-        {
+        let d = Domain::normalize(d);
+        if !c.route.iter().any(|r| Domain::normalize(&r.domain) == d) {
             out.push(finding(
                 Severity::Warning,
                 format!("relay.inbound_domains[{i}]"),

@@ -5,6 +5,7 @@
 use super::result::{AttemptResult, Stage};
 use crate::config::{Config, DeliveryMode, NextHop};
 use crate::dns::{MxAnswer, Resolver};
+use crate::smtp::address::Domain;
 use rand::seq::SliceRandom;
 use std::net::IpAddr;
 
@@ -39,7 +40,7 @@ pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteEr
     if let Some(r) = config
         .route
         .iter()
-        .find(|r| r.domain.trim_end_matches('.').eq_ignore_ascii_case(domain))
+        .find(|r| Domain::normalize(&r.domain) == Domain::normalize(domain))
     {
         return Ok(Destination::Route(r.host.clone()));
     }

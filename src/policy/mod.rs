@@ -36,7 +36,7 @@ impl Policy {
             .relay
             .inbound_domains
             .iter()
-            .map(|d| d.trim().trim_end_matches('.').to_lowercase())
+            .map(|d| crate::smtp::address::Domain::normalize(d))
             .collect();
         Policy {
             access: AccessFilter::from_config(&config.access),

@@ -19,7 +19,7 @@ pub use socket::{ControlError, bind_control, request, serve_control, socket_path
 use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::events::{Event, Events};
-use crate::spool::{MessageState, QueueId, QueuedMessage, Spool, SpoolError};
+use crate::spool::{MessageState, QueueId, QueuedMessage, Spool, SpoolError, off_thread};
 use index::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -225,16 +225,15 @@ impl QueueManager {
     ) {
         let mut inbox = inbox.0;
         let spool = self.spool.clone();
-        let loaded = tokio::task::spawn_blocking(move || Index::load(&spool)).await;
-        let index = match loaded {
-            Ok(Ok((index, problems))) => {
+        let index = match off_thread(move || Index::load(&spool)).await {
+            Ok((index, problems)) => {
                 for (id, e) in problems {
                     error!(queue_id = %id, error = %e, "unreadable queue file left in place");
                 }
                 index
             }
-            other => {
-                error!(result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot read the queue; starting with what arrives from now on");
+            Err(e) => {
+                error!(error = %e, "cannot read the queue; starting with what arrives from now on");
                 Index::default()
             }
         };
@@ -288,11 +287,7 @@ impl QueueManager {
                 let handle = self.handle.clone();
                 q.tasks.spawn(async move {
                     let owned = id.clone();
-                    let loaded = tokio::task::spawn_blocking(move || spool.load(&owned))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(SpoolError::Io(std::io::Error::other(e.to_string())))
-                        });
+                    let loaded = off_thread(move || spool.load(&owned)).await;
                     let _ = handle.0.send(Inbound::Loaded(id, loaded));
                 });
             }
@@ -358,12 +353,10 @@ impl QueueManager {
         if let Some(content) = applied.headers_from {
             let mut answer = applied.answer;
             q.tasks.spawn(async move {
-                let headers = tokio::task::spawn_blocking(move || content.headers()).await;
+                let headers = off_thread(move || content.headers()).await;
                 if let QueueAnswer::Show { message } = &mut answer {
-                    message.headers = match headers {
-                        Ok(Ok(h)) => h,
-                        other => format!("(headers unreadable: {other:?})"),
-                    };
+                    message.headers =
+                        headers.unwrap_or_else(|e| format!("(headers unreadable: {e})"));
                 }
                 let _ = reply.send(answer);
             });
@@ -421,7 +414,7 @@ impl QueueManager {
         let state = entry.state.clone();
         q.tasks.spawn(async move {
             let owned = id.clone();
-            let result = tokio::task::spawn_blocking(move || {
+            let result = off_thread(move || {
                 if quick {
                     spool.write_state_quick(&owned, &state)
                 } else {
@@ -429,7 +422,7 @@ impl QueueManager {
                 }
             })
             .await;
-            if let Some(e) = failure(result) {
+            if let Err(e) = result {
                 error!(queue_id = %id, error = %e, "cannot record a queue command");
                 for w in &waiters {
                     w.failed(format!("{id}: {e}"));
@@ -446,12 +439,11 @@ impl QueueManager {
         q.schedule.remove(&id);
         q.tasks.spawn(async move {
             let owned = id.clone();
-            let result = tokio::task::spawn_blocking(move || spool.delete(&owned)).await;
-            match failure(result) {
-                None | Some(SpoolError::NotFound(_)) => {
+            match off_thread(move || spool.delete(&owned)).await {
+                Ok(()) | Err(SpoolError::NotFound(_)) => {
                     info!(queue_id = %id, "message deleted from the queue")
                 }
-                Some(e) => {
+                Err(e) => {
                     error!(queue_id = %id, error = %e, "cannot delete message");
                     for w in &waiters {
                         w.failed(format!("{id}: {e}"));
@@ -526,14 +518,5 @@ impl QueueManager {
         Arc::clone(map.entry(domain.to_string()).or_insert_with(|| {
             Arc::new(Semaphore::new(self.config.delivery.per_domain_concurrency))
         }))
-    }
-}
-
-/// The error of a blocking spool job, if any.
-fn failure(result: Result<Result<(), SpoolError>, tokio::task::JoinError>) -> Option<SpoolError> {
-    match result {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(e) => Some(SpoolError::Io(std::io::Error::other(e.to_string()))),
     }
 }

@@ -9,8 +9,10 @@ use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::delivery::client::Outgoing;
 use crate::delivery::{AttemptResult, Job, Outcome, Stage};
 use crate::events::{self, DeliveryState, Event};
+use crate::smtp::address::Domain;
 use crate::spool::{
-    Envelope, EnvelopeRecipient, MessageState, QueueId, RecipientStatus, SpoolError,
+    ContentInfo, Envelope, EnvelopeRecipient, MessageState, Origin, QueueId, RecipientStatus,
+    SpoolError, off_thread,
 };
 use std::collections::BTreeMap;
 use tracing::{error, warn};
@@ -80,7 +82,7 @@ impl QueueManager {
         // Final results that lead to a bounce must survive a crash; a deferral
         // lost to a crash only means an earlier retry.
         let durable = !state.has_queued();
-        let written = tokio::task::spawn_blocking(move || {
+        let written = off_thread(move || {
             if durable {
                 spool.write_state(&owned_id, &to_write)
             } else {
@@ -89,10 +91,10 @@ impl QueueManager {
         })
         .await;
         match written {
-            Ok(Ok(())) => {}
-            Ok(Err(SpoolError::NotFound(_))) => return (None, None),
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot record delivery state; will retry");
+            Ok(()) => {}
+            Err(SpoolError::NotFound(_)) => return (None, None),
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot record delivery state; will retry");
                 return (Some(state), Some(unix_now() + 60));
             }
         }
@@ -265,17 +267,15 @@ impl QueueManager {
             }
         }
         let spool = self.spool.clone();
-        let owned = id.to_string();
-        match tokio::task::spawn_blocking(move || spool.remove_finished(&owned)).await {
-            Ok(Ok(())) | Ok(Err(SpoolError::NotFound(_))) => {
+        let owned = id.clone();
+        match off_thread(move || spool.remove_finished(&owned)).await {
+            Ok(()) | Err(SpoolError::NotFound(_)) => {
                 self.events.emit(Event::MessageFinished {
                     queue_id: id.clone(),
                     failed: failed.len(),
                 });
             }
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot remove finished message")
-            }
+            Err(e) => error!(queue_id = %id, error = %e, "cannot remove finished message"),
         }
         true
     }
@@ -290,10 +290,10 @@ impl QueueManager {
         rcpts: &[ReportedRecipient],
     ) -> bool {
         let content = body.clone();
-        let original = match tokio::task::spawn_blocking(move || content.read()).await {
-            Ok(Ok(bytes)) => bytes,
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot read the message to attach to its report");
+        let original = match off_thread(move || content.read()).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot read the message to attach to its report");
                 return false;
             }
         };
@@ -307,32 +307,34 @@ impl QueueManager {
             self.config.delivery.bounce_attach,
             &bounce_id,
         );
-        let envelope = Envelope {
-            version: 1,
-            id: bounce_id.to_string(),
-            received_at: unix_now(),
-            sender: String::new(),
-            recipients: vec![EnvelopeRecipient {
+        let envelope = Envelope::new(
+            &bounce_id,
+            String::new(),
+            vec![EnvelopeRecipient {
                 address: env.sender.clone(),
                 domain: domain_of_address(&env.sender),
             }],
-            client_ip: "127.0.0.1".into(),
-            helo: self.hostname.clone(),
-            auth_user: None,
-            smtputf8: env.smtputf8,
-            eight_bit: !dsn.is_ascii(),
-            size: dsn.len() as u64,
-        };
+            Origin {
+                client_ip: "127.0.0.1".into(),
+                helo: self.hostname.clone(),
+                auth_user: None,
+            },
+            ContentInfo {
+                smtputf8: env.smtputf8,
+                eight_bit: !dsn.is_ascii(),
+                size: dsn.len() as u64,
+            },
+        );
         let spool = self.spool.clone();
         let bid = bounce_id.clone();
-        let written = tokio::task::spawn_blocking(move || {
+        let written = off_thread(move || {
             let mut w = spool.begin(&bid);
             w.write(&dsn);
             w.commit(&envelope)
         })
         .await;
         match written {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 self.events.emit(Event::ReportQueued {
                     queue_id: id.clone(),
                     report_id: bounce_id.clone(),
@@ -346,8 +348,8 @@ impl QueueManager {
                 self.handle.notify(bounce_id.clone());
                 true
             }
-            other => {
-                error!(queue_id = %id, result = ?other.map(|r| r.err().map(|e| e.to_string())), "cannot queue delivery report");
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot queue delivery report");
                 false
             }
         }
@@ -357,7 +359,7 @@ impl QueueManager {
 fn domain_of_address(address: &str) -> String {
     address
         .rsplit_once('@')
-        .map(|(_, d)| d.to_lowercase())
+        .map(|(_, d)| Domain::normalize(d))
         .unwrap_or_default()
 }
 

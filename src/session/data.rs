@@ -9,7 +9,7 @@ use crate::events::{Event, MessageRefusal};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
-use crate::spool::{Envelope, EnvelopeRecipient, QueueId, SpoolWriter};
+use crate::spool::{ContentInfo, Envelope, EnvelopeRecipient, Origin, QueueId, SpoolWriter};
 use std::io;
 use tokio::time::Instant;
 
@@ -278,30 +278,31 @@ impl Session {
         let Some(writer) = msg.take_writer() else {
             return reply::SPOOL_FAILED;
         };
-        let envelope = Envelope {
-            version: 1,
-            id: queue_id.to_string(),
-            received_at: chrono::Utc::now().timestamp(),
-            sender: tx.sender_text(),
-            recipients: tx
-                .recipients
+        let envelope = Envelope::new(
+            &queue_id,
+            tx.sender_text(),
+            tx.recipients
                 .iter()
                 .map(|m| EnvelopeRecipient {
                     address: m.to_string(),
                     domain: m.domain.to_string(),
                 })
                 .collect(),
-            client_ip: self.ip.to_string(),
-            helo: self
-                .helo
-                .as_ref()
-                .map(|h| h.name.clone())
-                .unwrap_or_default(),
-            auth_user: self.user.clone(),
-            smtputf8: tx.params.smtputf8,
-            eight_bit: tx.params.body == Some(crate::smtp::command::Body::EightBitMime),
-            size: writer.body_len(),
-        };
+            Origin {
+                client_ip: self.ip.to_string(),
+                helo: self
+                    .helo
+                    .as_ref()
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default(),
+                auth_user: self.user.clone(),
+            },
+            ContentInfo {
+                smtputf8: tx.params.smtputf8,
+                eight_bit: tx.params.body == Some(crate::smtp::command::Body::EightBitMime),
+                size: writer.body_len(),
+            },
+        );
         let env = envelope.clone();
         let prepared = tokio::task::spawn_blocking(move || writer.prepare(&env))
             .await

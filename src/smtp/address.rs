@@ -17,6 +17,15 @@ pub enum Domain {
     Literal(IpAddr),
 }
 
+impl Domain {
+    /// A domain name as written anywhere (config, DNS, an address) in the one
+    /// form used for comparing: trimmed, lower case, no trailing dot.
+    pub fn normalize(name: &str) -> String {
+        let name = name.trim();
+        name.strip_suffix('.').unwrap_or(name).to_lowercase()
+    }
+}
+
 impl fmt::Display for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -258,7 +267,7 @@ pub fn parse_domain(s: &str) -> Result<Domain, AddressError> {
             .map(|ip| Domain::Literal(ip.to_canonical()))
             .map_err(|_| AddressError::BadLiteral);
     }
-    let name = s.strip_suffix('.').unwrap_or(s);
+    let name = Domain::normalize(s);
     if name.is_empty() {
         return Err(AddressError::NoDomain);
     }
@@ -277,7 +286,7 @@ pub fn parse_domain(s: &str) -> Result<Domain, AddressError> {
             return Err(AddressError::BadDomain);
         }
     }
-    Ok(Domain::Name(name.to_lowercase()))
+    Ok(Domain::Name(name))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The envelope kept with each spooled message.
 
+use super::QueueId;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +29,47 @@ pub struct Envelope {
     pub size: u64,
 }
 
+/// Who handed a message to us.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub client_ip: String,
+    pub helo: String,
+    pub auth_user: Option<String>,
+}
+
+/// How the content is written.
+#[derive(Debug, Clone, Copy)]
+pub struct ContentInfo {
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    /// Octets, Received: header included.
+    pub size: u64,
+}
+
 impl Envelope {
+    /// The envelope of a message accepted now (by a session, or a report we write).
+    pub fn new(
+        id: &QueueId,
+        sender: String,
+        recipients: Vec<EnvelopeRecipient>,
+        origin: Origin,
+        content: ContentInfo,
+    ) -> Envelope {
+        Envelope {
+            version: 1,
+            id: id.to_string(),
+            received_at: chrono::Utc::now().timestamp(),
+            sender,
+            recipients,
+            client_ip: origin.client_ip,
+            helo: origin.helo,
+            auth_user: origin.auth_user,
+            smtputf8: content.smtputf8,
+            eight_bit: content.eight_bit,
+            size: content.size,
+        }
+    }
+
     #[cfg(test)]
     pub fn for_test(id: &str, sender: &str, rcpts: &[&str]) -> Envelope {
         Envelope {

@@ -13,7 +13,7 @@ mod state;
 mod writer;
 
 pub use committer::Committer;
-pub use envelope::{Envelope, EnvelopeRecipient};
+pub use envelope::{ContentInfo, Envelope, EnvelopeRecipient, Origin};
 pub use queue_id::{QueueId, set_node};
 pub use state::{MessageState, RecipientState, RecipientStatus};
 pub use writer::{Prepared, SpoolWriter};
@@ -265,6 +265,21 @@ impl Spool {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Runs blocking spool work off the async threads. A task that panicked
+/// comes back as an I/O error, so callers handle one error type.
+pub async fn off_thread<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, SpoolError>
+where
+    T: Send + 'static,
+    E: Into<SpoolError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => Err(SpoolError::Io(io::Error::other(e.to_string()))),
     }
 }
 
