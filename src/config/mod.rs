@@ -74,6 +74,13 @@ pub struct ServerConfig {
     pub max_errors: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Slots kept for trusted networks and AUTH-only listeners; max_connections / 10 when absent.
+    pub reserved_connections: Option<usize>,
+    /// New connections per minute from one address outside the trusted networks (0 = no cap).
+    pub max_connection_rate_per_ip: u32,
+    /// Under stress (three quarters of the slots taken), the longest wait for
+    /// a command or a piece of data.
+    pub stress_timeout: ConfigDuration,
     /// What to do with a bare CR or LF inside message data.
     pub bare_newline: BareNewline,
     /// What to do with a NUL byte inside message data.
@@ -94,6 +101,14 @@ pub struct ServerConfig {
     pub shutdown_grace: ConfigDuration,
 }
 
+impl ServerConfig {
+    /// The connection slots kept for trusted clients.
+    pub fn reserved_connections(&self) -> usize {
+        self.reserved_connections
+            .unwrap_or(self.max_connections / 10)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -106,6 +121,9 @@ impl Default for ServerConfig {
             max_errors: 20,
             max_connections: 200,
             max_connections_per_ip: 20,
+            reserved_connections: None,
+            max_connection_rate_per_ip: 60,
+            stress_timeout: ConfigDuration::secs(10),
             bare_newline: BareNewline::Reject,
             nul_in_data: NulInData::Reject,
             node_id: 0,

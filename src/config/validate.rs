@@ -81,6 +81,14 @@ fn check_server(c: &Config, out: &mut Vec<Finding>) {
             out.push(finding(Severity::Error, key, "0", "must be at least 1"));
         }
     }
+    if s.reserved_connections() >= s.max_connections && s.max_connections > 0 {
+        out.push(finding(
+            Severity::Error,
+            "server.reserved_connections",
+            s.reserved_connections().to_string(),
+            "must be less than server.max_connections, or no stranger could ever connect",
+        ));
+    }
     if s.max_command_line < 512 {
         out.push(finding(
             Severity::Error,

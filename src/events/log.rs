@@ -25,6 +25,9 @@ impl Subscriber for LogWriter {
                 ConnectionRefusal::TooManyFromAddress => {
                     warn!(client = %client, listener = listener.name(), "connection refused: server.max_connections_per_ip reached")
                 }
+                ConnectionRefusal::TooFast => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: server.max_connection_rate_per_ip reached")
+                }
             },
             Event::ConnectionClosed {
                 messages,

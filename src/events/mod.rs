@@ -30,6 +30,8 @@ pub enum ConnectionRefusal {
     TooManyConnections,
     /// `server.max_connections_per_ip` reached.
     TooManyFromAddress,
+    /// `server.max_connection_rate_per_ip` reached.
+    TooFast,
 }
 
 /// Why a message was not accepted after its data was sent.

@@ -31,6 +31,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether `ip` may relay without AUTH (a trusted network, not excluded).
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.networks.lookup(ip).auth == crate::config::NetworkAuth::None
+    }
+
     pub fn from_config(config: &Config) -> Policy {
         let inbound: Vec<String> = config
             .relay

@@ -3,7 +3,7 @@
 
 mod limits;
 
-pub use limits::ConnectionLimits;
+pub use limits::{ConnectionLimits, LimitSettings};
 
 use crate::config::{Config, ListenerKind};
 use crate::delivery::Deliverer;
@@ -81,10 +81,7 @@ impl Server {
             })?;
             listeners.push((socket, l.kind));
         }
-        let limits = ConnectionLimits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        );
+
         let resolver =
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
@@ -100,6 +97,7 @@ impl Server {
         let mut ctx = Context::new(config, Some(tls), spool);
         ctx.events = events;
         ctx.queue = Some(queue.handle());
+        let limits = Arc::clone(&ctx.limits);
         let ctx = Arc::new(ctx);
         Ok(Server {
             ctx,
@@ -320,16 +318,24 @@ fn admit(
         refused(ConnectionRefusal::Policy { reason });
         return Err(reply);
     }
-    limits.acquire(ip).map_err(|refusal| match refusal {
-        limits::Refusal::Total => {
-            refused(ConnectionRefusal::TooManyConnections);
-            reply::TOO_MANY_CONNECTIONS
-        }
-        limits::Refusal::PerIp => {
-            refused(ConnectionRefusal::TooManyFromAddress);
-            reply::TOO_MANY_FROM_IP
-        }
-    })
+    // Trusted networks and AUTH-only listeners may use the reserved slots.
+    let privileged = kind.requires_auth() || ctx.policy.is_trusted(ip);
+    limits
+        .acquire(ip, privileged)
+        .map_err(|refusal| match refusal {
+            limits::Refusal::Total => {
+                refused(ConnectionRefusal::TooManyConnections);
+                reply::TOO_MANY_CONNECTIONS
+            }
+            limits::Refusal::PerIp => {
+                refused(ConnectionRefusal::TooManyFromAddress);
+                reply::TOO_MANY_FROM_IP
+            }
+            limits::Refusal::Rate => {
+                refused(ConnectionRefusal::TooFast);
+                reply::CONNECTING_TOO_FAST
+            }
+        })
 }
 
 /// Sends one reply in place of the banner and closes.

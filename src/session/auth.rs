@@ -99,7 +99,7 @@ impl Session {
     async fn challenge(&mut self, prompt: &str) -> Result<Answer, StreamError> {
         self.send(&Reply::with_text(334, "", prompt.to_string()))
             .await?;
-        let deadline = self.deadline(self.ctx.config.server.command_timeout.get());
+        let deadline = self.command_deadline();
         let line = match self.stream.read_line(MAX_AUTH_LINE, deadline).await? {
             Line::Text(l) => l,
             Line::TooLong => return Ok(Answer::BadBase64),

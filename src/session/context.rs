@@ -18,6 +18,8 @@ pub struct Context {
     pub spool: Spool,
     /// Where the session's facts go (the log, and whoever subscribes).
     pub events: crate::events::Events,
+    /// Connection slots; sessions read whether the server is under stress.
+    pub limits: std::sync::Arc<crate::server::ConnectionLimits>,
     /// Renames prepared messages into the queue, one directory fsync per batch.
     pub committer: crate::spool::Committer,
     /// Where to announce newly accepted messages (absent in protocol-only tests).
@@ -34,6 +36,12 @@ impl Context {
             committer: spool.committer(),
             spool,
             events: crate::events::Events::new(),
+            limits: crate::server::ConnectionLimits::new(crate::server::LimitSettings {
+                max_total: config.server.max_connections,
+                max_per_ip: config.server.max_connections_per_ip,
+                reserved: config.server.reserved_connections(),
+                rate_per_ip: config.server.max_connection_rate_per_ip,
+            }),
             config,
             queue: None,
         }

@@ -57,9 +57,7 @@ impl Session {
         self.send(&reply::START_DATA).await?;
         let data_deadline = self.deadline(self.ctx.config.server.data_timeout.get());
         let end = loop {
-            let deadline = self
-                .deadline(self.ctx.config.server.data_block_timeout.get())
-                .min(data_deadline);
+            let deadline = self.data_block_deadline().min(data_deadline);
             let (consumed, progress) = match self.stream.peek_some(deadline).await {
                 Ok(input) => msg.feed(input),
                 Err(StreamError::Timeout) => break DataEnd::Timeout,
@@ -121,12 +119,11 @@ impl Session {
         }
         let s = &self.ctx.config.server;
         let chunk_deadline = self.deadline(s.data_timeout.get());
-        let block = s.data_block_timeout.get();
         let mut remaining = size;
         // The first refused byte; after it the rest of the chunk is read and dropped.
         let mut forbidden: Option<Progress> = None;
         while remaining > 0 {
-            let deadline: Instant = self.deadline(block).min(chunk_deadline);
+            let deadline: Instant = self.data_block_deadline().min(chunk_deadline);
             let (n, progress) = match self.stream.peek_some(deadline).await {
                 Ok(input) => {
                     let n = input
@@ -187,10 +184,9 @@ impl Session {
     async fn discard_chunk(&mut self, size: u64) -> Result<bool, StreamError> {
         let s = &self.ctx.config.server;
         let chunk_deadline = self.deadline(s.data_timeout.get());
-        let block = s.data_block_timeout.get();
         let mut remaining = size;
         while remaining > 0 {
-            let deadline: Instant = self.deadline(block).min(chunk_deadline);
+            let deadline: Instant = self.data_block_deadline().min(chunk_deadline);
             let n = match self.stream.peek_some(deadline).await {
                 Ok(input) => input
                     .len()

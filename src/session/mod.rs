@@ -56,6 +56,8 @@ pub struct Session {
     user: Option<String>,
     tx: Option<Transaction>,
     errors: u32,
+    /// Tells when the server comes under stress, so a waiting read is cut short.
+    stress: tokio::sync::watch::Receiver<bool>,
     /// Failed AUTH attempts in this session; each one is answered more slowly.
     auth_failures: u32,
     messages: u32,
@@ -72,6 +74,7 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Session {
         let ends_at = Instant::now() + ctx.config.server.session_timeout.get();
+        let stress = ctx.limits.watch_stress();
         Session {
             ctx,
             id: SESSION_COUNTER.fetch_add(1, Ordering::Relaxed),
@@ -82,6 +85,7 @@ impl Session {
             user: None,
             tx: None,
             errors: 0,
+            stress,
             auth_failures: 0,
             messages: 0,
             ends_at,
@@ -92,6 +96,28 @@ impl Session {
     /// A deadline `d` from now, but never past the end of the session.
     fn deadline(&self, d: Duration) -> Instant {
         (Instant::now() + d).min(self.ends_at)
+    }
+
+    /// A deadline for waiting on the client, cut to `server.stress_timeout`
+    /// while the server is under stress (a flood of slow clients must not
+    /// keep the slots for minutes).
+    fn wait_deadline(&self, d: Duration) -> Instant {
+        let d = if self.ctx.limits.stressed() {
+            d.min(self.ctx.config.server.stress_timeout.get())
+        } else {
+            d
+        };
+        self.deadline(d)
+    }
+
+    /// Until when the next command line must have arrived.
+    fn command_deadline(&self) -> Instant {
+        self.wait_deadline(self.ctx.config.server.command_timeout.get())
+    }
+
+    /// Until when the next piece of message data must have arrived.
+    fn data_block_deadline(&self) -> Instant {
+        self.wait_deadline(self.ctx.config.server.data_block_timeout.get())
     }
 
     fn write_deadline(&self) -> Instant {
@@ -144,9 +170,11 @@ impl Session {
 
     async fn command_loop(&mut self) -> Result<(), StreamError> {
         loop {
-            let deadline = self.deadline(self.ctx.config.server.command_timeout.get());
+            let deadline = self.command_deadline();
             let line = tokio::select! {
                 line = self.stream.read_line(MAX_AUTH_LINE, deadline) => line,
+                // Stress began (or ended): wait again, with the new deadline.
+                Ok(()) = self.stress.changed() => continue,
                 _ = self.shutdown.cancelled(), if !self.stream.has_buffered_input() => {
                     self.send(&reply::SHUTTING_DOWN).await?;
                     return Ok(());

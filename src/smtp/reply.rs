@@ -176,6 +176,11 @@ pub const TOO_MANY_FROM_IP: Reply = Reply::new(
     "4.7.0",
     "Too many connections from your address; try again later",
 );
+pub const CONNECTING_TOO_FAST: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Too many connections from your address in the last minute; try again later",
+);
 pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2", "Service shutting down; try again later");
 pub const CONNECTION_FILTERED: Reply = Reply::new(
     554,

@@ -1,6 +1,12 @@
 //! The connection as the session sees it: a buffered byte stream that reads
 //! bounded lines against deadlines, batches replies for pipelining (RFC 2920)
 //! and upgrades to TLS, discarding anything the client pipelined in plaintext.
+//!
+//! Every read and write is cancel-safe (a read appends only what arrived; a
+//! write drops only what was sent; an overlong line being skipped stays
+//! skipped), so the session may stop waiting and wait again. An idle
+//! connection keeps no buffer: memory is taken while input is being handled
+//! and given back when the client goes quiet.
 
 use super::reply::Reply;
 use std::io;
@@ -11,7 +17,10 @@ use tokio::time::{Instant, timeout_at};
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made for one read of commands.
+const LINE_READ: usize = 2 * 1024;
+/// Room made for one read of message data.
+const DATA_READ: usize = 64 * 1024;
 /// Most input `closed` gathers while it watches for the client leaving.
 const LOOKAHEAD_LIMIT: usize = 16 * 1024;
 /// Replies are written out once this much is waiting, even mid-pipeline.
@@ -49,16 +58,19 @@ pub struct SmtpStream {
     pos: usize,
     output: Vec<u8>,
     tls: Option<TlsInfo>,
+    /// An overlong line is being skipped up to its end.
+    skipping_line: bool,
 }
 
 impl SmtpStream {
     pub fn new(io: Box<dyn Io>) -> Self {
         Self {
             io,
-            input: Vec::with_capacity(READ_CHUNK),
+            input: Vec::new(),
             pos: 0,
             output: Vec::new(),
             tls: None,
+            skipping_line: false,
         }
     }
 
@@ -91,45 +103,50 @@ impl SmtpStream {
     }
 
     pub async fn flush(&mut self, deadline: Instant) -> Result<(), StreamError> {
-        if self.output.is_empty() {
-            return Ok(());
-        }
-        let out = std::mem::take(&mut self.output);
         timeout_at(deadline, async {
-            self.io.write_all(&out).await?;
+            while !self.output.is_empty() {
+                let n = self.io.write(&self.output).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                self.output.drain(..n);
+            }
             self.io.flush().await
         })
         .await
         .map_err(|_| StreamError::Timeout)??;
+        if self.output.capacity() > MAX_PENDING_OUTPUT {
+            self.output = Vec::new();
+        }
         Ok(())
     }
 
-    /// Reads more input, first sending any queued replies (the client may be waiting for them).
-    async fn fill(&mut self, deadline: Instant) -> Result<(), StreamError> {
+    /// Reads more input (room for at least `room` octets), first sending any
+    /// queued replies (the client may be waiting for them).
+    async fn fill(&mut self, deadline: Instant, room: usize) -> Result<(), StreamError> {
         self.flush(deadline).await?;
         if self.pos > 0 {
             self.input.drain(..self.pos);
             self.pos = 0;
         }
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let result = timeout_at(deadline, self.io.read(&mut self.input[start..])).await;
-        let n = match result {
-            Err(_) => {
-                self.input.truncate(start);
-                return Err(StreamError::Timeout);
-            }
-            Ok(Err(e)) => {
-                self.input.truncate(start);
-                return Err(e.into());
-            }
-            Ok(Ok(n)) => n,
-        };
-        self.input.truncate(start + n);
+        if self.input.capacity() - self.input.len() < room / 2 {
+            self.input.reserve(room);
+        }
+        let n = timeout_at(deadline, self.io.read_buf(&mut self.input))
+            .await
+            .map_err(|_| StreamError::Timeout)??;
         if n == 0 {
             return Err(StreamError::Closed);
         }
         Ok(())
+    }
+
+    /// Gives the input buffer back once everything in it has been handled.
+    fn release_if_drained(&mut self) {
+        if self.pos == self.input.len() && self.input.capacity() > 0 {
+            self.input = Vec::new();
+            self.pos = 0;
+        }
     }
 
     /// Reads one line of at most `max_len` octets (line ending included).
@@ -139,26 +156,26 @@ impl SmtpStream {
         max_len: usize,
         deadline: Instant,
     ) -> Result<Line, StreamError> {
-        let mut too_long = false;
         loop {
             if let Some(nl) = memchr::memchr(b'\n', self.buffered()) {
                 let line_end = self.pos + nl;
                 let mut line = self.input[self.pos..line_end].to_vec();
                 self.pos = line_end + 1;
+                self.release_if_drained();
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                if too_long || line.len() + 2 > max_len {
+                if std::mem::take(&mut self.skipping_line) || line.len() + 2 > max_len {
                     return Ok(Line::TooLong);
                 }
                 return Ok(Line::Text(line));
             }
             if self.buffered().len() > max_len {
-                // Keep only a trailing CR that may belong to the coming CRLF.
-                too_long = true;
+                // Drop what is buffered; the rest of the line is dropped as it comes.
+                self.skipping_line = true;
                 self.pos = self.input.len();
             }
-            self.fill(deadline).await?;
+            self.fill(deadline, LINE_READ).await?;
         }
     }
 
@@ -183,13 +200,14 @@ impl SmtpStream {
     /// Returns buffered input, reading when none is buffered. Call `consume` for what was used.
     pub async fn peek_some(&mut self, deadline: Instant) -> Result<&[u8], StreamError> {
         if !self.has_buffered_input() {
-            self.fill(deadline).await?;
+            self.fill(deadline, DATA_READ).await?;
         }
         Ok(self.buffered())
     }
 
     pub fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.input.len());
+        self.release_if_drained();
     }
 
     /// Replaces the transport by a TLS session over it. Input the client
@@ -200,8 +218,9 @@ impl SmtpStream {
         deadline: Instant,
     ) -> Result<(), StreamError> {
         self.flush(deadline).await?;
-        self.input.clear();
+        self.input = Vec::new();
         self.pos = 0;
+        self.skipping_line = false;
         let plain = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
         let tls = timeout_at(deadline, acceptor.accept(plain))
             .await
@@ -260,6 +279,34 @@ mod tests {
             s.read_line(512, soon()).await.unwrap(),
             Line::Text(b"NOOP".to_vec())
         );
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_stays_skipped_across_a_timeout() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut s = SmtpStream::new(Box::new(server));
+        client.write_all(&[b'x'; 3000]).await.unwrap();
+        let quick = || Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            s.read_line(512, quick()).await,
+            Err(StreamError::Timeout)
+        ));
+        // The tail of the long line must not come back as a command.
+        client.write_all(b"RSET\r\nNOOP\r\n").await.unwrap();
+        assert_eq!(s.read_line(512, soon()).await.unwrap(), Line::TooLong);
+        assert_eq!(
+            s.read_line(512, soon()).await.unwrap(),
+            Line::Text(b"NOOP".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_holds_no_buffer() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut s = SmtpStream::new(Box::new(server));
+        client.write_all(b"NOOP\r\n").await.unwrap();
+        s.read_line(512, soon()).await.unwrap();
+        assert_eq!(s.input.capacity(), 0);
     }
 
     #[tokio::test]

@@ -165,3 +165,75 @@ async fn control_characters_in_commands_and_oversized_chunks_are_refused() {
     assert!(r.text().starts_with("5.3.4"), "{r:?}");
     assert!(c.closed().await);
 }
+
+/// Slow strangers fill every slot they can: the office still gets in (the
+/// reserved slots), and the strangers' idle connections are cut short once
+/// the server is under stress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_slow_strangers_cannot_lock_the_office_out() {
+    let server = TestServer::start(&format!(
+        "[server]\nmax_connections = 20\nmax_connections_per_ip = 5\nreserved_connections = 4\nstress_timeout = \"1s\"\n{CLOSED_LAN}"
+    ))
+    .await;
+    let mut strangers = Vec::new();
+    let mut refused = 0;
+    for i in 0..20 {
+        let source = format!("127.0.3.{}", 10 + i / 5);
+        let mut c = SmtpClient::connect_raw(server.addr(), &source).await;
+        let banner = c.read_reply().await;
+        match banner.code {
+            220 => strangers.push(c),
+            421 => refused += 1,
+            other => panic!("unexpected banner {other}: {banner:?}"),
+        }
+    }
+    assert_eq!(
+        strangers.len(),
+        16,
+        "strangers get all but the reserved slots"
+    );
+    assert_eq!(refused, 4);
+    // The office connects and sends while the strangers hold their slots.
+    let mut office = SmtpClient::connect(server.addr(), "127.0.0.2").await;
+    office.expect("EHLO office.test", 250).await;
+    let r = office
+        .send_mail(
+            "app@example.lan",
+            &["boss@example.lan"],
+            b"Subject: still here\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // Under stress (16 of 20 slots), an idle stranger waits a second, not five minutes.
+    let started = Instant::now();
+    let r = tokio::time::timeout(WAIT, strangers[0].read_reply())
+        .await
+        .expect("the idle stranger is cut off in time");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().contains("4.4.2"), "{r:?}");
+    println!(
+        "idle stranger cut off after {:?} under stress",
+        started.elapsed()
+    );
+}
+
+/// A stranger may open only so many connections a minute; trusted clients are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_connection_rate_is_capped() {
+    let server = TestServer::start(&format!(
+        "[server]\nmax_connection_rate_per_ip = 5\n{CLOSED_LAN}"
+    ))
+    .await;
+    for _ in 0..5 {
+        let mut c = SmtpClient::connect(server.addr(), "127.0.3.20").await;
+        c.expect("QUIT", 221).await;
+    }
+    let mut sixth = SmtpClient::connect_raw(server.addr(), "127.0.3.20").await;
+    let r = sixth.read_reply().await;
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().contains("last minute"), "{r:?}");
+    for _ in 0..10 {
+        let mut c = SmtpClient::connect(server.addr(), "127.0.0.2").await;
+        c.expect("QUIT", 221).await;
+    }
+}
