@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod delivery;
+pub mod diagnostics;
 pub mod dns;
 pub mod events;
 pub mod policy;

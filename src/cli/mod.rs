@@ -1,6 +1,7 @@
 //! The command line: clap subcommands, each in its own module.
 
 mod check;
+mod explain;
 mod queue;
 mod serve;
 mod user;
@@ -29,6 +30,8 @@ enum Command {
     Queue(queue::QueueArgs),
     /// Manage the users allowed to authenticate.
     User(user::UserArgs),
+    /// Show, stage by stage, what the server would do with one client and envelope.
+    Explain(explain::ExplainArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -55,5 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::CheckConfig(a) => check::run(a),
         Command::Queue(a) => queue::run(a),
         Command::User(a) => user::run(a),
+        Command::Explain(a) => explain::run(a),
     }
 }

@@ -4,18 +4,10 @@ use super::{MAX_AUTH_LINE, Session};
 use crate::credentials::CheckResult;
 use crate::events::Event;
 use crate::smtp::reply::{self, Reply};
+use crate::smtp::sasl::{Answer, decode_answer, login_credentials, parse_plain};
 use crate::smtp::stream::{Line, StreamError};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use std::time::Duration;
 use tracing::{error, warn};
-
-/// A client's answer to a SASL challenge.
-enum Answer {
-    Data(Vec<u8>),
-    Cancelled,
-    BadBase64,
-}
 
 impl Session {
     pub(super) async fn auth(
@@ -115,31 +107,7 @@ impl Session {
             Some(i) => decode_answer(i.as_bytes()),
             None => self.challenge("").await?,
         };
-        let data = match answer.into_data() {
-            Ok(d) => d,
-            Err(r) => return Ok(Err(r)),
-        };
-        // authzid NUL authcid NUL passwd
-        let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
-        let bad = || Ok(Err(Reply::new(501, "5.5.2", "Malformed PLAIN response")));
-        if parts.len() != 3 {
-            return bad();
-        }
-        let (Ok(authz), Ok(user), Ok(pass)) = (
-            std::str::from_utf8(parts[0]),
-            std::str::from_utf8(parts[1]),
-            std::str::from_utf8(parts[2]),
-        ) else {
-            return bad();
-        };
-        if !authz.is_empty() && authz != user {
-            return Ok(Err(Reply::new(
-                535,
-                "5.7.8",
-                "Acting as another user is not allowed",
-            )));
-        }
-        Ok(Ok((user.to_string(), pass.to_string())))
+        Ok(answer.into_data().and_then(|data| parse_plain(&data)))
     }
 
     async fn sasl_login(
@@ -158,25 +126,7 @@ impl Session {
             Ok(d) => d,
             Err(r) => return Ok(Err(r)),
         };
-        match (String::from_utf8(user), String::from_utf8(pass)) {
-            (Ok(u), Ok(p)) => Ok(Ok((u, p))),
-            _ => Ok(Err(Reply::new(
-                501,
-                "5.5.2",
-                "User name and password must be UTF-8",
-            ))),
-        }
-    }
-}
-
-impl Answer {
-    /// The decoded bytes, or the reply that ends the exchange.
-    fn into_data(self) -> Result<Vec<u8>, Reply> {
-        match self {
-            Answer::Data(d) => Ok(d),
-            Answer::Cancelled => Err(reply::AUTH_CANCELLED),
-            Answer::BadBase64 => Err(reply::AUTH_BAD_BASE64),
-        }
+        Ok(login_credentials(user, pass))
     }
 }
 
@@ -185,20 +135,6 @@ impl Answer {
 fn failure_delay(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(4);
     Duration::from_millis(500 << doublings)
-}
-
-fn decode_answer(line: &[u8]) -> Answer {
-    let line = line.trim_ascii();
-    if line == b"*" {
-        return Answer::Cancelled;
-    }
-    if line == b"=" {
-        return Answer::Data(Vec::new());
-    }
-    match B64.decode(line) {
-        Ok(d) => Answer::Data(d),
-        Err(_) => Answer::BadBase64,
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod command;
 pub mod data;
 pub mod hops;
 pub mod reply;
+pub mod sasl;
 
 pub use reply::Reply;
 pub mod stream;

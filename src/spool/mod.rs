@@ -300,8 +300,23 @@ pub fn lock_data_dir(dir: &Path) -> io::Result<Option<File>> {
 
 /// Reads and checks the trailer, then the envelope. Returns the body length.
 fn read_envelope(file: &mut File, path: &Path) -> Result<(Envelope, u64), SpoolError> {
-    let torn = || SpoolError::Torn(path.to_path_buf());
     let size = file.metadata()?.len();
+    read_envelope_from(file, size, path)
+}
+
+/// Reads a whole message file held in memory: its envelope and content
+/// length, or why it is not a message. (What the fuzzer feeds hostile files to.)
+pub fn read_message_bytes(bytes: &[u8]) -> Result<(Envelope, u64), SpoolError> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    read_envelope_from(&mut cursor, bytes.len() as u64, Path::new("(memory)"))
+}
+
+fn read_envelope_from<R: Read + Seek>(
+    file: &mut R,
+    size: u64,
+    path: &Path,
+) -> Result<(Envelope, u64), SpoolError> {
+    let torn = || SpoolError::Torn(path.to_path_buf());
     let tail_len = size.min(128);
     file.seek(SeekFrom::Start(size - tail_len))?;
     let mut tail = vec![0u8; tail_len as usize];

@@ -244,3 +244,78 @@ async fn staged_policy_and_real_sessions_agree() {
     }
     assert!(rows > 150, "the matrix was walked: {rows} rows");
 }
+
+/// `portcullis explain` (the real binary) gives the verdict and reply code a
+/// real session gets, row by row: filters, ranges, the excluded router, deny
+/// ranges, AUTH, smtp and submission listeners, hidden-route forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_agrees_with_real_sessions() {
+    use crate::support::{WAIT, run_with_timeout};
+    use portcullis::config::ListenerKind;
+    let listeners = "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n";
+    let rcpts = [
+        "someone@example.lan",
+        "victim@elsewhere.example",
+        "victim%elsewhere.example@example.lan",
+        "elsewhere.example!victim@example.lan",
+    ];
+    let mut rows = 0;
+    for filter in ["off", "deny"] {
+        let server = TestServer::start(&format!("{listeners}{}", config(filter))).await;
+        crate::support::write_users(&server.config.users_file(), &[("alice", "wonderland")]);
+        // The config as bound: real ports, so --listener names each one.
+        let mut bound = server.config.clone();
+        for l in bound.listener.iter_mut() {
+            l.address = server.addr_of(l.kind);
+        }
+        let config_path = server.dir.path().join("explain.toml");
+        std::fs::write(&config_path, toml::to_string(&bound).unwrap()).unwrap();
+        for kind in [ListenerKind::Smtp, ListenerKind::Submission] {
+            let addr = server.addr_of(kind);
+            for client in [LAN, ROUTER, AUTH_RANGE, DENIED, OUTSIDER] {
+                for authed in [false, true] {
+                    for rcpt in rcpts {
+                        let case =
+                            format!("filter={filter} {kind:?} {client} authed={authed} {rcpt}");
+                        // What a real session answers last.
+                        let mut c = SmtpClient::connect_raw(addr, client).await;
+                        let banner = c.read_reply().await;
+                        let real = if banner.code != 220 {
+                            banner.code
+                        } else {
+                            c.expect("EHLO client.test", 250).await;
+                            if authed {
+                                assert_eq!(c.auth_plain("alice", "wonderland").await.code, 235);
+                            }
+                            let mail = c.cmd("MAIL FROM:<sender@client.test>").await;
+                            if mail.code != 250 {
+                                mail.code
+                            } else {
+                                c.cmd(&format!("RCPT TO:<{rcpt}>")).await.code
+                            }
+                        };
+                        // What explain says.
+                        let mut cmd = std::process::Command::new(crate::support::server::binary());
+                        cmd.args(["explain", "--json", "--config"])
+                            .arg(&config_path)
+                            .args(["--ip", client, "--listener", &addr.to_string()])
+                            .args(["--from", "sender@client.test", "--to", rcpt]);
+                        if authed {
+                            cmd.args(["--auth", "alice"]);
+                        }
+                        let (ok, out, err) =
+                            tokio::task::block_in_place(|| run_with_timeout(&mut cmd, WAIT));
+                        let v: serde_json::Value = serde_json::from_str(&out)
+                            .unwrap_or_else(|e| panic!("{case}: {e}: {out}{err}"));
+                        let code: u16 = v["reply"].as_str().unwrap()[..3].parse().unwrap();
+                        assert_eq!(code, real, "{case}: explain says {}", v["reply"]);
+                        assert_eq!(ok, real == 250, "{case}: exit status follows the verdict");
+                        rows += 1;
+                    }
+                }
+            }
+        }
+        server.stop().await;
+    }
+    assert_eq!(rows, 2 * 2 * 5 * 2 * 4);
+}

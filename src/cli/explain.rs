@@ -1,0 +1,77 @@
+//! `portcullis explain`: what the server would do with one client and envelope.
+
+use crate::config::Config;
+use crate::diagnostics::explain::{Question, Verdict, explain};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The config to judge by.
+    #[arg(long)]
+    config: PathBuf,
+    /// The client's address.
+    #[arg(long)]
+    ip: IpAddr,
+    /// The listener it connects to (IP:PORT as in the config); the first listener when absent.
+    #[arg(long)]
+    listener: Option<SocketAddr>,
+    /// The name it gives in EHLO.
+    #[arg(long, default_value = "client.invalid")]
+    helo: String,
+    /// Authenticate as this user (the password is taken to be right).
+    #[arg(long)]
+    auth: Option<String>,
+    /// The client uses STARTTLS.
+    #[arg(long)]
+    tls: bool,
+    /// The envelope sender (`<>` for the null sender).
+    #[arg(long)]
+    from: String,
+    /// An envelope recipient (repeat for several).
+    #[arg(long, required = true)]
+    to: Vec<String>,
+    /// Skip DNS-based checks (and say so).
+    #[arg(long)]
+    offline: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
+    let config = Config::load(&args.config)?;
+    let question = Question {
+        ip: args.ip,
+        listener: args.listener,
+        helo: args.helo,
+        auth: args.auth,
+        tls: args.tls,
+        from: args.from,
+        to: args.to,
+    };
+    let answer = explain(&config, &question);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        for step in &answer.steps {
+            println!(
+                "{:<8} {}",
+                format!("{:?}", step.stage).to_lowercase(),
+                step.text
+            );
+        }
+        if args.offline {
+            println!("(--offline: DNS-based checks skipped)");
+        }
+        let word = match answer.verdict {
+            Verdict::Accept => "ACCEPT",
+            Verdict::Refuse => "REFUSE",
+        };
+        println!("verdict  {word}: {}", answer.reply);
+    }
+    Ok(match answer.verdict {
+        Verdict::Accept => 0,
+        Verdict::Refuse => 1,
+    })
+}
