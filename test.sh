@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Portcullis test suite. Installs the third-party peers the
-# tests talk to (swaks with TLS support, python3) when they are missing.
+# tests talk to (swaks with TLS support, python3, Postfix's smtp-sink, iproute2)
+# when they are missing. Run as root: the audit test makes a network namespace.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,6 +11,8 @@ perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need_apt+=(libio-socket-ssl-perl l
 perl -MAuthen::SASL -e1 >/dev/null 2>&1 || need_apt+=(libauthen-sasl-perl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
+# The audit's router test builds a network namespace with a veth pair.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"

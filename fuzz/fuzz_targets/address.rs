@@ -11,8 +11,8 @@ fuzz_target!(|data: &[u8]| {
     for utf8 in [false, true] {
         if let Ok((Path::Mailbox(m), _)) = parse_path(text, utf8) {
             let _ = m.hidden_route();
-            let again = parse_path(&format!("<{m}>"), true);
-            if let Ok((Path::Mailbox(m2), _)) = again {
+            let printed = format!("<{m}>");
+            if let Ok((Path::Mailbox(m2), _)) = parse_path(&printed, true) {
                 assert_eq!(m.domain, m2.domain, "{text:?}");
             }
         }

@@ -1,5 +1,6 @@
 //! The command line: clap subcommands, each in its own module.
 
+mod audit;
 mod check;
 mod explain;
 mod queue;
@@ -32,6 +33,8 @@ enum Command {
     User(user::UserArgs),
     /// Show, stage by stage, what the server would do with one client and envelope.
     Explain(explain::ExplainArgs),
+    /// Review a config: every risk in plain words, with the fix (exit 0 clean, 1 warnings, 2 a risk).
+    Audit(audit::AuditArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -59,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Queue(a) => queue::run(a),
         Command::User(a) => user::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Audit(a) => audit::run(a),
     }
 }

@@ -3,4 +3,5 @@
 //! open-relay test battery. They ask the server's own policy code, never a
 //! copy of the rules.
 
+pub mod audit;
 pub mod explain;

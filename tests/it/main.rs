@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod clients;
 mod delivery;
+mod diagnostics;
 mod durability;
 mod full_disk;
 mod guard;

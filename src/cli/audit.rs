@@ -1,0 +1,45 @@
+//! `portcullis audit`: every risk of a config in plain words, with the fix.
+
+use crate::config::Config;
+use crate::diagnostics::audit::{Finding, Machine, Severity, audit, exit_code};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The config to review.
+    #[arg(long)]
+    config: PathBuf,
+    /// Machine-readable output: {"findings": [{"severity", "key", "message", "fix"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", args.config.display()))?;
+    // Parsed without validation, so that a config the server would refuse is still reviewed.
+    let findings = match toml::from_str::<Config>(&text) {
+        Ok(config) => audit(&config, &Machine::read()),
+        Err(e) => vec![Finding {
+            severity: Severity::Risk,
+            key: String::new(),
+            message: format!("{}: {}", args.config.display(), e.to_string().trim_end()),
+            fix: "correct the file: the server cannot start with it".into(),
+        }],
+    };
+    if args.json {
+        println!("{}", serde_json::json!({ "findings": findings }));
+    } else if findings.is_empty() {
+        println!("{}: no findings", args.config.display());
+    } else {
+        for f in &findings {
+            let label = match f.severity {
+                Severity::Risk => "RISK",
+                Severity::Warning => "warning",
+                Severity::Info => "note",
+            };
+            println!("{label}: [{}] {}\n    fix: {}", f.key, f.message, f.fix);
+        }
+    }
+    Ok(exit_code(&findings))
+}
