@@ -76,7 +76,7 @@ pub fn default_gateways_v6(table: &str) -> Vec<IpAddr> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (dest, prefix, next_hop) = (f.first()?, f.get(1)?, f.get(4)?);
-            if dest.trim_start_matches('0') != "" || *prefix != "00" {
+            if !dest.trim_start_matches('0').is_empty() || *prefix != "00" {
                 return None;
             }
             let raw = u128::from_str_radix(next_hop, 16).ok()?;
@@ -115,7 +115,7 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
             fix: format!("change `{}` as the message says", f.key),
         });
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
