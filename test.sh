@@ -13,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
 # The audit's router test builds a network namespace with a veth pair.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# nmap's smtp-open-relay script checks relay-test's verdicts.
+command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"

@@ -6,12 +6,13 @@
 #   fuzz/run.sh TARGET SECONDS      e.g. fuzz/run.sh data 900
 #   fuzz/run.sh all SECONDS         every target in turn
 set -euo pipefail
-cd "$(dirname "$0")"
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$self")"
 target=${1:?target: command, address, data, sasl, config, spool or all}
 seconds=${2:?seconds}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
 if [ "$target" = all ]; then
-    for t in command address data sasl config spool; do "$0" "$t" "$seconds"; done
+    for t in command address data sasl config spool; do "$self" "$t" "$seconds"; done
     exit 0
 fi
 mkdir -p "corpus/$target"

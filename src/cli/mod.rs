@@ -4,6 +4,7 @@ mod audit;
 mod check;
 mod explain;
 mod queue;
+mod relay_test;
 mod serve;
 mod user;
 
@@ -35,6 +36,8 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Review a config: every risk in plain words, with the fix (exit 0 clean, 1 warnings, 2 a risk).
     Audit(audit::AuditArgs),
+    /// Try to relay through one server in every known way (exit 0 only when nothing relayed).
+    RelayTest(relay_test::RelayTestArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::User(a) => user::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::RelayTest(a) => relay_test::run_cli(a),
     }
 }

@@ -45,6 +45,18 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub diagnostics: DiagnosticsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosticsConfig {
+    /// Run the open-relay test battery against our own smtp listeners at
+    /// start, from a local address outside the trusted networks; refuse to
+    /// go on serving when it relays (unless relay.allow_open_relay).
+    #[serde(default)]
+    pub self_test_on_start: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

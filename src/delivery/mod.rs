@@ -2,7 +2,7 @@
 //! connection pool, and one attempt that yields a result per recipient.
 
 pub mod client;
-mod client_tls;
+pub(crate) mod client_tls;
 mod down;
 mod pool;
 pub mod result;

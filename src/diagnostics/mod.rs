@@ -5,3 +5,6 @@
 
 pub mod audit;
 pub mod explain;
+pub mod probe;
+pub mod relay_test;
+pub mod self_test;

@@ -122,6 +122,7 @@ impl Server {
     /// `shutdown_grace` to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.log_startup();
+        let addrs = self.local_addrs();
         let tracker = TaskTracker::new();
         if self.ctx.config.relay.allow_open_relay
             && !open_relay_entries(&self.ctx.config).is_empty()
@@ -142,6 +143,15 @@ impl Server {
             let sessions = tracker.clone();
             tracker.spawn(accept_loop(listener, kind, ctx, limits, shutdown, sessions));
         }
+        let mut outcome = Ok(());
+        if self.ctx.config.diagnostics.self_test_on_start {
+            let queue = self.queue.handle();
+            if let Err(e) = crate::diagnostics::self_test::run(&self.ctx, &addrs, &queue).await {
+                error!("{e}; refusing to go on serving");
+                outcome = Err(anyhow::anyhow!(e));
+                shutdown.cancel();
+            }
+        }
         shutdown.cancelled().await;
         tracker.close();
         let grace = self.ctx.config.server.shutdown_grace.get();
@@ -152,7 +162,7 @@ impl Server {
                 "sessions still open after the grace period; stopping anyway"
             );
         }
-        Ok(())
+        outcome
     }
 
     fn log_startup(&self) {

@@ -9,6 +9,7 @@ use std::process::Command;
 /// A network namespace whose default route goes via `gateway`; removed on drop.
 struct Namespace {
     name: String,
+    host_end: String,
 }
 
 impl Namespace {
@@ -17,7 +18,10 @@ impl Namespace {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("pcl{}-{n}", std::process::id());
         let host_end = format!("vh{}-{n}", std::process::id());
-        let ns = Namespace { name: name.clone() };
+        let ns = Namespace {
+            name: name.clone(),
+            host_end: host_end.clone(),
+        };
         let ip = |args: &[&str]| {
             let (ok, out, err) = run_with_timeout(Command::new("ip").args(args), WAIT);
             assert!(
@@ -34,6 +38,28 @@ impl Namespace {
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         ip(&["-n", &name, "route", "add", "default", "via", gateway]);
         ns
+    }
+
+    /// Gives the host's end of the veth pair an address, so the namespace can
+    /// reach servers the test runs there (and the other way round).
+    fn link_host_end(&self, address: &str) {
+        let ip = |args: &[&str]| {
+            let (ok, out, err) = run_with_timeout(Command::new("ip").args(args), WAIT);
+            assert!(ok, "ip {args:?} failed: {out}{err}");
+        };
+        ip(&["addr", "add", address, "dev", &self.host_end]);
+        ip(&["link", "set", &self.host_end, "up"]);
+    }
+
+    /// Runs a command inside the namespace; returns (success, stdout).
+    fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        let (ok, out, err) = run_with_timeout(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, program])
+                .args(args),
+            std::time::Duration::from_secs(120),
+        );
+        (ok, format!("{out}{err}"))
     }
 
     /// Runs `portcullis audit --json` inside; returns the exit code and the findings.
@@ -179,4 +205,210 @@ fn the_readme_example_is_clean() {
     let ns = Namespace::with_default_route("192.168.1.50/24", "192.168.1.1");
     let (code, findings) = ns.audit(&config);
     assert_eq!((code, findings.len()), (0, 0), "{findings:#?}");
+}
+
+fn relay_test(addr: std::net::SocketAddr, source: &str) -> (i32, serde_json::Value) {
+    let output = Command::new(binary())
+        .args(["relay-test", &addr.to_string(), "--json", "--timeout", "10"])
+        .args(["--source-ip", source])
+        .output()
+        .expect("run relay-test");
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code().unwrap_or(-1), v)
+}
+
+fn verdicts(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every trick in the battery is refused by a closed Portcullis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_test_finds_a_closed_portcullis_closed() {
+    let server = crate::support::server::TestServer::start(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n",
+    )
+    .await;
+    let addr = server.addr();
+    let (code, report) = tokio::task::spawn_blocking(move || relay_test(addr, "127.0.3.40"))
+        .await
+        .unwrap();
+    let all = verdicts(&report);
+    assert!(all.len() >= 30, "the whole battery ran: {all:?}");
+    let not_refused: Vec<_> = all.iter().filter(|(_, v)| v != "refused").collect();
+    assert!(not_refused.is_empty(), "{not_refused:?}\n{report:#}");
+    assert_eq!((code, report["relayed"].as_u64()), (0, Some(0)));
+    assert!(server.queued().is_empty(), "nothing was queued");
+}
+
+/// An open Portcullis (allowed explicitly) is caught, test by test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_test_catches_an_open_relay() {
+    let server = crate::support::server::TestServer::start(
+        "[[network]]\nrange = \"0.0.0.0/0\"\nauth = \"none\"\n[relay]\nallow_open_relay = true\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n",
+    )
+    .await;
+    let addr = server.addr();
+    let (code, report) = tokio::task::spawn_blocking(move || relay_test(addr, "127.0.3.41"))
+        .await
+        .unwrap();
+    let all = verdicts(&report);
+    let relayed: Vec<&String> = all
+        .iter()
+        .filter(|(_, v)| v == "relayed")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        relayed.contains(&&"foreign sender to foreign recipient".to_string()),
+        "{all:?}"
+    );
+    assert!(relayed.contains(&&"null sender".to_string()), "{all:?}");
+    assert_eq!(report["relayed"].as_u64(), Some(relayed.len() as u64));
+    assert_eq!(code, 1, "exit status says it relayed");
+    // Hidden-route forms are still refused even by an open Portcullis.
+    assert!(
+        all.iter().any(|(n, v)| n == "bang path" && v == "refused"),
+        "{all:?}"
+    );
+    // Each relayed test left its token in a queued message (the header-only
+    // test adds one, accepted for the server's own postmaster).
+    let queued = server.queued();
+    assert_eq!(queued.len(), relayed.len() + 1, "{queued:?}");
+    let body = String::from_utf8_lossy(&server.spool().read_body(&queued[0]).unwrap()).to_string();
+    assert!(body.contains("PCL-RELAY-TEST-"), "{body}");
+}
+
+/// A server that takes RCPT but refuses DATA relays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_test_counts_a_refused_data_as_refused() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.88:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok(Ok((tcp, _))) = tokio::time::timeout(WAIT, listener.accept()).await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 picky.test ESMTP\r\n").await;
+                while let Ok(Ok(Some(line))) = tokio::time::timeout(WAIT, lines.next_line()).await {
+                    let verb = line
+                        .split([' ', ':'])
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 picky.test\r\n",
+                        "MAIL" | "RCPT" | "RSET" => b"250 OK\r\n",
+                        "DATA" => b"554 5.7.1 no data for you\r\n",
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"500 what\r\n",
+                    };
+                    let _ = w.write_all(reply).await;
+                    if verb == "QUIT" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (code, report) = tokio::task::spawn_blocking(move || relay_test(addr, "127.0.0.89"))
+        .await
+        .unwrap();
+    let all = verdicts(&report);
+    assert!(all.iter().all(|(_, v)| v == "refused"), "{all:?}");
+    assert_eq!(code, 0);
+    server.abort();
+}
+
+/// nmap's smtp-open-relay script, run from an outside host (a network
+/// namespace), finds no relay on a server with Portcullis's default network
+/// rules, and does find the open one: the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmap_finds_no_open_relay_on_the_default_rules() {
+    let ns = Namespace::with_default_route("10.78.0.2/24", "10.78.0.1");
+    ns.link_host_end("10.78.0.1/24");
+    // Port 25, where nmap's script looks for SMTP (the address is the test's own).
+    let listener = "[[listener]]\naddress = \"10.78.0.1:25\"\n";
+    let default_rules = "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[[network]]\nrange = \"::1\"\nauth = \"none\"\n";
+    let open_rules = "[[network]]\nrange = \"0.0.0.0/0\"\nauth = \"none\"\n[relay]\nallow_open_relay = true\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+    for (rules, open) in [(default_rules, false), (open_rules, true)] {
+        let server = crate::support::server::TestServer::start(&format!("{listener}{rules}")).await;
+        let port = server.addr().port().to_string();
+        let (ok, out) = tokio::task::block_in_place(|| {
+            ns.run(
+                "nmap",
+                &[
+                    "-n",
+                    "-Pn",
+                    "-p",
+                    &port,
+                    "--script",
+                    "smtp-open-relay",
+                    "10.78.0.1",
+                ],
+            )
+        });
+        assert!(ok, "nmap failed: {out}");
+        assert!(out.contains("smtp-open-relay"), "the script ran: {out}");
+        if open {
+            assert!(out.contains("Server is an open relay"), "{out}");
+        } else {
+            assert!(!out.contains("Server is an open relay"), "{out}");
+            assert!(out.contains("doesn't seem to be an open relay"), "{out}");
+            assert!(server.queued().is_empty());
+        }
+        server.stop().await;
+    }
+}
+
+fn spawn_with(text: &str) -> (tempfile::TempDir, crate::support::server::ProcessServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::TestCa::generate(dir.path());
+    let config = crate::support::server::complete_config(text, dir.path(), &ca);
+    let path = write(dir.path(), "portcullis.toml", &config);
+    let server = crate::support::server::ProcessServer::spawn(&path);
+    (dir, server)
+}
+
+/// With self_test_on_start, a closed server tests itself from an untrusted
+/// loopback address and says it passed.
+#[test]
+fn self_test_on_start_passes_on_a_closed_server() {
+    let (_dir, server) = spawn_with(
+        "[diagnostics]\nself_test_on_start = true\n[[network]]\nrange = \"127.0.0.1\"\nauth = \"none\"\n",
+    );
+    assert!(
+        server.wait_for_log("open-relay self-test passed"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    assert!(server.log.lock().unwrap().contains("source=127.0.0.2"));
+}
+
+/// When every local address is trusted there is no stranger's seat to test
+/// from: the self-test says so instead of passing.
+#[test]
+fn self_test_on_start_says_when_it_cannot_test() {
+    let (_dir, server) = spawn_with(
+        "[diagnostics]\nself_test_on_start = true\n[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n",
+    );
+    assert!(
+        server.wait_for_log("self-test skipped"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    assert!(!server.log.lock().unwrap().contains("self-test passed"));
 }
