@@ -161,6 +161,48 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// The PTR names of an address (reverse DNS); empty when it has none.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        match self
+            .inner
+            .lookup(reverse_name(ip).as_str(), RecordType::PTR)
+            .await
+        {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(name) => Some(Domain::normalize(&name.0.to_utf8())),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => match negative(&e) {
+                Some(_) => Ok(Vec::new()),
+                None => Err(DnsError::Temporary(e.to_string())),
+            },
+        }
+    }
+}
+
+/// The reverse-DNS name of an address: d.c.b.a.in-addr.arpa., or the nibbles under ip6.arpa.
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(73);
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            name.push_str("ip6.arpa.");
+            name
+        }
+    }
+}
+
 /// The response code of an authoritative "no records" answer, or None for a failure.
 fn negative(e: &NetError) -> Option<ResponseCode> {
     if e.is_nx_domain() {
@@ -170,4 +212,21 @@ fn negative(e: &NetError) -> Option<ResponseCode> {
         return Some(ResponseCode::NoError);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names() {
+        assert_eq!(
+            reverse_name("192.0.2.5".parse().unwrap()),
+            "5.2.0.192.in-addr.arpa."
+        );
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 mod audit;
 mod check;
+mod doctor;
 mod explain;
 mod queue;
 mod relay_test;
@@ -38,6 +39,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Try to relay through one server in every known way (exit 0 only when nothing relayed).
     RelayTest(relay_test::RelayTestArgs),
+    /// Check that mail from this machine will be delivered and trusted (DNS, port 25, smart host, relay).
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -67,5 +70,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Explain(a) => explain::run(a),
         Command::Audit(a) => audit::run(a),
         Command::RelayTest(a) => relay_test::run_cli(a),
+        Command::Doctor(a) => doctor::run_cli(a),
     }
 }

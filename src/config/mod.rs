@@ -57,6 +57,10 @@ pub struct DiagnosticsConfig {
     /// go on serving when it relays (unless relay.allow_open_relay).
     #[serde(default)]
     pub self_test_on_start: bool,
+    /// The address the world sees our mail come from (for `doctor`); the
+    /// source address of the default route when absent.
+    #[serde(default)]
+    pub public_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

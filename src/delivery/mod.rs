@@ -78,6 +78,53 @@ impl Deliverer {
         }
     }
 
+    /// Connects to every smart host as a delivery would (TLS, AUTH), says
+    /// what each one did, and hangs up without sending anything. For `doctor`.
+    pub async fn probe_smarthosts(&self) -> Vec<(String, Result<String, String>)> {
+        let dest = Destination::SmartHosts(self.config.delivery.smarthost.clone());
+        let auth = match self.smarthost_auth().await {
+            Ok(a) => a,
+            Err(e) => {
+                return self
+                    .config
+                    .delivery
+                    .smarthost
+                    .iter()
+                    .map(|h| (format!("{}:{}", h.host, h.port), Err(e.clone())))
+                    .collect();
+            }
+        };
+        let mut out = Vec::new();
+        for hop in &self.config.delivery.smarthost {
+            let name = format!("{}:{}", hop.host, hop.port);
+            let result = async {
+                let opts = self.options(&dest, &hop.host, &auth)?;
+                let addrs = self
+                    .resolver
+                    .addresses(&hop.host)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ip = addrs
+                    .first()
+                    .ok_or_else(|| format!("{} has no address", hop.host))?;
+                let conn = SmtpConnection::connect(SocketAddr::new(*ip, hop.port), &opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tls = conn.tls.clone().unwrap_or_else(|| "no TLS".into());
+                let authed = if auth.is_some() {
+                    ", credentials accepted"
+                } else {
+                    ""
+                };
+                conn.quit().await;
+                Ok(format!("answers at {ip}, {tls}{authed}"))
+            }
+            .await;
+            out.push((name, result));
+        }
+        out
+    }
+
     /// Forgets which next hops seemed down, so the next attempts knock again.
     pub fn forget_down_hosts(&self) {
         self.down.forget_all();

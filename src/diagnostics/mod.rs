@@ -4,6 +4,7 @@
 //! copy of the rules.
 
 pub mod audit;
+pub mod doctor;
 pub mod explain;
 pub mod probe;
 pub mod relay_test;

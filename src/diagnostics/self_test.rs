@@ -5,7 +5,7 @@
 
 use super::relay_test::{self, DEFAULT_FROM, DEFAULT_TO, Options, Report, Verdict};
 use crate::config::ListenerKind;
-use crate::policy::ClientFacts;
+use crate::policy::{ClientFacts, Policy};
 use crate::queue::{QueueCommand, QueueHandle, Selector};
 use crate::session::Context;
 use crate::spool::QueueId;
@@ -25,7 +25,7 @@ pub async fn run(
             continue; // submission and smtps take nothing without AUTH
         }
         let target = SocketAddr::new(reachable(addr.ip()), addr.port());
-        let Some(source) = untrusted_source(ctx, target.ip(), kind) else {
+        let Some(source) = untrusted_source(&ctx.policy, target.ip(), kind) else {
             info!(listener = %addr, "open-relay self-test skipped: no local address outside the trusted networks to test from");
             continue;
         };
@@ -106,7 +106,7 @@ fn reachable(ip: IpAddr) -> IpAddr {
 }
 
 /// A local address to test from that the policy lets connect but does not trust.
-fn untrusted_source(ctx: &Context, target: IpAddr, kind: ListenerKind) -> Option<IpAddr> {
+pub fn untrusted_source(policy: &Policy, target: IpAddr, kind: ListenerKind) -> Option<IpAddr> {
     let candidates: Vec<IpAddr> = match target {
         IpAddr::V4(v4) if v4.is_loopback() => (2..=254u8)
             .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
@@ -114,7 +114,7 @@ fn untrusted_source(ctx: &Context, target: IpAddr, kind: ListenerKind) -> Option
         other => vec![other],
     };
     candidates.into_iter().find(|&ip| {
-        !ctx.policy.is_trusted(ip) && ctx.policy.connect(&ClientFacts::new(ip, kind)).is_accept()
+        !policy.is_trusted(ip) && policy.connect(&ClientFacts::new(ip, kind)).is_accept()
     })
 }
 

@@ -412,3 +412,170 @@ fn self_test_on_start_says_when_it_cannot_test() {
     );
     assert!(!server.log.lock().unwrap().contains("self-test passed"));
 }
+
+fn doctor(config: &std::path::Path, extra: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    let output = Command::new(binary())
+        .args(["doctor", "--json", "--timeout", "3", "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("run doctor");
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    (
+        output.status.code().unwrap_or(-1),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
+fn status_of<'a>(checks: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    checks
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with(name))
+        .unwrap_or_else(|| panic!("no check {name}: {checks:#?}"))
+}
+
+/// A well set-up machine: every lookup and connection goes to loopback
+/// servers the test runs, and every check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_a_well_set_up_machine() {
+    use crate::support::dns::TestDns;
+    use crate::support::sink::{Behaviour, Sink};
+    let dns = TestDns::start().await;
+    // The public address is only looked up, never connected to (a
+    // documentation address: loopback reverse names are answered locally).
+    dns.host("relay.test", "192.0.2.77");
+    dns.ptr("192.0.2.77", "relay.test");
+    dns.mx("probe.example", 10, "mx.probe.example");
+    dns.host("mx.probe.example", "127.0.0.90");
+    let mx = Sink::start("127.0.0.90", 0, Behaviour::accept_all()).await;
+    let server = crate::support::server::TestServer::start(&format!(
+        "{}[[network]]\nrange = \"127.0.0.1\"\nauth = \"none\"\n[delivery]\nmx_port = {}\n",
+        dns.config(),
+        mx.addr.port()
+    ))
+    .await;
+    let mut bound = server.config.clone();
+    bound.listener[0].address = server.addr();
+    let path = server.dir.path().join("doctor.toml");
+    std::fs::write(&path, toml::to_string(&bound).unwrap()).unwrap();
+    let (code, checks) = tokio::task::block_in_place(|| {
+        doctor(
+            &path,
+            &[
+                "--public-ip",
+                "192.0.2.77",
+                "--probe-domain",
+                "probe.example",
+            ],
+        )
+    });
+    for name in [
+        "host name resolves",
+        "reverse DNS",
+        "forward-confirmed reverse DNS",
+        "HELO name matches reverse DNS",
+        "outbound port 25",
+        "not an open relay",
+    ] {
+        assert_eq!(
+            status_of(&checks, name)["status"],
+            "ok",
+            "{name}: {checks:#?}"
+        );
+    }
+    assert_eq!(code, 0);
+}
+
+/// No reverse DNS and port 25 blocked: each fails with the fix an admin needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_missing_reverse_dns_and_a_blocked_port_25() {
+    use crate::support::dns::TestDns;
+    let dns = TestDns::start().await;
+    dns.host("relay.test", "192.0.2.79");
+    dns.mx("probe.example", 10, "mx.probe.example");
+    dns.host("mx.probe.example", "127.0.0.91"); // nothing listens there
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "doctor.toml",
+        &format!(
+            "{}[server]\nhostname = \"relay.test\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n[delivery]\nmx_port = 1\n",
+            dns.config()
+        ),
+    );
+    let (code, checks) = tokio::task::block_in_place(|| {
+        doctor(
+            &path,
+            &[
+                "--public-ip",
+                "192.0.2.79",
+                "--probe-domain",
+                "probe.example",
+            ],
+        )
+    });
+    let ptr = status_of(&checks, "reverse DNS");
+    assert_eq!(ptr["status"], "fail", "{ptr}");
+    assert!(ptr["fix"].as_str().unwrap().contains("PTR"));
+    let port25 = status_of(&checks, "outbound port 25");
+    assert_eq!(port25["status"], "fail", "{port25}");
+    assert!(
+        port25["fix"]
+            .as_str()
+            .unwrap()
+            .contains("smart host on port 587"),
+        "{port25}"
+    );
+    assert_eq!(code, 1);
+}
+
+/// The smart host check goes through TLS and AUTH with the configured
+/// credentials, and tells a wrong password apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_smart_host_login() {
+    use crate::support::dns::TestDns;
+    use crate::support::sink::{Behaviour, Sink, tls_config};
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::TestCa::generate(dir.path());
+    let smarthost = Sink::start(
+        "127.0.0.92",
+        0,
+        Behaviour {
+            tls: Some(tls_config(&ca)),
+            require_auth: Some(("office".into(), "right".into())),
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    dns.host("relay.test", "127.0.0.92");
+    for (password, expect) in [("right", "ok"), ("wrong", "fail")] {
+        let pass = write(dir.path(), "pass", password);
+        let path = write(
+            dir.path(),
+            "doctor.toml",
+            &format!(
+                "{}[server]\nhostname = \"relay.test\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"relay.test:{}\"\nsmarthost_tls = \"starttls\"\nsmarthost_user = \"office\"\nsmarthost_password_file = \"{}\"\nsmarthost_ca_file = \"{}\"\n",
+                dns.config(),
+                smarthost.addr.port(),
+                pass.display(),
+                ca.ca_file(dir.path()).display()
+            ),
+        );
+        let (_, checks) =
+            tokio::task::block_in_place(|| doctor(&path, &["--public-ip", "127.0.0.92"]));
+        let sh = status_of(&checks, "smart host");
+        assert_eq!(sh["status"], expect, "{password}: {sh}");
+        if expect == "ok" {
+            assert!(
+                sh["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("credentials accepted"),
+                "{sh}"
+            );
+        }
+        assert_eq!(status_of(&checks, "outbound port 25")["status"], "skipped");
+    }
+}

@@ -2,7 +2,7 @@
 //! MX, A and AAAA records, NXDOMAIN, and names that never get an answer.
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR, SOA};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -89,6 +89,12 @@ impl TestDns {
             IpAddr::V4(v4) => self.add(name, RecordType::A, RData::A(A(v4))),
             IpAddr::V6(v6) => self.add(name, RecordType::AAAA, RData::AAAA(AAAA(v6))),
         }
+    }
+
+    /// A PTR record: `ip` reverses to `name`.
+    pub fn ptr(&self, ip: &str, name: &str) {
+        let reverse = portcullis::dns::reverse_name(ip.parse().unwrap());
+        self.add(&reverse, RecordType::PTR, RData::PTR(PTR(fqdn(name))));
     }
 
     /// Queries for this name are never answered (a broken DNS server).
