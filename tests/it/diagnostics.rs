@@ -579,3 +579,131 @@ async fn doctor_checks_the_smart_host_login() {
         assert_eq!(status_of(&checks, "outbound port 25")["status"], "skipped");
     }
 }
+
+/// A private Postfix instance on its own loopback address, port 25 (where
+/// nmap's script looks), relaying to a port nobody listens on. Stopped on drop.
+struct PrivatePostfix {
+    conf: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePostfix {
+    fn start(ip: &str, open: bool) -> PrivatePostfix {
+        let dir = tempfile::tempdir().unwrap();
+        // Postfix's daemons run as the postfix user and must reach their queue.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = dir.path().join("conf");
+        let (queue, data) = (dir.path().join("queue"), dir.path().join("data"));
+        for d in [&conf, &queue, &data] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let (ok, _, err) = run_with_timeout(Command::new("chown").arg("postfix").arg(&data), WAIT);
+        assert!(ok, "{err}");
+        let relay = if open {
+            // Postfix refuses to run without a rule that can refuse; trusting
+            // every network is how an open Postfix is made in real life.
+            "mynetworks = 0.0.0.0/0\nsmtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n"
+        } else {
+            "mynetworks = 127.0.0.250/32\nsmtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n"
+        };
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {}\ndata_directory = {}\ncommand_directory = /usr/sbin\ndaemon_directory = /usr/lib/postfix/sbin\nmeta_directory = /etc/postfix\nshlib_directory = /usr/lib/postfix\nmail_owner = postfix\nsetgid_group = postdrop\nmyhostname = postfix.test\nmydestination =\nalias_maps =\nalias_database =\nlocal_recipient_maps =\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n{relay}relayhost = [127.0.0.1]:1\nmaillog_file = {}\nmaillog_file_prefixes = /var, /dev/stdout, {}\nsmtp_tls_security_level = none\nsmtpd_tls_security_level = none\nbiff = no\nsmtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n",
+                queue.display(),
+                data.display(),
+                dir.path().join("maillog").display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        // Debian's master.cf with smtpd on our address (inet_interfaces must name
+        // a configured interface address; the service line binds ours) and
+        // nothing chrooted.
+        let master =
+            std::fs::read_to_string("/etc/postfix/master.cf").expect("postfix installed (test.sh)");
+        let mut out = String::new();
+        for line in master.lines() {
+            let mut fields: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+            let service = !line.starts_with([' ', '\t', '#']) && fields.len() >= 8;
+            if service {
+                if fields[0] == "smtp" && fields[1] == "inet" {
+                    fields[0] = format!("{ip}:25");
+                }
+                fields[4] = "n".into();
+                out.push_str(&fields.join(" "));
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        std::fs::write(conf.join("master.cf"), out).unwrap();
+        let (ok, out, err) = run_with_timeout(
+            Command::new("postfix").arg("-c").arg(&conf).arg("start"),
+            WAIT,
+        );
+        assert!(ok, "postfix start: {out}{err}");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect((ip, 25)).is_err() {
+            assert!(
+                started.elapsed() < WAIT,
+                "postfix did not listen on {ip}:25"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        PrivatePostfix { conf, _dir: dir }
+    }
+}
+
+impl Drop for PrivatePostfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// relay-test and nmap's smtp-open-relay give the same verdict on a real
+/// Postfix, open and closed.
+#[test]
+fn relay_test_agrees_with_nmap_on_postfix() {
+    for (ip, open) in [("127.0.0.96", false), ("127.0.0.97", true)] {
+        let postfix = PrivatePostfix::start(ip, open);
+        let target: std::net::SocketAddr = format!("{ip}:25").parse().unwrap();
+        let (code, report) = relay_test(target, "127.0.0.1");
+        let (ok, nmap) = run_with_timeout(
+            Command::new("nmap").args(["-n", "-Pn", "-p", "25", "--script", "smtp-open-relay", ip]),
+            std::time::Duration::from_secs(120),
+        )
+        .map_ok();
+        assert!(ok, "{nmap}");
+        let nmap_open = nmap.contains("Server is an open relay");
+        assert!(
+            nmap_open || nmap.contains("doesn't seem to be an open relay"),
+            "{nmap}"
+        );
+        let ours_open = report["relayed"].as_u64().unwrap() > 0;
+        assert_eq!(
+            ours_open,
+            open,
+            "relay-test on {} Postfix:\n{report:#}",
+            if open { "open" } else { "closed" }
+        );
+        assert_eq!(nmap_open, open, "nmap: {nmap}");
+        assert_eq!(code, if open { 1 } else { 0 });
+        drop(postfix);
+    }
+}
+
+trait MapOk {
+    fn map_ok(self) -> (bool, String);
+}
+
+impl MapOk for (bool, String, String) {
+    fn map_ok(self) -> (bool, String) {
+        (self.0, format!("{}{}", self.1, self.2))
+    }
+}
