@@ -185,6 +185,35 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// The TXT strings of a name (empty when it has none).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        match self
+            .inner
+            .lookup(Self::fqdn(name).as_str(), RecordType::TXT)
+            .await
+        {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => match negative(&e) {
+                Some(_) => Ok(Vec::new()),
+                None => Err(DnsError::Temporary(e.to_string())),
+            },
+        }
+    }
+}
+
 /// The reverse-DNS name of an address: d.c.b.a.in-addr.arpa., or the nibbles under ip6.arpa.
 pub fn reverse_name(ip: IpAddr) -> String {
     match ip {

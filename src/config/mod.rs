@@ -1,11 +1,16 @@
 //! Typed configuration: TOML with unknown keys refused, the embedded safe
 //! default, semantic validation whose errors name the key; the open-relay guard lives in policy (it asks the server's own lookup).
 
+mod checks;
 mod delivery;
 mod duration;
 mod net;
 mod validate;
 
+pub use checks::{
+    AddressPattern, ChecksConfig, DnsListZone, HeloCheck, LimitsConfig, ListsConfig, OnDnsError,
+    PregreetCheck, ReverseDnsCheck, SenderDomainCheck,
+};
 pub use delivery::{
     BounceAttach, DeliveryConfig, DeliveryMode, NextHop, OutboundTls, RouteConfig, SmarthostTls,
 };
@@ -47,6 +52,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub diagnostics: DiagnosticsConfig,
+    #[serde(default)]
+    pub checks: ChecksConfig,
+    #[serde(default)]
+    pub lists: ListsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -281,13 +292,56 @@ impl NetworkAuth {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
     #[serde(default)]
     pub inbound_domains: Vec<String>,
     #[serde(default)]
     pub allow_open_relay: bool,
+    /// Whether recipients in inbound domains are checked before we take the message.
+    #[serde(default)]
+    pub verify_recipients: VerifyRecipients,
+    /// For verify_recipients = "list": one valid address or `@domain` a line; re-read when it changes.
+    pub valid_recipients_file: Option<PathBuf>,
+    /// For "callout": how long a next hop's "yes" is remembered.
+    #[serde(default = "callout_positive")]
+    pub callout_cache_positive: ConfigDuration,
+    /// For "callout": how long a next hop's "no such user" is remembered.
+    #[serde(default = "callout_negative")]
+    pub callout_cache_negative: ConfigDuration,
+}
+
+fn callout_positive() -> ConfigDuration {
+    ConfigDuration::secs(3600)
+}
+fn callout_negative() -> ConfigDuration {
+    ConfigDuration::secs(600)
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            inbound_domains: Vec::new(),
+            allow_open_relay: false,
+            verify_recipients: VerifyRecipients::Off,
+            valid_recipients_file: None,
+            callout_cache_positive: callout_positive(),
+            callout_cache_negative: callout_negative(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyRecipients {
+    /// Anyone may send to any address of an inbound domain.
+    #[default]
+    Off,
+    /// Only addresses in relay.valid_recipients_file.
+    List,
+    /// Ask the inbound domain's next hop (its [[route]]) with an RCPT probe.
+    Callout,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

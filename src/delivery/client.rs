@@ -444,6 +444,23 @@ impl SmtpConnection {
         }
     }
 
+    /// Asks whether the server takes mail for `rcpt` (MAIL FROM:<>, RCPT TO,
+    /// RSET), without sending any message: recipient verification by callout.
+    pub async fn probe_recipient(&mut self, rcpt: &str) -> Result<ServerReply, ClientError> {
+        let mail = self.command("MAIL FROM:<>", "MAIL FROM").await?;
+        if !mail.is_ok() {
+            return Err(ClientError::Rejected {
+                stage: "MAIL FROM",
+                reply: mail,
+            });
+        }
+        let reply = self
+            .command(&format!("RCPT TO:<{rcpt}>"), "RCPT TO")
+            .await?;
+        let _ = self.reset().await;
+        Ok(reply)
+    }
+
     /// Prepares the connection for another message.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
         let r = self.command("RSET", "RSET").await?;

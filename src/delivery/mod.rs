@@ -125,6 +125,43 @@ impl Deliverer {
         out
     }
 
+    /// Recipient verification by callout: asks the next hop of `domain`
+    /// ([[route]], else its MX) whether it takes mail for `address`.
+    /// Ok(true/false) is its answer; Err when no next hop could say.
+    pub async fn callout(&self, domain: &str, address: &str) -> Result<bool, String> {
+        let dest = route::destination(domain, &self.config).map_err(|e| format!("{e:?}"))?;
+        let dest = match dest {
+            Destination::SmartHosts(_) => Destination::Mx(domain.to_string()),
+            other => other,
+        };
+        let hosts = route::hosts(&dest, &self.config, &self.resolver)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let mut last = String::from("no next hop to ask");
+        for hop in hosts.iter().take(3) {
+            let opts = self.options(&dest, &hop.host, &None)?;
+            let Ok(addrs) = self.resolver.addresses(&hop.host).await else {
+                continue;
+            };
+            for ip in addrs.into_iter().take(2) {
+                match SmtpConnection::connect(SocketAddr::new(ip, hop.port), &opts).await {
+                    Ok(mut conn) => {
+                        let answer = conn.probe_recipient(address).await;
+                        conn.quit().await;
+                        match answer {
+                            Ok(r) if r.is_ok() => return Ok(true),
+                            Ok(r) if r.is_permanent() => return Ok(false),
+                            Ok(r) => last = format!("{} answered {r}", hop.host),
+                            Err(e) => last = format!("{}: {e}", hop.host),
+                        }
+                    }
+                    Err(e) => last = format!("{}: {e}", hop.host),
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// Forgets which next hops seemed down, so the next attempts knock again.
     pub fn forget_down_hosts(&self) {
         self.down.forget_all();

@@ -3,7 +3,7 @@
 //! the client and the listener, so those fields are not repeated here.
 
 use super::{ConnectionRefusal, DeliveryState, Event, Subscriber};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub struct LogWriter;
 
@@ -24,6 +24,12 @@ impl Subscriber for LogWriter {
                 }
                 ConnectionRefusal::TooManyFromAddress => {
                     warn!(client = %client, listener = listener.name(), "connection refused: server.max_connections_per_ip reached")
+                }
+                ConnectionRefusal::Banned => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: banned after too many failed logins")
+                }
+                ConnectionRefusal::Pregreet => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: talked before the greeting")
                 }
                 ConnectionRefusal::TooFast => {
                     warn!(client = %client, listener = listener.name(), "connection refused: server.max_connection_rate_per_ip reached")
@@ -111,6 +117,14 @@ impl Subscriber for LogWriter {
             Event::MessageFinished { queue_id, failed } => {
                 info!(queue_id = %queue_id, failed, "message done, removed from the queue")
             }
+            Event::ZoneHealth {
+                zone,
+                problem: Some(p),
+                ..
+            } => {
+                error!(zone = %zone, "DNS list zone set aside: it {p}; mail is judged without it until it recovers")
+            }
+            Event::ZoneHealth { zone, .. } => info!(zone = %zone, "DNS list zone healthy"),
             Event::QueueCommand {
                 command,
                 messages,

@@ -32,6 +32,10 @@ pub enum ConnectionRefusal {
     TooManyFromAddress,
     /// `server.max_connection_rate_per_ip` reached.
     TooFast,
+    /// Banned after too many failed logins.
+    Banned,
+    /// Talked before the banner (checks.pregreet = "reject").
+    Pregreet,
 }
 
 /// Why a message was not accepted after its data was sent.
@@ -182,6 +186,12 @@ pub enum Event {
         messages: usize,
         error: Option<String>,
     },
+    /// A DNS list zone was set aside (or came back) after its health check.
+    ZoneHealth {
+        zone: String,
+        healthy: bool,
+        problem: Option<String>,
+    },
 }
 
 impl Event {
@@ -283,6 +293,6 @@ mod tests {
         let got = rx.recv().await.unwrap();
         let json = serde_json::to_value(&*got).unwrap();
         assert_eq!(json["event"], "rcpt_refused");
-        assert_eq!(json["reason"]["reason"], "needs_auth");
+        assert_eq!(json["reason"]["kind"], "needs_auth");
     }
 }

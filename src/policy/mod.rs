@@ -3,12 +3,14 @@
 //! carries a trace of the steps that led to it.
 
 mod access;
+mod facts;
 mod networks;
 mod open_relay;
 mod reason;
 mod relay;
 
 pub use access::{AccessDecision, AccessFilter};
+pub use facts::{CheckFacts, ListFindings, Lookup, RateFacts};
 pub use networks::{NetworkMatch, NetworkTable};
 pub use open_relay::{OpenRelayEntry, is_non_global, open_relay_entries};
 pub use reason::RefuseReason;
@@ -28,6 +30,9 @@ pub struct Policy {
     pub postmaster_domain: Option<String>,
     /// `auth.allow_plaintext`: AUTH offered on connections that are neither TLS nor loopback.
     pub allow_plaintext_auth: bool,
+    pub checks: crate::config::ChecksConfig,
+    pub lists: crate::config::ListsConfig,
+    pub limits: crate::config::LimitsConfig,
 }
 
 impl Policy {
@@ -48,6 +53,9 @@ impl Policy {
             networks: NetworkTable::from_config(&config.network),
             postmaster_domain: inbound.first().cloned(),
             allow_plaintext_auth: config.auth.allow_plaintext,
+            checks: config.checks.clone(),
+            lists: config.lists.clone(),
+            limits: config.limits.clone(),
             inbound_domains: inbound.into_iter().collect(),
         }
     }

@@ -6,7 +6,7 @@ use crate::smtp::reply::{self, Reply};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RefuseReason {
     /// The connection filter (`[access]`) keeps this client out.
     Filtered {
@@ -31,6 +31,48 @@ pub enum RefuseReason {
     NullRecipient,
     /// `<postmaster>` as a recipient, but no inbound domain receives it.
     NoPostmaster,
+    /// Listed on DNS black lists (the first zone named).
+    Dnsbl {
+        zone: String,
+        reason: Option<String>,
+        count: usize,
+    },
+    /// No reverse DNS, or one that does not resolve back.
+    ReverseDns {
+        detail: String,
+    },
+    /// The HELO name does not resolve (to the client).
+    Helo {
+        detail: String,
+    },
+    /// The sender's domain cannot receive mail.
+    SenderDomain {
+        detail: String,
+    },
+    /// A check could not get its DNS answer, and on_dns_error = "tempfail".
+    DnsTempfail {
+        check: &'static str,
+        detail: String,
+    },
+    /// `[lists] reject_senders`.
+    RejectedSender,
+    /// `[lists] reject_recipients`.
+    RejectedRecipient,
+    /// `[lists] allow_senders` is set and does not name this sender.
+    SenderNotAllowed,
+    /// Recipient verification says there is no such user.
+    UnknownRecipient {
+        detail: String,
+    },
+    /// Recipient verification could not get an answer now.
+    RecipientUnverified {
+        detail: String,
+    },
+    /// A `[limits]` rate was reached.
+    RateLimited {
+        limit: &'static str,
+        per_hour: u64,
+    },
 }
 
 impl RefuseReason {
@@ -66,6 +108,56 @@ impl RefuseReason {
                 "5.1.1",
                 "No local postmaster: this relay has no inbound domains",
             ),
+            RefuseReason::Dnsbl { zone, reason, .. } => Reply::with_text(
+                554,
+                "5.7.1",
+                match reason {
+                    Some(r) => format!("Service unavailable; client blocked using {zone}: {r}"),
+                    None => format!("Service unavailable; client blocked using {zone}"),
+                },
+            ),
+            RefuseReason::ReverseDns { detail } => {
+                Reply::with_text(550, "5.7.25", format!("Reverse DNS check failed: {detail}"))
+            }
+            RefuseReason::Helo { detail } => {
+                Reply::with_text(550, "5.7.1", format!("HELO name check failed: {detail}"))
+            }
+            RefuseReason::SenderDomain { detail } => {
+                Reply::with_text(550, "5.1.8", format!("Sender address rejected: {detail}"))
+            }
+            RefuseReason::DnsTempfail { check, .. } => Reply::with_text(
+                451,
+                "4.4.3",
+                format!("Temporary DNS failure during the {check} check; try again later"),
+            ),
+            RefuseReason::RejectedSender => {
+                Reply::new(550, "5.7.1", "Sender address rejected: not accepted here")
+            }
+            RefuseReason::RejectedRecipient => Reply::new(
+                550,
+                "5.7.1",
+                "Recipient address rejected: not accepted here",
+            ),
+            RefuseReason::SenderNotAllowed => Reply::new(
+                550,
+                "5.7.1",
+                "Sender address rejected: this sender may not send mail through this relay",
+            ),
+            RefuseReason::UnknownRecipient { .. } => Reply::new(
+                550,
+                "5.1.1",
+                "Recipient address rejected: no such user here",
+            ),
+            RefuseReason::RecipientUnverified { .. } => Reply::new(
+                451,
+                "4.4.3",
+                "Recipient cannot be verified now; try again later",
+            ),
+            RefuseReason::RateLimited { limit, per_hour } => Reply::with_text(
+                450,
+                "4.7.1",
+                format!("Rate limit reached ({per_hour} {limit} an hour); try again later"),
+            ),
         }
     }
 
@@ -81,6 +173,17 @@ impl RefuseReason {
             RefuseReason::SenderNeedsDomain => "sender_needs_domain",
             RefuseReason::NullRecipient => "null_recipient",
             RefuseReason::NoPostmaster => "no_postmaster",
+            RefuseReason::Dnsbl { .. } => "dnsbl",
+            RefuseReason::ReverseDns { .. } => "reverse_dns",
+            RefuseReason::Helo { .. } => "helo",
+            RefuseReason::SenderDomain { .. } => "sender_domain",
+            RefuseReason::DnsTempfail { .. } => "dns_tempfail",
+            RefuseReason::RejectedSender => "rejected_sender",
+            RefuseReason::RejectedRecipient => "rejected_recipient",
+            RefuseReason::SenderNotAllowed => "sender_not_allowed",
+            RefuseReason::UnknownRecipient { .. } => "unknown_recipient",
+            RefuseReason::RecipientUnverified { .. } => "recipient_unverified",
+            RefuseReason::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -107,6 +210,41 @@ impl std::fmt::Display for RefuseReason {
             RefuseReason::NullRecipient => f.write_str("null recipient"),
             RefuseReason::NoPostmaster => {
                 f.write_str("<postmaster> with no inbound domain configured")
+            }
+            RefuseReason::Dnsbl {
+                zone,
+                reason,
+                count,
+            } => write!(
+                f,
+                "listed on {count} DNS black list(s), first {zone}{}",
+                reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+            RefuseReason::ReverseDns { detail } => write!(f, "reverse DNS: {detail}"),
+            RefuseReason::Helo { detail } => write!(f, "HELO name: {detail}"),
+            RefuseReason::SenderDomain { detail } => write!(f, "sender domain: {detail}"),
+            RefuseReason::DnsTempfail { check, detail } => write!(
+                f,
+                "{check} check: DNS failure ({detail}); on_dns_error = \"tempfail\""
+            ),
+            RefuseReason::RejectedSender => f.write_str("sender listed in lists.reject_senders"),
+            RefuseReason::RejectedRecipient => {
+                f.write_str("recipient listed in lists.reject_recipients")
+            }
+            RefuseReason::SenderNotAllowed => {
+                f.write_str("relayed mail from a sender not in lists.allow_senders")
+            }
+            RefuseReason::UnknownRecipient { detail } => {
+                write!(f, "recipient verification: {detail}")
+            }
+            RefuseReason::RecipientUnverified { detail } => {
+                write!(f, "recipient verification failed for now: {detail}")
+            }
+            RefuseReason::RateLimited { limit, per_hour } => {
+                write!(f, "limits: {per_hour} {limit} an hour reached")
             }
         }
     }

@@ -4,7 +4,8 @@
 //! facts and asks; `explain`, the audit and the self-test ask exactly the same
 //! functions, so there is one copy of the rules.
 
-use super::{Policy, RefuseReason};
+use super::{CheckFacts, Lookup, Policy, RefuseReason};
+use crate::config::OnDnsError;
 use crate::config::{ListenerKind, NetworkAuth};
 use crate::smtp::address::{Domain, Mailbox, Path};
 use crate::smtp::reply::Reply;
@@ -22,6 +23,10 @@ pub struct ClientFacts {
     pub user: Option<String>,
     /// The HELO/EHLO name, once given.
     pub helo: Option<String>,
+    /// What the anti-spam checks found so far.
+    pub checks: CheckFacts,
+    /// The envelope sender of the open transaction (`local@domain`; empty for `<>`).
+    pub sender: Option<String>,
 }
 
 impl ClientFacts {
@@ -32,6 +37,8 @@ impl ClientFacts {
             tls: listener == ListenerKind::Smtps,
             user: None,
             helo: None,
+            checks: CheckFacts::default(),
+            sender: None,
         }
     }
 }
@@ -166,7 +173,157 @@ impl Policy {
         if *sender == Path::Postmaster {
             return t.refuse(RefuseReason::SenderNeedsDomain);
         }
+        if let Path::Mailbox(m) = sender
+            && self
+                .lists
+                .reject_senders
+                .iter()
+                .any(|p| p.matches(&m.to_string()))
+        {
+            return t.refuse(RefuseReason::RejectedSender);
+        }
+        if let Err(reason) = self.judge_checks(client, &mut t) {
+            return t.refuse(reason);
+        }
+        if let Err(reason) = self.judge_message_rate(client, &mut t) {
+            return t.refuse(reason);
+        }
         t.accept((), "sender accepted")
+    }
+
+    /// Whether the anti-spam checks apply to this client at all.
+    fn checks_apply(&self, client: &ClientFacts, t: &mut Trace) -> bool {
+        if !self.checks.skip_for_trusted {
+            return true;
+        }
+        if let Some(u) = &client.user {
+            t.note(format!("anti-spam checks skipped: authenticated as {u}"));
+            return false;
+        }
+        if self.is_trusted(client.ip) {
+            t.note("anti-spam checks skipped: trusted network");
+            return false;
+        }
+        true
+    }
+
+    /// The DNS-based checks' findings, in order: white and black lists,
+    /// reverse DNS, HELO name, sender domain.
+    fn judge_checks(&self, client: &ClientFacts, t: &mut Trace) -> Result<(), RefuseReason> {
+        if !self.checks_apply(client, t) {
+            return Ok(());
+        }
+        let facts = &client.checks;
+        let mut whitelisted = false;
+        if let Some(lists) = &facts.lists {
+            if let Some(zone) = &lists.whitelisted {
+                t.note(format!(
+                    "listed on the white list {zone}: black lists and reverse DNS skipped"
+                ));
+                whitelisted = true;
+            } else if lists.listed.len() >= self.checks.dnsbl_threshold.max(1) as usize {
+                let (zone, reason) = lists.listed[0].clone();
+                return Err(RefuseReason::Dnsbl {
+                    zone,
+                    reason,
+                    count: lists.listed.len(),
+                });
+            } else if !lists.failed.is_empty() {
+                self.dns_error("dnsbl", &lists.failed.join(", "), t)?;
+            } else if !self.checks.dnsbl.is_empty() {
+                t.note(format!(
+                    "not listed on {} black list(s)",
+                    self.checks.dnsbl.len()
+                ));
+            }
+        }
+        if !whitelisted {
+            self.judge_lookup("reverse DNS", &facts.reverse_dns, t, |detail| {
+                RefuseReason::ReverseDns { detail }
+            })?;
+        }
+        self.judge_lookup("HELO", &facts.helo, t, |detail| RefuseReason::Helo {
+            detail,
+        })?;
+        self.judge_lookup("sender domain", &facts.sender_domain, t, |detail| {
+            RefuseReason::SenderDomain { detail }
+        })?;
+        Ok(())
+    }
+
+    fn judge_lookup(
+        &self,
+        check: &'static str,
+        found: &Option<Lookup>,
+        t: &mut Trace,
+        refuse: impl FnOnce(String) -> RefuseReason,
+    ) -> Result<(), RefuseReason> {
+        match found {
+            None => Ok(()),
+            Some(Lookup::Pass(what)) => {
+                t.note(format!("{check} check passed: {what}"));
+                Ok(())
+            }
+            Some(Lookup::Fail(why)) => Err(refuse(why.clone())),
+            Some(Lookup::DnsError(e)) => self.dns_error(check, e, t),
+        }
+    }
+
+    fn dns_error(
+        &self,
+        check: &'static str,
+        detail: &str,
+        t: &mut Trace,
+    ) -> Result<(), RefuseReason> {
+        match self.checks.on_dns_error {
+            OnDnsError::Tempfail => Err(RefuseReason::DnsTempfail {
+                check,
+                detail: detail.to_string(),
+            }),
+            OnDnsError::Accept => {
+                t.note(format!(
+                    "{check} check: DNS failure ({detail}); passed, as on_dns_error = \"accept\""
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether rate limits count this client (trusted networks only when asked).
+    fn limits_apply(&self, client: &ClientFacts) -> bool {
+        self.limits.apply_to_trusted || !self.is_trusted(client.ip)
+    }
+
+    fn judge_message_rate(&self, client: &ClientFacts, t: &mut Trace) -> Result<(), RefuseReason> {
+        if !self.limits_apply(client) {
+            return Ok(());
+        }
+        let rates = client.checks.rates;
+        if let Some(max) = self.limits.messages_per_hour_per_ip
+            && rates.messages_from_ip >= max
+        {
+            return Err(RefuseReason::RateLimited {
+                limit: "messages from this address",
+                per_hour: max,
+            });
+        }
+        if let (Some(max), Some(_)) = (self.limits.messages_per_hour_per_user, &client.user)
+            && rates.messages_from_user >= max
+        {
+            return Err(RefuseReason::RateLimited {
+                limit: "messages from this user",
+                per_hour: max,
+            });
+        }
+        if self.limits.messages_per_hour_per_ip.is_some()
+            || self.limits.messages_per_hour_per_user.is_some()
+        {
+            t.note(format!(
+                "rate: {} messages from this address in the last hour",
+                rates.messages_from_ip
+            ));
+        }
+        Ok(())
     }
 
     /// RCPT TO: may this client send to this recipient? Source routes are
@@ -190,8 +347,39 @@ impl Policy {
             },
             Path::Mailbox(m) => m.clone(),
         };
+        if self
+            .lists
+            .reject_recipients
+            .iter()
+            .any(|p| p.matches(&mailbox.to_string()))
+        {
+            return t.refuse(RefuseReason::RejectedRecipient);
+        }
+        if self.limits_apply(client)
+            && let Some(max) = self.limits.recipients_per_hour_per_ip
+            && client.checks.rates.recipients_from_ip >= max
+        {
+            return t.refuse(RefuseReason::RateLimited {
+                limit: "recipients from this address",
+                per_hour: max,
+            });
+        }
         if self.is_inbound(&mailbox) {
             t.note(format!("{} is an inbound domain", mailbox.domain));
+            match &client.checks.recipient {
+                Some(Lookup::Fail(detail)) => {
+                    return t.refuse(RefuseReason::UnknownRecipient {
+                        detail: detail.clone(),
+                    });
+                }
+                Some(Lookup::DnsError(detail)) => {
+                    return t.refuse(RefuseReason::RecipientUnverified {
+                        detail: detail.clone(),
+                    });
+                }
+                Some(Lookup::Pass(what)) => t.note(format!("recipient verified: {what}")),
+                None => {}
+            }
             let Some(form) = mailbox.hidden_route() else {
                 return t.accept(mailbox, "accepted for an inbound domain");
             };
@@ -211,7 +399,17 @@ impl Policy {
             mailbox.domain
         ));
         match self.may_relay(client, &mut t) {
-            Ok(why) => t.accept(mailbox, format!("relay allowed: {why}")),
+            Ok(why) => {
+                if !self.lists.allow_senders.is_empty()
+                    && !client
+                        .sender
+                        .as_deref()
+                        .is_some_and(|s| self.lists.allow_senders.iter().any(|p| p.matches(s)))
+                {
+                    return t.refuse(RefuseReason::SenderNotAllowed);
+                }
+                t.accept(mailbox, format!("relay allowed: {why}"))
+            }
             Err(reason) => t.refuse(reason),
         }
     }

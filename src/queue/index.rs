@@ -324,6 +324,7 @@ mod tests {
             smtputf8: false,
             eight_bit: false,
             size: 10,
+            trusted_origin: true,
         };
         Entry {
             state: MessageState::initial(&envelope),

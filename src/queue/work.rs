@@ -304,7 +304,11 @@ impl QueueManager {
             env,
             &original,
             rcpts,
-            self.config.delivery.bounce_attach,
+            if env.trusted_origin {
+                self.config.delivery.bounce_attach
+            } else {
+                crate::config::BounceAttach::Headers
+            },
             &bounce_id,
         );
         let envelope = Envelope::new(
@@ -318,6 +322,7 @@ impl QueueManager {
                 client_ip: "127.0.0.1".into(),
                 helo: self.hostname.clone(),
                 auth_user: None,
+                trusted: true,
             },
             ContentInfo {
                 smtputf8: env.smtputf8,

@@ -130,6 +130,9 @@ impl Server {
             tracker.spawn(remind_open_relay(Arc::clone(&self.ctx), shutdown.clone()));
         }
         let grace = self.ctx.config.server.shutdown_grace.get();
+        tracker.spawn(
+            Arc::clone(&self.ctx.checks).watch_zones(self.ctx.events.clone(), shutdown.clone()),
+        );
         tracker.spawn(Arc::clone(&self.queue).run(self.inbox, shutdown.clone(), grace));
         tracker.spawn(crate::queue::serve_control(
             self.control,
@@ -327,6 +330,10 @@ fn admit(
         let reply = reason.reply();
         refused(ConnectionRefusal::Policy { reason });
         return Err(reply);
+    }
+    if ctx.checks.banned(ip).is_some() {
+        refused(ConnectionRefusal::Banned);
+        return Err(reply::BANNED);
     }
     // Trusted networks and AUTH-only listeners may use the reserved slots.
     let privileged = kind.requires_auth() || ctx.policy.is_trusted(ip);

@@ -61,6 +61,17 @@ impl Session {
             }
             CheckResult::Invalid => {
                 self.auth_failures += 1;
+                let (from_ip, banned) = self.ctx.checks.auth_failed(self.ip);
+                self.ip_auth_failures = u32::try_from(from_ip).unwrap_or(u32::MAX);
+                if banned {
+                    tracing::warn!(
+                        failures = from_ip,
+                        ban = %self.ctx.config.limits.ban_duration,
+                        "address banned after too many failed logins"
+                    );
+                    self.banned = true;
+                    return Ok(reply::BANNED);
+                }
                 self.emit(Event::AuthFailed {
                     session: self.id,
                     client: self.ip,
@@ -78,8 +89,9 @@ impl Session {
                 return Ok(reply::AUTH_TEMP_FAILURE);
             }
         };
-        // Each failure in a session costs the client more time before its answer.
-        let brake = failure_delay(self.auth_failures);
+        // Each failure costs the client more time before its answer: counted
+        // in the session, and from the address across sessions.
+        let brake = failure_delay(self.auth_failures.max(self.ip_auth_failures));
         tokio::select! {
             _ = tokio::time::sleep(brake) => {}
             e = self.stream.closed() => return Err(e),

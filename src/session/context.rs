@@ -18,6 +18,8 @@ pub struct Context {
     pub spool: Spool,
     /// Where the session's facts go (the log, and whoever subscribes).
     pub events: crate::events::Events,
+    /// The anti-spam checks: DNS lists, lookups, counters and bans.
+    pub checks: std::sync::Arc<crate::checks::Checks>,
     /// Connection slots; sessions read whether the server is under stress.
     pub limits: std::sync::Arc<crate::server::ConnectionLimits>,
     /// Renames prepared messages into the queue, one directory fsync per batch.
@@ -36,6 +38,10 @@ impl Context {
             committer: spool.committer(),
             spool,
             events: crate::events::Events::new(),
+            checks: std::sync::Arc::new(crate::checks::Checks::new(
+                &config,
+                crate::dns::Resolver::from_config(&config.dns).ok(),
+            )),
             limits: crate::server::ConnectionLimits::new(crate::server::LimitSettings {
                 max_total: config.server.max_connections,
                 max_per_ip: config.server.max_connections_per_ip,

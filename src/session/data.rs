@@ -53,6 +53,19 @@ impl Session {
         if tx.recipients.is_empty() {
             return Ok(Some((reply::NO_VALID_RECIPIENTS, Flow::Continue)));
         }
+        // Content before the 354 is a protocol error RFC 2920 forbids; spam
+        // software does it, and a stranger doing it is refused.
+        if self.ctx.config.checks.forbid_unauth_pipelining
+            && self.stream.has_buffered_input()
+            && self.user.is_none()
+            && !self.ctx.policy.is_trusted(self.ip)
+        {
+            tracing::warn!(
+                "message content sent before the 354 (unauthenticated pipelining); refused, closing"
+            );
+            self.tx = None;
+            return Ok(Some((reply::UNAUTH_PIPELINING, Flow::Close)));
+        }
         let mut msg = self.start_message(Mode::Dot);
         self.send(&reply::START_DATA).await?;
         let data_deadline = self.deadline(self.ctx.config.server.data_timeout.get());
@@ -292,6 +305,7 @@ impl Session {
                     .map(|h| h.name.clone())
                     .unwrap_or_default(),
                 auth_user: self.user.clone(),
+                trusted: self.user.is_some() || self.ctx.policy.is_trusted(self.ip),
             },
             ContentInfo {
                 smtputf8: tx.params.smtputf8,
@@ -310,6 +324,7 @@ impl Session {
         match committed {
             Ok(()) => {
                 self.messages += 1;
+                self.ctx.checks.count_message(self.ip, self.user.as_deref());
                 if let Some(q) = &self.ctx.queue {
                     q.notify(queue_id.clone());
                 }

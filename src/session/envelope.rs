@@ -9,13 +9,14 @@ use crate::smtp::reply::{self, Reply};
 use tracing::{info, warn};
 
 impl Session {
-    pub(super) fn mail(&mut self, path: Path, params: MailParams) -> Reply {
+    pub(super) async fn mail(&mut self, path: Path, params: MailParams) -> Reply {
         if self.helo.is_none() {
             return reply::BAD_SEQUENCE_HELO;
         }
         if self.tx.is_some() {
             return reply::NESTED_MAIL;
         }
+        self.gather_mail_facts(&path).await;
         if let Err(reason) = self.ctx.policy.mail(&self.facts(), &path).verdict {
             let reply = reason.reply();
             self.emit(Event::MailRefused {
@@ -38,8 +39,49 @@ impl Session {
         reply::SENDER_OK
     }
 
-    pub(super) fn rcpt(&mut self, path: Path) -> Reply {
+    /// The facts the MAIL stage reads: what the connect-time lookups found
+    /// (awaited once), the HELO and sender-domain lookups, the rates.
+    async fn gather_mail_facts(&mut self, sender: &Path) {
+        let checks = std::sync::Arc::clone(&self.ctx.checks);
+        self.check_facts.rates = checks.rates(self.ip, self.user.as_deref());
+        if !self.checks_apply() {
+            return;
+        }
+        if let Some(pending) = self.connect_lookups.take()
+            && let Ok(found) = pending.await
+        {
+            self.check_facts.lists = found.lists;
+            self.check_facts.reverse_dns = found.reverse_dns;
+        }
+        if self.check_facts.helo.is_none()
+            && let Some(helo) = self.helo.as_ref().map(|h| h.name.clone())
+        {
+            self.check_facts.helo = checks.helo(&helo, self.ip).await;
+        }
+        self.check_facts.sender_domain = match sender {
+            Path::Mailbox(m) => match &m.domain {
+                crate::smtp::address::Domain::Name(d) => checks.sender_domain(d).await,
+                crate::smtp::address::Domain::Literal(_) => None,
+            },
+            _ => None,
+        };
+    }
+
+    pub(super) async fn rcpt(&mut self, path: Path) -> Reply {
         let max = self.ctx.config.server.max_recipients;
+        self.check_facts.rates = self.ctx.checks.rates(self.ip, self.user.as_deref());
+        self.check_facts.recipient = match &path {
+            Path::Mailbox(m) => match &m.domain {
+                crate::smtp::address::Domain::Name(d)
+                    if self.ctx.policy.inbound_domains.contains(d) =>
+                {
+                    let checks = std::sync::Arc::clone(&self.ctx.checks);
+                    checks.verify_recipient(d, &m.to_string()).await
+                }
+                _ => None,
+            },
+            _ => None,
+        };
         let client = self.facts();
         let Some(tx) = self.tx.as_mut() else {
             return reply::BAD_SEQUENCE_MAIL;
@@ -71,6 +113,7 @@ impl Session {
                     .unwrap_or_default();
                 let to = mailbox.to_string();
                 tx.add_recipient(mailbox);
+                self.ctx.checks.count_recipient(self.ip);
                 self.emit(Event::RcptAccepted {
                     session: self.id,
                     client: self.ip,

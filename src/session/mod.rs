@@ -60,6 +60,14 @@ pub struct Session {
     stress: tokio::sync::watch::Receiver<bool>,
     /// Failed AUTH attempts in this session; each one is answered more slowly.
     auth_failures: u32,
+    /// Failed AUTH attempts from this address lately, across sessions.
+    ip_auth_failures: u32,
+    /// This session's failures got the address banned: close after the reply.
+    banned: bool,
+    /// What the anti-spam checks found so far.
+    check_facts: crate::policy::CheckFacts,
+    /// The DNS lists and reverse DNS, asked as soon as the client connected.
+    connect_lookups: Option<tokio::task::JoinHandle<crate::checks::ConnectFindings>>,
     messages: u32,
     ends_at: Instant,
     shutdown: CancellationToken,
@@ -87,6 +95,10 @@ impl Session {
             errors: 0,
             stress,
             auth_failures: 0,
+            ip_auth_failures: 0,
+            banned: false,
+            check_facts: crate::policy::CheckFacts::default(),
+            connect_lookups: None,
             messages: 0,
             ends_at,
             shutdown,
@@ -144,13 +156,12 @@ impl Session {
             listener: self.kind,
             tls: self.stream.tls().is_some(),
         });
-        let banner = Reply::with_text(
-            220,
-            "",
-            format!("{} ESMTP Portcullis ready", self.ctx.hostname),
-        );
-        let result = match self.send(&banner).await {
-            Ok(()) => self.command_loop().await,
+        if self.checks_apply() {
+            self.connect_lookups = self.ctx.checks.start_connect_lookups(self.ip);
+        }
+        let result = match self.greet().await {
+            Ok(true) => self.command_loop().await,
+            Ok(false) => Ok(()),
             Err(e) => Err(e),
         };
         let why = match &result {
@@ -166,6 +177,33 @@ impl Session {
             errors: self.errors,
             reason: why,
         });
+    }
+
+    /// The banner, after the pregreet wait for clients the checks concern.
+    /// False when the client talked first and was refused.
+    async fn greet(&mut self) -> Result<bool, StreamError> {
+        let c = &self.ctx.config.checks;
+        if c.pregreet == crate::config::PregreetCheck::Reject && self.checks_apply() {
+            let wait = Instant::now() + c.pregreet_wait.get();
+            if let Ok(early) = self.stream.peek_some(wait).await
+                && !early.is_empty()
+            {
+                self.emit(Event::ConnectionRefused {
+                    client: self.ip,
+                    listener: self.kind,
+                    refusal: crate::events::ConnectionRefusal::Pregreet,
+                });
+                self.send(&reply::PREGREET).await?;
+                return Ok(false);
+            }
+        }
+        let banner = Reply::with_text(
+            220,
+            "",
+            format!("{} ESMTP Portcullis ready", self.ctx.hostname),
+        );
+        self.send(&banner).await?;
+        Ok(true)
     }
 
     async fn command_loop(&mut self) -> Result<(), StreamError> {
@@ -246,8 +284,8 @@ impl Session {
         let reply = match cmd {
             Command::Helo(name) => self.helo(name, false),
             Command::Ehlo(name) => self.helo(name, true),
-            Command::Mail { path, params } => self.mail(path, params),
-            Command::Rcpt { path } => self.rcpt(path),
+            Command::Mail { path, params } => self.mail(path, params).await,
+            Command::Rcpt { path } => self.rcpt(path).await,
             Command::Data => return self.data().await,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
@@ -269,7 +307,13 @@ impl Session {
             Command::Expn => reply::NOT_IMPLEMENTED,
             Command::Help => reply::HELP,
             Command::StartTls => return self.starttls().await,
-            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await?,
+            Command::Auth { mechanism, initial } => {
+                let reply = self.auth(&mechanism, initial).await?;
+                if self.banned {
+                    return Ok(Some((reply, Flow::Close)));
+                }
+                reply
+            }
         };
         Ok(Some((reply, Flow::Continue)))
     }
@@ -286,7 +330,16 @@ impl Session {
             tls: self.stream.tls().is_some(),
             user: self.user.clone(),
             helo: self.helo.as_ref().map(|h| h.name.clone()),
+            checks: self.check_facts.clone(),
+            sender: self.tx.as_ref().map(|t| t.sender_text()),
         }
+    }
+
+    /// Whether the anti-spam checks concern this client now (not trusted,
+    /// not authenticated, unless skip_for_trusted is off).
+    fn checks_apply(&self) -> bool {
+        !self.ctx.config.checks.skip_for_trusted
+            || (self.user.is_none() && !self.ctx.policy.is_trusted(self.ip))
     }
 }
 

@@ -176,6 +176,21 @@ pub const TOO_MANY_FROM_IP: Reply = Reply::new(
     "4.7.0",
     "Too many connections from your address; try again later",
 );
+pub const PREGREET: Reply = Reply::new(
+    554,
+    "5.5.1",
+    "Protocol error: you talked before the greeting",
+);
+pub const BANNED: Reply = Reply::new(
+    421,
+    "4.7.0",
+    "Too many failed logins from your address; try again later",
+);
+pub const UNAUTH_PIPELINING: Reply = Reply::new(
+    554,
+    "5.5.0",
+    "Improper use of SMTP command pipelining: message content sent before the 354",
+);
 pub const CONNECTING_TOO_FAST: Reply = Reply::new(
     421,
     "4.7.0",

@@ -27,6 +27,15 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// Content size in octets (Received: header included).
     pub size: u64,
+    /// Whether the client was trusted or authenticated. A bounce for mail
+    /// from a stranger carries the headers only: otherwise anyone could make
+    /// us deliver their content to any address by naming it as the sender.
+    #[serde(default = "trusted_by_default")]
+    pub trusted_origin: bool,
+}
+
+fn trusted_by_default() -> bool {
+    true
 }
 
 /// Who handed a message to us.
@@ -35,6 +44,8 @@ pub struct Origin {
     pub client_ip: String,
     pub helo: String,
     pub auth_user: Option<String>,
+    /// A trusted network or an authenticated user.
+    pub trusted: bool,
 }
 
 /// How the content is written.
@@ -67,6 +78,7 @@ impl Envelope {
             smtputf8: content.smtputf8,
             eight_bit: content.eight_bit,
             size: content.size,
+            trusted_origin: origin.trusted,
         }
     }
 
@@ -90,6 +102,7 @@ impl Envelope {
             smtputf8: false,
             eight_bit: false,
             size: 0,
+            trusted_origin: true,
         }
     }
 }

@@ -1,0 +1,145 @@
+//! Rate counters and bans behind a trait, so that several nodes can later
+//! share them (e.g. in Redis) without the rest of the code noticing. The
+//! in-memory implementation counts with a sliding window approximated from
+//! two fixed windows: O(1) memory per key, whatever the rate.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub trait Counters: Send + Sync {
+    /// Events recorded for `key` within the last `window` (approximately, never less).
+    fn count(&self, key: &str, window: Duration) -> u64;
+    /// Records one event for `key` and returns the count including it.
+    fn add(&self, key: &str, window: Duration) -> u64;
+    /// Bans `ip` for `duration`.
+    fn ban(&self, ip: IpAddr, duration: Duration);
+    /// How long `ip` stays banned, if it is.
+    fn banned(&self, ip: IpAddr) -> Option<Duration>;
+}
+
+/// Keys remembered before idle ones are swept.
+const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    current: u64,
+    previous: u64,
+}
+
+impl Window {
+    /// Moves the window forward to `now` and returns the estimated count.
+    fn estimate(&mut self, now: Instant, len: Duration) -> u64 {
+        let elapsed = now.duration_since(self.start);
+        if elapsed >= len * 2 {
+            *self = Window {
+                start: now,
+                current: 0,
+                previous: 0,
+            };
+        } else if elapsed >= len {
+            self.previous = self.current;
+            self.current = 0;
+            self.start += len;
+        }
+        let into = now.duration_since(self.start).as_secs_f64() / len.as_secs_f64().max(1e-9);
+        let carried = (self.previous as f64 * (1.0 - into.min(1.0))).ceil() as u64;
+        self.current + carried
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryCounters {
+    windows: Mutex<HashMap<String, Window>>,
+    bans: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl MemoryCounters {
+    pub fn new() -> MemoryCounters {
+        MemoryCounters::default()
+    }
+}
+
+impl Counters for MemoryCounters {
+    fn count(&self, key: &str, window: Duration) -> u64 {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.get_mut(key)
+            .map_or(0, |w| w.estimate(Instant::now(), window))
+    }
+
+    fn add(&self, key: &str, window: Duration) -> u64 {
+        let now = Instant::now();
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_KEYS {
+            map.retain(|_, w| now.duration_since(w.start) < window * 2);
+        }
+        let w = map.entry(key.to_string()).or_insert(Window {
+            start: now,
+            current: 0,
+            previous: 0,
+        });
+        let before = w.estimate(now, window);
+        w.current += 1;
+        before + 1
+    }
+
+    fn ban(&self, ip: IpAddr, duration: Duration) {
+        let now = Instant::now();
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        if bans.len() >= MAX_KEYS {
+            bans.retain(|_, until| *until > now);
+        }
+        bans.insert(ip, now + duration);
+    }
+
+    fn banned(&self, ip: IpAddr) -> Option<Duration> {
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *bans.get(&ip)?;
+        let now = Instant::now();
+        if until > now {
+            Some(until - now)
+        } else {
+            bans.remove(&ip);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_within_the_window() {
+        let c = MemoryCounters::new();
+        let w = Duration::from_secs(3600);
+        assert_eq!(c.count("ip:a", w), 0);
+        for n in 1..=5 {
+            assert_eq!(c.add("ip:a", w), n);
+        }
+        assert_eq!(c.count("ip:a", w), 5);
+        assert_eq!(c.count("ip:b", w), 0);
+    }
+
+    #[test]
+    fn old_events_fade_out() {
+        let c = MemoryCounters::new();
+        let w = Duration::from_millis(50);
+        c.add("k", w);
+        c.add("k", w);
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(c.count("k", w), 0);
+    }
+
+    #[test]
+    fn bans_expire() {
+        let c = MemoryCounters::new();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        c.ban(ip, Duration::from_millis(50));
+        assert!(c.banned(ip).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.banned(ip).is_none());
+    }
+}

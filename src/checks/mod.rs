@@ -1,0 +1,221 @@
+//! The anti-spam checks at run time: DNS black and white lists, reverse DNS,
+//! HELO and sender-domain lookups, rate counters and bans, and recipient
+//! verification. They gather facts (`policy::CheckFacts`); the staged policy
+//! decides. One resolver for the whole server, the `[dns]` one.
+
+pub mod counters;
+pub mod dns_lists;
+pub mod lookups;
+pub mod recipients;
+
+use crate::config::{Config, HeloCheck, ReverseDnsCheck, SenderDomainCheck, VerifyRecipients};
+use crate::delivery::Deliverer;
+use crate::dns::Resolver;
+use crate::events::{Event, Events};
+use crate::policy::{ListFindings, Lookup, RateFacts};
+use counters::{Counters, MemoryCounters};
+use dns_lists::DnsLists;
+use recipients::{CalloutCache, RecipientList};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// What the connect-time lookups found.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectFindings {
+    pub lists: Option<ListFindings>,
+    pub reverse_dns: Option<Lookup>,
+}
+
+pub struct Checks {
+    config: Config,
+    resolver: Option<Resolver>,
+    pub dns_lists: Option<DnsLists>,
+    pub counters: Arc<dyn Counters>,
+    recipients: Option<RecipientList>,
+    callouts: CalloutCache,
+    deliverer: Option<Arc<Deliverer>>,
+}
+
+impl Checks {
+    pub fn new(config: &Config, resolver: Option<Resolver>) -> Checks {
+        let c = &config.checks;
+        let dns_lists = resolver
+            .clone()
+            .filter(|_| !c.dnsbl.is_empty() || !c.dnswl.is_empty())
+            .map(|r| DnsLists::new(r, &c.dnsbl, &c.dnswl));
+        let recipients = match (
+            config.relay.verify_recipients,
+            &config.relay.valid_recipients_file,
+        ) {
+            (VerifyRecipients::List, Some(path)) => Some(RecipientList::new(path.clone())),
+            _ => None,
+        };
+        Checks {
+            config: config.clone(),
+            deliverer: resolver
+                .clone()
+                .map(|r| Arc::new(Deliverer::new(Arc::new(config.clone()), r))),
+            resolver,
+            dns_lists,
+            counters: Arc::new(MemoryCounters::new()),
+            recipients,
+            callouts: CalloutCache::new(
+                config.relay.callout_cache_positive.get(),
+                config.relay.callout_cache_negative.get(),
+            ),
+        }
+    }
+
+    fn dns_timeout(&self) -> Duration {
+        self.config.checks.dns_timeout.get()
+    }
+
+    /// The lookups that only need the client's address, started as soon as it connects.
+    pub fn start_connect_lookups(
+        &self,
+        ip: IpAddr,
+    ) -> Option<tokio::task::JoinHandle<ConnectFindings>> {
+        let lists = self.dns_lists.clone();
+        let rdns = self.config.checks.reverse_dns;
+        let resolver = self.resolver.clone()?;
+        if lists.is_none() && rdns == ReverseDnsCheck::Off {
+            return None;
+        }
+        let deadline = self.dns_timeout();
+        Some(tokio::spawn(async move {
+            let lists_f = async {
+                match &lists {
+                    Some(l) => Some(l.check(ip, deadline).await),
+                    None => None,
+                }
+            };
+            let rdns_f = async {
+                match rdns {
+                    ReverseDnsCheck::Off => None,
+                    mode => Some(
+                        lookups::within(deadline, lookups::reverse_dns(&resolver, ip, mode)).await,
+                    ),
+                }
+            };
+            let (lists, reverse_dns) = tokio::join!(lists_f, rdns_f);
+            ConnectFindings { lists, reverse_dns }
+        }))
+    }
+
+    pub async fn helo(&self, name: &str, ip: IpAddr) -> Option<Lookup> {
+        let mode = self.config.checks.helo_lookup;
+        let resolver = self.resolver.as_ref()?;
+        if mode == HeloCheck::Off {
+            return None;
+        }
+        Some(lookups::within(self.dns_timeout(), lookups::helo(resolver, name, ip, mode)).await)
+    }
+
+    pub async fn sender_domain(&self, domain: &str) -> Option<Lookup> {
+        let resolver = self.resolver.as_ref()?;
+        if self.config.checks.sender_domain == SenderDomainCheck::Off {
+            return None;
+        }
+        Some(lookups::within(self.dns_timeout(), lookups::sender_domain(resolver, domain)).await)
+    }
+
+    /// Whether mail for `address` in an inbound domain may be taken.
+    pub async fn verify_recipient(&self, domain: &str, address: &str) -> Option<Lookup> {
+        match self.config.relay.verify_recipients {
+            VerifyRecipients::Off => None,
+            VerifyRecipients::List => {
+                let list = self.recipients.as_ref()?;
+                Some(match list.contains(address) {
+                    Ok(true) => Lookup::Pass("in relay.valid_recipients_file".into()),
+                    Ok(false) => Lookup::Fail("not in relay.valid_recipients_file".into()),
+                    Err(e) => Lookup::DnsError(e),
+                })
+            }
+            VerifyRecipients::Callout => {
+                if let Some(known) = self.callouts.get(address) {
+                    return Some(known);
+                }
+                let deliverer = self.deliverer.as_ref()?;
+                let answer = match deliverer.callout(domain, address).await {
+                    Ok(true) => Lookup::Pass("the next hop takes it (callout)".into()),
+                    Ok(false) => Lookup::Fail("the next hop has no such user (callout)".into()),
+                    Err(e) => Lookup::DnsError(e),
+                };
+                self.callouts.put(address, &answer);
+                Some(answer)
+            }
+        }
+    }
+
+    /// Messages and recipients counted in the last hour.
+    pub fn rates(&self, ip: IpAddr, user: Option<&str>) -> RateFacts {
+        RateFacts {
+            messages_from_ip: self.counters.count(&format!("msg-ip:{ip}"), HOUR),
+            messages_from_user: user
+                .map_or(0, |u| self.counters.count(&format!("msg-user:{u}"), HOUR)),
+            recipients_from_ip: self.counters.count(&format!("rcpt-ip:{ip}"), HOUR),
+        }
+    }
+
+    pub fn count_message(&self, ip: IpAddr, user: Option<&str>) {
+        self.counters.add(&format!("msg-ip:{ip}"), HOUR);
+        if let Some(u) = user {
+            self.counters.add(&format!("msg-user:{u}"), HOUR);
+        }
+    }
+
+    pub fn count_recipient(&self, ip: IpAddr) {
+        self.counters.add(&format!("rcpt-ip:{ip}"), HOUR);
+    }
+
+    /// Counts a failed AUTH from `ip`: the failures in the ban window, and
+    /// whether this one banned the address.
+    pub fn auth_failed(&self, ip: IpAddr) -> (u64, bool) {
+        let l = &self.config.limits;
+        let n = self
+            .counters
+            .add(&format!("authfail:{ip}"), l.ban_window.get());
+        let ban = l.auth_failures_before_ban > 0 && n >= u64::from(l.auth_failures_before_ban);
+        if ban {
+            self.counters.ban(ip, l.ban_duration.get());
+        }
+        (n, ban)
+    }
+
+    pub fn banned(&self, ip: IpAddr) -> Option<Duration> {
+        self.counters.banned(ip)
+    }
+
+    /// Tests the DNS list zones now and every `zone_health_interval`, until `stop`.
+    pub async fn watch_zones(
+        self: Arc<Self>,
+        events: Events,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(lists) = self.dns_lists.clone() else {
+            return;
+        };
+        let every = self
+            .config
+            .checks
+            .zone_health_interval
+            .get()
+            .max(Duration::from_secs(10));
+        loop {
+            for change in lists.health_check(self.dns_timeout()).await {
+                events.emit(Event::ZoneHealth {
+                    zone: change.zone.clone(),
+                    healthy: change.healthy,
+                    problem: change.problem.clone(),
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
