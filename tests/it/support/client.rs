@@ -29,7 +29,11 @@ pub struct SmtpClient {
 }
 
 pub async fn tcp_from(source: &str, server: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
+    let socket = if source.contains(':') {
+        TcpSocket::new_v6().unwrap()
+    } else {
+        TcpSocket::new_v4().unwrap()
+    };
     socket
         .bind(SocketAddr::new(source.parse().unwrap(), 0))
         .expect("bind source address");

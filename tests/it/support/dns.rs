@@ -2,7 +2,7 @@
 //! MX, A and AAAA records, NXDOMAIN, and names that never get an answer.
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR, SOA};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR, SOA, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -88,6 +88,30 @@ impl TestDns {
         match ip.parse::<IpAddr>().unwrap() {
             IpAddr::V4(v4) => self.add(name, RecordType::A, RData::A(A(v4))),
             IpAddr::V6(v6) => self.add(name, RecordType::AAAA, RData::AAAA(AAAA(v6))),
+        }
+    }
+
+    /// A TXT record (a DNS list's reason).
+    pub fn txt(&self, name: &str, text: &str) {
+        self.add(
+            name,
+            RecordType::TXT,
+            RData::TXT(TXT::new(vec![text.to_string()])),
+        );
+    }
+
+    /// A DNS list zone that passes the health check: 127.0.0.2 listed, 127.0.0.1 not.
+    pub fn dns_list(&self, zone: &str) {
+        self.host(&format!("2.0.0.127.{zone}"), "127.0.0.2");
+        self.txt(&format!("2.0.0.127.{zone}"), "test entry");
+    }
+
+    /// Lists `ip` in `zone` with return code `code` (RFC 5782 name, v4 or v6).
+    pub fn list_in(&self, zone: &str, ip: &str, code: &str, reason: Option<&str>) {
+        let name = portcullis::checks::dns_lists::query_name(ip.parse().unwrap(), zone);
+        self.host(&name, code);
+        if let Some(r) = reason {
+            self.txt(&name, r);
         }
     }
 

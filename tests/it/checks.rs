@@ -1,0 +1,186 @@
+//! The anti-spam checks over real SMTP and real DNS: the test's own DNS
+//! server serves the lists, PTR, A and MX records (and a zone that never
+//! answers); clients come from distinct loopback addresses, or from a network
+//! namespace where a real (non-loopback) address is needed.
+
+use crate::support::WAIT;
+use crate::support::client::SmtpClient;
+use crate::support::dns::TestDns;
+use crate::support::server::TestServer;
+use std::time::{Duration, Instant};
+
+const INBOUND: &str = "[relay]\ninbound_domains = [\"example.lan\"]\n[[network]]\nrange = \"127.0.0.3\"\nauth = \"none\"\n";
+
+fn config(dns: &TestDns, checks: &str) -> String {
+    format!("{}{INBOUND}[checks]\n{checks}\n", dns.config())
+}
+
+/// Sends EHLO and MAIL from `source`; returns the MAIL reply.
+async fn mail_from(
+    server: &TestServer,
+    source: &str,
+    helo: &str,
+    sender: &str,
+) -> crate::support::client::Reply {
+    let mut c = SmtpClient::connect(server.addr(), source).await;
+    c.expect(&format!("EHLO {helo}"), 250).await;
+    c.cmd(&format!("MAIL FROM:<{sender}>")).await
+}
+
+/// Waits (bounded) until the zone health check has run once.
+async fn zones_checked(dns: &TestDns, zone: &str) {
+    let started = Instant::now();
+    while dns.queries_for(&format!("1.0.0.127.{zone}")) == 0 {
+        assert!(started.elapsed() < WAIT, "no health check of {zone}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsbl_refuses_a_listed_client_naming_the_zone() {
+    let dns = TestDns::start().await;
+    dns.dns_list("bl.test");
+    dns.dns_list("codes.test");
+    dns.dns_list("wl.test");
+    dns.list_in(
+        "bl.test",
+        "127.0.3.50",
+        "127.0.0.2",
+        Some("Listed for spam, see bl.test/lookup"),
+    );
+    dns.list_in("codes.test", "127.0.3.51", "127.0.0.4", None);
+    dns.list_in("bl.test", "127.0.3.52", "127.0.0.2", None);
+    dns.list_in("wl.test", "127.0.3.52", "127.0.0.2", None);
+    let server = TestServer::start(&config(
+        &dns,
+        "dnsbl = [\"bl.test\", \"codes.test=127.0.0.2\"]\ndnswl = [\"wl.test\"]\ndns_timeout = \"2s\"",
+    ))
+    .await;
+    zones_checked(&dns, "bl.test").await;
+    // Listed: refused, the reply names the zone and its reason.
+    let r = mail_from(&server, "127.0.3.50", "client.test", "a@client.test").await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(
+        r.text().contains("5.7.1") && r.text().contains("bl.test"),
+        "{r:?}"
+    );
+    assert!(
+        r.text().contains("Listed for spam"),
+        "the TXT reason is passed on: {r:?}"
+    );
+    // Listed only with a code the config does not count: allowed.
+    assert_eq!(
+        mail_from(&server, "127.0.3.51", "client.test", "a@client.test")
+            .await
+            .code,
+        250
+    );
+    // Listed, but on the white list too: allowed.
+    assert_eq!(
+        mail_from(&server, "127.0.3.52", "client.test", "a@client.test")
+            .await
+            .code,
+        250
+    );
+    // Not listed: allowed; the trusted LAN client is not even looked up.
+    assert_eq!(
+        mail_from(&server, "127.0.3.53", "client.test", "a@client.test")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(
+        mail_from(&server, "127.0.0.3", "lan.test", "a@client.test")
+            .await
+            .code,
+        250
+    );
+    assert!(dns.queries_for("2.0.0.127.bl.test") >= 1, "the zone's health was checked");
+    assert_eq!(
+        dns.queries_for(&portcullis::checks::dns_lists::query_name(
+            "127.0.0.3".parse().unwrap(),
+            "bl.test"
+        )),
+        0,
+        "skip_for_trusted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsbl_works_for_ipv6_clients() {
+    let dns = TestDns::start().await;
+    dns.dns_list("bl6.test");
+    dns.list_in("bl6.test", "::1", "127.0.0.2", None);
+    let server = TestServer::start(&format!(
+        "{}[relay]\ninbound_domains = [\"example.lan\"]\n[[listener]]\naddress = \"[::1]:0\"\n[checks]\ndnsbl = [\"bl6.test\"]\n",
+        dns.config()
+    ))
+    .await;
+    zones_checked(&dns, "bl6.test").await;
+    let mut c = SmtpClient::connect(server.addr(), "::1").await;
+    c.expect("EHLO v6.test", 250).await;
+    let r = c.cmd("MAIL FROM:<a@client.test>").await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text().contains("bl6.test"), "{r:?}");
+}
+
+/// A zone that never answers: a lookup under it waits at most dns_timeout and
+/// then tempfails (or passes, with on_dns_error = "accept"); the health
+/// check sets the zone aside, after which mail flows without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_zone_costs_at_most_the_timeout_and_is_set_aside() {
+    let dns = TestDns::start().await;
+    dns.dns_list("slow.test");
+    // The zone is healthy, but the client's own entry never gets an answer.
+    dns.silent(&portcullis::checks::dns_lists::query_name(
+        "127.0.3.60".parse().unwrap(),
+        "slow.test",
+    ));
+    for (policy, want) in [("tempfail", 451), ("accept", 250)] {
+        let server = TestServer::start(&config(
+            &dns,
+            &format!("dnsbl = [\"slow.test\"]\ndns_timeout = \"1s\"\non_dns_error = \"{policy}\""),
+        ))
+        .await;
+        zones_checked(&dns, "slow.test").await;
+        let started = Instant::now();
+        let r = mail_from(&server, "127.0.3.60", "client.test", "a@client.test").await;
+        assert_eq!(r.code, want, "{policy}: {r:?}");
+        if want == 451 {
+            assert!(r.text().starts_with("4.4.3"), "{r:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bounded by dns_timeout"
+        );
+    }
+    // A zone that does not answer its test entries at all is set aside.
+    let dead = TestDns::start().await;
+    dead.silent("2.0.0.127.dead.test");
+    dead.silent("1.0.0.127.dead.test");
+    dead.silent(&portcullis::checks::dns_lists::query_name(
+        "127.0.3.61".parse().unwrap(),
+        "dead.test",
+    ));
+    let server = crate::support::server::ProcessServer::spawn(&{
+        let dir = tempfile::tempdir().unwrap().keep();
+        let ca = crate::support::tls::TestCa::generate(&dir);
+        let text = crate::support::server::complete_config(
+            &config(&dead, "dnsbl = [\"dead.test\"]\ndns_timeout = \"1s\""),
+            &dir,
+            &ca,
+        );
+        let path = dir.join("portcullis.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    assert!(
+        server.wait_for_log("DNS list zone set aside"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    let mut c = SmtpClient::connect(server.addr, "127.0.3.61").await;
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@client.test>", 250).await;
+}
