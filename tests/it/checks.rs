@@ -96,7 +96,10 @@ async fn dnsbl_refuses_a_listed_client_naming_the_zone() {
             .code,
         250
     );
-    assert!(dns.queries_for("2.0.0.127.bl.test") >= 1, "the zone's health was checked");
+    assert!(
+        dns.queries_for("2.0.0.127.bl.test") >= 1,
+        "the zone's health was checked"
+    );
     assert_eq!(
         dns.queries_for(&portcullis::checks::dns_lists::query_name(
             "127.0.0.3".parse().unwrap(),
@@ -183,4 +186,171 @@ async fn a_dead_zone_costs_at_most_the_timeout_and_is_set_aside() {
     let mut c = SmtpClient::connect(server.addr, "127.0.3.61").await;
     c.expect("EHLO client.test", 250).await;
     c.expect("MAIL FROM:<a@client.test>", 250).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helo_and_sender_domain_lookups() {
+    let dns = TestDns::start().await;
+    dns.host("real.client.test", "127.0.3.70");
+    dns.host("elsewhere.client.test", "127.0.3.99");
+    dns.mx("good.test", 10, "mx.good.test");
+    dns.null_mx("nomail.test");
+    let server = TestServer::start(&config(
+        &dns,
+        "helo_lookup = \"matches\"\nsender_domain = \"exists\"",
+    ))
+    .await;
+    assert_eq!(
+        mail_from(&server, "127.0.3.70", "real.client.test", "a@good.test")
+            .await
+            .code,
+        250
+    );
+    let r = mail_from(
+        &server,
+        "127.0.3.70",
+        "elsewhere.client.test",
+        "a@good.test",
+    )
+    .await;
+    assert_eq!(r.code, 550, "HELO resolves elsewhere: {r:?}");
+    let r = mail_from(&server, "127.0.3.70", "nowhere.client.test", "a@good.test").await;
+    assert_eq!(r.code, 550, "HELO does not resolve: {r:?}");
+    let r = mail_from(&server, "127.0.3.70", "real.client.test", "a@nomail.test").await;
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(r.text().starts_with("5.1.8"), "{r:?}");
+    let r = mail_from(
+        &server,
+        "127.0.3.70",
+        "real.client.test",
+        "a@no-such-domain.test",
+    )
+    .await;
+    assert_eq!(r.code, 550, "{r:?}");
+    // "resolves" only asks that the name resolve at all.
+    let server = TestServer::start(&config(&dns, "helo_lookup = \"resolves\"")).await;
+    assert_eq!(
+        mail_from(&server, "127.0.3.70", "elsewhere.client.test", "a@x.test")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(
+        mail_from(&server, "127.0.3.70", "nowhere.client.test", "a@x.test")
+            .await
+            .code,
+        550
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_talkers_and_unauthenticated_pipelining_are_refused() {
+    use tokio::io::AsyncWriteExt;
+    let dns = TestDns::start().await;
+    let server = TestServer::start(&config(
+        &dns,
+        "pregreet = \"reject\"\npregreet_wait = \"500ms\"",
+    ))
+    .await;
+    // Talks before the banner.
+    let mut s = crate::support::client::tcp_from("127.0.3.80", server.addr()).await;
+    s.write_all(b"EHLO eager.test\r\n").await.unwrap();
+    let mut c = SmtpClient::from_stream(s);
+    let r = c.read_reply().await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text().starts_with("5.5.1"), "{r:?}");
+    // Waits for the banner: welcome.
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.81").await;
+    c.expect("EHLO patient.test", 250).await;
+    // Content before the 354, from a stranger: refused and cut off.
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<b@example.lan>", 250).await;
+    c.send_raw(b"DATA\r\nSubject: hurried\r\n\r\nx\r\n.\r\n")
+        .await;
+    let r = c.read_reply().await;
+    assert_eq!(r.code, 554, "{r:?}");
+    assert!(r.text().contains("pipelining"), "{r:?}");
+    assert!(c.closed().await);
+    assert!(server.queued().is_empty());
+    // The trusted LAN client may be sloppy.
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
+    c.expect("EHLO lan.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<b@example.lan>", 250).await;
+    c.send_raw(b"DATA\r\nSubject: hurried\r\n\r\nx\r\n.\r\n")
+        .await;
+    assert_eq!(c.read_reply().await.code, 354);
+    assert_eq!(c.read_reply().await.code, 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_lists() {
+    let dns = TestDns::start().await;
+    let server = TestServer::start(&format!(
+        "{}[relay]\ninbound_domains = [\"example.lan\"]\n[[network]]\nrange = \"127.0.0.3\"\nauth = \"none\"\n[lists]\nreject_senders = [\"spammer@example.net\", \"@bad.example\"]\nreject_recipients = [\"@competitor.example\"]\nallow_senders = [\"@office.example\"]\n",
+        dns.config()
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
+    c.expect("EHLO lan.test", 250).await;
+    c.expect("MAIL FROM:<Spammer@Example.NET>", 550).await;
+    c.expect("MAIL FROM:<anyone@bad.example>", 550).await;
+    c.expect("MAIL FROM:<clerk@office.example>", 250).await;
+    c.expect("RCPT TO:<boss@competitor.example>", 550).await;
+    c.expect("RCPT TO:<partner@far.example>", 250).await;
+    c.expect("RSET", 250).await;
+    // A sender not on allow_senders may not relay, but may still write to us.
+    c.expect("MAIL FROM:<someone@elsewhere.example>", 250).await;
+    let r = c.expect("RCPT TO:<partner@far.example>", 550).await;
+    assert!(r.text().contains("may not send"), "{r:?}");
+    c.expect("RCPT TO:<boss@example.lan>", 250).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_auth_failure_bans() {
+    let dns = TestDns::start().await;
+    let server = TestServer::start(&format!(
+        "{}[relay]\ninbound_domains = [\"example.lan\"]\n[limits]\nmessages_per_hour_per_ip = 2\nrecipients_per_hour_per_ip = 3\nauth_failures_before_ban = 3\nban_duration = \"2s\"\n",
+        dns.config()
+    ))
+    .await;
+    crate::support::write_users(&server.config.users_file(), &[("bob", "builder")]);
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.90").await;
+    c.expect("EHLO busy.test", 250).await;
+    for i in 0..2 {
+        let r = c
+            .send_mail(
+                "a@x.test",
+                &["b@example.lan"],
+                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let r = c.cmd("MAIL FROM:<a@x.test>").await;
+    assert_eq!(r.code, 450, "the third message within the hour: {r:?}");
+    assert!(r.text().starts_with("4.7.1"), "{r:?}");
+    // Recipients: two counted above, one more allowed, then refused.
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.91").await;
+    c.expect("EHLO other.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    for _ in 0..3 {
+        c.expect("RCPT TO:<b@example.lan>", 250).await;
+    }
+    c.expect("RCPT TO:<c@example.lan>", 450).await;
+    // Three failed logins from one address: banned, at once and at connect.
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.92").await;
+    c.expect("EHLO guesser.test", 250).await;
+    assert_eq!(c.auth_plain("bob", "guess1").await.code, 535);
+    assert_eq!(c.auth_plain("bob", "guess2").await.code, 535);
+    let r = c.auth_plain("bob", "guess3").await;
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(c.closed().await);
+    let mut again = SmtpClient::connect_raw(server.addr(), "127.0.3.92").await;
+    assert_eq!(again.read_reply().await.code, 421, "banned at connect");
+    // Another address is not affected; the ban ends after ban_duration.
+    SmtpClient::connect(server.addr(), "127.0.3.93").await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut back = SmtpClient::connect(server.addr(), "127.0.3.92").await;
+    back.expect("EHLO back.test", 250).await;
 }

@@ -44,6 +44,14 @@ pub async fn tcp_from(source: &str, server: SocketAddr) -> TcpStream {
 }
 
 impl SmtpClient {
+    /// Wraps a connection already made (banner not read).
+    pub fn from_stream(tcp: TcpStream) -> SmtpClient {
+        SmtpClient {
+            io: Box::new(tcp),
+            buf: Vec::new(),
+        }
+    }
+
     /// Connects from `source` (e.g. "127.0.0.2") without reading the banner.
     pub async fn connect_raw(server: SocketAddr, source: &str) -> SmtpClient {
         SmtpClient {
