@@ -354,3 +354,137 @@ async fn rate_limits_and_auth_failure_bans() {
     let mut back = SmtpClient::connect(server.addr(), "127.0.3.92").await;
     back.expect("EHLO back.test", 250).await;
 }
+
+/// Reverse DNS needs a client at a real address (loopback reverse names are
+/// answered by the resolver itself): clients in a network namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_dns_ptr_and_fcrdns() {
+    let ns = crate::support::netns::Namespace::with_default_route("10.80.0.2/24", "10.80.0.1");
+    ns.link_host_end("10.80.0.1/24");
+    ns.add_address("10.80.0.3/24");
+    ns.add_address("10.80.0.4/24");
+    let dns = TestDns::start().await;
+    dns.ptr("10.80.0.2", "client.rdns.test");
+    dns.host("client.rdns.test", "10.80.0.2");
+    dns.ptr("10.80.0.3", "liar.rdns.test");
+    dns.host("liar.rdns.test", "10.80.0.99");
+    for (mode, honest, liar, nameless) in [("fcrdns", 250, 550, 550), ("ptr", 250, 250, 550)] {
+        let server = TestServer::start(&format!(
+            "{}{INBOUND}[[listener]]\naddress = \"10.80.0.1:0\"\n[checks]\nreverse_dns = \"{mode}\"\n",
+            dns.config()
+        ))
+        .await;
+        let addr = server.addr();
+        let got = tokio::task::block_in_place(|| {
+            ["10.80.0.2", "10.80.0.3", "10.80.0.4"]
+                .map(|src| ns.mail_from(src, addr, "a@client.test"))
+        });
+        assert_eq!(
+            [got[0].0, got[1].0, got[2].0],
+            [honest, liar, nameless],
+            "{mode}: {got:?}"
+        );
+        assert!(got[2].1.contains("5.7.25"), "{got:?}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipient_verification_by_list_and_by_callout() {
+    use crate::support::sink::{Behaviour, Sink};
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("valid-recipients");
+    std::fs::write(&list, "boss@example.lan\n@sales.example.lan\n").unwrap();
+    let server = TestServer::start(&format!(
+        "{}[relay]\ninbound_domains = [\"example.lan\", \"sales.example.lan\"]\nverify_recipients = \"list\"\nvalid_recipients_file = \"{}\"\n",
+        dns.config(),
+        list.display()
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.100").await;
+    c.expect("EHLO stranger.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    let r = c.expect("RCPT TO:<nobody@example.lan>", 550).await;
+    assert!(r.text().starts_with("5.1.1"), "{r:?}");
+    c.expect("RCPT TO:<Boss@example.lan>", 250).await;
+    c.expect("RCPT TO:<anyone@sales.example.lan>", 250).await;
+
+    // Callout: the office server behind the route is asked, and the answers kept.
+    let office = Sink::start(
+        "127.0.0.93",
+        0,
+        Behaviour {
+            reject_rcpt: vec![("nobody", 550, "5.1.1 no such user")],
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let server = TestServer::start(&format!(
+        "{}[relay]\ninbound_domains = [\"example.lan\", \"down.example.lan\"]\nverify_recipients = \"callout\"\n[[route]]\ndomain = \"example.lan\"\nhost = \"{}\"\n[[route]]\ndomain = \"down.example.lan\"\nhost = \"127.0.0.94:1\"\n",
+        dns.config(),
+        office.addr
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.101").await;
+    c.expect("EHLO stranger.test", 250).await;
+    c.expect("MAIL FROM:<a@x.test>", 250).await;
+    c.expect("RCPT TO:<nobody@example.lan>", 550).await;
+    c.expect("RCPT TO:<boss@example.lan>", 250).await;
+    let r = c.expect("RCPT TO:<anyone@down.example.lan>", 451).await;
+    assert!(
+        r.text().starts_with("4.4.3"),
+        "next hop down: try later, {r:?}"
+    );
+    assert!(office.messages().is_empty(), "a callout sends no message");
+}
+
+/// With verification off, a stranger's mail to an address the next hop
+/// refuses bounces — with the headers only, never the stranger's content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_bounce_carries_headers_only() {
+    use crate::support::sink::{Behaviour, Sink};
+    let dns = TestDns::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let office = Sink::start(
+        "127.0.0.95",
+        port,
+        Behaviour {
+            reject_rcpt: vec![("nobody", 550, "5.1.1 no such user")],
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let victim = Sink::start("127.0.0.96", port, Behaviour::accept_all()).await;
+    dns.mx("victim.example", 10, "mx.victim.example");
+    dns.host("mx.victim.example", "127.0.0.96");
+    let server = TestServer::start(&format!(
+        "{}[relay]\ninbound_domains = [\"example.lan\"]\n[delivery]\nmx_port = {port}\nretry_schedule = [\"1s\"]\n[[route]]\ndomain = \"example.lan\"\nhost = \"127.0.0.95:{port}\"\n",
+        dns.config()
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.3.102").await;
+    c.expect("EHLO spammer.test", 250).await;
+    let r = c
+        .send_mail(
+            "someone@victim.example",
+            &["nobody@example.lan"],
+            b"Subject: buy now\r\n\r\nSPAM CONTENT THAT MUST NOT TRAVEL\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    let bounces = victim.wait_for(1, WAIT).await;
+    assert_eq!(bounces.len(), 1, "a bounce goes to the named sender");
+    let text = String::from_utf8_lossy(&bounces[0].data);
+    assert!(text.contains("text/rfc822-headers"), "{text}");
+    assert!(
+        text.contains("Subject: buy now"),
+        "the headers are there: {text}"
+    );
+    assert!(!text.contains("SPAM CONTENT"), "the body is not: {text}");
+    drop(office);
+}

@@ -2,98 +2,10 @@
 //! router case inside a network namespace of the test's own (a veth pair and
 //! a default route; nothing leaves the machine).
 
+use crate::support::netns::Namespace;
 use crate::support::server::binary;
 use crate::support::{WAIT, run_with_timeout};
 use std::process::Command;
-
-/// A network namespace whose default route goes via `gateway`; removed on drop.
-struct Namespace {
-    name: String,
-    host_end: String,
-}
-
-impl Namespace {
-    fn with_default_route(address: &str, gateway: &str) -> Namespace {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("pcl{}-{n}", std::process::id());
-        let host_end = format!("vh{}-{n}", std::process::id());
-        let ns = Namespace {
-            name: name.clone(),
-            host_end: host_end.clone(),
-        };
-        let ip = |args: &[&str]| {
-            let (ok, out, err) = run_with_timeout(Command::new("ip").args(args), WAIT);
-            assert!(
-                ok,
-                "ip {args:?} failed (root and iproute2 needed): {out}{err}"
-            );
-        };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &name,
-        ]);
-        ip(&["-n", &name, "addr", "add", address, "dev", "eth0"]);
-        ip(&["-n", &name, "link", "set", "eth0", "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ip(&["-n", &name, "route", "add", "default", "via", gateway]);
-        ns
-    }
-
-    /// Gives the host's end of the veth pair an address, so the namespace can
-    /// reach servers the test runs there (and the other way round).
-    fn link_host_end(&self, address: &str) {
-        let ip = |args: &[&str]| {
-            let (ok, out, err) = run_with_timeout(Command::new("ip").args(args), WAIT);
-            assert!(ok, "ip {args:?} failed: {out}{err}");
-        };
-        ip(&["addr", "add", address, "dev", &self.host_end]);
-        ip(&["link", "set", &self.host_end, "up"]);
-    }
-
-    /// Runs a command inside the namespace; returns (success, stdout).
-    fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
-        let (ok, out, err) = run_with_timeout(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, program])
-                .args(args),
-            std::time::Duration::from_secs(120),
-        );
-        (ok, format!("{out}{err}"))
-    }
-
-    /// Runs `portcullis audit --json` inside; returns the exit code and the findings.
-    fn audit(&self, config: &std::path::Path) -> (i32, Vec<serde_json::Value>) {
-        let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                binary(),
-                "audit",
-                "--json",
-                "--config",
-            ])
-            .arg(config)
-            .output()
-            .expect("run audit");
-        let v: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
-        (
-            output.status.code().unwrap_or(-1),
-            v["findings"].as_array().unwrap().clone(),
-        )
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        // Deleting the namespace removes its end of the veth pair, and so both.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod netns;
 pub mod server;
 pub mod sink;
 pub mod tls;
