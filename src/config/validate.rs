@@ -59,7 +59,119 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_access(c, &mut out);
     check_relay(c, &mut out);
     check_delivery(c, &mut out);
+    check_files(c, &mut out);
+    check_checks(c, &mut out);
     out
+}
+
+/// Every file the config names must exist and be readable now, not fail later.
+fn check_files(c: &Config, out: &mut Vec<Finding>) {
+    let files: [(&str, Option<&std::path::Path>); 5] = [
+        ("tls.cert", c.tls.cert.as_deref()),
+        ("tls.key", c.tls.key.as_deref()),
+        (
+            "delivery.smarthost_password_file",
+            c.delivery.smarthost_password_file.as_deref(),
+        ),
+        (
+            "delivery.smarthost_ca_file",
+            c.delivery.smarthost_ca_file.as_deref(),
+        ),
+        (
+            "relay.valid_recipients_file",
+            c.relay.valid_recipients_file.as_deref(),
+        ),
+    ];
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::File::open(path) {
+            out.push(finding(
+                Severity::Error,
+                key,
+                format!("{:?}", path.display().to_string()),
+                format!("cannot be read: {e}"),
+            ));
+        }
+    }
+    if let Some(path) = &c.auth.users_file
+        && !path.exists()
+    {
+        out.push(finding(
+            Severity::Warning,
+            "auth.users_file",
+            format!("{:?}", path.display().to_string()),
+            "does not exist yet: nobody can authenticate until `portcullis user add` creates it",
+        ));
+    }
+    if c.relay.verify_recipients == crate::config::VerifyRecipients::List {
+        match &c.relay.valid_recipients_file {
+            None => out.push(finding(
+                Severity::Error,
+                "relay.valid_recipients_file",
+                "(missing)",
+                "relay.verify_recipients = \"list\" needs the file of valid addresses",
+            )),
+            Some(path) => {
+                if let Err(e) = crate::checks::recipients::read_list(path) {
+                    if path.exists() {
+                        out.push(finding(
+                            Severity::Error,
+                            "relay.valid_recipients_file",
+                            format!("{:?}", path.display().to_string()),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_checks(c: &Config, out: &mut Vec<Finding>) {
+    let k = &c.checks;
+    if k.dnsbl_threshold == 0 {
+        out.push(finding(
+            Severity::Error,
+            "checks.dnsbl_threshold",
+            "0",
+            "must be at least 1 (one listing refuses)",
+        ));
+    } else if !k.dnsbl.is_empty() && k.dnsbl_threshold as usize > k.dnsbl.len() {
+        out.push(finding(
+            Severity::Warning,
+            "checks.dnsbl_threshold",
+            k.dnsbl_threshold.to_string(),
+            format!(
+                "is more than the {} zone(s) in checks.dnsbl, so no client is ever refused",
+                k.dnsbl.len()
+            ),
+        ));
+    }
+    if k.dns_timeout.get().is_zero() {
+        out.push(finding(
+            Severity::Error,
+            "checks.dns_timeout",
+            "0s",
+            "must be longer than zero",
+        ));
+    }
+    if k.uses_dns() && c.dns.nameservers.is_empty() {
+        out.push(finding(
+            Severity::Info,
+            "checks",
+            "(DNS checks on)",
+            "DNS checks use the system resolver (resolv.conf); a local caching resolver keeps them fast and DNSBL queries within the lists' free-use limits",
+        ));
+    }
+    let l = &c.limits;
+    if l.ban_duration.get().is_zero() && l.auth_failures_before_ban > 0 {
+        out.push(finding(
+            Severity::Error,
+            "limits.ban_duration",
+            "0s",
+            "must be longer than zero (or set auth_failures_before_ban = 0)",
+        ));
+    }
 }
 
 fn check_server(c: &Config, out: &mut Vec<Finding>) {
@@ -441,6 +553,25 @@ mod tests {
             c.findings()
                 .iter()
                 .any(|f| f.key == "access.allow" && f.reason.contains("network[0]"))
+        );
+    }
+
+    #[test]
+    fn files_named_by_the_config_must_exist() {
+        let c = Config::parse(
+            "[delivery]\nmode = \"smarthost\"\nsmarthost = \"smtp.isp.example:587\"\nsmarthost_user = \"u\"\nsmarthost_password_file = \"/nonexistent/pass\"\n",
+            "t",
+        );
+        let e = c.unwrap_err().to_string();
+        assert!(
+            e.contains("delivery.smarthost_password_file") && e.contains("cannot be read"),
+            "{e}"
+        );
+        let c = Config::parse("[relay]\nverify_recipients = \"list\"\n", "t");
+        assert!(
+            c.unwrap_err()
+                .to_string()
+                .contains("relay.valid_recipients_file")
         );
     }
 }

@@ -11,7 +11,6 @@ use crate::config::{
 use crate::policy::{Policy, open_relay_entries};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,7 +95,6 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
     exposure(config, &mut out);
     authentication(config, &mut out);
     smarthost(config, &mut out);
-    files(config, &mut out);
     limits(config, &mut out);
     // What validation says, unless an audit finding above already says it better.
     for f in config.findings() {
@@ -319,50 +317,6 @@ fn smarthost(config: &Config, out: &mut Vec<Finding>) {
             "delivery.smarthost_verify",
             "the smart host's certificate is not checked: anyone who can redirect the connection receives the mail (and the password)".into(),
             "set delivery.smarthost_verify = true, and delivery.smarthost_ca_file for a private CA".into(),
-        );
-    }
-}
-
-fn files(config: &Config, out: &mut Vec<Finding>) {
-    let mut need = |key: &str, path: &Path, severity: Severity, why: &str| {
-        if !path.exists() {
-            push(
-                out,
-                severity,
-                key,
-                format!("{} does not exist: {why}", path.display()),
-                format!("create the file or correct `{key}`"),
-            );
-        }
-    };
-    if let Some(p) = &config.tls.cert {
-        need("tls.cert", p, Severity::Risk, "the server cannot start");
-    }
-    if let Some(p) = &config.tls.key {
-        need("tls.key", p, Severity::Risk, "the server cannot start");
-    }
-    if let Some(p) = &config.auth.users_file {
-        need(
-            "auth.users_file",
-            p,
-            Severity::Warning,
-            "nobody can authenticate",
-        );
-    }
-    if let Some(p) = &config.delivery.smarthost_password_file {
-        need(
-            "delivery.smarthost_password_file",
-            p,
-            Severity::Risk,
-            "delivery through the smart host fails",
-        );
-    }
-    if let Some(p) = &config.delivery.smarthost_ca_file {
-        need(
-            "delivery.smarthost_ca_file",
-            p,
-            Severity::Risk,
-            "delivery through the smart host fails",
         );
     }
 }
