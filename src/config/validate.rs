@@ -112,15 +112,15 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
                 "relay.verify_recipients = \"list\" needs the file of valid addresses",
             )),
             Some(path) => {
-                if let Err(e) = crate::checks::recipients::read_list(path) {
-                    if path.exists() {
-                        out.push(finding(
-                            Severity::Error,
-                            "relay.valid_recipients_file",
-                            format!("{:?}", path.display().to_string()),
-                            e,
-                        ));
-                    }
+                // A missing file is reported above; here, lines that are not addresses.
+                if let (true, Err(e)) = (path.exists(), crate::checks::recipients::read_list(path))
+                {
+                    out.push(finding(
+                        Severity::Error,
+                        "relay.valid_recipients_file",
+                        format!("{:?}", path.display().to_string()),
+                        e,
+                    ));
                 }
             }
         }
