@@ -1,7 +1,7 @@
 //! `portcullis explain`: what the server would do with one client and envelope.
 
 use crate::config::Config;
-use crate::diagnostics::explain::{Question, Verdict, explain};
+use crate::diagnostics::explain::{Question, Verdict, explain, gather};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -41,7 +41,7 @@ pub struct ExplainArgs {
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
     let config = Config::load(&args.config)?;
-    let question = Question {
+    let mut question = Question {
         ip: args.ip,
         listener: args.listener,
         helo: args.helo,
@@ -49,8 +49,27 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
         tls: args.tls,
         from: args.from,
         to: args.to,
+        checks: Default::default(),
+        recipient_checks: Vec::new(),
     };
-    let answer = explain(&config, &question);
+    let looks_up = config.checks.uses_dns()
+        || config.relay.verify_recipients != crate::config::VerifyRecipients::Off;
+    if looks_up && !args.offline {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(gather(&config, &mut question));
+    }
+    let mut answer = explain(&config, &question);
+    if looks_up && args.offline {
+        answer.steps.insert(
+            0,
+            crate::policy::Step {
+                stage: crate::policy::Stage::Connect,
+                text: "--offline: DNS-based checks and recipient verification skipped".into(),
+            },
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
@@ -60,9 +79,6 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
                 format!("{:?}", step.stage).to_lowercase(),
                 step.text
             );
-        }
-        if args.offline {
-            println!("(--offline: DNS-based checks skipped)");
         }
         let word = match answer.verdict {
             Verdict::Accept => "ACCEPT",

@@ -23,6 +23,50 @@ pub struct Question {
     pub tls: bool,
     pub from: String,
     pub to: Vec<String>,
+    /// What the anti-spam checks found (see `gather`); empty when not looked up.
+    pub checks: crate::policy::CheckFacts,
+    /// Recipient verification, per recipient of `to`.
+    pub recipient_checks: Vec<Option<crate::policy::Lookup>>,
+}
+
+/// Does the lookups the server would do for this client and envelope (DNS
+/// lists, reverse DNS, HELO, sender domain, recipient verification) with the
+/// configured resolver, and puts what they found into the question.
+pub async fn gather(config: &Config, q: &mut Question) {
+    let resolver = crate::dns::Resolver::from_config(&config.dns).ok();
+    let checks = crate::checks::Checks::new(config, resolver);
+    let ip = q.ip.to_canonical();
+    if let Some(pending) = checks.start_connect_lookups(ip)
+        && let Ok(found) = pending.await
+    {
+        q.checks.lists = found.lists;
+        q.checks.reverse_dns = found.reverse_dns;
+    }
+    q.checks.helo = checks.helo(&q.helo, ip).await;
+    if let Ok(Command::Mail {
+        path: crate::smtp::address::Path::Mailbox(m),
+        ..
+    }) = command::parse(&format!("MAIL FROM:{}", bracketed(&q.from)))
+        && let crate::smtp::address::Domain::Name(d) = &m.domain
+    {
+        q.checks.sender_domain = checks.sender_domain(d).await;
+    }
+    let policy = Policy::from_config(config);
+    q.recipient_checks.clear();
+    for to in &q.to {
+        let found = match command::parse(&format!("RCPT TO:{}", bracketed(to))) {
+            Ok(Command::Rcpt {
+                path: crate::smtp::address::Path::Mailbox(m),
+            }) => match &m.domain {
+                crate::smtp::address::Domain::Name(d) if policy.inbound_domains.contains(d) => {
+                    checks.verify_recipient(d, &m.to_string()).await
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        q.recipient_checks.push(found);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +92,7 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
     let kind = listener_kind(config, q.listener, &mut steps);
     let mut facts = ClientFacts::new(q.ip, kind);
     facts.tls |= q.tls;
+    facts.checks = q.checks.clone();
     let refuse = |steps: Vec<Step>, r: Reply| Explanation {
         verdict: Verdict::Refuse,
         reply: r.to_wire().trim_end().to_string(),
@@ -127,6 +172,10 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
         }
         Err(Unparsed::Http) => return refuse(steps, reply::HTTP_REFUSED),
     };
+    facts.sender = Some(match &sender {
+        crate::smtp::address::Path::Mailbox(m) => m.to_string(),
+        _ => String::new(),
+    });
     let mail = policy.mail(&facts, &sender);
     steps.extend(mail.steps.iter().cloned());
     if let Some(r) = mail.refusal_reply() {
@@ -134,7 +183,8 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
     }
 
     let mut last = reply::RECIPIENT_OK;
-    for to in &q.to {
+    for (i, to) in q.to.iter().enumerate() {
+        facts.checks.recipient = q.recipient_checks.get(i).cloned().flatten();
         let path = match command::parse(&format!("RCPT TO:{}", bracketed(to))) {
             Ok(Command::Rcpt { path }) => path,
             Ok(_) => return refuse(steps, reply::SYNTAX_ERROR),
@@ -240,6 +290,8 @@ mod tests {
                 tls: false,
                 from: "a@client.example".into(),
                 to: vec![to.into()],
+                checks: Default::default(),
+                recipient_checks: Vec::new(),
             },
         )
     }

@@ -488,3 +488,53 @@ async fn a_strangers_bounce_carries_headers_only() {
     assert!(!text.contains("SPAM CONTENT"), "the body is not: {text}");
     drop(office);
 }
+
+/// `explain` does the same lookups through the same resolver, and agrees
+/// with the server; `--offline` skips them and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_runs_the_checks_like_the_server() {
+    use crate::support::run_with_timeout;
+    let dns = TestDns::start().await;
+    dns.dns_list("bl.test");
+    dns.list_in("bl.test", "127.0.3.110", "127.0.0.2", Some("seen spamming"));
+    let server = TestServer::start(&config(&dns, "dnsbl = [\"bl.test\"]")).await;
+    zones_checked(&dns, "bl.test").await;
+    let real = mail_from(&server, "127.0.3.110", "client.test", "a@client.test").await;
+    let path = server.dir.path().join("explain.toml");
+    std::fs::write(&path, toml::to_string(&server.config).unwrap()).unwrap();
+    let explain = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::support::server::binary());
+        cmd.args(["explain", "--json", "--config"])
+            .arg(&path)
+            .args([
+                "--ip",
+                "127.0.3.110",
+                "--from",
+                "a@client.test",
+                "--to",
+                "b@example.lan",
+            ])
+            .args(extra);
+        let (ok, out, err) = run_with_timeout(&mut cmd, WAIT);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (ok, v)
+    };
+    let (ok, v) = tokio::task::block_in_place(|| explain(&[]));
+    assert!(!ok);
+    let reply = v["reply"].as_str().unwrap();
+    assert!(
+        reply.starts_with(&real.code.to_string()) && reply.contains("bl.test"),
+        "{reply} vs {real:?}"
+    );
+    assert!(reply.contains("seen spamming"), "{reply}");
+    let (ok, v) = tokio::task::block_in_place(|| explain(&["--offline"]));
+    assert!(ok, "{v}");
+    assert!(
+        v["steps"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("--offline"),
+        "{v}"
+    );
+}
