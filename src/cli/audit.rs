@@ -19,7 +19,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", args.config.display()))?;
     // Parsed without validation, so that a config the server would refuse is still reviewed.
     let findings = match toml::from_str::<Config>(&text) {
-        Ok(config) => audit(&config, &Machine::read()),
+        Ok(config) => {
+            let mut machine = Machine::read();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(machine.test_zones(&config));
+            audit(&config, &machine)
+        }
         Err(e) => vec![Finding {
             severity: Severity::Risk,
             key: String::new(),

@@ -33,6 +33,8 @@ pub struct Finding {
 pub struct Machine {
     /// Next hops of the default routes.
     pub gateways: Vec<IpAddr>,
+    /// DNS list zones whose health check failed: zone and problem.
+    pub broken_zones: Vec<(String, String)>,
 }
 
 impl Machine {
@@ -47,7 +49,31 @@ impl Machine {
         }
         gateways.sort();
         gateways.dedup();
-        Machine { gateways }
+        Machine {
+            gateways,
+            broken_zones: Vec::new(),
+        }
+    }
+
+    /// Tests the config's DNS list zones (127.0.0.2 listed, 127.0.0.1 not)
+    /// with its resolver, as the server does at start.
+    pub async fn test_zones(&mut self, config: &Config) {
+        if config.checks.dnsbl.is_empty() && config.checks.dnswl.is_empty() {
+            return;
+        }
+        let Ok(resolver) = crate::dns::Resolver::from_config(&config.dns) else {
+            return;
+        };
+        let lists = crate::checks::dns_lists::DnsLists::new(
+            resolver,
+            &config.checks.dnsbl,
+            &config.checks.dnswl,
+        );
+        for h in lists.health_check(config.checks.dns_timeout.get()).await {
+            if let Some(problem) = h.problem {
+                self.broken_zones.push((h.zone, problem));
+            }
+        }
     }
 }
 
@@ -95,6 +121,19 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
     exposure(config, &mut out);
     authentication(config, &mut out);
     smarthost(config, &mut out);
+    for (zone, problem) in &machine.broken_zones {
+        push(
+            &mut out,
+            Severity::Risk,
+            "checks.dnsbl",
+            format!(
+                "the DNS list zone {zone} {problem}: the server sets it aside, so it protects nothing (a zone that lists everything would refuse all mail)"
+            ),
+            format!(
+                "remove {zone} or fix access to it (many lists refuse queries from public resolvers: use a local caching resolver in [dns] nameservers)"
+            ),
+        );
+    }
     limits(config, &mut out);
     // What validation says, unless an audit finding above already says it better.
     for f in config.findings() {
@@ -400,6 +439,7 @@ mod tests {
         let c = config("[[network]]\nrange = \"192.168.1.0/24\"\nauth = \"none\"\n");
         let machine = Machine {
             gateways: vec!["192.168.1.1".parse().unwrap()],
+            broken_zones: Vec::new(),
         };
         let found = audit(&c, &machine);
         let f = found

@@ -99,7 +99,7 @@ pub async fn run(config: &Config, opts: &DoctorOptions) -> Vec<Check> {
             "set [diagnostics] public_ip",
         )),
     }
-    out.push(dnsbl(config));
+    out.push(dnsbl(config, &resolver, public, opts.timeout).await);
     out.push(port_25(config, &resolver, opts).await);
     out.extend(smarthosts(config, &resolver).await);
     out.push(open_relay(config, opts).await);
@@ -246,11 +246,61 @@ async fn reverse_dns(resolver: &Resolver, ip: IpAddr, helo: &str) -> Vec<Check> 
     out
 }
 
-fn dnsbl(_config: &Config) -> Check {
+/// Our own public address against the configured black lists.
+async fn dnsbl(
+    config: &Config,
+    resolver: &Resolver,
+    public: Option<IpAddr>,
+    timeout: Duration,
+) -> Check {
+    let name = "DNS blacklists";
+    if config.checks.dnsbl.is_empty() {
+        return check(
+            name,
+            Status::Skipped,
+            "no [checks] dnsbl zones are configured to look the address up in",
+            "",
+        );
+    }
+    let Some(ip) = public else {
+        return check(
+            name,
+            Status::Skipped,
+            "no public address to look up",
+            "set [diagnostics] public_ip",
+        );
+    };
+    let lists =
+        crate::checks::dns_lists::DnsLists::new(resolver.clone(), &config.checks.dnsbl, &[]);
+    let found = lists.check(ip, timeout).await;
+    if !found.listed.is_empty() {
+        let zones: Vec<String> = found
+            .listed
+            .iter()
+            .map(|(z, r)| match r {
+                Some(r) => format!("{z} ({r})"),
+                None => z.clone(),
+            })
+            .collect();
+        return check(
+            name,
+            Status::Fail,
+            format!("{ip} is listed on {}", zones.join(", ")),
+            "find out why on each list's web site and request delisting; until then, send through a smart host",
+        );
+    }
+    if !found.failed.is_empty() {
+        return check(
+            name,
+            Status::Warning,
+            format!("no answer from {}", found.failed.join(", ")),
+            "check [dns] nameservers",
+        );
+    }
     check(
-        "DNS blacklists",
-        Status::Skipped,
-        "no DNSBL zones are configured to look the address up in",
+        name,
+        Status::Ok,
+        format!("{ip} is on none of {} list(s)", config.checks.dnsbl.len()),
         "",
     )
 }

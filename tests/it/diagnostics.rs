@@ -619,3 +619,42 @@ impl MapOk for (bool, String, String) {
         (self.0, format!("{}{}", self.1, self.2))
     }
 }
+
+/// DNS list zones that are dead or list everything are risks the audit names
+/// (asked through the config's own resolver: the test's DNS server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_names_dead_and_list_everything_zones() {
+    let dns = crate::support::dns::TestDns::start().await;
+    dns.silent("2.0.0.127.dead.test");
+    dns.silent("1.0.0.127.dead.test");
+    dns.dns_list("all.test");
+    dns.host("1.0.0.127.all.test", "127.0.0.2");
+    dns.dns_list("fine.test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "zones.toml",
+        &format!(
+            "{}[checks]\ndnsbl = [\"dead.test\", \"all.test\", \"fine.test\"]\ndns_timeout = \"1s\"\n",
+            dns.config()
+        ),
+    );
+    let (worst, findings) = tokio::task::block_in_place(|| audit_here(&path));
+    assert_eq!(worst, 2);
+    let zones: Vec<&str> = findings
+        .iter()
+        .filter(|f| f["key"] == "checks.dnsbl")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones.len(), 2, "{findings:#?}");
+    assert!(
+        zones
+            .iter()
+            .any(|m| m.contains("dead.test") && m.contains("does not answer"))
+    );
+    assert!(
+        zones
+            .iter()
+            .any(|m| m.contains("all.test") && m.contains("everything"))
+    );
+}
