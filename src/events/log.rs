@@ -61,6 +61,9 @@ impl Subscriber for LogWriter {
             } => {
                 warn!(from = %from, to = %to, user = user.as_deref(), reason = %reason, reply = %reason.reply(), "RCPT refused")
             }
+            Event::DataRefused { reason, .. } => {
+                warn!(reason = %reason, reply = %reason.reply(), "DATA refused")
+            }
             Event::MessageAccepted {
                 queue_id,
                 from,

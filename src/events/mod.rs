@@ -143,6 +143,12 @@ pub enum Event {
         user: Option<String>,
         reason: RefuseReason,
     },
+    /// DATA refused before any content was taken.
+    DataRefused {
+        session: u64,
+        client: IpAddr,
+        reason: RefuseReason,
+    },
     MessageAccepted {
         session: u64,
         client: IpAddr,
@@ -207,6 +213,7 @@ impl Event {
             | Event::MailRefused { client, .. }
             | Event::RcptAccepted { client, .. }
             | Event::RcptRefused { client, .. }
+            | Event::DataRefused { client, .. }
             | Event::MessageAccepted { client, .. }
             | Event::MessageRefused { client, .. } => Some(*client),
             _ => None,

@@ -73,6 +73,8 @@ pub enum RefuseReason {
         limit: &'static str,
         per_hour: u64,
     },
+    /// Message content sent before the 354 by a client neither trusted nor authenticated.
+    UnauthPipelining,
 }
 
 impl RefuseReason {
@@ -153,6 +155,7 @@ impl RefuseReason {
                 "4.4.3",
                 "Recipient cannot be verified now; try again later",
             ),
+            RefuseReason::UnauthPipelining => reply::UNAUTH_PIPELINING,
             RefuseReason::RateLimited { limit, per_hour } => Reply::with_text(
                 450,
                 "4.7.1",
@@ -184,6 +187,7 @@ impl RefuseReason {
             RefuseReason::UnknownRecipient { .. } => "unknown_recipient",
             RefuseReason::RecipientUnverified { .. } => "recipient_unverified",
             RefuseReason::RateLimited { .. } => "rate_limited",
+            RefuseReason::UnauthPipelining => "unauth_pipelining",
         }
     }
 }
@@ -245,6 +249,9 @@ impl std::fmt::Display for RefuseReason {
             }
             RefuseReason::RateLimited { limit, per_hour } => {
                 write!(f, "limits: {per_hour} {limit} an hour reached")
+            }
+            RefuseReason::UnauthPipelining => {
+                f.write_str("message content sent before the 354 (unauthenticated pipelining)")
             }
         }
     }

@@ -60,11 +60,15 @@ impl Session {
             && self.user.is_none()
             && !self.ctx.policy.is_trusted(self.ip)
         {
-            tracing::warn!(
-                "message content sent before the 354 (unauthenticated pipelining); refused, closing"
-            );
+            let reason = crate::policy::RefuseReason::UnauthPipelining;
+            let reply = reason.reply();
+            self.emit(Event::DataRefused {
+                session: self.id,
+                client: self.ip,
+                reason,
+            });
             self.tx = None;
-            return Ok(Some((reply::UNAUTH_PIPELINING, Flow::Close)));
+            return Ok(Some((reply, Flow::Close)));
         }
         let mut msg = self.start_message(Mode::Dot);
         self.send(&reply::START_DATA).await?;
