@@ -85,7 +85,7 @@ impl Server {
         let resolver =
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
-        let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver));
+        let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver.clone()));
         let events = crate::events::Events::new();
         let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {
@@ -94,7 +94,8 @@ impl Server {
                 crate::queue::socket_path(&data_dir).display()
             )
         })?;
-        let mut ctx = Context::new(config, Some(tls), spool);
+        // One resolver (and one cache) for delivery and the checks.
+        let mut ctx = Context::new(config, Some(tls), spool, Some(resolver));
         ctx.events = events;
         ctx.queue = Some(queue.handle());
         let limits = Arc::clone(&ctx.limits);

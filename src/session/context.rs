@@ -29,7 +29,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(config: Config, tls: Option<Arc<rustls::ServerConfig>>, spool: Spool) -> Context {
+    /// `resolver`: the server's one resolver (shared with delivery), if DNS is set up.
+    pub fn new(
+        config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        spool: Spool,
+        resolver: Option<crate::dns::Resolver>,
+    ) -> Context {
         Context {
             hostname: config.hostname(),
             policy: Policy::from_config(&config),
@@ -38,10 +44,7 @@ impl Context {
             committer: spool.committer(),
             spool,
             events: crate::events::Events::new(),
-            checks: std::sync::Arc::new(crate::checks::Checks::new(
-                &config,
-                crate::dns::Resolver::from_config(&config.dns).ok(),
-            )),
+            checks: std::sync::Arc::new(crate::checks::Checks::new(&config, resolver)),
             limits: crate::server::ConnectionLimits::new(crate::server::LimitSettings {
                 max_total: config.server.max_connections,
                 max_per_ip: config.server.max_connections_per_ip,

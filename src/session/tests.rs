@@ -48,7 +48,12 @@ async fn session(config_text: &str, peer: &str) -> Pipe {
         "t",
     )
     .unwrap();
-    let ctx = Arc::new(Context::new(config, None, Spool::open(dir.path()).unwrap()));
+    let ctx = Arc::new(Context::new(
+        config,
+        None,
+        Spool::open(dir.path()).unwrap(),
+        None,
+    ));
     let (client, server) = tokio::io::duplex(64 * 1024);
     let stream = crate::smtp::stream::SmtpStream::new(Box::new(server));
     let s = Session::new(

@@ -387,6 +387,24 @@ async fn reverse_dns_ptr_and_fcrdns() {
         assert!(got[2].1.contains("5.7.25"), "{got:?}");
         server.stop().await;
     }
+    // IPv6: the PTR under ip6.arpa (nibbles), forward-confirmed by AAAA.
+    ns.add_address("fd80::2/64");
+    ns.link_host_end("fd80::1/64");
+    dns.ptr("fd80::2", "v6.rdns.test");
+    dns.host("v6.rdns.test", "fd80::2");
+    let server = TestServer::start(&format!(
+        "{}{INBOUND}[[listener]]\naddress = \"[fd80::1]:0\"\n[checks]\nreverse_dns = \"fcrdns\"\n",
+        dns.config()
+    ))
+    .await;
+    let addr = server.addr();
+    let (code, text) =
+        tokio::task::block_in_place(|| ns.mail_from("fd80::2", addr, "a@client.test"));
+    assert_eq!(code, 250, "{text}");
+    ns.add_address("fd80::3/64");
+    let (code, text) =
+        tokio::task::block_in_place(|| ns.mail_from("fd80::3", addr, "a@client.test"));
+    assert_eq!(code, 550, "no PTR for fd80::3: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,16 +48,21 @@ impl Namespace {
             let (ok, out, err) = run_with_timeout(Command::new("ip").args(args), WAIT);
             assert!(ok, "ip {args:?} failed: {out}{err}");
         };
-        ip(&["addr", "add", address, "dev", &self.host_end]);
+        let mut args = vec!["addr", "add", address, "dev", &self.host_end];
+        if address.contains(':') {
+            args.push("nodad"); // usable at once, without duplicate detection
+        }
+        ip(&args);
         ip(&["link", "set", &self.host_end, "up"]);
     }
 
     /// Adds another address inside the namespace.
     pub fn add_address(&self, address: &str) {
-        let (ok, out, err) = run_with_timeout(
-            Command::new("ip").args(["-n", &self.name, "addr", "add", address, "dev", "eth0"]),
-            WAIT,
-        );
+        let mut args = vec!["-n", &self.name, "addr", "add", address, "dev", "eth0"];
+        if address.contains(':') {
+            args.push("nodad");
+        }
+        let (ok, out, err) = run_with_timeout(Command::new("ip").args(&args), WAIT);
         assert!(ok, "ip addr add {address}: {out}{err}");
     }
 
