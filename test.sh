@@ -27,4 +27,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO postfix stop >/dev/null 2>&1 || true
 fi
 
+# The packaging test reads the Debian package this builds (release build).
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
+cargo deb --quiet
+
 cargo test --all-targets "$@"

@@ -69,6 +69,14 @@ impl Checks {
         }
     }
 
+    /// The checks for a reloaded config, keeping the resolver, the counters
+    /// and the bans.
+    pub fn reloaded(&self, config: &Config) -> Checks {
+        let mut fresh = Checks::new(config, self.resolver.clone());
+        fresh.counters = Arc::clone(&self.counters);
+        fresh
+    }
+
     fn dns_timeout(&self) -> Duration {
         self.config.checks.dns_timeout.get()
     }

@@ -49,9 +49,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         }
         if valid {
             println!("{origin}: configuration is valid");
-            println!(
-                "note: overlapping [[network]] ranges: the most specific range wins; an excluded address is never trusted without AUTH"
-            );
+            let overlapping = config.network.iter().enumerate().any(|(i, a)| {
+                config.network.iter().skip(i + 1).any(|b| {
+                    let (na, nb) = (a.range.net(), b.range.net());
+                    na.contains(&nb.network()) || nb.contains(&na.network())
+                })
+            });
+            if overlapping {
+                println!(
+                    "note: overlapping [[network]] ranges: the most specific range wins; an excluded address is never trusted without AUTH"
+                );
+            }
         }
     }
     Ok(if valid { 0 } else { 2 })

@@ -6,6 +6,7 @@ mod doctor;
 mod explain;
 mod queue;
 mod relay_test;
+mod reload;
 mod serve;
 mod user;
 
@@ -41,6 +42,8 @@ enum Command {
     RelayTest(relay_test::RelayTestArgs),
     /// Check that mail from this machine will be delivered and trusted (DNS, port 25, smart host, relay).
     Doctor(doctor::DoctorArgs),
+    /// Make the running server read its configuration, users and certificates again.
+    Reload(reload::ReloadArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -51,10 +54,21 @@ struct ConfigArgs {
     config: Option<PathBuf>,
 }
 
+/// Where the Debian package puts the configuration.
+pub const PACKAGED_CONFIG: &str = "/etc/portcullis/portcullis.toml";
+
 impl ConfigArgs {
+    fn path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
+    /// The config named by --config; else the packaged one when it exists;
+    /// else the embedded default.
     fn load(&self) -> anyhow::Result<crate::config::Config> {
+        let packaged = std::path::Path::new(PACKAGED_CONFIG);
         Ok(match &self.config {
             Some(path) => crate::config::Config::load(path)?,
+            None if packaged.exists() => crate::config::Config::load(packaged)?,
             None => crate::config::Config::embedded_default(),
         })
     }
@@ -71,5 +85,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(a) => audit::run(a),
         Command::RelayTest(a) => relay_test::run_cli(a),
         Command::Doctor(a) => doctor::run_cli(a),
+        Command::Reload(a) => reload::run(a),
     }
 }

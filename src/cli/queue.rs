@@ -145,6 +145,10 @@ fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
             report(&changed, json);
             Ok(0)
         }
+        QueueAnswer::Reloaded { message } => {
+            println!("{message}");
+            Ok(0)
+        }
         QueueAnswer::Error { message } => anyhow::bail!(message),
     }
 }

@@ -30,10 +30,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let config_path = args.config.clone();
     runtime.block_on(async move {
-        let server = Server::bind(config).await?;
+        let mut server = Server::bind(config).await?;
+        if let Some(path) = config_path {
+            server = server.with_config_path(path);
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(reload_on_sighup(server.reload_handle()));
         server.run(shutdown).await
     })?;
     Ok(0)
@@ -52,6 +57,18 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// SIGHUP: read the configuration, users and certificates again.
+async fn reload_on_sighup(reload: crate::server::ReloadHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading");
+        reload.request();
+    }
 }
 
 fn init_logging(config: &Config) {

@@ -77,12 +77,29 @@ pub struct DiagnosticsConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
-    /// Resolvers to ask ("IP:PORT"); the system's resolv.conf when empty.
-    /// When set, no lookup goes anywhere else.
-    #[serde(default)]
+    /// Resolvers to ask ("IP:PORT", or a bare IP for port 53); the system's
+    /// resolv.conf when empty. When set, no lookup goes anywhere else.
+    #[serde(default, deserialize_with = "nameservers")]
     pub nameservers: Vec<SocketAddr>,
     /// Time allowed for one lookup.
     pub timeout: Option<ConfigDuration>,
+}
+
+/// `"IP:PORT"`, `"[IPv6]:PORT"` or a bare address (port 53).
+fn nameservers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not a name server address: write \"192.0.2.53\", \"192.0.2.53:53\" or \"[2001:db8::53]:53\""
+                    ))
+                })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -193,7 +210,7 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
     /// Port 25 style: STARTTLS offered; relay decided by the network table.

@@ -49,44 +49,73 @@ pub struct Job<'a> {
 }
 
 pub struct Deliverer {
-    pub config: Arc<Config>,
+    /// What the config says, replaced as a whole on reload.
+    settings: std::sync::RwLock<Arc<Settings>>,
     resolver: Resolver,
-    verified_tls: Result<Arc<rustls::ClientConfig>, String>,
     unverified_tls: Arc<rustls::ClientConfig>,
     pool: Pool,
     /// Next hops that just failed to answer: skipped until they may be back.
     down: down::DownHosts,
+}
+
+/// The delivery settings derived from one config.
+struct Settings {
+    config: Arc<Config>,
+    verified_tls: Result<Arc<rustls::ClientConfig>, String>,
     helo: String,
 }
 
-impl Deliverer {
-    pub fn new(config: Arc<Config>, resolver: Resolver) -> Deliverer {
+impl Settings {
+    fn from(config: Arc<Config>) -> Settings {
         let verified_tls = client_tls::verified(config.delivery.smarthost_ca_file.as_deref());
         let helo = config
             .delivery
             .helo_name
             .clone()
             .unwrap_or_else(|| config.hostname());
+        Settings {
+            config,
+            verified_tls,
+            helo,
+        }
+    }
+}
+
+impl Deliverer {
+    pub fn new(config: Arc<Config>, resolver: Resolver) -> Deliverer {
         Deliverer {
             resolver,
-            verified_tls,
             unverified_tls: client_tls::unverified(),
             pool: Pool::default(),
             down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
-            helo,
-            config,
+            settings: std::sync::RwLock::new(Arc::new(Settings::from(config))),
         }
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The config deliveries follow now.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.settings().config)
+    }
+
+    /// Takes a reloaded config: the next attempts follow its routes.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Settings::from(config));
     }
 
     /// Connects to every smart host as a delivery would (TLS, AUTH), says
     /// what each one did, and hangs up without sending anything. For `doctor`.
     pub async fn probe_smarthosts(&self) -> Vec<(String, Result<String, String>)> {
-        let dest = Destination::SmartHosts(self.config.delivery.smarthost.clone());
+        let dest = Destination::SmartHosts(self.config().delivery.smarthost.clone());
         let auth = match self.smarthost_auth().await {
             Ok(a) => a,
             Err(e) => {
                 return self
-                    .config
+                    .config()
                     .delivery
                     .smarthost
                     .iter()
@@ -95,7 +124,7 @@ impl Deliverer {
             }
         };
         let mut out = Vec::new();
-        for hop in &self.config.delivery.smarthost {
+        for hop in &self.config().delivery.smarthost {
             let name = format!("{}:{}", hop.host, hop.port);
             let result = async {
                 let opts = self.options(&dest, &hop.host, &auth)?;
@@ -129,12 +158,12 @@ impl Deliverer {
     /// ([[route]], else its MX) whether it takes mail for `address`.
     /// Ok(true/false) is its answer; Err when no next hop could say.
     pub async fn callout(&self, domain: &str, address: &str) -> Result<bool, String> {
-        let dest = route::destination(domain, &self.config).map_err(|e| format!("{e:?}"))?;
+        let dest = route::destination(domain, &self.config()).map_err(|e| format!("{e:?}"))?;
         let dest = match dest {
             Destination::SmartHosts(_) => Destination::Mx(domain.to_string()),
             other => other,
         };
-        let hosts = route::hosts(&dest, &self.config, &self.resolver)
+        let hosts = route::hosts(&dest, &self.config(), &self.resolver)
             .await
             .map_err(|e| format!("{e:?}"))?;
         let mut last = String::from("no next hop to ask");
@@ -178,7 +207,7 @@ impl Deliverer {
     /// The smart-host credentials, read once per attempt (the password file may
     /// change while the server runs) and without blocking the async threads.
     async fn smarthost_auth(&self) -> Result<Option<(String, String)>, String> {
-        let d = &self.config.delivery;
+        let d = &self.config().delivery;
         let (Some(user), Some(path)) = (&d.smarthost_user, &d.smarthost_password_file) else {
             return Ok(None);
         };
@@ -198,10 +227,10 @@ impl Deliverer {
         host: &str,
         smarthost_auth: &Option<(String, String)>,
     ) -> Result<ConnectOptions, String> {
-        let d = &self.config.delivery;
+        let d = &self.config().delivery;
         let (tls, auth) = if dest.is_smarthost() {
             let cfg = if d.smarthost_verify {
-                self.verified_tls.clone()?
+                self.settings().verified_tls.clone()?
             } else {
                 Arc::clone(&self.unverified_tls)
             };
@@ -222,7 +251,7 @@ impl Deliverer {
             (tls, None)
         };
         Ok(ConnectOptions {
-            helo: self.helo.clone(),
+            helo: self.settings().helo.clone(),
             server_name: host.to_string(),
             tls,
             auth,
@@ -238,11 +267,11 @@ impl Deliverer {
         let deferred =
             |result: AttemptResult, counts: bool| all(Outcome::Deferred { result, counts });
         let local = |text: String| AttemptResult::local(Stage::Queue, "4.3.5", text);
-        let dest = match route::destination(job.domain, &self.config) {
+        let dest = match route::destination(job.domain, &self.config()) {
             Ok(d) => d,
             Err(e) => return all(route_failure(e)),
         };
-        let hosts = match route::hosts(&dest, &self.config, &self.resolver).await {
+        let hosts = match route::hosts(&dest, &self.config(), &self.resolver).await {
             Ok(h) => h,
             Err(e) => return all(route_failure(e)),
         };
@@ -259,7 +288,8 @@ impl Deliverer {
         // Whether the attempt tells us anything about the destination: a host
         // answered, refused or timed out. Our own network down does not count.
         let mut counts = false;
-        for hop in &hosts {
+        let hop_count = hosts.len();
+        for (hop_index, hop) in hosts.iter().enumerate() {
             let opts = match self.options(&dest, &hop.host, &smarthost_auth) {
                 Ok(o) => o,
                 Err(e) => return deferred(local(e), true),
@@ -283,7 +313,9 @@ impl Deliverer {
                     continue;
                 }
             };
-            for ip in addrs {
+            let last_hop = hop_index + 1 == hop_count;
+            let address_count = addrs.len();
+            for (ip_index, ip) in addrs.into_iter().enumerate() {
                 let addr = SocketAddr::new(ip, hop.port);
                 if let Some(known) = self.down.check(addr) {
                     // Tried moments ago and it did not answer: do not knock again yet.
@@ -302,7 +334,12 @@ impl Deliverer {
                 } else {
                     counts = true;
                 }
-                warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; trying the next server");
+                let next = if !e.try_next_host() || (last_hop && ip_index + 1 == address_count) {
+                    "no other server to try"
+                } else {
+                    "trying the next server"
+                };
+                warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; {next}");
                 if !e.try_next_host() {
                     // The sender was refused: another server of the same destination will not differ.
                     return if result.is_permanent() {

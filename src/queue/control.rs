@@ -20,11 +20,24 @@ pub enum Selector {
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum QueueCommand {
     List,
-    Show { id: QueueId },
-    Hold { select: Selector },
-    Release { select: Selector },
-    Retry { select: Selector },
-    Delete { select: Selector },
+    Show {
+        id: QueueId,
+    },
+    Hold {
+        select: Selector,
+    },
+    Release {
+        select: Selector,
+    },
+    Retry {
+        select: Selector,
+    },
+    Delete {
+        select: Selector,
+    },
+    /// Not a queue command: read the configuration again (handled by the
+    /// server beside the queue, on the same control socket).
+    Reload,
 }
 
 impl QueueCommand {
@@ -36,6 +49,7 @@ impl QueueCommand {
             QueueCommand::Release { .. } => "release",
             QueueCommand::Retry { .. } => "retry",
             QueueCommand::Delete { .. } => "delete",
+            QueueCommand::Reload => "reload",
         }
     }
 }
@@ -82,6 +96,7 @@ pub enum QueueAnswer {
     List { messages: Vec<MessageSummary> },
     Show { message: Box<MessageDetail> },
     Changed { changed: Vec<Changed> },
+    Reloaded { message: String },
     Error { message: String },
 }
 

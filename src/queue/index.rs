@@ -244,6 +244,9 @@ impl Index {
                     "due now".into()
                 }
             }),
+            QueueCommand::Reload => Applied::answer(QueueAnswer::error(
+                "reload is handled by the server, not the queue",
+            )),
             QueueCommand::Delete { select } => {
                 // At once, even during an attempt: the attempt streams from
                 // its open file and finds the message gone when it records.

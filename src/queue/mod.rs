@@ -79,7 +79,8 @@ pub struct QueueInbox(mpsc::UnboundedReceiver<Inbound>);
 
 pub struct QueueManager {
     spool: Spool,
-    config: Arc<Config>,
+    /// Replaced as a whole on reload: the next passes follow it.
+    config: std::sync::RwLock<Arc<Config>>,
     deliverer: Arc<Deliverer>,
     hostname: String,
     global: Arc<Semaphore>,
@@ -205,7 +206,7 @@ impl QueueManager {
             per_domain: Mutex::new(HashMap::new()),
             handle: QueueHandle(tx),
             spool,
-            config,
+            config: std::sync::RwLock::new(config),
             deliverer,
             events,
         };
@@ -214,6 +215,16 @@ impl QueueManager {
 
     pub fn handle(&self) -> QueueHandle {
         self.handle.clone()
+    }
+
+    fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes a reloaded config (retry schedule, lifetimes, routes…) for the next passes.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        self.deliverer.reconfigure(Arc::clone(&config));
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// Runs until `shutdown`; jobs in progress then get `grace` to finish.
@@ -516,7 +527,9 @@ impl QueueManager {
     fn domain_slot(&self, domain: &str) -> Arc<Semaphore> {
         let mut map = self.per_domain.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(map.entry(domain.to_string()).or_insert_with(|| {
-            Arc::new(Semaphore::new(self.config.delivery.per_domain_concurrency))
+            Arc::new(Semaphore::new(
+                self.config().delivery.per_domain_concurrency,
+            ))
         }))
     }
 }

@@ -57,6 +57,7 @@ pub fn bind_control(data_dir: &Path) -> io::Result<UnixListener> {
 pub async fn serve_control(
     listener: UnixListener,
     handle: QueueHandle,
+    reload: Option<crate::server::ReloadHandle>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -72,8 +73,9 @@ pub async fn serve_control(
             _ = shutdown.cancelled() => break,
         };
         let handle = handle.clone();
+        let reload = reload.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_client(stream, handle).await {
+            if let Err(e) = serve_client(stream, handle, reload).await {
                 warn!(error = %e, "control socket client failed");
             }
         });
@@ -85,7 +87,11 @@ pub async fn serve_control(
     }
 }
 
-async fn serve_client(stream: tokio::net::UnixStream, handle: QueueHandle) -> io::Result<()> {
+async fn serve_client(
+    stream: tokio::net::UnixStream,
+    handle: QueueHandle,
+    reload: Option<crate::server::ReloadHandle>,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -100,6 +106,16 @@ async fn serve_client(stream: tokio::net::UnixStream, handle: QueueHandle) -> io
             return Ok(());
         }
         let answer = match serde_json::from_slice::<Request>(&line) {
+            Ok(Request {
+                v: PROTOCOL_VERSION,
+                command: QueueCommand::Reload,
+            }) => match &reload {
+                Some(r) => match r.reload().await {
+                    Ok(message) => QueueAnswer::Reloaded { message },
+                    Err(e) => QueueAnswer::error(e),
+                },
+                None => QueueAnswer::error("this server cannot reload"),
+            },
             Ok(r) if r.v == PROTOCOL_VERSION => handle.command(r.command).await,
             Ok(r) => QueueAnswer::error(format!(
                 "control protocol version {} is not spoken here (this server speaks {PROTOCOL_VERSION})",

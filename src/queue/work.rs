@@ -29,7 +29,8 @@ impl QueueManager {
         mut state: MessageState,
     ) -> (Option<MessageState>, Option<i64>) {
         let now = unix_now();
-        let d = &self.config.delivery;
+        let config = self.config();
+        let d = &config.delivery;
         if expired(now, env.received_at, d.max_queue_lifetime.get()) {
             for r in state
                 .recipients
@@ -129,7 +130,7 @@ impl QueueManager {
             }
         }
         let schedule: Vec<std::time::Duration> = self
-            .config
+            .config()
             .delivery
             .retry_schedule
             .iter()
@@ -201,7 +202,7 @@ impl QueueManager {
         state: &mut MessageState,
         now: i64,
     ) {
-        let Some(after) = self.config.delivery.delay_warning else {
+        let Some(after) = self.config().delivery.delay_warning else {
             return;
         };
         if state.delay_warned
@@ -305,7 +306,7 @@ impl QueueManager {
             &original,
             rcpts,
             if env.trusted_origin {
-                self.config.delivery.bounce_attach
+                self.config().delivery.bounce_attach
             } else {
                 crate::config::BounceAttach::Headers
             },

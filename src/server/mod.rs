@@ -2,8 +2,11 @@
 //! enforce connection caps, run a session per connection, shut down gracefully.
 
 mod limits;
+mod reload;
 
 pub use limits::{ConnectionLimits, LimitSettings};
+use reload::{CurrentContext, Listeners};
+pub use reload::{ReloadHandle, ReloadRequest};
 
 use crate::config::{Config, ListenerKind};
 use crate::delivery::Deliverer;
@@ -17,6 +20,7 @@ use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{SmtpStream, tls_info};
 use crate::spool::Spool;
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +38,13 @@ pub struct Server {
     queue: Arc<QueueManager>,
     inbox: QueueInbox,
     control: tokio::net::UnixListener,
-    listeners: Vec<(TcpListener, ListenerKind)>,
+    /// Bound sockets with the address the config gives them.
+    listeners: Vec<(TcpListener, SocketAddr, ListenerKind)>,
     limits: Arc<ConnectionLimits>,
+    /// The file to read again on reload (None: the embedded default).
+    config_path: Option<std::path::PathBuf>,
+    reload_tx: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+    reload_rx: tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>,
     _lock: std::fs::File,
 }
 
@@ -79,7 +88,7 @@ impl Server {
             let socket = bind_listener(l.address).with_context(|| {
                 format!("listener[{i}].address = \"{}\": cannot listen", l.address)
             })?;
-            listeners.push((socket, l.kind));
+            listeners.push((socket, l.address, l.kind));
         }
 
         let resolver =
@@ -100,6 +109,7 @@ impl Server {
         ctx.queue = Some(queue.handle());
         let limits = Arc::clone(&ctx.limits);
         let ctx = Arc::new(ctx);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Server {
             ctx,
             queue,
@@ -107,15 +117,29 @@ impl Server {
             control,
             listeners,
             limits,
+            config_path: None,
+            reload_tx,
+            reload_rx,
             _lock: lock,
         })
+    }
+
+    /// The config file a reload reads again.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Server {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// How to ask this server for a reload once it runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.reload_tx.clone())
     }
 
     /// The addresses actually bound (port 0 in the config becomes a real port).
     pub fn local_addrs(&self) -> Vec<(SocketAddr, ListenerKind)> {
         self.listeners
             .iter()
-            .filter_map(|(l, k)| l.local_addr().ok().map(|a| (a, *k)))
+            .filter_map(|(l, _, k)| l.local_addr().ok().map(|a| (a, *k)))
             .collect()
     }
 
@@ -138,14 +162,24 @@ impl Server {
         tracker.spawn(crate::queue::serve_control(
             self.control,
             self.queue.handle(),
+            Some(ReloadHandle(self.reload_tx.clone())),
             shutdown.clone(),
         ));
-        for (listener, kind) in self.listeners {
-            let ctx = Arc::clone(&self.ctx);
-            let limits = Arc::clone(&self.limits);
-            let shutdown = shutdown.clone();
-            let sessions = tracker.clone();
-            tracker.spawn(accept_loop(listener, kind, ctx, limits, shutdown, sessions));
+        let current = CurrentContext::new(Arc::clone(&self.ctx));
+        let mut running: Listeners = HashMap::new();
+        for (listener, configured, kind) in self.listeners {
+            let stop = shutdown.child_token();
+            let bound = listener.local_addr().unwrap_or(configured);
+            running.insert((configured, kind), (bound, stop.clone()));
+            tracker.spawn(accept_loop(
+                listener,
+                kind,
+                current.clone(),
+                Arc::clone(&self.limits),
+                stop,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
         }
         let mut outcome = Ok(());
         if self.ctx.config.diagnostics.self_test_on_start {
@@ -156,7 +190,42 @@ impl Server {
                 shutdown.cancel();
             }
         }
-        shutdown.cancelled().await;
+        let mut reload_rx = self.reload_rx;
+        let mut certs = reload::cert_stamp(&self.ctx.config);
+        let mut cert_check = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let reply = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(req) = reload_rx.recv() => req.reply,
+                _ = cert_check.tick() => {
+                    let now = reload::cert_stamp(&current.get().config);
+                    if now == certs {
+                        continue;
+                    }
+                    info!("certificate files changed; reloading");
+                    None
+                }
+            };
+            let result = apply_reload(
+                &current,
+                &self.queue,
+                self.config_path.as_ref(),
+                &mut running,
+                &self.limits,
+                &tracker,
+                &shutdown,
+            );
+            certs = reload::cert_stamp(&current.get().config);
+            match &result {
+                Ok(what) => info!("configuration reloaded: {what}"),
+                Err(e) => {
+                    error!("reload refused, still running on the previous configuration: {e}")
+                }
+            }
+            if let Some(tx) = reply {
+                let _ = tx.send(result);
+            }
+        }
         tracker.close();
         let grace = self.ctx.config.server.shutdown_grace.get();
         info!(active = self.limits.active(), grace = ?grace, "shutting down");
@@ -232,18 +301,91 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Reads the config again and applies it; what changed, or why nothing did.
+fn apply_reload(
+    current: &CurrentContext,
+    queue: &Arc<QueueManager>,
+    path: Option<&std::path::PathBuf>,
+    running: &mut Listeners,
+    limits: &Arc<ConnectionLimits>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<String, String> {
+    let old = current.get();
+    let config = reload::read_config(path, &old.config)?;
+    let ctx = reload::rebuild(&old, config.clone())?;
+    // Bind what is new before anything changes, so a busy port aborts the reload.
+    let wanted: Vec<(SocketAddr, ListenerKind)> = config
+        .listener
+        .iter()
+        .map(|l| (l.address, l.kind))
+        .collect();
+    let mut fresh = Vec::new();
+    let mut kept = Vec::new();
+    for (i, &(addr, kind)) in wanted.iter().enumerate() {
+        match reload::matching(running, addr, kind) {
+            Some(key) => kept.push((key, (addr, kind))),
+            None => {
+                let socket = bind_listener(addr).map_err(|e| {
+                    format!("listener[{i}].address = \"{addr}\": cannot listen: {e}")
+                })?;
+                fresh.push((socket, addr, kind));
+            }
+        }
+    }
+    current.set(Arc::new(ctx));
+    queue.reconfigure(Arc::new(config.clone()));
+    let mut closed = 0;
+    let mut still: Listeners = HashMap::new();
+    for (key, (bound, stop)) in running.drain() {
+        match kept.iter().find(|(old, _)| *old == key) {
+            Some((_, new_key)) => {
+                still.insert(*new_key, (bound, stop));
+            }
+            None => {
+                stop.cancel();
+                closed += 1;
+            }
+        }
+    }
+    *running = still;
+    let opened = fresh.len();
+    for (socket, addr, kind) in fresh {
+        let stop = shutdown.child_token();
+        let bound = socket.local_addr().unwrap_or(addr);
+        running.insert((addr, kind), (bound, stop.clone()));
+        tracker.spawn(accept_loop(
+            socket,
+            kind,
+            current.clone(),
+            Arc::clone(limits),
+            stop,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    Ok(format!(
+        "{} listener(s) ({opened} opened, {closed} closed); relay rules: {}",
+        running.len(),
+        current.get().policy.networks.describe().join("; ")
+    ))
+}
+
+/// Accepts until `stop` (this listener closed) or the server shuts down; each
+/// connection runs with the context current when it arrived.
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
-    ctx: Arc<Context>,
+    current: CurrentContext,
     limits: Arc<ConnectionLimits>,
+    stop: CancellationToken,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
@@ -255,7 +397,7 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let ctx = Arc::clone(&ctx);
+        let ctx = current.get();
         let limits = Arc::clone(&limits);
         let shutdown = shutdown.clone();
         sessions.spawn(async move {

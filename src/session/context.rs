@@ -14,7 +14,7 @@ pub struct Context {
     pub policy: Policy,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Password checks, bounded in number and abandoned when the client leaves.
-    pub credentials: CredentialChecker,
+    pub credentials: Arc<CredentialChecker>,
     pub spool: Spool,
     /// Where the session's facts go (the log, and whoever subscribes).
     pub events: crate::events::Events,
@@ -40,7 +40,7 @@ impl Context {
             hostname: config.hostname(),
             policy: Policy::from_config(&config),
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
-            credentials: CredentialChecker::new(UserDb::new(config.users_file())),
+            credentials: Arc::new(CredentialChecker::new(UserDb::new(config.users_file()))),
             committer: spool.committer(),
             spool,
             events: crate::events::Events::new(),
@@ -53,6 +53,31 @@ impl Context {
             }),
             config,
             queue: None,
+        }
+    }
+
+    /// The context for a reloaded config: new rules, TLS and checks; the
+    /// same spool, queue, events, connection slots, counters and bans (a
+    /// reload must not forgive a banned address), and the same password
+    /// checker unless the users file moved.
+    pub fn reloaded(&self, config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Context {
+        let credentials = if config.users_file() == self.config.users_file() {
+            Arc::clone(&self.credentials)
+        } else {
+            Arc::new(CredentialChecker::new(UserDb::new(config.users_file())))
+        };
+        Context {
+            hostname: config.hostname(),
+            policy: Policy::from_config(&config),
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            credentials,
+            committer: self.committer.clone(),
+            spool: self.spool.clone(),
+            events: self.events.clone(),
+            checks: Arc::new(self.checks.reloaded(&config)),
+            limits: Arc::clone(&self.limits),
+            queue: self.queue.clone(),
+            config,
         }
     }
 }
