@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod diagnostics;
 pub mod dns;
 pub mod events;
+pub mod guard;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -4,6 +4,7 @@ mod audit;
 mod check;
 mod doctor;
 mod explain;
+mod guard;
 mod queue;
 mod relay_test;
 mod reload;
@@ -44,6 +45,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Make the running server read its configuration, users and certificates again.
     Reload(reload::ReloadArgs),
+    /// Addresses the NAT sentinel took trust from; trust or untrust one.
+    Guard(guard::GuardArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -86,5 +89,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::RelayTest(a) => relay_test::run_cli(a),
         Command::Doctor(a) => doctor::run_cli(a),
         Command::Reload(a) => reload::run(a),
+        Command::Guard(a) => guard::run(a),
     }
 }

@@ -4,6 +4,7 @@
 mod checks;
 mod delivery;
 mod duration;
+mod guard;
 mod net;
 mod validate;
 
@@ -15,6 +16,7 @@ pub use delivery::{
     BounceAttach, DeliveryConfig, DeliveryMode, NextHop, OutboundTls, RouteConfig, SmarthostTls,
 };
 pub use duration::ConfigDuration;
+pub use guard::{GuardConfig, GuardMode};
 pub use net::IpRange;
 pub use validate::{Finding, Severity};
 
@@ -58,6 +60,8 @@ pub struct Config {
     pub lists: ListsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub guard: GuardConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

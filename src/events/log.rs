@@ -120,6 +120,20 @@ impl Subscriber for LogWriter {
             Event::MessageFinished { queue_id, failed } => {
                 info!(queue_id = %queue_id, failed, "message done, removed from the queue")
             }
+            Event::GuardUntrusted { client, evidence } => error!(
+                client = %client,
+                evidence = %evidence,
+                "GUARD: {client} is in a trusted range but carries many clients' traffic (a router, NAT or proxy?); it must authenticate from now on. `portcullis guard trust {client}` undoes this"
+            ),
+            Event::FloodDetected {
+                source,
+                recipient_domains,
+                action,
+            } => error!(
+                source = %source,
+                recipient_domains,
+                "GUARD: {source} sends to {recipient_domains} recipient domains (a compromised device or password?); its mail is {action}. `portcullis queue release --source {source}` or `queue delete --source {source}`"
+            ),
             Event::ZoneHealth {
                 zone,
                 problem: Some(p),

@@ -192,6 +192,17 @@ pub enum Event {
         messages: usize,
         error: Option<String>,
     },
+    /// The NAT sentinel withdrew a trusted address's trust.
+    GuardUntrusted {
+        client: IpAddr,
+        evidence: String,
+    },
+    /// A source sends to too many recipient domains: its mail is held (or refused, or logged).
+    FloodDetected {
+        source: String,
+        recipient_domains: usize,
+        action: &'static str,
+    },
     /// A DNS list zone was set aside (or came back) after its health check.
     ZoneHealth {
         zone: String,

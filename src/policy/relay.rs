@@ -27,6 +27,8 @@ pub struct ClientFacts {
     pub checks: CheckFacts,
     /// The envelope sender of the open transaction (`local@domain`; empty for `<>`).
     pub sender: Option<String>,
+    /// The guard's NAT sentinel withdrew this address's trust.
+    pub distrusted: bool,
 }
 
 impl ClientFacts {
@@ -39,6 +41,7 @@ impl ClientFacts {
             helo: None,
             checks: CheckFacts::default(),
             sender: None,
+            distrusted: false,
         }
     }
 }
@@ -200,7 +203,7 @@ impl Policy {
             t.note(format!("anti-spam checks skipped: authenticated as {u}"));
             return false;
         }
-        if self.is_trusted(client.ip) {
+        if self.is_trusted(client.ip) && !client.distrusted {
             t.note("anti-spam checks skipped: trusted network");
             return false;
         }
@@ -291,7 +294,7 @@ impl Policy {
 
     /// Whether rate limits count this client (trusted networks only when asked).
     fn limits_apply(&self, client: &ClientFacts) -> bool {
-        self.limits.apply_to_trusted || !self.is_trusted(client.ip)
+        self.limits.apply_to_trusted || !self.is_trusted(client.ip) || client.distrusted
     }
 
     fn judge_message_rate(&self, client: &ClientFacts, t: &mut Trace) -> Result<(), RefuseReason> {
@@ -424,7 +427,13 @@ impl Policy {
         for s in m.trace {
             t.note(s);
         }
-        match (m.auth, &client.user) {
+        let auth = if client.distrusted && m.auth == NetworkAuth::None {
+            t.note("the guard withdrew this address's trust (it carried many clients' traffic): AUTH needed");
+            NetworkAuth::Required
+        } else {
+            m.auth
+        };
+        match (auth, &client.user) {
             (NetworkAuth::Deny, _) => Err(RefuseReason::NetworkDenied),
             (_, Some(user)) => Ok(format!("authenticated as {user}")),
             (NetworkAuth::None, None) => Ok(match m.range {

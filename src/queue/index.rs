@@ -328,6 +328,7 @@ mod tests {
             eight_bit: false,
             size: 10,
             trusted_origin: true,
+            hold: false,
         };
         Entry {
             state: MessageState::initial(&envelope),

@@ -18,6 +18,8 @@ pub struct Context {
     pub spool: Spool,
     /// Where the session's facts go (the log, and whoever subscribes).
     pub events: crate::events::Events,
+    /// The NAT sentinel and flood hold (state kept in data_dir).
+    pub guard: Arc<crate::guard::Guard>,
     /// The anti-spam checks: DNS lists, lookups, counters and bans.
     pub checks: std::sync::Arc<crate::checks::Checks>,
     /// Connection slots; sessions read whether the server is under stress.
@@ -44,6 +46,10 @@ impl Context {
             committer: spool.committer(),
             spool,
             events: crate::events::Events::new(),
+            guard: Arc::new(crate::guard::Guard::new(
+                config.guard.clone(),
+                Some(config.server.data_dir.clone()),
+            )),
             checks: std::sync::Arc::new(crate::checks::Checks::new(&config, resolver)),
             limits: crate::server::ConnectionLimits::new(crate::server::LimitSettings {
                 max_total: config.server.max_connections,
@@ -74,6 +80,7 @@ impl Context {
             committer: self.committer.clone(),
             spool: self.spool.clone(),
             events: self.events.clone(),
+            guard: Arc::clone(&self.guard),
             checks: Arc::new(self.checks.reloaded(&config)),
             limits: Arc::clone(&self.limits),
             queue: self.queue.clone(),

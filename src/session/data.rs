@@ -58,7 +58,7 @@ impl Session {
         if self.ctx.config.checks.forbid_unauth_pipelining
             && self.stream.has_buffered_input()
             && self.user.is_none()
-            && !self.ctx.policy.is_trusted(self.ip)
+            && !self.trusted()
         {
             let reason = crate::policy::RefuseReason::UnauthPipelining;
             let reply = reason.reply();
@@ -309,7 +309,7 @@ impl Session {
                     .map(|h| h.name.clone())
                     .unwrap_or_default(),
                 auth_user: self.user.clone(),
-                trusted: self.user.is_some() || self.ctx.policy.is_trusted(self.ip),
+                trusted: self.user.is_some() || self.trusted(),
             },
             ContentInfo {
                 smtputf8: tx.params.smtputf8,
@@ -317,6 +317,8 @@ impl Session {
                 size: writer.body_len(),
             },
         );
+        let mut envelope = envelope;
+        envelope.hold = tx.hold;
         let env = envelope.clone();
         let prepared = tokio::task::spawn_blocking(move || writer.prepare(&env))
             .await

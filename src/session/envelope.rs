@@ -16,6 +16,18 @@ impl Session {
         if self.tx.is_some() {
             return reply::NESTED_MAIL;
         }
+        if self.trusted()
+            && let Path::Mailbox(m) = &path
+            && let Some(evidence) = self
+                .ctx
+                .guard
+                .observe_sender(self.ip, &m.domain.to_string())
+        {
+            self.emit(Event::GuardUntrusted {
+                client: self.ip,
+                evidence,
+            });
+        }
         self.gather_mail_facts(&path).await;
         if let Err(reason) = self.ctx.policy.mail(&self.facts(), &path).verdict {
             let reply = reason.reply();
@@ -112,6 +124,33 @@ impl Session {
                     .map(|s| s.text.clone())
                     .unwrap_or_default();
                 let to = mailbox.to_string();
+                let relayed = !matches!(&mailbox.domain, crate::smtp::address::Domain::Name(d) if self.ctx.policy.inbound_domains.contains(d));
+                if relayed {
+                    let source = self.user.clone().unwrap_or_else(|| self.ip.to_string());
+                    if let Some(flood) = self
+                        .ctx
+                        .guard
+                        .observe_recipient(&source, &mailbox.domain.to_string())
+                    {
+                        let mode = self.ctx.config.guard.mode;
+                        if flood.new {
+                            self.ctx.events.emit(Event::FloodDetected {
+                                source: flood.source.clone(),
+                                recipient_domains: flood.domains,
+                                action: match mode {
+                                    crate::config::GuardMode::Hold => "held in the queue",
+                                    crate::config::GuardMode::Refuse => "refused (451 4.7.1)",
+                                    crate::config::GuardMode::Log => "only logged",
+                                },
+                            });
+                        }
+                        match mode {
+                            crate::config::GuardMode::Hold => tx.hold = true,
+                            crate::config::GuardMode::Refuse => return reply::FLOOD_REFUSED,
+                            crate::config::GuardMode::Log => {}
+                        }
+                    }
+                }
                 tx.add_recipient(mailbox);
                 self.ctx.checks.count_recipient(self.ip);
                 self.emit(Event::RcptAccepted {

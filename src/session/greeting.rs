@@ -9,6 +9,14 @@ use tracing::warn;
 impl Session {
     pub(super) fn helo(&mut self, name: String, extended: bool) -> Reply {
         self.tx = None;
+        if self.trusted()
+            && let Some(evidence) = self.ctx.guard.observe_helo(self.ip, &name)
+        {
+            self.emit(crate::events::Event::GuardUntrusted {
+                client: self.ip,
+                evidence,
+            });
+        }
         let greeting = format!("{} greets {} [{}]", self.ctx.hostname, name, self.ip);
         self.helo = Some(Helo { name, extended });
         if !extended {

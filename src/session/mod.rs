@@ -332,14 +332,19 @@ impl Session {
             helo: self.helo.as_ref().map(|h| h.name.clone()),
             checks: self.check_facts.clone(),
             sender: self.tx.as_ref().map(|t| t.sender_text()),
+            distrusted: self.ctx.guard.is_untrusted(self.ip),
         }
+    }
+
+    /// A trusted network's client whose trust the guard has not withdrawn.
+    fn trusted(&self) -> bool {
+        self.ctx.policy.is_trusted(self.ip) && !self.ctx.guard.is_untrusted(self.ip)
     }
 
     /// Whether the anti-spam checks concern this client now (not trusted,
     /// not authenticated, unless skip_for_trusted is off).
     fn checks_apply(&self) -> bool {
-        !self.ctx.config.checks.skip_for_trusted
-            || (self.user.is_none() && !self.ctx.policy.is_trusted(self.ip))
+        !self.ctx.config.checks.skip_for_trusted || (self.user.is_none() && !self.trusted())
     }
 }
 

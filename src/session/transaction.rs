@@ -11,6 +11,8 @@ pub struct Transaction {
     pub recipients: Vec<Mailbox>,
     /// The message being received by BDAT, once the first chunk came; DATA is then refused.
     pub bdat: Option<Incoming>,
+    /// The guard saw a flood from this source: the message is queued held.
+    pub hold: bool,
 }
 
 impl Transaction {
@@ -20,6 +22,7 @@ impl Transaction {
             params,
             recipients: Vec::new(),
             bdat: None,
+            hold: false,
         }
     }
 

@@ -176,6 +176,11 @@ pub const TOO_MANY_FROM_IP: Reply = Reply::new(
     "4.7.0",
     "Too many connections from your address; try again later",
 );
+pub const FLOOD_REFUSED: Reply = Reply::new(
+    451,
+    "4.7.1",
+    "Unusual volume of mail to many domains from your account or address; try again later",
+);
 pub const PREGREET: Reply = Reply::new(
     554,
     "5.5.1",

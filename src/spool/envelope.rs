@@ -32,6 +32,9 @@ pub struct Envelope {
     /// us deliver their content to any address by naming it as the sender.
     #[serde(default = "trusted_by_default")]
     pub trusted_origin: bool,
+    /// Queued held (the guard saw a flood from its source): delivered only after `queue release`.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 fn trusted_by_default() -> bool {
@@ -79,6 +82,7 @@ impl Envelope {
             eight_bit: content.eight_bit,
             size: content.size,
             trusted_origin: origin.trusted,
+            hold: false,
         }
     }
 
@@ -103,6 +107,7 @@ impl Envelope {
             eight_bit: false,
             size: 0,
             trusted_origin: true,
+            hold: false,
         }
     }
 }

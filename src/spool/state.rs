@@ -54,7 +54,7 @@ impl MessageState {
     /// The state of a message that was just accepted: every recipient due now.
     pub fn initial(envelope: &Envelope) -> MessageState {
         MessageState {
-            held: false,
+            held: envelope.hold,
             delay_warned: false,
             recipients: envelope
                 .recipients

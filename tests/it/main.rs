@@ -17,3 +17,4 @@ mod protocol;
 mod queue_control;
 mod relay_matrix;
 mod reload;
+mod sentinel;

@@ -1,0 +1,56 @@
+//! `[guard]`: the run-time defences that configuration alone cannot give —
+//! the NAT sentinel and the outbound flood hold.
+
+use super::ConfigDuration;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// Accept a flood's mail but hold it in the queue (the sender learns nothing).
+    #[default]
+    Hold,
+    /// Answer 451 4.7.1 to the flood's recipients.
+    Refuse,
+    /// Only log and alert.
+    Log,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// What to do with an outbound flood.
+    pub mode: GuardMode,
+    /// The sentinel's window over what a trusted address presents.
+    pub nat_window: ConfigDuration,
+    /// Distinct HELO names from one trusted address within the window that,
+    /// with `nat_sender_domains` (or `nat_public_helos`), cost it its trust.
+    /// A PC, printer or app server uses one or two names for years.
+    pub nat_helo_names: usize,
+    /// Distinct envelope sender domains within the window (see nat_helo_names).
+    /// An office machine sends as one or a few domains.
+    pub nat_sender_domains: usize,
+    /// HELO names that are fully qualified public names, within the window:
+    /// LAN machines say their local name; Internet mail servers say public ones.
+    pub nat_public_helos: usize,
+    /// The flood hold's window.
+    pub flood_window: ConfigDuration,
+    /// Distinct recipient domains one source may send to within the window
+    /// before its mail is held: the sign of a flood is spread, not volume
+    /// (an app server's thousands of messages to one domain are normal).
+    pub flood_recipient_domains: usize,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            mode: GuardMode::Hold,
+            nat_window: ConfigDuration::secs(600),
+            nat_helo_names: 5,
+            nat_sender_domains: 5,
+            nat_public_helos: 3,
+            flood_window: ConfigDuration::secs(600),
+            flood_recipient_domains: 30,
+        }
+    }
+}

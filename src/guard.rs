@@ -1,0 +1,339 @@
+//! The spam-through guard.
+//!
+//! NAT sentinel: a trusted address that presents many HELO names and many
+//! sender domains within a window is not one office machine but the Internet
+//! arriving through a router, NAT or proxy inside a trusted range; it loses
+//! its trust (AUTH is needed from then on), the admin is alerted, and the
+//! decision and its evidence are kept in `data_dir/guard.json` (across
+//! restarts; `portcullis guard` lists and changes it).
+//!
+//! Flood hold: a source (address or user) that sends to many distinct
+//! recipient domains within a window is a compromised device or password;
+//! its further mail is held in the queue (or refused, or only logged).
+
+use crate::config::GuardConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+/// Sources and addresses watched at once before the oldest are forgotten.
+const MAX_WATCHED: usize = 10_000;
+/// Observations kept per watched address.
+const MAX_SEEN: usize = 1_000;
+
+/// Why an address lost its trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Untrusted {
+    /// Seconds since the epoch.
+    pub since: i64,
+    pub evidence: String,
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardState {
+    pub untrusted: BTreeMap<IpAddr, Untrusted>,
+    /// Addresses an admin trusted again: the sentinel leaves them be.
+    pub trusted_by_admin: BTreeSet<IpAddr>,
+}
+
+impl GuardState {
+    pub fn load(path: &std::path::Path) -> GuardState {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the state file atomically.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Seen {
+    Helo { name: String, public: bool },
+    Sender(String),
+}
+
+pub struct Guard {
+    config: GuardConfig,
+    path: Option<PathBuf>,
+    /// The state and the file's time when last read (the CLI may change it).
+    state: Mutex<(Option<SystemTime>, GuardState)>,
+    sentinel: Mutex<HashMap<IpAddr, VecDeque<(Instant, Seen)>>>,
+    /// Per source: each recipient domain and when it was last written to.
+    floods: Mutex<HashMap<String, HashMap<String, Instant>>>,
+}
+
+/// A flood was found: the source and what gave it away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flood {
+    pub source: String,
+    pub domains: usize,
+    /// True the first time in a window (alert once).
+    pub new: bool,
+}
+
+impl Guard {
+    pub fn new(config: GuardConfig, data_dir: Option<PathBuf>) -> Guard {
+        Guard {
+            config,
+            path: data_dir.map(|d| d.join("guard.json")),
+            state: Mutex::new((None, GuardState::default())),
+            sentinel: Mutex::new(HashMap::new()),
+            floods: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The state, read again when the file changed.
+    fn with_state<T>(&self, f: impl FnOnce(&mut GuardState) -> T) -> T {
+        let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &self.path {
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime != cached.0 {
+                cached.1 = GuardState::load(path);
+                cached.0 = mtime;
+            }
+        }
+        f(&mut cached.1)
+    }
+
+    fn save(&self, state: &GuardState) {
+        if let Some(path) = &self.path {
+            if let Err(e) = state.save(path) {
+                tracing::error!(error = %e, path = %path.display(), "cannot record the guard's state");
+            }
+            let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            cached.0 = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        }
+    }
+
+    /// Whether the sentinel withdrew this address's trust.
+    pub fn is_untrusted(&self, ip: IpAddr) -> bool {
+        self.with_state(|s| s.untrusted.contains_key(&ip))
+    }
+
+    pub fn observe_helo(&self, ip: IpAddr, name: &str) -> Option<String> {
+        self.observe(
+            ip,
+            Seen::Helo {
+                name: name.to_lowercase(),
+                public: looks_public(name),
+            },
+        )
+    }
+
+    pub fn observe_sender(&self, ip: IpAddr, domain: &str) -> Option<String> {
+        self.observe(ip, Seen::Sender(domain.to_lowercase()))
+    }
+
+    /// Records what a trusted address presented; the evidence when this
+    /// made it lose its trust.
+    fn observe(&self, ip: IpAddr, seen: Seen) -> Option<String> {
+        if self.with_state(|s| s.trusted_by_admin.contains(&ip) || s.untrusted.contains_key(&ip)) {
+            return None;
+        }
+        let now = Instant::now();
+        let window = self.config.nat_window.get();
+        let evidence = {
+            let mut watch = self.sentinel.lock().unwrap_or_else(|p| p.into_inner());
+            if watch.len() >= MAX_WATCHED {
+                watch.retain(|_, q| {
+                    q.back()
+                        .is_some_and(|(t, _)| now.duration_since(*t) < window)
+                });
+            }
+            let q = watch.entry(ip).or_default();
+            q.push_back((now, seen));
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+                || q.len() > MAX_SEEN
+            {
+                q.pop_front();
+            }
+            let mut helos = BTreeSet::new();
+            let mut public = BTreeSet::new();
+            let mut senders = BTreeSet::new();
+            for (_, s) in q.iter() {
+                match s {
+                    Seen::Helo { name, public: p } => {
+                        helos.insert(name.clone());
+                        if *p {
+                            public.insert(name.clone());
+                        }
+                    }
+                    Seen::Sender(d) => {
+                        senders.insert(d.clone());
+                    }
+                }
+            }
+            let c = &self.config;
+            let tripped = helos.len() >= c.nat_helo_names
+                && (senders.len() >= c.nat_sender_domains || public.len() >= c.nat_public_helos);
+            if !tripped {
+                return None;
+            }
+            let sample =
+                |set: &BTreeSet<String>| set.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            format!(
+                "within {}: {} HELO names ({} of them public: {}), {} sender domains ({})",
+                c.nat_window,
+                helos.len(),
+                public.len(),
+                sample(&public),
+                senders.len(),
+                sample(&senders)
+            )
+        };
+        self.untrust(ip, &evidence);
+        Some(evidence)
+    }
+
+    /// Withdraws trust (the sentinel, or an admin).
+    pub fn untrust(&self, ip: IpAddr, evidence: &str) {
+        let state = self.with_state(|s| {
+            s.trusted_by_admin.remove(&ip);
+            s.untrusted.insert(
+                ip,
+                Untrusted {
+                    since: chrono::Utc::now().timestamp(),
+                    evidence: evidence.to_string(),
+                },
+            );
+            s.clone()
+        });
+        self.save(&state);
+        self.sentinel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
+    }
+
+    /// Trusts again, and remembers that an admin said so.
+    pub fn trust(&self, ip: IpAddr) {
+        let state = self.with_state(|s| {
+            s.untrusted.remove(&ip);
+            s.trusted_by_admin.insert(ip);
+            s.clone()
+        });
+        self.save(&state);
+    }
+
+    pub fn state(&self) -> GuardState {
+        self.with_state(|s| s.clone())
+    }
+
+    /// Records a relayed recipient domain of `source`; Some when the source
+    /// now sends to more distinct domains within the window than allowed.
+    /// Cost per call: the distinct domains of this source, not its volume.
+    pub fn observe_recipient(&self, source: &str, domain: &str) -> Option<Flood> {
+        let now = Instant::now();
+        let window = self.config.flood_window.get();
+        let cap = self.config.flood_recipient_domains;
+        let mut floods = self.floods.lock().unwrap_or_else(|p| p.into_inner());
+        if floods.len() >= MAX_WATCHED {
+            floods.retain(|_, seen| seen.values().any(|t| now.duration_since(*t) < window));
+        }
+        let seen = floods.entry(source.to_string()).or_default();
+        seen.retain(|_, t| now.duration_since(*t) < window);
+        let was_over = seen.len() > cap;
+        if seen.len() < MAX_SEEN * 10 || seen.contains_key(domain) {
+            seen.insert(domain.to_lowercase(), now);
+        }
+        (seen.len() > cap).then(|| Flood {
+            source: source.to_string(),
+            domains: seen.len(),
+            new: !was_over,
+        })
+    }
+}
+
+/// A HELO name an Internet mail server would give: a dotted name under a
+/// public-looking top-level domain, not an address literal or a LAN suffix.
+pub fn looks_public(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_lowercase();
+    if name.starts_with('[') || name.parse::<IpAddr>().is_ok() {
+        return false;
+    }
+    let Some((_, tld)) = name.rsplit_once('.') else {
+        return false;
+    };
+    const LOCAL: &[&str] = &[
+        "local",
+        "lan",
+        "home",
+        "internal",
+        "localdomain",
+        "corp",
+        "intranet",
+        "localhost",
+        "arpa",
+        "private",
+    ];
+    tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()) && !LOCAL.contains(&tld)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_names() {
+        assert!(looks_public("mail.example.com"));
+        assert!(
+            !looks_public("printer.lan") && !looks_public("PC-12") && !looks_public("[10.0.0.1]")
+        );
+    }
+
+    #[test]
+    fn one_machine_keeps_its_trust_and_a_crowd_loses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
+        let office: IpAddr = "192.168.1.40".parse().unwrap();
+        for _ in 0..100 {
+            assert!(g.observe_helo(office, "pc40.office.lan").is_none());
+            assert!(g.observe_sender(office, "office.example").is_none());
+        }
+        let router: IpAddr = "192.168.1.1".parse().unwrap();
+        let mut tripped = None;
+        for i in 0..60 {
+            tripped = tripped.or(g.observe_helo(router, &format!("mx{i}.sender{i}.com")));
+            tripped = tripped.or(g.observe_sender(router, &format!("sender{i}.com")));
+        }
+        assert!(tripped.unwrap().contains("HELO names"));
+        assert!(g.is_untrusted(router) && !g.is_untrusted(office));
+        // Kept across a restart; an admin can trust it again.
+        let again = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
+        assert!(again.is_untrusted(router));
+        again.trust(router);
+        assert!(!again.is_untrusted(router));
+        assert!(
+            again.observe_helo(router, "a.b.com").is_none(),
+            "an admin's word holds"
+        );
+    }
+
+    #[test]
+    fn spread_is_a_flood_volume_is_not() {
+        let g = Guard::new(GuardConfig::default(), None);
+        for _ in 0..2000 {
+            assert!(g.observe_recipient("app", "customer.example").is_none());
+        }
+        let floods: Vec<Flood> = (0..300)
+            .filter_map(|i| g.observe_recipient("pc", &format!("d{i}.example")))
+            .collect();
+        assert_eq!(floods.len(), 300 - 30);
+        assert_eq!(floods.iter().filter(|f| f.new).count(), 1, "alerted once");
+    }
+}

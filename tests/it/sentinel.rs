@@ -1,0 +1,125 @@
+//! The spam-through guard: the NAT sentinel and the outbound flood hold.
+
+use crate::support::client::SmtpClient;
+use crate::support::server::{TestServer, binary};
+use crate::support::sink::{Behaviour, Sink};
+use crate::support::{WAIT, run_with_timeout};
+use std::time::{Duration, Instant};
+
+/// A "router" inside the trusted range carries sessions from many Internet
+/// senders: it loses its trust; an office client beside it keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_address_carrying_the_internet_loses_its_trust() {
+    let server = TestServer::start(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n",
+    )
+    .await;
+    let mut office = SmtpClient::connect(server.addr(), "127.0.0.10").await;
+    office.expect("EHLO pc10.office.lan", 250).await;
+    let mut last = 0;
+    for i in 0..60 {
+        let mut c = SmtpClient::connect(server.addr(), "127.0.0.254").await;
+        c.expect(&format!("EHLO mx{i}.sender{i}.com"), 250).await;
+        c.expect(&format!("MAIL FROM:<news@sender{i}.com>"), 250)
+            .await;
+        last = c
+            .cmd(&format!("RCPT TO:<victim{i}@far{i}.example>"))
+            .await
+            .code;
+        c.expect("QUIT", 221).await;
+        // The office client goes on in between, one message in two rounds.
+        if i % 2 == 0 {
+            let r = office
+                .send_mail(
+                    "printer@office.example",
+                    &[&format!("boss{i}@partner.example")],
+                    b"Subject: scan\r\n\r\nx\r\n",
+                )
+                .await;
+            assert_eq!(r.code, 250, "the office keeps its trust: {r:?}");
+        }
+    }
+    assert_eq!(
+        last, 554,
+        "the last relay attempt through the router is refused"
+    );
+    // `guard list` shows it with the evidence; `guard trust` gives it back.
+    let config = server.dir.path().join("guard.toml");
+    std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
+    let cli = |args: &[&str]| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(args)
+                .arg("--config")
+                .arg(&config),
+            WAIT,
+        )
+    };
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["guard", "list", "--json"]));
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["untrusted"]["127.0.0.254"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("HELO names"),
+        "{v}"
+    );
+    assert!(v["untrusted"].get("127.0.0.10").is_none(), "{v}");
+    let (ok, _, _) = tokio::task::block_in_place(|| cli(&["guard", "trust", "127.0.0.254"]));
+    assert!(ok);
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.254").await;
+    c.expect("EHLO router.lan", 250).await;
+    c.expect("MAIL FROM:<a@office.example>", 250).await;
+    c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
+}
+
+/// A trusted source sending to 300 domains: beyond a small allowance its
+/// mail is held, and `queue release --source` lets it all go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_to_many_domains_is_held_until_released() {
+    let sink = Sink::start("127.0.0.97", 0, Behaviour::accept_all()).await;
+    let server = TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n",
+        sink.addr
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.20").await;
+    c.expect("EHLO pc20.office.lan", 250).await;
+    for i in 0..300 {
+        let r = c
+            .send_mail(
+                "clerk@office.example",
+                &[&format!("x@domain{i}.example")],
+                b"Subject: offer\r\n\r\nx\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250, "accepted, the sender learns nothing: {r:?}");
+    }
+    // Let deliveries run, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = sink.messages().len();
+    assert!(before <= 150, "at most half leave before release: {before}");
+    assert!(before >= 10, "the allowance goes out: {before}");
+    let config = server.dir.path().join("flood.toml");
+    std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["queue", "release", "--source", "127.0.0.20", "--config"])
+                .arg(&config),
+            WAIT,
+        )
+    });
+    assert!(ok, "{out}{err}");
+    let started = Instant::now();
+    while sink.messages().len() < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "released mail is delivered: {}",
+            sink.messages().len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sink.messages().len(), 300);
+}
