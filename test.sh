@@ -15,6 +15,8 @@ command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # nmap's smtp-open-relay script checks relay-test's verdicts.
 command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
+# A real HAProxy sends PROXY v1/v2 headers in the PROXY-protocol test.
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"
@@ -25,6 +27,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
     $SUDO postfix stop >/dev/null 2>&1 || true
+    # Only the binary is wanted; no system instance.
+    $SUDO pkill -x haproxy >/dev/null 2>&1 || true
 fi
 
 # The packaging test reads the Debian package this builds (release build).

@@ -212,6 +212,14 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     #[serde(default)]
     pub kind: ListenerKind,
+    /// Connections from `proxy_from` must start with a PROXY v1/v2 header,
+    /// whose source address is then the client for every rule.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The load balancers allowed to send PROXY headers (addresses or ranges);
+    /// on a proxy_protocol listener, connections from anywhere else are refused.
+    #[serde(default)]
+    pub proxy_from: Vec<IpRange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Default, Deserialize, Serialize)]
@@ -243,6 +251,8 @@ fn default_listeners() -> Vec<ListenerConfig> {
     vec![ListenerConfig {
         address: SocketAddr::from(([127, 0, 0, 1], 2525)),
         kind: ListenerKind::Smtp,
+        proxy_protocol: false,
+        proxy_from: Vec::new(),
     }]
 }
 

@@ -245,6 +245,24 @@ fn check_server(c: &Config, out: &mut Vec<Finding>) {
 }
 
 fn check_listeners(c: &Config, out: &mut Vec<Finding>) {
+    for (i, l) in c.listener.iter().enumerate() {
+        if l.proxy_protocol && l.proxy_from.is_empty() {
+            out.push(finding(
+                Severity::Error,
+                format!("listener[{i}].proxy_from"),
+                "[]",
+                "proxy_protocol = true needs the load balancers' addresses in proxy_from",
+            ));
+        }
+        if !l.proxy_protocol && !l.proxy_from.is_empty() {
+            out.push(finding(
+                Severity::Warning,
+                format!("listener[{i}].proxy_from"),
+                format!("{} address(es)", l.proxy_from.len()),
+                "has no effect without proxy_protocol = true",
+            ));
+        }
+    }
     if c.listener.is_empty() {
         out.push(finding(
             Severity::Error,

@@ -121,6 +121,7 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
     exposure(config, &mut out);
     authentication(config, &mut out);
     smarthost(config, &mut out);
+    proxies(config, &mut out);
     for (zone, problem) in &machine.broken_zones {
         push(
             &mut out,
@@ -357,6 +358,34 @@ fn smarthost(config: &Config, out: &mut Vec<Finding>) {
             "the smart host's certificate is not checked: anyone who can redirect the connection receives the mail (and the password)".into(),
             "set delivery.smarthost_verify = true, and delivery.smarthost_ca_file for a private CA".into(),
         );
+    }
+}
+
+/// PROXY headers are believed from `proxy_from`: anyone there can claim any address.
+fn proxies(config: &Config, out: &mut Vec<Finding>) {
+    for (i, l) in config
+        .listener
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.proxy_protocol)
+    {
+        for r in &l.proxy_from {
+            let wide = match r.net() {
+                ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,
+                ipnet::IpNet::V6(v6) => v6.prefix_len() < 112,
+            };
+            if wide || !crate::policy::is_non_global(r) {
+                push(
+                    out,
+                    Severity::Risk,
+                    format!("listener[{i}].proxy_from"),
+                    format!(
+                        "PROXY headers are believed from {r}: any machine there can claim to be any client — a trusted one included — and relay"
+                    ),
+                    "list only your load balancers' own addresses".into(),
+                );
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! enforce connection caps, run a session per connection, shut down gracefully.
 
 mod limits;
+mod proxy;
 mod reload;
 
 pub use limits::{ConnectionLimits, LimitSettings};
@@ -173,7 +174,7 @@ impl Server {
             running.insert((configured, kind), (bound, stop.clone()));
             tracker.spawn(accept_loop(
                 listener,
-                kind,
+                (configured, kind),
                 current.clone(),
                 Arc::clone(&self.limits),
                 stop,
@@ -356,7 +357,7 @@ fn apply_reload(
         running.insert((addr, kind), (bound, stop.clone()));
         tracker.spawn(accept_loop(
             socket,
-            kind,
+            (addr, kind),
             current.clone(),
             Arc::clone(limits),
             stop,
@@ -375,7 +376,7 @@ fn apply_reload(
 /// connection runs with the context current when it arrived.
 async fn accept_loop(
     listener: TcpListener,
-    kind: ListenerKind,
+    (configured, kind): (SocketAddr, ListenerKind),
     current: CurrentContext,
     limits: Arc<ConnectionLimits>,
     stop: CancellationToken,
@@ -401,19 +402,40 @@ async fn accept_loop(
         let limits = Arc::clone(&limits);
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            handle_connection(tcp, peer, kind, ctx, limits, shutdown).await;
+            handle_connection(tcp, peer, (configured, kind), ctx, limits, shutdown).await;
         });
     }
 }
 
 async fn handle_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    kind: ListenerKind,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
+    (configured, kind): (SocketAddr, ListenerKind),
     ctx: Arc<Context>,
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
+    // Behind a load balancer, the client is the one its PROXY header names.
+    let proxied = ctx
+        .config
+        .listener
+        .iter()
+        .find(|l| l.address == configured && l.kind == kind && l.proxy_protocol);
+    if let Some(listener) = proxied {
+        let from = peer.ip().to_canonical();
+        if !listener.proxy_from.iter().any(|r| r.contains(from)) {
+            warn!(client = %from, listener = %configured, "connection refused: not a proxy allowed on this PROXY-protocol listener (proxy_from)");
+            return;
+        }
+        match proxy::read_header(&mut tcp).await {
+            Ok(Some(client)) => peer = client,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(proxy = %from, error = %e, "connection refused: bad PROXY header");
+                return;
+            }
+        }
+    }
     let ip = peer.ip().to_canonical();
     let admitted = admit(&ctx, &limits, ip, kind);
     let stream = if kind == ListenerKind::Smtps {

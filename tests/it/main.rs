@@ -14,6 +14,7 @@ mod hostile;
 mod packaging;
 mod postfix;
 mod protocol;
+mod proxy;
 mod queue_control;
 mod relay_matrix;
 mod reload;

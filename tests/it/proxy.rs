@@ -1,0 +1,92 @@
+//! PROXY protocol behind a real HAProxy (v1 and v2), and hand-written headers
+//! for the cases HAProxy would never send.
+
+use crate::support::client::{SmtpClient, tcp_from};
+use crate::support::server::TestServer;
+use crate::support::WAIT;
+use std::process::{Child, Command, Stdio};
+use tokio::io::AsyncWriteExt;
+
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn relay_verdict(addr: std::net::SocketAddr, source: &str) -> u16 {
+    let mut c = SmtpClient::connect(addr, source).await;
+    c.expect("EHLO client.test", 250).await;
+    c.expect("MAIL FROM:<a@client.test>", 250).await;
+    c.cmd("RCPT TO:<far@elsewhere.example>").await.code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_behind_haproxy_sets_the_client() {
+    let server = TestServer::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n[[network]]\nrange = \"127.0.0.2\"\nauth = \"none\"\n",
+    )
+    .await;
+    let (v1, v2) = (free_port("127.0.0.98"), free_port("127.0.0.98"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\nfrontend v1\n  bind 127.0.0.98:{v1}\n  default_backend relay_v1\nfrontend v2\n  bind 127.0.0.98:{v2}\n  default_backend relay_v2\nbackend relay_v1\n  server portcullis {addr} send-proxy\nbackend relay_v2\n  server portcullis {addr} send-proxy-v2\n",
+            addr = server.addr()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy installed (test.sh)");
+    let _haproxy = Haproxy(child);
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.98", v2)).is_err() {
+        assert!(started.elapsed() < WAIT, "haproxy did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for port in [v1, v2] {
+        let front: std::net::SocketAddr = format!("127.0.0.98:{port}").parse().unwrap();
+        // The LAN client behind the proxy may relay; an outsider may not.
+        assert_eq!(relay_verdict(front, "127.0.0.2").await, 250, "port {port}");
+        assert_eq!(relay_verdict(front, "127.0.3.5").await, 554, "port {port}");
+    }
+    // Not a proxy: refused before any banner.
+    let mut direct = SmtpClient::connect_raw(server.addr(), "127.0.0.5").await;
+    assert!(
+        direct.closed().await,
+        "a connection not from proxy_from is refused"
+    );
+    // A malformed header from the proxy's address: refused.
+    let mut bad = tcp_from("127.0.0.1", server.addr()).await;
+    bad.write_all(b"PROXY TCP4 not-an-address\r\nEHLO x\r\n")
+        .await
+        .unwrap();
+    assert!(SmtpClient::from_stream(bad).closed().await);
+    // A hand-written v1 header is read exactly: the dialogue follows intact.
+    let mut ok = tcp_from("127.0.0.1", server.addr()).await;
+    ok.write_all(b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 25\r\n")
+        .await
+        .unwrap();
+    let mut c = SmtpClient::from_stream(ok);
+    assert_eq!(c.read_reply().await.code, 220);
+    c.expect("EHLO lan.test", 250).await;
+    c.expect("MAIL FROM:<a@client.test>", 250).await;
+    c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
+}
