@@ -21,7 +21,9 @@ impl Domain {
     /// A domain name as written anywhere (config, DNS, an address) in the one
     /// form used for comparing: trimmed, lower case, no trailing dot.
     pub fn normalize(name: &str) -> String {
-        let name = name.trim();
+        // ASCII blanks only: a Unicode space (U+0085 NEL…) is part of the name,
+        // and the parser refuses it, so that parsing is the same every time.
+        let name = name.trim_ascii();
         name.strip_suffix('.').unwrap_or(name).to_lowercase()
     }
 }
@@ -281,7 +283,11 @@ pub fn parse_domain(s: &str) -> Result<Domain, AddressError> {
             && !label.ends_with('-')
             && label
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+                .all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || c == '-'
+                        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+                });
         if !ok {
             return Err(AddressError::BadDomain);
         }
@@ -341,6 +347,17 @@ mod tests {
         assert_eq!(q.domain, Domain::Name("ours.lan".into()));
         assert!(q.hidden_route().is_some());
         assert!(mailbox("<plain.user@ours.lan>").hidden_route().is_none());
+    }
+
+    #[test]
+    fn unicode_blanks_and_controls_are_no_part_of_a_domain() {
+        // Found by the address fuzzer: a trailing U+0085 (NEL) label was
+        // trimmed away, so the domain read differently the second time.
+        let crash = "<\u{d310}@e-\u{8a}\u{85}\u{85}.\u{85}>";
+        assert!(parse_path(crash, true).is_err());
+        assert!(parse_path("<x@example.lan\u{85}>", true).is_err());
+        assert!(parse_path("<x@ex\u{a0}ample.lan>", true).is_err());
+        assert!(parse_path("<x@b\u{fc}cher.example>", true).is_ok(), "real UTF-8 names still parse");
     }
 
     #[test]
