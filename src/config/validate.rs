@@ -61,6 +61,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_delivery(c, &mut out);
     check_files(c, &mut out);
     check_checks(c, &mut out);
+    check_guard(c, &mut out);
     out
 }
 
@@ -123,6 +124,46 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
                     ));
                 }
             }
+        }
+    }
+}
+
+fn check_guard(c: &Config, out: &mut Vec<Finding>) {
+    let g = &c.guard;
+    for (key, value) in [
+        ("guard.nat_helo_names", g.nat_helo_names),
+        ("guard.nat_sender_domains", g.nat_sender_domains),
+        ("guard.nat_public_helos", g.nat_public_helos),
+        ("guard.flood_recipient_domains", g.flood_recipient_domains),
+    ] {
+        if value == 0 {
+            out.push(finding(
+                Severity::Error,
+                key,
+                "0",
+                "must be at least 1 (0 would distrust or hold everyone at once)",
+            ));
+        }
+    }
+    if g.nat_helo_names == 1 {
+        out.push(finding(
+            Severity::Warning,
+            "guard.nat_helo_names",
+            "1",
+            "any trusted machine that says HELO would lose its trust",
+        ));
+    }
+    for (key, d) in [
+        ("guard.nat_window", g.nat_window),
+        ("guard.flood_window", g.flood_window),
+    ] {
+        if d.get().is_zero() {
+            out.push(finding(
+                Severity::Error,
+                key,
+                "0s",
+                "must be longer than zero",
+            ));
         }
     }
 }

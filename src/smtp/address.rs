@@ -281,13 +281,11 @@ pub fn parse_domain(s: &str) -> Result<Domain, AddressError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || c == '-'
-                        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
-                });
+            && label.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || c == '-'
+                    || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+            });
         if !ok {
             return Err(AddressError::BadDomain);
         }
@@ -357,7 +355,10 @@ mod tests {
         assert!(parse_path(crash, true).is_err());
         assert!(parse_path("<x@example.lan\u{85}>", true).is_err());
         assert!(parse_path("<x@ex\u{a0}ample.lan>", true).is_err());
-        assert!(parse_path("<x@b\u{fc}cher.example>", true).is_ok(), "real UTF-8 names still parse");
+        assert!(
+            parse_path("<x@b\u{fc}cher.example>", true).is_ok(),
+            "real UTF-8 names still parse"
+        );
     }
 
     #[test]

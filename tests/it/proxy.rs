@@ -1,9 +1,9 @@
 //! PROXY protocol behind a real HAProxy (v1 and v2), and hand-written headers
 //! for the cases HAProxy would never send.
 
+use crate::support::WAIT;
 use crate::support::client::{SmtpClient, tcp_from};
 use crate::support::server::TestServer;
-use crate::support::WAIT;
 use std::process::{Child, Command, Stdio};
 use tokio::io::AsyncWriteExt;
 
