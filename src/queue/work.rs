@@ -211,19 +211,7 @@ impl QueueManager {
         {
             return;
         }
-        let waiting: Vec<ReportedRecipient> = state
-            .recipients
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Queued)
-            .map(|r| ReportedRecipient {
-                address: r.address.clone(),
-                result: r.result_or(AttemptResult::local(
-                    Stage::Queue,
-                    "4.0.0",
-                    "not yet delivered",
-                )),
-            })
-            .collect();
+        let waiting = to_report(state, RecipientStatus::Queued, "4.0.0", "not yet delivered");
         if self
             .queue_report(ReportKind::Delayed, id, env, body, &waiting)
             .await
@@ -241,19 +229,7 @@ impl QueueManager {
         body: &Content,
         state: &MessageState,
     ) -> bool {
-        let failed: Vec<ReportedRecipient> = state
-            .recipients
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Failed)
-            .map(|r| ReportedRecipient {
-                address: r.address.clone(),
-                result: r.result_or(AttemptResult::local(
-                    Stage::Queue,
-                    "5.0.0",
-                    "delivery failed",
-                )),
-            })
-            .collect();
+        let failed = to_report(state, RecipientStatus::Failed, "5.0.0", "delivery failed");
         if !failed.is_empty() {
             if bounce::may_bounce(env) {
                 if !self
@@ -360,6 +336,29 @@ impl QueueManager {
             }
         }
     }
+}
+
+/// The recipients in `status`, with their last results (or our own words when
+/// no attempt recorded one), for a delivery report.
+fn to_report(
+    state: &MessageState,
+    status: RecipientStatus,
+    fallback_status: &str,
+    fallback_text: &str,
+) -> Vec<ReportedRecipient> {
+    state
+        .recipients
+        .iter()
+        .filter(|r| r.status == status)
+        .map(|r| ReportedRecipient {
+            address: r.address.clone(),
+            result: r.result_or(AttemptResult::local(
+                Stage::Queue,
+                fallback_status,
+                fallback_text,
+            )),
+        })
+        .collect()
 }
 
 fn domain_of_address(address: &str) -> String {

@@ -1,9 +1,9 @@
 //! PROXY protocol behind a real HAProxy (v1 and v2), and hand-written headers
 //! for the cases HAProxy would never send.
 
-use crate::support::WAIT;
 use crate::support::client::{SmtpClient, tcp_from};
 use crate::support::server::TestServer;
+use crate::support::{WAIT, free_port};
 use std::process::{Child, Command, Stdio};
 use tokio::io::AsyncWriteExt;
 
@@ -14,14 +14,6 @@ impl Drop for Haproxy {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn relay_verdict(addr: std::net::SocketAddr, source: &str) -> u16 {

@@ -5,19 +5,11 @@
 use crate::support::client::SmtpClient;
 use crate::support::server::{TestServer, binary};
 use crate::support::sink::{Behaviour, Sink};
-use crate::support::{WAIT, run_with_timeout};
+use crate::support::{WAIT, free_port, run_with_timeout};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const MESSAGES: usize = 300;
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// 300 messages queued while the next hop is down; then it comes up while
 /// `queue retry --all` and hold/release by source run in a loop: every

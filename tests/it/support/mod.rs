@@ -17,6 +17,15 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// nobody answers on, so no test can reach the machine's own resolver.
 pub const DNS_GUARD: &str = "[dns]\nnameservers = [\"127.0.0.1:1\"]\n";
 
+/// A port nobody listens on right now at `ip` (for a server a test starts later).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Strips the Received: header that Portcullis prepends (it is the first header, with its folded lines).
 pub fn strip_received(spooled: &[u8]) -> &[u8] {
     assert!(
