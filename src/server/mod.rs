@@ -156,8 +156,11 @@ impl Server {
             tracker.spawn(remind_open_relay(Arc::clone(&self.ctx), shutdown.clone()));
         }
         let grace = self.ctx.config.server.shutdown_grace.get();
+        // The DNS list zones of the checks in force are watched; a reload
+        // replaces the checks, and with them the watcher.
+        let mut zone_watch = shutdown.child_token();
         tracker.spawn(
-            Arc::clone(&self.ctx.checks).watch_zones(self.ctx.events.clone(), shutdown.clone()),
+            Arc::clone(&self.ctx.checks).watch_zones(self.ctx.events.clone(), zone_watch.clone()),
         );
         tracker.spawn(Arc::clone(&self.queue).run(self.inbox, shutdown.clone(), grace));
         tracker.spawn(crate::queue::serve_control(
@@ -217,6 +220,14 @@ impl Server {
                 &shutdown,
             );
             certs = reload::cert_stamp(&current.get().config);
+            if result.is_ok() {
+                zone_watch.cancel();
+                zone_watch = shutdown.child_token();
+                let ctx = current.get();
+                tracker.spawn(
+                    Arc::clone(&ctx.checks).watch_zones(ctx.events.clone(), zone_watch.clone()),
+                );
+            }
             match &result {
                 Ok(what) => info!("configuration reloaded: {what}"),
                 Err(e) => {
