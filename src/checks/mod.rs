@@ -160,6 +160,13 @@ impl Checks {
 
     /// Messages and recipients counted in the last hour.
     pub fn rates(&self, ip: IpAddr, user: Option<&str>) -> RateFacts {
+        let l = &self.config.limits;
+        if l.messages_per_hour_per_ip.is_none()
+            && l.messages_per_hour_per_user.is_none()
+            && l.recipients_per_hour_per_ip.is_none()
+        {
+            return RateFacts::default();
+        }
         RateFacts {
             messages_from_ip: self.counters.count(&format!("msg-ip:{ip}"), HOUR),
             messages_from_user: user
@@ -168,15 +175,22 @@ impl Checks {
         }
     }
 
+    /// Counts an accepted message (only for the limits that are set).
     pub fn count_message(&self, ip: IpAddr, user: Option<&str>) {
-        self.counters.add(&format!("msg-ip:{ip}"), HOUR);
-        if let Some(u) = user {
+        let l = &self.config.limits;
+        if l.messages_per_hour_per_ip.is_some() {
+            self.counters.add(&format!("msg-ip:{ip}"), HOUR);
+        }
+        if let (Some(u), Some(_)) = (user, l.messages_per_hour_per_user) {
             self.counters.add(&format!("msg-user:{u}"), HOUR);
         }
     }
 
+    /// Counts an accepted recipient (only when its limit is set).
     pub fn count_recipient(&self, ip: IpAddr) {
-        self.counters.add(&format!("rcpt-ip:{ip}"), HOUR);
+        if self.config.limits.recipients_per_hour_per_ip.is_some() {
+            self.counters.add(&format!("rcpt-ip:{ip}"), HOUR);
+        }
     }
 
     /// Counts a failed AUTH from `ip`: the failures in the ban window, and
