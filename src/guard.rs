@@ -66,7 +66,8 @@ enum Seen {
 }
 
 pub struct Guard {
-    config: GuardConfig,
+    /// The thresholds; a reload replaces them (what was seen is kept).
+    config: std::sync::RwLock<GuardConfig>,
     path: Option<PathBuf>,
     /// The state and the file's time when last read (the CLI may change it).
     state: Mutex<(Option<SystemTime>, GuardState)>,
@@ -87,12 +88,24 @@ pub struct Flood {
 impl Guard {
     pub fn new(config: GuardConfig, data_dir: Option<PathBuf>) -> Guard {
         Guard {
-            config,
+            config: std::sync::RwLock::new(config),
             path: data_dir.map(|d| d.join("guard.json")),
             state: Mutex::new((None, GuardState::default())),
             sentinel: Mutex::new(HashMap::new()),
             floods: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn config(&self) -> GuardConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes reloaded thresholds.
+    pub fn reconfigure(&self, config: GuardConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// The state, read again when the file changed.
@@ -144,7 +157,8 @@ impl Guard {
             return None;
         }
         let now = Instant::now();
-        let window = self.config.nat_window.get();
+        let config = self.config();
+        let window = config.nat_window.get();
         let evidence = {
             let mut watch = self.sentinel.lock().unwrap_or_else(|p| p.into_inner());
             if watch.len() >= MAX_WATCHED {
@@ -178,7 +192,7 @@ impl Guard {
                     }
                 }
             }
-            let c = &self.config;
+            let c = &config;
             let tripped = helos.len() >= c.nat_helo_names
                 && (senders.len() >= c.nat_sender_domains || public.len() >= c.nat_public_helos);
             if !tripped {
@@ -239,8 +253,9 @@ impl Guard {
     /// Cost per call: the distinct domains of this source, not its volume.
     pub fn observe_recipient(&self, source: &str, domain: &str) -> Option<Flood> {
         let now = Instant::now();
-        let window = self.config.flood_window.get();
-        let cap = self.config.flood_recipient_domains;
+        let config = self.config();
+        let window = config.flood_window.get();
+        let cap = config.flood_recipient_domains;
         let mut floods = self.floods.lock().unwrap_or_else(|p| p.into_inner());
         if floods.len() >= MAX_WATCHED {
             floods.retain(|_, seen| seen.values().any(|t| now.duration_since(*t) < window));

@@ -347,6 +347,7 @@ fn apply_reload(
     }
     current.set(Arc::new(ctx));
     queue.reconfigure(Arc::new(config.clone()));
+    current.get().guard.reconfigure(config.guard.clone());
     let mut closed = 0;
     let mut still: Listeners = HashMap::new();
     for (key, (bound, stop)) in running.drain() {
