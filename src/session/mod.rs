@@ -159,7 +159,7 @@ impl Session {
         if self.checks_apply() {
             self.connect_lookups = self.ctx.checks.start_connect_lookups(self.ip);
         }
-        let result = match self.greet().await {
+        let result = match Box::pin(self.greet()).await {
             Ok(true) => self.command_loop().await,
             Ok(false) => Ok(()),
             Err(e) => Err(e),
@@ -232,7 +232,7 @@ impl Session {
                     info!("command line too long; refused");
                     (reply::LINE_TOO_LONG, Flow::Continue)
                 }
-                Line::Text(bytes) => match self.handle_line(bytes).await? {
+                Line::Text(bytes) => match Box::pin(self.handle_line(bytes)).await? {
                     Some(outcome) => outcome,
                     None => continue,
                 },
@@ -280,14 +280,16 @@ impl Session {
         self.dispatch(cmd).await
     }
 
+    /// The verbs that wait on the network or the disk run boxed: their state
+    /// then exists only while they run, and an idle session stays small.
     async fn dispatch(&mut self, cmd: Command) -> Result<Option<(Reply, Flow)>, StreamError> {
         let reply = match cmd {
             Command::Helo(name) => self.helo(name, false),
             Command::Ehlo(name) => self.helo(name, true),
-            Command::Mail { path, params } => self.mail(path, params).await,
-            Command::Rcpt { path } => self.rcpt(path).await,
-            Command::Data => return self.data().await,
-            Command::Bdat { size, last } => return self.bdat(size, last).await,
+            Command::Mail { path, params } => Box::pin(self.mail(path, params)).await,
+            Command::Rcpt { path } => Box::pin(self.rcpt(path)).await,
+            Command::Data => return Box::pin(self.data()).await,
+            Command::Bdat { size, last } => return Box::pin(self.bdat(size, last)).await,
             Command::Rset => {
                 self.tx = None;
                 reply::RESET_OK
@@ -306,9 +308,9 @@ impl Session {
             Command::Vrfy => reply::VRFY_CANNOT,
             Command::Expn => reply::NOT_IMPLEMENTED,
             Command::Help => reply::HELP,
-            Command::StartTls => return self.starttls().await,
+            Command::StartTls => return Box::pin(self.starttls()).await,
             Command::Auth { mechanism, initial } => {
-                let reply = self.auth(&mechanism, initial).await?;
+                let reply = Box::pin(self.auth(&mechanism, initial)).await?;
                 if self.banned {
                     return Ok(Some((reply, Flow::Close)));
                 }
