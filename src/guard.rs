@@ -65,11 +65,38 @@ enum Seen {
     Sender(String),
 }
 
+/// Where the guard's decisions are kept: a file in `data_dir` now; a store
+/// several nodes share (Redis, say) later, without the rest noticing.
+pub trait GuardStore: Send + Sync {
+    /// The state as stored now.
+    fn load(&self) -> GuardState;
+    /// Replaces the stored state.
+    fn save(&self, state: &GuardState) -> std::io::Result<()>;
+    /// Changes whenever the stored state changed (someone else may change it).
+    fn stamp(&self) -> Option<SystemTime>;
+}
+
+/// `data_dir/guard.json`, replaced atomically; `portcullis guard` edits it too.
+pub struct FileStore(pub PathBuf);
+
+impl GuardStore for FileStore {
+    fn load(&self) -> GuardState {
+        GuardState::load(&self.0)
+    }
+    fn save(&self, state: &GuardState) -> std::io::Result<()> {
+        state.save(&self.0)
+    }
+    fn stamp(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.0).and_then(|m| m.modified()).ok()
+    }
+}
+
 pub struct Guard {
     /// The thresholds; a reload replaces them (what was seen is kept).
     config: std::sync::RwLock<GuardConfig>,
-    path: Option<PathBuf>,
-    /// The state and the file's time when last read (the CLI may change it).
+    /// None: decisions live in memory only (tests, tools).
+    store: Option<Box<dyn GuardStore>>,
+    /// The state and the store's stamp when last read (the CLI may change it).
     state: Mutex<(Option<SystemTime>, GuardState)>,
     sentinel: Mutex<HashMap<IpAddr, VecDeque<(Instant, Seen)>>>,
     /// Per source: each recipient domain and when it was last written to.
@@ -89,7 +116,8 @@ impl Guard {
     pub fn new(config: GuardConfig, data_dir: Option<PathBuf>) -> Guard {
         Guard {
             config: std::sync::RwLock::new(config),
-            path: data_dir.map(|d| d.join("guard.json")),
+            store: data_dir
+                .map(|d| Box::new(FileStore(d.join("guard.json"))) as Box<dyn GuardStore>),
             state: Mutex::new((None, GuardState::default())),
             sentinel: Mutex::new(HashMap::new()),
             floods: Mutex::new(HashMap::new()),
@@ -111,23 +139,23 @@ impl Guard {
     /// The state, read again when the file changed.
     fn with_state<T>(&self, f: impl FnOnce(&mut GuardState) -> T) -> T {
         let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(path) = &self.path {
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if mtime != cached.0 {
-                cached.1 = GuardState::load(path);
-                cached.0 = mtime;
+        if let Some(store) = &self.store {
+            let stamp = store.stamp();
+            if stamp != cached.0 {
+                cached.1 = store.load();
+                cached.0 = stamp;
             }
         }
         f(&mut cached.1)
     }
 
     fn save(&self, state: &GuardState) {
-        if let Some(path) = &self.path {
-            if let Err(e) = state.save(path) {
-                tracing::error!(error = %e, path = %path.display(), "cannot record the guard's state");
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(state) {
+                tracing::error!(error = %e, "cannot record the guard's state");
             }
             let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            cached.0 = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            cached.0 = store.stamp();
         }
     }
 
