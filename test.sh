@@ -17,6 +17,12 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nmap >/dev/null 2>&1 || need_apt+=(nmap)
 # A real HAProxy sends PROXY v1/v2 headers in the PROXY-protocol test.
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+# The admin page is driven by Debian's headless Chromium through Selenium;
+# /metrics is parsed with the Prometheus project's own Python parser.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+python3 -c 'import selenium' >/dev/null 2>&1 || need_apt+=(python3-selenium)
+python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"

@@ -1,5 +1,6 @@
 //! Portcullis: an SMTP relay that cannot become an open relay by accident.
 
+pub mod admin;
 pub mod bounce;
 pub mod checks;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod diagnostics;
 pub mod dns;
 pub mod events;
 pub mod guard;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -27,6 +27,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 pub struct ConnectFindings {
     pub lists: Option<ListFindings>,
     pub reverse_dns: Option<Lookup>,
+    /// How long the lookups took together.
+    pub elapsed: Duration,
 }
 
 pub struct Checks {
@@ -94,6 +96,7 @@ impl Checks {
         }
         let deadline = self.dns_timeout();
         Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let lists_f = async {
                 match &lists {
                     Some(l) => Some(l.check(ip, deadline).await),
@@ -109,7 +112,11 @@ impl Checks {
                 }
             };
             let (lists, reverse_dns) = tokio::join!(lists_f, rdns_f);
-            ConnectFindings { lists, reverse_dns }
+            ConnectFindings {
+                lists,
+                reverse_dns,
+                elapsed: started.elapsed(),
+            }
         }))
     }
 

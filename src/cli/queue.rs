@@ -99,7 +99,10 @@ fn command_of(action: &QueueAction) -> anyhow::Result<QueueCommand> {
     let target = |t: &Target| selector(&t.id, false, &t.source);
     Ok(match action {
         QueueAction::List => QueueCommand::List,
-        QueueAction::Show { id } => QueueCommand::Show { id: parse_id(id)? },
+        QueueAction::Show { id } => QueueCommand::Show {
+            id: parse_id(id)?,
+            body: false,
+        },
         QueueAction::Delete(t) => QueueCommand::Delete { select: target(t)? },
         QueueAction::Hold(t) => QueueCommand::Hold { select: target(t)? },
         QueueAction::Release(t) => QueueCommand::Release { select: target(t)? },
@@ -143,6 +146,10 @@ fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
         QueueAnswer::Show { message } => show(&message, json),
         QueueAnswer::Changed { changed } => {
             report(&changed, json);
+            Ok(0)
+        }
+        QueueAnswer::Stats { stats } => {
+            println!("{}", serde_json::to_string(&stats)?);
             Ok(0)
         }
         QueueAnswer::Reloaded { message } => {

@@ -1,6 +1,7 @@
 //! Typed configuration: TOML with unknown keys refused, the embedded safe
 //! default, semantic validation whose errors name the key; the open-relay guard lives in policy (it asks the server's own lookup).
 
+mod admin;
 mod checks;
 mod delivery;
 mod duration;
@@ -8,6 +9,7 @@ mod guard;
 mod net;
 mod validate;
 
+pub use admin::AdminConfig;
 pub use checks::{
     AddressPattern, ChecksConfig, DnsListZone, HeloCheck, LimitsConfig, ListsConfig, OnDnsError,
     PregreetCheck, ReverseDnsCheck, SenderDomainCheck,
@@ -62,6 +64,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub guard: GuardConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -375,13 +379,34 @@ pub enum VerifyRecipients {
     Callout,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
     pub format: LogFormat,
     /// A tracing filter such as "info" or "portcullis=debug"; RUST_LOG wins when set.
     pub level: Option<String>,
+    /// A directory for SMTP transcripts: every session's conversation, and
+    /// every outbound delivery's, one file per day (AUTH secrets masked).
+    pub transcript: Option<PathBuf>,
+    /// Days of transcript files kept.
+    #[serde(default = "default_transcript_days")]
+    pub transcript_days: u32,
+}
+
+fn default_transcript_days() -> u32 {
+    7
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: None,
+            transcript: None,
+            transcript_days: default_transcript_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

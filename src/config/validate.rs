@@ -53,6 +53,8 @@ fn finding(
 pub fn findings(c: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
     check_server(c, &mut out);
+    check_admin(c, &mut out);
+    check_log(c, &mut out);
     check_listeners(c, &mut out);
     check_tls(c, &mut out);
     check_networks(c, &mut out);
@@ -125,6 +127,97 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
                 }
             }
         }
+    }
+}
+
+fn check_admin(c: &Config, out: &mut Vec<Finding>) {
+    let a = &c.admin;
+    let Some(address) = a.address else {
+        if !a.users.is_empty() {
+            out.push(finding(
+                Severity::Warning,
+                "admin.users",
+                format!("{:?}", a.users),
+                "admins are named but admin.address is not set, so the admin page is off",
+            ));
+        }
+        return;
+    };
+    let https = a.https(c.tls.cert.is_some());
+    if !address.ip().is_loopback() && !https {
+        out.push(finding(
+            Severity::Error,
+            "admin.address",
+            format!("\"{address}\""),
+            "an address other than loopback needs HTTPS: set [admin] tls = true (with [admin] or [tls] cert and key), or listen on 127.0.0.1",
+        ));
+    }
+    if a.cert.is_some() != a.key.is_some() {
+        out.push(finding(
+            Severity::Error,
+            if a.cert.is_some() {
+                "admin.key"
+            } else {
+                "admin.cert"
+            },
+            "(missing)",
+            "admin.cert and admin.key go together",
+        ));
+    }
+    if a.users.is_empty() {
+        out.push(finding(
+            Severity::Warning,
+            "admin.users",
+            "[]",
+            "nobody may log in to the admin page (only /metrics is useful); add names from the users file",
+        ));
+    }
+    for u in &a.users {
+        if !crate::users::valid_name(u) {
+            out.push(finding(
+                Severity::Error,
+                "admin.users",
+                format!("\"{u}\""),
+                "not a valid user name (see `portcullis user add`)",
+            ));
+        }
+    }
+    if a.session_idle.get().is_zero() || a.session_lifetime.get().is_zero() {
+        out.push(finding(
+            Severity::Error,
+            "admin.session_idle",
+            format!("{} / {}", a.session_idle, a.session_lifetime),
+            "admin session durations must be above zero",
+        ));
+    }
+    if address.port() != 0 && c.listener.iter().any(|l| l.address == address) {
+        out.push(finding(
+            Severity::Error,
+            "admin.address",
+            format!("\"{address}\""),
+            "the same address as an SMTP listener",
+        ));
+    }
+}
+
+fn check_log(c: &Config, out: &mut Vec<Finding>) {
+    if let Some(dir) = &c.log.transcript
+        && dir.as_os_str().is_empty()
+    {
+        out.push(finding(
+            Severity::Error,
+            "log.transcript",
+            "\"\"",
+            "an empty directory name",
+        ));
+    }
+    if c.log.transcript.is_some() && c.log.transcript_days == 0 {
+        out.push(finding(
+            Severity::Error,
+            "log.transcript_days",
+            "0",
+            "keep at least one day of transcripts",
+        ));
     }
 }
 

@@ -94,6 +94,20 @@ struct Target {
 
 /// Runs the whole battery against one server.
 pub async fn run(opts: &Options) -> Report {
+    run_reporting(opts, &|_| {}).await
+}
+
+/// Runs the battery, handing each test's result to `on_test` as soon as it is known.
+pub async fn run_reporting(opts: &Options, on_test: &(dyn Fn(&TestResult) + Sync)) -> Report {
+    let report = battery_report(opts, on_test).await;
+    if report.server_name.is_empty() {
+        // Turned away before the battery: the one result was not announced yet.
+        report.tests.iter().for_each(on_test);
+    }
+    report
+}
+
+async fn battery_report(opts: &Options, on_test: &(dyn Fn(&TestResult) + Sync)) -> Report {
     let target = match learn(opts).await {
         Ok(Ok(t)) => t,
         Ok(Err(banner)) if banner.code >= 500 => {
@@ -123,7 +137,9 @@ pub async fn run(opts: &Options) -> Report {
     };
     let mut tests = Vec::new();
     for case in battery(opts, &target) {
-        tests.push(attempt(opts, &target, &case).await);
+        let result = attempt(opts, &target, &case).await;
+        on_test(&result);
+        tests.push(result);
     }
     let count = |v| {
         tests

@@ -24,11 +24,28 @@ pub async fn run(
         if kind != ListenerKind::Smtp {
             continue; // submission and smtps take nothing without AUTH
         }
-        let target = SocketAddr::new(reachable(addr.ip()), addr.port());
-        let Some(source) = untrusted_source(&ctx.policy, target.ip(), kind) else {
+        let Some((report, source)) = test_listener(ctx, addr, kind, queue, &|_| {}).await else {
             info!(listener = %addr, "open-relay self-test skipped: no local address outside the trusted networks to test from");
             continue;
         };
+        judge(&report, addr, source, ctx.config.relay.allow_open_relay)?;
+    }
+    Ok(())
+}
+
+/// The battery against one of our listeners from a local address the
+/// policy does not trust (None: there is none), each result handed to
+/// `on_test` as it comes; test messages that got through are deleted.
+pub async fn test_listener(
+    ctx: &Context,
+    addr: SocketAddr,
+    kind: ListenerKind,
+    queue: &QueueHandle,
+    on_test: &(dyn Fn(&relay_test::TestResult) + Sync),
+) -> Option<(Report, IpAddr)> {
+    let target = SocketAddr::new(reachable(addr.ip()), addr.port());
+    let source = untrusted_source(&ctx.policy, target.ip(), kind)?;
+    {
         let opts = Options {
             target,
             host: target.ip().to_string(),
@@ -39,7 +56,7 @@ pub async fn run(
             starttls: false,
             timeout: Duration::from_secs(10),
         };
-        let report = relay_test::run(&opts).await;
+        let report = relay_test::run_reporting(&opts, on_test).await;
         // Whatever got through must not be delivered.
         for t in report
             .tests
@@ -54,9 +71,8 @@ pub async fn run(
                     .await;
             }
         }
-        judge(&report, addr, source, ctx.config.relay.allow_open_relay)?;
+        Some((report, source))
     }
-    Ok(())
 }
 
 /// Logs the verdict; Err when something relayed and that is not allowed.

@@ -94,6 +94,7 @@ impl Subscriber for LogWriter {
                 result,
                 counted,
                 next_attempt,
+                ..
             } => match state {
                 DeliveryState::Delivered => {
                     info!(queue_id = %queue_id, to = %to, result = %result, "recipient delivered")
@@ -142,6 +143,9 @@ impl Subscriber for LogWriter {
                 error!(zone = %zone, "DNS list zone set aside: it {p}; mail is judged without it until it recovers")
             }
             Event::ZoneHealth { zone, .. } => info!(zone = %zone, "DNS list zone healthy"),
+            Event::DnsCheck { check, seconds } => {
+                tracing::debug!(check, seconds, "DNS check done")
+            }
             Event::QueueCommand {
                 command,
                 messages,

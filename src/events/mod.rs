@@ -6,7 +6,10 @@
 //! listening on the broadcast channel (`subscribe`), which never slows the
 //! emitter: a listener that falls behind loses the oldest events.
 
+mod history;
 mod log;
+
+pub use history::{Activity, EventFilter, History, Recorded};
 
 use crate::config::ListenerKind;
 use crate::delivery::AttemptResult;
@@ -175,6 +178,15 @@ pub enum Event {
         /// Whether the attempt counted against the retry schedule.
         counted: bool,
         next_attempt: Option<i64>,
+        /// How long the attempt took (0 when none was made, as at expiry).
+        attempt_seconds: f64,
+        /// Since the message was received.
+        queued_seconds: f64,
+    },
+    /// An anti-spam DNS check finished (for its latency).
+    DnsCheck {
+        check: &'static str,
+        seconds: f64,
     },
     ReportQueued {
         queue_id: QueueId,
@@ -249,6 +261,13 @@ impl Events {
     /// The fan-out with the log writer as its only subscriber.
     pub fn new() -> Events {
         Events::with_subscribers(vec![Arc::new(log::LogWriter)])
+    }
+
+    /// The log writer first, then `others`.
+    pub fn with_log_and(others: Vec<Arc<dyn Subscriber>>) -> Events {
+        let mut all: Vec<Arc<dyn Subscriber>> = vec![Arc::new(log::LogWriter)];
+        all.extend(others);
+        Events::with_subscribers(all)
     }
 
     pub fn with_subscribers(subscribers: Vec<Arc<dyn Subscriber>>) -> Events {

@@ -22,7 +22,12 @@ pub enum QueueCommand {
     List,
     Show {
         id: QueueId,
+        /// Also the message's body (the admin page asks for it on demand only).
+        #[serde(default)]
+        body: bool,
     },
+    /// Counts for metrics and the dashboard, without listing every message.
+    Stats,
     Hold {
         select: Selector,
     },
@@ -44,6 +49,7 @@ impl QueueCommand {
     pub fn name(&self) -> &'static str {
         match self {
             QueueCommand::List => "list",
+            QueueCommand::Stats => "stats",
             QueueCommand::Show { .. } => "show",
             QueueCommand::Hold { .. } => "hold",
             QueueCommand::Release { .. } => "release",
@@ -71,6 +77,9 @@ pub struct MessageSummary {
     pub queued: usize,
     pub delivered: usize,
     pub failed: usize,
+    /// Each recipient's state: attempts, next retry, last error.
+    #[serde(default)]
+    pub states: Vec<crate::spool::RecipientState>,
 }
 
 /// `queue show`: everything known about one message.
@@ -81,6 +90,23 @@ pub struct MessageDetail {
     pub in_flight: bool,
     /// The message's header section, as spooled.
     pub headers: String,
+    /// The body (from the empty line on), when asked for; cut at `BODY_SHOWN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// The most of a body `Show { body: true }` returns.
+pub const BODY_SHOWN: u64 = 1 << 20;
+
+/// `QueueCommand::Stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub messages: usize,
+    pub held: usize,
+    /// Recipients still waiting for delivery.
+    pub recipients_queued: usize,
+    /// When the oldest queued message was received (unix seconds).
+    pub oldest_received_at: Option<i64>,
 }
 
 /// What a changing command did to one message.
@@ -95,6 +121,7 @@ pub struct Changed {
 pub enum QueueAnswer {
     List { messages: Vec<MessageSummary> },
     Show { message: Box<MessageDetail> },
+    Stats { stats: QueueStats },
     Changed { changed: Vec<Changed> },
     Reloaded { message: String },
     Error { message: String },

@@ -27,6 +27,23 @@ impl Content {
         Ok(bytes)
     }
 
+    /// The body (after the empty line), at most `limit` bytes of it.
+    pub fn body(&self, limit: u64) -> std::io::Result<String> {
+        use std::io::{BufRead, BufReader, Read};
+        let file = std::fs::File::open(&self.path)?;
+        let mut reader = BufReader::new(file.take(self.len));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 || line == b"\r\n" || line == b"\n" {
+                break;
+            }
+        }
+        let mut body = Vec::new();
+        reader.take(limit).read_to_end(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// The header section (up to the empty line), read without the body.
     pub fn headers(&self) -> std::io::Result<String> {
         use std::io::{BufRead, BufReader, Read};
@@ -112,6 +129,7 @@ impl Entry {
             queued: count(RecipientStatus::Queued),
             delivered: count(RecipientStatus::Delivered),
             failed: count(RecipientStatus::Failed),
+            states: self.state.recipients.clone(),
         }
     }
 
@@ -202,13 +220,37 @@ impl Index {
         }
     }
 
+    fn stats(&self) -> super::QueueStats {
+        let mut stats = super::QueueStats {
+            messages: self.entries.len(),
+            ..Default::default()
+        };
+        for e in self.entries.values() {
+            if e.pending.held.unwrap_or(e.state.held) {
+                stats.held += 1;
+            }
+            stats.recipients_queued += e
+                .state
+                .recipients
+                .iter()
+                .filter(|r| r.status == RecipientStatus::Queued)
+                .count();
+            let at = e.envelope.received_at;
+            stats.oldest_received_at = Some(stats.oldest_received_at.map_or(at, |o| o.min(at)));
+        }
+        stats
+    }
+
     /// Applies one command at time `now`.
     pub fn apply(&mut self, cmd: &QueueCommand, now: i64) -> Applied {
         match cmd {
             QueueCommand::List => Applied::answer(QueueAnswer::List {
                 messages: self.entries.iter().map(|(id, e)| e.summary(id)).collect(),
             }),
-            QueueCommand::Show { id } => match self.entries.get(id) {
+            QueueCommand::Stats => Applied::answer(QueueAnswer::Stats {
+                stats: self.stats(),
+            }),
+            QueueCommand::Show { id, .. } => match self.entries.get(id) {
                 Some(e) => Applied {
                     headers_from: Some(e.content.clone()),
                     ..Applied::answer(QueueAnswer::Show {
@@ -220,6 +262,7 @@ impl Index {
                             },
                             in_flight: e.busy,
                             headers: String::new(),
+                            body: None,
                         }),
                     })
                 },
@@ -415,7 +458,10 @@ mod tests {
             200,
         );
         for cmd in [
-            QueueCommand::Show { id: ids[0].clone() },
+            QueueCommand::Show {
+                id: ids[0].clone(),
+                body: false,
+            },
             QueueCommand::Hold {
                 select: Selector::Id(ids[0].clone()),
             },

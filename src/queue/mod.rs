@@ -11,7 +11,10 @@ mod schedule;
 mod socket;
 mod work;
 
-pub use control::{Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector};
+pub use control::{
+    BODY_SHOWN, Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, QueueStats,
+    Selector,
+};
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
 pub use socket::{ControlError, bind_control, request, serve_control, socket_path};
@@ -346,7 +349,11 @@ impl QueueManager {
             self.deliverer.forget_down_hosts();
         }
         let applied = q.index.apply(&cmd, unix_now());
-        if !matches!(cmd, QueueCommand::List | QueueCommand::Show { .. }) {
+        let with_body = matches!(cmd, QueueCommand::Show { body: true, .. });
+        if !matches!(
+            cmd,
+            QueueCommand::List | QueueCommand::Show { .. } | QueueCommand::Stats
+        ) {
             let (messages, error) = match &applied.answer {
                 QueueAnswer::Changed { changed } => (changed.len(), None),
                 QueueAnswer::Error { message } => (0, Some(message.clone())),
@@ -364,10 +371,17 @@ impl QueueManager {
         if let Some(content) = applied.headers_from {
             let mut answer = applied.answer;
             q.tasks.spawn(async move {
-                let headers = off_thread(move || content.headers()).await;
+                let (headers, body) = off_thread(move || {
+                    let body = with_body.then(|| content.body(BODY_SHOWN));
+                    Ok::<_, std::io::Error>((content.headers(), body))
+                })
+                .await
+                .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
                 if let QueueAnswer::Show { message } = &mut answer {
                     message.headers =
                         headers.unwrap_or_else(|e| format!("(headers unreadable: {e})"));
+                    message.body =
+                        body.map(|b| b.unwrap_or_else(|e| format!("(body unreadable: {e})")));
                 }
                 let _ = reply.send(answer);
             });

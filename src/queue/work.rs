@@ -57,6 +57,8 @@ impl QueueManager {
                     result: expiry.clone(),
                     counted: false,
                     next_attempt: None,
+                    attempt_seconds: 0.0,
+                    queued_seconds: (now - env.received_at).max(0) as f64,
                 });
                 r.record(expiry);
             }
@@ -156,7 +158,9 @@ impl QueueManager {
                     smtputf8: env.smtputf8,
                 },
             };
+            let started = std::time::Instant::now();
             let outcomes = self.deliverer.deliver(&job).await;
+            let attempt_seconds = started.elapsed().as_secs_f64();
             let after = unix_now();
             for (&i, outcome) in idxs.iter().zip(outcomes) {
                 let r = &mut state.recipients[i];
@@ -188,6 +192,8 @@ impl QueueManager {
                     result: result.clone(),
                     counted,
                     next_attempt: r.next_attempt,
+                    attempt_seconds,
+                    queued_seconds: (after - env.received_at).max(0) as f64,
                 });
                 r.record(result);
             }

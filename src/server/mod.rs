@@ -6,8 +6,8 @@ mod proxy;
 mod reload;
 
 pub use limits::{ConnectionLimits, LimitSettings};
-use reload::{CurrentContext, Listeners};
-pub use reload::{ReloadHandle, ReloadRequest};
+use reload::Listeners;
+pub use reload::{CurrentContext, ReloadHandle, ReloadRequest};
 
 use crate::config::{Config, ListenerKind};
 use crate::delivery::Deliverer;
@@ -46,6 +46,10 @@ pub struct Server {
     config_path: Option<std::path::PathBuf>,
     reload_tx: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
     reload_rx: tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>,
+    /// The admin page's socket (None: `[admin] address` unset).
+    admin: Option<crate::admin::AdminListener>,
+    metrics: Arc<crate::metrics::Metrics>,
+    history: Arc<crate::events::History>,
     _lock: std::fs::File,
 }
 
@@ -96,7 +100,13 @@ impl Server {
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
         let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver.clone()));
-        let events = crate::events::Events::new();
+        let admin = crate::admin::AdminListener::bind(&config).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let history = Arc::new(crate::events::History::new());
+        let events = crate::events::Events::with_log_and(vec![
+            Arc::clone(&metrics) as Arc<dyn crate::events::Subscriber>,
+            Arc::clone(&history) as Arc<dyn crate::events::Subscriber>,
+        ]);
         let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {
             format!(
@@ -121,6 +131,9 @@ impl Server {
             config_path: None,
             reload_tx,
             reload_rx,
+            admin,
+            metrics,
+            history,
             _lock: lock,
         })
     }
@@ -129,6 +142,11 @@ impl Server {
     pub fn with_config_path(mut self, path: std::path::PathBuf) -> Server {
         self.config_path = Some(path);
         self
+    }
+
+    /// Where the admin page listens, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr())
     }
 
     /// How to ask this server for a reload once it runs.
@@ -170,6 +188,20 @@ impl Server {
             shutdown.clone(),
         ));
         let current = CurrentContext::new(Arc::clone(&self.ctx));
+        let bound = Arc::new(std::sync::RwLock::new(addrs.clone()));
+        if let Some(admin) = self.admin {
+            let state = Arc::new(crate::admin::AdminState {
+                current: current.clone(),
+                queue: self.queue.handle(),
+                metrics: Arc::clone(&self.metrics),
+                history: Arc::clone(&self.history),
+                sessions: crate::admin::Sessions::new(),
+                listeners: Arc::clone(&bound),
+                relay_test: Arc::default(),
+                https: admin.https(),
+            });
+            tracker.spawn(admin.serve(state, shutdown.clone()));
+        }
         let mut running: Listeners = HashMap::new();
         for (listener, configured, kind) in self.listeners {
             let stop = shutdown.child_token();
@@ -220,6 +252,10 @@ impl Server {
                 &shutdown,
             );
             certs = reload::cert_stamp(&current.get().config);
+            *bound.write().unwrap_or_else(|p| p.into_inner()) = running
+                .iter()
+                .map(|((_, kind), (addr, _))| (*addr, *kind))
+                .collect();
             if result.is_ok() {
                 zone_watch.cancel();
                 zone_watch = shutdown.child_token();
@@ -326,6 +362,9 @@ fn apply_reload(
     let old = current.get();
     let config = reload::read_config(path, &old.config)?;
     let ctx = reload::rebuild(&old, config.clone())?;
+    if config.admin.address != old.config.admin.address {
+        warn!("admin.address changed: the admin page moves at the next restart");
+    }
     // Bind what is new before anything changes, so a busy port aborts the reload.
     let wanted: Vec<(SocketAddr, ListenerKind)> = config
         .listener

@@ -62,14 +62,20 @@ impl Session {
         if let Some(pending) = self.connect_lookups.take()
             && let Ok(found) = pending.await
         {
+            self.emit_dns_check("connect", found.elapsed);
             self.check_facts.lists = found.lists;
             self.check_facts.reverse_dns = found.reverse_dns;
         }
         if self.check_facts.helo.is_none()
             && let Some(helo) = self.helo.as_ref().map(|h| h.name.clone())
         {
+            let started = std::time::Instant::now();
             self.check_facts.helo = checks.helo(&helo, self.ip).await;
+            if self.check_facts.helo.is_some() {
+                self.emit_dns_check("helo", started.elapsed());
+            }
         }
+        let started = std::time::Instant::now();
         self.check_facts.sender_domain = match sender {
             Path::Mailbox(m) => match &m.domain {
                 crate::smtp::address::Domain::Name(d) => checks.sender_domain(d).await,
@@ -77,6 +83,16 @@ impl Session {
             },
             _ => None,
         };
+        if self.check_facts.sender_domain.is_some() {
+            self.emit_dns_check("sender_domain", started.elapsed());
+        }
+    }
+
+    fn emit_dns_check(&self, check: &'static str, took: std::time::Duration) {
+        self.emit(crate::events::Event::DnsCheck {
+            check,
+            seconds: took.as_secs_f64(),
+        });
     }
 
     pub(super) async fn rcpt(&mut self, path: Path) -> Reply {

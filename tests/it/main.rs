@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod checks;
 mod cli;
 mod clients;

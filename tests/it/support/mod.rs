@@ -7,6 +7,7 @@ pub mod netns;
 pub mod server;
 pub mod sink;
 pub mod tls;
+pub mod web;
 
 use std::time::Duration;
 

@@ -51,6 +51,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub ca: TestCa,
     pub addrs: Vec<(SocketAddr, ListenerKind)>,
+    /// The admin page, when the config turns it on.
+    pub admin: Option<SocketAddr>,
     pub config: Config,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -72,6 +74,7 @@ impl TestServer {
         let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}\n{text}"));
         let server = Server::bind(config.clone()).await.expect("server binds");
         let addrs = server.local_addrs();
+        let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -81,6 +84,7 @@ impl TestServer {
             dir,
             ca,
             addrs,
+            admin,
             config,
             shutdown,
             task: Some(task),

@@ -1,0 +1,115 @@
+//! Who may do what: reading needs a login; changing anything needs a login,
+//! its CSRF token (the `X-CSRF-Token` header, or a `csrf` form field on the
+//! HTML forms) and, when the browser names one, an Origin matching this site.
+
+use super::AdminState;
+use super::sessions::{Login, same_token, token_from_cookies};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No valid login: 401 for the API, the login form for pages.
+    NoSession,
+    /// Logged in, but the request could be forged: 403.
+    Forbidden,
+}
+
+impl Refusal {
+    pub fn api(self) -> Response {
+        match self {
+            Refusal::NoSession => (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": "log in first (POST /login)"})),
+            )
+                .into_response(),
+            Refusal::Forbidden => (
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({
+                    "error": "a change needs the session's CSRF token in X-CSRF-Token (see GET /api/session), from this site's own pages"
+                })),
+            )
+                .into_response(),
+        }
+    }
+
+    pub fn page(self) -> Response {
+        match self {
+            Refusal::NoSession => Redirect::to("/login").into_response(),
+            Refusal::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "Forbidden: the request did not carry this session's CSRF token. Reload the page and try again.",
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// The session token from the request's cookies.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| token_from_cookies(c).map(str::to_string))
+}
+
+/// The login behind the request, if any.
+pub fn login(state: &AdminState, headers: &HeaderMap) -> Result<Login, Refusal> {
+    let token = session_token(headers).ok_or(Refusal::NoSession)?;
+    let config = &state.current.get().config.admin;
+    let login = state
+        .sessions
+        .get(
+            &token,
+            config.session_idle.get(),
+            config.session_lifetime.get(),
+        )
+        .ok_or(Refusal::NoSession)?;
+    // An admin removed from admin.users (and reloaded) is out at once.
+    if !config.users.contains(&login.user) {
+        state.sessions.remove(&token);
+        return Err(Refusal::NoSession);
+    }
+    Ok(login)
+}
+
+/// The login, for a request that changes something. `form_csrf`: the token
+/// an HTML form carried, when the request is one.
+pub fn login_to_change(
+    state: &AdminState,
+    headers: &HeaderMap,
+    form_csrf: Option<&str>,
+) -> Result<Login, Refusal> {
+    let login = login(state, headers)?;
+    let sent = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .or(form_csrf);
+    if !sent.is_some_and(|t| same_token(t, &login.csrf)) || !same_origin(state, headers) {
+        return Err(Refusal::Forbidden);
+    }
+    Ok(login)
+}
+
+/// No Origin (not a browser, or an old one), or the one of this site.
+pub fn same_origin(state: &AdminState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let scheme = if state.https { "https" } else { "http" };
+    origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
+}
+
+/// The Set-Cookie value for a new login (or, with an empty token, a logout).
+pub fn session_cookie(token: &str, https: bool) -> String {
+    let secure = if https { "; Secure" } else { "" };
+    let max_age = if token.is_empty() { "; Max-Age=0" } else { "" };
+    format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict{secure}{max_age}",
+        super::sessions::COOKIE
+    )
+}

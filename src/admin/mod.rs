@@ -1,0 +1,133 @@
+//! The admin web page, its JSON API and `/metrics` (`[admin] address`), in
+//! the server's own process. Pages are rendered on the server (askama
+//! templates compiled into the binary, one stylesheet, a few lines of plain
+//! JavaScript); every page has its JSON twin under `/api/`. Queue actions go
+//! to the queue manager's control API, never to the spool files.
+
+mod access;
+mod api;
+mod listener;
+mod pages;
+mod sessions;
+mod view;
+
+pub use sessions::Sessions;
+
+use crate::config::ListenerKind;
+use crate::events::History;
+use crate::metrics::Metrics;
+use crate::queue::QueueHandle;
+use crate::server::CurrentContext;
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the handlers share.
+pub struct AdminState {
+    pub current: CurrentContext,
+    pub queue: QueueHandle,
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
+    pub sessions: Sessions,
+    /// The SMTP listeners as bound now (the relay test aims at them).
+    pub listeners: Arc<RwLock<Vec<(SocketAddr, ListenerKind)>>>,
+    /// One relay-test battery at a time.
+    pub relay_test: Arc<tokio::sync::Mutex<()>>,
+    pub https: bool,
+}
+
+/// The bound admin socket, served once the server runs.
+pub struct AdminListener {
+    socket: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl AdminListener {
+    /// Binds `[admin] address` (None when the admin page is off).
+    pub async fn bind(config: &crate::config::Config) -> anyhow::Result<Option<AdminListener>> {
+        let Some(address) = config.admin.address else {
+            return Ok(None);
+        };
+        let socket = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("admin.address = \"{address}\": cannot listen"))?;
+        let tls = if config.admin.https(config.tls.cert.is_some()) {
+            let (cert, key) = match (&config.admin.cert, &config.admin.key) {
+                (Some(c), Some(k)) => (Some(c.as_path()), Some(k.as_path())),
+                _ => (config.tls.cert.as_deref(), config.tls.key.as_deref()),
+            };
+            let certs =
+                crate::tls::ensure_cert(cert, key, &config.server.data_dir, &config.hostname())?;
+            let server = crate::tls::server_config(&certs.cert, &certs.key)?;
+            Some(tokio_rustls::TlsAcceptor::from(server))
+        } else {
+            None
+        };
+        Ok(Some(AdminListener { socket, tls }))
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    pub fn https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves the admin page until `shutdown`.
+    pub async fn serve(self, state: Arc<AdminState>, shutdown: CancellationToken) {
+        let app = router(state).into_make_service_with_connect_info::<listener::Peer>();
+        let addr = self.local_addr();
+        tracing::info!(
+            address = ?addr,
+            https = self.tls.is_some(),
+            "admin page listening (GET /metrics needs no login)"
+        );
+        let stop = shutdown.cancelled_owned();
+        let result = match self.tls {
+            Some(tls) => match listener::Https::new(self.socket, tls) {
+                Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(listener::Plain(self.socket), app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("admin page stopped: {e}");
+        }
+    }
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(pages::dashboard))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/queue", get(pages::queue))
+        .route("/queue/action", post(pages::queue_action))
+        .route("/queue/{id}", get(pages::message))
+        .route("/log", get(pages::log))
+        .route("/diagnostics", get(pages::diagnostics))
+        .route("/settings", get(pages::settings))
+        .route("/static/style.css", get(pages::stylesheet))
+        .route("/static/app.js", get(pages::script))
+        .route("/metrics", get(api::metrics))
+        .route("/api/session", get(api::session))
+        .route("/api/dashboard", get(api::dashboard))
+        .route("/api/queue", get(api::queue))
+        .route("/api/queue/selection/{action}", post(api::queue_selection))
+        .route("/api/queue/{id}", get(api::message))
+        .route("/api/queue/{id}/{action}", post(api::queue_action))
+        .route("/api/events", get(api::events))
+        .route("/api/audit", get(api::audit))
+        .route("/api/settings", get(api::settings))
+        .route("/api/diagnostics/relay-test", post(api::relay_test))
+        .with_state(state)
+}

@@ -1,0 +1,275 @@
+//! Recent history for the admin page: the last events (for the log page and
+//! "last refusals") and per-minute activity counts over a day (for the
+//! dashboard's figures and chart). Bounded: a fixed number of events and
+//! 1,440 minute buckets, whatever the load.
+
+use super::{DeliveryState, Event, ReportKind, Subscriber};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// Events kept for the log page.
+const KEPT_EVENTS: usize = 5_000;
+/// One bucket per minute for a day.
+const MINUTES: usize = 24 * 60;
+
+/// What the dashboard counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    pub received: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    /// Connections, senders, recipients and messages refused.
+    pub refused: u64,
+}
+
+impl Activity {
+    fn add(&mut self, other: &Activity) {
+        self.received += other.received;
+        self.delivered += other.delivered;
+        self.deferred += other.deferred;
+        self.bounced += other.bounced;
+        self.refused += other.refused;
+    }
+}
+
+/// One kept event with when it happened (unix seconds) and its number.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    pub seq: u64,
+    pub at: i64,
+    pub event: Arc<Event>,
+}
+
+impl Recorded {
+    /// Whether the event is a refusal of some kind.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            *self.event,
+            Event::ConnectionRefused { .. }
+                | Event::MailRefused { .. }
+                | Event::RcptRefused { .. }
+                | Event::DataRefused { .. }
+                | Event::MessageRefused { .. }
+                | Event::AuthFailed { .. }
+        )
+    }
+
+    pub fn is_guard_alert(&self) -> bool {
+        matches!(
+            *self.event,
+            Event::GuardUntrusted { .. } | Event::FloodDetected { .. }
+        )
+    }
+
+    /// The queue id the event names, if any.
+    pub fn queue_id(&self) -> Option<String> {
+        match &*self.event {
+            Event::MessageAccepted { queue_id, .. }
+            | Event::MessageRefused { queue_id, .. }
+            | Event::Delivery { queue_id, .. }
+            | Event::MessageFinished { queue_id, .. } => Some(queue_id.to_string()),
+            Event::ReportQueued {
+                queue_id,
+                report_id,
+                ..
+            } => Some(format!("{queue_id} {report_id}")),
+            _ => None,
+        }
+    }
+}
+
+/// Which kept events to return, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub queue_id: Option<String>,
+    pub client: Option<String>,
+    pub refusals_only: bool,
+    pub guard_only: bool,
+    pub limit: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    seq: u64,
+    events: VecDeque<Recorded>,
+    /// (minute since the epoch, counts), oldest first.
+    minutes: VecDeque<(i64, Activity)>,
+}
+
+#[derive(Default)]
+pub struct History {
+    inner: Mutex<Inner>,
+}
+
+impl History {
+    pub fn new() -> History {
+        History::default()
+    }
+
+    fn record_at(&self, event: &Event, now: i64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.seq += 1;
+        let seq = inner.seq;
+        if inner.events.len() == KEPT_EVENTS {
+            inner.events.pop_front();
+        }
+        inner.events.push_back(Recorded {
+            seq,
+            at: now,
+            event: Arc::new(event.clone()),
+        });
+        let Some(count) = activity_of(event) else {
+            return;
+        };
+        let minute = now.div_euclid(60);
+        match inner.minutes.back_mut() {
+            Some((m, a)) if *m == minute => a.add(&count),
+            _ => inner.minutes.push_back((minute, count)),
+        }
+        while inner
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| *m <= minute - MINUTES as i64)
+        {
+            inner.minutes.pop_front();
+        }
+    }
+
+    /// The totals over the last `minutes` minutes up to `now`.
+    pub fn totals(&self, minutes: i64, now: i64) -> Activity {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let from = now.div_euclid(60) - minutes;
+        let mut total = Activity::default();
+        for (_, a) in inner.minutes.iter().filter(|(m, _)| *m > from) {
+            total.add(a);
+        }
+        total
+    }
+
+    /// `buckets` consecutive periods of `width` minutes ending now, oldest first.
+    pub fn series(&self, buckets: usize, width: i64, now: i64) -> Vec<Activity> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let last = now.div_euclid(60);
+        let mut out = vec![Activity::default(); buckets];
+        for (m, a) in inner.minutes.iter() {
+            let back = (last - m) / width.max(1);
+            if back >= 0 && (back as usize) < buckets {
+                out[buckets - 1 - back as usize].add(a);
+            }
+        }
+        out
+    }
+
+    pub fn events(&self, filter: &EventFilter) -> Vec<Recorded> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = if filter.limit == 0 { 200 } else { filter.limit };
+        inner
+            .events
+            .iter()
+            .rev()
+            .filter(|r| !filter.refusals_only || r.is_refusal())
+            .filter(|r| !filter.guard_only || r.is_guard_alert())
+            .filter(|r| match &filter.client {
+                Some(c) => r.event.client().is_some_and(|ip| ip.to_string() == *c),
+                None => true,
+            })
+            .filter(|r| match &filter.queue_id {
+                Some(q) => r.queue_id().is_some_and(|id| id.contains(q.as_str())),
+                None => true,
+            })
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+/// How an event counts on the dashboard.
+fn activity_of(event: &Event) -> Option<Activity> {
+    let mut a = Activity::default();
+    match event {
+        Event::MessageAccepted { .. } => a.received = 1,
+        Event::Delivery { state, .. } => match state {
+            DeliveryState::Delivered => a.delivered = 1,
+            DeliveryState::Deferred => a.deferred = 1,
+            DeliveryState::Failed | DeliveryState::Expired => return None,
+        },
+        Event::ReportQueued {
+            kind: ReportKind::Bounce,
+            ..
+        } => a.bounced = 1,
+        Event::ConnectionRefused { .. }
+        | Event::MailRefused { .. }
+        | Event::RcptRefused { .. }
+        | Event::DataRefused { .. }
+        | Event::MessageRefused { .. } => a.refused = 1,
+        _ => return None,
+    }
+    Some(a)
+}
+
+impl Subscriber for History {
+    fn on_event(&self, event: &Event) {
+        self.record_at(event, chrono::Utc::now().timestamp());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::RefuseReason;
+
+    fn refused(ip: &str) -> Event {
+        Event::RcptRefused {
+            session: 1,
+            client: ip.parse().unwrap(),
+            from: "a@b".into(),
+            to: "c@d".into(),
+            user: None,
+            reason: RefuseReason::NeedsAuth,
+        }
+    }
+
+    #[test]
+    fn counts_by_minute_and_forgets_after_a_day() {
+        let h = History::new();
+        let t0 = 1_000_000 * 60;
+        h.record_at(&refused("192.0.2.1"), t0);
+        h.record_at(&refused("192.0.2.1"), t0 + 30);
+        h.record_at(&refused("192.0.2.2"), t0 + 3600);
+        assert_eq!(h.totals(60, t0 + 3600).refused, 1);
+        assert_eq!(h.totals(24 * 60, t0 + 3600).refused, 3);
+        assert_eq!(h.totals(24 * 60, t0 + 25 * 3600).refused, 0);
+        let series = h.series(24, 60, t0 + 3600);
+        assert_eq!(series[23].refused, 1);
+        assert_eq!(series[22].refused, 2);
+    }
+
+    #[test]
+    fn filters_newest_first_and_bounded() {
+        let h = History::new();
+        for i in 0..(KEPT_EVENTS + 10) {
+            h.record_at(
+                &refused(if i % 2 == 0 { "192.0.2.1" } else { "192.0.2.2" }),
+                60,
+            );
+        }
+        let all = h.events(&EventFilter {
+            limit: usize::MAX,
+            ..Default::default()
+        });
+        assert_eq!(all.len(), KEPT_EVENTS);
+        assert!(all[0].seq > all[1].seq);
+        let one = h.events(&EventFilter {
+            client: Some("192.0.2.2".into()),
+            limit: 5,
+            ..Default::default()
+        });
+        assert_eq!(one.len(), 5);
+        assert!(
+            one.iter()
+                .all(|r| r.event.client().unwrap().to_string() == "192.0.2.2")
+        );
+    }
+}

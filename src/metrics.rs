@@ -1,0 +1,443 @@
+//! Prometheus metrics, fed by the typed events (a subscriber: counters and
+//! histograms move as things happen) and, for what is a state rather than an
+//! event (the queue, the guard's list), set just before each scrape.
+
+use crate::events::{ConnectionRefusal, DeliveryState, Event, ReportKind, Subscriber};
+use crate::queue::QueueStats;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(&'static str, String)>;
+type Counters = Family<Labels, Counter>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn labels(name: &'static str, value: impl Into<String>) -> Labels {
+    vec![(name, value.into())]
+}
+
+/// From 1 ms to about 65 s: DNS answers and SMTP conversations.
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// From 1 s to about 4.5 days: how long mail waits in the queue.
+fn queue_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 3.0, 12))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections: Counters,
+    connections_refused: Counters,
+    connections_open: Gauge,
+    tls: Counters,
+    auth: Counters,
+    accepted: Counter,
+    accepted_bytes: Counter,
+    accepted_tls: Counter,
+    mail_refused: Counters,
+    rcpt_accepted: Counter,
+    rcpt_refused: Counters,
+    messages_refused: Counters,
+    deliveries: Counters,
+    deferrals: Counter,
+    reports: Counters,
+    delivery_duration: Histograms,
+    delivery_latency: Histogram,
+    dns_check: Histograms,
+    queue_commands: Counters,
+    guard_untrusted_total: Counter,
+    guard_floods: Counters,
+    zone_healthy: Family<Labels, Gauge>,
+    queue_messages: Gauge,
+    queue_held: Gauge,
+    queue_recipients: Gauge,
+    queue_oldest_age: Gauge<f64, AtomicU64>,
+    guard_untrusted: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            connections: Counters::default(),
+            connections_refused: Counters::default(),
+            connections_open: Gauge::default(),
+            tls: Counters::default(),
+            auth: Counters::default(),
+            accepted: Counter::default(),
+            accepted_bytes: Counter::default(),
+            accepted_tls: Counter::default(),
+            mail_refused: Counters::default(),
+            rcpt_accepted: Counter::default(),
+            rcpt_refused: Counters::default(),
+            messages_refused: Counters::default(),
+            deliveries: Counters::default(),
+            deferrals: Counter::default(),
+            reports: Counters::default(),
+            delivery_duration: Histograms::new_with_constructor(seconds_buckets),
+            delivery_latency: queue_buckets(),
+            dns_check: Histograms::new_with_constructor(seconds_buckets),
+            queue_commands: Counters::default(),
+            guard_untrusted_total: Counter::default(),
+            guard_floods: Counters::default(),
+            zone_healthy: Family::default(),
+            queue_messages: Gauge::default(),
+            queue_held: Gauge::default(),
+            queue_recipients: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            guard_untrusted: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        r.register(
+            "portcullis_connections",
+            "SMTP connections taken, by listener",
+            m.connections.clone(),
+        );
+        r.register(
+            "portcullis_connections_refused",
+            "SMTP connections turned away before the banner, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "portcullis_connections_open",
+            "SMTP sessions open now",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "portcullis_tls_sessions",
+            "STARTTLS handshakes completed, by protocol version",
+            m.tls.clone(),
+        );
+        r.register(
+            "portcullis_auth",
+            "AUTH attempts, by result (also admin-page logins)",
+            m.auth.clone(),
+        );
+        r.register(
+            "portcullis_messages_accepted",
+            "Messages accepted and safely on disk",
+            m.accepted.clone(),
+        );
+        r.register(
+            "portcullis_messages_accepted_bytes",
+            "Bytes of the messages accepted",
+            m.accepted_bytes.clone(),
+        );
+        r.register(
+            "portcullis_messages_accepted_tls",
+            "Messages accepted over TLS",
+            m.accepted_tls.clone(),
+        );
+        r.register(
+            "portcullis_mail_refused",
+            "MAIL commands refused, by reason",
+            m.mail_refused.clone(),
+        );
+        r.register(
+            "portcullis_rcpt_accepted",
+            "Recipients accepted",
+            m.rcpt_accepted.clone(),
+        );
+        r.register(
+            "portcullis_rcpt_refused",
+            "Recipients refused, by reason",
+            m.rcpt_refused.clone(),
+        );
+        r.register(
+            "portcullis_messages_refused",
+            "Messages refused at or after DATA, by reason",
+            m.messages_refused.clone(),
+        );
+        r.register(
+            "portcullis_deliveries",
+            "Delivery outcomes per recipient, by result",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "portcullis_deferrals",
+            "Recipients deferred for a later attempt",
+            m.deferrals.clone(),
+        );
+        r.register(
+            "portcullis_reports",
+            "Delivery reports queued for senders (bounces, delay notices)",
+            m.reports.clone(),
+        );
+        r.register(
+            "portcullis_delivery_attempt_duration_seconds",
+            "Time taken by one delivery attempt, by result",
+            m.delivery_duration.clone(),
+        );
+        r.register(
+            "portcullis_delivery_latency_seconds",
+            "From receipt to delivery, for delivered recipients",
+            m.delivery_latency.clone(),
+        );
+        r.register(
+            "portcullis_dns_check_duration_seconds",
+            "Anti-spam DNS checks' latency, by check",
+            m.dns_check.clone(),
+        );
+        r.register(
+            "portcullis_queue_commands",
+            "Queue commands (hold, release, retry, delete)",
+            m.queue_commands.clone(),
+        );
+        r.register(
+            "portcullis_guard_untrusted",
+            "Trusted addresses the NAT sentinel withdrew trust from",
+            m.guard_untrusted_total.clone(),
+        );
+        r.register(
+            "portcullis_guard_floods",
+            "Outbound floods found, by action",
+            m.guard_floods.clone(),
+        );
+        r.register(
+            "portcullis_guard_untrusted_addresses",
+            "Addresses currently untrusted by the guard",
+            m.guard_untrusted.clone(),
+        );
+        r.register(
+            "portcullis_dns_list_zone_healthy",
+            "1 when a DNS list zone passes its health check",
+            m.zone_healthy.clone(),
+        );
+        r.register(
+            "portcullis_queue_messages",
+            "Messages in the queue",
+            m.queue_messages.clone(),
+        );
+        r.register(
+            "portcullis_queue_held_messages",
+            "Messages held in the queue",
+            m.queue_held.clone(),
+        );
+        r.register(
+            "portcullis_queue_recipients",
+            "Recipients waiting for delivery",
+            m.queue_recipients.clone(),
+        );
+        r.register(
+            "portcullis_queue_oldest_message_age_seconds",
+            "Age of the oldest queued message",
+            m.queue_oldest_age.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The text exposition, with the queue and guard state `now`.
+    pub fn render(&self, queue: Option<&QueueStats>, untrusted: usize, now: i64) -> String {
+        if let Some(q) = queue {
+            self.queue_messages.set(q.messages as i64);
+            self.queue_held.set(q.held as i64);
+            self.queue_recipients.set(q.recipients_queued as i64);
+            self.queue_oldest_age.set(
+                q.oldest_received_at
+                    .map_or(0.0, |t| (now - t).max(0) as f64),
+            );
+        }
+        self.guard_untrusted.set(untrusted as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn refusal_name(r: &ConnectionRefusal) -> &'static str {
+    match r {
+        ConnectionRefusal::Policy { reason } => reason.name(),
+        ConnectionRefusal::TooManyConnections => "max_connections",
+        ConnectionRefusal::TooManyFromAddress => "max_connections_per_ip",
+        ConnectionRefusal::TooFast => "connection_rate",
+        ConnectionRefusal::Banned => "banned",
+        ConnectionRefusal::Pregreet => "pregreet",
+    }
+}
+
+fn delivery_name(s: DeliveryState) -> &'static str {
+    match s {
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::Deferred => "deferred",
+        DeliveryState::Failed => "failed",
+        DeliveryState::Expired => "expired",
+    }
+}
+
+impl Subscriber for Metrics {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::ConnectionOpened { listener, .. } => {
+                self.connections
+                    .get_or_create(&labels("listener", listener.name()))
+                    .inc();
+                self.connections_open.inc();
+            }
+            Event::ConnectionClosed { .. } => {
+                self.connections_open.dec();
+            }
+            Event::ConnectionRefused { refusal, .. } => {
+                self.connections_refused
+                    .get_or_create(&labels("reason", refusal_name(refusal)))
+                    .inc();
+            }
+            Event::TlsEstablished { version, .. } => {
+                self.tls
+                    .get_or_create(&labels("version", version.clone()))
+                    .inc();
+            }
+            Event::AuthSucceeded { .. } => {
+                self.auth.get_or_create(&labels("result", "success")).inc();
+            }
+            Event::AuthFailed { .. } => {
+                self.auth.get_or_create(&labels("result", "failure")).inc();
+            }
+            Event::MailRefused { reason, .. } => {
+                self.mail_refused
+                    .get_or_create(&labels("reason", reason.name()))
+                    .inc();
+            }
+            Event::RcptAccepted { .. } => {
+                self.rcpt_accepted.inc();
+            }
+            Event::RcptRefused { reason, .. } => {
+                self.rcpt_refused
+                    .get_or_create(&labels("reason", reason.name()))
+                    .inc();
+            }
+            Event::DataRefused { reason, .. } => {
+                self.messages_refused
+                    .get_or_create(&labels("reason", reason.name()))
+                    .inc();
+            }
+            Event::MessageRefused { refusal, .. } => {
+                let name = serde_json::to_value(refusal)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                self.messages_refused
+                    .get_or_create(&labels("reason", name))
+                    .inc();
+            }
+            Event::MessageAccepted { size, tls, .. } => {
+                self.accepted.inc();
+                self.accepted_bytes.inc_by(*size);
+                if *tls {
+                    self.accepted_tls.inc();
+                }
+            }
+            Event::Delivery {
+                state,
+                attempt_seconds,
+                queued_seconds,
+                ..
+            } => {
+                let result = delivery_name(*state);
+                self.deliveries
+                    .get_or_create(&labels("result", result))
+                    .inc();
+                if *state == DeliveryState::Deferred {
+                    self.deferrals.inc();
+                }
+                if *state != DeliveryState::Expired {
+                    self.delivery_duration
+                        .get_or_create(&labels("result", result))
+                        .observe(*attempt_seconds);
+                }
+                if *state == DeliveryState::Delivered {
+                    self.delivery_latency.observe(*queued_seconds);
+                }
+            }
+            Event::ReportQueued { kind, .. } => {
+                let kind = match kind {
+                    ReportKind::Bounce => "bounce",
+                    ReportKind::DelayNotice => "delay_notice",
+                };
+                self.reports.get_or_create(&labels("kind", kind)).inc();
+            }
+            Event::DnsCheck { check, seconds } => {
+                self.dns_check
+                    .get_or_create(&labels("check", *check))
+                    .observe(*seconds);
+            }
+            Event::QueueCommand { command, .. } => {
+                self.queue_commands
+                    .get_or_create(&labels("command", *command))
+                    .inc();
+            }
+            Event::GuardUntrusted { .. } => {
+                self.guard_untrusted_total.inc();
+            }
+            Event::FloodDetected { action, .. } => {
+                self.guard_floods
+                    .get_or_create(&labels("action", *action))
+                    .inc();
+            }
+            Event::ZoneHealth { zone, healthy, .. } => {
+                self.zone_healthy
+                    .get_or_create(&labels("zone", zone.clone()))
+                    .set(i64::from(*healthy));
+            }
+            Event::MessageFinished { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::RefuseReason;
+
+    #[test]
+    fn counters_move_with_events_and_render_as_text() {
+        let m = Metrics::new();
+        let client = "192.0.2.1".parse().unwrap();
+        m.on_event(&Event::RcptRefused {
+            session: 1,
+            client,
+            from: "a@b".into(),
+            to: "c@d".into(),
+            user: None,
+            reason: RefuseReason::NeedsAuth,
+        });
+        let stats = QueueStats {
+            messages: 3,
+            held: 1,
+            recipients_queued: 4,
+            oldest_received_at: Some(100),
+        };
+        let text = m.render(Some(&stats), 2, 160);
+        assert!(
+            text.contains("portcullis_rcpt_refused_total{reason=\"needs_auth\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_messages_accepted_total 0"),
+            "{text}"
+        );
+        assert!(text.contains("portcullis_queue_messages 3"), "{text}");
+        assert!(
+            text.contains("portcullis_queue_oldest_message_age_seconds 60.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_guard_untrusted_addresses 2"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+}

@@ -1,0 +1,356 @@
+//! The admin page over real HTTP: login, the JSON API and its guards (401
+//! without a session, 403 without the CSRF token or from another origin),
+//! queue actions reaching the queue manager, /metrics moving with mail.
+
+use crate::support::client::SmtpClient;
+use crate::support::server::TestServer;
+use crate::support::web::Web;
+use crate::support::{free_port, write_users};
+use serde_json::json;
+
+/// A server with the admin page on, alice an admin and bob only an SMTP
+/// user, 127.0.0.10 trusted, and mail for hop.example routed to a port
+/// nobody listens on (so it stays queued).
+async fn admin_server(extra: &str) -> TestServer {
+    let users = tempfile::NamedTempFile::new().unwrap();
+    let (_, users_path) = users.keep().unwrap();
+    write_users(&users_path, &[("alice", "wonderland"), ("bob", "builder")]);
+    let port = free_port("127.0.0.1");
+    TestServer::start(&format!(
+        "[auth]\nusers_file = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\nusers = [\"alice\"]\n{extra}\n[[network]]\nrange = \"127.0.0.10/32\"\nauth = \"none\"\n[delivery]\nretry_schedule = [\"1h\"]\n[[route]]\ndomain = \"hop.example\"\nhost = \"127.0.0.1:{port}\"\n",
+        users_path.display()
+    ))
+    .await
+}
+
+async fn send_one(server: &TestServer, subject: &str) -> String {
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.10").await;
+    c.expect("EHLO office.test", 250).await;
+    let r = c
+        .send_mail(
+            "app@office.test",
+            &["user@hop.example"],
+            format!("Subject: {subject}\r\n\r\nthe body {subject}\r\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.expect("QUIT", 221).await;
+    r.text().rsplit(' ').next().unwrap().to_string()
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_is_required_and_sets_a_strict_cookie() {
+    let server = admin_server("").await;
+    let mut web = Web::new(server.admin.expect("admin page on"));
+    block(|| {
+        assert_eq!(web.get("/api/session").status, 401);
+        assert_eq!(web.get("/api/queue").status, 401);
+        assert_eq!(web.get("/api/dashboard").status, 401);
+        assert_eq!(web.get("/api/events").status, 401);
+        let root = web.get("/");
+        assert!(root.status == 303 || root.status == 307, "{}", root.status);
+        assert_eq!(root.header("location"), Some("/login"));
+        let form = web.get("/login");
+        assert_eq!(form.status, 200);
+        assert!(form.body.contains("name=\"user\"") && form.body.contains("name=\"password\""));
+
+        // Wrong password, unknown user, and a valid SMTP user who is not an admin.
+        for (user, pass) in [("alice", "wrong"), ("mallory", "x"), ("bob", "builder")] {
+            let r = web.login(user, pass);
+            assert_eq!(r.status, 401, "{user}: {}", r.body);
+            assert!(web.cookie.is_none());
+        }
+        assert_eq!(web.get("/api/session").status, 401);
+
+        let ok = web.login("alice", "wonderland");
+        assert_eq!(ok.status, 303, "{}", ok.body);
+        let cookie = ok.header("set-cookie").unwrap();
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+        assert!(
+            !cookie.contains("Secure"),
+            "plain HTTP on loopback: {cookie}"
+        );
+        let s = web.get("/api/session").json();
+        assert_eq!(s["user"], "alice");
+        assert!(s["csrf"].as_str().unwrap().len() >= 32);
+
+        // Every page renders for the admin.
+        for page in ["/", "/queue", "/log", "/diagnostics", "/settings"] {
+            let p = web.get(page);
+            assert_eq!(p.status, 200, "{page}: {}", p.body);
+            assert!(p.body.contains("Log out"), "{page}");
+        }
+        let dashboard = web.get("/api/dashboard").json();
+        assert!(
+            dashboard["relay_rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("127.0.0.10")),
+            "{dashboard}"
+        );
+
+        // Logout needs the CSRF token, then ends the session.
+        assert_eq!(web.post_form("/logout", &[]).status, 403);
+        let csrf = web.csrf();
+        assert_eq!(web.post_form("/logout", &[("csrf", &csrf)]).status, 303);
+        assert_eq!(web.get("/api/session").status, 401);
+    });
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_actions_need_csrf_and_reach_the_queue_manager() {
+    let server = admin_server("").await;
+    let id = send_one(&server, "first").await;
+    let id2 = send_one(&server, "second").await;
+    let mut web = Web::new(server.admin.unwrap());
+    let mut outsider = Web::new(server.admin.unwrap());
+    let spool = server.spool();
+    block(|| {
+        assert_eq!(web.login("alice", "wonderland").status, 303);
+        let list = web.get("/api/queue").json();
+        let ids: Vec<&str> = list["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&id.as_str()) && ids.contains(&id2.as_str()),
+            "{list}"
+        );
+        assert!(!list.to_string().contains("the body"), "no bodies on lists");
+        let page = web.get("/queue");
+        assert!(page.body.contains(&id), "the queue page shows the id");
+        let filtered = web.get("/api/queue?domain=other.example").json();
+        assert_eq!(filtered["messages"].as_array().unwrap().len(), 0);
+
+        let hold = format!("/api/queue/{id}/hold");
+        // No session: 401. Session without the token, a wrong token, or
+        // another site's Origin: 403.
+        assert_eq!(outsider.post(&hold, &[], None).status, 401);
+        assert_eq!(web.post(&hold, &[], None).status, 403);
+        assert_eq!(
+            web.post(&hold, &[("X-CSRF-Token", "nope")], None).status,
+            403
+        );
+        let csrf = web.csrf();
+        let forged = web.post(
+            &hold,
+            &[("X-CSRF-Token", &csrf), ("Origin", "http://evil.example")],
+            None,
+        );
+        assert_eq!(forged.status, 403);
+        assert!(!spool.is_held(&id), "nothing changed yet");
+
+        let r = web.post(&hold, &[("X-CSRF-Token", &csrf)], None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["changed"][0]["id"], id.as_str());
+        assert!(spool.is_held(&id), "held on disk");
+        let shown = web.get(&format!("/api/queue/{id}")).json();
+        assert_eq!(shown["state"]["held"], true);
+        assert!(shown.get("body").is_none(), "no body unless asked");
+        let with_body = web.get(&format!("/api/queue/{id}?body=1")).json();
+        assert!(
+            with_body["body"]
+                .as_str()
+                .unwrap()
+                .contains("the body first")
+        );
+
+        let r = web.post(
+            &format!("/api/queue/{id}/release"),
+            &[("X-CSRF-Token", &csrf)],
+            None,
+        );
+        assert_eq!(r.status, 200);
+        assert!(!spool.is_held(&id), "released on disk");
+        let r = web.post(
+            &format!("/api/queue/{id}/retry"),
+            &[("X-CSRF-Token", &csrf)],
+            None,
+        );
+        assert_eq!(r.status, 200);
+        assert!(
+            r.json()["changed"][0]["result"]
+                .as_str()
+                .unwrap()
+                .contains("due")
+        );
+        assert_eq!(
+            web.post(
+                &format!("/api/queue/{id}/explode"),
+                &[("X-CSRF-Token", &csrf)],
+                None
+            )
+            .status,
+            404
+        );
+
+        // A selection: hold both, then delete both.
+        let both = json!({"ids": [id, id2]});
+        let r = web.post(
+            "/api/queue/selection/hold",
+            &[("X-CSRF-Token", &csrf)],
+            Some(both.clone()),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["changed"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            web.get("/api/queue?state=held").json()["messages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let r = web.post(
+            &format!("/api/queue/{id}/delete"),
+            &[("X-CSRF-Token", &csrf)],
+            None,
+        );
+        assert_eq!(r.status, 200);
+        // The HTML form path: the token as a form field.
+        let r = web.post_form(
+            "/queue/action",
+            &[("csrf", &csrf), ("one", &format!("delete {id2}"))],
+        );
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(
+            web.get("/api/queue").json()["messages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+    });
+    assert!(server.queued().is_empty(), "deleted from the spool");
+    // The queue manager logged each command as an event.
+    let mut web = Web::new(server.admin.unwrap());
+    block(|| {
+        web.login("alice", "wonderland");
+        let log = web.get("/api/events?limit=1000").json();
+        let commands = log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "queue_command")
+            .count();
+        assert!(commands >= 5, "{log}");
+    });
+    server.stop().await;
+}
+
+/// Parses Prometheus text into (name with labels, value).
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (
+                name.to_string(),
+                value.parse().unwrap_or_else(|_| panic!("bad value {l:?}")),
+            )
+        })
+        .collect()
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    samples(text)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or(0.0, |(_, v)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_no_login_and_move_with_mail() {
+    let server = admin_server("").await;
+    let mut web = Web::new(server.admin.unwrap());
+    let before = block(|| web.get("/metrics"));
+    assert_eq!(before.status, 200);
+    assert!(before.body.trim_end().ends_with("# EOF"));
+    let accepted = "portcullis_messages_accepted_total";
+    let refused = "portcullis_rcpt_refused_total{reason=\"needs_auth\"}";
+    assert_eq!(sample(&before.body, accepted), 0.0);
+
+    send_one(&server, "counted").await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
+    c.expect("EHLO outsider.test", 250).await;
+    c.expect("MAIL FROM:<x@outsider.test>", 250).await;
+    c.expect("RCPT TO:<victim@elsewhere.example>", 554).await;
+    c.expect("QUIT", 221).await;
+
+    let after = block(|| web.get("/metrics")).body;
+    assert_eq!(sample(&after, accepted), 1.0, "{after}");
+    assert_eq!(sample(&after, refused), 1.0, "{after}");
+    assert_eq!(sample(&after, "portcullis_queue_messages"), 1.0, "{after}");
+    assert!(sample(&after, "portcullis_connections_total{listener=\"smtp\"}") >= 2.0);
+    for family in [
+        "portcullis_queue_oldest_message_age_seconds",
+        "portcullis_delivery_latency_seconds_count",
+        "portcullis_guard_untrusted_addresses",
+    ] {
+        assert!(after.contains(family), "{family} in {after}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_count_toward_the_auth_ban() {
+    let server =
+        admin_server("[limits]\nauth_failures_before_ban = 3\nban_duration = \"1h\"\n").await;
+    let mut web = Web::new(server.admin.unwrap());
+    block(|| {
+        for _ in 0..3 {
+            assert_eq!(web.login("alice", "guess").status, 401);
+        }
+        // Banned now: even the right password is refused from this address.
+        let r = web.login("alice", "wonderland");
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(web.cookie.is_none());
+    });
+    // The SMTP side shares the ban.
+    let mut c = SmtpClient::connect_raw(server.addr(), "127.0.0.1").await;
+    let banner = c.read_reply().await;
+    assert!(banner.code >= 400, "{banner:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_expire() {
+    let server = admin_server("session_idle = \"1s\"\n").await;
+    let mut web = Web::new(server.admin.unwrap());
+    block(|| {
+        assert_eq!(web.login("alice", "wonderland").status, 303);
+        assert_eq!(web.get("/api/session").status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert_eq!(web.get("/api/session").status, 401);
+    });
+    server.stop().await;
+}
+
+#[test]
+fn a_public_admin_address_needs_https() {
+    let err = portcullis::config::Config::parse(
+        "[admin]\naddress = \"0.0.0.0:8025\"\nusers = [\"alice\"]\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("admin.address") && err.contains("HTTPS"),
+        "{err}"
+    );
+    portcullis::config::Config::parse(
+        "[admin]\naddress = \"0.0.0.0:8025\"\nusers = [\"alice\"]\ntls = true\n",
+        "t",
+    )
+    .expect("with tls = true it is fine");
+}
