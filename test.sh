@@ -21,8 +21,9 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 # /metrics is parsed with the Prometheus project's own Python parser.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
-python3 -c 'import selenium' >/dev/null 2>&1 || need_apt+=(python3-selenium)
-python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
+# Debian's own Python (/usr/bin/python3) runs the browser test, whatever python3 is first in PATH.
+/usr/bin/python3 -c 'import selenium' >/dev/null 2>&1 || need_apt+=(python3-selenium)
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"

@@ -11,7 +11,7 @@ use serde_json::json;
 /// A server with the admin page on, alice an admin and bob only an SMTP
 /// user, 127.0.0.10 trusted, and mail for hop.example routed to a port
 /// nobody listens on (so it stays queued).
-async fn admin_server(extra: &str) -> TestServer {
+pub async fn admin_server(extra: &str) -> TestServer {
     let users = tempfile::NamedTempFile::new().unwrap();
     let (_, users_path) = users.keep().unwrap();
     write_users(&users_path, &[("alice", "wonderland"), ("bob", "builder")]);
@@ -23,7 +23,7 @@ async fn admin_server(extra: &str) -> TestServer {
     .await
 }
 
-async fn send_one(server: &TestServer, subject: &str) -> String {
+pub async fn send_one(server: &TestServer, subject: &str) -> String {
     let mut c = SmtpClient::connect(server.addr(), "127.0.0.10").await;
     c.expect("EHLO office.test", 250).await;
     let r = c
