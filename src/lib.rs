@@ -19,4 +19,5 @@ pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod transcript;
 pub mod users;

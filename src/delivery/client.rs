@@ -147,6 +147,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
     pub data_timeout: Duration,
+    /// Where the conversation is written, when transcripts are kept.
+    pub transcripts: Option<Arc<crate::transcript::Transcripts>>,
 }
 
 /// One message to send on an open connection. The content is streamed from
@@ -166,6 +168,7 @@ pub struct SmtpConnection {
     pub caps: Capabilities,
     pub tls: Option<String>,
     opts: ConnectOptions,
+    recorder: Option<crate::transcript::Recorder>,
 }
 
 impl SmtpConnection {
@@ -195,6 +198,10 @@ impl SmtpConnection {
             caps: Capabilities::default(),
             tls: None,
             opts: opts.clone(),
+            recorder: opts
+                .transcripts
+                .as_ref()
+                .map(|t| t.recorder(&format!("out {peer}"))),
         };
         if let TlsMode::Implicit(cfg) = &opts.tls {
             conn.handshake(Arc::clone(cfg)).await?;
@@ -438,9 +445,13 @@ impl SmtpConnection {
             stuffer.push(&buf[..n], &mut out);
             if remaining == 0 {
                 stuffer.finish(&mut out);
-                return self.write(&out).await;
+                if let Some(r) = &mut self.recorder {
+                    r.note(&format!("(message content, {len} bytes)"));
+                    r.client(b".");
+                }
+                return self.write_raw(&out).await;
             }
-            self.write(&out).await?;
+            self.write_raw(&out).await?;
         }
     }
 
@@ -483,7 +494,18 @@ impl SmtpConnection {
         .await;
     }
 
+    /// Writes command lines (recorded in the transcript).
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if let Some(r) = &mut self.recorder {
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                r.client(line);
+            }
+        }
+        self.write_raw(bytes).await
+    }
+
+    /// Writes message content (never recorded).
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         timeout(self.opts.reply_timeout, async {
             self.io.write_all(bytes).await?;
             self.io.flush().await
@@ -552,7 +574,11 @@ impl SmtpConnection {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if let Some(r) = &mut self.recorder {
+                    r.server(&line);
+                }
+                return Ok(line);
             }
             if self.buf.len() > MAX_REPLY_LINE {
                 return Err(ClientError::Protocol("reply line too long".into()));

@@ -56,6 +56,8 @@ pub struct Deliverer {
     pool: Pool,
     /// Next hops that just failed to answer: skipped until they may be back.
     down: down::DownHosts,
+    /// Outbound conversations are written here too, when transcripts are kept.
+    transcripts: Option<Arc<crate::transcript::Transcripts>>,
 }
 
 /// The delivery settings derived from one config.
@@ -89,7 +91,17 @@ impl Deliverer {
             pool: Pool::default(),
             down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
             settings: std::sync::RwLock::new(Arc::new(Settings::from(config))),
+            transcripts: None,
         }
+    }
+
+    /// Records every outbound conversation in `transcripts`.
+    pub fn with_transcripts(
+        mut self,
+        transcripts: Option<Arc<crate::transcript::Transcripts>>,
+    ) -> Deliverer {
+        self.transcripts = transcripts;
+        self
     }
 
     fn settings(&self) -> Arc<Settings> {
@@ -258,6 +270,7 @@ impl Deliverer {
             connect_timeout: d.connect_timeout.get(),
             reply_timeout: d.reply_timeout.get(),
             data_timeout: d.data_timeout.get(),
+            transcripts: self.transcripts.clone(),
         })
     }
 

@@ -99,7 +99,19 @@ impl Server {
         let resolver =
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
-        let deliverer = Arc::new(Deliverer::new(Arc::clone(&shared), resolver.clone()));
+        let transcripts = match &config.log.transcript {
+            Some(dir) => Some(
+                crate::transcript::Transcripts::start(dir, config.log.transcript_days)
+                    .with_context(|| {
+                        format!("log.transcript = {}: cannot write there", dir.display())
+                    })?,
+            ),
+            None => None,
+        };
+        let deliverer = Arc::new(
+            Deliverer::new(Arc::clone(&shared), resolver.clone())
+                .with_transcripts(transcripts.clone()),
+        );
         let admin = crate::admin::AdminListener::bind(&config).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let history = Arc::new(crate::events::History::new());
@@ -118,6 +130,7 @@ impl Server {
         let mut ctx = Context::new(config, Some(tls), spool, Some(resolver));
         ctx.events = events;
         ctx.queue = Some(queue.handle());
+        ctx.transcripts = transcripts;
         let limits = Arc::clone(&ctx.limits);
         let ctx = Arc::new(ctx);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -362,6 +375,11 @@ fn apply_reload(
     let old = current.get();
     let config = reload::read_config(path, &old.config)?;
     let ctx = reload::rebuild(&old, config.clone())?;
+    if config.log.transcript != old.config.log.transcript
+        || config.log.transcript_days != old.config.log.transcript_days
+    {
+        warn!("log.transcript changed: transcripts follow it at the next restart");
+    }
     if config.admin.address != old.config.admin.address {
         warn!("admin.address changed: the admin page moves at the next restart");
     }
@@ -510,6 +528,10 @@ async fn handle_connection(
     } else {
         SmtpStream::new(Box::new(tcp))
     };
+    let mut stream = stream;
+    if let Some(t) = &ctx.transcripts {
+        stream.record_to(t.recorder(&format!("in {} {}", kind.name(), peer)));
+    }
 
     match admitted {
         Ok(slot) => {

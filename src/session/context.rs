@@ -28,6 +28,8 @@ pub struct Context {
     pub committer: crate::spool::Committer,
     /// Where to announce newly accepted messages (absent in protocol-only tests).
     pub queue: Option<crate::queue::QueueHandle>,
+    /// SMTP transcripts (`[log] transcript`), when kept.
+    pub transcripts: Option<Arc<crate::transcript::Transcripts>>,
 }
 
 impl Context {
@@ -59,6 +61,7 @@ impl Context {
             }),
             config,
             queue: None,
+            transcripts: None,
         }
     }
 
@@ -84,6 +87,7 @@ impl Context {
             checks: Arc::new(self.checks.reloaded(&config)),
             limits: Arc::clone(&self.limits),
             queue: self.queue.clone(),
+            transcripts: self.transcripts.clone(),
             config,
         }
     }

@@ -60,6 +60,8 @@ pub struct SmtpStream {
     tls: Option<TlsInfo>,
     /// An overlong line is being skipped up to its end.
     skipping_line: bool,
+    /// Writes the conversation to the transcript, when one is kept.
+    recorder: Option<Box<crate::transcript::Recorder>>,
 }
 
 impl SmtpStream {
@@ -71,7 +73,16 @@ impl SmtpStream {
             output: Vec::new(),
             tls: None,
             skipping_line: false,
+            recorder: None,
         }
+    }
+
+    /// Records every command line read and every reply sent from now on.
+    pub fn record_to(&mut self, mut recorder: crate::transcript::Recorder) {
+        if let Some(tls) = &self.tls {
+            recorder.note(&format!("TLS {} {}", tls.version, tls.cipher));
+        }
+        self.recorder = Some(Box::new(recorder));
     }
 
     pub fn with_tls(io: Box<dyn Io>, info: TlsInfo) -> Self {
@@ -95,7 +106,11 @@ impl SmtpStream {
 
     /// Queues a reply; it is sent before the next read that would wait, or when much is pending.
     pub async fn send(&mut self, reply: &Reply, deadline: Instant) -> Result<(), StreamError> {
-        self.output.extend_from_slice(reply.to_wire().as_bytes());
+        let wire = reply.to_wire();
+        if let Some(r) = &mut self.recorder {
+            r.server(&wire);
+        }
+        self.output.extend_from_slice(wire.as_bytes());
         if self.output.len() >= MAX_PENDING_OUTPUT {
             self.flush(deadline).await?;
         }
@@ -166,7 +181,13 @@ impl SmtpStream {
                     line.pop();
                 }
                 if std::mem::take(&mut self.skipping_line) || line.len() + 2 > max_len {
+                    if let Some(r) = &mut self.recorder {
+                        r.note("(an overlong line, not kept)");
+                    }
                     return Ok(Line::TooLong);
+                }
+                if let Some(r) = &mut self.recorder {
+                    r.client(&line);
                 }
                 return Ok(Line::Text(line));
             }
@@ -225,7 +246,11 @@ impl SmtpStream {
         let tls = timeout_at(deadline, acceptor.accept(plain))
             .await
             .map_err(|_| StreamError::Timeout)??;
-        self.tls = Some(tls_info(tls.get_ref().1));
+        let info = tls_info(tls.get_ref().1);
+        if let Some(r) = &mut self.recorder {
+            r.note(&format!("TLS {} {}", info.version, info.cipher));
+        }
+        self.tls = Some(info);
         self.io = Box::new(tls);
         Ok(())
     }

@@ -354,3 +354,61 @@ fn a_public_admin_address_needs_https() {
     )
     .expect("with tls = true it is fine");
 }
+
+/// `[log] transcript`: both sides of an inbound session (AUTH masked) and
+/// of the outbound delivery are written to the day's file; content is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcripts_record_both_directions_with_secrets_masked() {
+    use crate::support::sink::{Behaviour, Sink};
+    let users = tempfile::NamedTempFile::new().unwrap();
+    let (_, users_path) = users.keep().unwrap();
+    write_users(&users_path, &[("bob", "builder")]);
+    let port = free_port("127.0.0.84");
+    let sink = Sink::start("127.0.0.84", port, Behaviour::accept_all()).await;
+    let transcripts = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&format!(
+        "[auth]\nusers_file = \"{}\"\nallow_plaintext = true\n[log]\ntranscript = \"{}\"\ntranscript_days = 2\n[[route]]\ndomain = \"hop.example\"\nhost = \"127.0.0.84:{port}\"\n",
+        users_path.display(),
+        transcripts.path().display()
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.5").await;
+    c.expect("EHLO laptop.test", 250).await;
+    let secret = "AGJvYgBidWlsZGVy"; // \0bob\0builder
+    c.expect(&format!("AUTH PLAIN {secret}"), 235).await;
+    let r = c
+        .send_mail(
+            "bob@office.test",
+            &["user@hop.example"],
+            b"Subject: private\r\n\r\nconfidential words\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.expect("QUIT", 221).await;
+    sink.wait_for(1, std::time::Duration::from_secs(20)).await;
+
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let file = transcripts.path().join(format!("transcript-{today}.log"));
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("out 127.0.0.84") && text.contains("(message content") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("in smtp 127.0.0.5:"), "{text}");
+    assert!(text.contains("C: EHLO laptop.test"), "{text}");
+    assert!(text.contains("S: 220 relay.test ESMTP"), "{text}");
+    assert!(text.contains("C: AUTH PLAIN ****"), "{text}");
+    assert!(!text.contains(secret), "the AUTH secret is masked: {text}");
+    assert!(text.contains("C: MAIL FROM:<bob@office.test>"), "{text}");
+    assert!(text.contains(&format!("out 127.0.0.84:{port}")), "{text}");
+    assert!(text.contains("C: RCPT TO:<user@hop.example>"), "{text}");
+    assert!(text.contains("(message content"), "{text}");
+    assert!(
+        !text.contains("confidential words"),
+        "no message content: {text}"
+    );
+    server.stop().await;
+}
