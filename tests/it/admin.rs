@@ -412,3 +412,72 @@ async fn transcripts_record_both_directions_with_secrets_masked() {
     );
     server.stop().await;
 }
+
+/// One HTTP/1.1 request over TLS; the whole response as text.
+async fn https_request(
+    addr: std::net::SocketAddr,
+    ca: &crate::support::tls::TestCa,
+    request: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(crate::support::WAIT, tls.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `[admin] tls = true`: the page is served over HTTPS with the server's
+/// certificate, and the session cookie is marked Secure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_admin_marks_the_cookie_secure() {
+    let server = admin_server("tls = true\n").await;
+    let addr = server.admin.unwrap();
+    let body = "user=alice&password=wonderland";
+    let response = https_request(
+        addr,
+        &server.ca,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 303"), "{response}");
+    let cookie = response
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{response}"));
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let metrics = https_request(
+        addr,
+        &server.ca,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.contains("portcullis_messages_accepted_total"),
+        "{metrics}"
+    );
+    // Plain HTTP to the HTTPS port gets nothing useful.
+    let plain = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .into();
+        agent.get(format!("http://{addr}/metrics")).call().is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(!plain, "plain HTTP must not be served on the HTTPS port");
+    server.stop().await;
+}
