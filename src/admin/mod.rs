@@ -94,7 +94,7 @@ impl AdminListener {
                 Err(e) => Err(e),
             },
             None => {
-                axum::serve(listener::Plain(self.socket), app)
+                axum::serve(listener::Plain::new(self.socket), app)
                     .with_graceful_shutdown(stop)
                     .await
             }
