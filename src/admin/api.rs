@@ -22,20 +22,23 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-pub async fn metrics(State(state): Shared) -> Response {
+pub async fn metrics(State(state): Shared, headers: HeaderMap) -> Response {
     let stats = view::queue_stats(&state).await;
     let untrusted = state.current.get().guard.state().untrusted.len();
     let body = state
         .metrics
         .render(stats.as_ref(), untrusted, crate::queue::unix_now());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    // The same text serves both formats; say OpenMetrics to those who ask for it.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub async fn session(State(state): Shared, headers: HeaderMap) -> Response {

@@ -98,19 +98,37 @@ pub async fn login(
     if !access::same_origin(&state, &headers) {
         return Refusal::Forbidden.page();
     }
+    // The form's fields; API clients may send the same as JSON.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
     let mut user = String::new();
     let mut password = String::new();
-    for (k, v) in form_urlencoded::parse(&body) {
-        match &*k {
-            "user" => user = v.trim().to_string(),
-            "password" => password = v.into_owned(),
-            _ => {}
+    if json {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        user = v["user"].as_str().unwrap_or_default().trim().to_string();
+        password = v["password"].as_str().unwrap_or_default().to_string();
+    } else {
+        for (k, v) in form_urlencoded::parse(&body) {
+            match &*k {
+                "user" => user = v.trim().to_string(),
+                "password" => password = v.into_owned(),
+                _ => {}
+            }
         }
     }
+    let refused = |status: StatusCode, user: &str, error: &str| {
+        if json {
+            (status, axum::Json(serde_json::json!({"error": error}))).into_response()
+        } else {
+            login_refused(status, user, error)
+        }
+    };
     let ctx = state.current.get();
     let ip = peer.ip();
     if ctx.checks.banned(ip).is_some() {
-        return login_refused(
+        return refused(
             StatusCode::FORBIDDEN,
             &user,
             "Too many failed logins from your address; try again later.",
@@ -129,20 +147,30 @@ pub async fn login(
                 user: user.clone(),
             });
             tracing::info!(client = %ip, user = %user, "admin login");
-            (
-                [(header::SET_COOKIE, session_cookie(&token, state.https))],
-                Redirect::to("/"),
-            )
-                .into_response()
+            let cookie = [(header::SET_COOKIE, session_cookie(&token, state.https))];
+            if json {
+                let login = state
+                    .sessions
+                    .get(&token, Duration::MAX, Duration::MAX)
+                    .map(|l| l.csrf)
+                    .unwrap_or_default();
+                (
+                    cookie,
+                    axum::Json(serde_json::json!({"user": user, "csrf": login})),
+                )
+                    .into_response()
+            } else {
+                (cookie, Redirect::to("/")).into_response()
+            }
         }
-        CheckResult::Busy => login_refused(
+        CheckResult::Busy => refused(
             StatusCode::SERVICE_UNAVAILABLE,
             &user,
             "The server is busy checking passwords; try again in a moment.",
         ),
         CheckResult::Unavailable(e) => {
             tracing::error!("admin login: cannot check passwords: {e}");
-            login_refused(
+            refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &user,
                 "Passwords cannot be checked right now (see the server log).",
@@ -159,7 +187,7 @@ pub async fn login(
             tracing::warn!(client = %ip, user = %user, failures, banned, "admin login failed");
             // Each failure from an address costs it a little more time.
             tokio::time::sleep(Duration::from_millis(250 * failures.min(12))).await;
-            login_refused(
+            refused(
                 StatusCode::UNAUTHORIZED,
                 &user,
                 "Wrong user name or password (or not an admin).",

@@ -100,6 +100,22 @@ async fn login_is_required_and_sets_a_strict_cookie() {
         let csrf = web.csrf();
         assert_eq!(web.post_form("/logout", &[("csrf", &csrf)]).status, 303);
         assert_eq!(web.get("/api/session").status, 401);
+
+        // API clients may log in with JSON and get the CSRF token at once.
+        let bad = web.post(
+            "/login",
+            &[],
+            Some(json!({"user": "alice", "password": "no"})),
+        );
+        assert_eq!(bad.status, 401);
+        assert!(bad.json()["error"].is_string());
+        let good = web.post(
+            "/login",
+            &[],
+            Some(json!({"user": "alice", "password": "wonderland"})),
+        );
+        assert_eq!(good.status, 200, "{}", good.body);
+        assert_eq!(good.json()["csrf"].as_str().unwrap(), web.csrf());
     });
     server.stop().await;
 }
