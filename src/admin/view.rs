@@ -213,11 +213,10 @@ pub fn describe(e: &Event) -> String {
         }
         Event::FloodDetected {
             source,
-            recipient_domains,
             action,
-        } => {
-            format!("GUARD: {source} sends to {recipient_domains} recipient domains: mail {action}")
-        }
+            reason,
+            ..
+        } => format!("GUARD: {source} looks like a flood ({reason}): its mail is {action}"),
         Event::ZoneHealth { zone, problem, .. } => match problem {
             Some(p) => format!("DNS list {zone} set aside: {p}"),
             None => format!("DNS list {zone} healthy"),

@@ -39,6 +39,17 @@ pub struct GuardConfig {
     /// before its mail is held: the sign of a flood is spread, not volume
     /// (an app server's thousands of messages to one domain are normal).
     pub flood_recipient_domains: usize,
+    /// A source that usually reaches many domains (a newsletter host) may
+    /// reach this many times its learnt usual spread per window.
+    pub flood_baseline_factor: f64,
+    /// The allowance never grows beyond this, whatever was learnt.
+    pub flood_recipient_domains_max: usize,
+    /// Permanent failures of a source's recipients within the window that,
+    /// at `flood_failure_rate` of its outcomes or more, mark a flood (spam to
+    /// harvested addresses bounces). 0 turns this off.
+    pub flood_min_failures: u32,
+    /// The share of failed recipients (0 to 1) that, with enough failures, marks a flood.
+    pub flood_failure_rate: f64,
 }
 
 impl Default for GuardConfig {
@@ -51,6 +62,10 @@ impl Default for GuardConfig {
             nat_public_helos: 3,
             flood_window: ConfigDuration::secs(600),
             flood_recipient_domains: 30,
+            flood_baseline_factor: 3.0,
+            flood_recipient_domains_max: 500,
+            flood_min_failures: 20,
+            flood_failure_rate: 0.5,
         }
     }
 }

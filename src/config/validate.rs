@@ -259,6 +259,33 @@ fn check_guard(c: &Config, out: &mut Vec<Finding>) {
             ));
         }
     }
+    if !(g.flood_baseline_factor >= 1.0 && g.flood_baseline_factor.is_finite()) {
+        out.push(finding(
+            Severity::Error,
+            "guard.flood_baseline_factor",
+            g.flood_baseline_factor.to_string(),
+            "must be a number of at least 1 (a source may always reach its usual spread)",
+        ));
+    }
+    if g.flood_recipient_domains_max < g.flood_recipient_domains {
+        out.push(finding(
+            Severity::Error,
+            "guard.flood_recipient_domains_max",
+            g.flood_recipient_domains_max.to_string(),
+            format!(
+                "below guard.flood_recipient_domains ({})",
+                g.flood_recipient_domains
+            ),
+        ));
+    }
+    if !(g.flood_failure_rate > 0.0 && g.flood_failure_rate <= 1.0) {
+        out.push(finding(
+            Severity::Error,
+            "guard.flood_failure_rate",
+            g.flood_failure_rate.to_string(),
+            "a share between 0 (excluded) and 1",
+        ));
+    }
 }
 
 fn check_checks(c: &Config, out: &mut Vec<Finding>) {

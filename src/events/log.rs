@@ -130,10 +130,12 @@ impl Subscriber for LogWriter {
                 source,
                 recipient_domains,
                 action,
+                reason,
             } => error!(
                 source = %source,
                 recipient_domains,
-                "GUARD: {source} sends to {recipient_domains} recipient domains (a compromised device or password?); its mail is {action}. `portcullis queue release --source {source}` or `queue delete --source {source}`"
+                reason = %reason,
+                "GUARD: {source} looks like a flood ({reason}; a compromised device or password?); its mail is {action}. `portcullis queue release --source {source}` or `queue delete --source {source}`"
             ),
             Event::ZoneHealth {
                 zone,

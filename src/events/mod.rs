@@ -172,6 +172,9 @@ pub enum Event {
     },
     Delivery {
         queue_id: QueueId,
+        /// Whose mail it is: the AUTH user, else the client address (None
+        /// for our own reports).
+        source: Option<String>,
         to: String,
         state: DeliveryState,
         result: AttemptResult,
@@ -214,6 +217,8 @@ pub enum Event {
         source: String,
         recipient_domains: usize,
         action: &'static str,
+        /// What gave it away.
+        reason: String,
     },
     /// A DNS list zone was set aside (or came back) after its health check.
     ZoneHealth {

@@ -52,6 +52,7 @@ impl QueueManager {
                 expiry.remote = r.last_result.as_ref().and_then(|l| l.remote.clone());
                 self.events.emit(Event::Delivery {
                     queue_id: id.clone(),
+                    source: source_of(env),
                     to: r.address.clone(),
                     state: DeliveryState::Expired,
                     result: expiry.clone(),
@@ -187,6 +188,7 @@ impl QueueManager {
                 };
                 self.events.emit(Event::Delivery {
                     queue_id: id.clone(),
+                    source: source_of(env),
                     to: r.address.clone(),
                     state,
                     result: result.clone(),
@@ -381,4 +383,15 @@ fn domain_of(env: &Envelope, address: &str) -> String {
         .find(|r| r.address == address)
         .map(|r| r.domain.clone())
         .unwrap_or_else(|| domain_of_address(address))
+}
+
+/// Whose mail a message is, as the guard counts sources: the AUTH user, else
+/// the client address; None for our own reports (null sender).
+fn source_of(env: &Envelope) -> Option<String> {
+    if env.sender.is_empty() {
+        return None;
+    }
+    env.auth_user
+        .clone()
+        .or_else(|| Some(env.client_ip.clone()))
 }

@@ -115,9 +115,15 @@ impl Server {
         let admin = crate::admin::AdminListener::bind(&config).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let history = Arc::new(crate::events::History::new());
+        // The guard learns from delivery results, so it is made before the events.
+        let guard = Arc::new(crate::guard::Guard::new(
+            config.guard.clone(),
+            Some(data_dir.clone()),
+        ));
         let events = crate::events::Events::with_log_and(vec![
             Arc::clone(&metrics) as Arc<dyn crate::events::Subscriber>,
             Arc::clone(&history) as Arc<dyn crate::events::Subscriber>,
+            Arc::clone(&guard) as Arc<dyn crate::events::Subscriber>,
         ]);
         let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {
@@ -129,6 +135,7 @@ impl Server {
         // One resolver (and one cache) for delivery and the checks.
         let mut ctx = Context::new(config, Some(tls), spool, Some(resolver));
         ctx.events = events;
+        ctx.guard = guard;
         ctx.queue = Some(queue.handle());
         ctx.transcripts = transcripts;
         let limits = Arc::clone(&ctx.limits);

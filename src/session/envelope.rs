@@ -153,6 +153,7 @@ impl Session {
                             self.ctx.events.emit(Event::FloodDetected {
                                 source: flood.source.clone(),
                                 recipient_domains: flood.domains,
+                                reason: flood.reason.clone(),
                                 action: match mode {
                                     crate::config::GuardMode::Hold => "held in the queue",
                                     crate::config::GuardMode::Refuse => "refused (451 4.7.1)",

@@ -123,3 +123,63 @@ async fn a_flood_to_many_domains_is_held_until_released() {
     }
     assert_eq!(sink.messages().len(), 300);
 }
+
+/// A trusted source whose mail bounces (every recipient refused by the next
+/// hop, as spam to harvested addresses is): once enough of it failed, its
+/// further mail is held, though it writes to one domain only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_that_keeps_bouncing_is_held() {
+    let refusing = Behaviour {
+        reject_rcpt: vec![("nobody", 550, "5.1.1 no such user")],
+        ..Behaviour::accept_all()
+    };
+    let sink = Sink::start("127.0.0.98", 0, refusing).await;
+    let server = TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n[guard]\nflood_min_failures = 5\n",
+        sink.addr
+    ))
+    .await;
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.21").await;
+    c.expect("EHLO pc21.office.lan", 250).await;
+    for _ in 0..5 {
+        send_to(&mut c, "nobody@one.example").await;
+    }
+    // Each failure sends a bounce to the sender: wait for the five.
+    let started = Instant::now();
+    while sink.messages().iter().filter(|m| m.from.is_empty()).count() < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "deliveries did not fail in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send_to(&mut c, "someone@one.example").await;
+    c.expect("QUIT", 221).await;
+    let spool = server.spool();
+    let held: Vec<_> = server
+        .queued()
+        .into_iter()
+        .filter_map(|id| spool.load(&id).ok())
+        .filter(|m| m.state.held)
+        .collect();
+    assert_eq!(
+        held.len(),
+        1,
+        "the next message of a bouncing source is held"
+    );
+    assert_eq!(
+        held[0].envelope.recipients[0].address,
+        "someone@one.example"
+    );
+}
+
+async fn send_to(c: &mut SmtpClient, to: &str) {
+    let r = c
+        .send_mail(
+            "clerk@office.example",
+            &[to],
+            b"Subject: hello\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+}

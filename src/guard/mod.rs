@@ -7,9 +7,14 @@
 //! decision and its evidence are kept in `data_dir/guard.json` (across
 //! restarts; `portcullis guard` lists and changes it).
 //!
-//! Flood hold: a source (address or user) that sends to many distinct
-//! recipient domains within a window is a compromised device or password;
-//! its further mail is held in the queue (or refused, or only logged).
+//! Flood hold (`flood.rs`): a source (address or user) that sends to far
+//! more distinct recipient domains than its usual, or whose mail bounces a
+//! lot, is a compromised device or password; its further mail is held in the
+//! queue (or refused, or only logged). Delivery results reach it as events.
+
+mod flood;
+
+pub use flood::Flood;
 
 use crate::config::GuardConfig;
 use serde::{Deserialize, Serialize};
@@ -99,17 +104,7 @@ pub struct Guard {
     /// The state and the store's stamp when last read (the CLI may change it).
     state: Mutex<(Option<SystemTime>, GuardState)>,
     sentinel: Mutex<HashMap<IpAddr, VecDeque<(Instant, Seen)>>>,
-    /// Per source: each recipient domain and when it was last written to.
-    floods: Mutex<HashMap<String, HashMap<String, Instant>>>,
-}
-
-/// A flood was found: the source and what gave it away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flood {
-    pub source: String,
-    pub domains: usize,
-    /// True the first time in a window (alert once).
-    pub new: bool,
+    floods: flood::FloodWatch,
 }
 
 impl Guard {
@@ -120,7 +115,7 @@ impl Guard {
                 .map(|d| Box::new(FileStore(d.join("guard.json"))) as Box<dyn GuardStore>),
             state: Mutex::new((None, GuardState::default())),
             sentinel: Mutex::new(HashMap::new()),
-            floods: Mutex::new(HashMap::new()),
+            floods: flood::FloodWatch::default(),
         }
     }
 
@@ -276,29 +271,32 @@ impl Guard {
         self.with_state(|s| s.clone())
     }
 
-    /// Records a relayed recipient domain of `source`; Some when the source
-    /// now sends to more distinct domains within the window than allowed.
-    /// Cost per call: the distinct domains of this source, not its volume.
+    /// Records a relayed recipient domain of `source`; Some while the
+    /// source is flooding (see `flood.rs`).
     pub fn observe_recipient(&self, source: &str, domain: &str) -> Option<Flood> {
-        let now = Instant::now();
-        let config = self.config();
-        let window = config.flood_window.get();
-        let cap = config.flood_recipient_domains;
-        let mut floods = self.floods.lock().unwrap_or_else(|p| p.into_inner());
-        if floods.len() >= MAX_WATCHED {
-            floods.retain(|_, seen| seen.values().any(|t| now.duration_since(*t) < window));
+        self.floods
+            .observe_recipient(&self.config(), source, domain)
+    }
+}
+
+/// Delivery results teach the flood hold which sources' mail bounces.
+impl crate::events::Subscriber for Guard {
+    fn on_event(&self, event: &crate::events::Event) {
+        use crate::events::{DeliveryState, Event};
+        if let Event::Delivery {
+            source: Some(source),
+            state,
+            ..
+        } = event
+        {
+            match state {
+                DeliveryState::Delivered => {
+                    self.floods.record_outcome(&self.config(), source, false)
+                }
+                DeliveryState::Failed => self.floods.record_outcome(&self.config(), source, true),
+                DeliveryState::Deferred | DeliveryState::Expired => {}
+            }
         }
-        let seen = floods.entry(source.to_string()).or_default();
-        seen.retain(|_, t| now.duration_since(*t) < window);
-        let was_over = seen.len() > cap;
-        if seen.len() < MAX_SEEN * 10 || seen.contains_key(domain) {
-            seen.insert(domain.to_lowercase(), now);
-        }
-        (seen.len() > cap).then(|| Flood {
-            source: source.to_string(),
-            domains: seen.len(),
-            new: !was_over,
-        })
     }
 }
 
@@ -365,18 +363,5 @@ mod tests {
             again.observe_helo(router, "a.b.com").is_none(),
             "an admin's word holds"
         );
-    }
-
-    #[test]
-    fn spread_is_a_flood_volume_is_not() {
-        let g = Guard::new(GuardConfig::default(), None);
-        for _ in 0..2000 {
-            assert!(g.observe_recipient("app", "customer.example").is_none());
-        }
-        let floods: Vec<Flood> = (0..300)
-            .filter_map(|i| g.observe_recipient("pc", &format!("d{i}.example")))
-            .collect();
-        assert_eq!(floods.len(), 300 - 30);
-        assert_eq!(floods.iter().filter(|f| f.new).count(), 1, "alerted once");
     }
 }

@@ -1,0 +1,299 @@
+//! The flood hold's bookkeeping, per source (client address or AUTH user):
+//! the distinct recipient domains written to within the window, a learnt
+//! baseline of that spread, and the fate of the source's deliveries.
+//!
+//! A source is flooding when, within the window:
+//! - it reaches more distinct recipient domains than its allowance: the
+//!   larger of `flood_recipient_domains` and `flood_baseline_factor` times
+//!   its usual spread per window, never above `flood_recipient_domains_max`
+//!   (volume alone never counts: an app server's thousands of messages to
+//!   one domain are normal); or
+//! - its mail bounces: at least `flood_min_failures` recipients failed
+//!   permanently and they are at least `flood_failure_rate` of its outcomes
+//!   (spam to harvested addresses bounces; a real sender's mail mostly does not).
+//!
+//! The baseline is an exponential average of the spread per window. A
+//! window with a flood teaches it only up to the allowance then in force and
+//! at a quarter of the usual rate: a sender that is really wide (a newsletter
+//! host) earns its allowance after a window or two, while an attacker who
+//! keeps flooding raises it by about a tenth per window, alerted and held
+//! all along, and never beyond `flood_recipient_domains_max`.
+
+use crate::config::GuardConfig;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Sources watched at once before the idle ones are forgotten.
+const MAX_SOURCES: usize = 10_000;
+/// Distinct domains remembered per source and window.
+const MAX_DOMAINS: usize = 10_000;
+/// Weight of the newest window in the baseline.
+const LEARNING_RATE: f64 = 0.2;
+/// The same, for a window that held a flood.
+const FLOOD_LEARNING_RATE: f64 = 0.05;
+
+/// A flood was found: the source and what gave it away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flood {
+    pub source: String,
+    /// Distinct recipient domains within the window.
+    pub domains: usize,
+    /// True the first time in a window (alert once).
+    pub new: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+#[derive(Debug)]
+struct Source {
+    /// Each recipient domain and when it was last written to.
+    domains: HashMap<String, Instant>,
+    /// The current tumbling window, for the baseline.
+    window_start: Instant,
+    flooded_this_window: bool,
+    /// Usual distinct domains per window; None until one window ended.
+    baseline: Option<f64>,
+    /// When the last alert was given.
+    alerted: Option<Instant>,
+    /// Delivery outcomes within the current outcome window.
+    outcomes_start: Instant,
+    delivered: u32,
+    failed: u32,
+    /// Set when its mail bounces too much: when, and the evidence.
+    bouncing: Option<(Instant, String)>,
+    last_seen: Instant,
+}
+
+impl Source {
+    fn new(now: Instant) -> Source {
+        Source {
+            domains: HashMap::new(),
+            window_start: now,
+            flooded_this_window: false,
+            baseline: None,
+            alerted: None,
+            outcomes_start: now,
+            delivered: 0,
+            failed: 0,
+            bouncing: None,
+            last_seen: now,
+        }
+    }
+
+    /// Ends the tumbling window when its time is up, learning from it.
+    fn roll(&mut self, c: &GuardConfig, now: Instant) {
+        if now.duration_since(self.window_start) < c.flood_window.get() {
+            return;
+        }
+        let mut spread = self
+            .domains
+            .values()
+            .filter(|t| **t >= self.window_start)
+            .count() as f64;
+        let rate = if self.flooded_this_window {
+            spread = spread.min(self.allowance(c) as f64);
+            FLOOD_LEARNING_RATE
+        } else {
+            LEARNING_RATE
+        };
+        self.baseline = Some(match self.baseline {
+            None => spread,
+            Some(b) => b + rate * (spread - b),
+        });
+        self.window_start = now;
+        self.flooded_this_window = false;
+    }
+
+    fn allowance(&self, c: &GuardConfig) -> usize {
+        let learnt = self
+            .baseline
+            .map_or(0, |b| (b * c.flood_baseline_factor).ceil() as usize);
+        c.flood_recipient_domains
+            .max(learnt)
+            .min(c.flood_recipient_domains_max)
+    }
+}
+
+#[derive(Default)]
+pub struct FloodWatch {
+    sources: Mutex<HashMap<String, Source>>,
+}
+
+impl FloodWatch {
+    /// Records a relayed recipient domain of `source`; Some while the
+    /// source is flooding. Cost per call: the source's distinct domains, not
+    /// its volume.
+    pub fn observe_recipient(&self, c: &GuardConfig, source: &str, domain: &str) -> Option<Flood> {
+        let now = Instant::now();
+        let window = c.flood_window.get();
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        forget_idle(&mut sources, now, window);
+        let s = sources
+            .entry(source.to_string())
+            .or_insert_with(|| Source::new(now));
+        s.last_seen = now;
+        s.roll(c, now);
+        s.domains.retain(|_, t| now.duration_since(*t) < window);
+        let domain = domain.to_lowercase();
+        if s.domains.len() < MAX_DOMAINS || s.domains.contains_key(&domain) {
+            s.domains.insert(domain, now);
+        }
+        let allowance = s.allowance(c);
+        let reason = if s.domains.len() > allowance {
+            format!(
+                "{} recipient domains within {} (allowed {allowance}{})",
+                s.domains.len(),
+                c.flood_window,
+                match s.baseline {
+                    Some(b) => format!("; usual {b:.0}"),
+                    None => String::new(),
+                }
+            )
+        } else {
+            match &s.bouncing {
+                Some((since, why)) if now.duration_since(*since) < window => why.clone(),
+                _ => return None,
+            }
+        };
+        s.flooded_this_window = true;
+        let new = s.alerted.is_none_or(|t| now.duration_since(t) >= window);
+        if new {
+            s.alerted = Some(now);
+        }
+        Some(Flood {
+            source: source.to_string(),
+            domains: s.domains.len(),
+            new,
+            reason,
+        })
+    }
+
+    /// Records the fate of one recipient of `source`'s mail (`failed`: a
+    /// permanent failure, which becomes a bounce).
+    pub fn record_outcome(&self, c: &GuardConfig, source: &str, failed: bool) {
+        let now = Instant::now();
+        let window = c.flood_window.get();
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        forget_idle(&mut sources, now, window);
+        let s = sources
+            .entry(source.to_string())
+            .or_insert_with(|| Source::new(now));
+        s.last_seen = now;
+        if now.duration_since(s.outcomes_start) >= window {
+            s.outcomes_start = now;
+            s.delivered = 0;
+            s.failed = 0;
+        }
+        if failed {
+            s.failed += 1;
+        } else {
+            s.delivered += 1;
+        }
+        let total = s.failed + s.delivered;
+        if c.flood_min_failures > 0
+            && s.failed >= c.flood_min_failures
+            && f64::from(s.failed) >= c.flood_failure_rate * f64::from(total)
+        {
+            s.bouncing = Some((
+                now,
+                format!(
+                    "{} of its last {total} recipients failed permanently within {}",
+                    s.failed, c.flood_window
+                ),
+            ));
+        }
+    }
+}
+
+/// Keeps the map bounded: sources idle for a window are forgotten first.
+fn forget_idle(sources: &mut HashMap<String, Source>, now: Instant, window: Duration) {
+    if sources.len() >= MAX_SOURCES {
+        sources.retain(|_, s| now.duration_since(s.last_seen) < window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigDuration;
+
+    fn config(window_ms: u64) -> GuardConfig {
+        GuardConfig {
+            flood_window: ConfigDuration(Duration::from_millis(window_ms)),
+            ..GuardConfig::default()
+        }
+    }
+
+    #[test]
+    fn spread_is_a_flood_volume_is_not() {
+        let c = GuardConfig::default();
+        let w = FloodWatch::default();
+        for _ in 0..2000 {
+            assert!(w.observe_recipient(&c, "app", "customer.example").is_none());
+        }
+        let floods: Vec<Flood> = (0..300)
+            .filter_map(|i| w.observe_recipient(&c, "pc", &format!("d{i}.example")))
+            .collect();
+        assert_eq!(floods.len(), 300 - 30);
+        assert_eq!(floods.iter().filter(|f| f.new).count(), 1, "alerted once");
+    }
+
+    #[test]
+    fn a_wide_sender_learns_its_own_allowance() {
+        let c = config(40);
+        let w = FloodWatch::default();
+        // A newsletter host: 50 domains every window is its normal.
+        let mut held = 0;
+        for round in 0..6 {
+            for i in 0..50 {
+                if w.observe_recipient(&c, "news", &format!("r{round}-{i}.example"))
+                    .is_some()
+                {
+                    held += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(45));
+        }
+        // The first window is over the default allowance; later ones are not.
+        assert!(held > 0 && held <= 20, "held {held}");
+        let later = (0..60)
+            .filter(|i| {
+                w.observe_recipient(&c, "news", &format!("late{i}.example"))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(later, 0, "60 domains is within 3x its usual 50");
+        // Never beyond the absolute cap, whatever it learnt.
+        let burst = (0..2000)
+            .filter(|i| {
+                w.observe_recipient(&c, "news", &format!("b{i}.example"))
+                    .is_some()
+            })
+            .count();
+        assert!(burst >= 2000 - c.flood_recipient_domains_max, "{burst}");
+    }
+
+    #[test]
+    fn bouncing_mail_is_a_flood_too() {
+        let c = GuardConfig::default();
+        let w = FloodWatch::default();
+        for _ in 0..(c.flood_min_failures - 1) {
+            w.record_outcome(&c, "pc", true);
+        }
+        assert!(
+            w.observe_recipient(&c, "pc", "one.example").is_none(),
+            "not yet"
+        );
+        w.record_outcome(&c, "pc", true);
+        let f = w
+            .observe_recipient(&c, "pc", "one.example")
+            .expect("bouncing");
+        assert!(f.reason.contains("failed permanently"), "{}", f.reason);
+        // A sender whose mail mostly arrives is not flagged by a few bounces.
+        for i in 0..200 {
+            w.record_outcome(&c, "app", i % 10 == 0);
+        }
+        assert!(w.observe_recipient(&c, "app", "x.example").is_none());
+    }
+}
