@@ -60,6 +60,8 @@ class Sink:
     def __init__(self, ip, port):
         self.addr = (ip, port)
         self.tokens = []
+        self.bad = []   # messages without a token (content not ours)
+        self.ids = []   # (queue id in Received:, token)
         self.lock = threading.Lock()
         self.listener = None
         self.conns = set()
@@ -130,8 +132,13 @@ class Sink:
                         body.append(l)
                     text = b"".join(body)
                     m = re.search(rb"X-Chaos-Token: (\S+)", text)
+                    qid = re.search(rb"\bid ([0-9A-F]{18,20})", text)
                     with self.lock:
-                        self.tokens.append(m.group(1).decode() if m else "?")
+                        if m:
+                            self.tokens.append(m.group(1).decode())
+                            self.ids.append((qid.group(1).decode() if qid else "?", m.group(1).decode()))
+                        else:
+                            self.bad.append(text[:300])
                     c.sendall(b"250 ok\r\n")
                 elif verb == b"QUIT":
                     c.sendall(b"221 bye\r\n")
@@ -228,13 +235,23 @@ nameservers = ["127.0.0.1:1"]
         return 0
 
 
+QUEUED_AS = {}
+
+
 def send_one(port, token, timeout=10):
     """One message from the LAN client; True when acknowledged."""
     s = smtplib.SMTP(LISTEN, port, timeout=timeout, source_address=(CLIENT, 0))
     try:
         s.ehlo("pc.chaos.lan")
         msg = f"Subject: chaos\r\nX-Chaos-Token: {token}\r\n\r\nbody {token}\r\n"
-        s.sendmail("app@chaos.lan", ["user@far.example"], msg)
+        s.mail("app@chaos.lan")
+        code, _ = s.rcpt("user@far.example")
+        if code != 250:
+            return False
+        code, reply = s.data(msg.encode())
+        if code != 250:
+            return False
+        QUEUED_AS[token] = reply.decode().rsplit(" ", 1)[-1]
         return True
     finally:
         try:
@@ -292,6 +309,15 @@ def phase_kill(binary, cycles):
     sink.down()
     lost = set(acked) - set(delivered)
     dups = len(delivered) - len(set(delivered))
+    if sink.bad:
+        print(f"kill -9: {len(sink.bad)} delivered messages carried no token, e.g. {sink.bad[0]!r}")
+    if lost:
+        for t in sorted(lost)[:3]:
+            qid = QUEUED_AS.get(t)
+            got = [tok for (i, tok) in sink.ids if i == qid]
+            print(f"  lost {t}: acknowledged as {qid}; the sink got that id carrying {got}")
+        left = {d: len(os.listdir(os.path.join(data_dir, d))) for d in ("queue", "slots", "tmp", "state")}
+        print(f"kill -9: LOST, for example {sorted(lost)[:5]}; files left in {data_dir}: {left}; server log {server.log.name}")
     print(f"kill -9: {cycles} cycles, {len(acked)} acknowledged, {len(set(delivered))} delivered, "
           f"lost {len(lost)}, duplicates {dups}")
     return len(lost) == 0
