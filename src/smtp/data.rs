@@ -261,8 +261,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A decoder with the usual limits (1 MiB, 1,000-octet lines), NUL refused.
+    fn decoder(mode: Mode, policy: BareNewline) -> DataDecoder {
+        DataDecoder::new(mode, policy, NulInData::Reject, 1 << 20, 1000)
+    }
+
     fn decode(policy: BareNewline, input: &[u8]) -> (Vec<u8>, usize, Progress) {
-        let mut d = DataDecoder::new(Mode::Dot, policy, NulInData::Reject, 1 << 20, 1000);
+        let mut d = decoder(Mode::Dot, policy);
         let mut out = Vec::new();
         let (n, p) = d.feed(input, &mut out);
         (out, n, p)
@@ -311,13 +316,7 @@ mod tests {
         let input = b"line one\r\n..dotted\r\n\r\nlast\r\n.\r\nRSET\r\n";
         let (whole, n_whole, _) = decode(BareNewline::Reject, input);
         for split in 1..input.len() {
-            let mut d = DataDecoder::new(
-                Mode::Dot,
-                BareNewline::Reject,
-                NulInData::Reject,
-                1 << 20,
-                1000,
-            );
+            let mut d = decoder(Mode::Dot, BareNewline::Reject);
             let mut out = Vec::new();
             let (n1, p1) = d.feed(&input[..split], &mut out);
             let consumed = if p1 == Progress::End {
@@ -354,25 +353,13 @@ mod tests {
 
     #[test]
     fn raw_mode_keeps_dots_and_checks_endings() {
-        let mut d = DataDecoder::new(
-            Mode::Raw,
-            BareNewline::Reject,
-            NulInData::Reject,
-            1 << 20,
-            1000,
-        );
+        let mut d = decoder(Mode::Raw, BareNewline::Reject);
         let mut out = Vec::new();
         assert_eq!(d.feed(b".\r\n..x\r", &mut out).1, Progress::More);
         assert_eq!(d.feed(b"\n", &mut out).1, Progress::More);
         assert_eq!(d.finish(&mut out), Progress::End);
         assert_eq!(out, b".\r\n..x\r\n");
-        let mut d = DataDecoder::new(
-            Mode::Raw,
-            BareNewline::Reject,
-            NulInData::Reject,
-            1 << 20,
-            1000,
-        );
+        let mut d = decoder(Mode::Raw, BareNewline::Reject);
         assert_eq!(d.feed(b"a\nb", &mut out).1, Progress::BareNewline);
     }
 
@@ -400,13 +387,7 @@ mod tests {
         assert_eq!(out, b"a\r\n.\r\nbc\r\n");
         assert_eq!(n, b"a\r\n\0.\r\nb\0c\r\n.\r\n".len());
         // BDAT: NUL needs BINARYMIME, which is not offered.
-        let mut d = DataDecoder::new(
-            Mode::Raw,
-            BareNewline::Reject,
-            NulInData::Reject,
-            1 << 20,
-            1000,
-        );
+        let mut d = decoder(Mode::Raw, BareNewline::Reject);
         assert_eq!(d.feed(b"a\0b\r\n", &mut out).1, Progress::Nul);
     }
 

@@ -24,8 +24,7 @@ pub async fn admin_server(extra: &str) -> TestServer {
 }
 
 pub async fn send_one(server: &TestServer, subject: &str) -> String {
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.10").await;
-    c.expect("EHLO office.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.10", "office.test").await;
     let r = c
         .send_mail(
             "app@office.test",
@@ -297,8 +296,7 @@ async fn metrics_need_no_login_and_move_with_mail() {
     assert_eq!(sample(&before.body, accepted), 0.0);
 
     send_one(&server, "counted").await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
-    c.expect("EHLO outsider.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.3", "outsider.test").await;
     c.expect("MAIL FROM:<x@outsider.test>", 250).await;
     c.expect("RCPT TO:<victim@elsewhere.example>", 554).await;
     c.expect("QUIT", 221).await;
@@ -388,8 +386,7 @@ async fn transcripts_record_both_directions_with_secrets_masked() {
         transcripts.path().display()
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.5").await;
-    c.expect("EHLO laptop.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.5", "laptop.test").await;
     let secret = "AGJvYgBidWlsZGVy"; // \0bob\0builder
     c.expect(&format!("AUTH PLAIN {secret}"), 235).await;
     let r = c

@@ -22,8 +22,7 @@ async fn mail_from(
     helo: &str,
     sender: &str,
 ) -> crate::support::client::Reply {
-    let mut c = SmtpClient::connect(server.addr(), source).await;
-    c.expect(&format!("EHLO {helo}"), 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), source, helo).await;
     c.cmd(&format!("MAIL FROM:<{sender}>")).await
 }
 
@@ -121,8 +120,7 @@ async fn dnsbl_works_for_ipv6_clients() {
     ))
     .await;
     zones_checked(&dns, "bl6.test").await;
-    let mut c = SmtpClient::connect(server.addr(), "::1").await;
-    c.expect("EHLO v6.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "::1", "v6.test").await;
     let r = c.cmd("MAIL FROM:<a@client.test>").await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text().contains("bl6.test"), "{r:?}");
@@ -183,8 +181,7 @@ async fn a_dead_zone_costs_at_most_the_timeout_and_is_set_aside() {
         "{}",
         server.log.lock().unwrap()
     );
-    let mut c = SmtpClient::connect(server.addr, "127.0.3.61").await;
-    c.expect("EHLO client.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.3.61", "client.test").await;
     c.expect("MAIL FROM:<a@client.test>", 250).await;
 }
 
@@ -260,8 +257,7 @@ async fn early_talkers_and_unauthenticated_pipelining_are_refused() {
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text().starts_with("5.5.1"), "{r:?}");
     // Waits for the banner: welcome.
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.81").await;
-    c.expect("EHLO patient.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.81", "patient.test").await;
     // Content before the 354, from a stranger: refused and cut off.
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<b@example.lan>", 250).await;
@@ -273,8 +269,7 @@ async fn early_talkers_and_unauthenticated_pipelining_are_refused() {
     assert!(c.closed().await);
     assert!(server.queued().is_empty());
     // The trusted LAN client may be sloppy.
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
-    c.expect("EHLO lan.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.3", "lan.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<b@example.lan>", 250).await;
     c.send_raw(b"DATA\r\nSubject: hurried\r\n\r\nx\r\n.\r\n")
@@ -291,8 +286,7 @@ async fn address_lists() {
         dns.config()
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
-    c.expect("EHLO lan.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.3", "lan.test").await;
     c.expect("MAIL FROM:<Spammer@Example.NET>", 550).await;
     c.expect("MAIL FROM:<anyone@bad.example>", 550).await;
     c.expect("MAIL FROM:<clerk@office.example>", 250).await;
@@ -315,8 +309,7 @@ async fn rate_limits_and_auth_failure_bans() {
     ))
     .await;
     crate::support::write_users(&server.config.users_file(), &[("bob", "builder")]);
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.90").await;
-    c.expect("EHLO busy.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.90", "busy.test").await;
     for i in 0..2 {
         let r = c
             .send_mail(
@@ -331,16 +324,14 @@ async fn rate_limits_and_auth_failure_bans() {
     assert_eq!(r.code, 450, "the third message within the hour: {r:?}");
     assert!(r.text().starts_with("4.7.1"), "{r:?}");
     // Recipients: two counted above, one more allowed, then refused.
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.91").await;
-    c.expect("EHLO other.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.91", "other.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     for _ in 0..3 {
         c.expect("RCPT TO:<b@example.lan>", 250).await;
     }
     c.expect("RCPT TO:<c@example.lan>", 450).await;
     // Three failed logins from one address: banned, at once and at connect.
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.92").await;
-    c.expect("EHLO guesser.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.92", "guesser.test").await;
     assert_eq!(c.auth_plain("bob", "guess1").await.code, 535);
     assert_eq!(c.auth_plain("bob", "guess2").await.code, 535);
     let r = c.auth_plain("bob", "guess3").await;
@@ -351,8 +342,8 @@ async fn rate_limits_and_auth_failure_bans() {
     // Another address is not affected; the ban ends after ban_duration.
     SmtpClient::connect(server.addr(), "127.0.3.93").await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let mut back = SmtpClient::connect(server.addr(), "127.0.3.92").await;
-    back.expect("EHLO back.test", 250).await;
+    // Greeted again (the EHLO gets its 250) once the ban is over.
+    SmtpClient::greeted(server.addr(), "127.0.3.92", "back.test").await;
 }
 
 /// Reverse DNS needs a client at a real address (loopback reverse names are
@@ -420,8 +411,7 @@ async fn recipient_verification_by_list_and_by_callout() {
         list.display()
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.100").await;
-    c.expect("EHLO stranger.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.100", "stranger.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     let r = c.expect("RCPT TO:<nobody@example.lan>", 550).await;
     assert!(r.text().starts_with("5.1.1"), "{r:?}");
@@ -444,8 +434,7 @@ async fn recipient_verification_by_list_and_by_callout() {
         office.addr
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.101").await;
-    c.expect("EHLO stranger.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.101", "stranger.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<nobody@example.lan>", 550).await;
     c.expect("RCPT TO:<boss@example.lan>", 250).await;
@@ -485,8 +474,7 @@ async fn a_strangers_bounce_carries_headers_only() {
         dns.config()
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.102").await;
-    c.expect("EHLO spammer.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.102", "spammer.test").await;
     let r = c
         .send_mail(
             "someone@victim.example",

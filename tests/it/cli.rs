@@ -26,8 +26,7 @@ async fn queue_commands_while_the_server_runs() {
     let server =
         TestServer::start("[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n").await;
     let config = config_file(&server);
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.2").await;
-    c.expect("EHLO cli.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "cli.test").await;
     for i in 0..2 {
         let r = c
             .send_mail(
@@ -117,8 +116,7 @@ async fn user_added_by_the_cli_can_authenticate_at_once() {
     let users = std::fs::read_to_string(server.config.users_file()).unwrap();
     assert!(users.contains("erin:$argon2id$"), "{users}");
 
-    let mut c = SmtpClient::connect(server.addr(), "127.0.9.9").await;
-    c.expect("EHLO roaming.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.9.9", "roaming.test").await;
     c.expect("MAIL FROM:<erin@x.test>", 250).await;
     c.expect("RCPT TO:<far@elsewhere.example>", 554).await;
     c.expect("RSET", 250).await;
@@ -132,8 +130,7 @@ async fn user_added_by_the_cli_can_authenticate_at_once() {
     assert!(ok);
     let (ok, _, err) = tokio::task::block_in_place(|| cli(&["user", "del", "erin"], &config));
     assert!(!ok && err.contains("no user"), "{err}");
-    let mut c = SmtpClient::connect(server.addr(), "127.0.9.9").await;
-    c.expect("EHLO roaming.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.9.9", "roaming.test").await;
     assert_eq!(c.auth_plain("erin", "correct horse").await.code, 535);
 }
 

@@ -32,8 +32,7 @@ fn config(dns: &TestDns, delivery: &str) -> String {
 }
 
 async fn submit(server: &TestServer, from: &str, to: &[&str], body: &[u8]) -> String {
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.2").await;
-    c.expect("EHLO submit.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
     let r = c.send_mail(from, to, body).await;
     assert_eq!(r.code, 250, "{r:?}");
     c.expect("QUIT", 221).await;

@@ -39,8 +39,7 @@ fn queue_ids(config: &std::path::Path) -> Vec<String> {
 async fn kill_9_right_after_250_keeps_every_message() {
     let (dir, config) = setup();
     let mut server = ProcessServer::spawn(&config);
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
-    c.expect("EHLO durable.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "durable.test").await;
     let mut bodies = Vec::new();
     for i in 0..5 {
         let body = format!(
@@ -81,8 +80,7 @@ async fn kill_9_right_after_250_keeps_every_message() {
 async fn kill_9_during_data_leaves_no_torn_message() {
     let (dir, config) = setup();
     let mut server = ProcessServer::spawn(&config);
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
-    c.expect("EHLO torn.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "torn.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<b@example.lan>", 250).await;
     c.expect("DATA", 354).await;

@@ -39,8 +39,7 @@ async fn full_disk_refuses_with_452_and_loses_nothing() {
         Some(&data_dir),
     )
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.2").await;
-    c.expect("EHLO full.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "full.test").await;
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..40 {

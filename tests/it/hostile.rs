@@ -96,8 +96,7 @@ async fn auth_flood_from_clients_that_hang_up_keeps_memory_bounded() {
         "peak RSS {peak} KiB grew by more than 100 MiB from {before} KiB"
     );
 
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
-    c.expect("EHLO me.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "me.test").await;
     let r = tokio::time::timeout(WAIT, c.auth_plain("alice", "right"))
         .await
         .expect("a real user is answered in time");
@@ -110,8 +109,7 @@ async fn failed_auth_attempts_cost_growing_time() {
     let server =
         TestServer::start("[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"required\"\n").await;
     crate::support::write_users(&server.config.users_file(), &[("bob", "builder")]);
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
-    c.expect("EHLO guess.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.3", "guess.test").await;
     let start = Instant::now();
     for _ in 0..3 {
         assert_eq!(c.auth_plain("bob", "guess").await.code, 535);
@@ -133,8 +131,7 @@ const CLOSED_LAN: &str = "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_before_a_dot_cannot_smuggle_a_second_message() {
     let server = TestServer::start(CLOSED_LAN).await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.9").await;
-    c.expect("EHLO client.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.9", "client.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<b@example.lan>", 250).await;
     c.expect("DATA", 354).await;
@@ -153,8 +150,7 @@ async fn nul_before_a_dot_cannot_smuggle_a_second_message() {
 async fn stripped_nul_keeps_one_message() {
     let server =
         TestServer::start(&format!("[server]\nnul_in_data = \"strip\"\n{CLOSED_LAN}")).await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.3.9").await;
-    c.expect("EHLO client.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.9", "client.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<b@example.lan>", 250).await;
     c.expect("DATA", 354).await;
@@ -219,8 +215,7 @@ async fn a_flood_of_slow_strangers_cannot_lock_the_office_out() {
     );
     assert_eq!(refused, 4);
     // The office connects and sends while the strangers hold their slots.
-    let mut office = SmtpClient::connect(server.addr(), "127.0.0.2").await;
-    office.expect("EHLO office.test", 250).await;
+    let mut office = SmtpClient::greeted(server.addr(), "127.0.0.2", "office.test").await;
     let r = office
         .send_mail(
             "app@example.lan",

@@ -94,8 +94,7 @@ async fn send_burst(addr: std::net::SocketAddr, first: usize, count: usize, clie
     let mut tasks = Vec::new();
     for c in 0..clients {
         tasks.push(tokio::spawn(async move {
-            let mut client = SmtpClient::connect(addr, "127.0.0.2").await;
-            client.expect("EHLO burst.test", 250).await;
+            let mut client = SmtpClient::greeted(addr, "127.0.0.2", "burst.test").await;
             for n in (first + c..first + count).step_by(clients) {
                 let body = format!("Subject: burst {n}\r\n\r\nmessage number {n}\r\n");
                 let r = client

@@ -15,9 +15,7 @@ fn config(extra_server: &str) -> String {
 }
 
 async fn ehlo(server: &TestServer, source: &str) -> SmtpClient {
-    let mut c = SmtpClient::connect(server.addr(), source).await;
-    c.expect("EHLO client.test", 250).await;
-    c
+    SmtpClient::greeted(server.addr(), source, "client.test").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

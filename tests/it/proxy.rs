@@ -17,8 +17,7 @@ impl Drop for Haproxy {
 }
 
 async fn relay_verdict(addr: std::net::SocketAddr, source: &str) -> u16 {
-    let mut c = SmtpClient::connect(addr, source).await;
-    c.expect("EHLO client.test", 250).await;
+    let mut c = SmtpClient::greeted(addr, source, "client.test").await;
     c.expect("MAIL FROM:<a@client.test>", 250).await;
     c.cmd("RCPT TO:<far@elsewhere.example>").await.code
 }

@@ -38,8 +38,7 @@ async fn commands_racing_deliveries_lose_and_duplicate_nothing() {
     for client in 0..4 {
         let addr = server.addr();
         senders.push(tokio::spawn(async move {
-            let mut c = SmtpClient::connect(addr, "127.0.0.2").await;
-            c.expect("EHLO load.test", 250).await;
+            let mut c = SmtpClient::greeted(addr, "127.0.0.2", "load.test").await;
             for i in 0..MESSAGES / 4 {
                 let token = format!("msg-{client}-{i}");
                 let r = c

@@ -139,8 +139,7 @@ async fn hidden_destinations_are_refused_for_untrusted_clients() {
         "<victim@example.lan@elsewhere.example>",
     ];
     for source in [OUTSIDER, ROUTER, AUTH_RANGE] {
-        let mut c = SmtpClient::connect(server.addr(), source).await;
-        c.expect("EHLO x.test", 250).await;
+        let mut c = SmtpClient::greeted(server.addr(), source, "x.test").await;
         c.expect("MAIL FROM:<a@x.test>", 250).await;
         for f in forms {
             let r = c.cmd(&format!("RCPT TO:{f}")).await;
@@ -157,8 +156,7 @@ async fn hidden_destinations_are_refused_for_untrusted_clients() {
 async fn refused_relay_is_logged_as_nothing_spooled() {
     // An outsider's whole transaction to a foreign domain: refused at RCPT, DATA then has no recipients.
     let server = TestServer::start(&config("off")).await;
-    let mut c = SmtpClient::connect(server.addr(), OUTSIDER).await;
-    c.expect("EHLO x.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), OUTSIDER, "x.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<v@elsewhere.example>", 554).await;
     c.expect("DATA", 554).await;

@@ -40,12 +40,10 @@ async fn sighup_applies_a_new_network_and_a_broken_config_changes_nothing() {
     let pinned = format!("[[listener]]\naddress = \"{}\"\n", server.addr);
     write_config(dir.path(), &ca, &pinned);
 
-    let mut before = SmtpClient::connect(server.addr, "127.0.0.2").await;
-    before.expect("EHLO lan.test", 250).await;
+    let mut before = SmtpClient::greeted(server.addr, "127.0.0.2", "lan.test").await;
     before.expect("MAIL FROM:<a@example.lan>", 250).await;
 
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.5").await;
-    c.expect("EHLO newcomer.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.5", "newcomer.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<far@elsewhere.example>", 554).await;
 
@@ -62,8 +60,7 @@ async fn sighup_applies_a_new_network_and_a_broken_config_changes_nothing() {
     );
     let started = Instant::now();
     loop {
-        let mut c = SmtpClient::connect(server.addr, "127.0.0.5").await;
-        c.expect("EHLO newcomer.test", 250).await;
+        let mut c = SmtpClient::greeted(server.addr, "127.0.0.5", "newcomer.test").await;
         c.expect("MAIL FROM:<a@x.test>", 250).await;
         if c.cmd("RCPT TO:<far@elsewhere.example>").await.code == 250 {
             break;
@@ -98,8 +95,7 @@ async fn sighup_applies_a_new_network_and_a_broken_config_changes_nothing() {
         server.log.lock().unwrap().contains("max_connections"),
         "the error names the key"
     );
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.5").await;
-    c.expect("EHLO newcomer.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.5", "newcomer.test").await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
 
@@ -129,8 +125,7 @@ async fn a_replaced_certificate_is_served_after_reload() {
         &ca,
         &format!("[[listener]]\naddress = \"{}\"\n", server.addr),
     );
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
-    c.expect("EHLO lan.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "lan.test").await;
     c.starttls(ca.client_config()).await;
     c.expect("EHLO lan.test", 250).await;
     // A new CA and certificate in the same files.
@@ -143,8 +138,7 @@ async fn a_replaced_certificate_is_served_after_reload() {
     );
     assert!(ok, "{out}{err}");
     assert!(out.contains("reloaded"), "{out}");
-    let mut c = SmtpClient::connect(server.addr, "127.0.0.2").await;
-    c.expect("EHLO lan.test", 250).await;
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "lan.test").await;
     c.starttls(renewed.client_config()).await;
     c.expect("EHLO lan.test", 250).await;
 }

@@ -14,8 +14,7 @@ async fn a_trusted_address_carrying_the_internet_loses_its_trust() {
         "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n",
     )
     .await;
-    let mut office = SmtpClient::connect(server.addr(), "127.0.0.10").await;
-    office.expect("EHLO pc10.office.lan", 250).await;
+    let mut office = SmtpClient::greeted(server.addr(), "127.0.0.10", "pc10.office.lan").await;
     let mut last = 0;
     for i in 0..60 {
         let mut c = SmtpClient::connect(server.addr(), "127.0.0.254").await;
@@ -68,8 +67,7 @@ async fn a_trusted_address_carrying_the_internet_loses_its_trust() {
     assert!(v["untrusted"].get("127.0.0.10").is_none(), "{v}");
     let (ok, _, _) = tokio::task::block_in_place(|| cli(&["guard", "trust", "127.0.0.254"]));
     assert!(ok);
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.254").await;
-    c.expect("EHLO router.lan", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.254", "router.lan").await;
     c.expect("MAIL FROM:<a@office.example>", 250).await;
     c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
 }
@@ -84,8 +82,7 @@ async fn a_flood_to_many_domains_is_held_until_released() {
         sink.addr
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.20").await;
-    c.expect("EHLO pc20.office.lan", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.20", "pc20.office.lan").await;
     for i in 0..300 {
         let r = c
             .send_mail(
@@ -139,8 +136,7 @@ async fn mail_that_keeps_bouncing_is_held() {
         sink.addr
     ))
     .await;
-    let mut c = SmtpClient::connect(server.addr(), "127.0.0.21").await;
-    c.expect("EHLO pc21.office.lan", 250).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.21", "pc21.office.lan").await;
     for _ in 0..5 {
         send_to(&mut c, "nobody@one.example").await;
     }

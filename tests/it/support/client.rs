@@ -60,6 +60,13 @@ impl SmtpClient {
         }
     }
 
+    /// Connected from `source` and greeted with `EHLO helo` (250 asserted).
+    pub async fn greeted(server: SocketAddr, source: &str, helo: &str) -> SmtpClient {
+        let mut c = SmtpClient::connect(server, source).await;
+        c.expect(&format!("EHLO {helo}"), 250).await;
+        c
+    }
+
     /// Connects and checks the 220 banner.
     pub async fn connect(server: SocketAddr, source: &str) -> SmtpClient {
         let mut c = Self::connect_raw(server, source).await;
