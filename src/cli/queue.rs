@@ -121,6 +121,8 @@ fn offline(data_dir: &Path, command: &QueueCommand) -> anyhow::Result<QueueAnswe
             data_dir.display()
         );
     };
+    // A crash may have left acknowledged messages in slots/ (see spool/slots.rs).
+    spool.recover_slots()?;
     let (mut index, problems) = Index::load(&spool)?;
     for (id, e) in problems {
         eprintln!("warning: {id}: {e}");

@@ -77,6 +77,18 @@ impl Server {
                 "removed unfinished spool files left by an earlier stop (those messages were never acknowledged)"
             );
         }
+        let recovered = spool.recover_slots().with_context(|| {
+            format!("cannot recover the spool's slots in {}", data_dir.display())
+        })?;
+        if recovered > 0 {
+            info!(
+                count = recovered,
+                "moved messages acknowledged before a crash from slots/ into the queue"
+            );
+        }
+        let spool = spool
+            .with_slots()
+            .with_context(|| format!("cannot prepare spool files in {}", data_dir.display()))?;
         let hostname = config.hostname();
         let certs = crate::tls::ensure_cert(
             config.tls.cert.as_deref(),

@@ -1,14 +1,17 @@
 //! The durable spool. Each accepted message is one file in `queue/`:
 //! the message bytes, then the envelope as JSON, then a trailer line that
-//! gives both lengths. It is written in `tmp/`, fsynced, renamed into place
-//! and the directory fsynced before the 250; a file whose trailer does not
-//! match its size is torn and never taken for a message.
+//! gives both lengths. The server writes it into a pre-made, durably named
+//! file in `slots/` and syncs only that file before the 250, then renames it
+//! into the queue (see `slots.rs`); without a slot at hand it is written in
+//! `tmp/`, synced, renamed into place and the directory synced. A file whose
+//! trailer does not match its size is torn and never taken for a message.
 //! Delivery state per recipient lives beside it in `state/ID.json`,
 //! replaced atomically the same way.
 
 mod committer;
 mod envelope;
 mod queue_id;
+mod slots;
 mod state;
 mod writer;
 
@@ -24,9 +27,17 @@ use std::path::{Path, PathBuf};
 
 const TRAILER_TAG: &str = "#PORTCULLIS-SPOOL v1";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// Pre-made files for new messages (the server's; None for the CLI and tests).
+    slots: Option<std::sync::Arc<slots::Slots>>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("root", &self.root).finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +66,28 @@ impl Spool {
     /// Opens (creating when needed) the spool under `data_dir`.
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
         let root = data_dir.to_path_buf();
-        for dir in ["queue", "tmp", "state"] {
+        for dir in ["queue", "tmp", "state", "slots"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        Ok(Spool { root })
+        Ok(Spool { root, slots: None })
+    }
+
+    /// Writes new messages into pre-made files (one disk sync per message
+    /// instead of two); starts the thread that makes them. For the server,
+    /// after `recover_slots`.
+    pub fn with_slots(mut self) -> io::Result<Spool> {
+        self.slots = Some(slots::Slots::start(self.slots_dir())?);
+        Ok(self)
+    }
+
+    /// Moves complete messages a crash left in `slots/` into the queue.
+    /// Call only while holding the data-dir lock, before reading the queue.
+    pub fn recover_slots(&self) -> io::Result<usize> {
+        slots::recover(&self.slots_dir(), &self.queue_dir())
+    }
+
+    pub(crate) fn slots_dir(&self) -> PathBuf {
+        self.root.join("slots")
     }
 
     /// Opens an existing spool without creating anything (for the CLI).
@@ -74,6 +103,7 @@ impl Spool {
         }
         Ok(Spool {
             root: data_dir.to_path_buf(),
+            slots: None,
         })
     }
 
@@ -259,6 +289,11 @@ impl Spool {
         })?;
         if durable {
             writer::sync_dir(&self.queue_dir())?;
+            // The message may have come from a slot by a rename not yet
+            // durable: make sure the slot's name is gone too.
+            if self.slots_dir().is_dir() {
+                writer::sync_dir(&self.slots_dir())?;
+            }
         }
         match fs::remove_file(self.state_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),

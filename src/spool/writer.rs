@@ -1,8 +1,11 @@
-//! Writing one message. Content is gathered in memory and goes to `tmp/ID`
-//! only in `spill` (when 256 KB are waiting) and `commit`: both do blocking
-//! file I/O and are called off the async threads. `commit` appends the
-//! envelope and trailer, fsyncs the file, renames it into `queue/` and fsyncs
-//! that directory. A writer dropped before commit removes its temporary file.
+//! Writing one message. Content is gathered in memory and goes to disk
+//! only in `spill` (when 256 KB are waiting) and `prepare`: both do blocking
+//! file I/O and are called off the async threads. The file is a pre-made
+//! slot when the spool has one at hand (already durably named: syncing the
+//! file is enough), else `tmp/ID` (the rename into the queue then needs a
+//! directory sync too). `prepare` appends the envelope and trailer and
+//! syncs the file; publishing renames it into `queue/`. A writer dropped
+//! before that removes its file (or gives back an untouched slot).
 
 use super::{Envelope, Spool, trailer_line};
 use std::fs::{self, File, OpenOptions};
@@ -15,7 +18,10 @@ const SPILL_AT: usize = 256 * 1024;
 pub struct SpoolWriter {
     pending: Vec<u8>,
     file: Option<File>,
+    /// Where the content goes: a slot, or `tmp/ID`.
     tmp_path: PathBuf,
+    /// The pool the slot came from (None: a file of our own in `tmp/`).
+    slots: Option<std::sync::Arc<super::slots::Slots>>,
     final_path: PathBuf,
     queue_dir: PathBuf,
     body_len: u64,
@@ -24,10 +30,19 @@ pub struct SpoolWriter {
 
 impl SpoolWriter {
     pub(super) fn new(spool: &Spool, id: &str) -> SpoolWriter {
+        let slot = spool
+            .slots
+            .as_ref()
+            .and_then(|s| s.take().map(|path| (std::sync::Arc::clone(s), path)));
+        let (slots, tmp_path) = match slot {
+            Some((pool, path)) => (Some(pool), path),
+            None => (None, spool.tmp_dir().join(id)),
+        };
         SpoolWriter {
             pending: Vec::new(),
             file: None,
-            tmp_path: spool.tmp_dir().join(id),
+            tmp_path,
+            slots,
             final_path: spool.queue_dir().join(id),
             queue_dir: spool.queue_dir(),
             body_len: 0,
@@ -53,12 +68,12 @@ impl SpoolWriter {
     /// Writes what is waiting to the temporary file (blocking I/O).
     pub fn spill(&mut self) -> io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&self.tmp_path)?,
-            );
+            let mut options = OpenOptions::new();
+            options.write(true);
+            if self.slots.is_none() {
+                options.create_new(true);
+            }
+            self.file = Some(options.open(&self.tmp_path)?);
         }
         if let Some(file) = self.file.as_mut() {
             file.write_all(&self.pending)?;
@@ -88,6 +103,7 @@ impl SpoolWriter {
                 final_path: self.final_path.clone(),
                 queue_dir: self.queue_dir.clone(),
                 published: false,
+                named_durably: self.slots.is_some(),
             }),
             Err(e) => {
                 self.discard();
@@ -113,6 +129,9 @@ impl SpoolWriter {
     fn discard(&mut self) {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.tmp_path);
+        } else if let Some(slots) = self.slots.take() {
+            // Never written to: still an empty slot.
+            slots.give_back(std::mem::take(&mut self.tmp_path));
         }
     }
 }
@@ -132,6 +151,8 @@ pub struct Prepared {
     final_path: PathBuf,
     queue_dir: PathBuf,
     published: bool,
+    /// Written into a slot: durable already, the rename needs no directory sync.
+    named_durably: bool,
 }
 
 impl Prepared {
@@ -142,9 +163,11 @@ impl Prepared {
             .iter()
             .map(|p| fs::rename(&p.tmp_path, &p.final_path))
             .collect();
-        if results.iter().any(|r| r.is_ok())
-            && let Err(e) = sync_dir(queue_dir)
-        {
+        let needs_sync = batch
+            .iter()
+            .zip(&results)
+            .any(|(p, r)| r.is_ok() && !p.named_durably);
+        if needs_sync && let Err(e) = sync_dir(queue_dir) {
             // Not durable: undo what we can; the senders get a 4xx and keep their mail.
             for (p, r) in batch.iter().zip(results.iter_mut()) {
                 if r.is_ok() {

@@ -1,0 +1,220 @@
+//! Pre-made spool files ("slots"), so that accepting a message costs one
+//! disk sync instead of two.
+//!
+//! A message written to a new file needs the file's data synced *and* the
+//! directory entry that names it (a second, separate sync) before the 250.
+//! A slot is an empty file in `slots/` whose directory entry was made
+//! durable beforehand, in the background, one directory sync for a whole
+//! batch of slots. A session writes its message into a slot and syncs only
+//! the file: the message is then durable under the slot's name. Publishing
+//! renames the slot to `queue/ID` without waiting for the disk; if a crash
+//! loses that rename, `recover` finds the complete message still in
+//! `slots/` at the next start (its trailer proves it whole, its envelope
+//! names its queue ID) and moves it into the queue. A slot holding a torn
+//! message (a crash before its sync, so never acknowledged) is removed.
+
+use super::writer::sync_dir;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// Refill when fewer than this many slots are left.
+const LOW_WATER: usize = 32;
+/// Slots made per refill (one directory sync for all of them).
+const BATCH: usize = 128;
+
+pub struct Slots {
+    dir: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    /// Wakes the refill thread.
+    low: Condvar,
+}
+
+impl Slots {
+    /// Takes the empty slots already in `dir` and starts the refill thread.
+    pub fn start(dir: PathBuf) -> io::Result<Arc<Slots>> {
+        fs::create_dir_all(&dir)?;
+        let mut free = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.metadata()?.len() == 0 {
+                free.push(entry.path());
+            }
+        }
+        let slots = Arc::new(Slots {
+            dir,
+            free: Mutex::new(free),
+            low: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&slots);
+        std::thread::Builder::new()
+            .name("spool-slots".into())
+            .spawn(move || refill(weak))?;
+        Ok(slots)
+    }
+
+    /// An empty, durably named file to write a message into; None when the
+    /// refill has not kept up (the caller then writes a new file instead).
+    pub fn take(&self) -> Option<PathBuf> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = free.pop();
+        if free.len() < LOW_WATER {
+            self.low.notify_one();
+        }
+        slot
+    }
+
+    /// Gives back a slot that was taken but never written to.
+    pub fn give_back(&self, slot: PathBuf) {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+    }
+
+    fn make_batch(&self) -> io::Result<()> {
+        let mut made = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH {
+            let name = format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
+            let path = self.dir.join(name);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            made.push(path);
+        }
+        // One sync makes every new name durable (and the empty inodes with them).
+        sync_dir(&self.dir)?;
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(made);
+        Ok(())
+    }
+}
+
+/// Keeps the pool above its low-water mark until the pool is dropped.
+fn refill(slots: Weak<Slots>) {
+    loop {
+        let Some(s) = slots.upgrade() else {
+            return;
+        };
+        let wanted = {
+            let free = s.free.lock().unwrap_or_else(|p| p.into_inner());
+            let (free, _) = s
+                .low
+                .wait_timeout_while(free, Duration::from_secs(1), |f| f.len() >= LOW_WATER)
+                .unwrap_or_else(|p| p.into_inner());
+            free.len() < LOW_WATER
+        };
+        if wanted && let Err(e) = s.make_batch() {
+            tracing::warn!(dir = %s.dir.display(), "cannot prepare spool files: {e}");
+            drop(s);
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Moves complete messages left in `slots/` by a crash into the queue and
+/// removes torn ones; empty slots stay. Call only while holding the
+/// data-dir lock, before the queue is read. Returns the messages recovered.
+pub fn recover(slots_dir: &Path, queue_dir: &Path) -> io::Result<usize> {
+    if !slots_dir.is_dir() {
+        return Ok(0);
+    }
+    let mut recovered = 0;
+    for entry in fs::read_dir(slots_dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.metadata()?.len() == 0 {
+            continue;
+        }
+        let whole = fs::File::open(&path)
+            .map_err(super::SpoolError::from)
+            .and_then(|mut f| super::read_envelope(&mut f, &path));
+        match whole {
+            Ok((envelope, _)) if super::queue_id::is_valid(&envelope.id) => {
+                let target = queue_dir.join(&envelope.id);
+                if target.exists() {
+                    // The rename did happen; this is a stale second name.
+                    fs::remove_file(&path)?;
+                } else {
+                    fs::rename(&path, &target)?;
+                    recovered += 1;
+                }
+            }
+            _ => {
+                tracing::info!(file = %path.display(), "removing an unfinished spool file (never acknowledged)");
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    if recovered > 0 {
+        sync_dir(queue_dir)?;
+    }
+    sync_dir(slots_dir)?;
+    Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::spool::{Envelope, QueueId, Spool};
+
+    #[test]
+    fn a_message_synced_in_a_slot_survives_a_lost_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap().with_slots().unwrap();
+        // Wait for the first batch of slots.
+        for _ in 0..200 {
+            if std::fs::read_dir(spool.slots_dir()).unwrap().count() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let id = QueueId::new();
+        let mut w = spool.begin(&id);
+        w.write(b"Subject: kept\r\n\r\nbody\r\n");
+        let prepared = w
+            .prepare(&Envelope::for_test(&id, "a@x.test", &["b@y.test"]))
+            .unwrap();
+        // A crash between the sync and the rename: the message is only in slots/.
+        std::mem::forget(prepared);
+        assert!(spool.load(&id).is_err());
+        // A torn slot (a crash mid-write) and an empty one beside it.
+        let torn = spool.slots_dir().join("torn");
+        std::fs::write(&torn, b"Subject: half").unwrap();
+        let offline = Spool::open_existing(dir.path()).unwrap();
+        assert_eq!(offline.recover_slots().unwrap(), 1);
+        let m = offline.load(&id).expect("recovered into the queue");
+        assert_eq!(m.envelope.recipients[0].address, "b@y.test");
+        assert!(!torn.exists(), "a torn slot is removed");
+        assert!(
+            std::fs::read_dir(spool.slots_dir()).unwrap().all(|e| e
+                .unwrap()
+                .metadata()
+                .unwrap()
+                .len()
+                == 0),
+            "only empty slots remain"
+        );
+    }
+
+    #[test]
+    fn an_untouched_slot_goes_back_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap().with_slots().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let before = std::fs::read_dir(spool.slots_dir()).unwrap().count();
+        let id = QueueId::new();
+        drop(spool.begin(&id)); // refused before any content
+        let after = std::fs::read_dir(spool.slots_dir()).unwrap().count();
+        assert_eq!(before, after, "no slot file lost or leaked");
+        assert!(spool.slots.as_ref().unwrap().take().is_some());
+    }
+}
