@@ -217,4 +217,55 @@ mod tests {
         assert_eq!(before, after, "no slot file lost or leaked");
         assert!(spool.slots.as_ref().unwrap().take().is_some());
     }
+
+    /// Writers racing for slots — some dropped early, some after a spill,
+    /// some prepared and never published — never share one: every published
+    /// message reads back as its own.
+    #[test]
+    fn racing_writers_never_share_a_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap().with_slots().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    for i in 0..400u32 {
+                        let id = QueueId::new();
+                        let token = format!("tok-{t}-{i}");
+                        let mut w = spool.begin(&id);
+                        w.write(format!("X-Token: {token}\r\n\r\n").as_bytes());
+                        let env = Envelope::for_test(&id, "a@x.test", &["b@y.test"]);
+                        match i % 5 {
+                            0 => continue, // refused before any I/O
+                            1 => {
+                                w.write(&[b'a'; 300 * 1024]);
+                                w.spill().unwrap();
+                                continue; // refused after a spill
+                            }
+                            2 => {
+                                drop(w.prepare(&env).unwrap()); // never published
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        w.commit(&env).unwrap();
+                        let body = spool.read_body(&id).unwrap();
+                        assert!(body.starts_with(format!("X-Token: {token}\r\n").as_bytes()));
+                        assert_eq!(spool.load(&id).unwrap().envelope.id, id.to_string());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let leftovers = std::fs::read_dir(spool.slots_dir())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 0)
+            .count();
+        assert_eq!(
+            leftovers, 0,
+            "no slot keeps content once its writer is done"
+        );
+    }
 }
