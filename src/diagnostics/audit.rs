@@ -119,6 +119,7 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
     wide_trust(config, &mut out);
     router(config, &policy, machine, &mut out);
     exposure(config, &mut out);
+    admin_page(config, &mut out);
     authentication(config, &mut out);
     smarthost(config, &mut out);
     proxies(config, &mut out);
@@ -260,6 +261,26 @@ fn is_local_only(ip: IpAddr) -> bool {
 }
 
 /// Classic mistake 2: no connection filter on a listener reachable from outside.
+/// The admin page on a network address: its logins are guarded, but
+/// `/metrics` is not, and it tells a stranger the traffic and queue.
+fn admin_page(config: &Config, out: &mut Vec<Finding>) {
+    let Some(address) = config.admin.address else {
+        return;
+    };
+    if is_local_only(address.ip()) {
+        return;
+    }
+    push(
+        out,
+        Severity::Warning,
+        "admin.address",
+        format!(
+            "the admin page listens on {address}, reachable from the network: its pages need a login, but /metrics needs none and shows your traffic, refusals and queue to anyone who can connect"
+        ),
+        "listen on 127.0.0.1 (reach it through SSH or a reverse proxy), or firewall the port to the operators' and Prometheus's addresses".into(),
+    );
+}
+
 fn exposure(config: &Config, out: &mut Vec<Finding>) {
     let exposed: Vec<&crate::config::ListenerConfig> = config
         .listener
@@ -504,5 +525,17 @@ mod tests {
             "[[listener]]\naddress = \"127.0.0.1:2525\"\n[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n",
         );
         assert_eq!(audit(&safe, &Machine::default()), vec![]);
+    }
+
+    #[test]
+    fn an_admin_page_on_the_network_is_a_warning() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:2525\"\n[admin]\nusers = [\"alice\"]\n";
+        let local = config(&format!("{base}address = \"127.0.0.1:8025\"\n"));
+        assert!(audit(&local, &Machine::default()).is_empty());
+        let public = config(&format!("{base}address = \"0.0.0.0:8025\"\ntls = true\n"));
+        let found = audit(&public, &Machine::default());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "admin.address");
+        assert!(found[0].message.contains("/metrics"));
     }
 }
