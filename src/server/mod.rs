@@ -70,20 +70,20 @@ impl Server {
                 data_dir.display()
             )
         })?;
-        let stale = spool.clean_tmp().unwrap_or(0);
+        let recovery = spool.recover_slots().with_context(|| {
+            format!("cannot recover the spool's slots in {}", data_dir.display())
+        })?;
+        let stale = spool.clean_tmp().unwrap_or(0) + recovery.torn;
         if stale > 0 {
             info!(
                 count = stale,
                 "removed unfinished spool files left by an earlier stop (those messages were never acknowledged)"
             );
         }
-        let recovered = spool.recover_slots().with_context(|| {
-            format!("cannot recover the spool's slots in {}", data_dir.display())
-        })?;
-        if recovered > 0 {
+        if recovery.recovered > 0 {
             info!(
-                count = recovered,
-                "moved messages acknowledged before a crash from slots/ into the queue"
+                count = recovery.recovered,
+                "moved messages synced before a crash from slots/ into the queue"
             );
         }
         let spool = spool

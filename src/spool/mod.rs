@@ -82,7 +82,7 @@ impl Spool {
 
     /// Moves complete messages a crash left in `slots/` into the queue.
     /// Call only while holding the data-dir lock, before reading the queue.
-    pub fn recover_slots(&self) -> io::Result<usize> {
+    pub fn recover_slots(&self) -> io::Result<slots::Recovery> {
         slots::recover(&self.slots_dir(), &self.queue_dir())
     }
 

@@ -123,10 +123,11 @@ fn refill(slots: Weak<Slots>) {
 
 /// Moves complete messages left in `slots/` by a crash into the queue and
 /// removes torn ones; empty slots stay. Call only while holding the
-/// data-dir lock, before the queue is read. Returns the messages recovered.
-pub fn recover(slots_dir: &Path, queue_dir: &Path) -> io::Result<usize> {
+/// data-dir lock, before the queue is read.
+pub fn recover(slots_dir: &Path, queue_dir: &Path) -> io::Result<Recovery> {
+    let mut found = Recovery::default();
     if !slots_dir.is_dir() {
-        return Ok(0);
+        return Ok(found);
     }
     let mut recovered = 0;
     for entry in fs::read_dir(slots_dir)? {
@@ -150,8 +151,8 @@ pub fn recover(slots_dir: &Path, queue_dir: &Path) -> io::Result<usize> {
                 }
             }
             _ => {
-                tracing::info!(file = %path.display(), "removing an unfinished spool file (never acknowledged)");
                 fs::remove_file(&path)?;
+                found.torn += 1;
             }
         }
     }
@@ -159,7 +160,17 @@ pub fn recover(slots_dir: &Path, queue_dir: &Path) -> io::Result<usize> {
         sync_dir(queue_dir)?;
     }
     sync_dir(slots_dir)?;
-    Ok(recovered)
+    found.recovered = recovered;
+    Ok(found)
+}
+
+/// What `recover` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// Complete messages moved into the queue.
+    pub recovered: usize,
+    /// Unfinished (never acknowledged) messages removed.
+    pub torn: usize,
 }
 
 #[cfg(test)]
@@ -190,7 +201,8 @@ mod tests {
         let torn = spool.slots_dir().join("torn");
         std::fs::write(&torn, b"Subject: half").unwrap();
         let offline = Spool::open_existing(dir.path()).unwrap();
-        assert_eq!(offline.recover_slots().unwrap(), 1);
+        let found = offline.recover_slots().unwrap();
+        assert_eq!((found.recovered, found.torn), (1, 1));
         let m = offline.load(&id).expect("recovered into the queue");
         assert_eq!(m.envelope.recipients[0].address, "b@y.test");
         assert!(!torn.exists(), "a torn slot is removed");

@@ -103,4 +103,10 @@ async fn kill_9_during_data_leaves_no_torn_message() {
         .unwrap()
         .count();
     assert_eq!(tmp, 0, "leftovers are cleaned at start");
+    // The unfinished message may have been written into a slot instead.
+    let torn_slots = std::fs::read_dir(dir.path().join("data/slots"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 0)
+        .count();
+    assert_eq!(torn_slots, 0, "no slot keeps the unfinished message");
 }
