@@ -181,13 +181,7 @@ mod tests {
     fn a_message_synced_in_a_slot_survives_a_lost_rename() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap().with_slots().unwrap();
-        // Wait for the first batch of slots.
-        for _ in 0..200 {
-            if std::fs::read_dir(spool.slots_dir()).unwrap().count() > 0 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_slots(&spool);
         let id = QueueId::new();
         let mut w = spool.begin(&id);
         w.write(b"Subject: kept\r\n\r\nbody\r\n");
@@ -217,11 +211,24 @@ mod tests {
         );
     }
 
+    /// Until the first batch of slots is ready to take (bounded).
+    fn wait_for_slots(spool: &Spool) {
+        let pool = spool.slots.as_ref().unwrap();
+        for _ in 0..500 {
+            if let Some(slot) = pool.take() {
+                pool.give_back(slot);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no slot was made within 5 s");
+    }
+
     #[test]
     fn an_untouched_slot_goes_back_to_the_pool() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap().with_slots().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        wait_for_slots(&spool);
         let before = std::fs::read_dir(spool.slots_dir()).unwrap().count();
         let id = QueueId::new();
         drop(spool.begin(&id)); // refused before any content
