@@ -325,10 +325,7 @@ impl Subscriber for Metrics {
                     .inc();
             }
             Event::MessageRefused { refusal, .. } => {
-                let name = serde_json::to_value(refusal)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let name = crate::events::wire_name(refusal);
                 self.messages_refused
                     .get_or_create(&labels("reason", name))
                     .inc();

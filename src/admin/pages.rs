@@ -333,11 +333,7 @@ pub async fn queue(
         .map(|r| Row {
             received: view::clock(r.summary.received_at),
             age: view::age(now - r.summary.received_at),
-            next: match r.summary.next_attempt {
-                Some(t) if t > now => format!("in {}", view::age(t - now)),
-                Some(_) => "now".into(),
-                None => "-".into(),
-            },
+            next: view::next_try(r.summary.next_attempt, now),
             r,
         })
         .collect();
@@ -430,14 +426,7 @@ pub async fn message(
                 .state
                 .recipients
                 .iter()
-                .map(|r| {
-                    let next = match r.next_attempt {
-                        Some(t) if t > now => format!("in {}", view::age(t - now)),
-                        Some(_) => "now".into(),
-                        None => "-".into(),
-                    };
-                    (r.clone(), next)
-                })
+                .map(|r| (r.clone(), view::next_try(r.next_attempt, now)))
                 .collect();
             render(&MessagePage {
                 frame: frame(&login, "queue"),

@@ -189,13 +189,7 @@ pub fn describe(e: &Event) -> String {
         } => format!("message refused: {refusal} ({detail})"),
         Event::Delivery {
             to, state, result, ..
-        } => format!(
-            "{to}: {}: {result}",
-            serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        ),
+        } => format!("{to}: {}: {result}", crate::events::wire_name(state)),
         Event::ReportQueued { to, kind, .. } => format!("{kind:?} queued for {to}"),
         Event::MessageFinished { failed, .. } => {
             format!("message done and removed ({failed} recipient(s) failed)")
@@ -222,6 +216,15 @@ pub fn describe(e: &Event) -> String {
             None => format!("DNS list {zone} healthy"),
         },
         Event::DnsCheck { check, seconds } => format!("DNS check {check}: {seconds:.3} s"),
+    }
+}
+
+/// When the next attempt is due, in words relative to `now`.
+pub fn next_try(next_attempt: Option<i64>, now: i64) -> String {
+    match next_attempt {
+        Some(t) if t > now => format!("in {}", age(t - now)),
+        Some(_) => "now".into(),
+        None => "-".into(),
     }
 }
 
@@ -346,10 +349,7 @@ pub fn findings(config: &crate::config::Config) -> Vec<FindingRow> {
     let mut rows: Vec<FindingRow> = audit::audit(config, &audit::Machine::read())
         .into_iter()
         .map(|f| FindingRow {
-            severity: serde_json::to_value(f.severity)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            severity: crate::events::wire_name(&f.severity),
             key: f.key,
             message: f.message,
             fix: f.fix,
@@ -360,10 +360,7 @@ pub fn findings(config: &crate::config::Config) -> Vec<FindingRow> {
             continue;
         }
         rows.push(FindingRow {
-            severity: serde_json::to_value(f.severity)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            severity: crate::events::wire_name(&f.severity),
             key: f.key,
             message: f.reason,
             fix: String::new(),

@@ -249,6 +249,15 @@ impl Event {
     }
 }
 
+/// The name a unit variant is serialized under ("needs_auth", "deferred"),
+/// for labels and text; empty for anything that is not a plain string.
+pub fn wire_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// Something that wants every event, in order, as it is emitted. Must be quick:
 /// it runs on the emitter's thread.
 pub trait Subscriber: Send + Sync {

@@ -125,6 +125,19 @@ impl FloodWatch {
     /// source is flooding. Cost per call: the source's distinct domains, not
     /// its volume.
     pub fn observe_recipient(&self, c: &GuardConfig, source: &str, domain: &str) -> Option<Flood> {
+        self.with_source(c, source, |s, now, window| {
+            s.observe(c, source, domain, now, window)
+        })
+    }
+
+    /// Runs `f` on `source`'s record (made when new) under the lock, with
+    /// the time and the window.
+    fn with_source<T>(
+        &self,
+        c: &GuardConfig,
+        source: &str,
+        f: impl FnOnce(&mut Source, Instant, Duration) -> T,
+    ) -> T {
         let now = Instant::now();
         let window = c.flood_window.get();
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,73 +146,82 @@ impl FloodWatch {
             .entry(source.to_string())
             .or_insert_with(|| Source::new(now));
         s.last_seen = now;
-        s.roll(c, now);
-        s.domains.retain(|_, t| now.duration_since(*t) < window);
-        let domain = domain.to_lowercase();
-        if s.domains.len() < MAX_DOMAINS || s.domains.contains_key(&domain) {
-            s.domains.insert(domain, now);
-        }
-        let allowance = s.allowance(c);
-        let reason = if s.domains.len() > allowance {
-            format!(
-                "{} recipient domains within {} (allowed {allowance}{})",
-                s.domains.len(),
-                c.flood_window,
-                match s.baseline {
-                    Some(b) => format!("; usual {b:.0}"),
-                    None => String::new(),
-                }
-            )
-        } else {
-            match &s.bouncing {
-                Some((since, why)) if now.duration_since(*since) < window => why.clone(),
-                _ => return None,
-            }
-        };
-        s.flooded_this_window = true;
-        let new = s.alerted.is_none_or(|t| now.duration_since(t) >= window);
-        if new {
-            s.alerted = Some(now);
-        }
-        Some(Flood {
-            source: source.to_string(),
-            domains: s.domains.len(),
-            new,
-            reason,
-        })
+        f(s, now, window)
     }
 
     /// Records the fate of one recipient of `source`'s mail (`failed`: a
     /// permanent failure, which becomes a bounce).
     pub fn record_outcome(&self, c: &GuardConfig, source: &str, failed: bool) {
-        let now = Instant::now();
-        let window = c.flood_window.get();
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        forget_idle(&mut sources, now, window);
-        let s = sources
-            .entry(source.to_string())
-            .or_insert_with(|| Source::new(now));
-        s.last_seen = now;
-        if now.duration_since(s.outcomes_start) >= window {
-            s.outcomes_start = now;
-            s.delivered = 0;
-            s.failed = 0;
+        self.with_source(c, source, |s, now, window| s.record(c, failed, now, window))
+    }
+}
+
+impl Source {
+    fn observe(
+        &mut self,
+        c: &GuardConfig,
+        source: &str,
+        domain: &str,
+        now: Instant,
+        window: Duration,
+    ) -> Option<Flood> {
+        self.roll(c, now);
+        self.domains.retain(|_, t| now.duration_since(*t) < window);
+        let domain = domain.to_lowercase();
+        if self.domains.len() < MAX_DOMAINS || self.domains.contains_key(&domain) {
+            self.domains.insert(domain, now);
+        }
+        let allowance = self.allowance(c);
+        let reason = if self.domains.len() > allowance {
+            format!(
+                "{} recipient domains within {} (allowed {allowance}{})",
+                self.domains.len(),
+                c.flood_window,
+                match self.baseline {
+                    Some(b) => format!("; usual {b:.0}"),
+                    None => String::new(),
+                }
+            )
+        } else {
+            match &self.bouncing {
+                Some((since, why)) if now.duration_since(*since) < window => why.clone(),
+                _ => return None,
+            }
+        };
+        self.flooded_this_window = true;
+        let new = self.alerted.is_none_or(|t| now.duration_since(t) >= window);
+        if new {
+            self.alerted = Some(now);
+        }
+        Some(Flood {
+            source: source.to_string(),
+            domains: self.domains.len(),
+            new,
+            reason,
+        })
+    }
+
+    fn record(&mut self, c: &GuardConfig, failed: bool, now: Instant, window: Duration) {
+        if now.duration_since(self.outcomes_start) >= window {
+            self.outcomes_start = now;
+            self.delivered = 0;
+            self.failed = 0;
         }
         if failed {
-            s.failed += 1;
+            self.failed += 1;
         } else {
-            s.delivered += 1;
+            self.delivered += 1;
         }
-        let total = s.failed + s.delivered;
+        let total = self.failed + self.delivered;
         if c.flood_min_failures > 0
-            && s.failed >= c.flood_min_failures
-            && f64::from(s.failed) >= c.flood_failure_rate * f64::from(total)
+            && self.failed >= c.flood_min_failures
+            && f64::from(self.failed) >= c.flood_failure_rate * f64::from(total)
         {
-            s.bouncing = Some((
+            self.bouncing = Some((
                 now,
                 format!(
                     "{} of its last {total} recipients failed permanently within {}",
-                    s.failed, c.flood_window
+                    self.failed, c.flood_window
                 ),
             ));
         }
