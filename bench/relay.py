@@ -205,25 +205,48 @@ def one_run(server, size, sessions, count, end_to_end, workdir, sink_port, run_i
         cg.remove()
         if sink: sink.stop()
 
+def limit_run(size, sessions, count, workdir, sink_port):
+    """The machine's limit: the same client straight into the sink."""
+    sink = Sink(sink_port, workdir)
+    try:
+        t0 = time.time()
+        subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(count), "-l", str(size),
+                        "-f", "bench@client.example", "-t", "rcpt@far.example", f"127.0.0.1:{sink_port}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=True)
+        deadline = time.time() + 60
+        while sink.count() < count and time.time() < deadline:
+            time.sleep(0.01)
+        return count / (time.time() - t0)
+    finally:
+        sink.stop()
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer messages (for a smoke test)")
     ap.add_argument("--out", default="bench/results.md")
+    ap.add_argument("--cases", default="1x1,1x10,1x50,100x1,100x10,100x50",
+                    help="comma-separated SIZE_KBxSESSIONS cases (default: all six)")
+    ap.add_argument("--only", choices=["portcullis", "postfix"], help="run one server (no ratios; for profiling)")
     args = ap.parse_args()
     if os.geteuid() != 0: sys.exit("relay.py: run as root (private Postfix instance, cgroup accounting)")
     workdir = tempfile.mkdtemp(prefix="portcullis-bench-")
     os.chmod(workdir, 0o755)  # Postfix's daemons run as the postfix user and must reach their queue
     sink_port = free_port()
     servers = [Portcullis(os.path.abspath(args.binary), workdir, free_port(), sink_port), Postfix(workdir, free_port(), sink_port)]
-    cases = [(1024, 1), (1024, 10), (1024, 50), (102400, 1), (102400, 10), (102400, 50)]
+    if args.only:
+        servers = [s for s in servers if s.name == args.only]
+    cases = [(int(kb) * 1024, int(n)) for kb, n in (c.split("x") for c in args.cases.split(","))]
     results = {}
     run_id = 0
     try:
         for size, sessions in cases:
             count = (200 if args.quick else 2000) if size == 1024 else (50 if args.quick else 400)
             for run in range(args.runs):
+                rate = limit_run(size, sessions, count, workdir, sink_port)
+                results.setdefault((size, sessions, "limit", True), []).append((rate, 0, 0))
+                print(f"{'limit':10} {size//1024:>4} KB x{sessions:>3} client straight into the sink run {run+1}: {rate:8.1f} msg/s", flush=True)
                 for server in servers:   # A B A B: alternate so drift hits both alike
                     for e2e in (True, False):
                         run_id += 1
@@ -234,16 +257,30 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     med = lambda xs: statistics.median(xs)
-    lines = ["| case | Portcullis e2e msg/s | Postfix e2e msg/s | ratio | Portcullis accept msg/s | Postfix accept msg/s | ratio | CPU s (P / Pf) | peak RSS MiB (P / Pf) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    names = [s.name for s in servers]
+    if len(names) == 2:
+        lines = ["| case | Portcullis e2e msg/s | Postfix e2e msg/s | ratio | Portcullis accept msg/s | Postfix accept msg/s | ratio | CPU s (P / Pf) | peak RSS MiB (P / Pf) | machine limit msg/s | P e2e / limit |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines = [f"| case | {names[0]} e2e msg/s | accept msg/s | CPU s | peak RSS MiB | machine limit msg/s | e2e / limit |",
+                 "|---|---|---|---|---|---|---|"]
     for size, sessions in cases:
         r = lambda name, e2e, i: med([x[i] for x in results[(size, sessions, name, e2e)]])
-        pe, fe = r("portcullis", True, 0), r("postfix", True, 0)
-        pa, fa = r("portcullis", False, 0), r("postfix", False, 0)
-        lines.append(f"| {size//1024} KB x {sessions} | {pe:.0f} | {fe:.0f} | {pe/fe:.2f} | {pa:.0f} | {fa:.0f} | {pa/fa:.2f} | "
-                     f"{r('portcullis', True, 1):.2f} / {r('postfix', True, 1):.2f} | {r('portcullis', True, 2)/2**20:.1f} / {r('postfix', True, 2)/2**20:.1f} |")
+        limit = r("limit", True, 0)
+        if len(names) == 2:
+            pe, fe = r("portcullis", True, 0), r("postfix", True, 0)
+            pa, fa = r("portcullis", False, 0), r("postfix", False, 0)
+            lines.append(f"| {size//1024} KB x {sessions} | {pe:.0f} | {fe:.0f} | {pe/fe:.2f} | {pa:.0f} | {fa:.0f} | {pa/fa:.2f} | "
+                         f"{r('portcullis', True, 1):.2f} / {r('postfix', True, 1):.2f} | {r('portcullis', True, 2)/2**20:.1f} / {r('postfix', True, 2)/2**20:.1f} | "
+                         f"{limit:.0f} | {pe/limit:.0%} |")
+        else:
+            n = names[0]
+            lines.append(f"| {size//1024} KB x {sessions} | {r(n, True, 0):.0f} | {r(n, False, 0):.0f} | {r(n, True, 1):.2f} | "
+                         f"{r(n, True, 2)/2**20:.1f} | {limit:.0f} | {r(n, True, 0)/limit:.0%} |")
     table = "\n".join(lines)
     print("\n" + table)
+    if args.only:
+        return  # a partial run does not replace the recorded figures
     with open(args.out, "w") as f:
         f.write(f"Medians of {args.runs} runs; ratio = Portcullis / Postfix. Command: `sudo bench/relay.sh --runs {args.runs}`\n\n{table}\n")
 

@@ -76,7 +76,7 @@ impl Spool {
     /// instead of two); starts the thread that makes them. For the server,
     /// after `recover_slots`.
     pub fn with_slots(mut self) -> io::Result<Spool> {
-        self.slots = Some(slots::Slots::start(self.slots_dir())?);
+        self.slots = Some(slots::Slots::start(self.slots_dir(), self.queue_dir())?);
         Ok(self)
     }
 
@@ -283,7 +283,12 @@ impl Spool {
 
     fn remove(&self, id: &str, durable: bool) -> Result<(), SpoolError> {
         let path = self.message_path(id)?;
-        fs::remove_file(&path).map_err(|e| match e.kind() {
+        let removed = match &self.slots {
+            // A finished message's file becomes a slot for a new one.
+            Some(slots) if !durable => slots.recycle(&path),
+            _ => fs::remove_file(&path),
+        };
+        removed.map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
             _ => SpoolError::Io(e),
         })?;
