@@ -158,6 +158,8 @@ pub struct Outgoing<'a> {
     pub recipients: &'a [String],
     pub body_path: &'a std::path::Path,
     pub body_len: u64,
+    /// The same content in memory, when the queue still has it (no file read then).
+    pub body_memory: Option<&'a [u8]>,
     pub eight_bit: bool,
     pub smtputf8: bool,
 }
@@ -415,7 +417,12 @@ impl SmtpConnection {
             let _ = self.read_reply("end of data").await?;
             return Ok(replies);
         }
-        self.write_body(msg.body_path, msg.body_len).await?;
+        match msg.body_memory {
+            Some(bytes) if bytes.len() as u64 == msg.body_len => {
+                self.write_body_from(bytes).await?
+            }
+            _ => self.write_body(msg.body_path, msg.body_len).await?,
+        }
         let deadline = self.opts.data_timeout;
         let done = timeout(deadline, self.read_reply_untimed("end of data"))
             .await
@@ -424,6 +431,19 @@ impl SmtpConnection {
             *r = done.clone();
         }
         Ok(replies)
+    }
+
+    /// Sends content held in memory, dot-stuffed, with the final dot, in one write.
+    async fn write_body_from(&mut self, content: &[u8]) -> Result<(), ClientError> {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 8);
+        stuffer.push(content, &mut out);
+        stuffer.finish(&mut out);
+        if let Some(r) = &mut self.recorder {
+            r.note(&format!("(message content, {} bytes)", content.len()));
+            r.client(b".");
+        }
+        self.write_raw(&out).await
     }
 
     /// Streams the content dot-stuffed; the last piece and the final dot go in one write.

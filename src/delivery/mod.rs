@@ -27,9 +27,12 @@ pub enum Outcome {
     Failed(AttemptResult),
     /// Try again later; `counts` is false when our own side is the trouble
     /// (DNS, no route to the network), which does not use up the retry schedule.
+    /// `contacted` is false when no server was tried (our side failed, or
+    /// every address is remembered as down): nothing new was learnt.
     Deferred {
         result: AttemptResult,
         counts: bool,
+        contacted: bool,
     },
 }
 
@@ -277,8 +280,13 @@ impl Deliverer {
     /// One attempt for a job: tries every host and address in order until one takes the message.
     pub async fn deliver(&self, job: &Job<'_>) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; job.message.recipients.len()];
-        let deferred =
-            |result: AttemptResult, counts: bool| all(Outcome::Deferred { result, counts });
+        let deferred = |result: AttemptResult, counts: bool, contacted: bool| {
+            all(Outcome::Deferred {
+                result,
+                counts,
+                contacted,
+            })
+        };
         let local = |text: String| AttemptResult::local(Stage::Queue, "4.3.5", text);
         let dest = match route::destination(job.domain, &self.config()) {
             Ok(d) => d,
@@ -292,7 +300,7 @@ impl Deliverer {
         let smarthost_auth = if dest.is_smarthost() {
             match self.smarthost_auth().await {
                 Ok(a) => a,
-                Err(e) => return deferred(local(e), true),
+                Err(e) => return deferred(local(e), true, false),
             }
         } else {
             None
@@ -301,11 +309,12 @@ impl Deliverer {
         // Whether the attempt tells us anything about the destination: a host
         // answered, refused or timed out. Our own network down does not count.
         let mut counts = false;
+        let mut contacted = false;
         let hop_count = hosts.len();
         for (hop_index, hop) in hosts.iter().enumerate() {
             let opts = match self.options(&dest, &hop.host, &smarthost_auth) {
                 Ok(o) => o,
-                Err(e) => return deferred(local(e), true),
+                Err(e) => return deferred(local(e), true, false),
             };
             let addrs = match self.resolver.addresses(&hop.host).await {
                 Ok(a) if !a.is_empty() => a,
@@ -336,6 +345,7 @@ impl Deliverer {
                     last = known;
                     continue;
                 }
+                contacted = true;
                 let e = match self.try_address(job, msg, &hop.host, addr, &opts).await {
                     Ok(outcomes) => return outcomes,
                     Err(e) => e,
@@ -358,13 +368,13 @@ impl Deliverer {
                     return if result.is_permanent() {
                         all(Outcome::Failed(result))
                     } else {
-                        deferred(result, true)
+                        deferred(result, true, true)
                     };
                 }
                 last = result;
             }
         }
-        deferred(last, counts)
+        deferred(last, counts, contacted)
     }
 
     /// Sends on a pooled or new connection to `addr`.
@@ -432,6 +442,7 @@ fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
         Outcome::Deferred {
             result,
             counts: true,
+            contacted: true,
         }
     }
 }
@@ -442,6 +453,7 @@ fn route_failure(e: RouteError) -> Outcome {
         RouteError::Temporary(result) => Outcome::Deferred {
             result,
             counts: false,
+            contacted: false,
         },
     }
 }

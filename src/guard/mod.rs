@@ -64,7 +64,7 @@ impl GuardState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
     Helo { name: String, public: bool },
     Sender(String),
@@ -191,6 +191,11 @@ impl Guard {
                 });
             }
             let q = watch.entry(ip).or_default();
+            // Only the latest sighting of each name counts: an office that
+            // always says the same keeps a short list, cheap to scan.
+            if let Some(old) = q.iter().position(|(_, s)| *s == seen) {
+                q.remove(old);
+            }
             q.push_back((now, seen));
             while q
                 .front()

@@ -6,22 +6,30 @@
 
 use super::control::{Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector};
 use crate::spool::QueueId;
-use crate::spool::{Envelope, MessageState, QueuedMessage, RecipientStatus, Spool, SpoolError};
+use crate::spool::{
+    Envelope, MemoryCopy, MessageState, QueuedMessage, RecipientStatus, Spool, SpoolError,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where a queued message's content is: the first `len` bytes of its spool
-/// file. Deliveries stream it from there; only reports read it whole.
+/// file (and, for a message just received, a copy in memory). Deliveries
+/// stream it from there; only reports read it whole.
 #[derive(Debug, Clone)]
 pub struct Content {
     pub path: PathBuf,
     pub len: u64,
+    /// The same bytes in memory, until the first delivery pass is over.
+    pub memory: Option<Arc<MemoryCopy>>,
 }
 
 impl Content {
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         use std::io::Read;
+        if let Some(copy) = &self.memory {
+            return Ok(copy.bytes().to_vec());
+        }
         let mut bytes = vec![0u8; self.len as usize];
         std::fs::File::open(&self.path)?.read_exact(&mut bytes)?;
         Ok(bytes)
@@ -85,6 +93,9 @@ pub struct Entry {
     pub content: Content,
     /// A job (delivery or state write) owns this message's files right now.
     pub busy: bool,
+    /// The state changed since it was last written (deferrals without an
+    /// attempt); the manager writes it with the next batch.
+    pub unrecorded: bool,
     pub pending: Pending,
 }
 
@@ -96,8 +107,10 @@ impl Entry {
             content: Content {
                 path: m.path,
                 len: m.body_len,
+                memory: m.memory,
             },
             busy: false,
+            unrecorded: false,
             pending: Pending::default(),
         }
     }
@@ -379,8 +392,10 @@ mod tests {
             content: Content {
                 path: PathBuf::from("/nonexistent"),
                 len: 0,
+                memory: None,
             },
             busy: false,
+            unrecorded: false,
             pending: Pending::default(),
         }
     }

@@ -47,8 +47,8 @@ enum Inbound {
 
 /// A job the manager started has ended.
 enum Done {
-    /// A delivery pass: the new state (None: the message is gone) and when it is next due.
-    Processed(Option<MessageState>, Option<i64>),
+    /// A delivery pass ended.
+    Processed(work::PassEnd),
     /// A state write for a command.
     Written,
 }
@@ -60,6 +60,12 @@ pub struct QueueHandle(mpsc::UnboundedSender<Inbound>);
 impl QueueHandle {
     pub fn notify(&self, id: QueueId) {
         let _ = self.0.send(Inbound::New(id));
+    }
+
+    /// A message just published by this process, handed over as it is
+    /// in memory so the manager need not read it back from disk.
+    pub fn notify_queued(&self, id: QueueId, message: QueuedMessage) {
+        let _ = self.0.send(Inbound::Loaded(id, Ok(message)));
     }
 
     /// Runs a command in the manager's loop and waits for its answer.
@@ -183,6 +189,9 @@ impl Drop for AnswerWhenWritten {
     }
 }
 
+/// How often states kept in memory only are written (see `flush_unrecorded`).
+const UNRECORDED_FLUSH: Duration = Duration::from_secs(30);
+
 /// How long a command waits for an attempt in progress to end before it answers.
 const WAIT_FOR_ATTEMPT: Duration = Duration::from_secs(5);
 
@@ -262,6 +271,8 @@ impl QueueManager {
         }
         info!(messages = q.index.entries.len(), "queue loaded");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut flush = tokio::time::interval(UNRECORDED_FLUSH);
+        flush.tick().await;
         loop {
             let now = unix_now();
             while let Some(id) = q.schedule.pop_due(now) {
@@ -277,6 +288,7 @@ impl QueueManager {
                     self.deliverer.sweep_idle().await;
                     self.forget_idle_domains();
                 }
+                _ = flush.tick() => self.flush_unrecorded(&mut q),
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -285,6 +297,14 @@ impl QueueManager {
         if tokio::time::timeout(grace, q.tasks.wait()).await.is_err() {
             warn!("deliveries still running at shutdown; they will be retried at the next start");
         }
+        // Passes that ended meanwhile, then what they left in memory only.
+        while let Ok(msg) = inbox.try_recv() {
+            if let Inbound::Done(id, done) = msg {
+                self.job_done(&mut q, id, done);
+            }
+        }
+        self.flush_unrecorded(&mut q);
+        let _ = tokio::time::timeout(grace, q.tasks.wait()).await;
         self.deliverer.close_idle().await;
     }
 
@@ -307,7 +327,11 @@ impl QueueManager {
             }
             Inbound::Loaded(id, Ok(m)) => {
                 if !q.index.entries.contains_key(&id) {
-                    let entry = Entry::from_spool(m);
+                    let mut entry = Entry::from_spool(m);
+                    if entry.state.held {
+                        // It may wait long: no memory kept for it.
+                        entry.content.memory = None;
+                    }
                     q.schedule.set(id.clone(), due_of(&entry.state));
                     q.index.entries.insert(id, entry);
                 }
@@ -334,8 +358,8 @@ impl QueueManager {
         let state = entry.state.clone();
         let me = Arc::clone(self);
         q.tasks.spawn(async move {
-            let (state, next) = me.process(&id, &envelope, &content, state).await;
-            me.handle.done(id, Done::Processed(state, next));
+            let end = me.process(&id, &envelope, &content, state).await;
+            me.handle.done(id, Done::Processed(end));
         });
     }
 
@@ -458,6 +482,49 @@ impl QueueManager {
         });
     }
 
+    /// Writes, in one job, every state that passes left in memory only
+    /// (deferrals without an attempt), so the files catch up in a batch
+    /// instead of one write per deferral.
+    fn flush_unrecorded(self: &Arc<Self>, q: &mut Queue) {
+        let mut batch = Vec::new();
+        for (id, entry) in q.index.entries.iter_mut() {
+            if entry.unrecorded && !entry.busy {
+                entry.unrecorded = false;
+                entry.busy = true;
+                batch.push((id.clone(), entry.state.clone()));
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        for (id, _) in &batch {
+            q.schedule.remove(id);
+        }
+        let spool = self.spool.clone();
+        let handle = self.handle.clone();
+        q.tasks.spawn(async move {
+            let ids: Vec<QueueId> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let written = off_thread(move || {
+                for (id, state) in &batch {
+                    match spool.write_state_quick(id, state) {
+                        Ok(()) | Err(SpoolError::NotFound(_)) => {}
+                        Err(e) => {
+                            error!(queue_id = %id, error = %e, "cannot record delivery state")
+                        }
+                    }
+                }
+                Ok::<_, SpoolError>(())
+            })
+            .await;
+            if let Err(e) = written {
+                error!(error = %e, "cannot record delivery states");
+            }
+            for id in ids {
+                handle.done(id, Done::Written);
+            }
+        });
+    }
+
     /// Removes a message's files (it has already left the index).
     fn delete(&self, q: &mut Queue, id: QueueId, waiters: Vec<Arc<AnswerWhenWritten>>) {
         let spool = self.spool.clone();
@@ -485,11 +552,14 @@ impl QueueManager {
         };
         entry.busy = false;
         let mut next = None;
-        if let Done::Processed(state, due) = done {
-            match state {
+        if let Done::Processed(end) = done {
+            match end.state {
                 Some(s) => {
                     entry.state = s;
-                    next = due;
+                    entry.unrecorded = end.unrecorded;
+                    next = end.next;
+                    // Later passes read the file: the copy only served the first.
+                    entry.content.memory = None;
                 }
                 None => {
                     q.index.entries.remove(&id);

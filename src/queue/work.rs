@@ -17,6 +17,35 @@ use crate::spool::{
 use std::collections::BTreeMap;
 use tracing::{error, warn};
 
+/// How a delivery pass ended.
+pub(super) struct PassEnd {
+    /// The new state; None when the message is gone.
+    pub state: Option<MessageState>,
+    /// When it is next due.
+    pub next: Option<i64>,
+    /// The new state is in memory only (deferrals without an attempt); the
+    /// manager writes such states later, in a batch.
+    pub unrecorded: bool,
+}
+
+impl PassEnd {
+    fn gone() -> PassEnd {
+        PassEnd {
+            state: None,
+            next: None,
+            unrecorded: false,
+        }
+    }
+
+    fn kept(state: MessageState, next: Option<i64>) -> PassEnd {
+        PassEnd {
+            state: Some(state),
+            next,
+            unrecorded: false,
+        }
+    }
+}
+
 impl QueueManager {
     /// One delivery pass over one message, on a snapshot of its state the
     /// manager handed over (it writes nothing else of this message meanwhile).
@@ -27,11 +56,12 @@ impl QueueManager {
         env: &Envelope,
         body: &Content,
         mut state: MessageState,
-    ) -> (Option<MessageState>, Option<i64>) {
+    ) -> PassEnd {
         let now = unix_now();
         let config = self.config();
         let d = &config.delivery;
-        if expired(now, env.received_at, d.max_queue_lifetime.get()) {
+        let is_expired = expired(now, env.received_at, d.max_queue_lifetime.get());
+        if is_expired {
             for r in state
                 .recipients
                 .iter_mut()
@@ -63,11 +93,15 @@ impl QueueManager {
                 });
                 r.record(expiry);
             }
-        } else {
-            self.deliver_due(id, env, body, &mut state, now).await;
+        }
+        let mut worth_recording = true;
+        if !is_expired {
+            worth_recording = self.deliver_due(id, env, body, &mut state, now).await;
         }
         if state.has_queued() {
+            let warned = state.delay_warned;
             self.maybe_warn_delay(id, env, body, &mut state, now).await;
+            worth_recording |= state.delay_warned != warned;
         }
         if state
             .recipients
@@ -76,9 +110,21 @@ impl QueueManager {
         {
             // Nothing left to record or report: remove it at once.
             if self.finish(id, env, body, &state).await {
-                return (None, None);
+                return PassEnd::gone();
             }
-            return (Some(state), Some(unix_now() + 60));
+            return PassEnd::kept(state, Some(unix_now() + 60));
+        }
+        if !worth_recording && state.has_queued() {
+            // Only deferrals without an attempt (the next hop is known to be
+            // down, or our own network is): nothing a crash could not lose,
+            // so it is written later with others (`flush_unrecorded`).
+            let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
+            let next = state.next_due().map(|t| t.min(expires));
+            return PassEnd {
+                state: Some(state),
+                next,
+                unrecorded: true,
+            };
         }
         let spool = self.spool.clone();
         let owned_id = id.clone();
@@ -96,23 +142,27 @@ impl QueueManager {
         .await;
         match written {
             Ok(()) => {}
-            Err(SpoolError::NotFound(_)) => return (None, None),
+            Err(SpoolError::NotFound(_)) => return PassEnd::gone(),
             Err(e) => {
                 error!(queue_id = %id, error = %e, "cannot record delivery state; will retry");
-                return (Some(state), Some(unix_now() + 60));
+                return PassEnd::kept(state, Some(unix_now() + 60));
             }
         }
         if state.has_queued() {
             // Never later than the moment the message expires.
             let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
             let next = state.next_due().map(|t| t.min(expires));
-            return (Some(state), next);
+            return PassEnd {
+                state: Some(state),
+                next,
+                unrecorded: true,
+            };
         }
         if self.finish(id, env, body, &state).await {
-            (None, None)
+            PassEnd::gone()
         } else {
             // The report could not be queued: keep the message and try again.
-            (Some(state), Some(unix_now() + 60))
+            PassEnd::kept(state, Some(unix_now() + 60))
         }
     }
 
@@ -124,7 +174,9 @@ impl QueueManager {
         body: &Content,
         state: &mut MessageState,
         now: i64,
-    ) {
+    ) -> bool {
+        // Whether anything happened worth a state write: an attempt, or a result.
+        let mut attempted = false;
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in state.recipients.iter().enumerate() {
             if r.status == RecipientStatus::Queued && r.next_attempt.unwrap_or(0) <= now {
@@ -155,6 +207,7 @@ impl QueueManager {
                     recipients: &recipients,
                     body_path: &body.path,
                     body_len: body.len,
+                    body_memory: body.memory.as_deref().map(|m| m.bytes()),
                     eight_bit: env.eight_bit,
                     smtputf8: env.smtputf8,
                 },
@@ -167,21 +220,28 @@ impl QueueManager {
                 let r = &mut state.recipients[i];
                 let (state, result, counted) = match outcome {
                     Outcome::Delivered(result) => {
+                        attempted = true;
                         r.status = RecipientStatus::Delivered;
                         r.next_attempt = None;
                         r.attempts += 1;
                         (DeliveryState::Delivered, result, true)
                     }
                     Outcome::Failed(result) => {
+                        attempted = true;
                         r.status = RecipientStatus::Failed;
                         r.next_attempt = None;
                         r.attempts += 1;
                         (DeliveryState::Failed, result, true)
                     }
-                    Outcome::Deferred { result, counts } => {
+                    Outcome::Deferred {
+                        result,
+                        counts,
+                        contacted,
+                    } => {
                         if counts {
                             r.attempts += 1;
                         }
+                        attempted |= contacted;
                         r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
                         (DeliveryState::Deferred, result, counts)
                     }
@@ -200,6 +260,7 @@ impl QueueManager {
                 r.record(result);
             }
         }
+        attempted
     }
 
     async fn maybe_warn_delay(

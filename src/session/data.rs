@@ -320,19 +320,29 @@ impl Session {
         let mut envelope = envelope;
         envelope.hold = tx.hold;
         let env = envelope.clone();
-        let prepared = tokio::task::spawn_blocking(move || writer.prepare(&env))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-        let committed = match prepared {
-            Ok(p) => self.ctx.committer.publish(p).await,
-            Err(e) => Err(e),
+        let body_len = writer.body_len();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let mut prepared = writer.prepare(&env)?;
+            let content = prepared.take_content();
+            Ok((prepared.publish_if_durable()?, content))
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        let (committed, content) = match prepared {
+            Ok((None, content)) => (Ok(()), content),
+            Ok((Some(p), content)) => (self.ctx.committer.publish(p).await, content),
+            Err(e) => (Err(e), None),
         };
         match committed {
             Ok(()) => {
                 self.messages += 1;
                 self.ctx.checks.count_message(self.ip, self.user.as_deref());
                 if let Some(q) = &self.ctx.queue {
-                    q.notify(queue_id.clone());
+                    let queued = self
+                        .ctx
+                        .spool
+                        .just_queued(envelope.clone(), body_len, content);
+                    q.notify_queued(queue_id.clone(), queued);
                 }
                 self.emit(Event::MessageAccepted {
                     session: self.id,

@@ -10,6 +10,7 @@
 
 mod committer;
 mod envelope;
+mod memory;
 mod queue_id;
 mod slots;
 mod state;
@@ -17,6 +18,7 @@ mod writer;
 
 pub use committer::Committer;
 pub use envelope::{ContentInfo, Envelope, EnvelopeRecipient, Origin};
+pub use memory::MemoryCopy;
 pub use queue_id::{QueueId, set_node};
 pub use state::{MessageState, RecipientState, RecipientStatus};
 pub use writer::{Prepared, SpoolWriter};
@@ -60,6 +62,8 @@ pub struct QueuedMessage {
     pub path: PathBuf,
     /// Length of the message content at the start of the file.
     pub body_len: u64,
+    /// The content in memory, for a message this process just spooled.
+    pub memory: Option<std::sync::Arc<MemoryCopy>>,
 }
 
 impl Spool {
@@ -198,7 +202,25 @@ impl Spool {
             state,
             path,
             body_len,
+            memory: None,
         })
+    }
+
+    /// A message this process has just published, as `load` would read it
+    /// (no state yet), without reading the file back.
+    pub fn just_queued(
+        &self,
+        envelope: Envelope,
+        body_len: u64,
+        content: Option<Vec<u8>>,
+    ) -> QueuedMessage {
+        QueuedMessage {
+            state: MessageState::initial(&envelope),
+            path: self.queue_dir().join(&envelope.id),
+            envelope,
+            body_len,
+            memory: content.and_then(MemoryCopy::keep),
+        }
     }
 
     /// The message content (what follows DATA, with our Received: header first).

@@ -67,6 +67,13 @@ impl SpoolWriter {
 
     /// Writes what is waiting to the temporary file (blocking I/O).
     pub fn spill(&mut self) -> io::Result<()> {
+        self.write_pending()?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes what is waiting, keeping it in memory (blocking I/O).
+    fn write_pending(&mut self) -> io::Result<()> {
         if self.file.is_none() {
             let mut options = OpenOptions::new();
             options.write(true);
@@ -78,7 +85,6 @@ impl SpoolWriter {
         if let Some(file) = self.file.as_mut() {
             file.write_all(&self.pending)?;
         }
-        self.pending.clear();
         Ok(())
     }
 
@@ -98,7 +104,8 @@ impl SpoolWriter {
         let result = self.write_and_sync(envelope);
         self.done = true;
         match result {
-            Ok(()) => Ok(Prepared {
+            Ok(content) => Ok(Prepared {
+                content,
                 tmp_path: self.tmp_path.clone(),
                 final_path: self.final_path.clone(),
                 queue_dir: self.queue_dir.clone(),
@@ -112,18 +119,27 @@ impl SpoolWriter {
         }
     }
 
-    fn write_and_sync(&mut self, envelope: &Envelope) -> io::Result<()> {
+    /// Returns the content when it was all in memory and small (see `MemoryCopy`).
+    fn write_and_sync(&mut self, envelope: &Envelope) -> io::Result<Option<Vec<u8>>> {
+        let whole_in_memory = self.file.is_none();
         let env = serde_json::to_vec(envelope).map_err(io::Error::other)?;
         let trailer = trailer_line(self.body_len, env.len() as u64);
         self.pending.extend_from_slice(&env);
         self.pending.extend_from_slice(trailer.as_bytes());
-        self.spill()?;
+        self.write_pending()?;
+        let mut content = std::mem::take(&mut self.pending);
         let file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("spool file missing"))?;
         // fdatasync: the content and the size needed to read it, without mtime churn.
-        file.sync_data()
+        file.sync_data()?;
+        if whole_in_memory && self.body_len as usize <= super::memory::MEMORY_COPY_MAX {
+            content.truncate(self.body_len as usize);
+            Ok(Some(content))
+        } else {
+            Ok(None)
+        }
     }
 
     fn discard(&mut self) {
@@ -147,6 +163,8 @@ impl Drop for SpoolWriter {
 /// A message written and synced in `tmp/`, waiting to be renamed into the queue.
 /// Dropped unpublished, its file is removed.
 pub struct Prepared {
+    /// The content, when small and all in memory (for `MemoryCopy`).
+    content: Option<Vec<u8>>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     queue_dir: PathBuf,
@@ -156,6 +174,26 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The content as written, when it was small and all in memory.
+    pub fn take_content(&mut self) -> Option<Vec<u8>> {
+        self.content.take()
+    }
+
+    /// A message in a slot is durable under its own name already: its
+    /// rename has no directory sync to share, so it is done at once, here,
+    /// saving the trip through the committer. Hands back one that needs
+    /// the group commit (blocking I/O).
+    pub fn publish_if_durable(self) -> io::Result<Option<Prepared>> {
+        if !self.named_durably {
+            return Ok(Some(self));
+        }
+        let dir = self.queue_dir.clone();
+        Prepared::publish_batch(vec![self], &dir)
+            .pop()
+            .unwrap_or(Ok(()))?;
+        Ok(None)
+    }
+
     /// Renames each into `queue/`, then makes all the renames durable with one
     /// directory fsync (blocking I/O). One result per message, in order.
     pub fn publish_batch(mut batch: Vec<Prepared>, queue_dir: &Path) -> Vec<io::Result<()>> {
