@@ -27,12 +27,12 @@ pub enum Outcome {
     Failed(AttemptResult),
     /// Try again later; `counts` is false when our own side is the trouble
     /// (DNS, no route to the network), which does not use up the retry schedule.
-    /// `contacted` is false when no server was tried (our side failed, or
-    /// every address is remembered as down): nothing new was learnt.
+    /// `known_down` is true when no server was tried because every address
+    /// is remembered as down: nothing new was learnt.
     Deferred {
         result: AttemptResult,
         counts: bool,
-        contacted: bool,
+        known_down: bool,
     },
 }
 
@@ -280,11 +280,11 @@ impl Deliverer {
     /// One attempt for a job: tries every host and address in order until one takes the message.
     pub async fn deliver(&self, job: &Job<'_>) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; job.message.recipients.len()];
-        let deferred = |result: AttemptResult, counts: bool, contacted: bool| {
+        let deferred = |result: AttemptResult, counts: bool, known_down: bool| {
             all(Outcome::Deferred {
                 result,
                 counts,
-                contacted,
+                known_down,
             })
         };
         let local = |text: String| AttemptResult::local(Stage::Queue, "4.3.5", text);
@@ -309,7 +309,10 @@ impl Deliverer {
         // Whether the attempt tells us anything about the destination: a host
         // answered, refused or timed out. Our own network down does not count.
         let mut counts = false;
-        let mut contacted = false;
+        // Whether anything new was learnt (a server tried, a lookup that
+        // failed), or every address was skipped as remembered down.
+        let mut learnt = false;
+        let mut skipped = false;
         let hop_count = hosts.len();
         for (hop_index, hop) in hosts.iter().enumerate() {
             let opts = match self.options(&dest, &hop.host, &smarthost_auth) {
@@ -324,6 +327,7 @@ impl Deliverer {
                         "4.4.4",
                         format!("{} has no address", hop.host),
                     );
+                    learnt = true;
                     continue;
                 }
                 Err(e) => {
@@ -332,6 +336,7 @@ impl Deliverer {
                         "4.4.3",
                         format!("address lookup for {}: {e}", hop.host),
                     );
+                    learnt = true;
                     continue;
                 }
             };
@@ -342,10 +347,11 @@ impl Deliverer {
                 if let Some(known) = self.down.check(addr) {
                     // Tried moments ago and it did not answer: do not knock again yet.
                     counts = true;
+                    skipped = true;
                     last = known;
                     continue;
                 }
-                contacted = true;
+                learnt = true;
                 let e = match self.try_address(job, msg, &hop.host, addr, &opts).await {
                     Ok(outcomes) => return outcomes,
                     Err(e) => e,
@@ -368,13 +374,13 @@ impl Deliverer {
                     return if result.is_permanent() {
                         all(Outcome::Failed(result))
                     } else {
-                        deferred(result, true, true)
+                        deferred(result, true, false)
                     };
                 }
                 last = result;
             }
         }
-        deferred(last, counts, contacted)
+        deferred(last, counts, skipped && !learnt)
     }
 
     /// Sends on a pooled or new connection to `addr`.
@@ -442,7 +448,7 @@ fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
         Outcome::Deferred {
             result,
             counts: true,
-            contacted: true,
+            known_down: false,
         }
     }
 }
@@ -453,7 +459,7 @@ fn route_failure(e: RouteError) -> Outcome {
         RouteError::Temporary(result) => Outcome::Deferred {
             result,
             counts: false,
-            contacted: false,
+            known_down: false,
         },
     }
 }

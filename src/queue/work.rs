@@ -236,12 +236,12 @@ impl QueueManager {
                     Outcome::Deferred {
                         result,
                         counts,
-                        contacted,
+                        known_down,
                     } => {
                         if counts {
                             r.attempts += 1;
                         }
-                        attempted |= contacted;
+                        attempted |= !known_down;
                         r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
                         (DeliveryState::Deferred, result, counts)
                     }

@@ -492,6 +492,37 @@ mod tests {
     }
 
     #[test]
+    fn a_small_message_hands_back_its_content_a_spilled_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = QueueId::new();
+        let mut w = spool.begin(&id);
+        w.write(b"Subject: a\r\n\r\n");
+        w.write(b"body\r\n");
+        let mut prepared = w.prepare(&envelope(&id)).unwrap();
+        let content = prepared.take_content().expect("small and in memory");
+        assert_eq!(content, b"Subject: a\r\n\r\nbody\r\n");
+        let queue_dir = spool.queue_dir();
+        Prepared::publish_batch(vec![prepared], &queue_dir)
+            .pop()
+            .unwrap()
+            .unwrap();
+        // The copy is exactly what the file holds as content.
+        assert_eq!(spool.read_body(&id).unwrap(), content);
+
+        let big = QueueId::new();
+        let mut w = spool.begin(&big);
+        w.write(&vec![b'x'; 300 * 1024]);
+        w.spill().unwrap();
+        w.write(b"\r\n");
+        let mut prepared = w.prepare(&envelope(&big)).unwrap();
+        assert!(
+            prepared.take_content().is_none(),
+            "part of it is only on disk"
+        );
+    }
+
+    #[test]
     fn state_survives_and_delete_removes_both() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();

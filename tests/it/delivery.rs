@@ -650,3 +650,74 @@ async fn a_refused_connection_counts_as_an_attempt() {
     assert_eq!(result.remote_ip, Some("127.0.0.86".parse().unwrap()));
     assert_eq!(result.code, None, "nobody replied");
 }
+
+/// What the server knows of a message, asked over its control socket.
+fn shown(server: &TestServer, id: &str) -> portcullis::queue::MessageDetail {
+    let cmd = portcullis::queue::QueueCommand::Show {
+        id: portcullis::spool::QueueId::parse(id).unwrap(),
+        body: false,
+    };
+    match portcullis::queue::request(&server.data_dir(), &cmd, Duration::from_secs(5)).unwrap() {
+        portcullis::queue::QueueAnswer::Show { message } => *message,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// While a next hop is remembered as down, its mail is deferred without a
+/// connection attempt, and those deferrals are not one state write each:
+/// the server knows them at once, the files catch up in a batch (here at
+/// shutdown), and a real attempt is still written at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    dns.mx("dead.example", 10, "mx.dead.example");
+    dns.host("mx.dead.example", "127.0.0.87"); // nothing listens there
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(
+        &config(
+            &dns,
+            &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
+        ),
+        Some(&data.path().join("data")),
+    )
+    .await;
+    let body = b"Subject: down\r\n\r\nx\r\n";
+    let first = submit(&server, "a@client.test", &["x@dead.example"], body).await;
+    let tried = first_attempt(&server, &first).await;
+    assert_eq!(tried.attempts, 1, "the real attempt is written at once");
+
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(submit(&server, "a@client.test", &["y@dead.example"], body).await);
+    }
+    for id in &later {
+        let start = std::time::Instant::now();
+        loop {
+            let r = shown(&server, id).state.recipients[0].clone();
+            if r.last_error.is_some() {
+                assert_eq!(r.attempts, 1, "a skip still backs off: {r:?}");
+                assert!(r.next_attempt.unwrap() > chrono::Utc::now().timestamp() + 3000);
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{id} was never deferred");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let on_disk = server.spool().load(id).unwrap().state;
+        assert!(
+            on_disk.recipients[0].last_error.is_none(),
+            "a deferral without an attempt is not written at once: {on_disk:?}"
+        );
+    }
+
+    let spool = server.spool();
+    server.stop().await;
+    for id in &later {
+        let r = spool.load(id).unwrap().state.recipients[0].clone();
+        assert_eq!(r.attempts, 1, "written at shutdown: {r:?}");
+        assert!(
+            r.last_error.as_deref().unwrap_or("").contains("127.0.0.87"),
+            "with the remembered reason: {r:?}"
+        );
+    }
+}

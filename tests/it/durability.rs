@@ -87,7 +87,23 @@ async fn kill_9_during_data_leaves_no_torn_message() {
     // More than the 256 KB a message keeps in memory, so a temporary file exists when we kill.
     c.send_raw("Subject: never finished\r\n\r\n".repeat(20_000).as_bytes())
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Kill only once part of it is on disk (a busy machine may take a while).
+    let on_disk = || {
+        let tmp = std::fs::read_dir(dir.path().join("data/tmp")).map_or(0, |d| d.count());
+        let slots = std::fs::read_dir(dir.path().join("data/slots")).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+            })
+            .count()
+        });
+        tmp + slots > 0
+    };
+    let start = std::time::Instant::now();
+    while !on_disk() {
+        assert!(start.elapsed() < WAIT, "the message never reached the disk");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.kill9();
     assert!(
         queue_ids(&config).is_empty(),
