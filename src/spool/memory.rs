@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Larger messages are always read from their file.
-pub const MEMORY_COPY_MAX: usize = 64 * 1024;
+pub const MEMORY_COPY_MAX: usize = 256 * 1024;
 /// All copies together never hold more than this.
 const MEMORY_BUDGET: usize = 16 * 1024 * 1024;
 
