@@ -17,6 +17,16 @@ use crate::spool::{
 use std::collections::BTreeMap;
 use tracing::{error, warn};
 
+/// When a message still queued is next due: never later than the moment it expires.
+fn next_due_before_expiry(
+    env: &Envelope,
+    state: &MessageState,
+    d: &crate::config::DeliveryConfig,
+) -> Option<i64> {
+    let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
+    state.next_due().map(|t| t.min(expires))
+}
+
 /// How a delivery pass ended.
 pub(super) struct PassEnd {
     /// The new state; None when the message is gone.
@@ -118,8 +128,7 @@ impl QueueManager {
             // Only deferrals without an attempt (the next hop is known to be
             // down, or our own network is): nothing a crash could not lose,
             // so it is written later with others (`flush_unrecorded`).
-            let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
-            let next = state.next_due().map(|t| t.min(expires));
+            let next = next_due_before_expiry(env, &state, d);
             return PassEnd {
                 state: Some(state),
                 next,
@@ -149,14 +158,8 @@ impl QueueManager {
             }
         }
         if state.has_queued() {
-            // Never later than the moment the message expires.
-            let expires = env.received_at + d.max_queue_lifetime.get().as_secs() as i64;
-            let next = state.next_due().map(|t| t.min(expires));
-            return PassEnd {
-                state: Some(state),
-                next,
-                unrecorded: true,
-            };
+            let next = next_due_before_expiry(env, &state, d);
+            return PassEnd::kept(state, next);
         }
         if self.finish(id, env, body, &state).await {
             PassEnd::gone()
