@@ -4,8 +4,11 @@
 
 use super::AdminState;
 use super::sessions::{Login, same_token, token_from_cookies};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -112,4 +115,51 @@ pub fn session_cookie(token: &str, https: bool) -> String {
         "{}={token}; Path=/; HttpOnly; SameSite=Strict{secure}{max_age}",
         super::sessions::COOKIE
     )
+}
+
+/// The login of a JSON API request that only reads: without one the
+/// handler never runs and the client gets 401.
+pub struct ApiLogin(pub Login);
+
+/// A JSON API request allowed to change something: a login, its CSRF token
+/// in `X-CSRF-Token` and a matching Origin (else 401 or 403).
+pub struct ApiChange;
+
+/// The login of an HTML page request: without one, a redirect to the login form.
+pub struct PageLogin(pub Login);
+
+impl FromRequestParts<Arc<AdminState>> for ApiLogin {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AdminState>,
+    ) -> Result<Self, Response> {
+        login(state, &parts.headers)
+            .map(ApiLogin)
+            .map_err(Refusal::api)
+    }
+}
+
+impl FromRequestParts<Arc<AdminState>> for ApiChange {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AdminState>,
+    ) -> Result<Self, Response> {
+        login_to_change(state, &parts.headers, None)
+            .map(|_| ApiChange)
+            .map_err(Refusal::api)
+    }
+}
+
+impl FromRequestParts<Arc<AdminState>> for PageLogin {
+    type Rejection = Response;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AdminState>,
+    ) -> Result<Self, Response> {
+        login(state, &parts.headers)
+            .map(PageLogin)
+            .map_err(Refusal::page)
+    }
 }

@@ -2,7 +2,7 @@
 //! without); changes also need the CSRF token (403 without).
 
 use super::AdminState;
-use super::access::{login, login_to_change};
+use super::access::{ApiChange, ApiLogin};
 use super::view;
 use crate::events::EventFilter;
 use crate::queue::{QueueAnswer, QueueCommand, Selector};
@@ -41,28 +41,19 @@ pub async fn metrics(State(state): Shared, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-pub async fn session(State(state): Shared, headers: HeaderMap) -> Response {
-    match login(&state, &headers) {
-        Ok(l) => Json(json!({"user": l.user, "csrf": l.csrf})).into_response(),
-        Err(r) => r.api(),
-    }
+pub async fn session(ApiLogin(login): ApiLogin) -> Response {
+    Json(json!({"user": login.user, "csrf": login.csrf})).into_response()
 }
 
-pub async fn dashboard(State(state): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&state, &headers) {
-        return r.api();
-    }
+pub async fn dashboard(State(state): Shared, _login: ApiLogin) -> Response {
     Json(view::dashboard(&state).await).into_response()
 }
 
 pub async fn queue(
     State(state): Shared,
-    headers: HeaderMap,
+    _login: ApiLogin,
     Query(filter): Query<view::QueueFilter>,
 ) -> Response {
-    if let Err(r) = login(&state, &headers) {
-        return r.api();
-    }
     match view::queue_rows(&state, &filter).await {
         Ok(rows) => Json(json!({"messages": rows})).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -78,13 +69,10 @@ pub struct MessageQuery {
 
 pub async fn message(
     State(state): Shared,
-    headers: HeaderMap,
+    _login: ApiLogin,
     Path(id): Path<String>,
     Query(q): Query<MessageQuery>,
 ) -> Response {
-    if let Err(r) = login(&state, &headers) {
-        return r.api();
-    }
     let Some(id) = QueueId::parse(&id) else {
         return error(StatusCode::NOT_FOUND, format!("{id:?} is not a queue id"));
     };
@@ -130,12 +118,9 @@ pub async fn act(state: &AdminState, action: &str, ids: &[QueueId]) -> Result<Re
 
 pub async fn queue_action(
     State(state): Shared,
-    headers: HeaderMap,
+    _login: ApiChange,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = login_to_change(&state, &headers, None) {
-        return r.api();
-    }
     let Some(id) = QueueId::parse(&id) else {
         return error(StatusCode::NOT_FOUND, format!("{id:?} is not a queue id"));
     };
@@ -153,13 +138,10 @@ pub struct Selection {
 /// The same action on several messages: `{"ids": [...]}`.
 pub async fn queue_selection(
     State(state): Shared,
-    headers: HeaderMap,
+    _login: ApiChange,
     Path(action): Path<String>,
     Json(selection): Json<Selection>,
 ) -> Response {
-    if let Err(r) = login_to_change(&state, &headers, None) {
-        return r.api();
-    }
     let mut ids = Vec::new();
     for raw in selection.ids.iter().take(10_000) {
         match QueueId::parse(raw) {
@@ -209,27 +191,18 @@ impl EventQuery {
 
 pub async fn events(
     State(state): Shared,
-    headers: HeaderMap,
+    _login: ApiLogin,
     Query(q): Query<EventQuery>,
 ) -> Response {
-    if let Err(r) = login(&state, &headers) {
-        return r.api();
-    }
     Json(json!({"events": view::events(&state, &q.filter())})).into_response()
 }
 
-pub async fn audit(State(state): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&state, &headers) {
-        return r.api();
-    }
+pub async fn audit(State(state): Shared, _login: ApiLogin) -> Response {
     let config = state.current.get().config.clone();
     Json(json!({"findings": view::findings(&config)})).into_response()
 }
 
-pub async fn settings(State(state): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = login(&state, &headers) {
-        return r.api();
-    }
+pub async fn settings(State(state): Shared, _login: ApiLogin) -> Response {
     let config = state.current.get().config.clone();
     Json(json!({"settings": view::settings(&config)})).into_response()
 }
@@ -237,10 +210,7 @@ pub async fn settings(State(state): Shared, headers: HeaderMap) -> Response {
 /// Runs the open-relay battery against each smtp listener from an untrusted
 /// local address, streaming one JSON line per test as it is judged, then a
 /// summary line.
-pub async fn relay_test(State(state): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = login_to_change(&state, &headers, None) {
-        return r.api();
-    }
+pub async fn relay_test(State(state): Shared, _login: ApiChange) -> Response {
     let Ok(running) = Arc::clone(&state.relay_test).try_lock_owned() else {
         return error(
             StatusCode::CONFLICT,

@@ -3,7 +3,7 @@
 //! into the binary; HTML forms carry the CSRF token as a hidden field.
 
 use super::AdminState;
-use super::access::{self, Refusal, login_to_change, session_cookie};
+use super::access::{self, PageLogin, Refusal, login_to_change, session_cookie};
 use super::api::EventQuery;
 use super::listener::Peer;
 use super::view::{self, Dashboard, EventRow, FindingRow, QueueFilter, QueueRow, SettingRow};
@@ -271,11 +271,7 @@ struct DashboardPage {
     bars: Vec<Bar>,
 }
 
-pub async fn dashboard(State(state): Shared, headers: HeaderMap) -> Response {
-    let login = match access::login(&state, &headers) {
-        Ok(l) => l,
-        Err(r) => return r.page(),
-    };
+pub async fn dashboard(State(state): Shared, PageLogin(login): PageLogin) -> Response {
     let d = view::dashboard(&state).await;
     render(&DashboardPage {
         frame: frame(&login, "dashboard"),
@@ -316,13 +312,9 @@ pub struct QueuePageQuery {
 
 pub async fn queue(
     State(state): Shared,
-    headers: HeaderMap,
+    PageLogin(login): PageLogin,
     Query(q): Query<QueuePageQuery>,
 ) -> Response {
-    let login = match access::login(&state, &headers) {
-        Ok(l) => l,
-        Err(r) => return r.page(),
-    };
     let now = crate::queue::unix_now();
     let (rows, error) = match view::queue_rows(&state, &q.filter).await {
         Ok(rows) => (rows, None),
@@ -403,14 +395,10 @@ pub struct MessagePageQuery {
 
 pub async fn message(
     State(state): Shared,
-    headers: HeaderMap,
+    PageLogin(login): PageLogin,
     Path(id): Path<String>,
     Query(q): Query<MessagePageQuery>,
 ) -> Response {
-    let login = match access::login(&state, &headers) {
-        Ok(l) => l,
-        Err(r) => return r.page(),
-    };
     let Some(qid) = QueueId::parse(&id) else {
         return (StatusCode::NOT_FOUND, "not a queue id").into_response();
     };
@@ -454,13 +442,9 @@ struct LogPage {
 
 pub async fn log(
     State(state): Shared,
-    headers: HeaderMap,
+    PageLogin(login): PageLogin,
     Query(q): Query<EventQuery>,
 ) -> Response {
-    let login = match access::login(&state, &headers) {
-        Ok(l) => l,
-        Err(r) => return r.page(),
-    };
     let filter = q.filter();
     render(&LogPage {
         frame: frame(&login, "log"),
@@ -481,11 +465,7 @@ struct DiagnosticsPage {
     listeners: Vec<String>,
 }
 
-pub async fn diagnostics(State(state): Shared, headers: HeaderMap) -> Response {
-    let login = match access::login(&state, &headers) {
-        Ok(l) => l,
-        Err(r) => return r.page(),
-    };
+pub async fn diagnostics(State(state): Shared, PageLogin(login): PageLogin) -> Response {
     let config = state.current.get().config.clone();
     let listeners = state
         .listeners
@@ -511,11 +491,7 @@ struct SettingsPage {
     rows: Vec<SettingRow>,
 }
 
-pub async fn settings(State(state): Shared, headers: HeaderMap) -> Response {
-    let login = match access::login(&state, &headers) {
-        Ok(l) => l,
-        Err(r) => return r.page(),
-    };
+pub async fn settings(State(state): Shared, PageLogin(login): PageLogin) -> Response {
     let config = state.current.get().config.clone();
     render(&SettingsPage {
         frame: frame(&login, "settings"),
