@@ -145,9 +145,7 @@ impl Server {
             )
         })?;
         // One resolver (and one cache) for delivery and the checks.
-        let mut ctx = Context::new(config, Some(tls), spool, Some(resolver));
-        ctx.events = events;
-        ctx.guard = guard;
+        let mut ctx = Context::new(config, Some(tls), spool, Some(resolver), events, guard);
         ctx.queue = Some(queue.handle());
         ctx.transcripts = transcripts;
         let limits = Arc::clone(&ctx.limits);

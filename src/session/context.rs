@@ -33,12 +33,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// `resolver`: the server's one resolver (shared with delivery), if DNS is set up.
+    /// `resolver`: the server's one resolver (shared with delivery), if DNS
+    /// is set up; `events` and `guard` are shared with the queue and the
+    /// other subscribers.
     pub fn new(
         config: Config,
         tls: Option<Arc<rustls::ServerConfig>>,
         spool: Spool,
         resolver: Option<crate::dns::Resolver>,
+        events: crate::events::Events,
+        guard: Arc<crate::guard::Guard>,
     ) -> Context {
         Context {
             hostname: config.hostname(),
@@ -47,11 +51,8 @@ impl Context {
             credentials: Arc::new(CredentialChecker::new(UserDb::new(config.users_file()))),
             committer: spool.committer(),
             spool,
-            events: crate::events::Events::new(),
-            guard: Arc::new(crate::guard::Guard::new(
-                config.guard.clone(),
-                Some(config.server.data_dir.clone()),
-            )),
+            events,
+            guard,
             checks: std::sync::Arc::new(crate::checks::Checks::new(&config, resolver)),
             limits: crate::server::ConnectionLimits::new(crate::server::LimitSettings {
                 max_total: config.server.max_connections,

@@ -48,12 +48,7 @@ async fn session(config_text: &str, peer: &str) -> Pipe {
         "t",
     )
     .unwrap();
-    let ctx = Arc::new(Context::new(
-        config,
-        None,
-        Spool::open(dir.path()).unwrap(),
-        None,
-    ));
+    let ctx = Arc::new(test_context(config, dir.path()));
     let (client, server) = tokio::io::duplex(64 * 1024);
     let stream = crate::smtp::stream::SmtpStream::new(Box::new(server));
     let s = Session::new(
@@ -72,6 +67,19 @@ async fn session(config_text: &str, peer: &str) -> Pipe {
     };
     assert_eq!(pipe.reply().await.0, 220);
     pipe
+}
+
+/// A context of its own for one session test: memory-only guard, no subscribers.
+fn test_context(config: Config, data: &std::path::Path) -> Context {
+    let guard = Arc::new(crate::guard::Guard::new(config.guard.clone(), None));
+    Context::new(
+        config,
+        None,
+        Spool::open(data).unwrap(),
+        None,
+        crate::events::Events::new(),
+        guard,
+    )
 }
 
 #[tokio::test]
@@ -120,12 +128,7 @@ async fn starttls_without_certificate_is_a_temporary_failure() {
 async fn an_idle_session_task_is_small() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse("[dns]\nnameservers = [\"127.0.0.1:1\"]\n", "t").unwrap();
-    let ctx = Arc::new(Context::new(
-        config,
-        None,
-        Spool::open(dir.path()).unwrap(),
-        None,
-    ));
+    let ctx = Arc::new(test_context(config, dir.path()));
     let (_client, server) = tokio::io::duplex(1024);
     let s = Session::new(
         ctx,
