@@ -639,13 +639,22 @@ impl Default for DotStuffer {
 
 impl DotStuffer {
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for piece in chunk.split_inclusive(|&b| b == b'\n') {
-            if self.at_line_start && piece.first() == Some(&b'.') {
-                out.push(b'.');
-            }
-            out.extend_from_slice(piece);
-            self.at_line_start = piece.last() == Some(&b'\n');
+        let Some(&last) = chunk.last() else {
+            return;
+        };
+        out.reserve(chunk.len() + 8);
+        if self.at_line_start && chunk[0] == b'.' {
+            out.push(b'.');
         }
+        // Copy long runs at once; only a dot right after a line feed is doubled.
+        let mut start = 0;
+        for pos in memchr::memmem::find_iter(chunk, b"\n.") {
+            out.extend_from_slice(&chunk[start..=pos]);
+            out.push(b'.');
+            start = pos + 1;
+        }
+        out.extend_from_slice(&chunk[start..]);
+        self.at_line_start = last == b'\n';
         for &b in chunk.iter().rev().take(2).rev() {
             self.tail = [self.tail[1], b];
             self.seen = true;
@@ -682,6 +691,42 @@ mod tests {
         assert_eq!(dot_stuff(b"no end"), b"no end\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
+    }
+
+    /// The plain rule, one line at a time, to check the fast one against.
+    fn stuffed_line_by_line(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stuffing_in_any_pieces_follows_the_rule(
+            body in proptest::collection::vec(proptest::sample::select(vec![b'.', b'\r', b'\n', b'a']), 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort();
+            let mut s = DotStuffer::default();
+            let mut out = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([body.len()]) {
+                s.push(&body[from..c], &mut out);
+                from = c;
+            }
+            s.finish(&mut out);
+            proptest::prop_assert_eq!(out, stuffed_line_by_line(&body));
+        }
     }
 
     #[test]
