@@ -467,8 +467,7 @@ async fn a_strangers_bounce_carries_headers_only() {
     )
     .await;
     let victim = Sink::start("127.0.0.96", port, Behaviour::accept_all()).await;
-    dns.mx("victim.example", 10, "mx.victim.example");
-    dns.host("mx.victim.example", "127.0.0.96");
+    dns.mail_domain("victim.example", "127.0.0.96");
     let server = TestServer::start(&format!(
         "{}[relay]\ninbound_domains = [\"example.lan\"]\n[delivery]\nmx_port = {port}\nretry_schedule = [\"1s\"]\n[[route]]\ndomain = \"example.lan\"\nhost = \"127.0.0.95:{port}\"\n",
         dns.config()

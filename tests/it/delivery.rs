@@ -159,8 +159,7 @@ async fn mx_preferences_and_failover() {
 async fn all_servers_down_defers_then_delivers_once_one_comes_up() {
     let dns = TestDns::start().await;
     let port = shared_port();
-    dns.mx("later.example", 10, "mx.later.example");
-    dns.host("mx.later.example", "127.0.0.40");
+    dns.mail_domain("later.example", "127.0.0.40");
     let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
     let id = submit(
         &server,
@@ -217,10 +216,8 @@ async fn permanent_failure_bounces_to_the_sender_and_null_sender_gets_none() {
     )
     .await;
     let senders_mx = Sink::start("127.0.0.51", port, Behaviour::accept_all()).await;
-    dns.mx("dest.example", 10, "mx.dest.example");
-    dns.host("mx.dest.example", "127.0.0.50");
-    dns.mx("sender.example", 10, "mx.sender.example");
-    dns.host("mx.sender.example", "127.0.0.51");
+    dns.mail_domain("dest.example", "127.0.0.50");
+    dns.mail_domain("sender.example", "127.0.0.51");
     let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
     let original = b"Subject: will bounce\r\nMessage-ID: <orig@sender.example>\r\n\r\nhello\r\n";
     submit(
@@ -288,8 +285,7 @@ async fn null_mx_and_missing_domains_bounce_at_once() {
     let dns = TestDns::start().await;
     let port = shared_port();
     let senders_mx = Sink::start("127.0.0.55", port, Behaviour::accept_all()).await;
-    dns.mx("sender.example", 10, "mx.sender.example");
-    dns.host("mx.sender.example", "127.0.0.55");
+    dns.mail_domain("sender.example", "127.0.0.55");
     dns.null_mx("nomail.example");
     let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
     submit(
@@ -319,10 +315,8 @@ async fn expiry_bounces_with_4_4_7() {
     let dns = TestDns::start().await;
     let port = shared_port();
     let senders_mx = Sink::start("127.0.0.57", port, Behaviour::accept_all()).await;
-    dns.mx("sender.example", 10, "mx.sender.example");
-    dns.host("mx.sender.example", "127.0.0.57");
-    dns.mx("down.example", 10, "mx.down.example");
-    dns.host("mx.down.example", "127.0.0.58"); // nothing listens there
+    dns.mail_domain("sender.example", "127.0.0.57");
+    dns.mail_domain("down.example", "127.0.0.58"); // nothing listens there
     let server = TestServer::start(&config(
         &dns,
         &format!("mx_port = {port}\nmax_queue_lifetime = \"3s\""),
@@ -391,8 +385,7 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
     let dns = TestDns::start().await;
     let port = shared_port();
     let plain = Sink::start("127.0.0.65", port, Behaviour::accept_all()).await;
-    dns.mx("plain.example", 10, "mx.plain.example");
-    dns.host("mx.plain.example", "127.0.0.65");
+    dns.mail_domain("plain.example", "127.0.0.65");
     let server = TestServer::start(&config(
         &dns,
         &format!("mx_port = {port}\noutbound_tls = \"required\""),
@@ -486,10 +479,8 @@ async fn one_delay_notice_while_retries_go_on() {
     let dns = TestDns::start().await;
     let port = shared_port();
     let senders_mx = Sink::start("127.0.0.75", port, Behaviour::accept_all()).await;
-    dns.mx("sender.example", 10, "mx.sender.example");
-    dns.host("mx.sender.example", "127.0.0.75");
-    dns.mx("slow.example", 10, "mx.slow.example");
-    dns.host("mx.slow.example", "127.0.0.76"); // nothing listens there
+    dns.mail_domain("sender.example", "127.0.0.75");
+    dns.mail_domain("slow.example", "127.0.0.76"); // nothing listens there
     let server = TestServer::start(&config(
         &dns,
         &format!("mx_port = {port}\ndelay_warning = \"2s\""),
@@ -523,8 +514,7 @@ async fn a_large_message_streams_through_byte_exact() {
     let dns = TestDns::start().await;
     let port = shared_port();
     let sink = Sink::start("127.0.0.78", port, Behaviour::accept_all()).await;
-    dns.mx("big.example", 10, "mx.big.example");
-    dns.host("mx.big.example", "127.0.0.78");
+    dns.mail_domain("big.example", "127.0.0.78");
     let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
     // 3 MB of lines of varying length, many starting with a dot, so that dots
     // fall on every side of the 64 KB chunks the delivery streams in.
@@ -561,8 +551,7 @@ async fn a_large_message_streams_through_byte_exact() {
 async fn hold_release_and_retry_act_on_the_running_server() {
     let dns = TestDns::start().await;
     let port = shared_port();
-    dns.mx("retry.example", 10, "mx.retry.example");
-    dns.host("mx.retry.example", "127.0.0.79");
+    dns.mail_domain("retry.example", "127.0.0.79");
     // A long retry interval: only `queue retry` can bring the next attempt forward.
     let server = TestServer::start(&config(
         &dns,
@@ -621,8 +610,7 @@ async fn hold_release_and_retry_act_on_the_running_server() {
 async fn a_refused_connection_counts_as_an_attempt() {
     let dns = TestDns::start().await;
     let port = shared_port();
-    dns.mx("refusing.example", 10, "mx.refusing.example");
-    dns.host("mx.refusing.example", "127.0.0.86"); // nothing listens there
+    dns.mail_domain("refusing.example", "127.0.0.86"); // nothing listens there
     let server = TestServer::start(&config(
         &dns,
         &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
@@ -671,8 +659,7 @@ fn shown(server: &TestServer, id: &str) -> portcullis::queue::MessageDetail {
 async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
     let dns = TestDns::start().await;
     let port = shared_port();
-    dns.mx("dead.example", 10, "mx.dead.example");
-    dns.host("mx.dead.example", "127.0.0.87"); // nothing listens there
+    dns.mail_domain("dead.example", "127.0.0.87"); // nothing listens there
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::start_at(
         &config(

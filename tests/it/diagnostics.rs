@@ -358,8 +358,7 @@ async fn doctor_passes_a_well_set_up_machine() {
     // documentation address: loopback reverse names are answered locally).
     dns.host("relay.test", "192.0.2.77");
     dns.ptr("192.0.2.77", "relay.test");
-    dns.mx("probe.example", 10, "mx.probe.example");
-    dns.host("mx.probe.example", "127.0.0.90");
+    dns.mail_domain("probe.example", "127.0.0.90");
     let mx = Sink::start("127.0.0.90", 0, Behaviour::accept_all()).await;
     let server = crate::support::server::TestServer::start(&format!(
         "{}[[network]]\nrange = \"127.0.0.1\"\nauth = \"none\"\n[delivery]\nmx_port = {}\n",
@@ -405,8 +404,7 @@ async fn doctor_names_missing_reverse_dns_and_a_blocked_port_25() {
     use crate::support::dns::TestDns;
     let dns = TestDns::start().await;
     dns.host("relay.test", "192.0.2.79");
-    dns.mx("probe.example", 10, "mx.probe.example");
-    dns.host("mx.probe.example", "127.0.0.91"); // nothing listens there
+    dns.mail_domain("probe.example", "127.0.0.91"); // nothing listens there
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         dir.path(),

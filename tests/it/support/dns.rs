@@ -71,6 +71,13 @@ impl TestDns {
             .push(data);
     }
 
+    /// A mail domain with one mail server: `mx.DOMAIN` (preference 10) at `ip`.
+    pub fn mail_domain(&self, domain: &str, ip: &str) {
+        let host = format!("mx.{domain}");
+        self.mx(domain, 10, &host);
+        self.host(&host, ip);
+    }
+
     pub fn mx(&self, domain: &str, preference: u16, host: &str) {
         self.add(
             domain,
