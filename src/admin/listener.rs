@@ -3,8 +3,9 @@
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -16,14 +17,56 @@ const HANDSHAKES: usize = 32;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections open at once; more wait in the kernel's backlog.
 const CONNECTIONS: usize = 64;
+/// Admin connections one client address may hold at once, so that one
+/// client cannot take every slot (a browser opens about six).
+const PER_CLIENT: usize = 16;
 /// A connection with nothing read or written for this long is closed (a
 /// slow client cannot hold a slot; browsers reconnect).
 const IDLE: Duration = Duration::from_secs(60);
+
+/// Open admin connections per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One of a client's connections; given back when dropped.
+pub struct ClientSlot {
+    ip: IpAddr,
+    clients: Arc<PerClient>,
+}
+
+impl PerClient {
+    /// A slot for `ip`, or None when it already holds `PER_CLIENT`.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            ip,
+            clients: Arc::clone(self),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// A connection holding one of the slots, closed when idle too long.
 pub struct Bounded<T> {
     io: T,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _client: ClientSlot,
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -32,10 +75,11 @@ impl<T> Bounded<T> {
         self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
     }
 
-    fn new(io: T, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+    fn new(io: T, slot: tokio::sync::OwnedSemaphorePermit, client: ClientSlot) -> Self {
         Bounded {
             io,
             _slot: slot,
+            _client: client,
             idle: Box::pin(tokio::time::sleep(IDLE)),
         }
     }
@@ -106,11 +150,22 @@ async fn slot(slots: &Arc<Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// Waits a little after an accept error (out of descriptors, say) instead of spinning.
-async fn accept_tcp(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+/// The next connection from a client below its share; one over it is
+/// closed at once. Waits a little after an accept error (out of
+/// descriptors, say) instead of spinning.
+async fn accept_tcp(
+    listener: &TcpListener,
+    clients: &Arc<PerClient>,
+) -> (TcpStream, SocketAddr, ClientSlot) {
     loop {
         match listener.accept().await {
-            Ok(pair) => return pair,
+            Ok((stream, addr)) => match clients.take(addr.ip()) {
+                Some(client) => return (stream, addr, client),
+                None => {
+                    tracing::warn!(client = %addr.ip(), "admin page: too many connections from one client; closed");
+                    drop(stream);
+                }
+            },
             Err(e) => {
                 tracing::warn!("admin page: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,6 +177,7 @@ async fn accept_tcp(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 pub struct Plain {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    clients: Arc<PerClient>,
 }
 
 impl Plain {
@@ -129,6 +185,7 @@ impl Plain {
         Plain {
             listener,
             slots: slots(),
+            clients: Arc::default(),
         }
     }
 }
@@ -139,8 +196,8 @@ impl Listener for Plain {
 
     async fn accept(&mut self) -> (Self::Io, Peer) {
         let slot = slot(&self.slots).await;
-        let (s, a) = accept_tcp(&self.listener).await;
-        (Bounded::new(s, slot), Peer(a))
+        let (s, a, client) = accept_tcp(&self.listener, &self.clients).await;
+        (Bounded::new(s, slot, client), Peer(a))
     }
 
     fn local_addr(&self) -> std::io::Result<Peer> {
@@ -177,13 +234,14 @@ async fn handshakes(
 ) {
     let permits = Arc::new(Semaphore::new(HANDSHAKES));
     let connections = slots();
+    let clients = Arc::<PerClient>::default();
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
         let connection = slot(&connections).await;
-        let (stream, addr) = tokio::select! {
-            pair = accept_tcp(&listener) => pair,
+        let (stream, addr, client) = tokio::select! {
+            accepted = accept_tcp(&listener, &clients) => accepted,
             _ = tx.closed() => return,
         };
         let acceptor = acceptor.clone();
@@ -193,7 +251,9 @@ async fn handshakes(
             if let Ok(Ok(tls)) =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
             {
-                let _ = tx.send((Bounded::new(tls, connection), Peer(addr))).await;
+                let _ = tx
+                    .send((Bounded::new(tls, connection, client), Peer(addr)))
+                    .await;
             }
         });
     }
@@ -219,5 +279,31 @@ impl Listener for Https {
 impl Connected<IncomingStream<'_, Https>> for Peer {
     fn connect_info(stream: IncomingStream<'_, Https>) -> Self {
         *stream.remote_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_holds_at_most_its_share_and_gets_slots_back() {
+        let clients = Arc::<PerClient>::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut held: Vec<ClientSlot> = (0..PER_CLIENT).map(|_| clients.take(a).unwrap()).collect();
+        assert!(clients.take(a).is_none(), "over its share");
+        let other = clients.take(b).expect("another client is not affected");
+        held.pop();
+        assert!(
+            clients.take(a).is_some(),
+            "a closed connection gives its slot back"
+        );
+        drop(held);
+        drop(other);
+        assert!(
+            clients.0.lock().unwrap().is_empty(),
+            "nothing kept for gone clients"
+        );
     }
 }

@@ -494,3 +494,37 @@ async fn https_admin_marks_the_cookie_secure() {
     assert!(!plain, "plain HTTP must not be served on the HTTPS port");
     server.stop().await;
 }
+
+/// One client cannot take every admin connection: past its share, its new
+/// connections are closed at once, and another client is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_admin_connection() {
+    use tokio::io::AsyncReadExt;
+    let server = admin_server("").await;
+    let admin = server.admin.unwrap();
+    let mut hog = Vec::new();
+    for _ in 0..16 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        hog.push(s.connect(admin).await.unwrap());
+    }
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut extra = s.connect(admin).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the 17th connection is closed: {read:?}"
+    );
+    let mut web = Web::new(admin);
+    assert_eq!(
+        block(|| web.get("/login").status),
+        200,
+        "another client is served"
+    );
+    drop(hog);
+    server.stop().await;
+}
