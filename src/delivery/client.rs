@@ -435,10 +435,7 @@ impl SmtpConnection {
 
     /// Sends content held in memory, dot-stuffed, with the final dot, in one write.
     async fn write_body_from(&mut self, content: &[u8]) -> Result<(), ClientError> {
-        let mut stuffer = DotStuffer::default();
-        let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 8);
-        stuffer.push(content, &mut out);
-        stuffer.finish(&mut out);
+        let out = dot_stuff(content);
         if let Some(r) = &mut self.recorder {
             r.note(&format!("(message content, {} bytes)", content.len()));
             r.client(b".");

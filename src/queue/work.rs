@@ -104,10 +104,9 @@ impl QueueManager {
                 r.record(expiry);
             }
         }
-        let mut worth_recording = true;
-        if !is_expired {
-            worth_recording = self.deliver_due(id, env, body, &mut state, now).await;
-        }
+        // An expiry is a result; otherwise the pass says whether it had one.
+        let mut worth_recording =
+            is_expired || self.deliver_due(id, env, body, &mut state, now).await;
         if state.has_queued() {
             let warned = state.delay_warned;
             self.maybe_warn_delay(id, env, body, &mut state, now).await;

@@ -40,7 +40,8 @@ impl MemoryCopy {
     }
 
     /// Bytes held by every copy alive now.
-    pub fn held() -> usize {
+    #[cfg(test)]
+    fn held() -> usize {
         HELD.load(Ordering::Relaxed)
     }
 }
