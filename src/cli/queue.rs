@@ -123,6 +123,8 @@ fn offline(data_dir: &Path, command: &QueueCommand) -> anyhow::Result<QueueAnswe
     };
     // A crash may have left acknowledged messages in slots/ (see spool/slots.rs).
     spool.recover_slots()?;
+    // ... and in the journal (see spool/journal.rs).
+    spool.recover_journal()?;
     let (mut index, problems) = Index::load(&spool)?;
     for (id, e) in problems {
         eprintln!("warning: {id}: {e}");

@@ -22,6 +22,9 @@ pub struct Content {
     pub len: u64,
     /// The same bytes in memory, until the first delivery pass is over.
     pub memory: Option<Arc<MemoryCopy>>,
+    /// Durable only in the spool journal: `path` does not exist yet, and
+    /// `memory` is the only copy to read.
+    pub journaled: bool,
 }
 
 impl Content {
@@ -35,11 +38,21 @@ impl Content {
         Ok(bytes)
     }
 
+    /// The content to read from: the copy in memory, else the file.
+    fn reader(&self) -> std::io::Result<Box<dyn std::io::BufRead + '_>> {
+        use std::io::{BufReader, Read};
+        Ok(match &self.memory {
+            Some(copy) => Box::new(copy.bytes()),
+            None => Box::new(BufReader::new(
+                std::fs::File::open(&self.path)?.take(self.len),
+            )),
+        })
+    }
+
     /// The body (after the empty line), at most `limit` bytes of it.
     pub fn body(&self, limit: u64) -> std::io::Result<String> {
-        use std::io::{BufRead, BufReader, Read};
-        let file = std::fs::File::open(&self.path)?;
-        let mut reader = BufReader::new(file.take(self.len));
+        use std::io::Read;
+        let mut reader = self.reader()?;
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -54,9 +67,7 @@ impl Content {
 
     /// The header section (up to the empty line), read without the body.
     pub fn headers(&self) -> std::io::Result<String> {
-        use std::io::{BufRead, BufReader, Read};
-        let file = std::fs::File::open(&self.path)?;
-        let mut reader = BufReader::new(file.take(self.len));
+        let mut reader = self.reader()?;
         let mut headers = Vec::new();
         let mut line = Vec::new();
         loop {
@@ -108,6 +119,7 @@ impl Entry {
                 path: m.path,
                 len: m.body_len,
                 memory: m.memory,
+                journaled: m.journaled,
             },
             busy: false,
             unrecorded: false,
@@ -393,6 +405,7 @@ mod tests {
                 path: PathBuf::from("/nonexistent"),
                 len: 0,
                 memory: None,
+                journaled: false,
             },
             busy: false,
             unrecorded: false,

@@ -51,6 +51,8 @@ enum Done {
     Processed(work::PassEnd),
     /// A state write for a command.
     Written,
+    /// A journaled message got its own file (and its state was written).
+    Moved,
 }
 
 /// The way into the manager: announce new messages, send commands.
@@ -192,6 +194,18 @@ impl Drop for AnswerWhenWritten {
 /// How often states kept in memory only are written (see `flush_unrecorded`).
 const UNRECORDED_FLUSH: Duration = Duration::from_secs(30);
 
+/// Deferred messages still only in the journal that make a flush start at once.
+const JOURNALED_FLUSH_AT: usize = 256;
+
+/// A journaled message's copy in memory: what its file is written from.
+fn journaled_copy(entry: &Entry) -> Option<Arc<crate::spool::MemoryCopy>> {
+    entry
+        .content
+        .journaled
+        .then(|| entry.content.memory.clone())
+        .flatten()
+}
+
 /// How long a command waits for an attempt in progress to end before it answers.
 const WAIT_FOR_ATTEMPT: Duration = Duration::from_secs(5);
 
@@ -202,6 +216,8 @@ struct Queue {
     tasks: TaskTracker,
     /// Commands waiting for an attempt in progress to end, by message.
     waiting: HashMap<QueueId, Vec<Arc<AnswerWhenWritten>>>,
+    /// Deferred messages still only in the journal, since the last flush.
+    journaled_unrecorded: usize,
 }
 
 impl QueueManager {
@@ -265,6 +281,7 @@ impl QueueManager {
             schedule: Schedule::default(),
             tasks: TaskTracker::new(),
             waiting: HashMap::new(),
+            journaled_unrecorded: 0,
         };
         for (id, e) in &q.index.entries {
             q.schedule.set(id.clone(), due_of(&e.state));
@@ -328,7 +345,7 @@ impl QueueManager {
             Inbound::Loaded(id, Ok(m)) => {
                 if !q.index.entries.contains_key(&id) {
                     let mut entry = Entry::from_spool(m);
-                    if entry.state.held {
+                    if entry.state.held && !entry.content.journaled {
                         // It may wait long: no memory kept for it.
                         entry.content.memory = None;
                     }
@@ -461,9 +478,16 @@ impl QueueManager {
         entry.busy = true;
         q.schedule.remove(&id);
         let state = entry.state.clone();
+        let journaled = journaled_copy(entry);
         q.tasks.spawn(async move {
             let owned = id.clone();
+            let moved = journaled.is_some();
             let result = off_thread(move || {
+                if let Some(copy) = journaled
+                    && !spool.materialize_one(&owned, &copy)?
+                {
+                    return Err(SpoolError::NotFound(owned.to_string()));
+                }
                 if quick {
                     spool.write_state_quick(&owned, &state)
                 } else {
@@ -471,14 +495,19 @@ impl QueueManager {
                 }
             })
             .await;
-            if let Err(e) = result {
-                error!(queue_id = %id, error = %e, "cannot record a queue command");
-                for w in &waiters {
-                    w.failed(format!("{id}: {e}"));
+            let done = match result {
+                Ok(()) if moved => Done::Moved,
+                Ok(()) => Done::Written,
+                Err(e) => {
+                    error!(queue_id = %id, error = %e, "cannot record a queue command");
+                    for w in &waiters {
+                        w.failed(format!("{id}: {e}"));
+                    }
+                    Done::Written
                 }
-            }
+            };
             drop(waiters);
-            handle.done(id, Done::Written);
+            handle.done(id, done);
         });
     }
 
@@ -486,41 +515,63 @@ impl QueueManager {
     /// (deferrals without an attempt), so the files catch up in a batch
     /// instead of one write per deferral.
     fn flush_unrecorded(self: &Arc<Self>, q: &mut Queue) {
+        q.journaled_unrecorded = 0;
         let mut batch = Vec::new();
         for (id, entry) in q.index.entries.iter_mut() {
             if entry.unrecorded && !entry.busy {
                 entry.unrecorded = false;
                 entry.busy = true;
-                batch.push((id.clone(), entry.state.clone()));
+                batch.push((id.clone(), entry.state.clone(), journaled_copy(entry)));
             }
         }
         if batch.is_empty() {
             return;
         }
-        for (id, _) in &batch {
+        for (id, _, _) in &batch {
             q.schedule.remove(id);
         }
         let spool = self.spool.clone();
         let handle = self.handle.clone();
         q.tasks.spawn(async move {
-            let ids: Vec<QueueId> = batch.iter().map(|(id, _)| id.clone()).collect();
-            let written = off_thread(move || {
-                for (id, state) in &batch {
-                    match spool.write_state_quick(id, state) {
-                        Ok(()) | Err(SpoolError::NotFound(_)) => {}
+            let done = off_thread(move || {
+                // Those still only in the journal get their files first, together.
+                let journaled: Vec<(&str, &crate::spool::MemoryCopy)> = batch
+                    .iter()
+                    .filter_map(|(id, _, copy)| copy.as_deref().map(|c| (id.as_str(), c)))
+                    .collect();
+                let mut moved = spool.materialize(&journaled).into_iter();
+                let mut done = Vec::with_capacity(batch.len());
+                for (id, state, journaled) in &batch {
+                    let recorded = match journaled {
+                        Some(_) => match moved.next() {
+                            Some(Ok(true)) => spool.write_state_quick(id, state).map(|()| true),
+                            Some(Ok(false)) => Err(SpoolError::NotFound(id.to_string())),
+                            Some(Err(e)) => Err(e),
+                            None => Err(std::io::Error::other("not materialized").into()),
+                        },
+                        None => spool.write_state_quick(id, state).map(|()| false),
+                    };
+                    match recorded {
+                        Ok(true) => done.push((id.clone(), Done::Moved)),
+                        Ok(false) | Err(SpoolError::NotFound(_)) => {
+                            done.push((id.clone(), Done::Written))
+                        }
                         Err(e) => {
-                            error!(queue_id = %id, error = %e, "cannot record delivery state")
+                            error!(queue_id = %id, error = %e, "cannot record delivery state");
+                            done.push((id.clone(), Done::Written));
                         }
                     }
                 }
-                Ok::<_, SpoolError>(())
+                Ok::<_, SpoolError>(done)
             })
             .await;
-            if let Err(e) = written {
-                error!(error = %e, "cannot record delivery states");
-            }
-            for id in ids {
-                handle.done(id, Done::Written);
+            match done {
+                Ok(done) => {
+                    for (id, d) in done {
+                        handle.done(id, d);
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot record delivery states"),
             }
         });
     }
@@ -552,14 +603,23 @@ impl QueueManager {
         };
         entry.busy = false;
         let mut next = None;
+        if let Done::Moved = done {
+            entry.content.journaled = false;
+            entry.content.memory = None;
+        }
         if let Done::Processed(end) = done {
             match end.state {
                 Some(s) => {
                     entry.state = s;
                     entry.unrecorded = end.unrecorded;
                     next = end.next;
-                    // Later passes read the file: the copy only served the first.
-                    entry.content.memory = None;
+                    entry.content.journaled = end.journaled;
+                    if !end.journaled {
+                        // Later passes read the file: the copy only served the first.
+                        entry.content.memory = None;
+                    } else if end.unrecorded {
+                        q.journaled_unrecorded += 1;
+                    }
                 }
                 None => {
                     q.index.entries.remove(&id);
@@ -591,6 +651,10 @@ impl QueueManager {
             next.or_else(|| due_of(&entry.state))
         };
         q.schedule.set(id, due);
+        if q.journaled_unrecorded >= JOURNALED_FLUSH_AT {
+            // Each holds memory and keeps journal segments alive: move them now.
+            self.flush_unrecorded(q);
+        }
     }
 
     /// After a command: schedule a message by its (possibly changed) state.

@@ -36,6 +36,9 @@ pub(super) struct PassEnd {
     /// The new state is in memory only (deferrals without an attempt); the
     /// manager writes such states later, in a batch.
     pub unrecorded: bool,
+    /// The message is still durable only in the journal (moving it into
+    /// the queue failed; a later pass tries again).
+    pub journaled: bool,
 }
 
 impl PassEnd {
@@ -44,6 +47,7 @@ impl PassEnd {
             state: None,
             next: None,
             unrecorded: false,
+            journaled: false,
         }
     }
 
@@ -52,6 +56,7 @@ impl PassEnd {
             state: Some(state),
             next,
             unrecorded: false,
+            journaled: false,
         }
     }
 }
@@ -118,10 +123,43 @@ impl QueueManager {
             .all(|r| r.status == RecipientStatus::Delivered)
         {
             // Nothing left to record or report: remove it at once.
-            if self.finish(id, env, body, &state).await {
+            if self.finish(id, env, body, &state, body.journaled).await {
                 return PassEnd::gone();
             }
             return PassEnd::kept(state, Some(unix_now() + 60));
+        }
+        if body.journaled
+            && state
+                .recipients
+                .iter()
+                .all(|r| r.status == RecipientStatus::Queued)
+        {
+            // Only deferrals: the journal keeps it durable meanwhile, and
+            // its file and state are written later with others
+            // (`flush_unrecorded`); a crash only means an earlier retry.
+            let next = next_due_before_expiry(env, &state, d);
+            return PassEnd {
+                state: Some(state),
+                next,
+                unrecorded: true,
+                journaled: true,
+            };
+        }
+        if body.journaled {
+            // Results to keep: it needs its own file before its state is written.
+            match self.materialize(id, body).await {
+                Ok(true) => {}
+                Ok(false) => return PassEnd::gone(),
+                Err(e) => {
+                    error!(queue_id = %id, error = %e, "cannot move a journaled message into the queue; will retry");
+                    return PassEnd {
+                        state: Some(state),
+                        next: Some(unix_now() + 60),
+                        unrecorded: true,
+                        journaled: true,
+                    };
+                }
+            }
         }
         if !worth_recording && state.has_queued() {
             // Only deferrals without an attempt (the next hop is known to be
@@ -132,6 +170,7 @@ impl QueueManager {
                 state: Some(state),
                 next,
                 unrecorded: true,
+                journaled: false,
             };
         }
         let spool = self.spool.clone();
@@ -160,7 +199,7 @@ impl QueueManager {
             let next = next_due_before_expiry(env, &state, d);
             return PassEnd::kept(state, next);
         }
-        if self.finish(id, env, body, &state).await {
+        if self.finish(id, env, body, &state, false).await {
             PassEnd::gone()
         } else {
             // The report could not be queued: keep the message and try again.
@@ -299,6 +338,7 @@ impl QueueManager {
         env: &Envelope,
         body: &Content,
         state: &MessageState,
+        journaled: bool,
     ) -> bool {
         let failed = to_report(state, RecipientStatus::Failed, "5.0.0", "delivery failed");
         if !failed.is_empty() {
@@ -314,6 +354,15 @@ impl QueueManager {
                 warn!(queue_id = %id, failed = failed.len(), "no bounce: the sender is the null address");
             }
         }
+        if journaled {
+            // Never had a file: releasing its journal record is all there is.
+            self.spool.release_journaled(id);
+            self.events.emit(Event::MessageFinished {
+                queue_id: id.clone(),
+                failed: failed.len(),
+            });
+            return true;
+        }
         let spool = self.spool.clone();
         let owned = id.clone();
         match off_thread(move || spool.remove_finished(&owned)).await {
@@ -326,6 +375,18 @@ impl QueueManager {
             Err(e) => error!(queue_id = %id, error = %e, "cannot remove finished message"),
         }
         true
+    }
+
+    /// Gives a journaled message its own file in `queue/`, from memory.
+    /// False when it was deleted meanwhile.
+    async fn materialize(&self, id: &QueueId, body: &Content) -> Result<bool, SpoolError> {
+        let copy = body
+            .memory
+            .clone()
+            .ok_or_else(|| std::io::Error::other("journaled message without its copy"))?;
+        let spool = self.spool.clone();
+        let owned = id.clone();
+        off_thread(move || spool.materialize_one(&owned, &copy)).await
     }
 
     /// Spools a DSN to the original sender. Returns false when it could not be written.

@@ -86,8 +86,18 @@ impl Server {
                 "moved messages synced before a crash from slots/ into the queue"
             );
         }
+        let from_journal = spool.recover_journal().with_context(|| {
+            format!("cannot recover the spool journal in {}", data_dir.display())
+        })?;
+        if from_journal > 0 {
+            info!(
+                count = from_journal,
+                "moved messages synced in the journal before a crash into the queue"
+            );
+        }
         let spool = spool
             .with_slots()
+            .and_then(|s| s.with_journal())
             .with_context(|| format!("cannot prepare spool files in {}", data_dir.display()))?;
         let hostname = config.hostname();
         let certs = crate::tls::ensure_cert(

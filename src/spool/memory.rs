@@ -16,26 +16,46 @@ static HELD: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug)]
 pub struct MemoryCopy {
+    /// The content, or (for a journaled message) the whole spool-file image
+    /// whose first `body_len` bytes are the content.
     bytes: Vec<u8>,
+    body_len: usize,
 }
 
 impl MemoryCopy {
     /// Keeps `bytes` when it is small and the budget allows; None otherwise
     /// (the content is then read from the file when needed).
     pub fn keep(bytes: Vec<u8>) -> Option<Arc<MemoryCopy>> {
-        let len = bytes.len();
-        if len > MEMORY_COPY_MAX {
-            return None;
+        let body_len = bytes.len() as u64;
+        MemoryCopy::keep_image(bytes, body_len).ok()
+    }
+
+    /// Keeps a whole spool-file image whose content is its first `body_len`
+    /// bytes, under the same bounds; gives it back when they refuse.
+    pub fn keep_image(image: Vec<u8>, body_len: u64) -> Result<Arc<MemoryCopy>, Vec<u8>> {
+        let body_len = body_len as usize;
+        let len = image.len();
+        if body_len > MEMORY_COPY_MAX || body_len > len {
+            return Err(image);
         }
         let before = HELD.fetch_add(len, Ordering::Relaxed);
         if before + len > MEMORY_BUDGET {
             HELD.fetch_sub(len, Ordering::Relaxed);
-            return None;
+            return Err(image);
         }
-        Some(Arc::new(MemoryCopy { bytes }))
+        Ok(Arc::new(MemoryCopy {
+            bytes: image,
+            body_len,
+        }))
     }
 
+    /// The message content.
     pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.body_len]
+    }
+
+    /// Everything kept: the whole file image for a journaled message.
+    pub fn image(&self) -> &[u8] {
         &self.bytes
     }
 

@@ -10,6 +10,7 @@
 
 mod committer;
 mod envelope;
+mod journal;
 mod memory;
 mod queue_id;
 mod slots;
@@ -18,6 +19,7 @@ mod writer;
 
 pub use committer::Committer;
 pub use envelope::{ContentInfo, Envelope, EnvelopeRecipient, Origin};
+pub use journal::Journal;
 pub use memory::MemoryCopy;
 pub use queue_id::{QueueId, set_node};
 pub use state::{MessageState, RecipientState, RecipientStatus};
@@ -34,6 +36,8 @@ pub struct Spool {
     root: PathBuf,
     /// Pre-made files for new messages (the server's; None for the CLI and tests).
     slots: Option<std::sync::Arc<slots::Slots>>,
+    /// Where small new messages are made durable together (the server's).
+    journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -64,6 +68,8 @@ pub struct QueuedMessage {
     pub body_len: u64,
     /// The content in memory, for a message this process just spooled.
     pub memory: Option<std::sync::Arc<MemoryCopy>>,
+    /// Durable only in the journal so far: no file in `queue/` yet.
+    pub journaled: bool,
 }
 
 impl Spool {
@@ -73,7 +79,11 @@ impl Spool {
         for dir in ["queue", "tmp", "state", "slots"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        Ok(Spool { root, slots: None })
+        Ok(Spool {
+            root,
+            slots: None,
+            journal: None,
+        })
     }
 
     /// Writes new messages into pre-made files (one disk sync per message
@@ -82,6 +92,93 @@ impl Spool {
     pub fn with_slots(mut self) -> io::Result<Spool> {
         self.slots = Some(slots::Slots::start(self.slots_dir(), self.queue_dir())?);
         Ok(self)
+    }
+
+    /// Makes small new messages durable in the shared journal (one sync for
+    /// all accepted at once); recovers what a crash left there first. For
+    /// the server, while holding the data-dir lock.
+    pub fn with_journal(mut self) -> io::Result<Spool> {
+        self.journal = Some(Journal::start(&self.root)?);
+        Ok(self)
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Writes the messages a crash left in the journal only into the queue.
+    /// Call only while holding the data-dir lock, before reading the queue.
+    pub fn recover_journal(&self) -> io::Result<usize> {
+        journal::recover(&self.root)
+    }
+
+    /// Gives journaled messages their own files in `queue/` (before their
+    /// state is first written): each written and synced, the renames made
+    /// durable together. Per message, false when it was deleted meanwhile
+    /// (blocking I/O).
+    pub fn materialize(&self, messages: &[(&str, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>> {
+        let Some(journal) = &self.journal else {
+            return messages
+                .iter()
+                .map(|_| Err(io::Error::other("no spool journal").into()))
+                .collect();
+        };
+        let mut results: Vec<Result<bool, SpoolError>> =
+            messages.iter().map(|_| Ok(true)).collect();
+        let mut prepared = Vec::new();
+        let mut waiting = Vec::new();
+        for (i, (id, copy)) in messages.iter().enumerate() {
+            let written = self
+                .message_path(id)
+                .and_then(|_| Ok(self.begin(id).prepare_image(copy.image())?));
+            match written {
+                Ok(p) => {
+                    prepared.push(p);
+                    waiting.push(i);
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        let published = Prepared::publish_batch(prepared, &self.queue_dir());
+        let mut confirm = Vec::new();
+        for (i, r) in waiting.into_iter().zip(published) {
+            match r {
+                Ok(()) => confirm.push(i),
+                Err(e) => results[i] = Err(e.into()),
+            }
+        }
+        let ids: Vec<String> = confirm.iter().map(|&i| messages[i].0.to_string()).collect();
+        match journal.materialized(ids) {
+            Ok(kept) => {
+                for (i, kept) in confirm.into_iter().zip(kept) {
+                    if !kept {
+                        // Deleted meanwhile: the copy just written must go too.
+                        let _ = fs::remove_file(self.queue_dir().join(messages[i].0));
+                        results[i] = Ok(false);
+                    }
+                }
+            }
+            Err(e) => {
+                for i in confirm {
+                    results[i] = Err(io::Error::new(e.kind(), e.to_string()).into());
+                }
+            }
+        }
+        results
+    }
+
+    /// One journaled message into `queue/` (see `materialize`).
+    pub fn materialize_one(&self, id: &str, copy: &MemoryCopy) -> Result<bool, SpoolError> {
+        self.materialize(&[(id, copy)])
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("nothing materialized").into()))
+    }
+
+    /// A journaled message is done with: nothing on disk but its record.
+    pub fn release_journaled(&self, id: &str) {
+        if let Some(journal) = &self.journal {
+            journal.release(id);
+        }
     }
 
     /// Moves complete messages a crash left in `slots/` into the queue.
@@ -108,6 +205,7 @@ impl Spool {
         Ok(Spool {
             root: data_dir.to_path_buf(),
             slots: None,
+            journal: None,
         })
     }
 
@@ -203,6 +301,7 @@ impl Spool {
             path,
             body_len,
             memory: None,
+            journaled: false,
         })
     }
 
@@ -212,14 +311,16 @@ impl Spool {
         &self,
         envelope: Envelope,
         body_len: u64,
-        content: Option<Vec<u8>>,
+        memory: Option<std::sync::Arc<MemoryCopy>>,
+        journaled: bool,
     ) -> QueuedMessage {
         QueuedMessage {
             state: MessageState::initial(&envelope),
             path: self.queue_dir().join(&envelope.id),
             envelope,
             body_len,
-            memory: content.and_then(MemoryCopy::keep),
+            memory,
+            journaled,
         }
     }
 
@@ -305,6 +406,11 @@ impl Spool {
 
     fn remove(&self, id: &str, durable: bool) -> Result<(), SpoolError> {
         let path = self.message_path(id)?;
+        if durable && let Some(journal) = &self.journal {
+            // It may be journal-only (or have a copy there): a deleted
+            // message must not come back at the next start.
+            journal.release_durably(id)?;
+        }
         let removed = match &self.slots {
             // A finished message's file becomes a slot for a new one.
             Some(slots) if !durable => slots.recycle(&path),

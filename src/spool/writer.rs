@@ -25,6 +25,9 @@ pub struct SpoolWriter {
     final_path: PathBuf,
     queue_dir: PathBuf,
     body_len: u64,
+    /// The file at `tmp_path` was opened for this message (it may hold
+    /// some of it, even once `file` is taken to be synced).
+    opened: bool,
     done: bool,
 }
 
@@ -46,6 +49,7 @@ impl SpoolWriter {
             final_path: spool.queue_dir().join(id),
             queue_dir: spool.queue_dir(),
             body_len: 0,
+            opened: false,
             done: false,
         }
     }
@@ -81,6 +85,7 @@ impl SpoolWriter {
                 options.create_new(true);
             }
             self.file = Some(options.open(&self.tmp_path)?);
+            self.opened = true;
         }
         if let Some(file) = self.file.as_mut() {
             file.write_all(&self.pending)?;
@@ -96,6 +101,48 @@ impl SpoolWriter {
         Prepared::publish_batch(vec![prepared], &queue_dir)
             .pop()
             .unwrap_or_else(|| Err(io::Error::other("nothing published")))
+    }
+
+    /// The whole file image (content, envelope, trailer) when the content
+    /// is all in memory and small enough to keep there (for the journal);
+    /// the writer back otherwise. An untouched slot goes back to the pool.
+    pub fn into_image(mut self, envelope: &Envelope) -> Result<(Vec<u8>, u64), SpoolWriter> {
+        if self.file.is_some() || self.body_len as usize > super::memory::MEMORY_COPY_MAX {
+            return Err(self);
+        }
+        let Ok(env) = serde_json::to_vec(envelope) else {
+            return Err(self);
+        };
+        let mut image = std::mem::take(&mut self.pending);
+        image.extend_from_slice(&env);
+        image.extend_from_slice(trailer_line(self.body_len, env.len() as u64).as_bytes());
+        Ok((image, self.body_len))
+    }
+
+    /// Writes a complete file image (a journaled message moving into the
+    /// queue) and syncs it, ready to publish (blocking I/O).
+    pub fn prepare_image(mut self, image: &[u8]) -> io::Result<Prepared> {
+        self.pending.clear();
+        self.pending.extend_from_slice(image);
+        let written = self.write_pending().and_then(|()| {
+            self.file
+                .take()
+                .ok_or_else(|| io::Error::other("spool file missing"))?
+                .sync_data()
+        });
+        self.done = true;
+        if let Err(e) = written {
+            self.discard();
+            return Err(e);
+        }
+        Ok(Prepared {
+            content: None,
+            tmp_path: self.tmp_path.clone(),
+            final_path: self.final_path.clone(),
+            queue_dir: self.queue_dir.clone(),
+            published: false,
+            named_durably: self.slots.is_some(),
+        })
     }
 
     /// Writes everything with the envelope and trailer and fdatasyncs the file
@@ -143,7 +190,9 @@ impl SpoolWriter {
     }
 
     fn discard(&mut self) {
-        if self.file.take().is_some() {
+        self.file = None;
+        if self.opened {
+            // Part of a message may be in it: never handed out again as empty.
             let _ = fs::remove_file(&self.tmp_path);
         } else if let Some(slots) = self.slots.take() {
             // Never written to: still an empty slot.
@@ -234,6 +283,28 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// Writes whole file images into `queue_dir` by way of `tmp_dir`, each
+/// synced, then the renames with one directory sync (blocking I/O).
+pub(super) fn write_images_durably(
+    tmp_dir: &Path,
+    queue_dir: &Path,
+    images: &[(&str, &[u8])],
+) -> io::Result<()> {
+    if images.is_empty() {
+        return Ok(());
+    }
+    let mut written = Vec::with_capacity(images.len());
+    for (id, image) in images {
+        let tmp = tmp_dir.join(format!("{id}.journal"));
+        write_durably(&tmp, image)?;
+        written.push((tmp, queue_dir.join(id)));
+    }
+    for (tmp, target) in &written {
+        fs::rename(tmp, target)?;
+    }
+    sync_dir(queue_dir)
 }
 
 /// fsyncs a directory so that a rename or unlink in it survives a crash.

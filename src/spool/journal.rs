@@ -1,0 +1,674 @@
+//! The accept journal: append-only files that many messages share, so that
+//! accepting a small message costs one disk sync shared with every message
+//! accepted meanwhile (group commit), and no file of its own.
+//!
+//! A small message the server accepts is appended here as one checksummed
+//! record holding its whole spool-file image; the writer thread syncs once
+//! per batch before the sessions answer 250. Its first delivery pass
+//! streams it from memory. Most messages are delivered in that pass and
+//! never touch `queue/`: a release record says they are done. One that stays
+//! queued (deferred, partly delivered) is first written to `queue/ID` like
+//! any other message, then released.
+//!
+//! After a crash, `recover` writes every message that has a record and no
+//! release into `queue/` (durably), then removes the journal. Segments are
+//! dropped oldest first, once they and every older one hold nothing live
+//! (a release record sits in a segment no older than its message's); when a
+//! slow delivery keeps too many alive, the live messages of the oldest are
+//! copied into `queue/` ("checkpoint") so the journal stays small.
+
+use super::MemoryCopy;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+const MAGIC: &[u8; 4] = b"PJR1";
+/// Magic, kind, id length, payload length, checksum.
+const HEADER: usize = 4 + 1 + 1 + 4 + 4;
+const KIND_MESSAGE: u8 = 1;
+const KIND_RELEASE: u8 = 2;
+/// A new segment is started past this size.
+const SEGMENT_MAX: u64 = 8 * 1024 * 1024;
+/// Past this many segments, the oldest one's live messages are checkpointed.
+const MAX_SEGMENTS: usize = 8;
+/// Requests taken into one write (and one sync) at most.
+const MAX_BATCH: usize = 1024;
+
+type Reply<T> = Box<dyn FnOnce(io::Result<T>) + Send>;
+
+enum Request {
+    /// Make this message durable; answered once synced.
+    Append {
+        id: String,
+        copy: Arc<MemoryCopy>,
+        reply: Reply<()>,
+    },
+    /// The message is done with (delivered, deleted); answered, when asked,
+    /// once the release is synced.
+    Release {
+        id: String,
+        reply: Option<Reply<()>>,
+    },
+    /// Their owner wrote these messages into `queue/`: answered, per
+    /// message, false when it was released meanwhile (deleted), so that
+    /// copy must go.
+    Materialized {
+        ids: Vec<String>,
+        reply: Reply<Vec<bool>>,
+    },
+}
+
+/// The way to the journal's writer thread.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Journal")
+    }
+}
+
+impl Journal {
+    /// Recovers what a crash left in `root/journal`, then starts the writer
+    /// thread on a fresh segment. Call only while holding the data-dir lock.
+    pub fn start(root: &Path) -> io::Result<Journal> {
+        recover(root)?;
+        let dir = root.join("journal");
+        fs::create_dir_all(&dir)?;
+        let mut writer = Writer {
+            queue_dir: root.join("queue"),
+            tmp_dir: root.join("tmp"),
+            segment: 0,
+            file: None,
+            size: 0,
+            segments: BTreeMap::new(),
+            live: HashMap::new(),
+            on_disk: HashSet::new(),
+            dir,
+        };
+        writer.rotate()?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("spool-journal".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Journal { tx })
+    }
+
+    /// Makes the message durable; returns once its record is synced.
+    pub async fn append(&self, id: &str, copy: Arc<MemoryCopy>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Append {
+            id: id.to_string(),
+            copy,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })?;
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// The message is done with; nothing waits for the disk (a crash that
+    /// loses the release only brings the message back for a duplicate).
+    pub fn release(&self, id: &str) {
+        let _ = self.send(Request::Release {
+            id: id.to_string(),
+            reply: None,
+        });
+    }
+
+    /// The message was deleted: returns once that is durable (blocking).
+    pub fn release_durably(&self, id: &str) -> io::Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Request::Release {
+            id: id.to_string(),
+            reply: Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        })?;
+        rx.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// The messages now have their own files in `queue/`; per message,
+    /// false when it was released meanwhile (blocking).
+    pub fn materialized(&self, ids: Vec<String>) -> io::Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Request::Materialized {
+            ids,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })?;
+        rx.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    fn send(&self, request: Request) -> io::Result<()> {
+        self.tx.send(request).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("spool journal stopped")
+}
+
+/// Where a live message's image is, for a checkpoint.
+struct Location {
+    segment: u64,
+    offset: u64,
+    len: usize,
+}
+
+/// The writer thread's state: it alone touches the journal files.
+struct Writer {
+    dir: PathBuf,
+    queue_dir: PathBuf,
+    tmp_dir: PathBuf,
+    segment: u64,
+    file: Option<File>,
+    size: u64,
+    /// Every segment file there is, with how many live messages it holds.
+    segments: BTreeMap<u64, usize>,
+    /// Messages whose only copy on disk is their record here.
+    live: HashMap<String, Location>,
+    /// Messages a checkpoint wrote into `queue/` whose owner has not said
+    /// yet what became of them.
+    on_disk: HashSet<String>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.handle(batch);
+            if self.size >= SEGMENT_MAX
+                && let Err(e) = self.rotate()
+            {
+                tracing::warn!(dir = %self.dir.display(), "cannot start a new journal segment: {e}");
+            }
+            if self.segments.len() > MAX_SEGMENTS {
+                self.checkpoint_oldest();
+            }
+            self.drop_dead_segments();
+        }
+    }
+
+    fn handle(&mut self, batch: Vec<Request>) {
+        let mut buf = Vec::new();
+        let mut appended = Vec::new();
+        let mut synced_replies: Vec<Reply<()>> = Vec::new();
+        let mut sync = false;
+        for request in batch {
+            match request {
+                Request::Append { id, copy, reply } => {
+                    let offset = self.size + (buf.len() + HEADER + id.len()) as u64;
+                    encode(&mut buf, KIND_MESSAGE, &id, copy.image());
+                    appended.push((id, offset, copy.image().len(), reply));
+                    sync = true;
+                }
+                Request::Release { id, reply } => {
+                    self.forget(&id, &mut buf, true);
+                    if let Some(reply) = reply {
+                        synced_replies.push(reply);
+                        sync = true;
+                    }
+                }
+                Request::Materialized { ids, reply } => {
+                    let known = ids
+                        .iter()
+                        .map(|id| {
+                            let known = self.live.contains_key(id) || self.on_disk.contains(id);
+                            self.forget(id, &mut buf, false);
+                            known
+                        })
+                        .collect();
+                    reply(Ok(known));
+                }
+            }
+        }
+        if buf.is_empty() && !sync {
+            return;
+        }
+        match self.write(&buf, sync) {
+            Ok(()) => {
+                for (id, offset, len, reply) in appended {
+                    *self.segments.entry(self.segment).or_default() += 1;
+                    let segment = self.segment;
+                    self.live.insert(
+                        id,
+                        Location {
+                            segment,
+                            offset,
+                            len,
+                        },
+                    );
+                    reply(Ok(()));
+                }
+                for reply in synced_replies {
+                    reply(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), "cannot write the spool journal: {e}");
+                for (_, _, _, reply) in appended {
+                    reply(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+                for reply in synced_replies {
+                    reply(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Appends `buf` (and syncs when asked). On failure the segment is cut
+    /// back to its last whole record, or left for a new one, so that no
+    /// record ever follows a torn one.
+    fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        let file = self.file.as_mut().ok_or_else(stopped)?;
+        let result = file
+            .write_all(buf)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                self.size += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Appends go to the end, so cutting back is enough; when
+                // even that fails, later records go to a new segment.
+                if file.set_len(self.size).is_err() {
+                    self.file = None;
+                    let _ = self.rotate();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What becomes of a message that is no longer journal-only: its record
+    /// is released (`record` false: the caller's copy in `queue/` stands),
+    /// or a checkpoint's copy in `queue/` is removed when it was finished.
+    fn forget(&mut self, id: &str, buf: &mut Vec<u8>, finished: bool) {
+        if let Some(location) = self.live.remove(id) {
+            if let Some(count) = self.segments.get_mut(&location.segment) {
+                *count = count.saturating_sub(1);
+            }
+            encode(buf, KIND_RELEASE, id, &[]);
+        } else if self.on_disk.remove(id) && finished {
+            let _ = fs::remove_file(self.queue_dir.join(id));
+        }
+    }
+
+    /// Starts a new segment; its name is made durable before any record in it counts.
+    fn rotate(&mut self) -> io::Result<()> {
+        let next = self.segments.keys().next_back().map_or(1, |last| last + 1);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(segment_path(&self.dir, next))?;
+        super::writer::sync_dir(&self.dir)?;
+        self.segments.insert(next, 0);
+        self.segment = next;
+        self.file = Some(file);
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Removes segments from the oldest while neither they nor any older
+    /// one hold a live message.
+    fn drop_dead_segments(&mut self) {
+        while let Some((&oldest, &live)) = self.segments.first_key_value() {
+            if oldest == self.segment || live > 0 {
+                return;
+            }
+            if fs::remove_file(segment_path(&self.dir, oldest)).is_err() {
+                return;
+            }
+            self.segments.remove(&oldest);
+        }
+    }
+
+    /// Copies the live messages of the oldest segment into `queue/`, so
+    /// that a message whose delivery is slow does not keep every newer
+    /// segment alive.
+    fn checkpoint_oldest(&mut self) {
+        let Some((&oldest, _)) = self.segments.first_key_value() else {
+            return;
+        };
+        if oldest == self.segment {
+            return;
+        }
+        let ids: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.segment == oldest)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let Ok(file) = File::open(segment_path(&self.dir, oldest)) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        for id in ids {
+            let Some(location) = self.live.get(&id) else {
+                continue;
+            };
+            let mut image = vec![0; location.len];
+            let copied = file
+                .read_exact_at(&mut image, location.offset)
+                .and_then(|()| {
+                    super::writer::write_images_durably(
+                        &self.tmp_dir,
+                        &self.queue_dir,
+                        &[(id.as_str(), &image)],
+                    )
+                });
+            match copied {
+                Ok(()) => {
+                    self.forget(&id, &mut buf, false);
+                    self.on_disk.insert(id);
+                }
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, "cannot checkpoint a journaled message: {e}");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.write(&buf, false) {
+            tracing::warn!("cannot record a journal checkpoint: {e}");
+        }
+    }
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:016x}.journal"))
+}
+
+fn encode(buf: &mut Vec<u8>, kind: u8, id: &str, payload: &[u8]) {
+    let id = &id.as_bytes()[..id.len().min(255)];
+    let mut head = [0u8; 6];
+    head[0] = kind;
+    head[1] = id.len() as u8;
+    head[2..6].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    crc.update(id);
+    crc.update(payload);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.extend_from_slice(id);
+    buf.extend_from_slice(payload);
+}
+
+/// One record read back.
+#[derive(Debug, PartialEq, Eq)]
+enum Record<'a> {
+    Message { id: &'a str, image: &'a [u8] },
+    Release { id: &'a str },
+}
+
+/// The whole records at the start of `bytes`, up to the first torn or
+/// foreign one (a crash mid-write leaves at most the tail torn).
+fn decode(bytes: &[u8]) -> Vec<Record<'_>> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let h = &bytes[at..at + HEADER];
+        if &h[..4] != MAGIC {
+            break;
+        }
+        let (kind, id_len) = (h[4], h[5] as usize);
+        let len = u32::from_le_bytes([h[6], h[7], h[8], h[9]]) as usize;
+        let crc = u32::from_le_bytes([h[10], h[11], h[12], h[13]]);
+        let Some(end) = (at + HEADER)
+            .checked_add(id_len)
+            .and_then(|n| n.checked_add(len))
+        else {
+            break;
+        };
+        if end > bytes.len() {
+            break;
+        }
+        let id = &bytes[at + HEADER..at + HEADER + id_len];
+        let payload = &bytes[at + HEADER + id_len..end];
+        let mut check = crc32fast::Hasher::new();
+        check.update(&h[4..10]);
+        check.update(id);
+        check.update(payload);
+        let Ok(id) = std::str::from_utf8(id) else {
+            break;
+        };
+        if check.finalize() != crc {
+            break;
+        }
+        match kind {
+            KIND_MESSAGE => records.push(Record::Message { id, image: payload }),
+            KIND_RELEASE => records.push(Record::Release { id }),
+            _ => break,
+        }
+        at = end;
+    }
+    records
+}
+
+/// Writes every message the journal under `root` holds and nothing
+/// released into `queue/` (durably), then removes the journal. Returns how
+/// many it wrote. Call only while holding the data-dir lock.
+pub fn recover(root: &Path) -> io::Result<usize> {
+    let dir = root.join("journal");
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    paths.sort();
+    let contents: Vec<Vec<u8>> = paths.iter().map(fs::read).collect::<io::Result<_>>()?;
+    let mut order = Vec::new();
+    let mut pending: HashMap<&str, &[u8]> = HashMap::new();
+    for bytes in &contents {
+        for record in decode(bytes) {
+            match record {
+                Record::Message { id, image } => {
+                    if pending.insert(id, image).is_none() {
+                        order.push(id);
+                    }
+                }
+                Record::Release { id } => {
+                    pending.remove(id);
+                }
+            }
+        }
+    }
+    let queue_dir = root.join("queue");
+    let mut to_write = Vec::new();
+    for id in order {
+        let Some(image) = pending.get(id) else {
+            continue;
+        };
+        let whole = super::read_message_bytes(image)
+            .is_ok_and(|(envelope, _)| envelope.id == id && super::queue_id::is_valid(id));
+        if !whole {
+            tracing::warn!(queue_id = %id, "journal record with a damaged message skipped");
+            continue;
+        }
+        let path = queue_dir.join(id);
+        let already = File::open(&path)
+            .map_err(super::SpoolError::from)
+            .and_then(|mut f| super::read_envelope(&mut f, &path))
+            .is_ok();
+        if !already {
+            to_write.push((id, *image));
+        }
+    }
+    super::writer::write_images_durably(&root.join("tmp"), &queue_dir, &to_write)?;
+    for path in &paths {
+        fs::remove_file(path)?;
+    }
+    super::writer::sync_dir(&dir)?;
+    Ok(to_write.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{Envelope, QueueId, Spool};
+
+    fn image(id: &str, text: &str) -> Arc<MemoryCopy> {
+        let body = format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes();
+        let env = serde_json::to_vec(&Envelope::for_test(id, "a@x.test", &["b@y.test"])).unwrap();
+        let body_len = body.len() as u64;
+        let mut bytes = body;
+        bytes.extend_from_slice(&env);
+        bytes.extend_from_slice(crate::spool::trailer_line(body_len, env.len() as u64).as_bytes());
+        MemoryCopy::keep_image(bytes, body_len).expect("small")
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    fn segments(root: &Path) -> usize {
+        fs::read_dir(root.join("journal")).unwrap().count()
+    }
+
+    #[test]
+    fn records_read_back_and_a_torn_tail_is_ignored() {
+        let mut buf = Vec::new();
+        encode(&mut buf, KIND_MESSAGE, "A1", b"image one");
+        encode(&mut buf, KIND_RELEASE, "A1", b"");
+        encode(&mut buf, KIND_MESSAGE, "B2", b"image two");
+        let whole = decode(&buf);
+        assert_eq!(
+            whole,
+            vec![
+                Record::Message {
+                    id: "A1",
+                    image: b"image one"
+                },
+                Record::Release { id: "A1" },
+                Record::Message {
+                    id: "B2",
+                    image: b"image two"
+                },
+            ]
+        );
+        for cut in 1..buf.len() {
+            let read = decode(&buf[..cut]);
+            assert!(read.len() < 3, "cut at {cut}");
+            assert_eq!(
+                read[..],
+                whole[..read.len()],
+                "only whole records, cut at {cut}"
+            );
+        }
+        // A flipped byte in a payload ends the read there.
+        let mut bad = buf.clone();
+        let at = buf.len() - 3;
+        bad[at] ^= 0x40;
+        assert_eq!(decode(&bad).len(), 2);
+    }
+
+    #[test]
+    fn an_unreleased_message_is_recovered_into_the_queue_and_a_released_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let journal = Journal::start(dir.path()).unwrap();
+        let (kept, done) = (QueueId::new(), QueueId::new());
+        let rt = runtime();
+        rt.block_on(journal.append(&kept, image(&kept, "kept")))
+            .unwrap();
+        rt.block_on(journal.append(&done, image(&done, "done")))
+            .unwrap();
+        journal.release(&done);
+        // A barrier: a durable release of an unknown ID waits behind the first.
+        journal.release_durably("none").unwrap();
+        assert!(spool.ids().unwrap().is_empty(), "journal-only so far");
+        // A crash: the thread is simply abandoned; the next start recovers.
+        let recovered = recover(dir.path()).unwrap();
+        assert_eq!(recovered, 1);
+        assert_eq!(spool.ids().unwrap(), vec![kept.clone()]);
+        assert_eq!(
+            spool.read_body(&kept).unwrap(),
+            b"Subject: kept\r\n\r\nkept\r\n"
+        );
+        assert_eq!(
+            segments(dir.path()),
+            0,
+            "the journal is gone once recovered"
+        );
+        assert_eq!(recover(dir.path()).unwrap(), 0, "nothing twice");
+    }
+
+    #[test]
+    fn a_materialized_message_is_not_written_again_and_a_deleted_one_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let journal = Journal::start(dir.path()).unwrap();
+        let rt = runtime();
+        let (stays, deleted) = (QueueId::new(), QueueId::new());
+        for id in [&stays, &deleted] {
+            rt.block_on(journal.append(id, image(id, "x"))).unwrap();
+        }
+        journal.release_durably(&deleted).unwrap();
+        assert_eq!(
+            journal
+                .materialized(vec![deleted.to_string(), stays.to_string()])
+                .unwrap(),
+            vec![false, true],
+            "the deleted one says so"
+        );
+        assert_eq!(recover(dir.path()).unwrap(), 0);
+        assert!(spool.ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn segments_are_dropped_oldest_first_and_a_slow_message_is_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let journal = Journal::start(dir.path()).unwrap();
+        let rt = runtime();
+        let slow = QueueId::new();
+        rt.block_on(journal.append(&slow, image(&slow, "slow")))
+            .unwrap();
+        // Enough delivered mail to fill many segments.
+        let big = "y".repeat(100 * 1024);
+        for _ in 0..(MAX_SEGMENTS as u64 + 4) * SEGMENT_MAX / (200 * 1024) {
+            let id = QueueId::new();
+            rt.block_on(journal.append(&id, image(&id, &big))).unwrap();
+            journal.release(&id);
+        }
+        journal.release_durably("none").unwrap();
+        assert!(segments(dir.path()) <= MAX_SEGMENTS + 1);
+        assert_eq!(
+            spool.ids().unwrap(),
+            vec![slow.clone()],
+            "checkpointed into the queue"
+        );
+        // Its owner then finds it on disk and, once delivered, releases it.
+        assert_eq!(
+            journal.materialized(vec![slow.to_string()]).unwrap(),
+            vec![true]
+        );
+        journal.release(&slow);
+        journal.release_durably("none").unwrap();
+        assert_eq!(recover(dir.path()).unwrap(), 0);
+    }
+}
