@@ -128,21 +128,17 @@ impl QueueManager {
             }
             return PassEnd::kept(state, Some(unix_now() + 60));
         }
-        if body.journaled
-            && state
-                .recipients
-                .iter()
-                .all(|r| r.status == RecipientStatus::Queued)
-        {
-            // Only deferrals: the journal keeps it durable meanwhile, and
-            // its file and state are written later with others
-            // (`flush_unrecorded`); a crash only means an earlier retry.
+        if !worth_recording && state.has_queued() {
+            // Only deferrals without an attempt (the next hop is known to be
+            // down, or our own network is): nothing a crash could not lose,
+            // so it is written later with others (`flush_unrecorded`).
+            // A journaled message stays so meanwhile: its journal record is durable.
             let next = next_due_before_expiry(env, &state, d);
             return PassEnd {
                 state: Some(state),
                 next,
                 unrecorded: true,
-                journaled: true,
+                journaled: body.journaled,
             };
         }
         if body.journaled {
@@ -160,18 +156,6 @@ impl QueueManager {
                     };
                 }
             }
-        }
-        if !worth_recording && state.has_queued() {
-            // Only deferrals without an attempt (the next hop is known to be
-            // down, or our own network is): nothing a crash could not lose,
-            // so it is written later with others (`flush_unrecorded`).
-            let next = next_due_before_expiry(env, &state, d);
-            return PassEnd {
-                state: Some(state),
-                next,
-                unrecorded: true,
-                journaled: false,
-            };
         }
         let spool = self.spool.clone();
         let owned_id = id.clone();

@@ -464,13 +464,11 @@ fn decode(bytes: &[u8]) -> Vec<Record<'_>> {
     records
 }
 
-/// Writes every message the journal under `root` holds and nothing
-/// released into `queue/` (durably), then removes the journal. Returns how
-/// many it wrote. Call only while holding the data-dir lock.
-pub fn recover(root: &Path) -> io::Result<usize> {
+/// The segment files under `root/journal`, oldest first.
+fn segment_files(root: &Path) -> io::Result<Vec<PathBuf>> {
     let dir = root.join("journal");
     if !dir.is_dir() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let mut paths: Vec<PathBuf> = fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
@@ -478,7 +476,17 @@ pub fn recover(root: &Path) -> io::Result<usize> {
         .filter(|p| p.extension().is_some_and(|x| x == "journal"))
         .collect();
     paths.sort();
-    let contents: Vec<Vec<u8>> = paths.iter().map(fs::read).collect::<io::Result<_>>()?;
+    Ok(paths)
+}
+
+/// The messages the journal under `root` holds and has not released, in
+/// the order they were accepted, as (queue ID, file image). Reads only: a
+/// server may be appending meanwhile (its unfinished tail is not read).
+pub fn unreleased(root: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let contents: Vec<Vec<u8>> = segment_files(root)?
+        .iter()
+        .map(fs::read)
+        .collect::<io::Result<_>>()?;
     let mut order = Vec::new();
     let mut pending: HashMap<&str, &[u8]> = HashMap::new();
     for bytes in &contents {
@@ -495,14 +503,30 @@ pub fn recover(root: &Path) -> io::Result<usize> {
             }
         }
     }
+    Ok(order
+        .into_iter()
+        .filter_map(|id| {
+            pending
+                .get(id)
+                .map(|image| (id.to_string(), image.to_vec()))
+        })
+        .collect())
+}
+
+/// Writes every message the journal under `root` holds and has not
+/// released into `queue/` (durably), then removes the journal. Returns how
+/// many it wrote. Call only while holding the data-dir lock.
+pub fn recover(root: &Path) -> io::Result<usize> {
+    let paths = segment_files(root)?;
+    if paths.is_empty() {
+        return Ok(0);
+    }
     let queue_dir = root.join("queue");
+    let pending = unreleased(root)?;
     let mut to_write = Vec::new();
-    for id in order {
-        let Some(image) = pending.get(id) else {
-            continue;
-        };
+    for (id, image) in &pending {
         let whole = super::read_message_bytes(image)
-            .is_ok_and(|(envelope, _)| envelope.id == id && super::queue_id::is_valid(id));
+            .is_ok_and(|(envelope, _)| envelope.id == *id && super::queue_id::is_valid(id));
         if !whole {
             tracing::warn!(queue_id = %id, "journal record with a damaged message skipped");
             continue;
@@ -513,14 +537,14 @@ pub fn recover(root: &Path) -> io::Result<usize> {
             .and_then(|mut f| super::read_envelope(&mut f, &path))
             .is_ok();
         if !already {
-            to_write.push((id, *image));
+            to_write.push((id.as_str(), image.as_slice()));
         }
     }
     super::writer::write_images_durably(&root.join("tmp"), &queue_dir, &to_write)?;
     for path in &paths {
         fs::remove_file(path)?;
     }
-    super::writer::sync_dir(&dir)?;
+    super::writer::sync_dir(&root.join("journal"))?;
     Ok(to_write.len())
 }
 
@@ -600,10 +624,19 @@ mod tests {
         journal.release(&done);
         // A barrier: a durable release of an unknown ID waits behind the first.
         journal.release_durably("none").unwrap();
-        assert!(spool.ids().unwrap().is_empty(), "journal-only so far");
+        let files = || fs::read_dir(dir.path().join("queue")).unwrap().count();
+        assert_eq!(files(), 0, "journal-only so far");
+        // Readers already see it (and only it) in the spool.
+        assert_eq!(spool.ids().unwrap(), vec![kept.clone()]);
+        assert_eq!(
+            spool.read_body(&kept).unwrap(),
+            b"Subject: kept\r\n\r\nkept\r\n"
+        );
+        assert!(spool.load(&done).is_err(), "a released one is gone");
         // A crash: the thread is simply abandoned; the next start recovers.
         let recovered = recover(dir.path()).unwrap();
         assert_eq!(recovered, 1);
+        assert_eq!(files(), 1, "written into the queue");
         assert_eq!(spool.ids().unwrap(), vec![kept.clone()]);
         assert_eq!(
             spool.read_body(&kept).unwrap(),

@@ -256,14 +256,33 @@ impl Spool {
         Ok(n)
     }
 
-    /// All queue IDs, oldest first (IDs sort by time).
+    /// All queue IDs, oldest first (IDs sort by time): the files in
+    /// `queue/` and the messages so far only in the journal.
     pub fn ids(&self) -> io::Result<Vec<QueueId>> {
         let mut ids: Vec<QueueId> = fs::read_dir(self.queue_dir())?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(QueueId::parse))
+            .chain(
+                journal::unreleased(&self.root)?
+                    .iter()
+                    .filter_map(|(id, _)| QueueId::parse(id)),
+            )
             .collect();
         ids.sort();
+        ids.dedup();
         Ok(ids)
+    }
+
+    /// A message only in the journal so far: its envelope, content length
+    /// and whole file image (read from the journal, which may be growing).
+    fn read_journaled(&self, id: &str) -> Result<(Envelope, u64, Vec<u8>), SpoolError> {
+        let image = journal::unreleased(&self.root)?
+            .into_iter()
+            .find(|(found, _)| found == id)
+            .map(|(_, image)| image)
+            .ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
+        let (envelope, body_len) = read_message_bytes(&image)?;
+        Ok((envelope, body_len, image))
     }
 
     /// Removes state files whose message is gone (a delete that raced with an
@@ -287,11 +306,17 @@ impl Spool {
     /// Reads one message's envelope and state.
     pub fn load(&self, id: &str) -> Result<QueuedMessage, SpoolError> {
         let path = self.message_path(id)?;
-        let mut file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
-            _ => SpoolError::Io(e),
-        })?;
-        let (envelope, body_len) = read_envelope(&mut file, &path)?;
+        let (envelope, body_len, journaled) = match File::open(&path) {
+            Ok(mut file) => {
+                let (envelope, body_len) = read_envelope(&mut file, &path)?;
+                (envelope, body_len, false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (envelope, body_len, _) = self.read_journaled(id)?;
+                (envelope, body_len, true)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let state = self
             .read_state(id)?
             .unwrap_or_else(|| MessageState::initial(&envelope));
@@ -301,7 +326,7 @@ impl Spool {
             path,
             body_len,
             memory: None,
-            journaled: false,
+            journaled,
         })
     }
 
@@ -327,6 +352,11 @@ impl Spool {
     /// The message content (what follows DATA, with our Received: header first).
     pub fn read_body(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
         let msg = self.load(id)?;
+        if msg.journaled {
+            let (_, body_len, mut image) = self.read_journaled(id)?;
+            image.truncate(body_len as usize);
+            return Ok(image);
+        }
         let mut file = File::open(&msg.path)?;
         let mut body = vec![0u8; msg.body_len as usize];
         file.read_exact(&mut body)?;

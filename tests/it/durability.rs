@@ -127,3 +127,102 @@ async fn kill_9_during_data_leaves_no_torn_message() {
         .count();
     assert_eq!(torn_slots, 0, "no slot keeps the unfinished message");
 }
+
+/// Config with every message relayed to a smart host on `port`.
+fn setup_smarthost(port: u16) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let text = complete_config(
+        &format!(
+            "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{port}\"\nsmarthost_tls = \"none\"\n"
+        ),
+        dir.path(),
+        &ca,
+    );
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// A small message is durable only in the spool journal until its first
+/// delivery pass ends. Killed while that pass hangs on a next hop that
+/// never answers, the server finds it again at the next start and delivers
+/// it exactly once; one deleted meanwhile does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_first_delivery_keeps_the_journaled_message() {
+    use crate::support::sink::{Behaviour, Sink};
+    // A next hop that takes the connection and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = std::sync::Arc::clone(&held);
+    let hold_task = tokio::spawn(async move {
+        while let Ok((conn, _)) = silent.accept().await {
+            holder.lock().unwrap().push(conn);
+        }
+    });
+    let (dir, config) = setup_smarthost(port);
+    let mut server = ProcessServer::spawn(&config);
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "journal.test").await;
+    let mut ids = Vec::new();
+    for subject in ["kept", "deleted"] {
+        let r = c
+            .send_mail(
+                "a@x.test",
+                &["b@far.example"],
+                format!("Subject: {subject}\r\n\r\nbody of {subject}\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+        ids.push(r.text().rsplit(' ').next().unwrap().to_string());
+    }
+    // Both deliveries are under way (and hang) before anything else happens.
+    let start = std::time::Instant::now();
+    while held.lock().unwrap().len() < 2 {
+        assert!(start.elapsed() < WAIT, "the deliveries never connected");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let queue_dir = dir.path().join("data/queue");
+    for id in &ids {
+        assert!(
+            !queue_dir.join(id).exists(),
+            "{id}: still only in the journal during its first pass"
+        );
+    }
+    let (ok, _, err) = run_with_timeout(
+        Command::new(binary())
+            .args(["queue", "delete", &ids[1], "--config"])
+            .arg(&config),
+        WAIT,
+    );
+    assert!(ok, "{err}");
+    server.kill9();
+    drop(c);
+    hold_task.abort();
+    let _ = hold_task.await; // the listener is closed once the task is gone
+    held.lock().unwrap().clear();
+
+    // The next hop now works; the server starts on the same spool.
+    let sink = Sink::start("127.0.0.1", port, Behaviour::accept_all()).await;
+    let server = ProcessServer::spawn(&config);
+    assert!(
+        server.wait_for_log("moved messages synced in the journal"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&got[0].data).contains("body of kept"),
+        "the kept message is the one delivered"
+    );
+    // Give a wrongly resurrected or duplicated message time to show up.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "delivered once; the deleted one never"
+    );
+    drop(server);
+    assert!(queue_ids(&config).is_empty(), "nothing left queued");
+}
