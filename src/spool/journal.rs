@@ -210,6 +210,7 @@ impl Writer {
         let mut buf = Vec::new();
         let mut appended = Vec::new();
         let mut synced_replies: Vec<Reply<()>> = Vec::new();
+        let mut answers = Vec::new();
         let mut sync = false;
         for request in batch {
             match request {
@@ -235,14 +236,29 @@ impl Writer {
                             known
                         })
                         .collect();
-                    reply(Ok(known));
+                    answers.push((reply, known));
                 }
             }
         }
-        if buf.is_empty() && !sync {
-            return;
+        if !buf.is_empty() || sync {
+            self.write_batch(&buf, sync, appended, synced_replies);
         }
-        match self.write(&buf, sync) {
+        // After the write: once told, its owner may take the release as made.
+        // (Had the write failed, a crash would at worst bring one back.)
+        for (reply, known) in answers {
+            reply(Ok(known));
+        }
+    }
+
+    /// Writes one batch and answers the appends and durable releases in it.
+    fn write_batch(
+        &mut self,
+        buf: &[u8],
+        sync: bool,
+        appended: Vec<(String, u64, usize, Reply<()>)>,
+        synced_replies: Vec<Reply<()>>,
+    ) {
+        match self.write(buf, sync) {
             Ok(()) => {
                 for (id, offset, len, reply) in appended {
                     *self.segments.entry(self.segment).or_default() += 1;
