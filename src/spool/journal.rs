@@ -75,15 +75,19 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Recovers what a crash left in `root/journal`, then starts the writer
-    /// thread on a fresh segment. Call only while holding the data-dir lock.
+    /// Starts the writer thread on a fresh segment. Call only while holding
+    /// the data-dir lock, once `recover` has emptied the journal.
     pub fn start(root: &Path) -> io::Result<Journal> {
-        recover(root)?;
+        if !segment_files(root)?.is_empty() {
+            return Err(io::Error::other(format!(
+                "{}: the spool journal holds segments not yet recovered",
+                root.join("journal").display()
+            )));
+        }
         let dir = root.join("journal");
         fs::create_dir_all(&dir)?;
         let mut writer = Writer {
-            queue_dir: root.join("queue"),
-            tmp_dir: root.join("tmp"),
+            spool: super::Spool::open_existing(root)?,
             segment: 0,
             file: None,
             size: 0,
@@ -169,8 +173,8 @@ struct Location {
 /// The writer thread's state: it alone touches the journal files.
 struct Writer {
     dir: PathBuf,
-    queue_dir: PathBuf,
-    tmp_dir: PathBuf,
+    /// Where checkpointed messages go (its plain file path: no slots).
+    spool: super::Spool,
     segment: u64,
     file: Option<File>,
     size: u64,
@@ -324,7 +328,7 @@ impl Writer {
             }
             encode(buf, KIND_RELEASE, id, &[]);
         } else if self.on_disk.remove(id) && finished {
-            let _ = fs::remove_file(self.queue_dir.join(id));
+            let _ = fs::remove_file(self.spool.queue_dir().join(id));
         }
     }
 
@@ -384,12 +388,10 @@ impl Writer {
             let mut image = vec![0; location.len];
             let copied = file
                 .read_exact_at(&mut image, location.offset)
+                .map_err(super::SpoolError::from)
                 .and_then(|()| {
-                    super::writer::write_images_durably(
-                        &self.tmp_dir,
-                        &self.queue_dir,
-                        &[(id.as_str(), &image)],
-                    )
+                    let written = self.spool.write_images(&[(id.as_str(), &image)]);
+                    written.into_iter().next().unwrap_or(Ok(()))
                 });
             match copied {
                 Ok(()) => {
@@ -532,7 +534,7 @@ pub fn unreleased(root: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
 /// Writes every message the journal under `root` holds and has not
 /// released into `queue/` (durably), then removes the journal. Returns how
 /// many it wrote. Call only while holding the data-dir lock.
-pub fn recover(root: &Path) -> io::Result<usize> {
+pub fn recover(root: &Path) -> Result<usize, super::SpoolError> {
     let paths = segment_files(root)?;
     if paths.is_empty() {
         return Ok(0);
@@ -556,7 +558,10 @@ pub fn recover(root: &Path) -> io::Result<usize> {
             to_write.push((id.as_str(), image.as_slice()));
         }
     }
-    super::writer::write_images_durably(&root.join("tmp"), &queue_dir, &to_write)?;
+    let spool = super::Spool::open_existing(root)?;
+    for written in spool.write_images(&to_write) {
+        written?;
+    }
     for path in &paths {
         fs::remove_file(path)?;
     }
@@ -569,20 +574,27 @@ mod tests {
     use super::*;
     use crate::spool::{Envelope, QueueId, Spool};
 
-    fn image(id: &str, text: &str) -> Arc<MemoryCopy> {
-        let body = format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes();
-        let env = serde_json::to_vec(&Envelope::for_test(id, "a@x.test", &["b@y.test"])).unwrap();
-        let body_len = body.len() as u64;
-        let mut bytes = body;
-        bytes.extend_from_slice(&env);
-        bytes.extend_from_slice(crate::spool::trailer_line(body_len, env.len() as u64).as_bytes());
-        MemoryCopy::keep_image(bytes, body_len).expect("small")
+    /// What a session hands the journal: the writer's image of a small message.
+    fn image(spool: &Spool, id: &str, text: &str) -> Arc<MemoryCopy> {
+        let mut w = spool.begin(id);
+        w.write(format!("Subject: {text}\r\n\r\n{text}\r\n").as_bytes());
+        let Ok((image, body_len)) =
+            w.into_image(&Envelope::for_test(id, "a@x.test", &["b@y.test"]))
+        else {
+            panic!("a small message is kept whole in memory");
+        };
+        MemoryCopy::keep_image(image, body_len).expect("within the memory budget")
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
+    /// A spool with a running journal, and a runtime to wait for appends on.
+    fn journal_at_work() -> (tempfile::TempDir, Spool, Journal, tokio::runtime::Runtime) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let journal = Journal::start(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
             .build()
-            .unwrap()
+            .unwrap();
+        (dir, spool, journal, rt)
     }
 
     fn segments(root: &Path) -> usize {
@@ -628,14 +640,11 @@ mod tests {
 
     #[test]
     fn an_unreleased_message_is_recovered_into_the_queue_and_a_released_one_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let journal = Journal::start(dir.path()).unwrap();
+        let (dir, spool, journal, rt) = journal_at_work();
         let (kept, done) = (QueueId::new(), QueueId::new());
-        let rt = runtime();
-        rt.block_on(journal.append(&kept, image(&kept, "kept")))
+        rt.block_on(journal.append(&kept, image(&spool, &kept, "kept")))
             .unwrap();
-        rt.block_on(journal.append(&done, image(&done, "done")))
+        rt.block_on(journal.append(&done, image(&spool, &done, "done")))
             .unwrap();
         journal.release(&done);
         // A barrier: a durable release of an unknown ID waits behind the first.
@@ -668,13 +677,11 @@ mod tests {
 
     #[test]
     fn a_materialized_message_is_not_written_again_and_a_deleted_one_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let journal = Journal::start(dir.path()).unwrap();
-        let rt = runtime();
+        let (dir, spool, journal, rt) = journal_at_work();
         let (stays, deleted) = (QueueId::new(), QueueId::new());
         for id in [&stays, &deleted] {
-            rt.block_on(journal.append(id, image(id, "x"))).unwrap();
+            rt.block_on(journal.append(id, image(&spool, id, "x")))
+                .unwrap();
         }
         journal.release_durably(&deleted).unwrap();
         assert_eq!(
@@ -690,18 +697,16 @@ mod tests {
 
     #[test]
     fn segments_are_dropped_oldest_first_and_a_slow_message_is_checkpointed() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let journal = Journal::start(dir.path()).unwrap();
-        let rt = runtime();
+        let (dir, spool, journal, rt) = journal_at_work();
         let slow = QueueId::new();
-        rt.block_on(journal.append(&slow, image(&slow, "slow")))
+        rt.block_on(journal.append(&slow, image(&spool, &slow, "slow")))
             .unwrap();
         // Enough delivered mail to fill many segments.
         let big = "y".repeat(100 * 1024);
         for _ in 0..(MAX_SEGMENTS as u64 + 4) * SEGMENT_MAX / (200 * 1024) {
             let id = QueueId::new();
-            rt.block_on(journal.append(&id, image(&id, &big))).unwrap();
+            rt.block_on(journal.append(&id, image(&spool, &id, &big)))
+                .unwrap();
             journal.release(&id);
         }
         journal.release_durably("none").unwrap();

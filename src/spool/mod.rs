@@ -95,8 +95,8 @@ impl Spool {
     }
 
     /// Makes small new messages durable in the shared journal (one sync for
-    /// all accepted at once); recovers what a crash left there first. For
-    /// the server, while holding the data-dir lock.
+    /// all accepted at once). For the server, while holding the data-dir
+    /// lock, after `recover_journal`.
     pub fn with_journal(mut self) -> io::Result<Spool> {
         self.journal = Some(Journal::start(&self.root)?);
         Ok(self)
@@ -108,7 +108,7 @@ impl Spool {
 
     /// Writes the messages a crash left in the journal only into the queue.
     /// Call only while holding the data-dir lock, before reading the queue.
-    pub fn recover_journal(&self) -> io::Result<usize> {
+    pub fn recover_journal(&self) -> Result<usize, SpoolError> {
         journal::recover(&self.root)
     }
 
@@ -123,29 +123,17 @@ impl Spool {
                 .map(|_| Err(io::Error::other("no spool journal").into()))
                 .collect();
         };
-        let mut results: Vec<Result<bool, SpoolError>> =
-            messages.iter().map(|_| Ok(true)).collect();
-        let mut prepared = Vec::new();
-        let mut waiting = Vec::new();
-        for (i, (id, copy)) in messages.iter().enumerate() {
-            let written = self
-                .message_path(id)
-                .and_then(|_| Ok(self.begin(id).prepare_image(copy.image())?));
-            match written {
-                Ok(p) => {
-                    prepared.push(p);
-                    waiting.push(i);
-                }
-                Err(e) => results[i] = Err(e),
-            }
-        }
-        let published = Prepared::publish_batch(prepared, &self.queue_dir());
+        let images: Vec<(&str, &[u8])> = messages
+            .iter()
+            .map(|(id, copy)| (*id, copy.image()))
+            .collect();
+        let mut results: Vec<Result<bool, SpoolError>> = Vec::with_capacity(messages.len());
         let mut confirm = Vec::new();
-        for (i, r) in waiting.into_iter().zip(published) {
-            match r {
-                Ok(()) => confirm.push(i),
-                Err(e) => results[i] = Err(e.into()),
+        for (i, written) in self.write_images(&images).into_iter().enumerate() {
+            if written.is_ok() {
+                confirm.push(i);
             }
+            results.push(written.map(|()| true));
         }
         let ids: Vec<String> = confirm.iter().map(|&i| messages[i].0.to_string()).collect();
         match journal.materialized(ids) {
@@ -162,6 +150,34 @@ impl Spool {
                 for i in confirm {
                     results[i] = Err(io::Error::new(e.kind(), e.to_string()).into());
                 }
+            }
+        }
+        results
+    }
+
+    /// Writes whole file images (content, envelope, trailer) into `queue/`:
+    /// each written and synced, the renames made durable together. One
+    /// result per image, in order (blocking I/O).
+    pub(crate) fn write_images(&self, images: &[(&str, &[u8])]) -> Vec<Result<(), SpoolError>> {
+        let mut results: Vec<Result<(), SpoolError>> = images.iter().map(|_| Ok(())).collect();
+        let mut prepared = Vec::new();
+        let mut waiting = Vec::new();
+        for (i, (id, image)) in images.iter().enumerate() {
+            let written = self
+                .message_path(id)
+                .and_then(|_| Ok(self.begin(id).prepare_image(image)?));
+            match written {
+                Ok(p) => {
+                    prepared.push(p);
+                    waiting.push(i);
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        let published = Prepared::publish_batch(prepared, &self.queue_dir());
+        for (i, r) in waiting.into_iter().zip(published) {
+            if let Err(e) = r {
+                results[i] = Err(e.into());
             }
         }
         results

@@ -110,13 +110,10 @@ impl SpoolWriter {
         if self.file.is_some() || self.body_len as usize > super::memory::MEMORY_COPY_MAX {
             return Err(self);
         }
-        let Ok(env) = serde_json::to_vec(envelope) else {
+        if self.seal(envelope).is_err() {
             return Err(self);
-        };
-        let mut image = std::mem::take(&mut self.pending);
-        image.extend_from_slice(&env);
-        image.extend_from_slice(trailer_line(self.body_len, env.len() as u64).as_bytes());
-        Ok((image, self.body_len))
+        }
+        Ok((std::mem::take(&mut self.pending), self.body_len))
     }
 
     /// Writes a complete file image (a journaled message moving into the
@@ -124,33 +121,22 @@ impl SpoolWriter {
     pub fn prepare_image(mut self, image: &[u8]) -> io::Result<Prepared> {
         self.pending.clear();
         self.pending.extend_from_slice(image);
-        let written = self.write_pending().and_then(|()| {
-            self.file
-                .take()
-                .ok_or_else(|| io::Error::other("spool file missing"))?
-                .sync_data()
-        });
-        self.done = true;
-        if let Err(e) = written {
-            self.discard();
-            return Err(e);
-        }
-        Ok(Prepared {
-            content: None,
-            tmp_path: self.tmp_path.clone(),
-            final_path: self.final_path.clone(),
-            queue_dir: self.queue_dir.clone(),
-            published: false,
-            named_durably: self.slots.is_some(),
-        })
+        let synced = self.sync_file().map(|()| None);
+        self.into_prepared(synced)
     }
 
     /// Writes everything with the envelope and trailer and fdatasyncs the file
     /// (blocking I/O). The message is not in the queue until it is published.
     pub fn prepare(mut self, envelope: &Envelope) -> io::Result<Prepared> {
-        let result = self.write_and_sync(envelope);
+        let synced = self.write_and_sync(envelope);
+        self.into_prepared(synced)
+    }
+
+    /// Ends the writer: its synced file ready to publish, or the error (and
+    /// the file removed).
+    fn into_prepared(mut self, synced: io::Result<Option<Vec<u8>>>) -> io::Result<Prepared> {
         self.done = true;
-        match result {
+        match synced {
             Ok(content) => Ok(Prepared {
                 content,
                 tmp_path: self.tmp_path.clone(),
@@ -166,21 +152,31 @@ impl SpoolWriter {
         }
     }
 
+    /// Appends the envelope and the trailer after the content (in memory).
+    fn seal(&mut self, envelope: &Envelope) -> io::Result<()> {
+        let env = serde_json::to_vec(envelope).map_err(io::Error::other)?;
+        self.pending.extend_from_slice(&env);
+        self.pending
+            .extend_from_slice(trailer_line(self.body_len, env.len() as u64).as_bytes());
+        Ok(())
+    }
+
+    /// Writes what is waiting and fdatasyncs the file: the content and the
+    /// size needed to read it, without mtime churn.
+    fn sync_file(&mut self) -> io::Result<()> {
+        self.write_pending()?;
+        self.file
+            .take()
+            .ok_or_else(|| io::Error::other("spool file missing"))?
+            .sync_data()
+    }
+
     /// Returns the content when it was all in memory and small (see `MemoryCopy`).
     fn write_and_sync(&mut self, envelope: &Envelope) -> io::Result<Option<Vec<u8>>> {
         let whole_in_memory = self.file.is_none();
-        let env = serde_json::to_vec(envelope).map_err(io::Error::other)?;
-        let trailer = trailer_line(self.body_len, env.len() as u64);
-        self.pending.extend_from_slice(&env);
-        self.pending.extend_from_slice(trailer.as_bytes());
-        self.write_pending()?;
+        self.seal(envelope)?;
+        self.sync_file()?;
         let mut content = std::mem::take(&mut self.pending);
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("spool file missing"))?;
-        // fdatasync: the content and the size needed to read it, without mtime churn.
-        file.sync_data()?;
         if whole_in_memory && self.body_len as usize <= super::memory::MEMORY_COPY_MAX {
             content.truncate(self.body_len as usize);
             Ok(Some(content))
@@ -283,28 +279,6 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-/// Writes whole file images into `queue_dir` by way of `tmp_dir`, each
-/// synced, then the renames with one directory sync (blocking I/O).
-pub(super) fn write_images_durably(
-    tmp_dir: &Path,
-    queue_dir: &Path,
-    images: &[(&str, &[u8])],
-) -> io::Result<()> {
-    if images.is_empty() {
-        return Ok(());
-    }
-    let mut written = Vec::with_capacity(images.len());
-    for (id, image) in images {
-        let tmp = tmp_dir.join(format!("{id}.journal"));
-        write_durably(&tmp, image)?;
-        written.push((tmp, queue_dir.join(id)));
-    }
-    for (tmp, target) in &written {
-        fs::rename(tmp, target)?;
-    }
-    sync_dir(queue_dir)
 }
 
 /// fsyncs a directory so that a rename or unlink in it survives a crash.

@@ -7,13 +7,16 @@ use crate::support::{WAIT, run_with_timeout, strip_received};
 use std::process::Command;
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    setup_with(
+        "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n",
+    )
+}
+
+/// A data dir and a config file holding `toml_text`, completed for tests.
+fn setup_with(toml_text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::generate(dir.path());
-    let text = complete_config(
-        "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n",
-        dir.path(),
-        &ca,
-    );
+    let text = complete_config(toml_text, dir.path(), &ca);
     let path = dir.path().join("portcullis.toml");
     std::fs::write(&path, text).unwrap();
     (dir, path)
@@ -128,22 +131,6 @@ async fn kill_9_during_data_leaves_no_torn_message() {
     assert_eq!(torn_slots, 0, "no slot keeps the unfinished message");
 }
 
-/// Config with every message relayed to a smart host on `port`.
-fn setup_smarthost(port: u16) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::generate(dir.path());
-    let text = complete_config(
-        &format!(
-            "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{port}\"\nsmarthost_tls = \"none\"\n"
-        ),
-        dir.path(),
-        &ca,
-    );
-    let path = dir.path().join("portcullis.toml");
-    std::fs::write(&path, text).unwrap();
-    (dir, path)
-}
-
 /// A small message is durable only in the spool journal until its first
 /// delivery pass ends. Killed while that pass hangs on a next hop that
 /// never answers, the server finds it again at the next start and delivers
@@ -161,7 +148,9 @@ async fn kill_9_during_a_first_delivery_keeps_the_journaled_message() {
             holder.lock().unwrap().push(conn);
         }
     });
-    let (dir, config) = setup_smarthost(port);
+    let (dir, config) = setup_with(&format!(
+        "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{port}\"\nsmarthost_tls = \"none\"\n"
+    ));
     let mut server = ProcessServer::spawn(&config);
     let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "journal.test").await;
     let mut ids = Vec::new();
