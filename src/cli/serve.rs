@@ -16,7 +16,6 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
-    return_big_blocks_to_the_system();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
@@ -43,20 +42,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         server.run(shutdown).await
     })?;
     Ok(0)
-}
-
-/// Password hashing allocates 19 MiB per check (argon2id), on whichever
-/// blocking thread runs it. glibc's malloc raises its mmap threshold after
-/// the first such block is freed, and from then on keeps freed blocks in
-/// each thread's arena: under an AUTH flood the process grew to 1 GB though
-/// at most one check per core runs. A fixed threshold makes every block of
-/// 1 MiB or more an mmap of its own, handed back to the system when freed.
-fn return_big_blocks_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator tunables; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
