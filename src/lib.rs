@@ -11,6 +11,7 @@ pub mod diagnostics;
 pub mod dns;
 pub mod events;
 pub mod guard;
+pub mod log_writer;
 pub mod metrics;
 pub mod policy;
 pub mod queue;

@@ -23,7 +23,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
     }
-    init_logging(&config);
+    let _log_flush = init_logging(&config);
     if args.config.is_none() {
         tracing::info!("no --config given: running on the embedded safe default (loopback only)");
     }
@@ -71,16 +71,20 @@ async fn reload_on_sighup(reload: crate::server::ReloadHandle) {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr through the batching writer; the guard writes what is
+/// left when the server stops.
+fn init_logging(config: &Config) -> crate::log_writer::FlushOnDrop {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config.log.level.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, flush) = crate::log_writer::BatchedWriter::start(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
     // Under systemd the journal stamps every line itself.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match (config.log.format, journald) {
@@ -88,4 +92,5 @@ fn init_logging(config: &Config) {
         (LogFormat::Text, true) => builder.without_time().init(),
         (LogFormat::Text, false) => builder.init(),
     }
+    flush
 }

@@ -17,7 +17,7 @@ use pool::Pool;
 use route::{Destination, RouteError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +410,7 @@ impl Deliverer {
             Some(c) => c,
             None => {
                 let mut fresh = SmtpConnection::connect(addr, opts).await?;
+                info!(host = %host, ip = %addr.ip(), tls = fresh.tls.as_deref().unwrap_or("none"), "next hop connected");
                 let replies = fresh.send(msg).await?;
                 (fresh, replies)
             }
@@ -430,7 +431,8 @@ impl Deliverer {
                 Outcome::Failed(_) => "failed",
                 Outcome::Deferred { .. } => "deferred",
             };
-            info!(queue_id = %job.queue_id, to = %rcpt, host = %host, ip = %addr.ip(), tls = %tls, reply = %reply, delay_ms = started.elapsed().as_millis() as u64, "{result}");
+            // The queue logs each recipient's outcome; this is the attempt's detail.
+            debug!(queue_id = %job.queue_id, to = %rcpt, host = %host, ip = %addr.ip(), tls = %tls, reply = %reply, delay_ms = started.elapsed().as_millis() as u64, "{result}");
         }
         self.pool.put(key, conn);
         Ok(outcomes)

@@ -94,10 +94,12 @@ impl Subscriber for LogWriter {
                 result,
                 counted,
                 next_attempt,
+                queued_seconds,
                 ..
             } => match state {
                 DeliveryState::Delivered => {
-                    info!(queue_id = %queue_id, to = %to, result = %result, "recipient delivered")
+                    let delay = format!("{queued_seconds:.3}s");
+                    info!(queue_id = %queue_id, to = %to, result = %result, delay, "recipient delivered")
                 }
                 DeliveryState::Deferred => {
                     info!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = next_attempt, "recipient deferred")

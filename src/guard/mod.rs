@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Sources and addresses watched at once before the oldest are forgotten.
 const MAX_WATCHED: usize = 10_000;
@@ -96,13 +96,27 @@ impl GuardStore for FileStore {
     }
 }
 
+/// The guard's state as last read from its store.
+#[derive(Default)]
+struct Cached {
+    stamp: Option<SystemTime>,
+    looked: Option<Instant>,
+    state: GuardState,
+}
+
+/// The store's stamp is looked at no more often than this: each message
+/// asks the guard several times, and `portcullis guard` edits are seen
+/// within this (at once on a quiet server).
+const RESTAT_AFTER: Duration = Duration::from_millis(25);
+
 pub struct Guard {
     /// The thresholds; a reload replaces them (what was seen is kept).
     config: std::sync::RwLock<GuardConfig>,
     /// None: decisions live in memory only (tests, tools).
     store: Option<Box<dyn GuardStore>>,
-    /// The state and the store's stamp when last read (the CLI may change it).
-    state: Mutex<(Option<SystemTime>, GuardState)>,
+    /// The state, the store's stamp when last read (the CLI may change it),
+    /// and when the stamp was last looked at.
+    state: Mutex<Cached>,
     sentinel: Mutex<HashMap<IpAddr, VecDeque<(Instant, Seen)>>>,
     floods: flood::FloodWatch,
 }
@@ -113,7 +127,7 @@ impl Guard {
             config: std::sync::RwLock::new(config),
             store: data_dir
                 .map(|d| Box::new(FileStore(d.join("guard.json"))) as Box<dyn GuardStore>),
-            state: Mutex::new((None, GuardState::default())),
+            state: Mutex::new(Cached::default()),
             sentinel: Mutex::new(HashMap::new()),
             floods: flood::FloodWatch::default(),
         }
@@ -134,14 +148,17 @@ impl Guard {
     /// The state, read again when the file changed.
     fn with_state<T>(&self, f: impl FnOnce(&mut GuardState) -> T) -> T {
         let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = &self.store {
+        if let Some(store) = &self.store
+            && cached.looked.is_none_or(|t| t.elapsed() >= RESTAT_AFTER)
+        {
             let stamp = store.stamp();
-            if stamp != cached.0 {
-                cached.1 = store.load();
-                cached.0 = stamp;
+            if stamp != cached.stamp {
+                cached.state = store.load();
+                cached.stamp = stamp;
             }
+            cached.looked = Some(Instant::now());
         }
-        f(&mut cached.1)
+        f(&mut cached.state)
     }
 
     fn save(&self, state: &GuardState) {
@@ -150,7 +167,7 @@ impl Guard {
                 tracing::error!(error = %e, "cannot record the guard's state");
             }
             let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            cached.0 = store.stamp();
+            cached.stamp = store.stamp();
         }
     }
 

@@ -33,6 +33,11 @@ const KIND_MESSAGE: u8 = 1;
 const KIND_RELEASE: u8 = 2;
 /// A new segment is started past this size.
 const SEGMENT_MAX: u64 = 8 * 1024 * 1024;
+/// Segments are written full of zeros (and synced) before use, a little
+/// past `SEGMENT_MAX` for the batch that crosses it: appends then overwrite
+/// blocks that exist, so a sync writes only the records, never the inode
+/// (the file's size does not change), and a full disk cannot fail them.
+const SEGMENT_PREALLOCATED: u64 = SEGMENT_MAX + 1024 * 1024;
 /// Past this many segments, the oldest one's live messages are checkpointed.
 const MAX_SEGMENTS: usize = 8;
 /// Requests taken into one write (and one sync) at most.
@@ -91,6 +96,7 @@ impl Journal {
             segment: 0,
             file: None,
             size: 0,
+            next: None,
             segments: BTreeMap::new(),
             live: HashMap::new(),
             on_disk: HashSet::new(),
@@ -178,6 +184,8 @@ struct Writer {
     segment: u64,
     file: Option<File>,
     size: u64,
+    /// The next segment, being zero-filled by a helper thread meanwhile.
+    next: Option<(u64, std::thread::JoinHandle<io::Result<File>>)>,
     /// Every segment file there is, with how many live messages it holds.
     segments: BTreeMap<u64, usize>,
     /// Messages whose only copy on disk is their record here.
@@ -293,13 +301,13 @@ impl Writer {
         }
     }
 
-    /// Appends `buf` (and syncs when asked). On failure the segment is cut
-    /// back to its last whole record, or left for a new one, so that no
-    /// record ever follows a torn one.
+    /// Appends `buf` (and syncs when asked). On failure the bytes written
+    /// are zeroed again, or the segment is left for a new one, so that no
+    /// record ever follows a torn one, nor counts when its append failed.
     fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         let file = self.file.as_mut().ok_or_else(stopped)?;
         let result = file
-            .write_all(buf)
+            .write_all_at(buf, self.size)
             .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         match result {
             Ok(()) => {
@@ -307,9 +315,10 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                // Appends go to the end, so cutting back is enough; when
-                // even that fails, later records go to a new segment.
-                if file.set_len(self.size).is_err() {
+                let zeroed = file
+                    .write_all_at(&vec![0; buf.len()], self.size)
+                    .and_then(|()| file.sync_data());
+                if zeroed.is_err() {
                     self.file = None;
                     let _ = self.rotate();
                 }
@@ -332,18 +341,40 @@ impl Writer {
         }
     }
 
-    /// Starts a new segment; its name is made durable before any record in it counts.
+    /// Starts the next segment (prepared meanwhile, as a rule) and has the
+    /// one after it prepared.
     fn rotate(&mut self) -> io::Result<()> {
-        let next = self.segments.keys().next_back().map_or(1, |last| last + 1);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(segment_path(&self.dir, next))?;
-        super::writer::sync_dir(&self.dir)?;
-        self.segments.insert(next, 0);
-        self.segment = next;
+        let number = self.segments.keys().next_back().map_or(1, |last| last + 1);
+        let path = segment_path(&self.dir, number);
+        let prepared = match self.next.take() {
+            Some((n, preparing)) if n == number => preparing
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("segment preparation panicked"))),
+            // The first segment (or a preparation that never started).
+            _ => prepare_segment(&path, &self.dir),
+        };
+        let file = match prepared {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "cannot prepare a journal segment ({e}): appending to a growing one");
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                super::writer::sync_dir(&self.dir)?;
+                file
+            }
+        };
+        self.segments.insert(number, 0);
+        self.segment = number;
         self.file = Some(file);
         self.size = 0;
+        let (next, dir) = (segment_path(&self.dir, number + 1), self.dir.clone());
+        self.next = std::thread::Builder::new()
+            .name("spool-journal-prep".into())
+            .spawn(move || prepare_segment(&next, &dir))
+            .ok()
+            .map(|preparing| (number + 1, preparing));
         Ok(())
     }
 
@@ -408,6 +439,28 @@ impl Writer {
             tracing::warn!("cannot record a journal checkpoint: {e}");
         }
     }
+}
+
+/// Writes a new segment full of zeros and makes it and its name durable.
+/// A prepared segment holds no record: recovery finds nothing in it.
+fn prepare_segment(path: &Path, dir: &Path) -> io::Result<File> {
+    let prepared = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut left = SEGMENT_PREALLOCATED;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        super::writer::sync_dir(dir)?;
+        Ok(file)
+    })();
+    if prepared.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    prepared
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -696,6 +749,27 @@ mod tests {
     }
 
     #[test]
+    fn appends_overwrite_a_preallocated_segment_and_recovery_stops_at_its_zeros() {
+        let (dir, spool, journal, rt) = journal_at_work();
+        let first = segment_path(&dir.path().join("journal"), 1);
+        assert_eq!(fs::metadata(&first).unwrap().len(), SEGMENT_PREALLOCATED);
+        let id = QueueId::new();
+        rt.block_on(journal.append(&id, image(&spool, &id, "kept")))
+            .unwrap();
+        assert_eq!(
+            fs::metadata(&first).unwrap().len(),
+            SEGMENT_PREALLOCATED,
+            "the append did not grow the file"
+        );
+        let found = unreleased(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, id.to_string());
+        drop(journal);
+        assert_eq!(recover(dir.path()).unwrap(), 1);
+        assert_eq!(spool.ids().unwrap(), vec![id]);
+    }
+
+    #[test]
     fn segments_are_dropped_oldest_first_and_a_slow_message_is_checkpointed() {
         let (dir, spool, journal, rt) = journal_at_work();
         let slow = QueueId::new();
@@ -710,7 +784,8 @@ mod tests {
             journal.release(&id);
         }
         journal.release_durably("none").unwrap();
-        assert!(segments(dir.path()) <= MAX_SEGMENTS + 1);
+        // The live ones, the current one and the one prepared next.
+        assert!(segments(dir.path()) <= MAX_SEGMENTS + 2);
         assert_eq!(
             spool.ids().unwrap(),
             vec![slow.clone()],
