@@ -251,4 +251,67 @@ mod tests {
         writer.append(b"after the stop\n");
         assert_eq!(sink.text(), "first\nafter the stop\n");
     }
+
+    /// A sink that takes nothing until the test opens its gate.
+    struct Gated {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        out: Captured,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (open, cv) = &*self.gate;
+            let mut o = open.lock().unwrap();
+            while !*o {
+                o = cv.wait(o).unwrap();
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_sink_makes_loggers_wait_instead_of_growing_memory() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Captured::default();
+        let (writer, flush) = BatchedWriter::start(Gated {
+            gate: Arc::clone(&gate),
+            out: out.clone(),
+        });
+        // The writer takes a first batch and sticks in the sink with it...
+        writer.append(b"first\n");
+        let start = Instant::now();
+        while !writer.shared.lock().lines.is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...so what follows piles up, up to the high-water mark, and no further.
+        let line = vec![b'x'; 1024];
+        for _ in 0..HIGH_WATER / line.len() {
+            writer.append(&line);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let logger = std::thread::spawn({
+            let (writer, done) = (writer.clone(), Arc::clone(&done));
+            move || {
+                writer.append(b"one too many\n");
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !done.load(std::sync::atomic::Ordering::SeqCst),
+            "the logger waits for room"
+        );
+        assert!(writer.shared.lock().lines.len() <= HIGH_WATER);
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+        logger.join().unwrap();
+        drop(flush);
+        let text = out.text();
+        assert!(text.starts_with("first\n") && text.ends_with("one too many\n"));
+        assert_eq!(text.len(), 6 + HIGH_WATER / 1024 * 1024 + 13);
+    }
 }

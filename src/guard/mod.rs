@@ -78,7 +78,7 @@ pub trait GuardStore: Send + Sync {
     /// Replaces the stored state.
     fn save(&self, state: &GuardState) -> std::io::Result<()>;
     /// Changes whenever the stored state changed (someone else may change it).
-    fn stamp(&self) -> Option<SystemTime>;
+    fn stamp(&self) -> Option<Stamp>;
 }
 
 /// `data_dir/guard.json`, replaced atomically; `portcullis guard` edits it too.
@@ -91,15 +91,22 @@ impl GuardStore for FileStore {
     fn save(&self, state: &GuardState) -> std::io::Result<()> {
         state.save(&self.0)
     }
-    fn stamp(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.0).and_then(|m| m.modified()).ok()
+    fn stamp(&self) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.0).ok()?;
+        Some((m.modified().ok()?, m.ino(), m.len()))
     }
 }
+
+/// A stored state's version: modification time, and for a file its inode
+/// and length too (each save is a new file, and two saves can share a
+/// coarse timestamp).
+pub type Stamp = (SystemTime, u64, u64);
 
 /// The guard's state as last read from its store.
 #[derive(Default)]
 struct Cached {
-    stamp: Option<SystemTime>,
+    stamp: Option<Stamp>,
     looked: Option<Instant>,
     state: GuardState,
 }
@@ -385,5 +392,24 @@ mod tests {
             again.observe_helo(router, "a.b.com").is_none(),
             "an admin's word holds"
         );
+    }
+
+    #[test]
+    fn an_edit_by_another_process_is_seen_within_the_restat_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
+        let ip: IpAddr = "192.168.1.1".parse().unwrap();
+        // Asked many times in a row, the server looks at the file rarely...
+        for _ in 0..1000 {
+            assert!(!server.is_untrusted(ip));
+        }
+        // ...yet the CLI's word (another Guard on the same file) arrives.
+        let cli = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
+        cli.untrust(ip, "untrusted by an admin");
+        std::thread::sleep(RESTAT_AFTER + Duration::from_millis(5));
+        assert!(server.is_untrusted(ip));
+        cli.trust(ip);
+        std::thread::sleep(RESTAT_AFTER + Duration::from_millis(5));
+        assert!(!server.is_untrusted(ip));
     }
 }
