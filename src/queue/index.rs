@@ -216,7 +216,7 @@ impl Index {
         let mut index = Index::default();
         let mut problems = Vec::new();
         for id in spool.ids()? {
-            match spool.load(&id) {
+            match spool.load_owned(&id) {
                 Ok(m) => {
                     index.entries.insert(id, Entry::from_spool(m));
                 }

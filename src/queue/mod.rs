@@ -338,12 +338,18 @@ impl QueueManager {
                 let handle = self.handle.clone();
                 q.tasks.spawn(async move {
                     let owned = id.clone();
-                    let loaded = off_thread(move || spool.load(&owned)).await;
+                    let loaded = off_thread(move || spool.load_owned(&owned)).await;
                     let _ = handle.0.send(Inbound::Loaded(id, loaded));
                 });
             }
             Inbound::Loaded(id, Ok(m)) => {
-                if !q.index.entries.contains_key(&id) {
+                if let Some(e) = q.index.entries.get_mut(&id) {
+                    // Found by the start-up scan first (accepted while the
+                    // index was read): the session's copy serves as well.
+                    if e.content.journaled && e.content.memory.is_none() {
+                        e.content.memory = m.memory;
+                    }
+                } else {
                     let mut entry = Entry::from_spool(m);
                     if entry.state.held && !entry.content.journaled {
                         // It may wait long: no memory kept for it.

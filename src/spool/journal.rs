@@ -444,6 +444,12 @@ impl Writer {
 /// Writes a new segment full of zeros and makes it and its name durable.
 /// A prepared segment holds no record: recovery finds nothing in it.
 fn prepare_segment(path: &Path, dir: &Path) -> io::Result<File> {
+    if !room_to_preallocate(dir) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "little free space: not preallocated",
+        ));
+    }
     let prepared = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
         let zeros = vec![0u8; 1024 * 1024];
@@ -461,6 +467,24 @@ fn prepare_segment(path: &Path, dir: &Path) -> io::Result<File> {
         let _ = fs::remove_file(path);
     }
     prepared
+}
+
+/// Whether the disk has room to spare for a zero-filled segment: filling
+/// one on a nearly full disk would take its last space for a moment, and
+/// sessions would be refused meanwhile.
+fn room_to_preallocate(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs only writes into the struct it is given; `path` is
+    // NUL-terminated and outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    free >= 4 * SEGMENT_PREALLOCATED
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {

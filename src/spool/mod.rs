@@ -117,31 +117,36 @@ impl Spool {
     /// durable together. Per message, false when it was deleted meanwhile
     /// (blocking I/O).
     pub fn materialize(&self, messages: &[(&str, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>> {
-        let Some(journal) = &self.journal else {
-            return messages
-                .iter()
-                .map(|_| Err(io::Error::other("no spool journal").into()))
-                .collect();
-        };
         let images: Vec<(&str, &[u8])> = messages
             .iter()
             .map(|(id, copy)| (*id, copy.image()))
             .collect();
-        let mut results: Vec<Result<bool, SpoolError>> = Vec::with_capacity(messages.len());
+        self.materialize_images(&images)
+    }
+
+    /// `materialize` from the file images themselves.
+    fn materialize_images(&self, images: &[(&str, &[u8])]) -> Vec<Result<bool, SpoolError>> {
+        let Some(journal) = &self.journal else {
+            return images
+                .iter()
+                .map(|_| Err(io::Error::other("no spool journal").into()))
+                .collect();
+        };
+        let mut results: Vec<Result<bool, SpoolError>> = Vec::with_capacity(images.len());
         let mut confirm = Vec::new();
-        for (i, written) in self.write_images(&images).into_iter().enumerate() {
+        for (i, written) in self.write_images(images).into_iter().enumerate() {
             if written.is_ok() {
                 confirm.push(i);
             }
             results.push(written.map(|()| true));
         }
-        let ids: Vec<String> = confirm.iter().map(|&i| messages[i].0.to_string()).collect();
+        let ids: Vec<String> = confirm.iter().map(|&i| images[i].0.to_string()).collect();
         match journal.materialized(ids) {
             Ok(kept) => {
                 for (i, kept) in confirm.into_iter().zip(kept) {
                     if !kept {
                         // Deleted meanwhile: the copy just written must go too.
-                        let _ = fs::remove_file(self.queue_dir().join(messages[i].0));
+                        let _ = fs::remove_file(self.queue_dir().join(images[i].0));
                         results[i] = Ok(false);
                     }
                 }
@@ -321,29 +326,57 @@ impl Spool {
 
     /// Reads one message's envelope and state.
     pub fn load(&self, id: &str) -> Result<QueuedMessage, SpoolError> {
+        self.load_with_image(id).map(|(msg, _)| msg)
+    }
+
+    /// `load`, with the file image of a message found only in the journal.
+    fn load_with_image(&self, id: &str) -> Result<(QueuedMessage, Option<Vec<u8>>), SpoolError> {
         let path = self.message_path(id)?;
-        let (envelope, body_len, journaled) = match File::open(&path) {
+        let (envelope, body_len, image) = match File::open(&path) {
             Ok(mut file) => {
                 let (envelope, body_len) = read_envelope(&mut file, &path)?;
-                (envelope, body_len, false)
+                (envelope, body_len, None)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let (envelope, body_len, _) = self.read_journaled(id)?;
-                (envelope, body_len, true)
+                let (envelope, body_len, image) = self.read_journaled(id)?;
+                (envelope, body_len, Some(image))
             }
             Err(e) => return Err(e.into()),
         };
         let state = self
             .read_state(id)?
             .unwrap_or_else(|| MessageState::initial(&envelope));
-        Ok(QueuedMessage {
+        let msg = QueuedMessage {
             envelope,
             state,
             path,
             body_len,
             memory: None,
-            journaled,
-        })
+            journaled: image.is_some(),
+        };
+        Ok((msg, image))
+    }
+
+    /// `load` for the queue manager, which delivers and moves a journal-only
+    /// message from its copy in memory and so must never hold one without
+    /// it: the copy is taken from the journal record, or when memory is
+    /// short the message gets its own file at once. (Only the queue manager
+    /// may move a journaled message: a reader must use `load`.)
+    pub fn load_owned(&self, id: &str) -> Result<QueuedMessage, SpoolError> {
+        let (mut msg, image) = self.load_with_image(id)?;
+        let Some(image) = image else {
+            return Ok(msg);
+        };
+        match MemoryCopy::keep_image(image, msg.body_len) {
+            Ok(copy) => msg.memory = Some(copy),
+            Err(image) => match self.materialize_images(&[(id, &image)]).pop() {
+                Some(Ok(true)) => msg.journaled = false,
+                Some(Ok(false)) => return Err(SpoolError::NotFound(id.to_string())),
+                Some(Err(e)) => return Err(e),
+                None => return Err(io::Error::other("nothing materialized").into()),
+            },
+        }
+        Ok(msg)
     }
 
     /// A message this process has just published, as `load` would read it

@@ -215,3 +215,45 @@ async fn kill_9_during_a_first_delivery_keeps_the_journaled_message() {
     drop(server);
     assert!(queue_ids(&config).is_empty(), "nothing left queued");
 }
+
+/// Messages accepted while a restarted server is still reading its queue
+/// are found by that scan (they are in the journal) before the session
+/// hands them over: they must still be delivered, not stuck without their
+/// copy in memory until the next restart (as the chaos run once found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_accepted_while_the_queue_is_read_at_start_are_delivered() {
+    use crate::support::sink::{Behaviour, Sink};
+    use portcullis::spool::{QueueId, Spool};
+    let sink = Sink::start("127.0.0.1", 0, Behaviour::accept_all()).await;
+    let (dir, config) = setup_with(&format!(
+        "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
+        sink.addr
+    ));
+    // Make reading the queue at start take a while: it first removes state
+    // files whose message is gone, and a crash can leave many.
+    let spool = Spool::open(&dir.path().join("data")).unwrap();
+    let states = dir.path().join("data/state");
+    for _ in 0..30_000 {
+        std::fs::write(states.join(format!("{}.json", QueueId::new())), b"{}").unwrap();
+    }
+    drop(spool);
+    let server = ProcessServer::spawn(&config);
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "early.test").await;
+    for i in 0..10 {
+        let r = c
+            .send_mail(
+                "a@x.test",
+                &["b@far.example"],
+                format!("Subject: early {i}\r\n\r\nearly {i}\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let got = sink.wait_for(10, WAIT).await;
+    assert_eq!(
+        got.len(),
+        10,
+        "every message accepted during the start-up scan is delivered; log:\n{}",
+        server.log.lock().unwrap()
+    );
+}
