@@ -305,6 +305,11 @@ impl Writer {
     /// are zeroed again, or the segment is left for a new one, so that no
     /// record ever follows a torn one, nor counts when its append failed.
     fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        if self.file.is_none() {
+            // A segment was given up (a failed write) and no new one could be
+            // started then (a full disk, say): try again now.
+            self.rotate()?;
+        }
         let file = self.file.as_mut().ok_or_else(stopped)?;
         let result = file
             .write_all_at(buf, self.size)
