@@ -1,6 +1,9 @@
 # Portcullis container: a multi-stage build, a small runtime image, a
 # non-root user, the queue on a volume. See README "Container".
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (the allocator) is built from C with make, which the slim image lacks.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked
