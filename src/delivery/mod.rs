@@ -59,8 +59,9 @@ pub struct Deliverer {
     pool: Pool,
     /// Next hops that just failed to answer: skipped until they may be back.
     down: down::DownHosts,
-    /// Outbound conversations are written here too, when transcripts are kept.
-    transcripts: Option<Arc<crate::transcript::Transcripts>>,
+    /// Outbound conversations are written here too, when transcripts are
+    /// kept (a reload may change where).
+    transcripts: std::sync::RwLock<Option<Arc<crate::transcript::Transcripts>>>,
 }
 
 /// The delivery settings derived from one config.
@@ -94,17 +95,22 @@ impl Deliverer {
             pool: Pool::default(),
             down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
             settings: std::sync::RwLock::new(Arc::new(Settings::from(config))),
-            transcripts: None,
+            transcripts: std::sync::RwLock::new(None),
         }
     }
 
     /// Records every outbound conversation in `transcripts`.
     pub fn with_transcripts(
-        mut self,
+        self,
         transcripts: Option<Arc<crate::transcript::Transcripts>>,
     ) -> Deliverer {
-        self.transcripts = transcripts;
+        self.set_transcripts(transcripts);
         self
+    }
+
+    /// Where the next conversations are recorded (a reload changed it).
+    pub fn set_transcripts(&self, transcripts: Option<Arc<crate::transcript::Transcripts>>) {
+        *self.transcripts.write().unwrap_or_else(|p| p.into_inner()) = transcripts;
     }
 
     fn settings(&self) -> Arc<Settings> {
@@ -273,7 +279,11 @@ impl Deliverer {
             connect_timeout: d.connect_timeout.get(),
             reply_timeout: d.reply_timeout.get(),
             data_timeout: d.data_timeout.get(),
-            transcripts: self.transcripts.clone(),
+            transcripts: self
+                .transcripts
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     }
 

@@ -250,6 +250,11 @@ impl QueueManager {
     }
 
     /// Takes a reloaded config (retry schedule, lifetimes, routes…) for the next passes.
+    /// Where deliveries record their conversations from now on.
+    pub fn set_transcripts(&self, transcripts: Option<Arc<crate::transcript::Transcripts>>) {
+        self.deliverer.set_transcripts(transcripts);
+    }
+
     pub fn reconfigure(&self, config: Arc<Config>) {
         self.deliverer.reconfigure(Arc::clone(&config));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;

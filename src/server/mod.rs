@@ -401,11 +401,24 @@ fn apply_reload(
 ) -> Result<String, String> {
     let old = current.get();
     let config = reload::read_config(path, &old.config)?;
-    let ctx = reload::rebuild(&old, config.clone())?;
-    if config.log.transcript != old.config.log.transcript
-        || config.log.transcript_days != old.config.log.transcript_days
-    {
-        warn!("log.transcript changed: transcripts follow it at the next restart");
+    let mut ctx = reload::rebuild(&old, config.clone())?;
+    let transcripts_changed = config.log.transcript != old.config.log.transcript
+        || config.log.transcript_days != old.config.log.transcript_days;
+    if transcripts_changed {
+        // A directory we cannot write refuses the reload, as at start.
+        ctx.transcripts = match &config.log.transcript {
+            Some(dir) => Some(
+                crate::transcript::Transcripts::start(dir, config.log.transcript_days).map_err(
+                    |e| {
+                        format!(
+                            "log.transcript = {}: cannot write there: {e}",
+                            dir.display()
+                        )
+                    },
+                )?,
+            ),
+            None => None,
+        };
     }
     if config.admin.address != old.config.admin.address {
         warn!("admin.address changed: the admin page moves at the next restart");
@@ -428,6 +441,9 @@ fn apply_reload(
                 fresh.push((socket, addr, kind));
             }
         }
+    }
+    if transcripts_changed {
+        queue.set_transcripts(ctx.transcripts.clone());
     }
     current.set(Arc::new(ctx));
     queue.reconfigure(Arc::new(config.clone()));

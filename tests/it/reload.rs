@@ -142,3 +142,49 @@ async fn a_replaced_certificate_is_served_after_reload() {
     c.starttls(renewed.client_config()).await;
     c.expect("EHLO lan.test", 250).await;
 }
+
+/// `[log] transcript` set by a reload: the sessions that follow are recorded
+/// in the new directory (before, it took a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_transcripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let path = write_config(dir.path(), &ca, "[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    let server = ProcessServer::spawn(&path);
+    let pinned = format!("[[listener]]\naddress = \"{}\"\n", server.addr);
+    let transcripts = dir.path().join("transcripts");
+    write_config(
+        dir.path(),
+        &ca,
+        &format!(
+            "{pinned}[log]\ntranscript = \"{}\"\n",
+            transcripts.display()
+        ),
+    );
+    hup(&server);
+    assert!(
+        server.wait_for_log("configuration reloaded"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "recorded.reload.test").await;
+    c.expect("MAIL FROM:<a@example.lan>", 250).await;
+    drop(c);
+    let start = Instant::now();
+    let recorded = loop {
+        let text: String = std::fs::read_dir(&transcripts)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        if text.contains("recorded.reload.test") || start.elapsed() > WAIT {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        recorded.contains("recorded.reload.test") && recorded.contains("MAIL FROM:<a@example.lan>"),
+        "the session after the reload is in the transcript: {recorded:?}"
+    );
+}
