@@ -36,22 +36,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         if let Some(path) = config_path {
             server = server.with_config_path(path);
         }
+        // The handlers exist before "listening on" is logged: a SIGHUP or
+        // SIGTERM sent as soon as the server says it is up must not find
+        // the default action (which ends the process) still in place.
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        let hup = signal(SignalKind::hangup())?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        tokio::spawn(reload_on_sighup(server.reload_handle()));
+        tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
+        tokio::spawn(reload_on_sighup(hup, server.reload_handle()));
         server.run(shutdown).await
     })?;
     Ok(0)
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
+async fn stop_on_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
@@ -60,11 +64,10 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// SIGHUP: read the configuration, users and certificates again.
-async fn reload_on_sighup(reload: crate::server::ReloadHandle) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reload: crate::server::ReloadHandle,
+) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading");
         reload.request();
