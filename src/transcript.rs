@@ -52,6 +52,22 @@ impl Transcripts {
         }))
     }
 
+    /// The transcripts `[log]` asks for: none, or a writer on its directory
+    /// (one that cannot be written is an error naming the key).
+    pub fn from_config(log: &crate::config::LogConfig) -> Result<Option<Arc<Transcripts>>, String> {
+        let Some(dir) = &log.transcript else {
+            return Ok(None);
+        };
+        Transcripts::start(dir, log.transcript_days)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "log.transcript = {}: cannot write there: {e}",
+                    dir.display()
+                )
+            })
+    }
+
     /// A recorder for one conversation. `tag` says which ("in 127.0.0.2",
     /// "out 192.0.2.7:25"); a number is added so lines of concurrent
     /// conversations can be told apart.

@@ -425,7 +425,7 @@ impl Deliverer {
                 (fresh, replies)
             }
         };
-        let tls = conn.tls.clone().unwrap_or_else(|| "none".into());
+        let tls = conn.tls.as_deref().unwrap_or("none");
         let outcomes: Vec<Outcome> = replies
             .iter()
             .map(|r| reply_outcome(r, host, addr.ip()))

@@ -98,8 +98,7 @@ impl Subscriber for LogWriter {
                 ..
             } => match state {
                 DeliveryState::Delivered => {
-                    let delay = format!("{queued_seconds:.3}s");
-                    info!(queue_id = %queue_id, to = %to, result = %result, delay = %delay, "recipient delivered")
+                    info!(queue_id = %queue_id, to = %to, result = %result, delay = %format_args!("{queued_seconds:.3}s"), "recipient delivered")
                 }
                 DeliveryState::Deferred => {
                     info!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = next_attempt, "recipient deferred")

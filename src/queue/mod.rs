@@ -249,12 +249,12 @@ impl QueueManager {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Takes a reloaded config (retry schedule, lifetimes, routes…) for the next passes.
     /// Where deliveries record their conversations from now on.
     pub fn set_transcripts(&self, transcripts: Option<Arc<crate::transcript::Transcripts>>) {
         self.deliverer.set_transcripts(transcripts);
     }
 
+    /// Takes a reloaded config (retry schedule, lifetimes, routes…) for the next passes.
     pub fn reconfigure(&self, config: Arc<Config>) {
         self.deliverer.reconfigure(Arc::clone(&config));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;

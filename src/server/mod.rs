@@ -121,15 +121,8 @@ impl Server {
         let resolver =
             Resolver::from_config(&config.dns).map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
         let shared = Arc::new(config.clone());
-        let transcripts = match &config.log.transcript {
-            Some(dir) => Some(
-                crate::transcript::Transcripts::start(dir, config.log.transcript_days)
-                    .with_context(|| {
-                        format!("log.transcript = {}: cannot write there", dir.display())
-                    })?,
-            ),
-            None => None,
-        };
+        let transcripts =
+            crate::transcript::Transcripts::from_config(&config.log).map_err(anyhow::Error::msg)?;
         let deliverer = Arc::new(
             Deliverer::new(Arc::clone(&shared), resolver.clone())
                 .with_transcripts(transcripts.clone()),
@@ -406,19 +399,7 @@ fn apply_reload(
         || config.log.transcript_days != old.config.log.transcript_days;
     if transcripts_changed {
         // A directory we cannot write refuses the reload, as at start.
-        ctx.transcripts = match &config.log.transcript {
-            Some(dir) => Some(
-                crate::transcript::Transcripts::start(dir, config.log.transcript_days).map_err(
-                    |e| {
-                        format!(
-                            "log.transcript = {}: cannot write there: {e}",
-                            dir.display()
-                        )
-                    },
-                )?,
-            ),
-            None => None,
-        };
+        ctx.transcripts = crate::transcript::Transcripts::from_config(&config.log)?;
     }
     if config.admin.address != old.config.admin.address {
         warn!("admin.address changed: the admin page moves at the next restart");

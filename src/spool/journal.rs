@@ -324,8 +324,8 @@ impl Writer {
                     .write_all_at(&vec![0; buf.len()], self.size)
                     .and_then(|()| file.sync_data());
                 if zeroed.is_err() {
+                    // The next write starts a new segment.
                     self.file = None;
-                    let _ = self.rotate();
                 }
                 Err(e)
             }

@@ -190,7 +190,12 @@ impl Spool {
 
     /// One journaled message into `queue/` (see `materialize`).
     pub fn materialize_one(&self, id: &str, copy: &MemoryCopy) -> Result<bool, SpoolError> {
-        self.materialize(&[(id, copy)])
+        self.materialize_image(id, copy.image())
+    }
+
+    /// One journaled message into `queue/`, from its file image.
+    fn materialize_image(&self, id: &str, image: &[u8]) -> Result<bool, SpoolError> {
+        self.materialize_images(&[(id, image)])
             .pop()
             .unwrap_or_else(|| Err(io::Error::other("nothing materialized").into()))
     }
@@ -369,12 +374,12 @@ impl Spool {
         };
         match MemoryCopy::keep_image(image, msg.body_len) {
             Ok(copy) => msg.memory = Some(copy),
-            Err(image) => match self.materialize_images(&[(id, &image)]).pop() {
-                Some(Ok(true)) => msg.journaled = false,
-                Some(Ok(false)) => return Err(SpoolError::NotFound(id.to_string())),
-                Some(Err(e)) => return Err(e),
-                None => return Err(io::Error::other("nothing materialized").into()),
-            },
+            Err(image) => {
+                if !self.materialize_image(id, &image)? {
+                    return Err(SpoolError::NotFound(id.to_string()));
+                }
+                msg.journaled = false;
+            }
         }
         Ok(msg)
     }
