@@ -3,7 +3,7 @@
 //! the client and the listener, so those fields are not repeated here.
 
 use super::{ConnectionRefusal, DeliveryState, Event, Subscriber};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub struct LogWriter;
 
@@ -118,6 +118,14 @@ impl Subscriber for LogWriter {
                 recipients,
             } => {
                 info!(queue_id = %queue_id, report_id = %report_id, to = %to, kind = ?kind, recipients, "delivery report queued")
+            }
+            // Every recipient delivered: their "recipient delivered" lines
+            // already say so; a line of its own only when some failed.
+            Event::MessageFinished {
+                queue_id,
+                failed: 0,
+            } => {
+                debug!(queue_id = %queue_id, failed = 0, "message done, removed from the queue")
             }
             Event::MessageFinished { queue_id, failed } => {
                 info!(queue_id = %queue_id, failed, "message done, removed from the queue")

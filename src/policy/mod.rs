@@ -38,7 +38,7 @@ pub struct Policy {
 impl Policy {
     /// Whether `ip` may relay without AUTH (a trusted network, not excluded).
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
-        self.networks.lookup(ip).auth == crate::config::NetworkAuth::None
+        self.networks.auth_for(ip) == crate::config::NetworkAuth::None
     }
 
     pub fn from_config(config: &Config) -> Policy {

@@ -36,50 +36,74 @@ impl NetworkTable {
         Self { entries }
     }
 
+    /// The policy for `ip`, with the steps that led to it in words (for
+    /// logs and `explain`).
     pub fn lookup(&self, ip: IpAddr) -> NetworkMatch {
         let mut trace = Vec::new();
+        let m = self.walk(ip, Some(&mut trace));
+        NetworkMatch { trace, ..m }
+    }
+
+    /// The policy for `ip` without the words: what every MAIL and RCPT asks
+    /// ("is this client trusted?"), so it formats nothing.
+    pub fn auth_for(&self, ip: IpAddr) -> NetworkAuth {
+        self.walk(ip, None).auth
+    }
+
+    /// The most specific range containing `ip` decides; an exclusion sends
+    /// the search on to the enclosing ranges, capped at "required".
+    fn walk(&self, ip: IpAddr, mut trace: Option<&mut Vec<String>>) -> NetworkMatch {
+        let mut note = |text: &dyn Fn() -> String| {
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(text());
+            }
+        };
         let mut excluded = false;
         for (i, n) in &self.entries {
             if !n.range.contains(ip) {
                 continue;
             }
             if let Some(ex) = n.exclude.iter().find(|e| e.contains(ip)) {
-                trace.push(format!(
-                    "{ip} is in network[{i}] ({}) but excluded there by {ex}: never trusted without AUTH",
-                    n.range
-                ));
+                note(&|| {
+                    format!(
+                        "{ip} is in network[{i}] ({}) but excluded there by {ex}: never trusted without AUTH",
+                        n.range
+                    )
+                });
                 excluded = true;
                 continue;
             }
             let auth = if excluded && n.auth == NetworkAuth::None {
-                trace.push(format!(
-                    "network[{i}] ({}) says auth = \"none\", capped to \"required\" for an excluded address",
-                    n.range
-                ));
+                note(&|| {
+                    format!(
+                        "network[{i}] ({}) says auth = \"none\", capped to \"required\" for an excluded address",
+                        n.range
+                    )
+                });
                 NetworkAuth::Required
             } else {
-                trace.push(format!(
-                    "{ip} matches network[{i}] ({}), auth = \"{}\" (most specific match)",
-                    n.range,
-                    n.auth.name()
-                ));
+                note(&|| {
+                    format!(
+                        "{ip} matches network[{i}] ({}), auth = \"{}\" (most specific match)",
+                        n.range,
+                        n.auth.name()
+                    )
+                });
                 n.auth
             };
             return NetworkMatch {
                 auth,
                 index: Some(*i),
                 range: Some(n.range),
-                trace,
+                trace: Vec::new(),
             };
         }
-        trace.push(format!(
-            "{ip} is in no [[network]] range: relaying needs AUTH"
-        ));
+        note(&|| format!("{ip} is in no [[network]] range: relaying needs AUTH"));
         NetworkMatch {
             auth: NetworkAuth::Required,
             index: None,
             range: None,
-            trace,
+            trace: Vec::new(),
         }
     }
 }
@@ -152,7 +176,14 @@ mod tests {
     }
 
     fn auth(t: &NetworkTable, ip: &str) -> NetworkAuth {
-        t.lookup(ip.parse().unwrap()).auth
+        let ip = ip.parse().unwrap();
+        let m = t.lookup(ip);
+        assert_eq!(
+            m.auth,
+            t.auth_for(ip),
+            "the explained and the quick lookup agree"
+        );
+        m.auth
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::events::Event;
 use crate::smtp::address::Path;
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::{self, Reply};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 impl Session {
     pub(super) async fn mail(&mut self, path: Path, params: MailParams) -> Reply {
@@ -46,7 +46,10 @@ impl Session {
             return reply::MESSAGE_TOO_BIG;
         }
         let tx = Transaction::new(path, params);
-        info!(from = %tx.sender_text(), user = self.user.as_deref(), "MAIL accepted");
+        // Debug only: "message accepted" (or the refusal of what follows)
+        // names the sender again, and this line would double the log of a
+        // busy relay.
+        debug!(from = %tx.sender_text(), user = self.user.as_deref(), "MAIL accepted");
         self.tx = Some(tx);
         reply::SENDER_OK
     }
