@@ -98,6 +98,23 @@ struct Inner {
     minutes: VecDeque<(i64, Activity)>,
 }
 
+impl Inner {
+    fn add_to_minute(&mut self, now: i64, count: &Activity) {
+        let minute = now.div_euclid(60);
+        match self.minutes.back_mut() {
+            Some((m, a)) if *m == minute => a.add(count),
+            _ => self.minutes.push_back((minute, *count)),
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| *m <= minute - MINUTES as i64)
+        {
+            self.minutes.pop_front();
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct History {
     inner: Mutex<Inner>,
@@ -108,33 +125,27 @@ impl History {
         History::default()
     }
 
-    fn record_at(&self, event: &Event, now: i64) {
+    fn record_at(&self, event: Arc<Event>, now: i64) {
+        let count = activity_of(&event);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.seq += 1;
         let seq = inner.seq;
-        if inner.events.len() == KEPT_EVENTS {
-            inner.events.pop_front();
-        }
+        // The oldest event is freed after the lock is let go.
+        let oldest = if inner.events.len() == KEPT_EVENTS {
+            inner.events.pop_front()
+        } else {
+            None
+        };
         inner.events.push_back(Recorded {
             seq,
             at: now,
-            event: Arc::new(event.clone()),
+            event,
         });
-        let Some(count) = activity_of(event) else {
-            return;
-        };
-        let minute = now.div_euclid(60);
-        match inner.minutes.back_mut() {
-            Some((m, a)) if *m == minute => a.add(&count),
-            _ => inner.minutes.push_back((minute, count)),
+        if let Some(count) = count {
+            inner.add_to_minute(now, &count);
         }
-        while inner
-            .minutes
-            .front()
-            .is_some_and(|(m, _)| *m <= minute - MINUTES as i64)
-        {
-            inner.minutes.pop_front();
-        }
+        drop(inner);
+        drop(oldest);
     }
 
     /// The totals over the last `minutes` minutes up to `now`.
@@ -211,7 +222,12 @@ fn activity_of(event: &Event) -> Option<Activity> {
 
 impl Subscriber for History {
     fn on_event(&self, event: &Event) {
-        self.record_at(event, chrono::Utc::now().timestamp());
+        self.record_at(Arc::new(event.clone()), chrono::Utc::now().timestamp());
+    }
+
+    /// Keeps the shared event itself: no copy per event.
+    fn on_shared(&self, event: &Arc<Event>) {
+        self.record_at(event.clone(), chrono::Utc::now().timestamp());
     }
 }
 
@@ -235,9 +251,9 @@ mod tests {
     fn counts_by_minute_and_forgets_after_a_day() {
         let h = History::new();
         let t0 = 1_000_000 * 60;
-        h.record_at(&refused("192.0.2.1"), t0);
-        h.record_at(&refused("192.0.2.1"), t0 + 30);
-        h.record_at(&refused("192.0.2.2"), t0 + 3600);
+        h.record_at(Arc::new(refused("192.0.2.1")), t0);
+        h.record_at(Arc::new(refused("192.0.2.1")), t0 + 30);
+        h.record_at(Arc::new(refused("192.0.2.2")), t0 + 3600);
         assert_eq!(h.totals(60, t0 + 3600).refused, 1);
         assert_eq!(h.totals(24 * 60, t0 + 3600).refused, 3);
         assert_eq!(h.totals(24 * 60, t0 + 25 * 3600).refused, 0);
@@ -251,7 +267,7 @@ mod tests {
         let h = History::new();
         for i in 0..(KEPT_EVENTS + 10) {
             h.record_at(
-                &refused(if i % 2 == 0 { "192.0.2.1" } else { "192.0.2.2" }),
+                Arc::new(refused(if i % 2 == 0 { "192.0.2.1" } else { "192.0.2.2" })),
                 60,
             );
         }

@@ -262,6 +262,12 @@ pub fn wire_name(value: &impl Serialize) -> String {
 /// it runs on the emitter's thread.
 pub trait Subscriber: Send + Sync {
     fn on_event(&self, event: &Event);
+
+    /// The same, for a subscriber that keeps events: every subscriber is
+    /// handed the one shared copy, so keeping it costs no clone.
+    fn on_shared(&self, event: &Arc<Event>) {
+        self.on_event(event)
+    }
 }
 
 /// The fan-out. Cheap to clone; every clone feeds the same subscribers.
@@ -293,11 +299,12 @@ impl Events {
     }
 
     pub fn emit(&self, event: Event) {
+        let event = Arc::new(event);
         for s in self.subscribers.iter() {
-            s.on_event(&event);
+            s.on_shared(&event);
         }
         if self.broadcast.receiver_count() > 0 {
-            let _ = self.broadcast.send(Arc::new(event));
+            let _ = self.broadcast.send(event);
         }
     }
 

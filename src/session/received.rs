@@ -17,47 +17,61 @@ pub struct ReceivedFacts<'a> {
 }
 
 /// `with` protocol word: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTP…
-fn protocol(f: &ReceivedFacts<'_>) -> String {
+fn protocol(f: &ReceivedFacts<'_>) -> &'static str {
     if !f.extended {
-        return "SMTP".into();
+        return "SMTP";
     }
-    let base = if f.smtputf8 { "UTF8SMTP" } else { "ESMTP" };
-    let s = if f.tls.is_some() { "S" } else { "" };
-    let a = if f.authenticated { "A" } else { "" };
-    format!("{base}{s}{a}")
+    match (f.smtputf8, f.tls.is_some(), f.authenticated) {
+        (false, false, false) => "ESMTP",
+        (false, true, false) => "ESMTPS",
+        (false, false, true) => "ESMTPA",
+        (false, true, true) => "ESMTPSA",
+        (true, false, false) => "UTF8SMTP",
+        (true, true, false) => "UTF8SMTPS",
+        (true, false, true) => "UTF8SMTPA",
+        (true, true, true) => "UTF8SMTPSA",
+    }
 }
 
-/// Keeps the client's HELO name from breaking the header.
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(255)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
+/// Appends the client's HELO name so that it cannot break the header.
+fn push_printable(out: &mut String, s: &str) {
+    out.extend(
+        s.chars()
+            .take(255)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' }),
+    );
 }
 
+/// Built in one buffer: every accepted message gets one.
 pub fn received_header(f: &ReceivedFacts<'_>) -> String {
-    let ip = match f.ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("IPv6:{a}"),
+    use std::fmt::Write;
+    let mut h = String::with_capacity(256);
+    h.push_str("Received: from ");
+    push_printable(&mut h, f.helo);
+    let _ = match f.ip {
+        IpAddr::V4(a) => write!(h, " ([{a}])"),
+        IpAddr::V6(a) => write!(h, " ([IPv6:{a}])"),
     };
-    let mut h = format!(
-        "Received: from {} ([{}])\r\n\tby {} (Portcullis) with {} id {}",
-        printable(f.helo),
-        ip,
+    let _ = write!(
+        h,
+        "\r\n\tby {} (Portcullis) with {} id {}",
         f.hostname,
         protocol(f),
         f.queue_id
     );
     if let Some(tls) = f.tls {
-        h.push_str(&format!(
+        let _ = write!(
+            h,
             "\r\n\t(using {} with cipher {})",
             tls.version, tls.cipher
-        ));
+        );
     }
     if let Some(rcpt) = &f.single_recipient {
-        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
+        let _ = write!(h, "\r\n\tfor <{rcpt}>");
     }
-    h.push_str(&format!(";\r\n\t{}\r\n", chrono::Utc::now().to_rfc2822()));
+    h.push_str(";\r\n\t");
+    h.push_str(&chrono::Utc::now().to_rfc2822());
+    h.push_str("\r\n");
     h
 }
 

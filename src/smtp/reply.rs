@@ -1,7 +1,6 @@
 //! SMTP replies as values: a code, an enhanced status code (RFC 3463) and text.
 
 use std::borrow::Cow;
-use std::fmt::Write;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -34,18 +33,31 @@ impl Reply {
 
     /// Wire form: one line per text line, continuation lines marked with '-'.
     pub fn to_wire(&self) -> String {
-        let mut out = String::new();
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            let _ = write!(out, "{}{}", self.code, sep);
+        let mut out = Vec::new();
+        self.write_wire(&mut out);
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// Appends the wire form to `out` (the session's output buffer): no
+    /// allocation of its own, as every reply of every session goes through it.
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        let code = [
+            b'0' + (self.code / 100 % 10) as u8,
+            b'0' + (self.code / 10 % 10) as u8,
+            b'0' + (self.code % 10) as u8,
+        ];
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            out.extend_from_slice(&code);
+            out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             if !self.enhanced.is_empty() {
-                let _ = write!(out, "{} ", self.enhanced);
+                out.extend_from_slice(self.enhanced.as_bytes());
+                out.push(b' ');
             }
-            out.push_str(line.trim_end_matches('\r'));
-            out.push_str("\r\n");
+            out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        out
     }
 }
 

@@ -106,11 +106,11 @@ impl SmtpStream {
 
     /// Queues a reply; it is sent before the next read that would wait, or when much is pending.
     pub async fn send(&mut self, reply: &Reply, deadline: Instant) -> Result<(), StreamError> {
-        let wire = reply.to_wire();
+        let start = self.output.len();
+        reply.write_wire(&mut self.output);
         if let Some(r) = &mut self.recorder {
-            r.server(&wire);
+            r.server(&String::from_utf8_lossy(&self.output[start..]));
         }
-        self.output.extend_from_slice(wire.as_bytes());
         if self.output.len() >= MAX_PENDING_OUTPUT {
             self.flush(deadline).await?;
         }
