@@ -171,6 +171,9 @@ pub struct SmtpConnection {
     pub tls: Option<String>,
     opts: ConnectOptions,
     recorder: Option<crate::transcript::Recorder>,
+    /// The current message's content (or its final dot) was written: from
+    /// then on the next hop may have taken it, even if no reply comes.
+    data_sent: bool,
 }
 
 impl SmtpConnection {
@@ -204,6 +207,7 @@ impl SmtpConnection {
                 .transcripts
                 .as_ref()
                 .map(|t| t.recorder(&format!("out {peer}"))),
+            data_sent: false,
         };
         if let TlsMode::Implicit(cfg) = &opts.tls {
             conn.handshake(Arc::clone(cfg)).await?;
@@ -326,6 +330,7 @@ impl SmtpConnection {
     /// Sends one message. Returns one reply per recipient, in order: the RCPT
     /// refusal, or the reply to the final dot for the recipients that were accepted.
     pub async fn send(&mut self, msg: &Outgoing<'_>) -> Result<Vec<ServerReply>, ClientError> {
+        self.data_sent = false;
         if msg.smtputf8 && !self.caps.smtputf8 {
             let reply = ServerReply {
                 step: "MAIL FROM",
@@ -411,6 +416,7 @@ impl SmtpConnection {
             }
             return Ok(replies);
         }
+        self.data_sent = true;
         if !any_accepted {
             // The server opened DATA although nobody was accepted: end it empty.
             self.write(b".\r\n").await?;
@@ -470,6 +476,13 @@ impl SmtpConnection {
             }
             self.write_raw(&out).await?;
         }
+    }
+
+    /// Whether the last `send` got as far as writing the message content: a
+    /// failure after that must not be retried at once elsewhere, as the next
+    /// hop may have accepted the message without our hearing its reply.
+    pub fn sent_data(&self) -> bool {
+        self.data_sent
     }
 
     /// Asks whether the server takes mail for `rcpt` (MAIL FROM:<>, RCPT TO,

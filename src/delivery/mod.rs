@@ -411,8 +411,10 @@ impl Deliverer {
         if let Some(mut pooled) = self.pool.take(&key) {
             match pooled.send(msg).await {
                 Ok(replies) => conn = Some((pooled, replies)),
-                // A pooled connection the server has since closed: open a new one.
-                Err(ClientError::Io(_)) | Err(ClientError::Timeout(_)) => {}
+                // A pooled connection the server has since closed: open a new
+                // one, unless the content was already sent (the next hop may
+                // have it: sending it again now could deliver it twice).
+                Err(ClientError::Io(_)) | Err(ClientError::Timeout(_)) if !pooled.sent_data() => {}
                 Err(e) => return Err(e),
             }
         }

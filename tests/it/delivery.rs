@@ -708,3 +708,125 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
         );
     }
 }
+
+/// A next hop that takes the first message normally and, on the same
+/// connection, reads the second one's content and hangs up without replying.
+/// Returns how many times each body marker arrived and how many connections it took.
+async fn hop_that_hangs_up_after_the_second_dot(
+    listener: tokio::net::TcpListener,
+    seen: std::sync::Arc<std::sync::Mutex<(Vec<String>, usize)>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    for _ in 0..4 {
+        let Ok(Ok((tcp, _))) = tokio::time::timeout(WAIT, listener.accept()).await else {
+            return;
+        };
+        seen.lock().unwrap().1 += 1;
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = tcp.into_split();
+            let mut r = BufReader::new(r);
+            let _ = w.write_all(b"220 hop.test ESMTP\r\n").await;
+            let mut messages = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match tokio::time::timeout(WAIT, r.read_line(&mut line)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+                let verb = line.trim_end().to_ascii_uppercase();
+                if verb.starts_with("EHLO") {
+                    let _ = w.write_all(b"250-hop.test\r\n250 PIPELINING\r\n").await;
+                } else if verb == "DATA" {
+                    let _ = w.write_all(b"354 go on\r\n").await;
+                    let mut body = String::new();
+                    loop {
+                        let mut l = String::new();
+                        match tokio::time::timeout(WAIT, r.read_line(&mut l)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
+                        }
+                        if l == ".\r\n" {
+                            break;
+                        }
+                        body.push_str(&l);
+                    }
+                    if let Some(marker) = body.lines().find(|l| l.starts_with("Subject: ")) {
+                        seen.lock().unwrap().0.push(marker.to_string());
+                    }
+                    messages += 1;
+                    if messages == 2 {
+                        return; // the content is here, the reply never comes
+                    }
+                    let _ = w.write_all(b"250 2.0.0 queued\r\n").await;
+                } else if verb == "QUIT" {
+                    let _ = w.write_all(b"221 bye\r\n").await;
+                    return;
+                } else {
+                    let _ = w.write_all(b"250 ok\r\n").await;
+                }
+            }
+        });
+    }
+}
+
+/// A pooled connection that fails after the message content was written is
+/// not followed by the same message on a fresh connection at once: the next
+/// hop may have taken it (no reply is not a refusal), so it is deferred to
+/// the retry schedule instead of being sent twice in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    dns.mail_domain("hangup.example", "127.0.0.87");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.87", port))
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
+    tokio::spawn(hop_that_hangs_up_after_the_second_dot(
+        listener,
+        seen.clone(),
+    ));
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
+    ))
+    .await;
+    submit(
+        &server,
+        "a@client.test",
+        &["x@hangup.example"],
+        b"Subject: first\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(
+        queue_drains(&server).await,
+        "the first message is delivered"
+    );
+    // Within the pool's idle time: the second message takes the same connection.
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@hangup.example"],
+        b"Subject: second\r\n\r\nx\r\n",
+    )
+    .await;
+    let r = first_attempt(&server, &id).await;
+    assert_eq!(
+        r.status,
+        portcullis::spool::RecipientStatus::Queued,
+        "{r:?}"
+    );
+    assert_eq!(r.attempts, 1, "{r:?}");
+    // Give a wrong retry on a fresh connection time to show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (markers, connections) = seen.lock().unwrap().clone();
+    assert_eq!(
+        markers,
+        ["Subject: first", "Subject: second"],
+        "the second message reached the hop once"
+    );
+    assert_eq!(connections, 1, "no fresh connection for it");
+    server.stop().await;
+}
