@@ -411,10 +411,9 @@ impl Deliverer {
         if let Some(mut pooled) = self.pool.take(&key) {
             match pooled.send(msg).await {
                 Ok(replies) => conn = Some((pooled, replies)),
-                // A pooled connection the server has since closed: open a new
-                // one, unless the content was already sent (the next hop may
-                // have it: sending it again now could deliver it twice).
-                Err(ClientError::Io(_)) | Err(ClientError::Timeout(_)) if !pooled.sent_data() => {}
+                Err(e) if pooled.sent_data() => return Ok(lost_after_content(job, host, addr, &e)),
+                // A pooled connection the server has since closed: open a new one.
+                Err(ClientError::Io(_)) | Err(ClientError::Timeout(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -423,8 +422,13 @@ impl Deliverer {
             None => {
                 let mut fresh = SmtpConnection::connect(addr, opts).await?;
                 info!(host = %host, ip = %addr.ip(), tls = fresh.tls.as_deref().unwrap_or("none"), "next hop connected");
-                let replies = fresh.send(msg).await?;
-                (fresh, replies)
+                match fresh.send(msg).await {
+                    Ok(replies) => (fresh, replies),
+                    Err(e) if fresh.sent_data() => {
+                        return Ok(lost_after_content(job, host, addr, &e));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let tls = conn.tls.as_deref().unwrap_or("none");
@@ -449,6 +453,28 @@ impl Deliverer {
         self.pool.put(key, conn);
         Ok(outcomes)
     }
+}
+
+/// The connection failed after the message content was written: the next
+/// hop may have taken it without our hearing the reply. Sending it again at
+/// once, on a fresh connection or to another server of the destination,
+/// could deliver it twice; it is deferred to the retry schedule instead.
+fn lost_after_content(
+    job: &Job<'_>,
+    host: &str,
+    addr: SocketAddr,
+    e: &ClientError,
+) -> Vec<Outcome> {
+    warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %host, ip = %addr.ip(), error = %e, "delivery attempt failed after the content was sent (the next hop may have the message); deferred, no other server tried now");
+    let result = AttemptResult::client_error(e, host).with_ip(addr.ip());
+    vec![
+        Outcome::Deferred {
+            result,
+            counts: true,
+            known_down: false,
+        };
+        job.message.recipients.len()
+    ]
 }
 
 /// A recipient's outcome from the reply to its RCPT (or to the data, for all).

@@ -709,11 +709,12 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
     }
 }
 
-/// A next hop that takes the first message normally and, on the same
-/// connection, reads the second one's content and hangs up without replying.
-/// Returns how many times each body marker arrived and how many connections it took.
-async fn hop_that_hangs_up_after_the_second_dot(
+/// A next hop that takes messages normally until the `hang_up_at`-th of a
+/// connection, whose content it reads before hanging up without replying.
+/// Records each message's Subject line as it arrives, and the connections.
+async fn hop_that_hangs_up_after_a_dot(
     listener: tokio::net::TcpListener,
+    hang_up_at: usize,
     seen: std::sync::Arc<std::sync::Mutex<(Vec<String>, usize)>>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -756,7 +757,7 @@ async fn hop_that_hangs_up_after_the_second_dot(
                         seen.lock().unwrap().0.push(marker.to_string());
                     }
                     messages += 1;
-                    if messages == 2 {
+                    if messages == hang_up_at {
                         return; // the content is here, the reply never comes
                     }
                     let _ = w.write_all(b"250 2.0.0 queued\r\n").await;
@@ -784,10 +785,7 @@ async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
         .await
         .unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
-    tokio::spawn(hop_that_hangs_up_after_the_second_dot(
-        listener,
-        seen.clone(),
-    ));
+    tokio::spawn(hop_that_hangs_up_after_a_dot(listener, 2, seen.clone()));
     let server = TestServer::start(&config(
         &dns,
         &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
@@ -828,5 +826,48 @@ async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
         "the second message reached the hop once"
     );
     assert_eq!(connections, 1, "no fresh connection for it");
+    server.stop().await;
+}
+
+/// Nor is it sent to the destination's next MX at once: the first one may
+/// have taken it before the connection was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_lost_at_the_first_mx_is_not_sent_to_the_second_at_once() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.88", port))
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
+    tokio::spawn(hop_that_hangs_up_after_a_dot(listener, 1, seen.clone()));
+    let mx2 = Sink::start("127.0.0.89", port, Behaviour::accept_all()).await;
+    dns.mx("lost.example", 10, "mx1.lost.example");
+    dns.mx("lost.example", 20, "mx2.lost.example");
+    dns.host("mx1.lost.example", "127.0.0.88");
+    dns.host("mx2.lost.example", "127.0.0.89");
+    let server = TestServer::start(&config(
+        &dns,
+        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
+    ))
+    .await;
+    let id = submit(
+        &server,
+        "a@client.test",
+        &["x@lost.example"],
+        b"Subject: lost\r\n\r\nx\r\n",
+    )
+    .await;
+    let r = first_attempt(&server, &id).await;
+    assert_eq!(
+        r.status,
+        portcullis::spool::RecipientStatus::Queued,
+        "{r:?}"
+    );
+    assert_eq!(r.attempts, 1, "{r:?}");
+    let result = r.last_result.expect("the result is recorded");
+    assert_eq!(result.remote.as_deref(), Some("mx1.lost.example"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(seen.lock().unwrap().0, ["Subject: lost"]);
+    assert!(mx2.messages().is_empty(), "the second MX got nothing");
     server.stop().await;
 }
