@@ -31,6 +31,12 @@ fn config(dns: &TestDns, delivery: &str) -> String {
     )
 }
 
+/// `config` with next hops on `port` and one retry an hour: a test sees
+/// the first attempt and nothing after it.
+fn hourly_retries(dns: &TestDns, port: u16) -> String {
+    config(dns, &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"))
+}
+
 async fn submit(server: &TestServer, from: &str, to: &[&str], body: &[u8]) -> String {
     let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
     let r = c.send_mail(from, to, body).await;
@@ -553,11 +559,7 @@ async fn hold_release_and_retry_act_on_the_running_server() {
     let port = shared_port();
     dns.mail_domain("retry.example", "127.0.0.79");
     // A long retry interval: only `queue retry` can bring the next attempt forward.
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
-    ))
-    .await;
+    let server = TestServer::start(&hourly_retries(&dns, port)).await;
     let config_path = server.dir.path().join("cli.toml");
     std::fs::write(&config_path, toml::to_string(&server.config).unwrap()).unwrap();
     let cli = |args: &[&str]| {
@@ -611,11 +613,7 @@ async fn a_refused_connection_counts_as_an_attempt() {
     let dns = TestDns::start().await;
     let port = shared_port();
     dns.mail_domain("refusing.example", "127.0.0.86"); // nothing listens there
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
-    ))
-    .await;
+    let server = TestServer::start(&hourly_retries(&dns, port)).await;
     let id = submit(
         &server,
         "a@client.test",
@@ -661,14 +659,8 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
     let port = shared_port();
     dns.mail_domain("dead.example", "127.0.0.87"); // nothing listens there
     let data = tempfile::tempdir().unwrap();
-    let server = TestServer::start_at(
-        &config(
-            &dns,
-            &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
-        ),
-        Some(&data.path().join("data")),
-    )
-    .await;
+    let server =
+        TestServer::start_at(&hourly_retries(&dns, port), Some(&data.path().join("data"))).await;
     let body = b"Subject: down\r\n\r\nx\r\n";
     let first = submit(&server, "a@client.test", &["x@dead.example"], body).await;
     let tried = first_attempt(&server, &first).await;
@@ -709,20 +701,43 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
     }
 }
 
-/// A next hop that takes messages normally until the `hang_up_at`-th of a
-/// connection, whose content it reads before hanging up without replying.
-/// Records each message's Subject line as it arrives, and the connections.
+/// What a scripted next hop saw: each message's Subject line as it
+/// arrived, and how many connections it took.
+#[derive(Default)]
+struct HopLog {
+    subjects: Vec<String>,
+    connections: usize,
+}
+
+/// Starts, on `ip:port`, a next hop that takes messages normally until the
+/// `hang_up_at`-th of a connection, whose content it reads before hanging
+/// up without replying.
+async fn start_hanging_hop(
+    ip: &str,
+    port: u16,
+    hang_up_at: usize,
+) -> std::sync::Arc<std::sync::Mutex<HopLog>> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(HopLog::default()));
+    tokio::spawn(hop_that_hangs_up_after_a_dot(
+        listener,
+        hang_up_at,
+        seen.clone(),
+    ));
+    seen
+}
+
 async fn hop_that_hangs_up_after_a_dot(
     listener: tokio::net::TcpListener,
     hang_up_at: usize,
-    seen: std::sync::Arc<std::sync::Mutex<(Vec<String>, usize)>>,
+    seen: std::sync::Arc<std::sync::Mutex<HopLog>>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     for _ in 0..4 {
         let Ok(Ok((tcp, _))) = tokio::time::timeout(WAIT, listener.accept()).await else {
             return;
         };
-        seen.lock().unwrap().1 += 1;
+        seen.lock().unwrap().connections += 1;
         let seen = seen.clone();
         tokio::spawn(async move {
             let (r, mut w) = tcp.into_split();
@@ -754,7 +769,7 @@ async fn hop_that_hangs_up_after_a_dot(
                         body.push_str(&l);
                     }
                     if let Some(marker) = body.lines().find(|l| l.starts_with("Subject: ")) {
-                        seen.lock().unwrap().0.push(marker.to_string());
+                        seen.lock().unwrap().subjects.push(marker.to_string());
                     }
                     messages += 1;
                     if messages == hang_up_at {
@@ -781,16 +796,8 @@ async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
     let dns = TestDns::start().await;
     let port = shared_port();
     dns.mail_domain("hangup.example", "127.0.0.87");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.87", port))
-        .await
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
-    tokio::spawn(hop_that_hangs_up_after_a_dot(listener, 2, seen.clone()));
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
-    ))
-    .await;
+    let seen = start_hanging_hop("127.0.0.87", port, 2).await;
+    let server = TestServer::start(&hourly_retries(&dns, port)).await;
     submit(
         &server,
         "a@client.test",
@@ -819,13 +826,15 @@ async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
     assert_eq!(r.attempts, 1, "{r:?}");
     // Give a wrong retry on a fresh connection time to show itself.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (markers, connections) = seen.lock().unwrap().clone();
-    assert_eq!(
-        markers,
-        ["Subject: first", "Subject: second"],
-        "the second message reached the hop once"
-    );
-    assert_eq!(connections, 1, "no fresh connection for it");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.subjects,
+            ["Subject: first", "Subject: second"],
+            "the second message reached the hop once"
+        );
+        assert_eq!(seen.connections, 1, "no fresh connection for it");
+    }
     server.stop().await;
 }
 
@@ -835,21 +844,13 @@ async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
 async fn content_lost_at_the_first_mx_is_not_sent_to_the_second_at_once() {
     let dns = TestDns::start().await;
     let port = shared_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.88", port))
-        .await
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
-    tokio::spawn(hop_that_hangs_up_after_a_dot(listener, 1, seen.clone()));
+    let seen = start_hanging_hop("127.0.0.88", port, 1).await;
     let mx2 = Sink::start("127.0.0.89", port, Behaviour::accept_all()).await;
     dns.mx("lost.example", 10, "mx1.lost.example");
     dns.mx("lost.example", 20, "mx2.lost.example");
     dns.host("mx1.lost.example", "127.0.0.88");
     dns.host("mx2.lost.example", "127.0.0.89");
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"),
-    ))
-    .await;
+    let server = TestServer::start(&hourly_retries(&dns, port)).await;
     let id = submit(
         &server,
         "a@client.test",
@@ -867,7 +868,7 @@ async fn content_lost_at_the_first_mx_is_not_sent_to_the_second_at_once() {
     let result = r.last_result.expect("the result is recorded");
     assert_eq!(result.remote.as_deref(), Some("mx1.lost.example"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(seen.lock().unwrap().0, ["Subject: lost"]);
+    assert_eq!(seen.lock().unwrap().subjects, ["Subject: lost"]);
     assert!(mx2.messages().is_empty(), "the second MX got nothing");
     server.stop().await;
 }
