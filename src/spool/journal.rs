@@ -23,8 +23,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const MAGIC: &[u8; 4] = b"PJR1";
 /// Magic, kind, id length, payload length, checksum.
@@ -42,6 +43,10 @@ const SEGMENT_PREALLOCATED: u64 = SEGMENT_MAX + 1024 * 1024;
 const MAX_SEGMENTS: usize = 8;
 /// Requests taken into one write (and one sync) at most.
 const MAX_BATCH: usize = 1024;
+/// How long finished messages' releases wait, at most, to ride along with
+/// the next batch of appends instead of costing a write (and a wake-up of
+/// the writer thread) of their own.
+const RELEASE_RIDE: Duration = Duration::from_millis(1);
 
 type Reply<T> = Box<dyn FnOnce(io::Result<T>) + Send>;
 
@@ -52,12 +57,11 @@ enum Request {
         copy: Arc<MemoryCopy>,
         reply: Reply<()>,
     },
-    /// The message is done with (delivered, deleted); answered, when asked,
-    /// once the release is synced.
-    Release {
-        id: String,
-        reply: Option<Reply<()>>,
-    },
+    /// The message was deleted: answered once the release is synced.
+    Release { id: String, reply: Reply<()> },
+    /// Releases wait in `Journal::finished` (sent when that list stops
+    /// being empty, so that the writer thread looks at it in time).
+    Finished,
     /// Their owner wrote these messages into `queue/`: answered, per
     /// message, false when it was released meanwhile (deleted), so that
     /// copy must go.
@@ -71,6 +75,9 @@ enum Request {
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Request>,
+    /// Delivered messages whose releases are not written yet: the writer
+    /// takes them with its next batch.
+    finished: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -104,10 +111,12 @@ impl Journal {
         };
         writer.rotate()?;
         let (tx, rx) = mpsc::channel();
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let releases = Arc::clone(&finished);
         std::thread::Builder::new()
             .name("spool-journal".into())
-            .spawn(move || writer.run(rx))?;
-        Ok(Journal { tx })
+            .spawn(move || writer.run(rx, &releases))?;
+        Ok(Journal { tx, finished })
     }
 
     /// Makes the message durable; returns once its record is synced.
@@ -125,11 +134,16 @@ impl Journal {
 
     /// The message is done with; nothing waits for the disk (a crash that
     /// loses the release only brings the message back for a duplicate).
+    /// Written with the next batch, within `RELEASE_RIDE`.
     pub fn release(&self, id: &str) {
-        let _ = self.send(Request::Release {
-            id: id.to_string(),
-            reply: None,
-        });
+        let first = {
+            let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+            finished.push(id.to_string());
+            finished.len() == 1
+        };
+        if first {
+            let _ = self.send(Request::Finished);
+        }
     }
 
     /// The message was deleted: returns once that is durable (blocking).
@@ -137,9 +151,9 @@ impl Journal {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Request::Release {
             id: id.to_string(),
-            reply: Some(Box::new(move |r| {
+            reply: Box::new(move |r| {
                 let _ = tx.send(r);
-            })),
+            }),
         })?;
         rx.recv().unwrap_or_else(|_| Err(stopped()))
     }
@@ -169,6 +183,16 @@ fn stopped() -> io::Error {
     io::Error::other("spool journal stopped")
 }
 
+/// Adds the requests already waiting to `batch`, up to `MAX_BATCH`.
+fn take_waiting(rx: &mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Where a live message's image is, for a checkpoint.
 struct Location {
     segment: u64,
@@ -196,16 +220,21 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
+    fn run(mut self, rx: mpsc::Receiver<Request>, finished: &Mutex<Vec<String>>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
+            take_waiting(&rx, &mut batch);
+            if batch.iter().all(|r| matches!(r, Request::Finished)) {
+                // Only releases: give the next appends a moment to come.
+                if let Ok(r) = rx.recv_timeout(RELEASE_RIDE) {
+                    batch.push(r);
+                    take_waiting(&rx, &mut batch);
                 }
             }
-            self.handle(batch);
+            // Taken after the requests: a release made before one of them
+            // is seen with it (a `Materialized` must know it was released).
+            let releases = std::mem::take(&mut *finished.lock().unwrap_or_else(|e| e.into_inner()));
+            self.handle(releases, batch);
             if self.size >= SEGMENT_MAX
                 && let Err(e) = self.rotate()
             {
@@ -216,14 +245,22 @@ impl Writer {
             }
             self.drop_dead_segments();
         }
+        // Every sender is gone (shutdown): the last releases still count.
+        let releases = std::mem::take(&mut *finished.lock().unwrap_or_else(|e| e.into_inner()));
+        if !releases.is_empty() {
+            self.handle(releases, Vec::new());
+        }
     }
 
-    fn handle(&mut self, batch: Vec<Request>) {
+    fn handle(&mut self, releases: Vec<String>, batch: Vec<Request>) {
         let mut buf = Vec::new();
         let mut appended = Vec::new();
         let mut synced_replies: Vec<Reply<()>> = Vec::new();
         let mut answers = Vec::new();
         let mut sync = false;
+        for id in &releases {
+            self.forget(id, &mut buf, true);
+        }
         for request in batch {
             match request {
                 Request::Append { id, copy, reply } => {
@@ -234,11 +271,10 @@ impl Writer {
                 }
                 Request::Release { id, reply } => {
                     self.forget(&id, &mut buf, true);
-                    if let Some(reply) = reply {
-                        synced_replies.push(reply);
-                        sync = true;
-                    }
+                    synced_replies.push(reply);
+                    sync = true;
                 }
+                Request::Finished => {}
                 Request::Materialized { ids, reply } => {
                     let known = ids
                         .iter()
@@ -755,6 +791,36 @@ mod tests {
             "the journal is gone once recovered"
         );
         assert_eq!(recover(dir.path()).unwrap(), 0, "nothing twice");
+    }
+
+    /// Releases wait for the next batch, but never long: with no append
+    /// coming, they are written on their own within `RELEASE_RIDE` (a kill
+    /// -9 after that must not bring a delivered message back).
+    #[test]
+    fn releases_are_written_soon_even_with_no_append_to_ride_along() {
+        let (dir, spool, journal, rt) = journal_at_work();
+        let ids: Vec<QueueId> = (0..3).map(|_| QueueId::new()).collect();
+        for id in &ids {
+            rt.block_on(journal.append(id, image(&spool, id, "x")))
+                .unwrap();
+        }
+        journal.release(&ids[0]);
+        journal.release(&ids[1]);
+        let on_disk = || -> Vec<String> {
+            unreleased(dir.path())
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while on_disk().len() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(on_disk(), vec![ids[2].to_string()]);
+        // And a crash now recovers only the one never released.
+        assert_eq!(recover(dir.path()).unwrap(), 1);
+        assert_eq!(spool.ids().unwrap(), vec![ids[2].clone()]);
     }
 
     #[test]
