@@ -2,7 +2,7 @@
 //! enforce connection caps, run a session per connection, shut down gracefully.
 
 mod limits;
-mod proxy;
+pub mod proxy;
 mod reload;
 
 pub use limits::{ConnectionLimits, LimitSettings};

@@ -253,7 +253,15 @@ impl Writer {
     }
 
     fn handle(&mut self, releases: Vec<String>, batch: Vec<Request>) {
-        let mut buf = Vec::new();
+        // Sized once: growing it record by record cost a reallocation each.
+        let appends: usize = batch
+            .iter()
+            .map(|r| match r {
+                Request::Append { id, copy, .. } => HEADER + id.len() + copy.image().len(),
+                _ => HEADER + 32,
+            })
+            .sum();
+        let mut buf = Vec::with_capacity(appends + releases.len() * (HEADER + 32));
         let mut appended = Vec::new();
         let mut synced_replies: Vec<Reply<()>> = Vec::new();
         let mut answers = Vec::new();

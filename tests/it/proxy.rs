@@ -81,3 +81,29 @@ async fn proxy_protocol_behind_haproxy_sets_the_client() {
     c.expect("MAIL FROM:<a@client.test>", 250).await;
     c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
 }
+
+/// A header that arrives in pieces is waited for, wherever it is cut: cut
+/// after "40000 " the v1 line once read as a malformed (empty) port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_split_across_segments_is_waited_for() {
+    let server = TestServer::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n[[network]]\nrange = \"127.0.0.2\"\nauth = \"none\"\n",
+    )
+    .await;
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[127, 0, 0, 2, 127, 0, 0, 1, 0x9c, 0x40, 0, 25]);
+    let v1 = b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 25\r\n".to_vec();
+    for (header, cut) in [(v1.clone(), 37), (v1, 6), (v2.clone(), 5), (v2, 20)] {
+        let mut tcp = tcp_from("127.0.0.1", server.addr()).await;
+        tcp.set_nodelay(true).unwrap();
+        tcp.write_all(&header[..cut]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        tcp.write_all(&header[cut..]).await.unwrap();
+        let mut c = SmtpClient::from_stream(tcp);
+        assert_eq!(c.read_reply().await.code, 220, "cut at {cut}");
+        c.expect("EHLO lan.test", 250).await;
+        c.expect("MAIL FROM:<a@client.test>", 250).await;
+        // The client the header names (a LAN address) may relay.
+        c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
+    }
+}
