@@ -36,23 +36,32 @@ pub enum HeaderParse {
 pub fn parse_header(input: &[u8]) -> HeaderParse {
     // A v1 line is judged whole: cut short (a segment ending after
     // "56324 ", say), the parser would call it malformed.
-    let input = match v1_line(input) {
-        V1Line::NotV1 => input,
+    let (input, v1_len) = match v1_line(input) {
+        V1Line::NotV1 if !starts_like(input, V2_SIGNATURE) => {
+            return HeaderParse::Refused("not a PROXY header".into());
+        }
+        V1Line::NotV1 if input.len() < V2_FIXED => return HeaderParse::Incomplete,
+        V1Line::NotV1 => (input, None),
         V1Line::Partial => return HeaderParse::Incomplete,
         V1Line::TooLong => return HeaderParse::Refused("PROXY header too long".into()),
-        V1Line::Whole(line) => line,
+        V1Line::Whole(line) => (line, Some(line.len())),
     };
     let parsed = HeaderResult::parse(&input[..input.len().min(MAX_HEADER)]);
     if parsed.is_incomplete() {
-        return if input.len() >= MAX_HEADER {
+        return if v1_len.is_some() {
+            // The whole line is there: nothing more can complete it.
+            HeaderParse::Refused("malformed PROXY header".into())
+        } else if input.len() >= MAX_HEADER {
             HeaderParse::Refused("PROXY header too long".into())
         } else {
             HeaderParse::Incomplete
         };
     }
     let (len, source) = match parsed {
+        // The line through its CRLF, whatever the parser counted (after
+        // UNKNOWN it skips to the first LF, where the line goes on).
         HeaderResult::V1(Ok(h)) => (
-            h.header.len(),
+            v1_len.unwrap_or(h.header.len()),
             match h.addresses {
                 ppp::v1::Addresses::Tcp4(a) => {
                     Some(SocketAddr::new(a.source_address.into(), a.source_port))
@@ -90,6 +99,17 @@ pub fn parse_header(input: &[u8]) -> HeaderParse {
 
 /// The longest v1 header, CRLF included (the specification's figure).
 const V1_MAX: usize = 107;
+/// How a v1 header starts.
+const V1_START: &[u8] = b"PROXY ";
+/// How a v2 header starts, and the size of its fixed part.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+const V2_FIXED: usize = 16;
+
+/// Whether `input` begins as `start` does, as far as either goes.
+fn starts_like(input: &[u8], start: &[u8]) -> bool {
+    let n = input.len().min(start.len());
+    input[..n] == start[..n]
+}
 
 enum V1Line<'a> {
     NotV1,
@@ -100,9 +120,7 @@ enum V1Line<'a> {
 
 /// Where the input is (or may become) a v1 header: its line through CRLF.
 fn v1_line(input: &[u8]) -> V1Line<'_> {
-    const START: &[u8] = b"PROXY ";
-    let n = input.len().min(START.len());
-    if input[..n] != START[..n] {
+    if !starts_like(input, V1_START) {
         return V1Line::NotV1;
     }
     let within = &input[..input.len().min(V1_MAX)];
@@ -200,6 +218,16 @@ mod tests {
                 source: None
             }
         );
+        // After UNKNOWN anything may follow up to the CRLF, a bare LF too
+        // (found by the fuzzer: the parser once counted only up to the LF).
+        let odd = b"PROXY UNKNOWN \n\r0PROXY\xff\n 31070 65535\r\nEHLO x\r\n";
+        assert_eq!(
+            parse_header(odd),
+            HeaderParse::Header {
+                len: odd.len() - 8,
+                source: None
+            }
+        );
         let binary = v2_ipv4();
         assert_eq!(
             parse_header(&binary),
@@ -257,6 +285,8 @@ mod tests {
             b"PROXY TCP4 999.0.2.1 198.51.100.2 56324 25\r\n",
             b"PROXY TCP4 192.0.2.1 198.51.100.2 99999 25\r\n",
             b"PROXY SCTP 192.0.2.1 198.51.100.2 1 25\r\n",
+            // A whole line the parser would still call unfinished (fuzzer).
+            b"PROXY TCP6 2001edbd8::1\t\r\n",
         ] {
             assert!(
                 matches!(parse_header(bad), HeaderParse::Refused(_)),
