@@ -15,6 +15,13 @@ use tokio::time::Instant;
 const MAX_HEADER: usize = 536;
 /// Time the proxy has to send its header.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest v1 header, CRLF included (the specification's figure).
+const V1_MAX: usize = 107;
+/// How a v1 header starts.
+const V1_START: &[u8] = b"PROXY ";
+/// How a v2 header starts, and the size of its fixed part.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+const V2_FIXED: usize = 16;
 
 /// What a connection's first octets hold, as far as a PROXY header goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,14 +103,6 @@ pub fn parse_header(input: &[u8]) -> HeaderParse {
     }
     HeaderParse::Header { len, source }
 }
-
-/// The longest v1 header, CRLF included (the specification's figure).
-const V1_MAX: usize = 107;
-/// How a v1 header starts.
-const V1_START: &[u8] = b"PROXY ";
-/// How a v2 header starts, and the size of its fixed part.
-const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
-const V2_FIXED: usize = 16;
 
 /// Whether `input` begins as `start` does, as far as either goes.
 fn starts_like(input: &[u8], start: &[u8]) -> bool {
