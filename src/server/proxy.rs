@@ -263,21 +263,17 @@ mod tests {
 
     #[test]
     fn a_partial_header_waits_and_anything_else_is_refused() {
-        let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n";
-        for cut in 1..v1.len() {
-            assert_eq!(
-                parse_header(&v1[..cut]),
-                HeaderParse::Incomplete,
-                "cut at {cut}"
-            );
-        }
-        let binary = v2_ipv4();
-        for cut in 1..binary.len() {
-            assert_eq!(
-                parse_header(&binary[..cut]),
-                HeaderParse::Incomplete,
-                "cut at {cut}"
-            );
+        for header in [
+            b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n".to_vec(),
+            v2_ipv4(),
+        ] {
+            for cut in 1..header.len() {
+                assert_eq!(
+                    parse_header(&header[..cut]),
+                    HeaderParse::Incomplete,
+                    "{header:?} cut at {cut}"
+                );
+            }
         }
         for bad in [
             &b"EHLO example.com\r\n"[..],

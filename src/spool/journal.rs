@@ -43,6 +43,8 @@ const SEGMENT_PREALLOCATED: u64 = SEGMENT_MAX + 1024 * 1024;
 const MAX_SEGMENTS: usize = 8;
 /// Requests taken into one write (and one sync) at most.
 const MAX_BATCH: usize = 1024;
+/// A release record's size, as a rule (queue IDs are 20 digits).
+const RELEASE_RECORD: usize = HEADER + 20;
 /// How long finished messages' releases wait, at most, to ride along with
 /// the next batch of appends instead of costing a write (and a wake-up of
 /// the writer thread) of their own.
@@ -77,7 +79,24 @@ pub struct Journal {
     tx: mpsc::Sender<Request>,
     /// Delivered messages whose releases are not written yet: the writer
     /// takes them with its next batch.
-    finished: Arc<Mutex<Vec<String>>>,
+    finished: Arc<Finished>,
+}
+
+/// Released IDs waiting for the writer thread.
+#[derive(Default)]
+struct Finished(Mutex<Vec<String>>);
+
+impl Finished {
+    /// Adds one; true when the list was empty (the writer must be told).
+    fn push(&self, id: &str) -> bool {
+        let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ids.push(id.to_string());
+        ids.len() == 1
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -111,7 +130,7 @@ impl Journal {
         };
         writer.rotate()?;
         let (tx, rx) = mpsc::channel();
-        let finished = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(Finished::default());
         let releases = Arc::clone(&finished);
         std::thread::Builder::new()
             .name("spool-journal".into())
@@ -136,12 +155,7 @@ impl Journal {
     /// loses the release only brings the message back for a duplicate).
     /// Written with the next batch, within `RELEASE_RIDE`.
     pub fn release(&self, id: &str) {
-        let first = {
-            let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-            finished.push(id.to_string());
-            finished.len() == 1
-        };
-        if first {
+        if self.finished.push(id) {
             let _ = self.send(Request::Finished);
         }
     }
@@ -220,7 +234,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Request>, finished: &Mutex<Vec<String>>) {
+    fn run(mut self, rx: mpsc::Receiver<Request>, finished: &Finished) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             take_waiting(&rx, &mut batch);
@@ -233,8 +247,7 @@ impl Writer {
             }
             // Taken after the requests: a release made before one of them
             // is seen with it (a `Materialized` must know it was released).
-            let releases = std::mem::take(&mut *finished.lock().unwrap_or_else(|e| e.into_inner()));
-            self.handle(releases, batch);
+            self.handle(finished.take(), batch);
             if self.size >= SEGMENT_MAX
                 && let Err(e) = self.rotate()
             {
@@ -246,7 +259,7 @@ impl Writer {
             self.drop_dead_segments();
         }
         // Every sender is gone (shutdown): the last releases still count.
-        let releases = std::mem::take(&mut *finished.lock().unwrap_or_else(|e| e.into_inner()));
+        let releases = finished.take();
         if !releases.is_empty() {
             self.handle(releases, Vec::new());
         }
@@ -258,10 +271,10 @@ impl Writer {
             .iter()
             .map(|r| match r {
                 Request::Append { id, copy, .. } => HEADER + id.len() + copy.image().len(),
-                _ => HEADER + 32,
+                _ => RELEASE_RECORD,
             })
             .sum();
-        let mut buf = Vec::with_capacity(appends + releases.len() * (HEADER + 32));
+        let mut buf = Vec::with_capacity(appends + releases.len() * RELEASE_RECORD);
         let mut appended = Vec::new();
         let mut synced_replies: Vec<Reply<()>> = Vec::new();
         let mut answers = Vec::new();
