@@ -14,6 +14,8 @@ use tokio::time::timeout;
 
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 200;
+/// Room made in the reply buffer before each read.
+const READ_ROOM: usize = 4096;
 
 /// A reply from the next hop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,16 +615,18 @@ impl SmtpConnection {
             if self.buf.len() > MAX_REPLY_LINE {
                 return Err(ClientError::Protocol("reply line too long".into()));
             }
-            let mut chunk = [0u8; 4096];
+            // Straight into the buffer's spare room: a stack chunk here would
+            // be zeroed on every read and would sit in every delivery future
+            // up to the spawned task (4 KB of each, moved at every spawn).
+            self.buf.reserve(READ_ROOM);
             let n = self
                 .io
-                .read(&mut chunk)
+                .read_buf(&mut self.buf)
                 .await
                 .map_err(|e| ClientError::Io(e.to_string()))?;
             if n == 0 {
                 return Err(ClientError::Io("connection closed by the next hop".into()));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
