@@ -18,6 +18,7 @@
 //! copied into `queue/` ("checkpoint") so the journal stays small.
 
 use super::MemoryCopy;
+use super::segment_file::SegmentFile;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -220,7 +221,7 @@ struct Writer {
     /// Where checkpointed messages go (its plain file path: no slots).
     spool: super::Spool,
     segment: u64,
-    file: Option<File>,
+    file: Option<SegmentFile>,
     size: u64,
     /// The next segment, being zero-filled by a helper thread meanwhile.
     next: Option<(u64, std::thread::JoinHandle<io::Result<File>>)>,
@@ -368,25 +369,14 @@ impl Writer {
             self.rotate()?;
         }
         let file = self.file.as_mut().ok_or_else(stopped)?;
-        let result = file
-            .write_all_at(buf, self.size)
-            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
-        match result {
-            Ok(()) => {
-                self.size += buf.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                let zeroed = file
-                    .write_all_at(&vec![0; buf.len()], self.size)
-                    .and_then(|()| file.sync_data());
-                if zeroed.is_err() {
-                    // The next write starts a new segment.
-                    self.file = None;
-                }
-                Err(e)
-            }
+        let result = file.append(self.size, buf, sync);
+        if result.is_ok() {
+            self.size += buf.len() as u64;
+        } else if file.broken {
+            // The next write starts a new segment.
+            self.file = None;
         }
+        result
     }
 
     /// What becomes of a message that is no longer journal-only: its record
@@ -429,7 +419,7 @@ impl Writer {
         };
         self.segments.insert(number, 0);
         self.segment = number;
-        self.file = Some(file);
+        self.file = Some(SegmentFile::new(&path, file));
         self.size = 0;
         let (next, dir) = (segment_path(&self.dir, number + 1), self.dir.clone());
         self.next = std::thread::Builder::new()

@@ -13,6 +13,7 @@ mod envelope;
 mod journal;
 mod memory;
 mod queue_id;
+mod segment_file;
 mod slots;
 mod state;
 mod writer;
