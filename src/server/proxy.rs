@@ -193,30 +193,27 @@ mod tests {
 
     #[test]
     fn whole_headers_name_their_client_and_their_length() {
-        let v1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n";
-        assert_eq!(
-            parse_header(v1),
-            HeaderParse::Header {
-                len: v1.len(),
-                source: Some("192.0.2.1:56324".parse().unwrap())
-            }
-        );
-        let v1_6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 25\r\n";
-        assert_eq!(
-            parse_header(v1_6),
-            HeaderParse::Header {
-                len: v1_6.len(),
-                source: Some("[2001:db8::1]:40000".parse().unwrap())
-            }
-        );
-        let unknown = b"PROXY UNKNOWN\r\n";
-        assert_eq!(
-            parse_header(unknown),
-            HeaderParse::Header {
-                len: unknown.len(),
-                source: None
-            }
-        );
+        for (header, source) in [
+            (
+                &b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n"[..],
+                Some("192.0.2.1:56324"),
+            ),
+            (
+                b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 25\r\n",
+                Some("[2001:db8::1]:40000"),
+            ),
+            (b"PROXY UNKNOWN\r\n", None),
+        ] {
+            assert_eq!(
+                parse_header(header),
+                HeaderParse::Header {
+                    len: header.len(),
+                    source: source.map(|s| s.parse().unwrap())
+                },
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
         // After UNKNOWN anything may follow up to the CRLF, a bare LF too
         // (found by the fuzzer: the parser once counted only up to the LF).
         let odd = b"PROXY UNKNOWN \n\r0PROXY\xff\n 31070 65535\r\nEHLO x\r\n";
