@@ -33,6 +33,13 @@ impl ServerReply {
     pub fn is_permanent(&self) -> bool {
         self.code >= 500
     }
+    /// "Bad sequence of commands": the next hop thinks the session is in
+    /// another state than we do (a transaction it still holds open, say).
+    /// That is our conversation's trouble, never the recipient's: it is
+    /// retried on a fresh connection and never bounced.
+    pub fn is_out_of_sequence(&self) -> bool {
+        self.code == 503
+    }
 }
 
 impl std::fmt::Display for ServerReply {
@@ -75,7 +82,13 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the failure says the server refuses for good (a 5xx at session level).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ClientError::Rejected { reply, .. } if reply.is_permanent())
+        matches!(self, ClientError::Rejected { reply, .. }
+            if reply.is_permanent() && !reply.is_out_of_sequence())
+    }
+
+    /// A 503 at session level: the next hop's idea of the session differs from ours.
+    pub fn is_out_of_sequence(&self) -> bool {
+        matches!(self, ClientError::Rejected { reply, .. } if reply.is_out_of_sequence())
     }
 
     /// Whether another server of the same destination may do better.
@@ -176,6 +189,9 @@ pub struct SmtpConnection {
     /// The current message's content (or its final dot) was written: from
     /// then on the next hop may have taken it, even if no reply comes.
     data_sent: bool,
+    /// MAIL was sent and the transaction was not closed since (by the reply
+    /// to the final dot or by RSET): the next hop may still hold it open.
+    transaction_open: bool,
 }
 
 impl SmtpConnection {
@@ -210,6 +226,7 @@ impl SmtpConnection {
                 .as_ref()
                 .map(|t| t.recorder(&format!("out {peer}"))),
             data_sent: false,
+            transaction_open: false,
         };
         if let TlsMode::Implicit(cfg) = &opts.tls {
             conn.handshake(Arc::clone(cfg)).await?;
@@ -370,6 +387,7 @@ impl SmtpConnection {
                 batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
             }
             batch.push_str("DATA\r\n");
+            self.transaction_open = true;
             self.write(batch.as_bytes()).await?;
             let mail_reply = self.read_reply("MAIL FROM").await?;
             for _ in msg.recipients {
@@ -384,6 +402,7 @@ impl SmtpConnection {
             }
             return self.finish_data(msg, replies, data_reply).await;
         }
+        self.transaction_open = true;
         let mail_reply = self.command(&mail, "MAIL FROM").await?;
         if !mail_reply.is_ok() {
             return Err(ClientError::Rejected {
@@ -395,7 +414,7 @@ impl SmtpConnection {
             replies.push(self.command(&format!("RCPT TO:<{r}>"), "RCPT TO").await?);
         }
         if !replies.iter().any(ServerReply::is_ok) {
-            self.command("RSET", "RSET").await?;
+            self.reset().await?;
             return Ok(replies);
         }
         let data_reply = self.command("DATA", "DATA").await?;
@@ -423,6 +442,7 @@ impl SmtpConnection {
             // The server opened DATA although nobody was accepted: end it empty.
             self.write(b".\r\n").await?;
             let _ = self.read_reply("end of data").await?;
+            self.transaction_open = false;
             return Ok(replies);
         }
         match msg.body_memory {
@@ -435,6 +455,8 @@ impl SmtpConnection {
         let done = timeout(deadline, self.read_reply_untimed("end of data"))
             .await
             .map_err(|_| ClientError::Timeout("the reply to end of data"))??;
+        // Whatever it said, the reply to the final dot ends the transaction.
+        self.transaction_open = false;
         for r in replies.iter_mut().filter(|r| r.is_ok()) {
             *r = done.clone();
         }
@@ -490,6 +512,7 @@ impl SmtpConnection {
     /// Asks whether the server takes mail for `rcpt` (MAIL FROM:<>, RCPT TO,
     /// RSET), without sending any message: recipient verification by callout.
     pub async fn probe_recipient(&mut self, rcpt: &str) -> Result<ServerReply, ClientError> {
+        self.transaction_open = true;
         let mail = self.command("MAIL FROM:<>", "MAIL FROM").await?;
         if !mail.is_ok() {
             return Err(ClientError::Rejected {
@@ -504,10 +527,18 @@ impl SmtpConnection {
         Ok(reply)
     }
 
-    /// Prepares the connection for another message.
+    /// Whether a transaction may still be open at the next hop (a refused
+    /// MAIL, every recipient refused with pipelined DATA, a DATA refusal):
+    /// the connection must be reset before it carries another message.
+    pub fn needs_reset(&self) -> bool {
+        self.transaction_open
+    }
+
+    /// Ends any transaction (RSET and its reply), ready for another message.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
         let r = self.command("RSET", "RSET").await?;
         if r.is_ok() {
+            self.transaction_open = false;
             Ok(())
         } else {
             Err(ClientError::Rejected {

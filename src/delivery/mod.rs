@@ -381,7 +381,7 @@ impl Deliverer {
                 warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; {next}");
                 if !e.try_next_host() {
                     // The sender was refused: another server of the same destination will not differ.
-                    return if result.is_permanent() {
+                    return if e.is_permanent() {
                         all(Outcome::Failed(result))
                     } else {
                         deferred(result, true, false)
@@ -410,8 +410,20 @@ impl Deliverer {
         let mut conn = None;
         if let Some(mut pooled) = self.pool.take(&key) {
             match pooled.send(msg).await {
+                // The next hop's idea of the session differs from ours (a
+                // transaction it still holds, say): never a verdict on this
+                // message; it goes on a fresh connection.
+                Ok(replies)
+                    if !pooled.sent_data()
+                        && replies.iter().any(ServerReply::is_out_of_sequence) =>
+                {
+                    warn!(queue_id = %job.queue_id, host = %host, ip = %addr.ip(), "a reused connection answered 503 (bad sequence); trying a fresh connection");
+                }
                 Ok(replies) => conn = Some((pooled, replies)),
                 Err(e) if pooled.sent_data() => return Ok(lost_after_content(job, host, addr, &e)),
+                Err(e) if e.is_out_of_sequence() => {
+                    warn!(queue_id = %job.queue_id, host = %host, ip = %addr.ip(), error = %e, "a reused connection answered 503 (bad sequence); trying a fresh connection");
+                }
                 // A pooled connection the server has since closed: open a new one.
                 Err(ClientError::Io(_)) | Err(ClientError::Timeout(_)) => {}
                 Err(e) => return Err(e),
@@ -450,8 +462,23 @@ impl Deliverer {
             // The queue logs each recipient's outcome; this is the attempt's detail.
             debug!(queue_id = %job.queue_id, to = %rcpt, host = %host, ip = %addr.ip(), tls = %tls, reply = %reply, delay_ms = started.elapsed().as_millis() as u64, "{result}");
         }
-        self.pool.put(key, conn);
+        self.pool_for_reuse(key, conn).await;
         Ok(outcomes)
+    }
+
+    /// Keeps `conn` for the next message to the same next hop, with no
+    /// transaction left open on it: a refused MAIL or a pipelined DATA
+    /// answered with something other than 354 leaves the next hop holding
+    /// the transaction, and the next MAIL would get "503 nested MAIL".
+    /// A connection that cannot be reset is closed instead.
+    async fn pool_for_reuse(&self, key: String, mut conn: SmtpConnection) {
+        if conn.needs_reset() {
+            if let Err(e) = conn.reset().await {
+                debug!(error = %e, "a connection could not be reset; not kept for reuse");
+                return;
+            }
+        }
+        self.pool.put(key, conn);
     }
 }
 
@@ -482,7 +509,7 @@ fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
     let result = AttemptResult::reply(Stage::of_step(r.step), r, host).with_ip(ip);
     if r.is_ok() {
         Outcome::Delivered(result)
-    } else if r.is_permanent() {
+    } else if r.is_permanent() && !r.is_out_of_sequence() {
         Outcome::Failed(result)
     } else {
         Outcome::Deferred {

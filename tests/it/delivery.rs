@@ -709,27 +709,42 @@ struct HopLog {
     connections: usize,
 }
 
-/// Starts, on `ip:port`, a next hop that takes messages normally until the
-/// `hang_up_at`-th of a connection, whose content it reads before hanging
-/// up without replying.
+/// How a scripted next hop misbehaves on each connection.
+#[derive(Clone, Copy)]
+enum HopScript {
+    /// Takes messages normally until the n-th, whose content it reads
+    /// before hanging up without replying.
+    HangUpAt(usize),
+    /// After n messages it has lost track of the session and answers every
+    /// MAIL, RCPT and DATA with 503, as a server that still holds a
+    /// transaction open would.
+    OutOfSequenceAfter(usize),
+}
+
+/// Starts, on `ip:port`, a next hop that follows `script`.
+async fn start_scripted_hop(
+    ip: &str,
+    port: u16,
+    script: HopScript,
+) -> std::sync::Arc<std::sync::Mutex<HopLog>> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(HopLog::default()));
+    tokio::spawn(scripted_hop(listener, script, seen.clone()));
+    seen
+}
+
+/// A next hop that hangs up after the `hang_up_at`-th message's content.
 async fn start_hanging_hop(
     ip: &str,
     port: u16,
     hang_up_at: usize,
 ) -> std::sync::Arc<std::sync::Mutex<HopLog>> {
-    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(HopLog::default()));
-    tokio::spawn(hop_that_hangs_up_after_a_dot(
-        listener,
-        hang_up_at,
-        seen.clone(),
-    ));
-    seen
+    start_scripted_hop(ip, port, HopScript::HangUpAt(hang_up_at)).await
 }
 
-async fn hop_that_hangs_up_after_a_dot(
+async fn scripted_hop(
     listener: tokio::net::TcpListener,
-    hang_up_at: usize,
+    script: HopScript,
     seen: std::sync::Arc<std::sync::Mutex<HopLog>>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -752,7 +767,13 @@ async fn hop_that_hangs_up_after_a_dot(
                     _ => return,
                 }
                 let verb = line.trim_end().to_ascii_uppercase();
-                if verb.starts_with("EHLO") {
+                let confused = matches!(script, HopScript::OutOfSequenceAfter(n) if messages >= n);
+                let in_transaction = ["MAIL", "RCPT", "DATA"].iter().any(|v| verb.starts_with(v));
+                if confused && in_transaction {
+                    let _ = w
+                        .write_all(b"503 5.5.1 Error: nested MAIL command\r\n")
+                        .await;
+                } else if verb.starts_with("EHLO") {
                     let _ = w.write_all(b"250-hop.test\r\n250 PIPELINING\r\n").await;
                 } else if verb == "DATA" {
                     let _ = w.write_all(b"354 go on\r\n").await;
@@ -772,7 +793,7 @@ async fn hop_that_hangs_up_after_a_dot(
                         seen.lock().unwrap().subjects.push(marker.to_string());
                     }
                     messages += 1;
-                    if messages == hang_up_at {
+                    if matches!(script, HopScript::HangUpAt(n) if messages == n) {
                         return; // the content is here, the reply never comes
                     }
                     let _ = w.write_all(b"250 2.0.0 queued\r\n").await;
@@ -871,4 +892,43 @@ async fn content_lost_at_the_first_mx_is_not_sent_to_the_second_at_once() {
     assert_eq!(seen.lock().unwrap().subjects, ["Subject: lost"]);
     assert!(mx2.messages().is_empty(), "the second MX got nothing");
     server.stop().await;
+}
+
+/// A reused connection whose next hop answers 503 (it thinks a transaction
+/// is still open) is no verdict on the message: it goes on a fresh
+/// connection at once and is delivered, never bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_on_a_reused_connection_sends_the_message_on_a_fresh_one() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    dns.mail_domain("confused.example", "127.0.0.86");
+    let seen = start_scripted_hop("127.0.0.86", port, HopScript::OutOfSequenceAfter(1)).await;
+    let server = TestServer::start(&hourly_retries(&dns, port)).await;
+    submit(
+        &server,
+        "a@client.test",
+        &["x@confused.example"],
+        b"Subject: first\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(
+        queue_drains(&server).await,
+        "the first message is delivered"
+    );
+    // Within the pool's idle time: the second message meets the confused connection.
+    submit(
+        &server,
+        "a@client.test",
+        &["x@confused.example"],
+        b"Subject: second\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(queue_drains(&server).await, "the second message is done");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.subjects,
+        ["Subject: first", "Subject: second"],
+        "the second message was delivered, not bounced"
+    );
+    assert_eq!(seen.connections, 2, "on a fresh connection");
 }

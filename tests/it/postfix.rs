@@ -1,9 +1,13 @@
-//! Postfix's smtp-sink as the real downstream: every message arrives exactly
-//! once, also when Portcullis is killed with -9 in the middle of a burst.
+//! Postfix as the real downstream: its smtp-sink gets every message exactly
+//! once, also when Portcullis is killed with -9 in the middle of a burst; a
+//! real Postfix instance refuses recipients and takes the next message on
+//! the same reused connection.
 
 use crate::support::WAIT;
 use crate::support::client::SmtpClient;
+use crate::support::postfix_mta::PostfixMta;
 use crate::support::server::{ProcessServer, TestServer, complete_config};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::tls::TestCa;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -216,4 +220,97 @@ async fn send_until_cut(
         }
     }
     acked
+}
+
+/// Portcullis routing office.test to a real Postfix (mailboxes alice and
+/// bob) and lab.test to a recording sink; one try an hour, so that a
+/// message that does not arrive at the first attempt shows.
+async fn relay_to_office(postfix: &PostfixMta, lab: &Sink) -> TestServer {
+    TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nretry_schedule = [\"1h\"]\n\
+         [[route]]\ndomain = \"office.test\"\nhost = \"{}\"\n[[route]]\ndomain = \"lab.test\"\nhost = \"{}\"\n",
+        postfix.addr, lab.addr
+    ))
+    .await
+}
+
+async fn submit_one(server: &TestServer, from: &str, to: &str, subject: &str) {
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "printer.lab.test").await;
+    let body = format!("Subject: {subject}\r\n\r\n{subject}\r\n");
+    let r = c.send_mail(from, &[to], body.as_bytes()).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.expect("QUIT", 221).await;
+}
+
+async fn queue_empties(server: &TestServer) {
+    let start = Instant::now();
+    while !server.queued().is_empty() && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.queued().is_empty(), "the queue empties");
+}
+
+/// A typo'd colleague's address, refused by Postfix with pipelined DATA
+/// answered 554 (no valid recipients), must not leave the transaction open on
+/// the pooled connection: the next valid message to the same server is
+/// delivered, not bounced with "503 nested MAIL command".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_recipient_is_refused_postfix_takes_the_next_message_on_the_same_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let postfix = PostfixMta::start("127.0.0.120", "office.test", &["alice", "bob"], dir.path());
+    let lab = Sink::start("127.0.0.121", 0, Behaviour::accept_all()).await;
+    let server = relay_to_office(&postfix, &lab).await;
+
+    submit_one(&server, "printer@lab.test", "alcie@office.test", "typo").await;
+    queue_empties(&server).await;
+    // Within the pooled connection's idle time: the same connection is reused.
+    submit_one(&server, "printer@lab.test", "alice@office.test", "valid").await;
+    let alice = postfix.wait_for("alice", 1, WAIT).await;
+    assert_eq!(
+        alice.len(),
+        1,
+        "the valid message arrived; Postfix log:\n{}",
+        postfix.log()
+    );
+    assert!(alice[0].contains("Subject: valid"), "{}", alice[0]);
+    queue_empties(&server).await;
+    let bounces: Vec<_> = lab
+        .messages()
+        .into_iter()
+        .filter(|m| m.from.is_empty())
+        .collect();
+    assert_eq!(bounces.len(), 1, "one bounce, for the typo only");
+    let text = String::from_utf8_lossy(&bounces[0].data);
+    assert!(text.contains("alcie@office.test"), "{text}");
+    assert!(
+        !text.contains("alice@office.test"),
+        "the valid message did not bounce: {text}"
+    );
+    assert!(
+        !postfix.log().contains("nested MAIL command"),
+        "no MAIL inside an open transaction:\n{}",
+        postfix.log()
+    );
+}
+
+/// The bounce for a typo goes back to the same Postfix (the sender is a
+/// colleague): it must arrive, not be dropped as a failed null-sender message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bounce_for_a_refused_colleague_reaches_the_sender_through_the_same_postfix() {
+    let dir = tempfile::tempdir().unwrap();
+    let postfix = PostfixMta::start("127.0.0.122", "office.test", &["alice", "bob"], dir.path());
+    let lab = Sink::start("127.0.0.123", 0, Behaviour::accept_all()).await;
+    let server = relay_to_office(&postfix, &lab).await;
+
+    submit_one(&server, "bob@office.test", "alcie@office.test", "typo").await;
+    let bob = postfix.wait_for("bob", 1, WAIT).await;
+    assert_eq!(
+        bob.len(),
+        1,
+        "bob got the bounce; Postfix log:\n{}",
+        postfix.log()
+    );
+    assert!(bob[0].contains("alcie@office.test"), "{}", bob[0]);
+    assert!(bob[0].contains("Action: failed"), "{}", bob[0]);
+    queue_empties(&server).await;
 }
