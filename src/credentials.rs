@@ -146,7 +146,7 @@ mod tests {
         let path = dir.path().join("users");
         let mut users = crate::users::Users::new();
         users.insert("alice".into(), hash_password("right").unwrap());
-        crate::users::write_users(&path, &users).unwrap();
+        crate::users::write_users(&path, &users, None).unwrap();
         CredentialChecker::with_workers(UserDb::new(path), workers, waiting)
     }
 

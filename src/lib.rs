@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod diagnostics;
 pub mod dns;
 pub mod events;
+pub mod fsio;
 pub mod guard;
 pub mod log_writer;
 pub mod metrics;

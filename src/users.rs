@@ -5,7 +5,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -79,8 +79,14 @@ pub fn read_users(path: &Path) -> Result<Users, UsersError> {
     Ok(users)
 }
 
-/// Replaces the users file atomically, readable by its owner only.
-pub fn write_users(path: &Path, users: &Users) -> Result<(), UsersError> {
+/// Replaces the users file durably. An existing file keeps its owner, group
+/// and mode (the service must still read it after `user add` as root); a new
+/// one is readable by its owner only and handed to `new_owner` when given.
+pub fn write_users(
+    path: &Path,
+    users: &Users,
+    new_owner: Option<crate::fsio::Owner>,
+) -> Result<(), UsersError> {
     let werr = |source| UsersError::Write {
         path: path.to_path_buf(),
         source,
@@ -88,28 +94,14 @@ pub fn write_users(path: &Path, users: &Users) -> Result<(), UsersError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(werr)?;
     }
-    let tmp = path.with_extension("tmp");
     let mut text = String::from(
         "# Portcullis users: name:hash (argon2id or bcrypt). Edit with `portcullis user`.\n",
     );
     for (name, hash) in users {
         text.push_str(&format!("{name}:{hash}\n"));
     }
-    let mut f = open_private(&tmp).map_err(werr)?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(werr)?;
-    fs::rename(&tmp, path).map_err(werr)
-}
-
-fn open_private(path: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    let new = crate::fsio::NewFile::PRIVATE.owned_by(new_owner);
+    crate::fsio::replace(path, text.as_bytes(), new).map_err(werr)
 }
 
 pub fn hash_password(password: &str) -> Result<String, UsersError> {
@@ -189,13 +181,13 @@ mod tests {
         let path = dir.path().join("users");
         let mut users = Users::new();
         users.insert("alice".into(), hash_password("a").unwrap());
-        write_users(&path, &users).unwrap();
+        write_users(&path, &users, None).unwrap();
         let db = UserDb::new(path.clone());
         assert!(db.hash_of("alice").unwrap().is_some());
         assert!(db.hash_of("bob").unwrap().is_none());
         std::thread::sleep(std::time::Duration::from_millis(20));
         users.insert("bob".into(), hash_password("b").unwrap());
-        write_users(&path, &users).unwrap();
+        write_users(&path, &users, None).unwrap();
         assert!(db.hash_of("bob").unwrap().is_some());
         fs::write(&path, "bad line\n").unwrap();
         assert!(matches!(

@@ -1,8 +1,9 @@
 //! `portcullis user`: the users file (argon2id hashes; bcrypt accepted).
 
 use super::ConfigArgs;
+use crate::fsio::Owner;
 use crate::users::{UsersError, hash_password, read_users, valid_name, write_users};
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -32,9 +33,18 @@ enum UserAction {
 }
 
 pub fn run(args: UserArgs) -> anyhow::Result<i32> {
-    let path = match &args.users_file {
-        Some(p) => p.clone(),
-        None => args.config.load()?.users_file(),
+    // A users file made here belongs to whoever owns the data directory (the
+    // service's user once packaged), so that the server can read it.
+    let (path, new_owner) = match &args.users_file {
+        Some(p) => {
+            let data_dir = args.config.load().ok().map(|c| c.server.data_dir);
+            (p.clone(), data_dir.and_then(|d| Owner::of(&d).ok()))
+        }
+        None => {
+            let config = args.config.load()?;
+            let owner = Owner::of(&config.server.data_dir).ok();
+            (config.users_file(), owner)
+        }
     };
     let mut users = read_users(&path)?;
     match args.action {
@@ -50,6 +60,12 @@ pub fn run(args: UserArgs) -> anyhow::Result<i32> {
                 std::io::stdin().lock().read_line(&mut line)?;
                 line.trim_end_matches(['\r', '\n']).to_string()
             } else {
+                if !std::io::stdin().is_terminal() {
+                    anyhow::bail!(
+                        "no terminal to ask the password on: pipe it in with --password-stdin \
+                         (echo 'PASSWORD' | portcullis user add {name} --password-stdin)"
+                    );
+                }
                 let first = rpassword::prompt_password(format!("Password for {name}: "))?;
                 let again = rpassword::prompt_password("Again: ")?;
                 if first != again {
@@ -63,7 +79,7 @@ pub fn run(args: UserArgs) -> anyhow::Result<i32> {
             let existed = users
                 .insert(name.clone(), hash_password(&password)?)
                 .is_some();
-            write_users(&path, &users)?;
+            write_users(&path, &users, new_owner)?;
             println!(
                 "{} {name} in {}",
                 if existed { "updated" } else { "added" },
@@ -74,7 +90,7 @@ pub fn run(args: UserArgs) -> anyhow::Result<i32> {
             if users.remove(&name).is_none() {
                 return Err(UsersError::NoSuchUser(name).into());
             }
-            write_users(&path, &users)?;
+            write_users(&path, &users, new_owner)?;
             println!("removed {name} from {}", path.display());
         }
         UserAction::List => {

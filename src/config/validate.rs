@@ -88,24 +88,50 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
     for (key, path) in files {
         let Some(path) = path else { continue };
         if let Err(e) = std::fs::File::open(path) {
-            out.push(finding(
-                Severity::Error,
-                key,
-                format!("{:?}", path.display().to_string()),
-                format!("cannot be read: {e}"),
-            ));
+            out.push(cannot_access(key, path, "read", &e));
         }
     }
-    if let Some(path) = &c.auth.users_file
-        && !path.exists()
-    {
-        out.push(finding(
-            Severity::Warning,
-            "auth.users_file",
-            format!("{:?}", path.display().to_string()),
-            "does not exist yet: nobody can authenticate until `portcullis user add` creates it",
-        ));
+    let users = c.users_file();
+    match std::fs::File::open(&users) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if c.auth.users_file.is_some() {
+                out.push(finding(
+                    Severity::Warning,
+                    "auth.users_file",
+                    format!("{:?}", users.display().to_string()),
+                    "does not exist yet: nobody can authenticate until `portcullis user add` creates it",
+                ));
+            }
+        }
+        // Every AUTH would fail with a 454 while the server looks healthy.
+        Err(e) => out.push(cannot_access("auth.users_file", &users, "read", &e)),
     }
+    // Transcripts are written by the running server; a directory it cannot
+    // write would only show as missing transcripts.
+    if let Some(dir) = c
+        .log
+        .transcript
+        .as_deref()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        let key = "log.transcript";
+        match writable_dir(dir) {
+            Ok(()) => {}
+            Err((at, e)) if at == dir => out.push(cannot_access(key, dir, "written", &e)),
+            Err((at, e)) => out.push(finding(
+                Severity::Error,
+                key,
+                format!("{:?}", dir.display().to_string()),
+                format!(
+                    "cannot be created: {} is not writable by {}: {e}",
+                    at.display(),
+                    crate::fsio::running_user()
+                ),
+            )),
+        }
+    }
+
     if c.relay.verify_recipients == crate::config::VerifyRecipients::List {
         match &c.relay.valid_recipients_file {
             None => out.push(finding(
@@ -128,6 +154,34 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
             }
         }
     }
+}
+
+/// "cannot be read by portcullis (uid 105): Permission denied (os error 13)":
+/// the user matters, as the service runs as another one than the admin.
+fn cannot_access(key: &str, path: &std::path::Path, how: &str, e: &std::io::Error) -> Finding {
+    finding(
+        Severity::Error,
+        key,
+        format!("{:?}", path.display().to_string()),
+        format!("cannot be {how} by {}: {e}", crate::fsio::running_user()),
+    )
+}
+
+/// Whether this process may write in `dir`, or create it: the nearest part
+/// of the path that exists must let it. On failure, that part and why.
+fn writable_dir(dir: &std::path::Path) -> Result<(), (&std::path::Path, std::io::Error)> {
+    let existing = dir
+        .ancestors()
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.exists())
+        .unwrap_or(dir);
+    crate::fsio::may_access(existing, true).map_err(|e| (existing, e))
 }
 
 fn check_admin(c: &Config, out: &mut Vec<Finding>) {

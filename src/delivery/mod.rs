@@ -472,11 +472,11 @@ impl Deliverer {
     /// the transaction, and the next MAIL would get "503 nested MAIL".
     /// A connection that cannot be reset is closed instead.
     async fn pool_for_reuse(&self, key: String, mut conn: SmtpConnection) {
-        if conn.needs_reset() {
-            if let Err(e) = conn.reset().await {
-                debug!(error = %e, "a connection could not be reset; not kept for reuse");
-                return;
-            }
+        if conn.needs_reset()
+            && let Err(e) = conn.reset().await
+        {
+            debug!(error = %e, "a connection could not be reset; not kept for reuse");
+            return;
         }
         self.pool.put(key, conn);
     }

@@ -26,7 +26,7 @@ async fn auth_flood_from_clients_that_hang_up_keeps_memory_bounded() {
         "alice".into(),
         portcullis::users::hash_password("right").unwrap(),
     );
-    portcullis::users::write_users(&users, &map).unwrap();
+    portcullis::users::write_users(&users, &map, None).unwrap();
     let text = complete_config(
         &format!(
             "[auth]\nusers_file = \"{}\"\n[server]\nmax_connections = 1000\nmax_connection_rate_per_ip = 0\n",

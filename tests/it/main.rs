@@ -21,3 +21,4 @@ mod queue_control;
 mod relay_matrix;
 mod reload;
 mod sentinel;
+mod service_user;

@@ -89,5 +89,5 @@ pub fn write_users(path: &std::path::Path, users: &[(&str, &str)]) {
     for (name, pass) in users {
         map.insert(name.to_string(), bcrypt::hash(pass, 4).unwrap());
     }
-    portcullis::users::write_users(path, &map).unwrap();
+    portcullis::users::write_users(path, &map, None).unwrap();
 }
