@@ -35,9 +35,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
         }],
     };
     if args.json {
-        println!("{}", serde_json::json!({ "findings": findings }));
+        outln!("{}", serde_json::json!({ "findings": findings }));
     } else if findings.is_empty() {
-        println!("{}: no findings", args.config.display());
+        outln!("{}: no findings", args.config.display());
     } else {
         for f in &findings {
             let label = match f.severity {
@@ -45,7 +45,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
                 Severity::Warning => "warning",
                 Severity::Info => "note",
             };
-            println!("{label}: [{}] {}\n    fix: {}", f.key, f.message, f.fix);
+            outln!("{label}: [{}] {}\n    fix: {}", f.key, f.message, f.fix);
         }
     }
     Ok(exit_code(&findings))

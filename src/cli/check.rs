@@ -22,7 +22,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         Err(e) => {
             let msg = format!("{origin}: {}", e.to_string().trim_end());
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"valid": false, "findings": [{"severity": "error", "key": "", "value": "", "reason": msg}]})
                 );
@@ -35,7 +35,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let findings = config.findings();
     let valid = !findings.iter().any(|f| f.severity == Severity::Error);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"valid": valid, "findings": findings})
         );
@@ -44,11 +44,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
             if f.severity == Severity::Error {
                 eprintln!("{origin}: {f}");
             } else {
-                println!("{origin}: {f}");
+                outln!("{origin}: {f}");
             }
         }
         if valid {
-            println!("{origin}: configuration is valid");
+            outln!("{origin}: configuration is valid");
             let overlapping = config.network.iter().enumerate().any(|(i, a)| {
                 config.network.iter().skip(i + 1).any(|b| {
                     let (na, nb) = (a.range.net(), b.range.net());
@@ -56,7 +56,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
                 })
             });
             if overlapping {
-                println!(
+                outln!(
                     "note: overlapping [[network]] ranges: the most specific range wins; an excluded address is never trusted without AUTH"
                 );
             }

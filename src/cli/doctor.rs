@@ -35,7 +35,7 @@ pub fn run_cli(args: DoctorArgs) -> anyhow::Result<i32> {
         .build()?;
     let checks = runtime.block_on(run(&config, &opts));
     if args.json {
-        println!("{}", serde_json::json!({ "checks": checks }));
+        outln!("{}", serde_json::json!({ "checks": checks }));
     } else {
         for c in &checks {
             let word = match c.status {
@@ -44,9 +44,9 @@ pub fn run_cli(args: DoctorArgs) -> anyhow::Result<i32> {
                 Status::Fail => "FAIL",
                 Status::Skipped => "skipped",
             };
-            println!("{word:<8} {}: {}", c.name, c.detail);
+            outln!("{word:<8} {}: {}", c.name, c.detail);
             if !c.fix.is_empty() && c.status != Status::Ok {
-                println!("         fix: {}", c.fix);
+                outln!("         fix: {}", c.fix);
             }
         }
     }

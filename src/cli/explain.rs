@@ -71,10 +71,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
         );
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         for step in &answer.steps {
-            println!(
+            outln!(
                 "{:<8} {}",
                 format!("{:?}", step.stage).to_lowercase(),
                 step.text
@@ -84,7 +84,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
             Verdict::Accept => "ACCEPT",
             Verdict::Refuse => "REFUSE",
         };
-        println!("verdict  {word}: {}", answer.reply);
+        outln!("verdict  {word}: {}", answer.reply);
     }
     Ok(match answer.verdict {
         Verdict::Accept => 0,

@@ -35,29 +35,29 @@ pub fn run(args: GuardArgs) -> anyhow::Result<i32> {
         GuardAction::List => {
             let state = guard.state();
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
+                outln!("{}", serde_json::to_string_pretty(&state)?);
                 return Ok(0);
             }
             if state.untrusted.is_empty() {
-                println!("no address has lost its trust");
+                outln!("no address has lost its trust");
             }
             for (ip, u) in &state.untrusted {
                 let when = chrono::DateTime::from_timestamp(u.since, 0)
                     .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
                     .unwrap_or_default();
-                println!("{ip}: untrusted since {when}: {}", u.evidence);
+                outln!("{ip}: untrusted since {when}: {}", u.evidence);
             }
             for ip in &state.trusted_by_admin {
-                println!("{ip}: trusted again by an admin");
+                outln!("{ip}: trusted again by an admin");
             }
         }
         GuardAction::Trust { ip } => {
             guard.trust(ip);
-            println!("{ip}: trusted again (the sentinel leaves it be)");
+            outln!("{ip}: trusted again (the sentinel leaves it be)");
         }
         GuardAction::Untrust { ip } => {
             guard.untrust(ip, "untrusted by an admin");
-            println!("{ip}: must authenticate to relay from now on");
+            outln!("{ip}: must authenticate to relay from now on");
         }
     }
     Ok(0)

@@ -1,5 +1,8 @@
 //! The command line: clap subcommands, each in its own module.
 
+#[macro_use]
+mod output;
+
 mod audit;
 mod check;
 mod doctor;

@@ -153,11 +153,11 @@ fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
             Ok(0)
         }
         QueueAnswer::Stats { stats } => {
-            println!("{}", serde_json::to_string(&stats)?);
+            outln!("{}", serde_json::to_string(&stats)?);
             Ok(0)
         }
         QueueAnswer::Reloaded { message } => {
-            println!("{message}");
+            outln!("{message}");
             Ok(0)
         }
         QueueAnswer::Error { message } => anyhow::bail!(message),
@@ -167,28 +167,32 @@ fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
 fn report(changed: &[Changed], json: bool) {
     for c in changed {
         if json {
-            println!("{}", serde_json::json!({"id": c.id, "result": c.result}));
+            outln!("{}", serde_json::json!({"id": c.id, "result": c.result}));
         } else {
-            println!("{}: {}", c.id, c.result);
+            outln!("{}: {}", c.id, c.result);
         }
     }
     if changed.is_empty() && !json {
-        println!("no message matched");
+        outln!("no message matched");
     }
 }
 
 fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
     if json {
-        println!("{}", serde_json::to_string(rows)?);
+        outln!("{}", serde_json::to_string(rows)?);
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("queue is empty");
+        outln!("queue is empty");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  recipients",
-        "ID", "received (UTC)", "size", "state", "sender"
+        "ID",
+        "received (UTC)",
+        "size",
+        "state",
+        "sender"
     );
     for m in rows {
         let state = if m.held {
@@ -198,7 +202,7 @@ fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
         } else {
             "queued"
         };
-        println!(
+        outln!(
             "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  {}",
             m.id,
             when(m.received_at),
@@ -208,7 +212,7 @@ fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
             m.recipients.join(", ")
         );
     }
-    println!("{} message(s)", rows.len());
+    outln!("{} message(s)", rows.len());
     Ok(0)
 }
 
@@ -221,31 +225,31 @@ fn when(t: i64) -> String {
 
 fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"envelope": m.envelope, "state": m.state, "in_flight": m.in_flight, "headers": m.headers})
         );
         return Ok(0);
     }
     let e = &m.envelope;
-    println!("id:          {}", e.id);
-    println!(
+    outln!("id:          {}", e.id);
+    outln!(
         "received:    {} from {} (HELO {})",
         when(e.received_at),
         e.client_ip,
         e.helo
     );
-    println!(
+    outln!(
         "sender:      {}",
         if e.sender.is_empty() { "<>" } else { &e.sender }
     );
-    println!("auth user:   {}", e.auth_user.as_deref().unwrap_or("-"));
-    println!("size:        {}", e.size);
-    println!("held:        {}", m.state.held);
-    println!("sending now: {}", m.in_flight);
-    println!("recipients:");
+    outln!("auth user:   {}", e.auth_user.as_deref().unwrap_or("-"));
+    outln!("size:        {}", e.size);
+    outln!("held:        {}", m.state.held);
+    outln!("sending now: {}", m.in_flight);
+    outln!("recipients:");
     for r in &m.state.recipients {
-        println!(
+        outln!(
             "  {:<40} {:?}, attempts {}, next {}, last error: {}",
             r.address,
             r.status,
@@ -254,6 +258,6 @@ fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
             r.last_error.as_deref().unwrap_or("-")
         );
     }
-    println!("headers:\n{}", m.headers);
+    outln!("headers:\n{}", m.headers);
     Ok(0)
 }

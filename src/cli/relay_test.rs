@@ -49,7 +49,7 @@ pub fn run_cli(args: RelayTestArgs) -> anyhow::Result<i32> {
         };
         let report = run(&opts).await;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            outln!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print_report(&report);
         }
@@ -81,25 +81,25 @@ async fn resolve(target: &str) -> anyhow::Result<(String, SocketAddr)> {
 }
 
 fn print_report(report: &Report) {
-    println!("relay test of {} ({})", report.host, report.server_name);
+    outln!("relay test of {} ({})", report.host, report.server_name);
     for t in &report.tests {
         let word = match t.verdict {
             Verdict::Refused => "refused",
             Verdict::Relayed => "RELAYED",
             Verdict::Error => "error",
         };
-        println!("{word:<8} {}: {}", t.name, t.note);
+        outln!("{word:<8} {}: {}", t.name, t.note);
         if let Some(banner) = t.replies.first() {
-            println!("           < {banner}");
+            outln!("           < {banner}");
         }
         for (i, c) in t.commands.iter().enumerate() {
-            println!("           > {c}");
+            outln!("           > {c}");
             if let Some(r) = t.replies.get(i + 1) {
-                println!("           < {r}");
+                outln!("           < {r}");
             }
         }
     }
-    println!(
+    outln!(
         "{} tests: {} relayed, {} refused, {} could not run",
         report.tests.len(),
         report.relayed,
@@ -107,11 +107,11 @@ fn print_report(report: &Report) {
         report.errors
     );
     if report.relayed > 0 {
-        println!(
+        outln!(
             "{} IS AN OPEN RELAY for the tests marked RELAYED",
             report.host
         );
     } else if report.errors == 0 {
-        println!("no test was relayed");
+        outln!("no test was relayed");
     }
 }

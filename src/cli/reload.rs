@@ -24,7 +24,7 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<i32> {
     let data_dir = &data_dir;
     match request(data_dir, &QueueCommand::Reload, Duration::from_secs(60)) {
         Ok(QueueAnswer::Reloaded { message }) => {
-            println!("reloaded: {message}");
+            outln!("reloaded: {message}");
             Ok(0)
         }
         Ok(QueueAnswer::Error { message }) => {

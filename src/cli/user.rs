@@ -80,7 +80,7 @@ pub fn run(args: UserArgs) -> anyhow::Result<i32> {
                 .insert(name.clone(), hash_password(&password)?)
                 .is_some();
             write_users(&path, &users, new_owner)?;
-            println!(
+            outln!(
                 "{} {name} in {}",
                 if existed { "updated" } else { "added" },
                 path.display()
@@ -91,11 +91,11 @@ pub fn run(args: UserArgs) -> anyhow::Result<i32> {
                 return Err(UsersError::NoSuchUser(name).into());
             }
             write_users(&path, &users, new_owner)?;
-            println!("removed {name} from {}", path.display());
+            outln!("removed {name} from {}", path.display());
         }
         UserAction::List => {
             for name in users.keys() {
-                println!("{name}");
+                outln!("{name}");
             }
         }
     }

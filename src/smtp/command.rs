@@ -191,21 +191,31 @@ fn parse_mail(args: &str) -> Result<Command, Unparsed> {
 
 fn parse_mail_params(text: &str) -> Result<MailParams, Unparsed> {
     let mut params = MailParams::default();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<(String, Option<&str>)> = Vec::new();
     for param in text.split_whitespace() {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
             None => (param.to_ascii_uppercase(), None),
         };
-        // RFC 5321 4.1.1.2 allows each parameter once; two SIZE values would leave us guessing.
-        if seen.contains(&key) {
+        // RFC 5321 4.1.1.2 allows each parameter once, but clients repeat
+        // one verbatim (Python's smtplib sends SMTPUTF8 twice when asked for
+        // it) and Postfix takes that. Two different values (SIZE=1 SIZE=2)
+        // would leave us guessing, so those are refused.
+        if let Some((_, earlier)) = seen.iter().find(|(k, _)| *k == key) {
+            let same = match (earlier, value) {
+                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            if same {
+                continue;
+            }
             return Err(Unparsed::Reply(Reply::with_text(
                 501,
                 "5.5.4",
-                format!("Duplicate MAIL parameter {key}"),
+                format!("Conflicting values for MAIL parameter {key}"),
             )));
         }
-        seen.push(key.clone());
+        seen.push((key.clone(), value));
         match (key.as_str(), value) {
             ("SIZE", Some(v)) => {
                 let size = v.parse::<u64>().map_err(|_| {
@@ -335,6 +345,8 @@ mod tests {
         assert_eq!(code("RCPT TO:<>"), 553);
         assert_eq!(code("BDAT x"), 501);
         assert_eq!(code("MAIL FROM:<a@b.c> SIZE=1 SIZE=2"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.c> BODY=7BIT BODY=8BITMIME"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.c> SMTPUTF8 SMTPUTF8=x"), 501);
         assert_eq!(code("MAIL FROM:<a@b.c> BODY=7BIT body=8BITMIME"), 501);
         assert_eq!(code("EHLO a\0b"), 500);
         assert_eq!(code("HELO a\x1bb"), 500);

@@ -170,3 +170,49 @@ async fn serve_without_config_is_the_safe_default() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `portcullis … | head` must not panic when the reader is gone: each
+/// command that prints ends quietly (exit 0, nothing on stderr) when its
+/// standard output is a pipe nobody reads any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_end_quietly_on_a_closed_pipe() {
+    let server =
+        TestServer::start("[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n").await;
+    let config = config_file(&server);
+    crate::support::write_users(&server.config.users_file(), &[("alice", "pw")]);
+    let commands: [&[&str]; 5] = [
+        &["queue", "list"],
+        &["check-config"],
+        &["user", "list"],
+        &["audit"],
+        &[
+            "explain",
+            "--ip",
+            "127.0.0.2",
+            "--from",
+            "a@b.test",
+            "--to",
+            "c@d.test",
+            "--offline",
+        ],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = tokio::task::block_in_place(|| {
+            Command::new(binary())
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap()
+        });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+        assert!(out.status.code().is_some(), "{args:?} ended by a signal");
+    }
+}

@@ -213,3 +213,45 @@ async fn swaks_client() {
     assert!(out.contains("554 5.7.1"), "{out}");
     assert_eq!(server.queued().len(), seen.len(), "nothing new spooled");
 }
+
+/// smtplib's send_message adds SMTPUTF8 for an international address even
+/// when the caller asked for it already, so the parameter comes twice; an
+/// exact repetition is taken (as Postfix does), the message is spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_repeating_smtputf8_is_accepted() {
+    let server = TestServer::start(CONFIG).await;
+    let port = server.addr().port();
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "jürgen@client.test"
+m["To"] = "rcpt@elsewhere.example"
+m["Subject"] = "twice"
+m.set_content("Grüße")
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), source_address=("127.0.0.2", 0), timeout=20)
+s.set_debuglevel(1)
+s.ehlo("python.client.test")
+s.send_message(m, mail_options=["SMTPUTF8"])
+s.quit()
+print("sent")
+"#;
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            Command::new("python3")
+                .arg("-c")
+                .arg(script)
+                .arg(port.to_string()),
+            WAIT,
+        )
+    });
+    assert!(ok && out.contains("sent"), "{out}{err}");
+    assert!(
+        err.contains("SMTPUTF8 SMTPUTF8"),
+        "smtplib did send the parameter twice: {err}"
+    );
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1, "the message is spooled");
+    let envelope = server.spool().load(&queued[0]).unwrap().envelope;
+    assert_eq!(envelope.sender, "jürgen@client.test");
+}
