@@ -304,6 +304,11 @@ pub struct NetworkConfig {
     pub auth: NetworkAuth,
     #[serde(default)]
     pub exclude: Vec<IpRange>,
+    /// Bare CR or LF in message data from this network's trusted or
+    /// authenticated clients; unset means "normalize" (LF-only files from
+    /// curl and scripts), while strangers follow `server.bare_newline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare_newline: Option<BareNewline>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -41,6 +41,28 @@ impl Policy {
         self.networks.auth_for(ip) == crate::config::NetworkAuth::None
     }
 
+    /// What to do with a bare CR or LF in the data of a client from `ip`.
+    /// Strangers get `stranger` (`server.bare_newline`, "reject" by default:
+    /// the smuggling defence). A client trusted by its network or
+    /// authenticated gets its network's `bare_newline`, "normalize" unless
+    /// set: LF-only files from curl and scripts on the LAN are the common
+    /// case, and such a client is no smuggler (Postfix 3.9 exempts
+    /// mynetworks the same way).
+    pub fn bare_newline(
+        &self,
+        ip: std::net::IpAddr,
+        trusted_or_authenticated: bool,
+        stranger: crate::config::BareNewline,
+    ) -> crate::config::BareNewline {
+        if !trusted_or_authenticated {
+            return stranger;
+        }
+        self.networks
+            .deciding(ip)
+            .and_then(|n| n.bare_newline)
+            .unwrap_or(crate::config::BareNewline::Normalize)
+    }
+
     pub fn from_config(config: &Config) -> Policy {
         let inbound: Vec<String> = config
             .relay

@@ -44,6 +44,15 @@ impl NetworkTable {
         NetworkMatch { trace, ..m }
     }
 
+    /// The range that decides for `ip` (the most specific one containing it).
+    pub fn deciding(&self, ip: IpAddr) -> Option<&NetworkConfig> {
+        let index = self.walk(ip, None).index?;
+        self.entries
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, n)| n)
+    }
+
     /// The policy for `ip` without the words: what every MAIL and RCPT asks
     /// ("is this client trusted?"), so it formats nothing.
     pub fn auth_for(&self, ip: IpAddr) -> NetworkAuth {

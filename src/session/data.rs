@@ -226,9 +226,14 @@ impl Session {
         let mut writer: SpoolWriter = self.ctx.spool.begin(&queue_id);
         writer.write(self.received_header(&queue_id).as_bytes());
         let s = &self.ctx.config.server;
+        let bare_newline = self.ctx.policy.bare_newline(
+            self.ip,
+            self.user.is_some() || self.trusted(),
+            s.bare_newline,
+        );
         let decoder = DataDecoder::new(
             mode,
-            s.bare_newline,
+            bare_newline,
             s.nul_in_data,
             s.max_message_size,
             s.max_text_line,

@@ -152,7 +152,8 @@ async fn bdat_chunks_are_joined_and_checked() {
     assert_eq!(ids.len(), 1);
     let body = server.spool().read_body(&ids[0]).unwrap();
     assert_eq!(strip_received(&body), [&part1[..], &part2[..]].concat());
-    // A bare LF inside BDAT is refused as well.
+    // A bare LF inside BDAT from a stranger is refused as well.
+    let mut c = ehlo(&server, OUTSIDER).await;
     c.expect("MAIL FROM:<a@x.test>", 250).await;
     c.expect("RCPT TO:<b@example.lan>", 250).await;
     let bad = b"bare\nLF\r\n";
@@ -164,6 +165,67 @@ async fn bdat_chunks_are_joined_and_checked() {
     assert!(r.text().starts_with("5.6.11"));
     c.expect("NOOP", 250).await;
     assert_eq!(server.queued().len(), 1);
+}
+
+/// `curl -T file.eml` sends the file's LF line ends as they are. From the
+/// trusted LAN that is normalised to CRLF and spooled; from a stranger it
+/// is still refused (the smuggling defence); a network can ask for the
+/// refusal for its own clients too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_lf_line_ends_from_the_lan_is_normalised_and_refused_from_strangers() {
+    let server = TestServer::start(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n\
+         [[network]]\nrange = \"127.0.0.4/32\"\nauth = \"none\"\nbare_newline = \"reject\"\n\
+         [relay]\ninbound_domains = [\"example.lan\"]\n",
+    )
+    .await;
+    let eml = server.dir.path().join("lf.eml");
+    std::fs::write(
+        &eml,
+        "From: app@client.test\nTo: b@example.lan\nSubject: from curl\n\nline one\nline two\n",
+    )
+    .unwrap();
+    let curl = |source: &str| {
+        let (ok, out, err) = crate::support::run_with_timeout(
+            std::process::Command::new("curl")
+                .args(["--verbose", "--interface", source])
+                .arg(format!(
+                    "smtp://127.0.0.1:{}/client.test",
+                    server.addr().port()
+                ))
+                .args([
+                    "--mail-from",
+                    "app@client.test",
+                    "--mail-rcpt",
+                    "b@example.lan",
+                    "-T",
+                ])
+                .arg(&eml),
+            crate::support::WAIT,
+        );
+        (ok, out + &err)
+    };
+    let (ok, said) = tokio::task::block_in_place(|| curl(LAN));
+    assert!(ok, "the LAN's LF-only file is taken: {said}");
+    let ids = server.queued();
+    assert_eq!(ids.len(), 1);
+    let body = server.spool().read_body(&ids[0]).unwrap();
+    let body = strip_received(&body);
+    assert!(
+        body.starts_with(b"From: app@client.test\r\nTo: b@example.lan\r\nSubject: from curl\r\n\r\nline one\r\nline two\r\n"),
+        "normalised to CRLF: {:?}",
+        String::from_utf8_lossy(body)
+    );
+    assert!(
+        !body.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+        "no bare LF is kept"
+    );
+    for source in [OUTSIDER, "127.0.0.4"] {
+        let (ok, said) = tokio::task::block_in_place(|| curl(source));
+        assert!(!ok, "{source}: refused: {said}");
+        assert!(said.contains("554"), "{source}: {said}");
+    }
+    assert_eq!(server.queued().len(), 1, "nothing more was spooled");
 }
 
 const SMUGGLING_ENDINGS: [&[u8]; 6] = [
