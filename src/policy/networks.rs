@@ -179,6 +179,7 @@ mod tests {
                 range: r.parse().unwrap(),
                 auth: *a,
                 exclude: ex.iter().map(|e| e.parse().unwrap()).collect(),
+                bare_newline: None,
             })
             .collect();
         NetworkTable::from_config(&nets)
