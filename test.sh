@@ -10,7 +10,14 @@ command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need_apt+=(libio-socket-ssl-perl libnet-ssleay-perl)
 perl -MAuthen::SASL -e1 >/dev/null 2>&1 || need_apt+=(libauthen-sasl-perl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# Postfix: its smtp-sink/smtp-source tools, and private instances (own config
+# and queue in a temp dir) as a real next hop.
 command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
+# The packaging test checks the unit with systemd-analyze and the binary with
+# readelf; cargo deb splits the debug symbols off with objcopy.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v objcopy >/dev/null 2>&1 || need_apt+=(binutils)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The audit's router test builds a network namespace with a veth pair.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # nmap's smtp-open-relay script checks relay-test's verdicts.

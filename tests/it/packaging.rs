@@ -42,7 +42,7 @@ fn the_debian_package_holds_a_safe_service() {
     .map(|p| root.join(p))
     .find(|p| p.exists())
     .expect("the systemd unit is in the package");
-    let unit = std::fs::read_to_string(unit_path).unwrap();
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
     for key in [
         "ExecReload=",
         "NoNewPrivileges=yes",
@@ -52,9 +52,24 @@ fn the_debian_package_holds_a_safe_service() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "User=portcullis",
         "LimitNOFILE=",
+        // The conffile's transcript suggestion needs it under ProtectSystem=strict.
+        "LogsDirectory=portcullis",
     ] {
         assert!(unit.contains(key), "unit lacks {key}:\n{unit}");
     }
+    verify_unit(&unit, root);
+    // Stripped: the debug symbols ship in the separate -dbgsym package.
+    let (ok, sections, err) = run_with_timeout(
+        Command::new("readelf")
+            .arg("-S")
+            .arg(root.join("usr/bin/portcullis")),
+        WAIT,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !sections.contains(".debug_info") && !sections.contains(".debug_line"),
+        "the packaged binary carries debug sections:\n{sections}"
+    );
     // The config is a conffile, and the packaged binary accepts it.
     let (ok, control, err) = run_with_timeout(
         Command::new("dpkg-deb")
@@ -100,4 +115,28 @@ fn the_debian_package_holds_a_safe_service() {
     );
     let postinst = std::fs::read_to_string(dir.path().join("DEBIAN/postinst")).unwrap();
     assert!(postinst.contains("adduser --system"), "{postinst}");
+}
+
+/// `systemd-analyze verify` on the packaged unit, its binary pointed at the
+/// extracted package (it is not installed here): no unknown key, no wrong
+/// value, no command that cannot run.
+fn verify_unit(unit: &str, root: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = root.join("usr/bin/portcullis");
+    let copy = dir.path().join("portcullis.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/bin/portcullis", &binary.display().to_string()),
+    )
+    .unwrap();
+    let (ok, out, err) = run_with_timeout(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&copy),
+        WAIT,
+    );
+    assert!(
+        ok && out.trim().is_empty() && err.trim().is_empty(),
+        "systemd-analyze verify: {out}{err}"
+    );
 }
