@@ -180,6 +180,7 @@ mod tests {
                     code: 550,
                     text: "5.1.1 user unknown".into(),
                     step: "RCPT TO",
+                    local: false,
                 },
                 "mx.example.net",
             ),

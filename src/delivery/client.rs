@@ -24,6 +24,9 @@ pub struct ServerReply {
     pub text: String,
     /// The step it answered ("RCPT TO", "end of data", …).
     pub step: &'static str,
+    /// Decided here before asking the next hop (no SMTPUTF8 there, too
+    /// large for its SIZE): reported as ours, never as the next hop's reply.
+    pub local: bool,
 }
 
 impl ServerReply {
@@ -356,23 +359,35 @@ impl SmtpConnection {
                 code: 553,
                 text: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
                     .into(),
+                local: true,
             };
             return Ok(vec![reply; msg.recipients.len()]);
         }
+        // A next hop without 8BITMIME gets 8-bit content converted to 7 bits
+        // (RFC 6152 3): never 8-bit octets to a 7-bit server.
+        let converted = if self.caps.eight_bit {
+            None
+        } else {
+            seven_bit_copy(msg).await?
+        };
+        let body_len = converted.as_ref().map_or(msg.body_len, |c| c.len() as u64);
+        let content = converted
+            .as_deref()
+            .or(msg.body_memory.filter(|b| b.len() as u64 == msg.body_len));
         let mut mail = format!("MAIL FROM:<{}>", msg.sender);
         if let Some(max) = self.caps.size {
-            if msg.body_len > max {
+            if body_len > max {
                 let reply = ServerReply {
                     step: "MAIL FROM",
                     code: 552,
                     text: format!(
-                        "5.3.4 message size {} exceeds the next hop's limit {max}",
-                        msg.body_len
+                        "5.3.4 message size {body_len} exceeds the next hop's limit {max}"
                     ),
+                    local: true,
                 };
                 return Ok(vec![reply; msg.recipients.len()]);
             }
-            mail.push_str(&format!(" SIZE={}", msg.body_len));
+            mail.push_str(&format!(" SIZE={body_len}"));
         }
         if msg.eight_bit && self.caps.eight_bit {
             mail.push_str(" BODY=8BITMIME");
@@ -400,7 +415,7 @@ impl SmtpConnection {
                     reply: mail_reply,
                 });
             }
-            return self.finish_data(msg, replies, data_reply).await;
+            return self.finish_data(msg, content, replies, data_reply).await;
         }
         self.transaction_open = true;
         let mail_reply = self.command(&mail, "MAIL FROM").await?;
@@ -418,12 +433,15 @@ impl SmtpConnection {
             return Ok(replies);
         }
         let data_reply = self.command("DATA", "DATA").await?;
-        self.finish_data(msg, replies, data_reply).await
+        self.finish_data(msg, content, replies, data_reply).await
     }
 
+    /// Sends the content (`content` when given, else the spool file) after
+    /// a 354 and reads the reply to the final dot.
     async fn finish_data(
         &mut self,
         msg: &Outgoing<'_>,
+        content: Option<&[u8]>,
         mut replies: Vec<ServerReply>,
         data_reply: ServerReply,
     ) -> Result<Vec<ServerReply>, ClientError> {
@@ -445,11 +463,9 @@ impl SmtpConnection {
             self.transaction_open = false;
             return Ok(replies);
         }
-        match msg.body_memory {
-            Some(bytes) if bytes.len() as u64 == msg.body_len => {
-                self.write_body_from(bytes).await?
-            }
-            _ => self.write_body(msg.body_path, msg.body_len).await?,
+        match content {
+            Some(bytes) => self.write_body_from(bytes).await?,
+            None => self.write_body(msg.body_path, msg.body_len).await?,
         }
         let deadline = self.opts.data_timeout;
         let done = timeout(deadline, self.read_reply_untimed("end of data"))
@@ -623,6 +639,7 @@ impl SmtpConnection {
                         code,
                         text: lines.join("\n"),
                         step: stage,
+                        local: false,
                     });
                 }
             }
@@ -660,6 +677,27 @@ impl SmtpConnection {
             }
         }
     }
+}
+
+/// The message converted to 7 bits when it holds 8-bit octets; None when
+/// it can go as it is. Read whole: a next hop without 8BITMIME is rare, and
+/// the content is bounded by the server's message size limit.
+async fn seven_bit_copy(msg: &Outgoing<'_>) -> Result<Option<Vec<u8>>, ClientError> {
+    let content = match msg.body_memory {
+        Some(bytes) if bytes.len() as u64 == msg.body_len => bytes.to_vec(),
+        _ => {
+            let mut file = tokio::fs::read(msg.body_path)
+                .await
+                .map_err(|e| ClientError::Io(format!("reading the spooled message: {e}")))?;
+            file.truncate(msg.body_len as usize);
+            file
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        super::downgrade::has_eight_bit(&content).then(|| super::downgrade::to_seven_bit(&content))
+    })
+    .await
+    .map_err(|e| ClientError::Io(format!("converting the message to 7 bits: {e}")))
 }
 
 /// Dot-stuffing for content that arrives in pieces: a dot at the start of a
@@ -794,6 +832,7 @@ mod tests {
             code: 250,
             text: "mx.example\nPIPELINING\nSIZE 1000\nAUTH LOGIN PLAIN\nSTARTTLS\n8BITMIME".into(),
             step: "EHLO",
+            local: false,
         };
         let c = parse_capabilities(&r);
         assert!(

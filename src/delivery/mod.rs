@@ -4,6 +4,7 @@
 pub mod client;
 pub(crate) mod client_tls;
 mod down;
+mod downgrade;
 mod pool;
 pub mod result;
 pub mod route;
@@ -506,7 +507,11 @@ fn lost_after_content(
 
 /// A recipient's outcome from the reply to its RCPT (or to the data, for all).
 fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
-    let result = AttemptResult::reply(Stage::of_step(r.step), r, host).with_ip(ip);
+    let result = if r.local {
+        AttemptResult::local_about(Stage::of_step(r.step), r, host)
+    } else {
+        AttemptResult::reply(Stage::of_step(r.step), r, host).with_ip(ip)
+    };
     if r.is_ok() {
         Outcome::Delivered(result)
     } else if r.is_permanent() && !r.is_out_of_sequence() {

@@ -91,6 +91,26 @@ impl AttemptResult {
         }
     }
 
+    /// Our own decision about sending to `next_hop` (it lacks SMTPUTF8, its
+    /// SIZE is too small): no reply code and no remote, so that a report
+    /// never presents it as the next hop's answer; the hop is named in the text.
+    pub fn local_about(stage: Stage, decided: &ServerReply, next_hop: &str) -> AttemptResult {
+        let (enhanced, rest) = split_enhanced(&decided.text);
+        let enhanced = enhanced.unwrap_or_else(|| {
+            if decided.is_permanent() {
+                "5.0.0"
+            } else {
+                "4.0.0"
+            }
+            .to_string()
+        });
+        AttemptResult::local(
+            stage,
+            &enhanced,
+            format!("{rest} (decided here, next hop {next_hop})"),
+        )
+    }
+
     /// What the SMTP client ran into with `remote`.
     pub fn client_error(e: &ClientError, remote: &str) -> AttemptResult {
         if let ClientError::Rejected { stage, reply } = e {
@@ -193,6 +213,7 @@ mod tests {
                 code: 550,
                 text: "5.1.1 <x@y>: no such user".into(),
                 step: "RCPT TO",
+                local: false,
             },
             "mx.example.net",
         );
@@ -210,6 +231,7 @@ mod tests {
                 code: 451,
                 text: "try later".into(),
                 step: "end of data",
+                local: false,
             },
             "h",
         );
@@ -224,6 +246,7 @@ mod tests {
                 code: 553,
                 text: "5.7.1 sender refused".into(),
                 step: "MAIL FROM",
+                local: false,
             },
         };
         let r = AttemptResult::client_error(&e, "smart.example");

@@ -932,3 +932,94 @@ async fn a_503_on_a_reused_connection_sends_the_message_on_a_fresh_one() {
     );
     assert_eq!(seen.connections, 2, "on a fresh connection");
 }
+
+/// A next hop without 8BITMIME never gets 8-bit octets (RFC 6152 3): the
+/// 8-bit body goes as quoted-printable and the 8-bit Subject as RFC 2047
+/// encoded-words, and MAIL carries no BODY=8BITMIME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_mail_is_converted_for_a_seven_bit_next_hop() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let old = Sink::start(
+        "127.0.0.85",
+        port,
+        Behaviour {
+            seven_bit_only: true,
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    dns.mail_domain("old.example", "127.0.0.85");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
+    c.expect("MAIL FROM:<a@client.test> BODY=8BITMIME", 250)
+        .await;
+    c.expect("RCPT TO:<x@old.example>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send_raw("Subject: Grüße\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSchöne Grüße aus Köln\r\n.\r\n".as_bytes())
+        .await;
+    assert_eq!(c.read_reply().await.code, 250);
+    let got = old.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(
+        m.data.is_ascii(),
+        "8-bit octets reached a 7-bit server: {:?}",
+        String::from_utf8_lossy(&m.data)
+    );
+    assert!(
+        !m.mail_line.to_ascii_uppercase().contains("BODY=8BITMIME"),
+        "{}",
+        m.mail_line
+    );
+    let text = String::from_utf8_lossy(&m.data);
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("Content-Transfer-Encoding: 8bit"), "{text}");
+    assert!(text.contains("Subject: =?utf-8?B?R3LDvMOfZQ==?="), "{text}");
+    assert!(
+        text.contains("Sch=C3=B6ne Gr=C3=BC=C3=9Fe aus K=C3=B6ln\r\n"),
+        "{text}"
+    );
+    assert!(queue_drains(&server).await);
+}
+
+/// A failure decided here (the next hop lacks SMTPUTF8, which the message
+/// needs) is reported as ours: no Remote-MTA, no "Diagnostic-Code: smtp;"
+/// as if the next hop had said it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locally_decided_failure_is_not_reported_as_the_next_hops_reply() {
+    let dns = TestDns::start().await;
+    let port = shared_port();
+    let dest = Sink::start("127.0.0.83", port, Behaviour::accept_all()).await;
+    let senders_mx = Sink::start(
+        "127.0.0.84",
+        port,
+        Behaviour {
+            smtputf8: true,
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    dns.mail_domain("dest.example", "127.0.0.83");
+    dns.mail_domain("sender.example", "127.0.0.84");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
+    c.expect("MAIL FROM:<alice@sender.example> SMTPUTF8", 250)
+        .await;
+    c.expect("RCPT TO:<müller@dest.example>", 250).await;
+    c.expect("DATA", 354).await;
+    c.send_raw(b"Subject: utf8\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(c.read_reply().await.code, 250);
+    let bounces = senders_mx.wait_for(1, WAIT).await;
+    assert_eq!(bounces.len(), 1, "one bounce");
+    let (action, status, _) = dsn_fields(&bounces[0].data);
+    assert_eq!((action.as_str(), status.as_str()), ("failed", "5.6.7"));
+    let text = String::from_utf8_lossy(&bounces[0].data);
+    assert!(!text.contains("Remote-MTA:"), "{text}");
+    assert!(!text.contains("Diagnostic-Code: smtp;"), "{text}");
+    assert!(text.contains("does not support SMTPUTF8"), "{text}");
+    assert!(dest.messages().is_empty(), "nothing reached the next hop");
+}

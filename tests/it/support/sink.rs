@@ -15,6 +15,8 @@ pub struct Received {
     pub data: Vec<u8>,
     pub tls: bool,
     pub auth: Option<(String, String)>,
+    /// The MAIL command as it came, parameters included.
+    pub mail_line: String,
 }
 
 #[derive(Clone, Default)]
@@ -29,6 +31,10 @@ pub struct Behaviour {
     pub require_auth: Option<(String, String)>,
     /// Offer PIPELINING.
     pub pipelining: bool,
+    /// Do not offer 8BITMIME: a 7-bit server.
+    pub seven_bit_only: bool,
+    /// Offer SMTPUTF8.
+    pub smtputf8: bool,
 }
 
 impl Behaviour {
@@ -121,11 +127,13 @@ async fn serve(io: Stream, b: Behaviour, store: Arc<Mutex<Vec<Received>>>) -> st
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             cur.helo = line[5.min(line.len())..].to_string();
-            let mut caps = vec![
-                "250-sink.test".to_string(),
-                "250-8BITMIME".into(),
-                "250-SIZE 100000000".into(),
-            ];
+            let mut caps = vec!["250-sink.test".to_string(), "250-SIZE 100000000".into()];
+            if !b.seven_bit_only {
+                caps.push("250-8BITMIME".into());
+            }
+            if b.smtputf8 {
+                caps.push("250-SMTPUTF8".into());
+            }
             if b.pipelining {
                 caps.push("250-PIPELINING".into());
             }
@@ -170,6 +178,7 @@ async fn serve(io: Stream, b: Behaviour, store: Arc<Mutex<Vec<Received>>>) -> st
                 "530 5.7.0 authentication required".into()
             } else {
                 cur.from = between(&line, '<', '>');
+                cur.mail_line = line.clone();
                 cur.rcpts.clear();
                 "250 2.1.0 ok".into()
             }
