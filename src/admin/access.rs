@@ -123,7 +123,7 @@ pub struct ApiLogin(pub Login);
 
 /// A JSON API request allowed to change something: a login, its CSRF token
 /// in `X-CSRF-Token` and a matching Origin (else 401 or 403).
-pub struct ApiChange;
+pub struct ApiChange(pub Login);
 
 /// The login of an HTML page request: without one, a redirect to the login form.
 pub struct PageLogin(pub Login);
@@ -147,7 +147,7 @@ impl FromRequestParts<Arc<AdminState>> for ApiChange {
         state: &Arc<AdminState>,
     ) -> Result<Self, Response> {
         login_to_change(state, &parts.headers, None)
-            .map(|_| ApiChange)
+            .map(ApiChange)
             .map_err(Refusal::api)
     }
 }

@@ -283,3 +283,36 @@ pub async fn relay_test(State(state): Shared, _login: ApiChange) -> Response {
     )
         .into_response()
 }
+
+/// `GET /api/bans`: addresses banned after failed logins.
+pub async fn bans(State(state): Shared, _login: ApiLogin) -> Response {
+    let bans: Vec<crate::queue::Ban> = state
+        .current
+        .get()
+        .checks
+        .bans()
+        .into_iter()
+        .map(|(ip, left)| crate::queue::Ban {
+            ip,
+            seconds_left: left.as_secs().max(1),
+        })
+        .collect();
+    Json(json!({ "bans": bans })).into_response()
+}
+
+/// `POST /api/bans/{ip}/lift`: ends a ban (and forgets the failed logins).
+pub async fn lift_ban(
+    State(state): Shared,
+    ApiChange(login): ApiChange,
+    Path(ip): Path<String>,
+) -> Response {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{ip:?} is not an IP address"),
+        );
+    };
+    let was_banned = state.current.get().checks.lift_ban(ip);
+    tracing::warn!(client = %ip, admin = %login.user, was_banned, "ban lifted by an admin");
+    Json(json!({"ip": ip, "was_banned": was_banned})).into_response()
+}

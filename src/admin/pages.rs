@@ -177,7 +177,8 @@ pub async fn login(
             )
         }
         _ => {
-            let (failures, banned) = ctx.checks.auth_failed(ip);
+            let trusted = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
+            let (failures, banned) = ctx.checks.auth_failed(ip, trusted);
             ctx.events.emit(Event::AuthFailed {
                 session: 0,
                 client: ip,
@@ -463,10 +464,32 @@ struct DiagnosticsPage {
     frame: Frame,
     findings: Vec<FindingRow>,
     listeners: Vec<String>,
+    /// Banned addresses and, in words, the time each ban has left.
+    bans: Vec<(String, String)>,
+    done: Option<String>,
 }
 
-pub async fn diagnostics(State(state): Shared, PageLogin(login): PageLogin) -> Response {
-    let config = state.current.get().config.clone();
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DoneNote {
+    done: Option<String>,
+}
+
+pub async fn diagnostics(
+    State(state): Shared,
+    PageLogin(login): PageLogin,
+    Query(note): Query<DoneNote>,
+) -> Response {
+    let ctx = state.current.get();
+    let config = ctx.config.clone();
+    let bans = ctx
+        .checks
+        .bans()
+        .into_iter()
+        .map(|(ip, left)| {
+            let left = std::time::Duration::from_secs(left.as_secs().max(1));
+            (ip.to_string(), humantime::format_duration(left).to_string())
+        })
+        .collect();
     let listeners = state
         .listeners
         .read()
@@ -479,7 +502,34 @@ pub async fn diagnostics(State(state): Shared, PageLogin(login): PageLogin) -> R
         frame: frame(&login, "diagnostics"),
         findings: view::findings(&config),
         listeners,
+        bans,
+        done: note.done,
     })
+}
+
+/// The diagnostics page's form: lift the ban of `ip`.
+pub async fn lift_ban(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let csrf = form_field(&body, "csrf");
+    let login = match login_to_change(&state, &headers, csrf.as_deref()) {
+        Ok(l) => l,
+        Err(r) => return r.page(),
+    };
+    let Some(ip) = form_field(&body, "ip").and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+    else {
+        return (StatusCode::BAD_REQUEST, "no address").into_response();
+    };
+    let was_banned = state.current.get().checks.lift_ban(ip);
+    tracing::warn!(client = %ip, admin = %login.user, was_banned, "ban lifted by an admin");
+    let done = if was_banned {
+        format!("{ip}: ban lifted")
+    } else {
+        format!("{ip} was not banned")
+    };
+    let back = format!(
+        "/diagnostics?done={}",
+        form_urlencoded::byte_serialize(done.as_bytes()).collect::<String>()
+    );
+    Redirect::to(&back).into_response()
 }
 
 // ------------------------------------------------------------- settings

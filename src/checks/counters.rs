@@ -17,6 +17,12 @@ pub trait Counters: Send + Sync {
     fn ban(&self, ip: IpAddr, duration: Duration);
     /// How long `ip` stays banned, if it is.
     fn banned(&self, ip: IpAddr) -> Option<Duration>;
+    /// Every address banned now, with the time its ban has left.
+    fn bans(&self) -> Vec<(IpAddr, Duration)>;
+    /// Ends `ip`'s ban; whether it was banned.
+    fn lift(&self, ip: IpAddr) -> bool;
+    /// Forgets the events counted for `key`.
+    fn forget(&self, key: &str);
 }
 
 /// Keys remembered before idle ones are swept.
@@ -105,6 +111,27 @@ impl Counters for MemoryCounters {
             None
         }
     }
+
+    fn bans(&self) -> Vec<(IpAddr, Duration)> {
+        let now = Instant::now();
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        bans.retain(|_, until| *until > now);
+        let mut list: Vec<(IpAddr, Duration)> =
+            bans.iter().map(|(ip, until)| (*ip, *until - now)).collect();
+        list.sort();
+        list
+    }
+
+    fn lift(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        bans.remove(&ip).is_some_and(|until| until > now)
+    }
+
+    fn forget(&self, key: &str) {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(key);
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +158,23 @@ mod tests {
         c.add("k", w);
         std::thread::sleep(Duration::from_millis(110));
         assert_eq!(c.count("k", w), 0);
+    }
+
+    #[test]
+    fn bans_are_listed_and_lifted() {
+        let c = MemoryCounters::new();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        c.ban(a, Duration::from_secs(60));
+        c.ban(b, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        let list = c.bans();
+        assert_eq!(list.len(), 1, "an expired ban is not listed");
+        assert_eq!(list[0].0, a);
+        assert!(list[0].1 <= Duration::from_secs(60));
+        assert!(c.lift(a));
+        assert!(!c.lift(a), "lifted once");
+        assert!(!c.lift(b), "an expired ban is nothing to lift");
+        assert!(c.banned(a).is_none());
     }
 
     #[test]

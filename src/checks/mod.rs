@@ -200,14 +200,19 @@ impl Checks {
         }
     }
 
-    /// Counts a failed AUTH from `ip`: the failures in the ban window, and
-    /// whether this one banned the address.
-    pub fn auth_failed(&self, ip: IpAddr) -> (u64, bool) {
+    /// Counts a failed AUTH (or admin login) from `ip`: the failures in the
+    /// ban window, and whether this one banned the address. An address of a
+    /// trusted network is counted and logged but not banned unless
+    /// `limits.ban_trusted`: a typo'd password on the office LAN must not
+    /// lock the office (and its admin) out of every listener for an hour.
+    pub fn auth_failed(&self, ip: IpAddr, trusted: bool) -> (u64, bool) {
         let l = &self.config.limits;
         let n = self
             .counters
-            .add(&format!("authfail:{ip}"), l.ban_window.get());
-        let ban = l.auth_failures_before_ban > 0 && n >= u64::from(l.auth_failures_before_ban);
+            .add(&auth_failures_key(ip), l.ban_window.get());
+        let ban = l.auth_failures_before_ban > 0
+            && n >= u64::from(l.auth_failures_before_ban)
+            && (!trusted || l.ban_trusted);
         if ban {
             self.counters.ban(ip, l.ban_duration.get());
         }
@@ -216,6 +221,18 @@ impl Checks {
 
     pub fn banned(&self, ip: IpAddr) -> Option<Duration> {
         self.counters.banned(ip)
+    }
+
+    /// Every address banned now, with the time its ban has left.
+    pub fn bans(&self) -> Vec<(IpAddr, Duration)> {
+        self.counters.bans()
+    }
+
+    /// Ends `ip`'s ban and forgets its failed logins, so that the next typo
+    /// does not ban it again at once. Whether it was banned.
+    pub fn lift_ban(&self, ip: IpAddr) -> bool {
+        self.counters.forget(&auth_failures_key(ip));
+        self.counters.lift(ip)
     }
 
     /// Tests the DNS list zones now and every `zone_health_interval`, until `stop`.
@@ -247,4 +264,8 @@ impl Checks {
             }
         }
     }
+}
+
+fn auth_failures_key(ip: IpAddr) -> String {
+    format!("authfail:{ip}")
 }

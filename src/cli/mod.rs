@@ -4,6 +4,7 @@
 mod output;
 
 mod audit;
+mod ban;
 mod check;
 mod doctor;
 mod explain;
@@ -50,6 +51,8 @@ enum Command {
     Reload(reload::ReloadArgs),
     /// Addresses the NAT sentinel took trust from; trust or untrust one.
     Guard(guard::GuardArgs),
+    /// Addresses banned after too many failed logins; lift a ban.
+    Ban(ban::BanArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -80,6 +83,18 @@ impl ConfigArgs {
     }
 }
 
+/// A hint for a command that found no server (or no queue) where it looked:
+/// when no --config was given and there is no packaged config, it looked in
+/// the embedded default's data directory, which is rarely what was meant.
+fn config_hint(args: &ConfigArgs) -> String {
+    if args.config.is_some() || std::path::Path::new(PACKAGED_CONFIG).exists() {
+        return String::new();
+    }
+    format!(
+        "; no --config was given and {PACKAGED_CONFIG} does not exist, so the embedded default's data directory was used: pass --config FILE for your server's"
+    )
+}
+
 /// Runs the parsed command; the exit code comes back.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -93,5 +108,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor(a) => doctor::run_cli(a),
         Command::Reload(a) => reload::run(a),
         Command::Guard(a) => guard::run(a),
+        Command::Ban(a) => ban::run(a),
     }
 }

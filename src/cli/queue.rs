@@ -161,6 +161,9 @@ fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
             Ok(0)
         }
         QueueAnswer::Error { message } => anyhow::bail!(message),
+        other @ (QueueAnswer::Bans { .. } | QueueAnswer::Lifted { .. }) => {
+            anyhow::bail!("unexpected answer to a queue command: {other:?}")
+        }
     }
 }
 

@@ -33,7 +33,11 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<i32> {
         }
         Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
         Err(ControlError::NoServer) => {
-            eprintln!("no server is running on {}", data_dir.display());
+            eprintln!(
+                "no server is running on {}{}",
+                data_dir.display(),
+                super::config_hint(&args.config)
+            );
             Ok(2)
         }
         Err(e) => anyhow::bail!(e),

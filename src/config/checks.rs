@@ -314,6 +314,10 @@ pub struct LimitsConfig {
     pub ban_window: ConfigDuration,
     #[serde(default = "ban_duration")]
     pub ban_duration: ConfigDuration,
+    /// Ban addresses of trusted networks too (off: their failures are
+    /// counted and logged, and they keep their access).
+    #[serde(default)]
+    pub ban_trusted: bool,
 }
 
 fn five() -> u32 {
@@ -336,6 +340,7 @@ impl Default for LimitsConfig {
             auth_failures_before_ban: 5,
             ban_window: ban_window(),
             ban_duration: ban_duration(),
+            ban_trusted: false,
         }
     }
 }

@@ -43,9 +43,23 @@ pub enum QueueCommand {
     /// Not a queue command: read the configuration again (handled by the
     /// server beside the queue, on the same control socket).
     Reload,
+    /// Not a queue command either: the addresses banned after failed logins.
+    Bans,
+    /// Ends an address's ban (and forgets its failed logins).
+    LiftBan {
+        ip: std::net::IpAddr,
+    },
 }
 
 impl QueueCommand {
+    /// Reload and bans: answered by the server beside the queue.
+    pub fn is_for_the_server(&self) -> bool {
+        matches!(
+            self,
+            QueueCommand::Reload | QueueCommand::Bans | QueueCommand::LiftBan { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             QueueCommand::List => "list",
@@ -56,6 +70,8 @@ impl QueueCommand {
             QueueCommand::Retry { .. } => "retry",
             QueueCommand::Delete { .. } => "delete",
             QueueCommand::Reload => "reload",
+            QueueCommand::Bans => "bans",
+            QueueCommand::LiftBan { .. } => "lift-ban",
         }
     }
 }
@@ -119,12 +135,38 @@ pub struct Changed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "lowercase")]
 pub enum QueueAnswer {
-    List { messages: Vec<MessageSummary> },
-    Show { message: Box<MessageDetail> },
-    Stats { stats: QueueStats },
-    Changed { changed: Vec<Changed> },
-    Reloaded { message: String },
-    Error { message: String },
+    List {
+        messages: Vec<MessageSummary>,
+    },
+    Show {
+        message: Box<MessageDetail>,
+    },
+    Stats {
+        stats: QueueStats,
+    },
+    Changed {
+        changed: Vec<Changed>,
+    },
+    Reloaded {
+        message: String,
+    },
+    Bans {
+        bans: Vec<Ban>,
+    },
+    Lifted {
+        ip: std::net::IpAddr,
+        was_banned: bool,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// One banned address and the seconds its ban has left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    pub ip: std::net::IpAddr,
+    pub seconds_left: u64,
 }
 
 impl QueueAnswer {

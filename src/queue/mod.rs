@@ -12,12 +12,12 @@ mod socket;
 mod work;
 
 pub use control::{
-    BODY_SHOWN, Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, QueueStats,
+    BODY_SHOWN, Ban, Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, QueueStats,
     Selector,
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
-pub use socket::{ControlError, bind_control, request, serve_control, socket_path};
+pub use socket::{ControlError, ServerControl, bind_control, request, serve_control, socket_path};
 
 use crate::config::Config;
 use crate::delivery::Deliverer;

@@ -53,11 +53,21 @@ pub fn bind_control(data_dir: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the control socket answers that is not the queue's: the server's
+/// own commands (reload, bans). The server implements it, so that the queue
+/// knows nothing of the server.
+pub trait ServerControl: Send + Sync {
+    fn answer(
+        &self,
+        cmd: QueueCommand,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = QueueAnswer> + Send + '_>>;
+}
+
 /// Answers requests until `shutdown`.
 pub async fn serve_control(
     listener: UnixListener,
     handle: QueueHandle,
-    reload: Option<crate::server::ReloadHandle>,
+    server: Option<std::sync::Arc<dyn ServerControl>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -73,9 +83,9 @@ pub async fn serve_control(
             _ = shutdown.cancelled() => break,
         };
         let handle = handle.clone();
-        let reload = reload.clone();
+        let server = server.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_client(stream, handle, reload).await {
+            if let Err(e) = serve_client(stream, handle, server).await {
                 warn!(error = %e, "control socket client failed");
             }
         });
@@ -90,7 +100,7 @@ pub async fn serve_control(
 async fn serve_client(
     stream: tokio::net::UnixStream,
     handle: QueueHandle,
-    reload: Option<crate::server::ReloadHandle>,
+    server: Option<std::sync::Arc<dyn ServerControl>>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -106,15 +116,9 @@ async fn serve_client(
             return Ok(());
         }
         let answer = match serde_json::from_slice::<Request>(&line) {
-            Ok(Request {
-                v: PROTOCOL_VERSION,
-                command: QueueCommand::Reload,
-            }) => match &reload {
-                Some(r) => match r.reload().await {
-                    Ok(message) => QueueAnswer::Reloaded { message },
-                    Err(e) => QueueAnswer::error(e),
-                },
-                None => QueueAnswer::error("this server cannot reload"),
+            Ok(r) if r.v == PROTOCOL_VERSION && r.command.is_for_the_server() => match &server {
+                Some(s) => s.answer(r.command).await,
+                None => QueueAnswer::error(format!("this server cannot {}", r.command.name())),
             },
             Ok(r) if r.v == PROTOCOL_VERSION => handle.command(r.command).await,
             Ok(r) => QueueAnswer::error(format!(

@@ -1,6 +1,7 @@
 //! Listeners: bind with a large backlog, filter each connection by IP,
 //! enforce connection caps, run a session per connection, shut down gracefully.
 
+mod control;
 mod limits;
 pub mod proxy;
 mod reload;
@@ -214,13 +215,17 @@ impl Server {
             Arc::clone(&self.ctx.checks).watch_zones(self.ctx.events.clone(), zone_watch.clone()),
         );
         tracker.spawn(Arc::clone(&self.queue).run(self.inbox, shutdown.clone(), grace));
+        let current = CurrentContext::new(Arc::clone(&self.ctx));
+        let server_commands = control::ServerCommands {
+            reload: ReloadHandle(self.reload_tx.clone()),
+            current: current.clone(),
+        };
         tracker.spawn(crate::queue::serve_control(
             self.control,
             self.queue.handle(),
-            Some(ReloadHandle(self.reload_tx.clone())),
+            Some(Arc::new(server_commands)),
             shutdown.clone(),
         ));
-        let current = CurrentContext::new(Arc::clone(&self.ctx));
         let bound = Arc::new(std::sync::RwLock::new(addrs.clone()));
         if let Some(admin) = self.admin {
             let state = Arc::new(crate::admin::AdminState {

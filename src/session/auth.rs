@@ -61,7 +61,7 @@ impl Session {
             }
             CheckResult::Invalid => {
                 self.auth_failures += 1;
-                let (from_ip, banned) = self.ctx.checks.auth_failed(self.ip);
+                let (from_ip, banned) = self.ctx.checks.auth_failed(self.ip, self.trusted());
                 self.ip_auth_failures = u32::try_from(from_ip).unwrap_or(u32::MAX);
                 if banned {
                     tracing::warn!(

@@ -528,3 +528,88 @@ async fn one_client_cannot_take_every_admin_connection() {
     drop(hog);
     server.stop().await;
 }
+
+/// Failed logins from the trusted LAN are counted and logged, not banned
+/// (a typo must not lock the office and its admin out); a stranger's ban
+/// is listed and lifted with `portcullis ban`, on the admin page and
+/// through its API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lan_is_not_banned_and_bans_are_listed_and_lifted() {
+    let server =
+        admin_server("[limits]\nauth_failures_before_ban = 3\nban_duration = \"1h\"\n").await;
+    let config = server.dir.path().join("cli.toml");
+    std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
+    let ban_cli = |args: &[&str]| {
+        block(|| {
+            crate::support::run_with_timeout(
+                std::process::Command::new(crate::support::server::binary())
+                    .arg("ban")
+                    .args(args)
+                    .arg("--config")
+                    .arg(&config),
+                crate::support::WAIT,
+            )
+        })
+    };
+    // The trusted LAN address: four failures, still welcome.
+    let mut lan = SmtpClient::greeted(server.addr(), "127.0.0.10", "office.test").await;
+    for _ in 0..4 {
+        assert_eq!(lan.auth_plain("bob", "typo").await.code, 535);
+    }
+    assert_eq!(lan.auth_plain("bob", "builder").await.code, 235);
+    let mut again = SmtpClient::connect_raw(server.addr(), "127.0.0.10").await;
+    assert_eq!(again.read_reply().await.code, 220, "not banned at connect");
+
+    // Two strangers earn bans.
+    for stranger in ["127.0.3.50", "127.0.3.51"] {
+        let mut c = SmtpClient::greeted(server.addr(), stranger, "guesser.test").await;
+        for _ in 0..2 {
+            assert_eq!(c.auth_plain("bob", "guess").await.code, 535);
+        }
+        assert_eq!(c.auth_plain("bob", "guess").await.code, 421);
+    }
+    let (ok, out, err) = ban_cli(&["list", "--json"]);
+    assert!(ok, "{out}{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ips: Vec<&str> = listed["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["127.0.3.50", "127.0.3.51"], "{out}");
+    assert!(listed["bans"][0]["seconds_left"].as_u64().unwrap() > 3000);
+
+    // Lifted from the command line: welcome again at once.
+    let (ok, out, err) = ban_cli(&["lift", "127.0.3.50"]);
+    assert!(ok && out.contains("ban lifted"), "{out}{err}");
+    let mut back = SmtpClient::connect_raw(server.addr(), "127.0.3.50").await;
+    assert_eq!(back.read_reply().await.code, 220);
+
+    // And from the admin page: listed on Diagnostics, lifted by its form.
+    let mut web = Web::new(server.admin.unwrap());
+    block(|| {
+        assert_eq!(web.login("alice", "wonderland").status, 303);
+        let bans = web.get("/api/bans").json();
+        assert_eq!(bans["bans"].as_array().unwrap().len(), 1, "{bans}");
+        let page = web.get("/diagnostics");
+        assert!(page.body.contains("127.0.3.51"), "{}", page.body);
+        // Without the CSRF token nothing is lifted.
+        assert_eq!(web.post("/api/bans/127.0.3.51/lift", &[], None).status, 403);
+        let csrf = web.csrf();
+        let lifted = web.post_form("/bans/lift", &[("csrf", &csrf), ("ip", "127.0.3.51")]);
+        assert_eq!(lifted.status, 303, "{}", lifted.body);
+        assert_eq!(
+            web.get("/api/bans").json()["bans"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+    });
+    let mut back = SmtpClient::connect_raw(server.addr(), "127.0.3.51").await;
+    assert_eq!(back.read_reply().await.code, 220);
+    let (ok, out, _) = ban_cli(&["list"]);
+    assert!(ok && out.contains("no address is banned"), "{out}");
+    server.stop().await;
+}
