@@ -1,6 +1,7 @@
 //! `portcullis relay-test HOST[:PORT]`: the open-relay battery against one server.
 
 use crate::diagnostics::relay_test::{DEFAULT_FROM, DEFAULT_TO, Options, Report, Verdict, run};
+use crate::queue::{QueueAnswer, QueueCommand, Selector};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub struct RelayTestArgs {
     /// Machine-readable output: {"tests": [{"name", "verdict", "commands", "replies"}], "relayed": N}.
     #[arg(long)]
     json: bool,
+    /// For a target on this machine: the configuration it runs, to know
+    /// which local addresses it trusts (default: the packaged one).
+    #[command(flatten)]
+    config: super::ConfigArgs,
 }
 
 pub fn run_cli(args: RelayTestArgs) -> anyhow::Result<i32> {
@@ -37,24 +42,147 @@ pub fn run_cli(args: RelayTestArgs) -> anyhow::Result<i32> {
         .build()?;
     runtime.block_on(async move {
         let (host, target) = resolve(&args.target).await?;
+        let ours = our_listener(&args.config, target);
+        let seat = match &ours {
+            Some(config) => match choose_seat(config, target, args.source_ip) {
+                Ok(seat) => seat,
+                Err(why) => {
+                    eprintln!("relay-test: {why}");
+                    return Ok(2);
+                }
+            },
+            None => Seat {
+                source: args.source_ip,
+                note: None,
+            },
+        };
+        // Our own running server: whole transactions, and whatever it took is
+        // deleted from its queue afterwards. Our server without a control
+        // socket to delete through: each test stops before DATA instead.
+        let control = ours.as_ref().and_then(|c| {
+            let data_dir = c.server.data_dir.clone();
+            crate::queue::request(&data_dir, &QueueCommand::Stats, Duration::from_secs(10))
+                .ok()
+                .map(|_| data_dir)
+        });
         let opts = Options {
             target,
             host,
             from: args.from,
             to: args.to,
             helo: args.helo,
-            source_ip: args.source_ip,
+            source_ip: seat.source,
             starttls: args.starttls,
             timeout: Duration::from_secs(args.timeout.max(1)),
+            stop_before_data: ours.is_some() && control.is_none(),
         };
         let report = run(&opts).await;
+        let deleted = match &control {
+            Some(data_dir) => delete_test_messages(data_dir, &report),
+            None => 0,
+        };
         if args.json {
-            outln!("{}", serde_json::to_string_pretty(&report)?);
+            let mut value = serde_json::to_value(&report)?;
+            value["source"] = serde_json::json!(seat.source);
+            value["seat_note"] = serde_json::json!(seat.note);
+            value["this_server"] = serde_json::json!(ours.is_some());
+            value["stopped_before_data"] = serde_json::json!(opts.stop_before_data);
+            value["deleted_test_messages"] = serde_json::json!(deleted);
+            outln!("{}", serde_json::to_string_pretty(&value)?);
         } else {
+            if let Some(note) = &seat.note {
+                outln!("note: {note}");
+            }
+            if opts.stop_before_data {
+                outln!(
+                    "note: {target} is this machine's relay: each test ends with RSET once the recipient is accepted, so no test message is queued"
+                );
+            }
             print_report(&report);
+            if deleted > 0 {
+                outln!("{deleted} accepted test message(s) deleted from this server's queue");
+            }
         }
         Ok(report.exit_code())
     })
+}
+
+/// Where the battery runs from, and what the admin should know about that.
+struct Seat {
+    source: Option<IpAddr>,
+    note: Option<String>,
+}
+
+/// The configuration of the Portcullis on this machine whose smtp listener
+/// `target` is (loaded from --config or the packaged file), if it is one.
+fn our_listener(args: &super::ConfigArgs, target: SocketAddr) -> Option<crate::config::Config> {
+    let local = target.ip().is_loopback()
+        || std::net::UdpSocket::bind(SocketAddr::new(target.ip(), 0)).is_ok();
+    if !local || (args.path().is_none() && !std::path::Path::new(super::PACKAGED_CONFIG).exists()) {
+        return None;
+    }
+    let config = args.load().ok()?;
+    let listens = config.listener.iter().any(|l| {
+        let ip_matches = l.address.ip() == target.ip() || l.address.ip().is_unspecified();
+        let port_matches = l.address.port() == target.port() || l.address.port() == 0;
+        l.kind == crate::config::ListenerKind::Smtp && ip_matches && port_matches
+    });
+    listens.then_some(config)
+}
+
+/// For our own server, a seat its configuration does not trust: from a
+/// trusted address every test would "relay" by design. An address asked for
+/// with --source-ip is kept, with a warning when it is trusted.
+fn choose_seat(
+    config: &crate::config::Config,
+    target: SocketAddr,
+    asked: Option<IpAddr>,
+) -> Result<Seat, String> {
+    let policy = crate::policy::Policy::from_config(config);
+    // Without --source-ip, the kernel connects from the target's own address.
+    let natural = asked.unwrap_or(target.ip());
+    if !policy.is_trusted(natural) {
+        return Ok(Seat {
+            source: asked,
+            note: None,
+        });
+    }
+    if asked.is_some() {
+        return Ok(Seat {
+            source: asked,
+            note: Some(format!(
+                "{natural} is trusted by this server's configuration: it may relay by design, so RELAYED below says nothing about strangers"
+            )),
+        });
+    }
+    let kind = crate::config::ListenerKind::Smtp;
+    match crate::diagnostics::self_test::untrusted_source(&policy, target.ip(), kind) {
+        Some(seat) => Ok(Seat {
+            source: Some(seat),
+            note: Some(format!(
+                "{natural} is trusted by this server's configuration (it may relay by design): testing from {seat}, which it does not trust, as a stranger would"
+            )),
+        }),
+        None => Err(format!(
+            "{natural} is trusted by this server's configuration (from there it relays by design) and no local address it does not trust was found to test from: run relay-test from another machine, or name a seat with --source-ip"
+        )),
+    }
+}
+
+/// Deletes the test messages our server accepted; how many.
+fn delete_test_messages(data_dir: &std::path::Path, report: &Report) -> usize {
+    crate::diagnostics::self_test::accepted_test_messages(report)
+        .into_iter()
+        .filter(|id| {
+            let delete = QueueCommand::Delete {
+                select: Selector::Id(id.clone()),
+            };
+            matches!(
+                crate::queue::request(data_dir, &delete, Duration::from_secs(10)),
+                Ok(QueueAnswer::Changed { changed }) if !changed.is_empty()
+            )
+        })
+        .count()
 }
 
 /// One host, never a range: the first address of HOST[:PORT].

@@ -440,6 +440,8 @@ async fn open_relay(config: &Config, opts: &DoctorOptions) -> Check {
         source_ip: Some(source),
         starttls: false,
         timeout: opts.timeout,
+        // Our own queue: nothing of the test may be left to deliver.
+        stop_before_data: true,
     })
     .await;
     match (report.relayed, report.errors) {

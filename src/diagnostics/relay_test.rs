@@ -28,6 +28,10 @@ pub struct Options {
     /// Every test over STARTTLS (the battery also runs one test each way regardless).
     pub starttls: bool,
     pub timeout: Duration,
+    /// End each test with RSET once the recipient is accepted, before DATA:
+    /// for a target on this machine, whose queue must not fill with test
+    /// messages to be delivered. An accepted recipient is the verdict then.
+    pub stop_before_data: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -471,6 +475,25 @@ async fn transaction(
     if !rcpt.positive() {
         let (v, n) = refused("RCPT TO", &rcpt);
         return (v, n, p);
+    }
+    if opts.stop_before_data {
+        let _ = p.command("RSET").await;
+        return if case.header_only {
+            (
+                Verdict::Refused,
+                "the server's own postmaster was accepted (stopped there with RSET, nothing was queued); it relays only if the server re-routes by the To: header".into(),
+                p,
+            )
+        } else {
+            (
+                Verdict::Relayed,
+                format!(
+                    "the server accepted {} from a stranger: it relays (the test stopped there with RSET, so nothing was queued)",
+                    case.to
+                ),
+                p,
+            )
+        };
     }
     let data = step!(p.command("DATA"));
     if data.code != 354 {

@@ -55,21 +55,18 @@ pub async fn test_listener(
             source_ip: Some(source),
             starttls: false,
             timeout: Duration::from_secs(10),
+            // Whole transactions, as a stranger would send them; whatever
+            // got through is deleted below.
+            stop_before_data: false,
         };
         let report = relay_test::run_reporting(&opts, on_test).await;
         // Whatever got through must not be delivered.
-        for t in report
-            .tests
-            .iter()
-            .filter(|t| t.verdict == Verdict::Relayed)
-        {
-            if let Some(id) = t.replies.last().and_then(|r| queued_id(r)) {
-                queue
-                    .command(QueueCommand::Delete {
-                        select: Selector::Id(id),
-                    })
-                    .await;
-            }
+        for id in accepted_test_messages(&report) {
+            queue
+                .command(QueueCommand::Delete {
+                    select: Selector::Id(id),
+                })
+                .await;
         }
         Some((report, source))
     }
@@ -121,17 +118,36 @@ fn reachable(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A local address to test from that the policy lets connect but does not trust.
+/// A local address to test from that the policy lets connect but does not
+/// trust: for an IPv4 target, any of 127.0.0.2-254 (this machine reaches its
+/// own addresses from loopback ones too), else the target's own address.
 pub fn untrusted_source(policy: &Policy, target: IpAddr, kind: ListenerKind) -> Option<IpAddr> {
+    let loopback_seats = (2..=254u8).map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)));
     let candidates: Vec<IpAddr> = match target {
-        IpAddr::V4(v4) if v4.is_loopback() => (2..=254u8)
-            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
-            .collect(),
+        IpAddr::V4(v4) if v4.is_loopback() => loopback_seats.collect(),
+        IpAddr::V4(_) => std::iter::once(target).chain(loopback_seats).collect(),
         other => vec![other],
     };
     candidates.into_iter().find(|&ip| {
         !policy.is_trusted(ip) && policy.connect(&ClientFacts::new(ip, kind)).is_accept()
     })
+}
+
+/// The test messages the server queued (relayed ones, and the one for its
+/// own postmaster), by the queue ID in each final reply: to be deleted.
+pub fn accepted_test_messages(report: &Report) -> Vec<QueueId> {
+    // The reply to the final dot is followed by the one to RSET: look at each.
+    report
+        .tests
+        .iter()
+        .filter_map(|t| {
+            t.replies
+                .iter()
+                .rev()
+                .filter(|r| r.starts_with('2'))
+                .find_map(|r| queued_id(r))
+        })
+        .collect()
 }
 
 /// The queue ID in "250 2.0.0 Ok: queued as ID".
@@ -179,6 +195,23 @@ mod tests {
             "{err}"
         );
         assert!(judge(&open, addr, source, true).is_ok());
+    }
+
+    #[test]
+    fn accepted_test_messages_are_found_before_the_rset_reply() {
+        let mut r = report(&[Verdict::Relayed, Verdict::Refused]);
+        r.tests[0].replies = vec![
+            "220 relay.test".into(),
+            "250 2.0.0 Ok: queued as 0660F51D07EB16000000".into(),
+            "250 2.0.0 Ok".into(),
+        ];
+        r.tests[1].replies = vec![
+            "220 relay.test".into(),
+            "554 5.7.1 Relay access denied".into(),
+        ];
+        let ids = accepted_test_messages(&r);
+        assert_eq!(ids.len(), 1);
+        assert_eq!(ids[0].to_string(), "0660F51D07EB16000000");
     }
 
     #[test]

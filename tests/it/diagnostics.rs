@@ -656,3 +656,69 @@ async fn audit_names_dead_and_list_everything_zones() {
             .any(|m| m.contains("all.test") && m.contains("everything"))
     );
 }
+
+/// relay-test pointed at this machine's own relay, from an address that
+/// relay trusts: it says so and tests from a seat it does not trust
+/// (nothing relays); asked to test from the trusted address all the same,
+/// it reports what relayed by design and leaves no test message queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_test_on_this_machines_relay_tests_as_a_stranger_and_leaves_nothing_queued() {
+    let port = crate::support::free_port("127.0.0.1");
+    let server = crate::support::server::TestServer::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\nkind = \"smtp\"\n[[network]]\nrange = \"127.0.0.0/30\"\nauth = \"none\"\n"
+    ))
+    .await;
+    let config = server.dir.path().join("relay.toml");
+    std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
+    let run = |extra: &[&str]| {
+        let output = Command::new(binary())
+            .args([
+                "relay-test",
+                &format!("127.0.0.1:{port}"),
+                "--json",
+                "--timeout",
+                "10",
+            ])
+            .args(extra)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run relay-test");
+        let v: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code().unwrap_or(-1), v)
+    };
+    let (code, report) = tokio::task::block_in_place(|| run(&[]));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["relayed"].as_u64(), Some(0));
+    assert_eq!(report["this_server"], true);
+    assert!(
+        report["seat_note"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 is trusted"),
+        "{report:#}"
+    );
+    let seat = report["source"].as_str().unwrap().to_string();
+    assert_eq!(
+        seat, "127.0.0.4",
+        "the first loopback address the config does not trust"
+    );
+
+    let (code, report) = tokio::task::block_in_place(|| run(&["--source-ip", "127.0.0.2"]));
+    assert_eq!(
+        code, 1,
+        "from a trusted seat it relays, by design: {report:#}"
+    );
+    assert!(report["seat_note"].as_str().unwrap().contains("by design"));
+    let relayed = report["relayed"].as_u64().unwrap();
+    assert!(relayed > 0);
+    assert!(
+        report["deleted_test_messages"].as_u64().unwrap() >= relayed,
+        "{report:#}"
+    );
+    assert!(
+        server.queued().is_empty(),
+        "no test message is left to deliver"
+    );
+}
