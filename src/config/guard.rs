@@ -33,6 +33,10 @@ pub struct GuardConfig {
     /// HELO names that are fully qualified public names, within the window:
     /// LAN machines say their local name; Internet mail servers say public ones.
     pub nat_public_helos: usize,
+    /// For this long after the sentinel took an address's trust, its relay
+    /// attempts get 451 4.7.1 (the mail is retried) instead of 554, so that
+    /// an office host taken for a NAT loses nothing while the admin looks.
+    pub nat_tempfail: ConfigDuration,
     /// The flood hold's window.
     pub flood_window: ConfigDuration,
     /// Distinct recipient domains one source may send to within the window
@@ -57,9 +61,13 @@ impl Default for GuardConfig {
         GuardConfig {
             mode: GuardMode::Hold,
             nat_window: ConfigDuration::secs(600),
-            nat_helo_names: 5,
-            nat_sender_domains: 5,
-            nat_public_helos: 3,
+            // A web server with a dozen sites, each saying its own name and
+            // sending as its own domain, keeps its trust; the Internet behind
+            // a NAT brings new names by the dozen.
+            nat_helo_names: 12,
+            nat_sender_domains: 12,
+            nat_public_helos: 10,
+            nat_tempfail: ConfigDuration::secs(4 * 3600),
             flood_window: ConfigDuration::secs(600),
             flood_recipient_domains: 30,
             flood_baseline_factor: 3.0,

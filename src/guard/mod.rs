@@ -64,7 +64,7 @@ impl GuardState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Seen {
     Helo { name: String, public: bool },
     Sender(String),
@@ -124,7 +124,7 @@ pub struct Guard {
     /// The state, the store's stamp when last read (the CLI may change it),
     /// and when the stamp was last looked at.
     state: Mutex<Cached>,
-    sentinel: Mutex<HashMap<IpAddr, VecDeque<(Instant, Seen)>>>,
+    sentinel: Mutex<HashMap<IpAddr, Watched>>,
     floods: flood::FloodWatch,
 }
 
@@ -183,7 +183,30 @@ impl Guard {
         self.with_state(|s| s.untrusted.contains_key(&ip))
     }
 
+    /// When the sentinel (or an admin) withdrew this address's trust, in
+    /// Unix seconds.
+    pub fn untrusted_since(&self, ip: IpAddr) -> Option<i64> {
+        self.with_state(|s| s.untrusted.get(&ip).map(|u| u.since))
+    }
+
+    /// Whether the address lost its trust less than `nat_tempfail` ago:
+    /// its relay attempts are answered 451 (retried) rather than 554 then,
+    /// so that an office host taken for a NAT loses no mail while the
+    /// admin looks.
+    pub fn untrusted_recently(&self, ip: IpAddr) -> bool {
+        let grace = self.config().nat_tempfail.get().as_secs() as i64;
+        self.untrusted_since(ip)
+            .is_some_and(|since| chrono::Utc::now().timestamp() - since < grace)
+    }
+
+    /// Records a HELO name of a trusted address. Reserved names (RFC 2606,
+    /// RFC 6761: .test, .example, .invalid, .localhost, example.com…) are
+    /// what test tools and sample configs say, never Internet traffic: not
+    /// counted.
     pub fn observe_helo(&self, ip: IpAddr, name: &str) -> Option<String> {
+        if is_reserved_name(name) {
+            return None;
+        }
         self.observe(
             ip,
             Seen::Helo {
@@ -193,7 +216,12 @@ impl Guard {
         )
     }
 
+    /// Records an envelope sender domain of a trusted address (reserved
+    /// domains are not counted, as for HELO).
     pub fn observe_sender(&self, ip: IpAddr, domain: &str) -> Option<String> {
+        if is_reserved_name(domain) {
+            return None;
+        }
         self.observe(ip, Seen::Sender(domain.to_lowercase()))
     }
 
@@ -209,12 +237,21 @@ impl Guard {
         let evidence = {
             let mut watch = self.sentinel.lock().unwrap_or_else(|p| p.into_inner());
             if watch.len() >= MAX_WATCHED {
-                watch.retain(|_, q| {
-                    q.back()
+                watch.retain(|_, w| {
+                    w.recent
+                        .back()
                         .is_some_and(|(t, _)| now.duration_since(*t) < window)
                 });
             }
-            let q = watch.entry(ip).or_default();
+            let watched = watch.entry(ip).or_default();
+            // A name first seen before this window is familiar: a web server's
+            // sites or an app's domains come back, hour after hour, while the
+            // Internet behind a NAT keeps bringing names never seen before.
+            watched.note_first_sighting(&seen, now);
+            let Watched {
+                recent: q,
+                first_seen,
+            } = watched;
             // Only the latest sighting of each name counts: an office that
             // always says the same keeps a short list, cheap to scan.
             if let Some(old) = q.iter().position(|(_, s)| *s == seen) {
@@ -231,7 +268,11 @@ impl Guard {
             let mut helos = BTreeSet::new();
             let mut public = BTreeSet::new();
             let mut senders = BTreeSet::new();
-            for (_, s) in q.iter() {
+            let novel = q
+                .iter()
+                .filter(|(_, s)| !familiar(first_seen, s, now, window))
+                .map(|(_, s)| s);
+            for s in novel {
                 match s {
                     Seen::Helo { name, public: p } => {
                         helos.insert(name.clone());
@@ -329,6 +370,61 @@ impl crate::events::Subscriber for Guard {
     }
 }
 
+/// What the sentinel remembers of one trusted address.
+#[derive(Default)]
+struct Watched {
+    /// The names seen within the window, each at its latest sighting.
+    recent: VecDeque<(Instant, Seen)>,
+    /// When each name was first seen (at most MAX_FAMILIAR, oldest dropped).
+    first_seen: HashMap<Seen, Instant>,
+}
+
+/// Names remembered per address for familiarity.
+const MAX_FAMILIAR: usize = 256;
+
+impl Watched {
+    fn note_first_sighting(&mut self, seen: &Seen, now: Instant) {
+        if self.first_seen.contains_key(seen) {
+            return;
+        }
+        if self.first_seen.len() >= MAX_FAMILIAR
+            && let Some(oldest) = self
+                .first_seen
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(s, _)| s.clone())
+        {
+            self.first_seen.remove(&oldest);
+        }
+        self.first_seen.insert(seen.clone(), now);
+    }
+}
+
+/// Seen already before the current window.
+fn familiar(
+    first_seen: &HashMap<Seen, Instant>,
+    seen: &Seen,
+    now: Instant,
+    window: Duration,
+) -> bool {
+    first_seen
+        .get(seen)
+        .is_some_and(|first| now.duration_since(*first) >= window)
+}
+
+/// Names reserved for tests, documentation and local use (RFC 2606, RFC
+/// 6761): no Internet mail server or sender uses them.
+pub fn is_reserved_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    const RESERVED_TLDS: &[&str] = &["test", "example", "invalid", "localhost"];
+    const RESERVED_DOMAINS: &[&str] = &["example.com", "example.net", "example.org"];
+    let tld = name.rsplit('.').next().unwrap_or_default();
+    RESERVED_TLDS.contains(&tld)
+        || RESERVED_DOMAINS
+            .iter()
+            .any(|d| name == *d || name.ends_with(&format!(".{d}")))
+}
+
 /// A HELO name an Internet mail server would give: a dotted name under a
 /// public-looking top-level domain, not an address literal or a LAN suffix.
 pub fn looks_public(name: &str) -> bool {
@@ -392,6 +488,103 @@ mod tests {
             again.observe_helo(router, "a.b.com").is_none(),
             "an admin's word holds"
         );
+    }
+
+    #[test]
+    fn reserved_names_are_never_counted() {
+        for name in [
+            "relay.test",
+            "mx.example",
+            "host.invalid",
+            "localhost",
+            "a.localhost",
+            "example.com",
+            "mail.example.org",
+            "EXAMPLE.NET.",
+        ] {
+            assert!(is_reserved_name(name), "{name}");
+        }
+        for name in [
+            "mail.example.de",
+            "examplecom.com",
+            "test.com",
+            "contoso.com",
+        ] {
+            assert!(!is_reserved_name(name), "{name}");
+        }
+        let g = Guard::new(GuardConfig::default(), None);
+        let admin: IpAddr = "192.168.1.5".parse().unwrap();
+        for i in 0..200 {
+            assert!(g.observe_helo(admin, &format!("host{i}.test")).is_none());
+            assert!(
+                g.observe_sender(admin, &format!("d{i}.example.com"))
+                    .is_none()
+            );
+        }
+        assert!(!g.is_untrusted(admin));
+    }
+
+    #[test]
+    fn a_web_server_with_several_sites_keeps_its_trust() {
+        let g = Guard::new(GuardConfig::default(), None);
+        let web: IpAddr = "192.168.1.20".parse().unwrap();
+        // Seven sites, each saying its own name and sending as its own domain, round after round.
+        for _round in 0..20 {
+            for site in 0..7 {
+                assert!(
+                    g.observe_helo(web, &format!("www.site{site}.com"))
+                        .is_none()
+                );
+                assert!(g.observe_sender(web, &format!("site{site}.com")).is_none());
+            }
+        }
+        assert!(!g.is_untrusted(web));
+    }
+
+    #[test]
+    fn familiar_names_do_not_count_again() {
+        let config = GuardConfig {
+            nat_window: crate::config::ConfigDuration(Duration::from_millis(30)),
+            ..GuardConfig::default()
+        };
+        let g = Guard::new(config, None);
+        let host: IpAddr = "192.168.1.21".parse().unwrap();
+        // Eleven sites, then after the window eleven more of the same plus
+        // one new: the old ones are familiar, so only one name is new.
+        for site in 0..11 {
+            assert!(
+                g.observe_helo(host, &format!("www.site{site}.com"))
+                    .is_none()
+            );
+            assert!(g.observe_sender(host, &format!("site{site}.com")).is_none());
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        for site in 0..12 {
+            assert!(
+                g.observe_helo(host, &format!("www.site{site}.com"))
+                    .is_none()
+            );
+            assert!(g.observe_sender(host, &format!("site{site}.com")).is_none());
+        }
+        assert!(!g.is_untrusted(host));
+    }
+
+    #[test]
+    fn a_fresh_decision_is_recent_and_a_later_one_is_not() {
+        let g = Guard::new(GuardConfig::default(), None);
+        let ip: IpAddr = "192.168.1.1".parse().unwrap();
+        assert!(!g.untrusted_recently(ip));
+        g.untrust(ip, "test");
+        assert!(g.untrusted_recently(ip));
+        let g = Guard::new(
+            GuardConfig {
+                nat_tempfail: crate::config::ConfigDuration::secs(0),
+                ..GuardConfig::default()
+            },
+            None,
+        );
+        g.untrust(ip, "test");
+        assert!(g.is_untrusted(ip) && !g.untrusted_recently(ip));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub enum RefuseReason {
     /// Relaying needs AUTH from this client (a `required` range, an excluded
     /// address, or no range at all).
     NeedsAuth,
+    /// The guard took this trusted address's trust moments ago (it looked
+    /// like a NAT): relaying without AUTH is deferred while the admin looks.
+    TrustWithdrawnRecently,
     /// The client's range has auth = "deny": it never relays.
     NetworkDenied,
     /// A submission or smtps listener takes mail only after AUTH.
@@ -91,6 +94,11 @@ impl RefuseReason {
                 554,
                 "5.7.1",
                 "Relay access denied: your network may not relay through this server",
+            ),
+            RefuseReason::TrustWithdrawnRecently => Reply::new(
+                451,
+                "4.7.1",
+                "Relaying from this address is suspended for now: it looked like many clients behind one address (NAT); try again later or authenticate",
             ),
             RefuseReason::ListenerNeedsAuth => reply::AUTH_REQUIRED,
             RefuseReason::AuthNeedsTls => reply::AUTH_NEEDS_TLS,
@@ -169,6 +177,7 @@ impl RefuseReason {
         match self {
             RefuseReason::Filtered { .. } => "filtered",
             RefuseReason::NeedsAuth => "needs_auth",
+            RefuseReason::TrustWithdrawnRecently => "trust_withdrawn",
             RefuseReason::NetworkDenied => "network_denied",
             RefuseReason::ListenerNeedsAuth => "listener_needs_auth",
             RefuseReason::AuthNeedsTls => "auth_needs_tls",
@@ -200,6 +209,9 @@ impl std::fmt::Display for RefuseReason {
             RefuseReason::NeedsAuth => {
                 f.write_str("not authenticated, and relaying from this address needs AUTH")
             }
+            RefuseReason::TrustWithdrawnRecently => f.write_str(
+                "the guard withdrew this trusted address's trust moments ago (it looked like a NAT): deferred while the admin checks; `portcullis guard trust IP` if it is one office host",
+            ),
             RefuseReason::NetworkDenied => f.write_str("client network has auth = \"deny\""),
             RefuseReason::ListenerNeedsAuth => {
                 f.write_str("this listener takes mail only after AUTH")

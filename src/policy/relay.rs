@@ -29,6 +29,9 @@ pub struct ClientFacts {
     pub sender: Option<String>,
     /// The guard's NAT sentinel withdrew this address's trust.
     pub distrusted: bool,
+    /// ... and did so moments ago (`guard.nat_tempfail`): relaying without
+    /// AUTH is deferred (451) rather than refused while the admin looks.
+    pub distrusted_recently: bool,
 }
 
 impl ClientFacts {
@@ -42,6 +45,7 @@ impl ClientFacts {
             checks: CheckFacts::default(),
             sender: None,
             distrusted: false,
+            distrusted_recently: false,
         }
     }
 }
@@ -440,6 +444,12 @@ impl Policy {
                 Some(r) => format!("trusted network {r} (auth = \"none\")"),
                 None => "trusted network".into(),
             }),
+            // Mail from an office host taken for a NAT is retried, not lost.
+            (NetworkAuth::Required, None)
+                if client.distrusted_recently && m.auth == NetworkAuth::None =>
+            {
+                Err(RefuseReason::TrustWithdrawnRecently)
+            }
             (NetworkAuth::Required, None) => Err(RefuseReason::NeedsAuth),
         }
     }

@@ -335,6 +335,7 @@ impl Session {
             checks: self.check_facts.clone(),
             sender: self.tx.as_ref().map(|t| t.sender_text()),
             distrusted: self.ctx.guard.is_untrusted(self.ip),
+            distrusted_recently: self.ctx.guard.untrusted_recently(self.ip),
         }
     }
 

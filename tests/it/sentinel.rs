@@ -39,8 +39,8 @@ async fn a_trusted_address_carrying_the_internet_loses_its_trust() {
         }
     }
     assert_eq!(
-        last, 554,
-        "the last relay attempt through the router is refused"
+        last, 451,
+        "the last relay attempt through the router is deferred while the decision is fresh"
     );
     // `guard list` shows it with the evidence; `guard trust` gives it back.
     let config = server.dir.path().join("guard.toml");
@@ -178,4 +178,61 @@ async fn send_to(c: &mut SmtpClient, to: &str) {
         )
         .await;
     assert_eq!(r.code, 250, "{r:?}");
+}
+
+/// A web server hosting several sites (each PHPMailer instance says EHLO
+/// with its own site's name and sends as noreply@site), and an admin's
+/// workstation testing with reserved names, keep their trust, round after
+/// round; a router that lost its trust gets 451 (retried), then 554 once
+/// the decision is old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_site_web_servers_and_test_tools_keep_their_trust() {
+    let server = TestServer::start(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n[guard]\nnat_tempfail = \"1s\"\n",
+    )
+    .await;
+    for round in 0..4 {
+        for site in 0..9 {
+            let mut c =
+                SmtpClient::greeted(server.addr(), "127.0.0.30", &format!("www.shop{site}.com"))
+                    .await;
+            let r = c
+                .send_mail(
+                    &format!("noreply@shop{site}.com"),
+                    &[&format!("customer{round}@buyer{site}.net")],
+                    b"Subject: your order\r\n\r\nthanks\r\n",
+                )
+                .await;
+            assert_eq!(r.code, 250, "site {site}, round {round}: {r:?}");
+            c.expect("QUIT", 221).await;
+        }
+    }
+    for i in 0..30 {
+        let mut c =
+            SmtpClient::greeted(server.addr(), "127.0.0.31", &format!("tool{i}.test")).await;
+        c.expect(&format!("MAIL FROM:<me@box{i}.example.com>"), 250)
+            .await;
+        c.expect("RCPT TO:<colleague@partner.de>", 250).await;
+        c.expect("QUIT", 221).await;
+    }
+    // A router carrying the Internet: 451 while the decision is fresh, 554 after.
+    let mut last = 0;
+    for i in 0..30 {
+        let mut c = SmtpClient::connect(server.addr(), "127.0.0.254").await;
+        c.expect(&format!("EHLO mx{i}.sender{i}.com"), 250).await;
+        c.expect(&format!("MAIL FROM:<news@sender{i}.com>"), 250)
+            .await;
+        last = c.cmd(&format!("RCPT TO:<victim{i}@far{i}.net>")).await.code;
+    }
+    assert_eq!(last, 451);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.254", "mx99.sender99.com").await;
+    c.expect("MAIL FROM:<news@sender99.com>", 250).await;
+    c.expect("RCPT TO:<victim@far.net>", 554).await;
+    let guard = std::fs::read_to_string(server.data_dir().join("guard.json")).unwrap();
+    assert!(guard.contains("127.0.0.254"), "{guard}");
+    assert!(
+        !guard.contains("127.0.0.30") && !guard.contains("127.0.0.31"),
+        "{guard}"
+    );
 }
