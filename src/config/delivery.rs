@@ -106,44 +106,106 @@ pub enum BounceAttach {
     Headers,
 }
 
-/// A next hop written "host:port" (or "[v6]:port"); the port defaults to 25.
+/// A next hop written "HOST:PORT" (or "[v6]:PORT"). A smart host may
+/// carry its own TLS mode as a scheme: "smtps://HOST:465" (TLS from the
+/// first byte) or "starttls://HOST:587"; without one it follows
+/// `smarthost_tls`. Without a port, a smart host is on 587 (465 for
+/// smtps://), the submission port ISPs leave open; a route's host on 25.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHop {
     pub host: String,
     pub port: u16,
+    /// The TLS mode this hop's scheme names, if it has one (smart hosts only).
+    pub tls: Option<SmarthostTls>,
 }
 
+impl NextHop {
+    /// A next hop on `port`, with no TLS mode of its own.
+    pub fn new(host: impl Into<String>, port: u16) -> NextHop {
+        NextHop {
+            host: host.into(),
+            port,
+            tls: None,
+        }
+    }
+
+    /// A smart host: a scheme may name its TLS mode; the port defaults to
+    /// 587, or 465 for smtps://.
+    pub fn smarthost(s: &str) -> Result<NextHop, String> {
+        let s = s.trim();
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("smtps://") {
+            (Some(SmarthostTls::Implicit), rest)
+        } else if let Some(rest) = s.strip_prefix("starttls://") {
+            (Some(SmarthostTls::Starttls), rest)
+        } else if let Some((scheme, _)) = s.split_once("://") {
+            return Err(format!(
+                "{s:?}: unknown scheme {scheme:?}: write \"smtps://HOST:465\" (TLS from the first byte), \"starttls://HOST:587\", or HOST:PORT"
+            ));
+        } else {
+            (None, s)
+        };
+        let default_port = if tls == Some(SmarthostTls::Implicit) {
+            465
+        } else {
+            587
+        };
+        let (host, port) = host_and_port(rest, default_port)?;
+        Ok(NextHop { host, port, tls })
+    }
+
+    /// The TLS mode to use: the hop's own, else `default`.
+    pub fn tls_or(&self, default: SmarthostTls) -> SmarthostTls {
+        self.tls.unwrap_or(default)
+    }
+}
+
+/// "host:port", "[v6]:port", or a host alone (then `default_port`).
+fn host_and_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let bad = || format!("{s:?} is not HOST:PORT (e.g. \"smtp.provider.example:587\")");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']').ok_or_else(bad)?;
+        h.parse::<IpAddr>().map_err(|_| bad())?;
+        (h.to_string(), p.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
+            _ => (s.to_string(), None),
+        }
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err(bad());
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            format!("{s:?}: the port must be a number from 1 to 65535 (e.g. \"{host}:587\")")
+        })?,
+        None => default_port,
+    };
+    Ok((crate::smtp::address::Domain::normalize(&host), port))
+}
+
+/// A route's next hop: "HOST:PORT", port 25 when absent, no scheme.
 impl FromStr for NextHop {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let bad = || format!("{s:?} is not HOST:PORT (e.g. \"smtp.provider.example:587\")");
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, p) = rest.split_once(']').ok_or_else(bad)?;
-            h.parse::<IpAddr>().map_err(|_| bad())?;
-            (h.to_string(), p.strip_prefix(':'))
-        } else {
-            match s.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
-                _ => (s.to_string(), None),
-            }
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(bad());
+        if s.contains("://") {
+            return Err(format!(
+                "{s:?}: a scheme (smtps://, starttls://) is for smart hosts; a route's host is HOST:PORT"
+            ));
         }
-        let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
-            None => 25,
-        };
-        Ok(NextHop {
-            host: crate::smtp::address::Domain::normalize(&host),
-            port,
-        })
+        let (host, port) = host_and_port(s, 25)?;
+        Ok(NextHop::new(host, port))
     }
 }
 
 impl fmt::Display for NextHop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.tls {
+            Some(SmarthostTls::Implicit) => f.write_str("smtps://")?,
+            Some(SmarthostTls::Starttls) => f.write_str("starttls://")?,
+            _ => {}
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -166,6 +228,7 @@ impl Serialize for NextHop {
     }
 }
 
+/// `smarthost`: one smart host or a list of them.
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NextHop>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -173,12 +236,16 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NextHop>, D::Error
         One(String),
         Many(Vec<String>),
     }
-    let list = match OneOrMany::deserialize(d)? {
+    let list = match OneOrMany::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a smart host \"HOST:PORT\" or a list of them [\"HOST:PORT\", \"smtps://HOST:465\"]",
+        )
+    })? {
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     };
     list.iter()
-        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .map(|s| NextHop::smarthost(s).map_err(serde::de::Error::custom))
         .collect()
 }
 
@@ -199,21 +266,45 @@ mod tests {
     fn next_hops() {
         assert_eq!(
             "smtp.example:587".parse::<NextHop>().unwrap(),
-            NextHop {
-                host: "smtp.example".into(),
-                port: 587
-            }
+            NextHop::new("smtp.example", 587)
         );
         assert_eq!("Mail.Example".parse::<NextHop>().unwrap().port, 25);
         assert_eq!(
             "[::1]:2525".parse::<NextHop>().unwrap(),
-            NextHop {
-                host: "::1".into(),
-                port: 2525
-            }
+            NextHop::new("::1", 2525)
         );
         assert!("host:0".parse::<NextHop>().is_err());
         assert!("host:x".parse::<NextHop>().is_err());
+        assert!(
+            "smtps://host:465".parse::<NextHop>().is_err(),
+            "routes take no scheme"
+        );
+    }
+
+    #[test]
+    fn smart_hosts_carry_their_tls_mode_and_default_to_the_submission_port() {
+        let h = NextHop::smarthost("smtps://smtp2.isp.example:465").unwrap();
+        assert_eq!((h.port, h.tls), (465, Some(SmarthostTls::Implicit)));
+        assert_eq!(h.to_string(), "smtps://smtp2.isp.example:465");
+        assert_eq!(
+            NextHop::smarthost("smtps://smtp2.isp.example")
+                .unwrap()
+                .port,
+            465
+        );
+        let h = NextHop::smarthost("starttls://smtp.isp.example").unwrap();
+        assert_eq!((h.port, h.tls), (587, Some(SmarthostTls::Starttls)));
+        let h = NextHop::smarthost("smtp.isp.example").unwrap();
+        assert_eq!(
+            (h.port, h.tls),
+            (587, None),
+            "no port: 587, not the blocked 25"
+        );
+        assert!(NextHop::smarthost("http://smtp.isp.example").is_err());
+        let c: DeliveryConfig =
+            toml::from_str("smarthost = [\"a.example\", \"smtps://b.example\"]").unwrap();
+        let back: DeliveryConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.smarthost, c.smarthost, "written back as read");
     }
 
     #[test]

@@ -19,6 +19,17 @@ pub struct Finding {
     pub key: String,
     pub value: String,
     pub reason: String,
+    /// What to do about it, when there is more to say than "change the key".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    /// The same finding with the fix spelled out (a command, a line to write).
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Finding {
+        self.fix = Some(fix.into());
+        self
+    }
 }
 
 impl std::fmt::Display for Finding {
@@ -47,6 +58,7 @@ fn finding(
         key: key.into(),
         value: value.into(),
         reason: reason.into(),
+        fix: None,
     }
 }
 
@@ -105,7 +117,12 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
             }
         }
         // Every AUTH would fail with a 454 while the server looks healthy.
-        Err(e) => out.push(cannot_access("auth.users_file", &users, "read", &e)),
+        Err(e) => out.push(
+            cannot_access("auth.users_file", &users, "read", &e).with_fix(format!(
+                "chown portcullis {0} && chmod 600 {0} (the user the service runs as must read it)",
+                users.display()
+            )),
+        ),
     }
     // Transcripts are written by the running server; a directory it cannot
     // write would only show as missing transcripts.
@@ -182,6 +199,42 @@ fn writable_dir(dir: &std::path::Path) -> Result<(), (&std::path::Path, std::io:
         .find(|a| a.exists())
         .unwrap_or(dir);
     crate::fsio::may_access(existing, true).map_err(|e| (existing, e))
+}
+
+/// A smart host whose port and TLS mode disagree: port 465 speaks TLS from
+/// the first byte, so STARTTLS there waits for a greeting that never comes
+/// (each try hangs until the timeout); 587 and 25 greet in clear, so TLS
+/// from the first byte fails there.
+pub fn tls_port_mismatch(
+    hop: &crate::config::NextHop,
+    default: crate::config::SmarthostTls,
+) -> Option<String> {
+    use crate::config::SmarthostTls;
+    let tls = hop.tls_or(default);
+    let host = &hop.host;
+    match (hop.port, tls) {
+        (465, SmarthostTls::Starttls | SmarthostTls::Opportunistic | SmarthostTls::None) => {
+            Some(format!(
+                "port 465 speaks TLS from the first byte, but this smart host is set to {} (from delivery.smarthost_tls unless written with a scheme): every try waits until the timeout. Write \"smtps://{host}:465\"",
+                tls_name(tls)
+            ))
+        }
+        (587 | 25, SmarthostTls::Implicit) => Some(format!(
+            "port {} greets in clear and offers STARTTLS, but this smart host is set to TLS from the first byte (\"implicit\"). Write \"starttls://{host}:{}\" (or \"smtps://{host}:465\" if the provider has it)",
+            hop.port, hop.port
+        )),
+        _ => None,
+    }
+}
+
+fn tls_name(tls: crate::config::SmarthostTls) -> &'static str {
+    use crate::config::SmarthostTls;
+    match tls {
+        SmarthostTls::Starttls => "\"starttls\"",
+        SmarthostTls::Implicit => "\"implicit\"",
+        SmarthostTls::Opportunistic => "\"opportunistic\"",
+        SmarthostTls::None => "\"none\"",
+    }
 }
 
 fn check_admin(c: &Config, out: &mut Vec<Finding>) {
@@ -696,6 +749,25 @@ fn check_delivery(c: &Config, out: &mut Vec<Finding>) {
             "smarthost_user and smarthost_password_file go together",
         ));
     }
+    for (i, hop) in d.smarthost.iter().enumerate() {
+        if let Some(reason) = tls_port_mismatch(hop, d.smarthost_tls) {
+            let fixed = match hop.port {
+                465 => format!("smtps://{}:465", hop.host),
+                port => format!("starttls://{}:{port}", hop.host),
+            };
+            out.push(
+                finding(
+                    Severity::Warning,
+                    format!("delivery.smarthost[{i}]"),
+                    format!("\"{hop}\""),
+                    reason,
+                )
+                .with_fix(format!(
+                    "in [delivery] smarthost, write \"{fixed}\" instead of \"{hop}\"; then `portcullis check-config --config FILE` and `portcullis reload`"
+                )),
+            );
+        }
+    }
     if d.smarthost_user.is_some() && d.smarthost_tls == SmarthostTls::None {
         out.push(finding(
             Severity::Warning,
@@ -786,6 +858,26 @@ mod tests {
             c.findings()
                 .iter()
                 .any(|f| f.key == "access.allow" && f.reason.contains("network[0]"))
+        );
+    }
+
+    #[test]
+    fn a_smart_host_port_that_disagrees_with_its_tls_mode_is_named() {
+        let c: Config = toml::from_str(
+            "[delivery]\nmode = \"smarthost\"\nsmarthost = [\"smtp.isp.example:587\", \"smtp2.isp.example:465\", \"smtps://smtp3.isp.example:465\"]\nsmarthost_tls = \"starttls\"\n",
+        )
+        .unwrap();
+        let f = c.findings();
+        let mismatched: Vec<&Finding> = f
+            .iter()
+            .filter(|f| f.key.starts_with("delivery.smarthost["))
+            .collect();
+        assert_eq!(mismatched.len(), 1, "{f:?}");
+        assert_eq!(mismatched[0].key, "delivery.smarthost[1]");
+        assert!(
+            mismatched[0]
+                .reason
+                .contains("smtps://smtp2.isp.example:465")
         );
     }
 

@@ -11,7 +11,7 @@ pub mod route;
 
 pub use result::{AttemptResult, Stage};
 
-use crate::config::{Config, OutboundTls, SmarthostTls};
+use crate::config::{Config, NextHop, OutboundTls, SmarthostTls};
 use crate::dns::Resolver;
 use client::{ClientError, ConnectOptions, Outgoing, ServerReply, SmtpConnection, TlsMode};
 use pool::Pool;
@@ -149,7 +149,7 @@ impl Deliverer {
         for hop in &self.config().delivery.smarthost {
             let name = format!("{}:{}", hop.host, hop.port);
             let result = async {
-                let opts = self.options(&dest, &hop.host, &auth)?;
+                let opts = self.options(&dest, hop, &auth)?;
                 let addrs = self
                     .resolver
                     .addresses(&hop.host)
@@ -190,7 +190,7 @@ impl Deliverer {
             .map_err(|e| format!("{e:?}"))?;
         let mut last = String::from("no next hop to ask");
         for hop in hosts.iter().take(3) {
-            let opts = self.options(&dest, &hop.host, &None)?;
+            let opts = self.options(&dest, hop, &None)?;
             let Ok(addrs) = self.resolver.addresses(&hop.host).await else {
                 continue;
             };
@@ -246,17 +246,18 @@ impl Deliverer {
     fn options(
         &self,
         dest: &Destination,
-        host: &str,
+        hop: &NextHop,
         smarthost_auth: &Option<(String, String)>,
     ) -> Result<ConnectOptions, String> {
         let d = &self.config().delivery;
+        let host = hop.host.as_str();
         let (tls, auth) = if dest.is_smarthost() {
             let cfg = if d.smarthost_verify {
                 self.settings().verified_tls.clone()?
             } else {
                 Arc::clone(&self.unverified_tls)
             };
-            let tls = match d.smarthost_tls {
+            let tls = match hop.tls_or(d.smarthost_tls) {
                 SmarthostTls::Starttls => TlsMode::Required(cfg),
                 SmarthostTls::Implicit => TlsMode::Implicit(cfg),
                 SmarthostTls::Opportunistic => TlsMode::Opportunistic(cfg),
@@ -326,7 +327,7 @@ impl Deliverer {
         let mut skipped = false;
         let hop_count = hosts.len();
         for (hop_index, hop) in hosts.iter().enumerate() {
-            let opts = match self.options(&dest, &hop.host, &smarthost_auth) {
+            let opts = match self.options(&dest, hop, &smarthost_auth) {
                 Ok(o) => o,
                 Err(e) => return deferred(local(e), true, false),
             };

@@ -77,22 +77,13 @@ pub async fn hosts(
     match dest {
         Destination::Route(hop) => Ok(vec![hop.clone()]),
         Destination::SmartHosts(list) => Ok(list.clone()),
-        Destination::Literal(ip) => Ok(vec![NextHop {
-            host: ip.to_string(),
-            port: mx_port,
-        }]),
+        Destination::Literal(ip) => Ok(vec![NextHop::new(ip.to_string(), mx_port)]),
         Destination::Mx(domain) => match resolver.mx(domain).await {
             Ok(MxAnswer::Records(records)) => Ok(order_mx(records)
                 .into_iter()
-                .map(|host| NextHop {
-                    host,
-                    port: mx_port,
-                })
+                .map(|host| NextHop::new(host, mx_port))
                 .collect()),
-            Ok(MxAnswer::NoMx) => Ok(vec![NextHop {
-                host: domain.clone(),
-                port: mx_port,
-            }]),
+            Ok(MxAnswer::NoMx) => Ok(vec![NextHop::new(domain.clone(), mx_port)]),
             Ok(MxAnswer::NullMx) => Err(RouteError::Permanent(AttemptResult::local(
                 Stage::Routing,
                 "5.1.10",

@@ -151,7 +151,12 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
             severity,
             key: f.key.clone(),
             message: format!("`{}` = {}: {}", f.key, f.value, f.reason),
-            fix: format!("change `{}` as the message says", f.key),
+            fix: f.fix.clone().unwrap_or_else(|| {
+                format!(
+                    "change `{}` in the configuration file, check it with `portcullis check-config --config FILE`, then apply it with `portcullis reload`",
+                    f.key
+                )
+            }),
         });
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));

@@ -722,3 +722,119 @@ async fn relay_test_on_this_machines_relay_tests_as_a_stranger_and_leaves_nothin
         "no test message is left to deliver"
     );
 }
+
+/// The worked example's TOML exactly as README prints it, with only what a
+/// test must change: file paths, listener addresses, its DNS pointed at the
+/// test's own server, and the test CA trusted for the smart hosts. The ISP's
+/// first smart host is down; the failover on 465 (TLS from the first byte,
+/// AUTH) takes the message at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_runs_as_written() {
+    use crate::support::sink::{Behaviour, Sink, tls_config};
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("## Worked example").unwrap();
+    let block = &readme[start..];
+    let toml_start = block.find("```toml\n").unwrap() + 8;
+    let toml_end = toml_start + block[toml_start..].find("```").unwrap();
+    let example = &block[toml_start..toml_end];
+    assert!(
+        example.contains("smtps://smtp2.isp.example:465"),
+        "{example}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca =
+        crate::support::tls::TestCa::generate_for(dir.path(), &["smtp2.isp.example", "localhost"]);
+    let dns = crate::support::dns::TestDns::start().await;
+    dns.host("smtp.isp.example", "127.0.0.72");
+    dns.host("smtp2.isp.example", "127.0.0.73");
+    let isp = Sink::start(
+        "127.0.0.73",
+        465,
+        Behaviour {
+            implicit_tls: Some(tls_config(&ca)),
+            require_auth: Some(("office@example.lan".into(), "isp secret".into())),
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let pass = write(dir.path(), "smarthost.pass", "isp secret\n");
+    let users = dir.path().join("users");
+    let ca_file = ca.ca_file(dir.path());
+    let (smtp, submission) = (
+        crate::support::free_port("127.0.0.1"),
+        crate::support::free_port("127.0.0.1"),
+    );
+    let text = example
+        .replace(
+            "/etc/portcullis/cert.pem",
+            &ca.cert_path.display().to_string(),
+        )
+        .replace(
+            "/etc/portcullis/key.pem",
+            &ca.key_path.display().to_string(),
+        )
+        .replace("/etc/portcullis/users", &users.display().to_string())
+        .replace(
+            "/etc/portcullis/smarthost.pass",
+            &pass.display().to_string(),
+        )
+        .replace(
+            "/var/lib/portcullis",
+            &dir.path().join("data").display().to_string(),
+        )
+        .replace("0.0.0.0:25", &format!("127.0.0.1:{smtp}"))
+        .replace("0.0.0.0:587", &format!("127.0.0.1:{submission}"))
+        .replace(
+            "[delivery]\n",
+            &format!(
+                "[delivery]\nsmarthost_ca_file = \"{}\"\n",
+                ca_file.display()
+            ),
+        );
+    let text = format!("{text}\n{}", dns.config());
+    let config = write(dir.path(), "portcullis.toml", &text);
+    let (ok, out, err) = run_with_timeout(
+        Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(&config),
+        WAIT,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("smarthost["),
+        "no TLS/port mismatch: {out}{err}"
+    );
+    let _server = crate::support::server::ProcessServer::spawn(&config);
+    crate::support::write_users(&users, &[("alice", "wonderland")]);
+    // Alice on the road: STARTTLS and AUTH on 587, then mail to anywhere.
+    let submission: std::net::SocketAddr = format!("127.0.0.1:{submission}").parse().unwrap();
+    let mut alice = crate::support::client::SmtpClient::connect(submission, "127.0.0.1").await;
+    alice.expect("EHLO laptop.example.lan", 250).await;
+    alice.starttls(ca.client_config()).await;
+    alice.expect("EHLO laptop.example.lan", 250).await;
+    assert_eq!(alice.auth_plain("alice", "wonderland").await.code, 235);
+    let r = alice
+        .send_mail(
+            "alice@example.lan",
+            &["partner@anywhere.example"],
+            b"Subject: from the road\r\n\r\nhello\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // The first smart host refuses connections; the failover on 465 takes
+    // the message with TLS from the first byte and the ISP password.
+    let got = isp.wait_for(1, WAIT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "delivered through smtps://smtp2.isp.example:465"
+    );
+    assert!(got[0].tls);
+    assert_eq!(
+        got[0].auth,
+        Some(("office@example.lan".to_string(), "isp secret".to_string()))
+    );
+    assert_eq!(got[0].rcpts, ["partner@anywhere.example"]);
+}

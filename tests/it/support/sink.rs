@@ -35,6 +35,8 @@ pub struct Behaviour {
     pub seven_bit_only: bool,
     /// Offer SMTPUTF8.
     pub smtputf8: bool,
+    /// TLS from the first byte (an smtps port such as 465).
+    pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Behaviour {
@@ -71,7 +73,17 @@ impl Sink {
                 let store = Arc::clone(&store);
                 let b = behaviour.clone();
                 tokio::spawn(async move {
-                    let _ = serve(Box::new(tcp), b, store).await;
+                    let _ = match b.implicit_tls.clone() {
+                        Some(config) => {
+                            let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                            else {
+                                return;
+                            };
+                            serve(Box::new(stream), b, store, true).await
+                        }
+                        None => serve(Box::new(tcp), b, store, false).await,
+                    };
                 });
             }
         });
@@ -107,7 +119,12 @@ impl Drop for Sink {
 
 type Stream = Box<dyn crate::support::client::Io>;
 
-async fn serve(io: Stream, b: Behaviour, store: Arc<Mutex<Vec<Received>>>) -> std::io::Result<()> {
+async fn serve(
+    io: Stream,
+    b: Behaviour,
+    store: Arc<Mutex<Vec<Received>>>,
+    started_in_tls: bool,
+) -> std::io::Result<()> {
     let mut io = BufReader::new(io);
     let (code, text) = b.banner.unwrap_or((220, "sink.test ESMTP"));
     io.write_all(format!("{code} {text}\r\n").as_bytes())
@@ -115,7 +132,7 @@ async fn serve(io: Stream, b: Behaviour, store: Arc<Mutex<Vec<Received>>>) -> st
     if code != 220 {
         return Ok(());
     }
-    let mut tls = false;
+    let mut tls = started_in_tls;
     let mut cur = Received::default();
     let mut authed: Option<(String, String)> = None;
     loop {

@@ -13,6 +13,11 @@ pub struct TestCa {
 impl TestCa {
     /// Writes `cert.pem` and `key.pem` for `localhost` into `dir`.
     pub fn generate(dir: &Path) -> TestCa {
+        Self::generate_for(dir, &["localhost", "relay.test"])
+    }
+
+    /// Writes `cert.pem` and `key.pem` for `names` into `dir`.
+    pub fn generate_for(dir: &Path, names: &[&str]) -> TestCa {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -20,7 +25,7 @@ impl TestCa {
             .push(rcgen::DnType::CommonName, "Portcullis test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_string(), "relay.test".to_string()])
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
