@@ -224,6 +224,19 @@ pub struct ListenerConfig {
     /// on a proxy_protocol listener, connections from anywhere else are refused.
     #[serde(default)]
     pub proxy_from: Vec<IpRange>,
+    /// Offer STARTTLS here. Off only for old printers and scanners that try
+    /// STARTTLS when offered and then fail on TLS 1.0 or CBC suites: their
+    /// mail then crosses the network in clear. AUTH still needs TLS.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub offer_starttls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Default, Deserialize, Serialize)]
@@ -257,6 +270,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         kind: ListenerKind::Smtp,
         proxy_protocol: false,
         proxy_from: Vec::new(),
+        offer_starttls: true,
     }]
 }
 
@@ -309,6 +323,10 @@ pub struct NetworkConfig {
     /// curl and scripts), while strangers follow `server.bare_newline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bare_newline: Option<BareNewline>,
+    /// Offer STARTTLS to this range's clients (unset: yes). See
+    /// `ListenerConfig::offer_starttls` for who needs it off, and the cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_starttls: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

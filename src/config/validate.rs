@@ -71,6 +71,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_tls(c, &mut out);
     check_networks(c, &mut out);
     check_access(c, &mut out);
+    check_hidden_starttls(c, &mut out);
     check_relay(c, &mut out);
     check_delivery(c, &mut out);
     check_files(c, &mut out);
@@ -514,6 +515,19 @@ fn check_server(c: &Config, out: &mut Vec<Finding>) {
 
 fn check_listeners(c: &Config, out: &mut Vec<Finding>) {
     for (i, l) in c.listener.iter().enumerate() {
+        if !l.offer_starttls {
+            let submission = l.kind == crate::config::ListenerKind::Submission;
+            out.push(finding(
+                if submission && !c.auth.allow_plaintext { Severity::Warning } else { Severity::Info },
+                format!("listener[{i}].offer_starttls"),
+                "false",
+                if submission && !c.auth.allow_plaintext {
+                    "a submission listener without STARTTLS: AUTH needs TLS, so no client can log in here (except from loopback)"
+                } else {
+                    "STARTTLS is hidden on this listener: mail from its clients crosses the network in clear (meant for old printers that fail on modern TLS; AUTH still needs TLS)"
+                },
+            ));
+        }
         if l.proxy_protocol && l.proxy_from.is_empty() {
             out.push(finding(
                 Severity::Error,
@@ -646,6 +660,23 @@ fn check_networks(c: &Config, out: &mut Vec<Finding>) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+/// Ranges that hide STARTTLS: said, so that nobody forgets the cost.
+fn check_hidden_starttls(c: &Config, out: &mut Vec<Finding>) {
+    for (i, n) in c.network.iter().enumerate() {
+        if n.offer_starttls == Some(false) {
+            out.push(finding(
+                Severity::Info,
+                format!("network[{i}].offer_starttls"),
+                "false",
+                format!(
+                    "STARTTLS is hidden from {}: mail from there crosses the network in clear (meant for old printers that fail on modern TLS; AUTH still needs TLS)",
+                    n.range
+                ),
+            ));
         }
     }
 }

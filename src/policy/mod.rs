@@ -63,6 +63,17 @@ impl Policy {
             .unwrap_or(crate::config::BareNewline::Normalize)
     }
 
+    /// Whether STARTTLS is offered to `ip` on a listener that offers it
+    /// (`listener_offers`): its range may hide it for old devices.
+    pub fn offers_starttls(&self, ip: std::net::IpAddr, listener_offers: bool) -> bool {
+        listener_offers
+            && self
+                .networks
+                .deciding(ip)
+                .and_then(|n| n.offer_starttls)
+                .unwrap_or(true)
+    }
+
     pub fn from_config(config: &Config) -> Policy {
         let inbound: Vec<String> = config
             .relay

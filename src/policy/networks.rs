@@ -180,6 +180,7 @@ mod tests {
                 auth: *a,
                 exclude: ex.iter().map(|e| e.parse().unwrap()).collect(),
                 bare_newline: None,
+                offer_starttls: None,
             })
             .collect();
         NetworkTable::from_config(&nets)

@@ -562,6 +562,12 @@ async fn handle_connection(
         stream.record_to(t.recorder(&format!("in {} {}", kind.name(), peer)));
     }
 
+    let offer_starttls = ctx
+        .config
+        .listener
+        .iter()
+        .find(|l| l.address == configured && l.kind == kind)
+        .is_none_or(|l| l.offer_starttls);
     match admitted {
         Ok(slot) => {
             Session::new(
@@ -571,6 +577,7 @@ async fn handle_connection(
                 stream,
                 shutdown,
             )
+            .offering_starttls(offer_starttls)
             .run()
             .await;
             drop(slot);

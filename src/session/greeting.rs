@@ -31,7 +31,7 @@ impl Session {
             "SMTPUTF8".to_string(),
             "CHUNKING".to_string(),
         ];
-        if self.ctx.tls.is_some() && self.stream.tls().is_none() {
+        if self.ctx.tls.is_some() && self.stream.tls().is_none() && self.starttls_offered() {
             lines.push("STARTTLS".into());
         }
         if self.auth_allowed_here() {
@@ -53,6 +53,9 @@ impl Session {
         let Some(acceptor) = self.ctx.tls.clone() else {
             return Ok(Some((reply::TLS_UNAVAILABLE, Flow::Continue)));
         };
+        if !self.starttls_offered() {
+            return Ok(Some((reply::STARTTLS_NOT_OFFERED, Flow::Continue)));
+        }
         self.send(&reply::READY_FOR_TLS).await?;
         let deadline = self.write_deadline();
         if let Err(e) = self.stream.upgrade(&acceptor, deadline).await {

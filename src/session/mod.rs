@@ -64,6 +64,8 @@ pub struct Session {
     ip_auth_failures: u32,
     /// This session's failures got the address banned: close after the reply.
     banned: bool,
+    /// The listener offers STARTTLS (its `offer_starttls`).
+    listener_offers_starttls: bool,
     /// What the anti-spam checks found so far.
     check_facts: crate::policy::CheckFacts,
     /// The DNS lists and reverse DNS, asked as soon as the client connected.
@@ -97,6 +99,7 @@ impl Session {
             auth_failures: 0,
             ip_auth_failures: 0,
             banned: false,
+            listener_offers_starttls: true,
             check_facts: crate::policy::CheckFacts::default(),
             connect_lookups: None,
             messages: 0,
@@ -144,6 +147,20 @@ impl Session {
     /// Runs the session to its end. Never panics on input; errors end the
     /// session. Everything logged meanwhile carries the session's span
     /// (id, client, listener).
+    /// Follows the listener's `offer_starttls`.
+    pub fn offering_starttls(mut self, offer: bool) -> Session {
+        self.listener_offers_starttls = offer;
+        self
+    }
+
+    /// Whether STARTTLS is offered in this session (the listener and the
+    /// client's range may hide it).
+    fn starttls_offered(&self) -> bool {
+        self.ctx
+            .policy
+            .offers_starttls(self.ip, self.listener_offers_starttls)
+    }
+
     pub async fn run(self) {
         let span = tracing::info_span!("session", id = self.id, client = %self.ip, listener = self.kind.name());
         self.run_in_span().instrument(span).await

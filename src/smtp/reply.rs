@@ -123,6 +123,11 @@ pub const HELO_NEEDS_DOMAIN: Reply = Reply::new(
 );
 pub const NO_PARAMETERS: Reply = Reply::new(501, "5.5.4", "This command takes no parameters");
 pub const TLS_UNAVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
+pub const STARTTLS_NOT_OFFERED: Reply = Reply::new(
+    502,
+    "5.5.1",
+    "STARTTLS is not offered here (turned off for this listener or network)",
+);
 pub const AUTH_UNAVAILABLE: Reply = Reply::new(503, "5.5.1", "AUTH not offered on this connection");
 pub const AUTH_MECHANISM_UNKNOWN: Reply = Reply::new(
     504,

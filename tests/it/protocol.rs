@@ -604,3 +604,35 @@ fn received_lines(n: usize) -> String {
         })
         .collect()
 }
+
+/// An old printer that fails on modern TLS: STARTTLS can be hidden from its
+/// range (or on a listener). It is not advertised there, the command is
+/// refused, and the printer sends in clear; everyone else still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_can_be_hidden_from_old_printers() {
+    let server = TestServer::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\noffer_starttls = false\n\
+         [[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[[network]]\nrange = \"127.0.0.40/32\"\nauth = \"none\"\noffer_starttls = false\n",
+    )
+    .await;
+    let mut printer = SmtpClient::connect(server.addr(), "127.0.0.40").await;
+    let ehlo = printer.expect("EHLO printer.office.lan", 250).await;
+    assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    let r = printer.expect("STARTTLS", 502).await;
+    assert!(r.text().starts_with("5.5.1"), "{r:?}");
+    let r = printer
+        .send_mail(
+            "scanner@office.example",
+            &["boss@partner.example"],
+            b"Subject: scan\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let mut pc = SmtpClient::connect(server.addr(), LAN).await;
+    let ehlo = pc.expect("EHLO pc.office.lan", 250).await;
+    assert!(ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    let submission = server.addr_of(portcullis::config::ListenerKind::Submission);
+    let mut c = SmtpClient::connect(submission, LAN).await;
+    let ehlo = c.expect("EHLO pc.office.lan", 250).await;
+    assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+}
