@@ -6,17 +6,18 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// The config to review.
+    /// The config to review (default: the packaged one).
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Machine-readable output: {"findings": [{"severity", "key", "message", "fix"}]}.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", args.config.display()))?;
+    let path = super::config_file(&args.config)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
     // Parsed without validation, so that a config the server would refuse is still reviewed.
     let findings = match toml::from_str::<Config>(&text) {
         Ok(config) => {
@@ -30,14 +31,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<i32> {
         Err(e) => vec![Finding {
             severity: Severity::Risk,
             key: String::new(),
-            message: format!("{}: {}", args.config.display(), e.to_string().trim_end()),
+            message: format!("{}: {}", path.display(), e.to_string().trim_end()),
             fix: "correct the file: the server cannot start with it".into(),
         }],
     };
     if args.json {
         outln!("{}", serde_json::json!({ "findings": findings }));
     } else if findings.is_empty() {
-        outln!("{}: no findings", args.config.display());
+        outln!("{}: no findings", path.display());
     } else {
         for f in &findings {
             let label = match f.severity {

@@ -5,17 +5,19 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// The config to check (default: the packaged one).
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Print findings as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", args.config.display()))?;
-    let origin = args.config.display().to_string();
+    let path = super::config_file(&args.config)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let origin = path.display().to_string();
     // Parse without stopping at the first error, so that every finding is shown.
     let config: Config = match toml::from_str(&text) {
         Ok(c) => c,

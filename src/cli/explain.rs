@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// The config to judge by.
+    /// The config to judge by (default: the packaged one).
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// The client's address.
     #[arg(long)]
     ip: IpAddr,
@@ -40,7 +40,7 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
-    let config = Config::load(&args.config)?;
+    let config = Config::load(&super::config_file(&args.config)?)?;
     let mut question = Question {
         ip: args.ip,
         listener: args.listener,

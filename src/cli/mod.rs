@@ -83,6 +83,18 @@ impl ConfigArgs {
     }
 }
 
+/// The config file a command reads: --config, else the packaged one; an
+/// error that says so when there is neither.
+fn config_file(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match arg {
+        Some(path) => Ok(path.clone()),
+        None if std::path::Path::new(PACKAGED_CONFIG).exists() => Ok(PACKAGED_CONFIG.into()),
+        None => anyhow::bail!(
+            "no --config given and {PACKAGED_CONFIG} does not exist: name the configuration with --config FILE"
+        ),
+    }
+}
+
 /// A hint for a command that found no server (or no queue) where it looked:
 /// when no --config was given and there is no packaged config, it looked in
 /// the embedded default's data directory, which is rarely what was meant.

@@ -75,7 +75,15 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
     let command = command_of(&args.action)?;
     let answer = match request(&data_dir, &command, ANSWER_TIMEOUT) {
         Ok(answer) => answer,
-        Err(ControlError::NoServer) => offline(&data_dir, &command)?,
+        Err(ControlError::NoServer) => offline(&data_dir, &command).map_err(|e| {
+            // Looked where the embedded default keeps its data: rarely what was meant.
+            let hint = if args.data_dir.is_none() {
+                super::config_hint(&args.config)
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!("{e:#}{hint}")
+        })?,
         Err(e) => anyhow::bail!(e),
     };
     print_answer(answer, args.json)

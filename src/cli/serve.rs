@@ -24,8 +24,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         config.server.data_dir = dir;
     }
     let _log_flush = init_logging(&config);
-    if args.config.is_none() {
-        tracing::info!("no --config given: running on the embedded safe default (loopback only)");
+    match &args.config {
+        Some(path) => tracing::info!(config = %path.display(), "configuration read"),
+        None if std::path::Path::new(super::PACKAGED_CONFIG).exists() => tracing::warn!(
+            "no --config given: running on the embedded safe default (loopback only), NOT on {0}; to run that one: portcullis serve --config {0}",
+            super::PACKAGED_CONFIG
+        ),
+        None => tracing::info!(
+            "no --config given: running on the embedded safe default (loopback only, data in {})",
+            config.server.data_dir.display()
+        ),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -216,3 +216,36 @@ async fn commands_end_quietly_on_a_closed_pipe() {
         assert!(out.status.code().is_some(), "{args:?} ended by a signal");
     }
 }
+
+/// Every command reads the same default configuration (the packaged file);
+/// without one, those that need a file say to name it with --config, and
+/// those that looked in the embedded default's data directory say so.
+#[test]
+fn commands_without_a_config_say_to_name_one() {
+    if std::path::Path::new("/etc/portcullis/portcullis.toml").exists() {
+        return; // a packaged install: the default exists here
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["audit"][..],
+        &["check-config"][..],
+        &[
+            "explain",
+            "--ip",
+            "192.0.2.1",
+            "--from",
+            "a@b.test",
+            "--to",
+            "c@d.test",
+        ][..],
+        &["queue", "list"][..],
+    ] {
+        let (ok, out, err) = run_with_timeout(
+            Command::new(binary()).args(args).current_dir(dir.path()),
+            WAIT,
+        );
+        assert!(!ok, "{args:?}: {out}{err}");
+        assert!(err.contains("--config"), "{args:?} names --config: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
