@@ -252,6 +252,51 @@ impl Metrics {
     }
 }
 
+/// The same exposition in Prometheus's classic text format (0.0.4), for a
+/// scraper that does not ask for OpenMetrics: there a counter's TYPE and
+/// HELP name its sample (`…_total`), there is no `# UNIT` nor `# EOF`, and
+/// OpenMetrics' `unknown` is `untyped`. Samples are the same lines.
+pub fn classic_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# TYPE ", "# HELP "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) && !name.ends_with("_total") {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                out.push_str(&format!("{prefix}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -391,6 +436,21 @@ impl Subscriber for Metrics {
             }
             Event::MessageFinished { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod classic_tests {
+    use super::classic_text;
+
+    #[test]
+    fn counters_are_typed_by_their_sample_name_and_openmetrics_lines_go() {
+        let om = "# HELP portcullis_messages_accepted Messages accepted.\n# TYPE portcullis_messages_accepted counter\nportcullis_messages_accepted_total 3\n# TYPE portcullis_queue_messages gauge\nportcullis_queue_messages 1\n# TYPE x_seconds histogram\n# UNIT x_seconds seconds\nx_seconds_sum 0.0\n# EOF\n";
+        let classic = classic_text(om);
+        assert_eq!(
+            classic,
+            "# HELP portcullis_messages_accepted_total Messages accepted.\n# TYPE portcullis_messages_accepted_total counter\nportcullis_messages_accepted_total 3\n# TYPE portcullis_queue_messages gauge\nportcullis_queue_messages 1\n# TYPE x_seconds histogram\nx_seconds_sum 0.0\n"
+        );
     }
 }
 

@@ -28,17 +28,20 @@ pub async fn metrics(State(state): Shared, headers: HeaderMap) -> Response {
     let body = state
         .metrics
         .render(stats.as_ref(), untrusted, crate::queue::unix_now());
-    // The same text serves both formats; say OpenMetrics to those who ask for it.
+    // OpenMetrics to those who ask for it (Prometheus does), the classic
+    // text format to everyone else (curl, older scrapers and parsers).
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let content_type = if openmetrics {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    if openmetrics {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
     } else {
-        "text/plain; version=0.0.4; charset=utf-8"
-    };
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        let content_type = "text/plain; version=0.0.4; charset=utf-8";
+        let classic = crate::metrics::classic_text(&body);
+        ([(header::CONTENT_TYPE, content_type)], classic).into_response()
+    }
 }
 
 pub async fn session(ApiLogin(login): ApiLogin) -> Response {

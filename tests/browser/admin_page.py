@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as classic_families
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import WebDriverException
@@ -126,8 +127,17 @@ def main():
         d.quit()
 
     # /metrics: no login, valid exposition, the counters moved.
-    text = urllib.request.urlopen(a.url + "/metrics", timeout=10).read().decode()
+    # Asked for OpenMetrics (as Prometheus asks), parsed by its OpenMetrics parser...
+    asked = urllib.request.Request(a.url + "/metrics",
+                                   headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    text = urllib.request.urlopen(asked, timeout=10).read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
+    # ...and without an Accept header: the classic text format, counters typed as counters.
+    classic_text = urllib.request.urlopen(a.url + "/metrics", timeout=10).read().decode()
+    classic = {f.name: f for f in classic_families(classic_text)}
+    check(classic.get("portcullis_messages_accepted") is not None
+          and classic["portcullis_messages_accepted"].type == "counter",
+          f"classic format: messages_accepted is {getattr(classic.get('portcullis_messages_accepted'), 'type', None)}")
     for name in ("portcullis_messages_accepted", "portcullis_rcpt_refused", "portcullis_queue_messages"):
         check(name in families, f"{name} missing from /metrics")
     accepted = sum(s.value for s in families["portcullis_messages_accepted"].samples

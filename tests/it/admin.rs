@@ -290,7 +290,32 @@ async fn metrics_need_no_login_and_move_with_mail() {
     let mut web = Web::new(server.admin.unwrap());
     let before = block(|| web.get("/metrics"));
     assert_eq!(before.status, 200);
-    assert!(before.body.trim_end().ends_with("# EOF"));
+    // Without asking for OpenMetrics: the classic text format, counters
+    // typed by their sample name.
+    assert_eq!(
+        before.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(!before.body.contains("# EOF"), "{}", before.body);
+    assert!(
+        before
+            .body
+            .contains("# TYPE portcullis_messages_accepted_total counter\n"),
+        "{}",
+        before.body
+    );
+    let openmetrics = block(|| {
+        web.get_with(
+            "/metrics",
+            &[("Accept", "application/openmetrics-text; version=1.0.0")],
+        )
+    });
+    assert!(openmetrics.body.trim_end().ends_with("# EOF"));
+    assert!(
+        openmetrics
+            .body
+            .contains("# TYPE portcullis_messages_accepted counter\n")
+    );
     let accepted = "portcullis_messages_accepted_total";
     let refused = "portcullis_rcpt_refused_total{reason=\"needs_auth\"}";
     assert_eq!(sample(&before.body, accepted), 0.0);

@@ -68,9 +68,17 @@ impl Web {
     }
 
     pub fn get(&mut self, path: &str) -> Page {
+        self.get_with(path, &[])
+    }
+
+    /// GET with extra headers.
+    pub fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Page {
         let mut req = self.agent.get(format!("{}{path}", self.base));
         if let Some(c) = &self.cookie {
             req = req.header("Cookie", c);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let r = req.call();
         self.finish(r)
