@@ -118,6 +118,8 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/settings", get(pages::settings))
         .route("/static/style.css", get(pages::stylesheet))
         .route("/static/app.js", get(pages::script))
+        .route("/static/favicon.svg", get(pages::favicon))
+        .route("/favicon.ico", get(pages::favicon))
         .route("/metrics", get(api::metrics))
         .route("/api/session", get(api::session))
         .route("/api/dashboard", get(api::dashboard))

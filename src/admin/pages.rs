@@ -386,7 +386,10 @@ struct MessagePage {
     id: String,
     m: MessageDetail,
     received: String,
-    recipients: Vec<(crate::spool::RecipientState, String)>,
+    /// The message's state word (held, delivering, deferred, queued, failed).
+    state: &'static str,
+    /// Each recipient, its state word and its next try in words.
+    recipients: Vec<(crate::spool::RecipientState, &'static str, String)>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -415,11 +418,15 @@ pub async fn message(
                 .state
                 .recipients
                 .iter()
-                .map(|r| (r.clone(), view::next_try(r.next_attempt, now)))
+                .map(|r| {
+                    let word = crate::queue::recipient_state(r);
+                    (r.clone(), word, view::next_try(r.next_attempt, now))
+                })
                 .collect();
             render(&MessagePage {
                 frame: frame(&login, "queue"),
                 received: view::clock(message.envelope.received_at),
+                state: message.state_word(),
                 id,
                 recipients,
                 m: *message,
@@ -558,6 +565,18 @@ pub async fn stylesheet() -> Response {
             (header::CACHE_CONTROL, "max-age=3600"),
         ],
         include_str!("static/style.css"),
+    )
+        .into_response()
+}
+
+/// The page's icon (browsers ask for /favicon.ico whatever the page says).
+pub async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        include_str!("static/favicon.svg"),
     )
         .into_response()
 }

@@ -45,23 +45,9 @@ impl QueueFilter {
     }
 }
 
-/// One word for where a message stands.
+/// One word for where a message stands (the queue's own vocabulary).
 pub fn message_state(m: &MessageSummary) -> &'static str {
-    if m.held {
-        "held"
-    } else if m.in_flight {
-        "delivering"
-    } else if m.queued == 0 {
-        "failed"
-    } else if m
-        .states
-        .iter()
-        .any(|r| r.attempts > 0 || r.last_error.is_some())
-    {
-        "deferred"
-    } else {
-        "queued"
-    }
+    m.state_word()
 }
 
 /// A queue list entry as the API returns it: the summary plus its state word.

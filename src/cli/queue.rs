@@ -206,13 +206,7 @@ fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
         "sender"
     );
     for m in rows {
-        let state = if m.held {
-            "held"
-        } else if m.in_flight {
-            "sending"
-        } else {
-            "queued"
-        };
+        let state = m.state_word();
         outln!(
             "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  {}",
             m.id,
@@ -238,7 +232,7 @@ fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
     if json {
         outln!(
             "{}",
-            serde_json::json!({"envelope": m.envelope, "state": m.state, "in_flight": m.in_flight, "headers": m.headers})
+            serde_json::json!({"envelope": m.envelope, "state": m.state, "in_flight": m.in_flight, "status": m.state_word(), "headers": m.headers})
         );
         return Ok(0);
     }
@@ -256,14 +250,13 @@ fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
     );
     outln!("auth user:   {}", e.auth_user.as_deref().unwrap_or("-"));
     outln!("size:        {}", e.size);
-    outln!("held:        {}", m.state.held);
-    outln!("sending now: {}", m.in_flight);
+    outln!("state:       {}", m.state_word());
     outln!("recipients:");
     for r in &m.state.recipients {
         outln!(
-            "  {:<40} {:?}, attempts {}, next {}, last error: {}",
+            "  {:<40} {}, attempts {}, next {}, last error: {}",
             r.address,
-            r.status,
+            crate::queue::recipient_state(r),
             r.attempts,
             r.next_attempt.map(when).unwrap_or_else(|| "-".into()),
             r.last_error.as_deref().unwrap_or("-")

@@ -98,6 +98,63 @@ pub struct MessageSummary {
     pub states: Vec<crate::spool::RecipientState>,
 }
 
+/// One word for where a message stands, the same in `queue list`, `queue
+/// show`, the admin page and the API: held (an admin or the flood hold
+/// stopped it), delivering (an attempt runs now), deferred (tried, waiting
+/// for its next attempt), queued (not tried yet), failed (nothing left to
+/// deliver; its bounce is owed or sent).
+pub fn message_state(
+    held: bool,
+    in_flight: bool,
+    recipients: &[crate::spool::RecipientState],
+) -> &'static str {
+    use crate::spool::RecipientStatus;
+    let waiting = recipients
+        .iter()
+        .filter(|r| r.status == RecipientStatus::Queued)
+        .count();
+    if held {
+        "held"
+    } else if in_flight {
+        "delivering"
+    } else if waiting == 0 && !recipients.is_empty() {
+        "failed"
+    } else if recipients
+        .iter()
+        .any(|r| r.attempts > 0 || r.last_error.is_some())
+    {
+        "deferred"
+    } else {
+        "queued"
+    }
+}
+
+/// One word for where a recipient stands, in the same vocabulary:
+/// queued, deferred, delivered, failed.
+pub fn recipient_state(r: &crate::spool::RecipientState) -> &'static str {
+    use crate::spool::RecipientStatus;
+    match r.status {
+        RecipientStatus::Delivered => "delivered",
+        RecipientStatus::Failed => "failed",
+        RecipientStatus::Queued if r.attempts > 0 || r.last_error.is_some() => "deferred",
+        RecipientStatus::Queued => "queued",
+    }
+}
+
+impl MessageSummary {
+    /// See `message_state`.
+    pub fn state_word(&self) -> &'static str {
+        message_state(self.held, self.in_flight, &self.states)
+    }
+}
+
+impl MessageDetail {
+    /// See `message_state`.
+    pub fn state_word(&self) -> &'static str {
+        message_state(self.state.held, self.in_flight, &self.state.recipients)
+    }
+}
+
 /// `queue show`: everything known about one message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageDetail {

@@ -13,7 +13,7 @@ mod work;
 
 pub use control::{
     BODY_SHOWN, Ban, Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, QueueStats,
-    Selector,
+    Selector, message_state, recipient_state,
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};

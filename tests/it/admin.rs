@@ -638,3 +638,47 @@ async fn the_lan_is_not_banned_and_bans_are_listed_and_lifted() {
     assert!(ok && out.contains("no address is banned"), "{out}");
     server.stop().await;
 }
+
+/// The message page says where the message stands in words (the queue's
+/// own vocabulary, as `queue list` says it) and has its Hold/Release,
+/// Retry and Delete buttons; the page has an icon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_page_has_words_and_buttons() {
+    let server = admin_server("").await;
+    let id = send_one(&server, "buttons").await;
+    let mut web = Web::new(server.admin.unwrap());
+    block(|| {
+        let icon = web.get("/favicon.ico");
+        assert_eq!(icon.status, 200);
+        assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
+        assert_eq!(web.login("alice", "wonderland").status, 303);
+        let page = web.get(&format!("/queue/{id}")).body;
+        assert!(page.contains("id=\"message-actions\""), "{page}");
+        assert!(page.contains(&format!("value=\"hold {id}\"")), "{page}");
+        assert!(page.contains(&format!("value=\"delete {id}\"")), "{page}");
+        assert!(
+            !page.contains(">false<") && !page.contains(">true<"),
+            "{page}"
+        );
+        let state = page.split("id=\"message-state\">").nth(1).unwrap();
+        assert!(
+            ["queued", "deferred", "delivering"]
+                .iter()
+                .any(|w| state.starts_with(w)),
+            "{state}"
+        );
+        let csrf = web.csrf();
+        let held = web.post_form(
+            "/queue/action",
+            &[("csrf", &csrf), ("one", &format!("hold {id}"))],
+        );
+        assert_eq!(held.status, 303);
+        let page = web.get(&format!("/queue/{id}")).body;
+        assert!(page.contains("id=\"message-state\">held<"), "{page}");
+        assert!(page.contains(&format!("value=\"release {id}\"")), "{page}");
+        // The list says the same word.
+        let rows = web.get("/api/queue").json();
+        assert_eq!(rows["messages"][0]["state"], "held", "{rows}");
+    });
+    server.stop().await;
+}
