@@ -146,3 +146,32 @@ mod tests {
         assert!(err.starts_with("tls.cert"), "{err}");
     }
 }
+
+/// An I/O error in words for logs and delivery results. rustls reports a
+/// peer that hung up without ending TLS as an error whose text carries a
+/// link to its manual; nobody reading our log needs that.
+pub fn describe_io_error(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "the peer closed the connection without ending TLS properly".into();
+    }
+    let text = e.to_string();
+    match text.find(": https://") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    #[test]
+    fn library_links_are_not_passed_on() {
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        let said = super::describe_io_error(&eof);
+        assert!(!said.contains("https://"), "{said}");
+        let other = std::io::Error::other("bad thing: https://docs.rs/x");
+        assert_eq!(super::describe_io_error(&other), "bad thing");
+    }
+}

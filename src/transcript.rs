@@ -71,6 +71,15 @@ impl Transcripts {
     /// A recorder for one conversation. `tag` says which ("in 127.0.0.2",
     /// "out 192.0.2.7:25"); a number is added so lines of concurrent
     /// conversations can be told apart.
+    /// A recorder whose lines carry `tag` as it is (a session names itself).
+    pub fn recorder_tagged(self: &Arc<Self>, tag: &str) -> Recorder {
+        Recorder {
+            sink: Arc::clone(self),
+            tag: tag.to_string(),
+            masking: false,
+        }
+    }
+
     pub fn recorder(self: &Arc<Self>, tag: &str) -> Recorder {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         Recorder {

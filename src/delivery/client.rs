@@ -281,7 +281,7 @@ impl SmtpConnection {
         )
         .await
         .map_err(|_| ClientError::Timeout("TLS handshake"))?
-        .map_err(|e| ClientError::TlsFailed(e.to_string()))?;
+        .map_err(|e| ClientError::TlsFailed(crate::tls::describe_io_error(&e)))?;
         let version = tls
             .get_ref()
             .1
@@ -591,7 +591,7 @@ impl SmtpConnection {
         })
         .await
         .map_err(|_| ClientError::Timeout("the next hop to take data"))?
-        .map_err(|e| ClientError::Io(e.to_string()))
+        .map_err(|e| ClientError::Io(crate::tls::describe_io_error(&e)))
     }
 
     async fn command(
@@ -671,7 +671,7 @@ impl SmtpConnection {
                 .io
                 .read_buf(&mut self.buf)
                 .await
-                .map_err(|e| ClientError::Io(e.to_string()))?;
+                .map_err(|e| ClientError::Io(crate::tls::describe_io_error(&e)))?;
             if n == 0 {
                 return Err(ClientError::Io("connection closed by the next hop".into()));
             }

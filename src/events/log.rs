@@ -10,6 +10,11 @@ pub struct LogWriter;
 impl Subscriber for LogWriter {
     fn on_event(&self, event: &Event) {
         match event {
+            Event::ConnectionOpened {
+                tls,
+                via_proxy: Some(proxy),
+                ..
+            } => info!(tls, proxy = %proxy, "connect (through a PROXY-protocol load balancer)"),
             Event::ConnectionOpened { tls, .. } => info!(tls, "connect"),
             Event::ConnectionRefused {
                 client,
@@ -100,8 +105,12 @@ impl Subscriber for LogWriter {
                 DeliveryState::Delivered => {
                     info!(queue_id = %queue_id, to = %to, result = %result, delay = %format_args!("{queued_seconds:.3}s"), "recipient delivered")
                 }
+                // Our credentials refused: nothing will go out until the admin acts.
+                DeliveryState::Deferred if result.stage == crate::delivery::Stage::Auth => {
+                    warn!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = %rfc3339(*next_attempt), "recipient deferred: the next hop refused our credentials (check delivery.smarthost_user and its password file)")
+                }
                 DeliveryState::Deferred => {
-                    info!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = next_attempt, "recipient deferred")
+                    info!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = %rfc3339(*next_attempt), "recipient deferred")
                 }
                 DeliveryState::Failed => {
                     warn!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, "recipient failed permanently")
@@ -164,4 +173,11 @@ impl Subscriber for LogWriter {
             } => info!(command, messages, error = error.as_deref(), "queue command"),
         }
     }
+}
+
+/// A Unix time as RFC 3339 ("2026-12-04T21:30:00Z"), as the log's own stamps.
+fn rfc3339(t: Option<i64>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
 }

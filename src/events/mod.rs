@@ -95,6 +95,9 @@ pub enum Event {
         client: IpAddr,
         listener: ListenerKind,
         tls: bool,
+        /// The load balancer whose PROXY header named the client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via_proxy: Option<IpAddr>,
     },
     ConnectionRefused {
         client: IpAddr,

@@ -514,6 +514,7 @@ async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     // Behind a load balancer, the client is the one its PROXY header names.
+    let mut via_proxy = None;
     let proxied = ctx
         .config
         .listener
@@ -526,7 +527,10 @@ async fn handle_connection(
             return;
         }
         match proxy::read_header(&mut tcp).await {
-            Ok(Some(client)) => peer = client,
+            Ok(Some(client)) => {
+                via_proxy = Some(from);
+                peer = client;
+            }
             Ok(None) => {}
             Err(e) => {
                 warn!(proxy = %from, error = %e, "connection refused: bad PROXY header");
@@ -557,10 +561,6 @@ async fn handle_connection(
     } else {
         SmtpStream::new(Box::new(tcp))
     };
-    let mut stream = stream;
-    if let Some(t) = &ctx.transcripts {
-        stream.record_to(t.recorder(&format!("in {} {}", kind.name(), peer)));
-    }
 
     let offer_starttls = ctx
         .config
@@ -578,6 +578,7 @@ async fn handle_connection(
                 shutdown,
             )
             .offering_starttls(offer_starttls)
+            .via_proxy(via_proxy)
             .run()
             .await;
             drop(slot);

@@ -66,6 +66,10 @@ pub struct Session {
     banned: bool,
     /// The listener offers STARTTLS (its `offer_starttls`).
     listener_offers_starttls: bool,
+    /// The load balancer that sent the PROXY header naming this client.
+    via_proxy: Option<IpAddr>,
+    /// The client's address and port, as the transcript names it.
+    peer: SocketAddr,
     /// What the anti-spam checks found so far.
     check_facts: crate::policy::CheckFacts,
     /// The DNS lists and reverse DNS, asked as soon as the client connected.
@@ -100,6 +104,8 @@ impl Session {
             ip_auth_failures: 0,
             banned: false,
             listener_offers_starttls: true,
+            via_proxy: None,
+            peer,
             check_facts: crate::policy::CheckFacts::default(),
             connect_lookups: None,
             messages: 0,
@@ -153,6 +159,12 @@ impl Session {
         self
     }
 
+    /// The client came through this load balancer (a PROXY header).
+    pub fn via_proxy(mut self, proxy: Option<IpAddr>) -> Session {
+        self.via_proxy = proxy;
+        self
+    }
+
     /// Whether STARTTLS is offered in this session (the listener and the
     /// client's range may hide it).
     fn starttls_offered(&self) -> bool {
@@ -167,11 +179,27 @@ impl Session {
     }
 
     async fn run_in_span(mut self) {
+        if let Some(t) = &self.ctx.transcripts {
+            // The same session number as the log's, and the load balancer's
+            // own address when a PROXY header named the client.
+            let via = self
+                .via_proxy
+                .map(|p| format!(" via proxy {p}"))
+                .unwrap_or_default();
+            let tag = format!(
+                "in {} {} session {}{via}",
+                self.kind.name(),
+                self.peer,
+                self.id
+            );
+            self.stream.record_to(t.recorder_tagged(&tag));
+        }
         self.emit(Event::ConnectionOpened {
             session: self.id,
             client: self.ip,
             listener: self.kind,
             tls: self.stream.tls().is_some(),
+            via_proxy: self.via_proxy,
         });
         if self.checks_apply() {
             self.connect_lookups = self.ctx.checks.start_connect_lookups(self.ip);

@@ -32,7 +32,7 @@ pub enum StreamError {
     Timeout,
     #[error("connection closed by client")]
     Closed,
-    #[error("I/O error: {0}")]
+    #[error("I/O error: {}", crate::tls::describe_io_error(.0))]
     Io(#[from] io::Error),
 }
 

@@ -13,6 +13,7 @@ mod durability;
 mod full_disk;
 mod guard;
 mod hostile;
+mod logs;
 mod packaging;
 mod postfix;
 mod protocol;

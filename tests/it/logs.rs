@@ -1,0 +1,93 @@
+//! What an admin reads: the log and the transcripts of a real server process.
+
+use crate::support::WAIT;
+use crate::support::client::SmtpClient;
+use crate::support::server::{ProcessServer, complete_config};
+use crate::support::sink::{Behaviour, Sink};
+use crate::support::tls::TestCa;
+use std::time::{Duration, Instant};
+
+/// The log and the transcript name a session by the same number; a
+/// deferral's next try is an RFC 3339 time, not Unix seconds; a smart host
+/// refusing our credentials is a warning that says what to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_and_the_transcript_agree_and_speak_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let isp = Sink::start(
+        "127.0.0.74",
+        0,
+        Behaviour {
+            require_auth: Some(("office".into(), "the real one".into())),
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let pass = dir.path().join("smarthost.pass");
+    std::fs::write(&pass, "an expired one\n").unwrap();
+    let transcripts = dir.path().join("transcripts");
+    let toml = format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[log]\ntranscript = \"{}\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\nsmarthost_user = \"office\"\nsmarthost_password_file = \"{}\"\nretry_schedule = [\"1h\"]\n",
+        transcripts.display(),
+        isp.addr,
+        pass.display()
+    );
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, complete_config(&toml, dir.path(), &ca)).unwrap();
+    let server = ProcessServer::spawn(&config);
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "pc.office.lan").await;
+    let r = c
+        .send_mail(
+            "a@office.test",
+            &["b@partner.example"],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    c.expect("QUIT", 221).await;
+    assert!(
+        server.wait_for_log("refused our credentials"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+
+    let log = server.log.lock().unwrap().clone();
+    let session = log
+        .lines()
+        .find(|l| l.contains("client=127.0.0.2") && l.contains("session{id="))
+        .and_then(|l| l.split("session{id=").nth(1))
+        .and_then(|rest| rest.split([' ', '}']).next())
+        .unwrap_or_else(|| panic!("no session line: {log}"))
+        .to_string();
+    let start = Instant::now();
+    let transcript = loop {
+        let text: String = std::fs::read_dir(&transcripts)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        if text.contains("QUIT") || start.elapsed() > WAIT {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        transcript.contains(&format!(" session {session} C: EHLO pc.office.lan")),
+        "the transcript names session {session}:\n{transcript}"
+    );
+    let deferred = log
+        .lines()
+        .find(|l| l.contains("refused our credentials"))
+        .unwrap();
+    assert!(deferred.contains(" WARN "), "{deferred}");
+    let next = deferred
+        .split("next=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(next).is_ok(),
+        "next try as RFC 3339, got {next:?}: {deferred}"
+    );
+    assert!(!log.contains("https://docs.rs"), "{log}");
+}
