@@ -22,7 +22,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let config: Config = match toml::from_str(&text) {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("{origin}: {}", e.to_string().trim_end());
+            let msg = format!("{origin}: {}", crate::config::parse_error_text(&e, &text));
             if args.json {
                 outln!(
                     "{}",

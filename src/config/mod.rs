@@ -8,6 +8,7 @@ mod duration;
 mod guard;
 mod net;
 mod validate;
+mod words;
 
 pub use admin::AdminConfig;
 pub use checks::{
@@ -459,6 +460,15 @@ pub enum ConfigError {
     },
 }
 
+/// A TOML error as serde says it, then in words when that helps.
+pub fn parse_error_text(e: &toml::de::Error, text: &str) -> String {
+    let said = e.to_string().trim_end().to_string();
+    match words::in_words(e, text) {
+        Some(words) => format!("{said}\nin words: {words}"),
+        None => said,
+    }
+}
+
 impl Config {
     /// The embedded safe default.
     pub fn embedded_default() -> Config {
@@ -479,7 +489,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: parse_error_text(&e, text),
         })?;
         if let Some(f) = validate::findings(&config)
             .into_iter()
