@@ -4,7 +4,7 @@
 //! 1,440 minute buckets, whatever the load.
 
 use super::{DeliveryState, Event, ReportKind, Subscriber};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +14,7 @@ const KEPT_EVENTS: usize = 5_000;
 const MINUTES: usize = 24 * 60;
 
 /// What the dashboard counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activity {
     pub received: u64,
     pub delivered: u64,
@@ -173,6 +173,53 @@ impl History {
         out
     }
 
+    /// The minute counts, oldest first, to be kept across a restart.
+    pub fn activity(&self) -> Vec<(i64, Activity)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.minutes.iter().copied().collect()
+    }
+
+    /// Takes back the minute counts a previous run kept (before any event of
+    /// this run; older than a day, out of order or repeated minutes are dropped).
+    pub fn restore_activity(&self, minutes: Vec<(i64, Activity)>, now: i64) {
+        let oldest = now.div_euclid(60) - MINUTES as i64;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept: VecDeque<(i64, Activity)> = VecDeque::new();
+        for (m, a) in minutes {
+            if m > oldest && kept.back().is_none_or(|(last, _)| *last < m) {
+                kept.push_back((m, a));
+            }
+        }
+        for (m, a) in std::mem::take(&mut inner.minutes) {
+            match kept.back_mut() {
+                Some((last, sum)) if *last == m => sum.add(&a),
+                Some((last, _)) if *last > m => {}
+                _ => kept.push_back((m, a)),
+            }
+        }
+        inner.minutes = kept;
+    }
+
+    /// Writes the minute counts to `path` (durably: see `fsio`).
+    pub fn save_activity(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec(&self.activity()).map_err(std::io::Error::other)?;
+        crate::fsio::replace(path, &json, crate::fsio::NewFile::PRIVATE)
+    }
+
+    /// Reads what `save_activity` wrote, if anything (a missing or unreadable
+    /// file is an empty history, never a reason not to start).
+    pub fn load_activity(&self, path: &std::path::Path, now: i64) {
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        match serde_json::from_slice::<Vec<(i64, Activity)>>(&bytes) {
+            Ok(minutes) => self.restore_activity(minutes, now),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "the dashboard's saved history is unreadable; starting it afresh")
+            }
+        }
+    }
+
     pub fn events(&self, filter: &EventFilter) -> Vec<Recorded> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let limit = if filter.limit == 0 { 200 } else { filter.limit };
@@ -260,6 +307,25 @@ mod tests {
         let series = h.series(24, 60, t0 + 3600);
         assert_eq!(series[23].refused, 1);
         assert_eq!(series[22].refused, 2);
+    }
+
+    #[test]
+    fn activity_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("activity.json");
+        let t0 = 1_000_000 * 60;
+        let before = History::new();
+        before.record_at(Arc::new(refused("192.0.2.1")), t0);
+        before.record_at(Arc::new(refused("192.0.2.1")), t0 + 120);
+        before.save_activity(&path).unwrap();
+        let after = History::new();
+        after.record_at(Arc::new(refused("192.0.2.3")), t0 + 125);
+        after.load_activity(&path, t0 + 130);
+        assert_eq!(after.totals(60, t0 + 130).refused, 3);
+        // A day later the kept minutes are too old to count.
+        let later = History::new();
+        later.load_activity(&path, t0 + 2 * 86400);
+        assert_eq!(later.totals(24 * 60, t0 + 2 * 86400).refused, 0);
     }
 
     #[test]

@@ -131,6 +131,8 @@ impl Server {
         let admin = crate::admin::AdminListener::bind(&config).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let history = Arc::new(crate::events::History::new());
+        // The dashboard's figures and chart go on across a restart.
+        history.load_activity(&activity_path(&data_dir), crate::queue::unix_now());
         // The guard learns from delivery results, so it is made before the events.
         let guard = Arc::new(crate::guard::Guard::new(
             config.guard.clone(),
@@ -215,6 +217,11 @@ impl Server {
             Arc::clone(&self.ctx.checks).watch_zones(self.ctx.events.clone(), zone_watch.clone()),
         );
         tracker.spawn(Arc::clone(&self.queue).run(self.inbox, shutdown.clone(), grace));
+        tracker.spawn(keep_activity(
+            Arc::clone(&self.history),
+            self.ctx.config.server.data_dir.clone(),
+            shutdown.clone(),
+        ));
         let current = CurrentContext::new(Arc::clone(&self.ctx));
         let server_commands = control::ServerCommands {
             reload: ReloadHandle(self.reload_tx.clone()),
@@ -313,6 +320,7 @@ impl Server {
             }
         }
         tracker.close();
+        save_activity(&self.history, &self.ctx.config.server.data_dir);
         let grace = self.ctx.config.server.shutdown_grace.get();
         info!(active = self.limits.active(), grace = ?grace, "shutting down");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -584,6 +592,37 @@ async fn handle_connection(
             drop(slot);
         }
         Err(r) => refuse(stream, &ctx, r).await,
+    }
+}
+
+/// Where the dashboard's minute counts are kept between runs.
+fn activity_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("activity.json")
+}
+
+fn save_activity(history: &crate::events::History, data_dir: &std::path::Path) {
+    if let Err(e) = history.save_activity(&activity_path(data_dir)) {
+        warn!(error = %crate::tls::describe_io_error(&e), "cannot keep the dashboard's history");
+    }
+}
+
+/// Saves the dashboard's counts every minute, so that even a kill -9 loses
+/// at most a minute of them.
+async fn keep_activity(
+    history: Arc<crate::events::History>,
+    data_dir: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let history = Arc::clone(&history);
+        let dir = data_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || save_activity(&history, &dir)).await;
     }
 }
 

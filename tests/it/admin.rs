@@ -682,3 +682,33 @@ async fn the_message_page_has_words_and_buttons() {
     });
     server.stop().await;
 }
+
+/// The dashboard's figures survive a restart: the minute counts are kept
+/// in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_history_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let users = data.path().join("users");
+    write_users(&users, &[("alice", "wonderland")]);
+    let toml = format!(
+        "[auth]\nusers_file = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\nusers = [\"alice\"]\n[[network]]\nrange = \"127.0.0.10/32\"\nauth = \"none\"\n[delivery]\nretry_schedule = [\"1h\"]\n[[route]]\ndomain = \"hop.example\"\nhost = \"127.0.0.1:1\"\n",
+        users.display()
+    );
+    let spool = data.path().join("spool");
+    let received_today = |server: &TestServer| {
+        let mut web = Web::new(server.admin.unwrap());
+        block(|| {
+            assert_eq!(web.login("alice", "wonderland").status, 303);
+            web.get("/api/dashboard").json()["last_day"]["received"]
+                .as_u64()
+                .unwrap()
+        })
+    };
+    let server = TestServer::start_at(&toml, Some(&spool)).await;
+    send_one(&server, "before the restart").await;
+    assert_eq!(received_today(&server), 1);
+    server.stop().await;
+    let server = TestServer::start_at(&toml, Some(&spool)).await;
+    assert_eq!(received_today(&server), 1, "the count came back");
+    server.stop().await;
+}
