@@ -24,6 +24,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         config.server.data_dir = dir;
     }
     let _log_flush = init_logging(&config);
+    // Every connection is a descriptor: use what the system allows, and keep
+    // one in reserve for when it runs out anyway.
+    let limit = crate::server::descriptors::raise_limit();
+    crate::server::descriptors::keep_reserve();
+    let needed = config.server.max_connections as u64 + 2 * config.delivery.concurrency as u64 + 64;
+    match limit {
+        Some(limit) if limit < needed => tracing::warn!(
+            open_files = limit,
+            needed,
+            "the open-file limit is below max_connections plus deliveries: raise it (LimitNOFILE= in the unit, ulimit -n) or lower server.max_connections"
+        ),
+        _ => {}
+    }
     match &args.config {
         Some(path) => tracing::info!(config = %path.display(), "configuration read"),
         None if std::path::Path::new(super::PACKAGED_CONFIG).exists() => tracing::warn!(

@@ -2,7 +2,7 @@
 //! minute. Slots are held by a guard and given back when it drops, however
 //! the session ends. So that a flood of slow strangers cannot lock the office
 //! out, the last `reserved` slots are kept for privileged clients (trusted
-//! networks and the AUTH-only listeners), strangers' connection rate is
+//! networks; a stranger on an AUTH-only listener is no exception), strangers' connection rate is
 //! capped, and past three quarters of the slots the server is "under
 //! stress": sessions then get short waits (see `stressed`).
 
@@ -65,8 +65,8 @@ impl ConnectionLimits {
         })
     }
 
-    /// A slot for a client at `ip`. `privileged`: a trusted network or an
-    /// AUTH-only listener, which may use the reserved slots and is not rate-capped.
+    /// A slot for a client at `ip`. `privileged`: a trusted network's
+    /// client, which may use the reserved slots and is not rate-capped.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr, privileged: bool) -> Result<Slot, Refusal> {
         let s = &self.settings;
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());

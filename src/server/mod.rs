@@ -2,6 +2,7 @@
 //! enforce connection caps, run a session per connection, shut down gracefully.
 
 mod control;
+pub mod descriptors;
 mod limits;
 pub mod proxy;
 mod reload;
@@ -32,7 +33,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 const LISTEN_BACKLOG: i32 = 1024;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake on an implicit-TLS listener is a few round trips: a
+/// client that has not finished it by then is holding a slot, not talking.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const OPEN_RELAY_REMINDER: Duration = Duration::from_secs(3600);
 
 pub struct Server {
@@ -496,8 +499,15 @@ async fn accept_loop(
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
+            Err(e) if descriptors::exhausted(&e) => {
+                // Out of descriptors: shed one waiting connection with the
+                // reserve, so the backlog does not stall every client.
+                let shed = descriptors::shed_one(&listener).await;
+                warn!(error = %e, shed, listener = %configured, "accept failed: out of file descriptors");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             Err(e) => {
-                // Out of file descriptors and the like: wait a little instead of spinning.
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -548,6 +558,12 @@ async fn handle_connection(
     }
     let ip = peer.ip().to_canonical();
     let admitted = admit(&ctx, &limits, ip, kind);
+    if kind == ListenerKind::Smtps && admitted.is_err() {
+        // Nothing readable can be said before TLS on an implicit-TLS port,
+        // and a refused client must not hold a descriptor through a
+        // handshake: closed at once (the refusal is already logged).
+        return;
+    }
     let stream = if kind == ListenerKind::Smtps {
         let Some(acceptor) = ctx.tls.clone() else {
             return;
@@ -649,8 +665,10 @@ fn admit(
         refused(ConnectionRefusal::Banned);
         return Err(reply::BANNED);
     }
-    // Trusted networks and AUTH-only listeners may use the reserved slots.
-    let privileged = kind.requires_auth() || ctx.policy.is_trusted(ip);
+    // Only trusted networks may use the reserved slots and skip the rate
+    // cap. Privilege comes with trust (or AUTH, which is not known yet),
+    // not with the port: a stranger on 587 or 465 is still a stranger.
+    let privileged = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
     limits
         .acquire(ip, privileged)
         .map_err(|refusal| match refusal {

@@ -276,3 +276,84 @@ async fn a_strangers_connection_rate_is_capped() {
         c.expect("QUIT", 221).await;
     }
 }
+
+/// Strangers on the submission port are strangers: they do not get the
+/// slots reserved for the trusted LAN (privilege comes with trust, not the
+/// port), so a flood of idle connections to 587 leaves the office its way in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_submission_port_leave_the_reserved_slots_to_the_lan() {
+    let server = TestServer::start(&format!(
+        "[server]\nmax_connections = 20\nmax_connections_per_ip = 5\nreserved_connections = 4\n[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n{CLOSED_LAN}"
+    ))
+    .await;
+    let submission = server.addr_of(portcullis::config::ListenerKind::Submission);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..20 {
+        let source = format!("127.0.3.{}", 30 + i / 5);
+        let mut c = SmtpClient::connect_raw(submission, &source).await;
+        match c.read_reply().await.code {
+            220 => held.push(c),
+            421 => refused += 1,
+            other => panic!("unexpected banner {other}"),
+        }
+    }
+    assert_eq!(
+        (held.len(), refused),
+        (16, 4),
+        "the reserved slots stay free"
+    );
+    let mut office = SmtpClient::greeted(server.addr(), "127.0.0.2", "office.test").await;
+    let r = office
+        .send_mail(
+            "app@example.lan",
+            &["boss@example.lan"],
+            b"Subject: in\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    drop(held);
+}
+
+/// Bare connections to an implicit-TLS listener from one address: those the
+/// caps refuse are closed at once instead of being taken through a TLS
+/// handshake, so they cannot pile up descriptors; under a small open-file
+/// limit the trusted LAN on port 25 is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_connections_to_smtps_cannot_exhaust_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::TestCa::generate(dir.path());
+    let smtp = crate::support::free_port("127.0.0.1");
+    let smtps = crate::support::free_port("127.0.0.1");
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        crate::support::server::complete_config(
+            &format!(
+                "[server]\nmax_connections_per_ip = 20\n[[listener]]\naddress = \"127.0.0.1:{smtp}\"\nkind = \"smtp\"\n[[listener]]\naddress = \"127.0.0.1:{smtps}\"\nkind = \"smtps\"\n{CLOSED_LAN}"
+            ),
+            dir.path(),
+            &ca,
+        ),
+    )
+    .unwrap();
+    let server = crate::support::server::ProcessServer::spawn_with_open_files(&config, 256);
+    let target: std::net::SocketAddr = format!("127.0.0.1:{smtps}").parse().unwrap();
+    let mut bare = Vec::new();
+    for _ in 0..400 {
+        bare.push(crate::support::client::tcp_from("127.0.3.60", target).await);
+    }
+    // Give the server the time to take them all in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        open < 150,
+        "{open} descriptors open for 400 bare connections"
+    );
+    let lan: std::net::SocketAddr = format!("127.0.0.1:{smtp}").parse().unwrap();
+    let mut office = SmtpClient::connect_raw(lan, "127.0.0.2").await;
+    assert_eq!(office.read_reply().await.code, 220, "the LAN is answered");
+    drop(bare);
+}

@@ -152,7 +152,21 @@ pub fn binary() -> &'static str {
 impl ProcessServer {
     /// Starts `portcullis serve --config FILE` and waits for its "listening on" line.
     pub fn spawn(config_path: &Path) -> ProcessServer {
-        let mut child = Command::new(binary())
+        Self::spawn_command(Command::new(binary()), config_path)
+    }
+
+    /// The same, with at most `open_files` descriptors (util-linux's prlimit
+    /// sets the limit and runs the server in its place).
+    pub fn spawn_with_open_files(config_path: &Path, open_files: u32) -> ProcessServer {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg(binary());
+        Self::spawn_command(command, config_path)
+    }
+
+    fn spawn_command(mut command: Command, config_path: &Path) -> ProcessServer {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config_path)
             .env("RUST_LOG", "info")
