@@ -19,7 +19,7 @@ pub fn raise_limit() -> Option<u64> {
         && cur < max
     {
         limit.current = Some(max);
-        if setrlimit(Resource::Nofile, limit.clone()).is_err() {
+        if setrlimit(Resource::Nofile, limit).is_err() {
             limit.current = Some(cur);
         }
     }
