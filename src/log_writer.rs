@@ -160,12 +160,35 @@ impl Drop for FlushOnDrop {
     }
 }
 
+/// A byte that must not reach a terminal or a log reader raw: a client's
+/// ESC sequence could redraw the admin's screen, a CR could hide a line.
+fn is_unsafe_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f
+}
+
+/// `bytes` with every unsafe control byte written as `\xHH`.
+fn escape_controls(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    for &b in bytes {
+        if is_unsafe_control(b) {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// What one log event is written through.
 pub struct Appender<'a>(&'a BatchedWriter);
 
 impl Write for Appender<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.append(buf);
+        if buf.iter().any(|&b| is_unsafe_control(b)) {
+            self.0.append(&escape_controls(buf));
+        } else {
+            self.0.append(buf);
+        }
         Ok(buf.len())
     }
 
@@ -313,5 +336,14 @@ mod tests {
         let text = out.text();
         assert!(text.starts_with("first\n") && text.ends_with("one too many\n"));
         assert_eq!(text.len(), 6 + HIGH_WATER / 1024 * 1024 + 13);
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    #[test]
+    fn control_bytes_are_escaped_and_lines_kept() {
+        let out = super::escape_controls(b"command=\x1b[2J\x1b[H\rok\tthen\n");
+        assert_eq!(out, b"command=\\x1b[2J\\x1b[H\\x0dok\tthen\n");
     }
 }

@@ -77,6 +77,7 @@ impl Transcripts {
             sink: Arc::clone(self),
             tag: tag.to_string(),
             masking: false,
+            after_auth: false,
         }
     }
 
@@ -86,6 +87,7 @@ impl Transcripts {
             sink: Arc::clone(self),
             tag: format!("{tag} #{n}"),
             masking: false,
+            after_auth: false,
         }
     }
 
@@ -106,16 +108,26 @@ pub struct Recorder {
     tag: String,
     /// The server just sent a 334 challenge: the client's next line is a secret.
     masking: bool,
+    /// An AUTH command was the last verb: every line until the next known
+    /// verb may be a credential (a client goes on sending its base64 lines
+    /// after a refused or cancelled AUTH), so none is written.
+    after_auth: bool,
 }
 
 impl Recorder {
     pub fn client(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\r', '\n']);
-        let shown = if std::mem::take(&mut self.masking) {
+        let verb = crate::smtp::command::verb_name(text);
+        let challenged = std::mem::take(&mut self.masking);
+        let shown = if verb == "AUTH" {
+            self.after_auth = true;
+            mask_auth(text)
+        } else if challenged || (self.after_auth && verb == "(unknown)") {
             MASK.to_string()
         } else {
-            mask_auth(text)
+            self.after_auth = false;
+            text.to_string()
         };
         self.write("C:", &shown);
     }
@@ -278,6 +290,14 @@ mod tests {
         r.server("334 UGFzc3dvcmQ6\r\n");
         r.client(b"c2VjcmV0");
         r.server("235 2.7.0 ok\r\n");
+        // A refused AUTH whose client sends its base64 lines all the same.
+        r.client(b"AUTH LOGIN");
+        r.server("503 5.5.1 already authenticated\r\n");
+        r.client(b"Ym9i");
+        r.server("500 5.5.2 unknown command\r\n");
+        r.client(b"aHVudGVyMg==");
+        r.server("500 5.5.2 unknown command\r\n");
+        r.client(b"NOOP");
         r.client(b"QUIT");
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let file = dir.path().join(format!("transcript-{today}.log"));
@@ -288,6 +308,14 @@ mod tests {
         assert!(
             !text.contains("AGFsaWNl") && !text.contains("c2VjcmV0") && !text.contains("YWxpY2U="),
             "{text}"
+        );
+        assert!(
+            !text.contains("Ym9i") && !text.contains("aHVudGVyMg=="),
+            "lines after a refused AUTH are masked: {text}"
+        );
+        assert!(
+            text.contains("C: NOOP"),
+            "a known verb ends the masking: {text}"
         );
         assert!(!dir.path().join("transcript-2000-01-01.log").exists());
         assert!(dir.path().join("notes.txt").exists());

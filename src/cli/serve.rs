@@ -102,7 +102,9 @@ fn init_logging(config: &Config) -> crate::log_writer::FlushOnDrop {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config.log.level.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // No colours: every control byte is escaped in the log (see log_writer),
+    // so that a client's terminal escapes can never reach the admin's screen.
+    let ansi = false;
     let (writer, flush) = crate::log_writer::BatchedWriter::start(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

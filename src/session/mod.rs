@@ -318,7 +318,10 @@ impl Session {
                 return Ok(Some((reply::HTTP_REFUSED, Flow::Close)));
             }
             Err(Unparsed::Reply(r)) => {
-                info!(command = %text.split(' ').next().unwrap_or_default().chars().take(16).collect::<String>(), reply = %r, "command refused");
+                // Only a known verb is logged, never what followed it: a
+                // refused line may be a password (sent after a refused AUTH)
+                // or a terminal escape.
+                info!(command = command::verb_name(&text), reply = %r, "command refused");
                 return Ok(Some((r, Flow::Continue)));
             }
         };

@@ -175,6 +175,21 @@ fn address_reply(e: AddressError, what: &'static str) -> Unparsed {
     ))
 }
 
+/// The verb of a command line for the log: one of the SMTP verbs we know,
+/// or "(unknown)". Never the client's own words.
+pub fn verb_name(line: &str) -> &'static str {
+    const VERBS: [&str; 14] = [
+        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN",
+        "HELP", "STARTTLS", "AUTH",
+    ];
+    let word = line.split([' ', ':']).next().unwrap_or_default();
+    VERBS
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(word))
+        .copied()
+        .unwrap_or("(unknown)")
+}
+
 fn parse_mail(args: &str) -> Result<Command, Unparsed> {
     let Some(rest) = strip_keyword(args, "FROM:") else {
         return Err(Unparsed::Reply(Reply::new(

@@ -91,3 +91,37 @@ async fn the_log_and_the_transcript_agree_and_speak_plainly() {
     );
     assert!(!log.contains("https://docs.rs"), "{log}");
 }
+
+/// A refused command is logged as its verb from a fixed list, never its
+/// words (a password sent after a refused AUTH, a terminal escape), and no
+/// control byte reaches the log raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_leave_neither_secrets_nor_escapes_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        complete_config(
+            "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n",
+            dir.path(),
+            &ca,
+        ),
+    )
+    .unwrap();
+    let server = ProcessServer::spawn(&config);
+    let mut c = SmtpClient::greeted(server.addr, "127.0.3.70", "x.test").await;
+    c.send_raw(b"YWxpY2VwYXNzd29yZA==\r\n").await;
+    assert!(c.read_reply().await.code >= 500);
+    c.send_raw(b"\x1b[2J\x1b[Hwipe\r\n").await;
+    assert!(c.read_reply().await.code >= 500);
+    c.send_raw(b"HELO\rhidden\r\n").await;
+    let _ = c.read_reply().await;
+    c.expect("QUIT", 221).await;
+    assert!(server.wait_for_log("command refused"));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log.lock().unwrap().clone();
+    assert!(!log.contains("YWxpY2Vw"), "{log}");
+    assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
+    assert!(log.contains("command=\"(unknown)\""), "{log}");
+}
