@@ -134,5 +134,87 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/bans/lift", post(pages::lift_ban))
         .route("/api/settings", get(api::settings))
         .route("/api/diagnostics/relay-test", post(api::relay_test))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            known_host_only,
+        ))
         .with_state(state)
+}
+
+/// Refuses a request whose Host header is a name this page was not given:
+/// DNS rebinding points an attacker's name at 127.0.0.1, and the browser
+/// then sends that name. IP literals, `localhost`, the server's host name
+/// and `[admin] hostnames` are ours.
+async fn known_host_only(
+    axum::extract::State(state): axum::extract::State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let config = state.current.get().config.clone();
+    if host_is_ours(host, &config) {
+        next.run(request).await
+    } else {
+        tracing::warn!(host = %host.escape_default(), "admin page: request for an unknown Host refused (DNS rebinding?)");
+        (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            "this admin page does not answer to that host name; list it in [admin] hostnames",
+        )
+            .into_response()
+    }
+}
+
+/// Whether `host` (a Host header: name or address, with or without a port)
+/// names this admin page.
+fn host_is_ours(host: &str, config: &crate::config::Config) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return false;
+    }
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || name == config.hostname().to_ascii_lowercase()
+        || config
+            .admin
+            .hostnames
+            .iter()
+            .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn only_our_names_and_addresses_are_answered() {
+        let config = crate::config::Config::parse(
+            "[server]\nhostname = \"relay.example.lan\"\n[admin]\naddress = \"127.0.0.1:8025\"\nhostnames = [\"mail-admin.example.lan\"]\n",
+            "t",
+        )
+        .unwrap();
+        for ok in [
+            "127.0.0.1:8025",
+            "[::1]:8025",
+            "localhost:8025",
+            "relay.example.lan:8025",
+            "MAIL-ADMIN.example.lan",
+        ] {
+            assert!(super::host_is_ours(ok, &config), "{ok}");
+        }
+        for bad in [
+            "rebind.evil.example:8025",
+            "",
+            "evil.example",
+            "localhost.evil.example",
+        ] {
+            assert!(!super::host_is_ours(bad, &config), "{bad}");
+        }
+    }
 }

@@ -26,6 +26,10 @@ pub struct AdminConfig {
     pub session_idle: ConfigDuration,
     /// How long a login lasts at most.
     pub session_lifetime: ConfigDuration,
+    /// Host names the page answers to besides IP literals, `localhost` and
+    /// `server.hostname`: any other Host header is refused, so that a web
+    /// page elsewhere cannot reach a loopback admin page through DNS rebinding.
+    pub hostnames: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -38,6 +42,7 @@ impl Default for AdminConfig {
             key: None,
             session_idle: ConfigDuration::secs(30 * 60),
             session_lifetime: ConfigDuration::secs(12 * 3600),
+            hostnames: Vec::new(),
         }
     }
 }

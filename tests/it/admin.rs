@@ -712,3 +712,36 @@ async fn the_dashboard_history_survives_a_restart() {
     assert_eq!(received_today(&server), 1, "the count came back");
     server.stop().await;
 }
+
+/// DNS rebinding: a page elsewhere points its own name at 127.0.0.1, and
+/// the browser sends that name as Host. The admin page answers only to its
+/// addresses and names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_answers_only_to_its_own_host_names() {
+    let server = admin_server("").await;
+    let addr = server.admin.unwrap();
+    let ask = |host: String| {
+        block(|| {
+            use std::io::{Read, Write};
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                tcp,
+                "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut answer = String::new();
+            let _ = tcp.read_to_string(&mut answer);
+            answer
+        })
+    };
+    let evil = ask(format!("rebind.evil.example:{}", addr.port()));
+    assert!(evil.starts_with("HTTP/1.1 421"), "{evil}");
+    assert!(!evil.contains("portcullis_"), "no metrics for the rebinder");
+    let ours = ask(format!("127.0.0.1:{}", addr.port()));
+    assert!(ours.starts_with("HTTP/1.1 200"), "{ours}");
+    let named = ask(format!("localhost:{}", addr.port()));
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+    server.stop().await;
+}
