@@ -24,6 +24,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         config.server.data_dir = dir;
     }
     let _log_flush = init_logging(&config);
+    // Queued mail, tokens and keys are nobody else's business: whatever
+    // umask we were started with, what we create is ours alone (0600 files,
+    // 0700 directories), and a data directory open to every local user is
+    // closed to them.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    close_to_others(&config.server.data_dir);
     // Every connection is a descriptor: use what the system allows, and keep
     // one in reserve for when it runs out anyway.
     let limit = crate::server::descriptors::raise_limit();
@@ -119,4 +125,31 @@ fn init_logging(config: &Config) -> crate::log_writer::FlushOnDrop {
         (LogFormat::Text, false) => builder.init(),
     }
     flush
+}
+
+/// Takes the permissions of "other" users away from an existing data
+/// directory (a group, as the package's 0750, is left as it is).
+fn close_to_others(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return; // made at start, under our umask
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o007 != 0 {
+        let closed = mode & !0o007;
+        match std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(closed)) {
+            Ok(()) => tracing::warn!(
+                data_dir = %data_dir.display(),
+                "the data directory was open to every local user (mode {:o}); now {:o}",
+                mode & 0o7777,
+                closed & 0o7777
+            ),
+            Err(e) => tracing::warn!(
+                data_dir = %data_dir.display(),
+                error = %e,
+                "the data directory is open to every local user (mode {:o}) and cannot be closed: chmod o-rwx it",
+                mode & 0o7777
+            ),
+        }
+    }
 }

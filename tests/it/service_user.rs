@@ -8,7 +8,7 @@ use crate::support::server::binary;
 use crate::support::tls::TestCa;
 use crate::support::{WAIT, run_with_timeout};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -162,4 +162,64 @@ fn a_transcript_directory_the_service_cannot_write_stops_check_config() {
     std::os::unix::fs::chown(&transcripts, Some(NOBODY), Some(NOBODY)).unwrap();
     let (ok, out, err) = install.as_service_user(&["check-config"]);
     assert!(ok, "{out}{err}");
+}
+
+/// Whatever umask the server starts with, another local user reads nothing
+/// of the queue: the data directory is 0700 and every file in it 0600; an
+/// existing directory open to others is closed to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_mail_is_not_readable_by_other_local_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        crate::support::server::complete_config(
+            "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n",
+            dir.path(),
+            &ca,
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    // Started under a permissive umask, as a shell may leave it.
+    let mut command = Command::new("sh");
+    command.args(["-c", "umask 000; exec \"$0\" serve --config \"$1\""]);
+    let server = crate::support::server::ProcessServer::spawn_shell(command, binary(), &config);
+    let mut c =
+        crate::support::client::SmtpClient::greeted(server.addr, "127.0.0.2", "pc.lan").await;
+    let r = c
+        .send_mail(
+            "a@office.test",
+            &["b@far.example"],
+            b"Subject: private\r\n\r\nsalary list\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    assert_eq!(
+        owner_and_mode(&data).2 & 0o077,
+        0,
+        "data_dir is the owner's alone"
+    );
+    let mut open_to_others = Vec::new();
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let mode = owner_and_mode(&p).2;
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            if mode & 0o077 != 0 && e.file_type().map(|t| !t.is_socket()).unwrap_or(true) {
+                open_to_others.push(format!("{} {:o}", p.display(), mode));
+            }
+        }
+    }
+    assert!(open_to_others.is_empty(), "{open_to_others:#?}");
+    drop(server);
+
+    // A data directory someone made world-readable is closed at the next start.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _again = crate::support::server::ProcessServer::spawn(&config);
+    assert_eq!(owner_and_mode(&data).2 & 0o007, 0);
 }

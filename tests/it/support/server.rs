@@ -165,10 +165,20 @@ impl ProcessServer {
         Self::spawn_command(command, config_path)
     }
 
+    /// Through a shell script `command` that runs `$0 serve --config "$1"`
+    /// (to set a umask or a limit first).
+    pub fn spawn_shell(mut command: Command, binary: &str, config_path: &Path) -> ProcessServer {
+        command.arg(binary).arg(config_path);
+        Self::start_child(command)
+    }
+
     fn spawn_command(mut command: Command, config_path: &Path) -> ProcessServer {
+        command.args(["serve", "--config"]).arg(config_path);
+        Self::start_child(command)
+    }
+
+    fn start_child(mut command: Command) -> ProcessServer {
         let mut child = command
-            .args(["serve", "--config"])
-            .arg(config_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
