@@ -125,9 +125,14 @@ pub struct ServerConfig {
     pub max_text_line: usize,
     /// Failed commands allowed in one session before it is closed.
     pub max_errors: u32,
+    /// Commands that do nothing (NOOP, RSET, VRFY, EXPN, HELP) allowed
+    /// between two accepted messages before the session is closed; a tenth
+    /// of it while the server is under stress. Such commands never keep a
+    /// session alive past `stress_timeout` under stress.
+    pub max_junk_commands: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
-    /// Slots kept for trusted networks and AUTH-only listeners; max_connections / 10 when absent.
+    /// Slots kept for trusted networks; max_connections / 10 when absent.
     pub reserved_connections: Option<usize>,
     /// New connections per minute from one address outside the trusted networks (0 = no cap).
     pub max_connection_rate_per_ip: u32,
@@ -172,6 +177,7 @@ impl Default for ServerConfig {
             max_command_line: 512,
             max_text_line: 1000,
             max_errors: 20,
+            max_junk_commands: 100,
             max_connections: 200,
             max_connections_per_ip: 20,
             reserved_connections: None,

@@ -66,6 +66,12 @@ pub struct Session {
     banned: bool,
     /// The listener offers STARTTLS (its `offer_starttls`).
     listener_offers_starttls: bool,
+    /// Commands that did nothing (NOOP, RSET, VRFY, EXPN, HELP) since the
+    /// last accepted message.
+    junk: u32,
+    /// When the client last sent a command that does something: under
+    /// stress, junk commands do not keep a session alive.
+    last_useful: Instant,
     /// The load balancer that sent the PROXY header naming this client.
     via_proxy: Option<IpAddr>,
     /// The client's address and port, as the transcript names it.
@@ -104,6 +110,8 @@ impl Session {
             ip_auth_failures: 0,
             banned: false,
             listener_offers_starttls: true,
+            junk: 0,
+            last_useful: Instant::now(),
             via_proxy: None,
             peer,
             check_facts: crate::policy::CheckFacts::default(),
@@ -131,9 +139,33 @@ impl Session {
         self.deadline(d)
     }
 
-    /// Until when the next command line must have arrived.
+    /// Until when the next command line must have arrived. Under stress a
+    /// client has `stress_timeout` from its last useful command, however
+    /// many NOOPs it sends meanwhile.
     fn command_deadline(&self) -> Instant {
-        self.wait_deadline(self.ctx.config.server.command_timeout.get())
+        let wait = self.wait_deadline(self.ctx.config.server.command_timeout.get());
+        if self.ctx.limits.stressed() {
+            wait.min(self.last_useful + self.ctx.config.server.stress_timeout.get())
+        } else {
+            wait
+        }
+    }
+
+    /// Counts a command that does nothing; the reply that closes the
+    /// session once there were too many.
+    fn junk_command(&mut self) -> Option<Reply> {
+        self.junk += 1;
+        let mut limit = self.ctx.config.server.max_junk_commands.max(1);
+        if self.ctx.limits.stressed() {
+            limit = (limit / 10).max(1);
+        }
+        (self.junk > limit).then(|| {
+            warn!(
+                junk = self.junk,
+                "too many commands that do nothing; closing"
+            );
+            reply::TOO_MUCH_JUNK
+        })
     }
 
     /// Until when the next piece of message data must have arrived.
@@ -331,6 +363,26 @@ impl Session {
     /// The verbs that wait on the network or the disk run boxed: their state
     /// then exists only while they run, and an idle session stays small.
     async fn dispatch(&mut self, cmd: Command) -> Result<Option<(Reply, Flow)>, StreamError> {
+        let junk = matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Expn | Command::Help
+        );
+        if junk {
+            if let Some(closing) = self.junk_command() {
+                return Ok(Some((closing, Flow::Close)));
+            }
+        } else {
+            self.last_useful = Instant::now();
+        }
+        let message_ends = matches!(cmd, Command::Data | Command::Bdat { last: true, .. });
+        let outcome = self.dispatch_verb(cmd).await?;
+        if message_ends && matches!(&outcome, Some((r, _)) if r.code == 250) {
+            self.junk = 0;
+        }
+        Ok(outcome)
+    }
+
+    async fn dispatch_verb(&mut self, cmd: Command) -> Result<Option<(Reply, Flow)>, StreamError> {
         let reply = match cmd {
             Command::Helo(name) => self.helo(name, false),
             Command::Ehlo(name) => self.helo(name, true),

@@ -357,3 +357,60 @@ async fn bare_connections_to_smtps_cannot_exhaust_descriptors() {
     assert_eq!(office.read_reply().await.code, 220, "the LAN is answered");
     drop(bare);
 }
+
+/// NOOP, RSET, VRFY, EXPN and HELP do nothing: a session is closed after
+/// `max_junk_commands` of them between two messages (an accepted message
+/// starts the count again), and under stress NOOPs every few seconds no
+/// longer keep an idle stranger's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_do_nothing_cannot_hold_a_slot() {
+    let server = TestServer::start(&format!(
+        "[server]\nmax_junk_commands = 20\nmax_connections = 8\nmax_connections_per_ip = 8\nreserved_connections = 1\nstress_timeout = \"1s\"\n{CLOSED_LAN}"
+    ))
+    .await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.3.80", "idle.test").await;
+    for _ in 0..20 {
+        c.expect("NOOP", 250).await;
+    }
+    let r = c
+        .send_mail(
+            "a@x.test",
+            &["b@example.lan"],
+            b"Subject: real\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "a message starts the count again");
+    for _ in 0..10 {
+        c.expect("RSET", 250).await;
+        c.expect("NOOP", 250).await;
+    }
+    let r = c.cmd("VRFY someone").await;
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(c.closed().await);
+
+    // Under stress (6 of 8 slots taken), a NOOP every 300 ms keeps no one
+    // past stress_timeout.
+    let mut holders = Vec::new();
+    for i in 0..6 {
+        holders.push(
+            SmtpClient::greeted(server.addr(), &format!("127.0.3.{}", 81 + i), "idle.test").await,
+        );
+    }
+    let started = Instant::now();
+    let mut nooper = holders.pop().unwrap();
+    let mut cut_off = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = nooper.cmd("NOOP").await;
+        if r.code == 421 {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(
+        cut_off,
+        "NOOPs kept a stressed server's slot for {:?}",
+        started.elapsed()
+    );
+    drop(holders);
+}
