@@ -9,9 +9,9 @@
 //! - an unknown user is checked against a dummy hash, so that a wrong name takes
 //!   as long as a wrong password and names cannot be probed by timing.
 
-use crate::users::{UserDb, UsersError, hash_password, verify_password};
+use crate::users::{UserDb, UsersError, verify_password};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
 /// Attempts allowed to wait for a permit, per permit.
@@ -70,8 +70,9 @@ impl CredentialChecker {
             Ok(match stored {
                 Some(hash) => verify_password(&password, &hash),
                 None => {
-                    // Same work as for a real user, same answer as a wrong password.
-                    let _ = verify_password(&password, dummy_hash());
+                    // Same work as for a real user of the file (same scheme
+                    // and cost), same answer as a wrong password.
+                    let _ = verify_password(&password, &users.dummy_hash());
                     false
                 }
             })
@@ -126,19 +127,10 @@ impl Drop for WaitingSlot<'_> {
     }
 }
 
-/// An argon2id hash of a random password, made with the same parameters as
-/// `portcullis user add` uses, computed once.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let secret: [u8; 16] = rand::random();
-        hash_password(&format!("{secret:?}")).unwrap_or_default()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::users::hash_password;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 

@@ -119,6 +119,42 @@ fn is_bcrypt(hash: &str) -> bool {
         .any(|p| hash.starts_with(p))
 }
 
+/// A hash's scheme and cost, without its salt and digest.
+fn cost_of(hash: &str) -> String {
+    if is_bcrypt(hash) {
+        return hash.get(..7).unwrap_or_default().to_string();
+    }
+    hash.split('$').take(4).collect::<Vec<_>>().join("$")
+}
+
+/// The hash of a random password made like `sample` (same scheme and
+/// cost); argon2id with our defaults when `sample` is empty or unreadable.
+fn dummy_like(sample: &str) -> String {
+    let secret = format!("{:?}", rand::random::<[u8; 16]>());
+    if is_bcrypt(sample) {
+        let cost = sample
+            .get(4..6)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        if let Ok(h) = bcrypt::hash(&secret, cost) {
+            return h;
+        }
+    }
+    if let Ok(parsed) = PasswordHash::new(sample)
+        && let Ok(params) = argon2::Params::try_from(&parsed)
+        && let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm)
+    {
+        let salt_bytes: [u8; 16] = rand::random();
+        if let Ok(salt) = SaltString::encode_b64(&salt_bytes) {
+            let argon = argon2::Argon2::new(algorithm, argon2::Version::V0x13, params);
+            if let Ok(h) = argon.hash_password(secret.as_bytes(), &salt) {
+                return h.to_string();
+            }
+        }
+    }
+    hash_password(&secret).unwrap_or_default()
+}
+
 /// Checks a password against a stored hash. Slow on purpose: call off the async threads.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     if is_bcrypt(hash) {
@@ -137,6 +173,10 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 pub struct UserDb {
     path: PathBuf,
     cache: Mutex<(Option<SystemTime>, Users)>,
+    /// Hashes of random passwords, by scheme and cost ("$2y$05$",
+    /// "$argon2id$v=19$m=19456,t=2,p=1"): an unknown name is checked
+    /// against one made like the file's own, so that it takes as long.
+    dummies: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl UserDb {
@@ -144,7 +184,43 @@ impl UserDb {
         Self {
             path,
             cache: Mutex::new((None, Users::new())),
+            dummies: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// A hash to check an unknown name's password against: of the scheme
+    /// and cost most users of the file have (argon2id as `user add` makes
+    /// it when the file is empty), so that a wrong name and a wrong
+    /// password take the same time whatever the file holds.
+    pub fn dummy_hash(&self) -> String {
+        let kind = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts: std::collections::HashMap<String, (usize, String)> =
+                std::collections::HashMap::new();
+            for hash in cache.1.values() {
+                let entry = counts.entry(cost_of(hash)).or_insert((0, hash.clone()));
+                entry.0 += 1;
+            }
+            counts
+                .into_iter()
+                .max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| a.0.cmp(&b.0)))
+                .map(|(cost, (_, sample))| (cost, sample))
+        };
+        let (cost, sample) = kind.unwrap_or_default();
+        if let Some(d) = self
+            .dummies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cost)
+        {
+            return d.clone();
+        }
+        let dummy = dummy_like(&sample);
+        self.dummies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cost, dummy.clone());
+        dummy
     }
 
     /// The stored hash for `name`, reading the file again if it changed.
@@ -173,6 +249,30 @@ mod tests {
         assert!(verify_password("pw", &b));
         assert!(!verify_password("nope", &b));
         assert!(!verify_password("pw", "garbage"));
+    }
+
+    #[test]
+    fn an_unknown_name_is_checked_against_a_hash_like_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let mut users = Users::new();
+        users.insert(
+            "a".into(),
+            bcrypt::hash("x", 5).unwrap().replacen("$2b$", "$2y$", 1),
+        );
+        users.insert("b".into(), bcrypt::hash("y", 5).unwrap());
+        write_users(&path, &users, None).unwrap();
+        let db = UserDb::new(path.clone());
+        assert!(db.hash_of("nobody").unwrap().is_none());
+        let dummy = db.dummy_hash();
+        assert!(
+            is_bcrypt(&dummy) && dummy.get(3..7) == Some("$05$"),
+            "{dummy}"
+        );
+        assert_eq!(db.dummy_hash(), dummy, "made once");
+        let empty = UserDb::new(dir.path().join("none"));
+        let _ = empty.hash_of("x");
+        assert!(empty.dummy_hash().starts_with("$argon2id$"));
     }
 
     #[test]
