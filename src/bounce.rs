@@ -38,6 +38,37 @@ pub fn status_of(result: &AttemptResult, kind: ReportKind) -> String {
     }
 }
 
+/// What of the original a report carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// The whole message.
+    Full,
+    /// Its whole header section.
+    Headers,
+    /// A few identifying header fields, capped (`SUMMARY_FIELDS`, at most
+    /// `SUMMARY_BYTES`): for mail from strangers, whose forged sender would
+    /// otherwise get back whatever the stranger put in (backscatter).
+    Summary,
+}
+
+impl From<BounceAttach> for Attach {
+    fn from(a: BounceAttach) -> Attach {
+        match a {
+            BounceAttach::Full => Attach::Full,
+            BounceAttach::Headers => Attach::Headers,
+        }
+    }
+}
+
+/// The header fields a stranger's bounce carries, enough to recognise the message.
+const SUMMARY_FIELDS: [&str; 6] = ["from", "to", "cc", "subject", "date", "message-id"];
+/// The most a stranger's bounce carries of the original.
+const SUMMARY_BYTES: usize = 4096;
+/// The most of one field kept (RFC 5322's line limit).
+const SUMMARY_FIELD_BYTES: usize = 998;
+/// How far into the original the header section is looked for.
+const HEADER_SCAN_BYTES: usize = 64 * 1024;
+
 /// Builds the DSN message (headers and body, CRLF line ends).
 pub fn build(
     kind: ReportKind,
@@ -45,7 +76,7 @@ pub fn build(
     original: &Envelope,
     original_body: &[u8],
     recipients: &[ReportedRecipient],
-    attach: BounceAttach,
+    attach: Attach,
     bounce_id: &str,
 ) -> Vec<u8> {
     let now = chrono::Utc::now().to_rfc2822();
@@ -124,9 +155,14 @@ pub fn build(
     m.push_str("\r\n");
 
     // Part 3: the original.
+    let summary;
     let (ctype, content): (&str, &[u8]) = match attach {
-        BounceAttach::Full => ("message/rfc822", original_body),
-        BounceAttach::Headers => ("text/rfc822-headers", headers_of(original_body)),
+        Attach::Full => ("message/rfc822", original_body),
+        Attach::Headers => ("text/rfc822-headers", headers_of(original_body)),
+        Attach::Summary => {
+            summary = summary_of(original_body);
+            ("text/rfc822-headers", summary.as_slice())
+        }
     };
     let cte = if content.is_ascii() { "7bit" } else { "8bit" };
     m.push_str(&format!("--{boundary}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\nContent-Description: the original message\r\n\r\n"));
@@ -149,6 +185,46 @@ fn headers_of(body: &[u8]) -> &[u8] {
         Some(p) => &body[..p + 4],
         None => body,
     }
+}
+
+/// The identifying fields of the original's header section, each cut to
+/// one line's length, all together at most `SUMMARY_BYTES`.
+fn summary_of(body: &[u8]) -> Vec<u8> {
+    let scanned = &body[..body.len().min(HEADER_SCAN_BYTES)];
+    let head = match memchr::memmem::find(scanned, b"\r\n\r\n") {
+        Some(p) => &scanned[..p + 2],
+        None => scanned,
+    };
+    let mut out = Vec::new();
+    let mut field: Vec<u8> = Vec::new();
+    let keep = |field: &[u8], out: &mut Vec<u8>| {
+        let name = field.iter().position(|&b| b == b':').map(|p| {
+            String::from_utf8_lossy(&field[..p])
+                .trim()
+                .to_ascii_lowercase()
+        });
+        if name.is_some_and(|n| SUMMARY_FIELDS.contains(&n.as_str())) {
+            let line = &field[..field.len().min(SUMMARY_FIELD_BYTES)];
+            if out.len() + line.len() + 2 <= SUMMARY_BYTES {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    };
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            // A folded line: part of the field above, unfolded.
+            field.push(b' ');
+            field.extend(line.iter().skip_while(|b| matches!(b, b' ' | b'\t')));
+            continue;
+        }
+        keep(&field, &mut out);
+        field.clear();
+        field.extend_from_slice(line);
+    }
+    keep(&field, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -191,7 +267,7 @@ mod tests {
             &env,
             original,
             &rcpts,
-            BounceAttach::Full,
+            Attach::Full,
             "FEDCBA9876543210FF",
         ))
         .unwrap();
@@ -207,12 +283,32 @@ mod tests {
             &env,
             original,
             &rcpts,
-            BounceAttach::Headers,
+            Attach::Headers,
             "X",
         ))
         .unwrap();
         assert!(
             headers_only.contains("text/rfc822-headers") && !headers_only.contains("body\r\n--")
         );
+    }
+
+    #[test]
+    fn a_strangers_bounce_carries_a_few_capped_fields() {
+        let mut spam = String::from("Subject: buy\r\n From: x\r\nMessage-ID: <1@spam>\r\n");
+        for i in 0..2000 {
+            spam.push_str(&format!("X-Junk-{i}: {}\r\n", "A".repeat(50)));
+        }
+        spam.push_str(&format!("To: {}\r\n\r\nbody\r\n", "v".repeat(5000)));
+        let s = summary_of(spam.as_bytes());
+        let text = String::from_utf8(s.clone()).unwrap();
+        assert!(
+            text.starts_with("Subject: buy From: x\r\nMessage-ID: <1@spam>\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("X-Junk"), "{text}");
+        assert!(s.len() <= SUMMARY_BYTES);
+        // A huge message without a blank line is no different.
+        let no_blank = "Subject: s\r\n".to_string() + &"x".repeat(3_000_000);
+        assert!(summary_of(no_blank.as_bytes()).len() <= SUMMARY_BYTES);
     }
 }

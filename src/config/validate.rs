@@ -751,6 +751,21 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
             ));
         }
     }
+    if !c.relay.inbound_domains.is_empty()
+        && c.relay.verify_recipients == crate::config::VerifyRecipients::Off
+    {
+        out.push(
+            finding(
+                Severity::Warning,
+                "relay.verify_recipients",
+                "\"off\"",
+                "mail for the inbound domains is taken for any address there; whatever the next hop then refuses bounces to its sender, who is usually forged (backscatter: the bounces go to innocent people and get this server listed)",
+            )
+            .with_fix(
+                "set [relay] verify_recipients = \"callout\" (ask the next hop at RCPT) or \"list\" with valid_recipients_file",
+            ),
+        );
+    }
     if c.relay.allow_open_relay && crate::policy::open_relay_entries(c).is_empty() {
         out.push(finding(
             Severity::Info,

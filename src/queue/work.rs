@@ -398,9 +398,9 @@ impl QueueManager {
             &original,
             rcpts,
             if env.trusted_origin {
-                self.config().delivery.bounce_attach
+                self.config().delivery.bounce_attach.into()
             } else {
-                crate::config::BounceAttach::Headers
+                bounce::Attach::Summary
             },
             &bounce_id,
         );

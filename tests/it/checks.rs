@@ -474,11 +474,17 @@ async fn a_strangers_bounce_carries_headers_only() {
     ))
     .await;
     let mut c = SmtpClient::greeted(server.addr(), "127.0.3.102", "spammer.test").await;
+    // 2,000 header lines of spam before the body: none of them may travel either.
+    let mut message = String::from("Subject: buy now\r\n");
+    for i in 0..2000 {
+        message.push_str(&format!("X-Spam-{i}: SPAM HEADER CONTENT\r\n"));
+    }
+    message.push_str("\r\nSPAM CONTENT THAT MUST NOT TRAVEL\r\n");
     let r = c
         .send_mail(
             "someone@victim.example",
             &["nobody@example.lan"],
-            b"Subject: buy now\r\n\r\nSPAM CONTENT THAT MUST NOT TRAVEL\r\n",
+            message.as_bytes(),
         )
         .await;
     assert_eq!(r.code, 250);
@@ -491,6 +497,15 @@ async fn a_strangers_bounce_carries_headers_only() {
         "the headers are there: {text}"
     );
     assert!(!text.contains("SPAM CONTENT"), "the body is not: {text}");
+    assert!(
+        !text.contains("SPAM HEADER CONTENT"),
+        "nor the stranger's other header lines"
+    );
+    assert!(
+        bounces[0].data.len() < 16 * 1024,
+        "{} bytes",
+        bounces[0].data.len()
+    );
     drop(office);
 }
 
