@@ -17,12 +17,16 @@ const HANDSHAKES: usize = 32;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections open at once; more wait in the kernel's backlog.
 const CONNECTIONS: usize = 64;
-/// Admin connections one client address may hold at once, so that one
-/// client cannot take every slot (a browser opens about six).
-const PER_CLIENT: usize = 16;
-/// A connection with nothing read or written for this long is closed (a
-/// slow client cannot hold a slot; browsers reconnect).
-const IDLE: Duration = Duration::from_secs(60);
+/// Admin connections one client address may hold at once, so that a few
+/// clients cannot take every slot (a browser opens about six).
+const PER_CLIENT: usize = 8;
+/// A connection waiting for its next request is closed after this long
+/// (browsers reconnect).
+const IDLE: Duration = Duration::from_secs(30);
+/// Once a request has begun, the whole of it must arrive within this time,
+/// however the bytes trickle in: a client dripping a byte at a time
+/// (slowloris) cannot hold a slot by looking busy.
+const REQUEST: Duration = Duration::from_secs(10);
 
 /// Open admin connections per client address.
 #[derive(Default)]
@@ -62,17 +66,36 @@ impl Drop for ClientSlot {
     }
 }
 
-/// A connection holding one of the slots, closed when idle too long.
+/// A connection holding one of the slots: closed when it waits too long for
+/// a request, or takes too long to send one.
 pub struct Bounded<T> {
     io: T,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _client: ClientSlot,
-    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the connection is closed unless the server answers first.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// A request has begun and its answer has not been written yet.
+    receiving: bool,
 }
 
 impl<T> Bounded<T> {
-    fn touch(&mut self) {
-        self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+    /// Bytes of a request arrived: the first of them starts its deadline,
+    /// the others do not move it.
+    fn request_bytes(&mut self) {
+        if !self.receiving {
+            self.receiving = true;
+            self.deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + REQUEST);
+        }
+    }
+
+    /// The server wrote (an answer): the connection waits for the next request.
+    fn answered(&mut self) {
+        self.receiving = false;
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE);
     }
 
     fn new(io: T, slot: tokio::sync::OwnedSemaphorePermit, client: ClientSlot) -> Self {
@@ -80,7 +103,8 @@ impl<T> Bounded<T> {
             io,
             _slot: slot,
             _client: client,
-            idle: Box::pin(tokio::time::sleep(IDLE)),
+            deadline: Box::pin(tokio::time::sleep(IDLE)),
+            receiving: false,
         }
     }
 }
@@ -96,11 +120,11 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Bounded<T> {
         match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    self.touch();
+                    self.request_bytes();
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match self.idle.as_mut().poll(cx) {
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
                 Poll::Pending => Poll::Pending,
             },
@@ -116,7 +140,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<T> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.io).poll_write(cx, data);
         if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.answered();
         }
         r
     }
