@@ -7,6 +7,10 @@
 //!
 //! Sessions never wait for the disk: lines go through a bounded channel to
 //! one writer thread; when it falls behind, lines are dropped and counted.
+//! The writer keeps to a budget, so that no client can fill the disk with
+//! pipelined junk: bytes per day, bytes per client address per day, and a
+//! floor of free space left for the spool. Past one, lines are dropped,
+//! counted, and the file says so once.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,15 +24,40 @@ const BACKLOG: usize = 20_000;
 const MAX_LINE: usize = 1_000;
 const MASK: &str = "****";
 
+/// How much the transcripts may write (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub per_day: u64,
+    pub per_client: u64,
+    pub min_free_disk: u64,
+}
+
+impl Budget {
+    pub fn from_config(log: &crate::config::LogConfig) -> Budget {
+        Budget {
+            per_day: log.transcript_max_bytes_per_day,
+            per_client: log.transcript_max_bytes_per_client,
+            min_free_disk: log.transcript_min_free_disk,
+        }
+    }
+}
+
+/// One line for the writer, with the client it concerns (None for our own
+/// outbound conversations).
+struct Line {
+    client: Option<std::net::IpAddr>,
+    text: String,
+}
+
 pub struct Transcripts {
-    tx: SyncSender<String>,
+    tx: SyncSender<Line>,
     dropped: Arc<AtomicU64>,
     next_id: AtomicU64,
 }
 
 impl Transcripts {
     /// Creates `dir` if needed and starts the writer thread.
-    pub fn start(dir: &Path, days: u32) -> std::io::Result<Arc<Transcripts>> {
+    pub fn start(dir: &Path, days: u32, budget: Budget) -> std::io::Result<Arc<Transcripts>> {
         std::fs::create_dir_all(dir)?;
         // Probe now, so that a directory we cannot write is a start-up error.
         let probe = dir.join(".portcullis-write-test");
@@ -41,6 +70,8 @@ impl Transcripts {
             days: days.max(1),
             dropped: Arc::clone(&dropped),
             current: None,
+            budget,
+            spent: Spent::default(),
         };
         std::thread::Builder::new()
             .name("transcripts".into())
@@ -58,7 +89,7 @@ impl Transcripts {
         let Some(dir) = &log.transcript else {
             return Ok(None);
         };
-        Transcripts::start(dir, log.transcript_days)
+        Transcripts::start(dir, log.transcript_days, Budget::from_config(log))
             .map(Some)
             .map_err(|e| {
                 format!(
@@ -72,9 +103,10 @@ impl Transcripts {
     /// "out 192.0.2.7:25"); a number is added so lines of concurrent
     /// conversations can be told apart.
     /// A recorder whose lines carry `tag` as it is (a session names itself).
-    pub fn recorder_tagged(self: &Arc<Self>, tag: &str) -> Recorder {
+    pub fn recorder_tagged(self: &Arc<Self>, tag: &str, client: std::net::IpAddr) -> Recorder {
         Recorder {
             sink: Arc::clone(self),
+            client: Some(client),
             tag: tag.to_string(),
             masking: false,
             after_auth: false,
@@ -85,13 +117,14 @@ impl Transcripts {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         Recorder {
             sink: Arc::clone(self),
+            client: None,
             tag: format!("{tag} #{n}"),
             masking: false,
             after_auth: false,
         }
     }
 
-    fn push(&self, line: String) {
+    fn push(&self, line: Line) {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -105,6 +138,8 @@ impl Transcripts {
 /// deliveries, ours), "S:" lines the server's.
 pub struct Recorder {
     sink: Arc<Transcripts>,
+    /// The client address whose budget these lines count against.
+    client: Option<std::net::IpAddr>,
     tag: String,
     /// The server just sent a 334 challenge: the client's next line is a secret.
     masking: bool,
@@ -159,8 +194,10 @@ impl Recorder {
             text.push_str(" [cut]");
         }
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        self.sink
-            .push(format!("{now} {} {side} {text}\n", self.tag));
+        self.sink.push(Line {
+            client: self.client,
+            text: format!("{now} {} {side} {text}\n", self.tag),
+        });
     }
 }
 
@@ -181,21 +218,91 @@ struct Writer {
     dropped: Arc<AtomicU64>,
     /// The day's date and its open file.
     current: Option<(String, std::io::BufWriter<std::fs::File>)>,
+    budget: Budget,
+    spent: Spent,
+}
+
+/// What today's transcript has cost, and what was refused for its budget.
+#[derive(Default)]
+struct Spent {
+    day: String,
+    bytes: u64,
+    by_client: std::collections::HashMap<std::net::IpAddr, u64>,
+    /// Lines dropped today for a budget (said in the next day's file).
+    over_budget: u64,
+    /// Clients already noted as over their budget today.
+    noted: std::collections::HashSet<std::net::IpAddr>,
+    day_noted: bool,
+    /// Free space was last looked at when this many bytes had been written.
+    disk_checked_at: Option<u64>,
+    disk_low: bool,
+}
+
+/// Clients whose bytes are counted one by one; past that many in a day,
+/// the others share one count (the day's budget still holds).
+const TRACKED_CLIENTS: usize = 100_000;
+/// Free space is looked at again after this many bytes written.
+const DISK_CHECK_EVERY: u64 = 1 << 20;
+
+impl Spent {
+    /// Whether a line of `size` bytes from `client` may be written; if so it
+    /// is counted. If not, what to note in the file (once per cause a day).
+    fn judge(
+        &mut self,
+        budget: &Budget,
+        client: Option<std::net::IpAddr>,
+        size: u64,
+    ) -> Result<(), Option<String>> {
+        let client_spent = client.map(|ip| self.by_client.get(&ip).copied().unwrap_or(0));
+        let refused = if self.disk_low {
+            Some((None, "the disk is nearly full: transcripts pause to leave room for the spool (log.transcript_min_free_disk)".to_string()))
+        } else if self.bytes + size > budget.per_day {
+            Some((None, "today's transcript budget is spent (log.transcript_max_bytes_per_day): further lines are dropped".to_string()))
+        } else if let (Some(ip), Some(spent)) = (client, client_spent)
+            && spent + size > budget.per_client
+        {
+            Some((
+                Some(ip),
+                format!(
+                    "{ip} spent its transcript budget for today (log.transcript_max_bytes_per_client): its further lines are dropped"
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((who, note)) = refused {
+            self.over_budget += 1;
+            let first = match who {
+                Some(ip) => self.noted.insert(ip),
+                None => !std::mem::replace(&mut self.day_noted, true),
+            };
+            return Err(first.then_some(note));
+        }
+        self.bytes += size;
+        if let Some(ip) = client {
+            if let Some(n) = self.by_client.get_mut(&ip) {
+                *n += size;
+            } else if self.by_client.len() < TRACKED_CLIENTS {
+                self.by_client.insert(ip, size);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<String>) {
+    fn run(mut self, rx: Receiver<Line>) {
         while let Ok(line) = rx.recv() {
-            self.write(&line);
+            self.take(line);
             // Write what else is waiting, then flush once.
             while let Ok(line) = rx.try_recv() {
-                self.write(&line);
+                self.take(line);
             }
             let dropped = self.dropped.swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 self.write(&format!(
                     "{} -- transcript writer fell behind: {dropped} line(s) dropped\n",
-                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    stamp()
                 ));
             }
             if let Some((_, f)) = &mut self.current
@@ -203,6 +310,55 @@ impl Writer {
             {
                 tracing::warn!("transcript: cannot write: {e}");
             }
+        }
+    }
+
+    /// Writes `line` if the budget allows; otherwise counts it and, once per
+    /// client or day, says so in the file.
+    fn take(&mut self, line: Line) {
+        let day = line.text.get(..10).unwrap_or("unknown").to_string();
+        if self.spent.day != day {
+            let before = std::mem::replace(
+                &mut self.spent,
+                Spent {
+                    day,
+                    ..Spent::default()
+                },
+            );
+            if before.over_budget > 0 {
+                let text = format!(
+                    "{} -- {} line(s) of {} were dropped for the transcript budget\n",
+                    stamp(),
+                    before.over_budget,
+                    before.day
+                );
+                self.write(&text);
+            }
+        }
+        let size = line.text.len() as u64;
+        self.check_disk();
+        match self.spent.judge(&self.budget, line.client, size) {
+            Ok(()) => self.write(&line.text),
+            Err(Some(note)) => {
+                let text = format!("{} -- {note}\n", stamp());
+                self.write(&text);
+            }
+            Err(None) => {}
+        }
+    }
+
+    /// Looks at the free space now and then (every `DISK_CHECK_EVERY` bytes).
+    fn check_disk(&mut self) {
+        let s = &mut self.spent;
+        if s.disk_checked_at
+            .is_some_and(|at| s.bytes < at + DISK_CHECK_EVERY)
+        {
+            return;
+        }
+        s.disk_checked_at = Some(s.bytes);
+        if let Ok(fs) = rustix::fs::statvfs(&self.dir) {
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            s.disk_low = free < self.budget.min_free_disk;
         }
     }
 
@@ -225,6 +381,10 @@ impl Writer {
             let _ = f.write_all(line.as_bytes());
         }
     }
+}
+
+fn stamp() -> impl std::fmt::Display {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
 }
 
 fn open_day(dir: &Path, day: &str) -> std::io::Result<std::fs::File> {
@@ -274,11 +434,54 @@ mod tests {
     }
 
     #[test]
+    fn each_client_and_the_day_keep_to_their_budget() {
+        let budget = Budget {
+            per_day: 1000,
+            per_client: 300,
+            min_free_disk: 0,
+        };
+        let mut spent = Spent::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..3 {
+            assert!(spent.judge(&budget, Some(a), 100).is_ok());
+        }
+        let first = spent.judge(&budget, Some(a), 100).unwrap_err();
+        assert!(first.is_some_and(|n| n.contains("192.0.2.1")), "noted once");
+        assert_eq!(
+            spent.judge(&budget, Some(a), 100),
+            Err(None),
+            "then only counted"
+        );
+        assert!(
+            spent.judge(&budget, Some(b), 100).is_ok(),
+            "another client goes on"
+        );
+        assert!(spent.judge(&budget, None, 500).is_ok());
+        assert!(
+            spent.judge(&budget, None, 200).unwrap_err().is_some(),
+            "the day's budget"
+        );
+        assert_eq!(spent.over_budget, 3);
+        spent.disk_low = true;
+        assert!(spent.judge(&budget, Some(b), 1).is_err());
+    }
+
+    #[test]
     fn secrets_are_masked_and_old_days_pruned() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("transcript-2000-01-01.log"), "old").unwrap();
         std::fs::write(dir.path().join("notes.txt"), "keep").unwrap();
-        let t = Transcripts::start(dir.path(), 3).unwrap();
+        let t = Transcripts::start(
+            dir.path(),
+            3,
+            Budget {
+                per_day: 1 << 20,
+                per_client: 1 << 20,
+                min_free_disk: 0,
+            },
+        )
+        .unwrap();
         let mut r = t.recorder("in 192.0.2.1");
         r.client(b"EHLO pc.lan\r\n");
         r.server("250-relay.test\r\n250 AUTH PLAIN LOGIN\r\n");

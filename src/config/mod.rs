@@ -422,10 +422,30 @@ pub struct LogConfig {
     /// Days of transcript files kept.
     #[serde(default = "default_transcript_days")]
     pub transcript_days: u32,
+    /// Bytes of transcript written per day at most (then lines are dropped,
+    /// counted and noted in the file).
+    #[serde(default = "default_transcript_day_bytes")]
+    pub transcript_max_bytes_per_day: u64,
+    /// Bytes of transcript one client address may cause per day.
+    #[serde(default = "default_transcript_client_bytes")]
+    pub transcript_max_bytes_per_client: u64,
+    /// Free space the transcripts leave on their file system (for the spool,
+    /// when they share it): below it, transcripts pause.
+    #[serde(default = "default_transcript_min_free")]
+    pub transcript_min_free_disk: u64,
 }
 
 fn default_transcript_days() -> u32 {
     7
+}
+fn default_transcript_day_bytes() -> u64 {
+    1 << 30
+}
+fn default_transcript_client_bytes() -> u64 {
+    16 << 20
+}
+fn default_transcript_min_free() -> u64 {
+    1 << 30
 }
 
 impl Default for LogConfig {
@@ -435,6 +455,9 @@ impl Default for LogConfig {
             level: None,
             transcript: None,
             transcript_days: default_transcript_days(),
+            transcript_max_bytes_per_day: default_transcript_day_bytes(),
+            transcript_max_bytes_per_client: default_transcript_client_bytes(),
+            transcript_min_free_disk: default_transcript_min_free(),
         }
     }
 }

@@ -224,7 +224,7 @@ impl Session {
                 self.peer,
                 self.id
             );
-            self.stream.record_to(t.recorder_tagged(&tag));
+            self.stream.record_to(t.recorder_tagged(&tag, self.ip));
         }
         self.emit(Event::ConnectionOpened {
             session: self.id,

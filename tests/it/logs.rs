@@ -125,3 +125,68 @@ async fn refused_commands_leave_neither_secrets_nor_escapes_in_the_log() {
     assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
     assert!(log.contains("command=\"(unknown)\""), "{log}");
 }
+
+/// A client that pipelines long junk lines cannot fill the disk through the
+/// transcripts: past its daily budget its lines are dropped, the file says
+/// so once, and other clients are still transcribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_fill_the_disk_with_transcripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let transcripts = dir.path().join("transcripts");
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        complete_config(
+            &format!(
+                "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[log]\ntranscript = \"{}\"\ntranscript_max_bytes_per_client = 16384\ntranscript_min_free_disk = 0\n",
+                transcripts.display()
+            ),
+            dir.path(),
+            &ca,
+        ),
+    )
+    .unwrap();
+    let server = ProcessServer::spawn(&config);
+    let junk = format!("NOOP {}\r\n", "x".repeat(500));
+    for _ in 0..5 {
+        let mut c = SmtpClient::greeted(server.addr, "127.0.3.90", "flood.test").await;
+        c.send_raw(junk.repeat(90).as_bytes()).await;
+        for _ in 0..90 {
+            let _ = c.try_read_reply().await;
+        }
+    }
+    let mut other = SmtpClient::greeted(server.addr, "127.0.0.2", "pc.office.lan").await;
+    other.expect("QUIT", 221).await;
+    let start = Instant::now();
+    let text = loop {
+        let text: String = std::fs::read_dir(&transcripts)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        if text.contains("C: EHLO pc.office.lan") || start.elapsed() > WAIT {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        text.contains("C: EHLO pc.office.lan"),
+        "others are still transcribed"
+    );
+    let flood_bytes: usize = text
+        .lines()
+        .filter(|l| l.contains(" in smtp 127.0.3.90:"))
+        .map(|l| l.len() + 1)
+        .sum();
+    assert!(
+        flood_bytes <= 16384,
+        "{flood_bytes} bytes for the flooding client"
+    );
+    assert_eq!(
+        text.matches("127.0.3.90 spent its transcript budget")
+            .count(),
+        1,
+        "said once"
+    );
+}
