@@ -487,7 +487,7 @@ fn check_server(c: &Config, out: &mut Vec<Finding>) {
         ));
     }
     if let Some(h) = &s.hostname
-        && (h.is_empty() || h.contains(char::is_whitespace))
+        && (h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control()))
     {
         out.push(finding(
             Severity::Error,
@@ -793,6 +793,16 @@ fn check_delivery(c: &Config, out: &mut Vec<Finding>) {
             "delivery.smarthost_password_file",
             format!("{:?}", d.smarthost_password_file),
             "smarthost_user and smarthost_password_file go together",
+        ));
+    }
+    if let Some(h) = &d.helo_name
+        && (h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control()))
+    {
+        out.push(finding(
+            Severity::Error,
+            "delivery.helo_name",
+            format!("{h:?}"),
+            "must be a host name without spaces or control characters (it goes into EHLO)",
         ));
     }
     for (i, hop) in d.smarthost.iter().enumerate() {

@@ -374,6 +374,17 @@ impl SmtpConnection {
         let content = converted
             .as_deref()
             .or(msg.body_memory.filter(|b| b.len() as u64 == msg.body_len));
+        // Nothing from the spool or the configuration may end a command
+        // early or smuggle another one in.
+        if let Some(bad) = std::iter::once(msg.sender)
+            .chain(msg.recipients.iter().map(String::as_str))
+            .find(|a| has_line_break(a))
+        {
+            return Err(ClientError::Protocol(format!(
+                "refusing to send an address with a CR, LF or NUL in it: {:?}",
+                bad.escape_default().to_string()
+            )));
+        }
         let mut mail = format!("MAIL FROM:<{}>", msg.sender);
         if let Some(max) = self.caps.size {
             if body_len > max {
@@ -599,6 +610,11 @@ impl SmtpConnection {
         line: &str,
         stage: &'static str,
     ) -> Result<ServerReply, ClientError> {
+        if has_line_break(line) {
+            return Err(ClientError::Protocol(format!(
+                "refusing to send {stage} with a CR, LF or NUL in it"
+            )));
+        }
         self.write(format!("{line}\r\n").as_bytes()).await?;
         self.read_reply(stage).await
     }
@@ -679,6 +695,11 @@ impl SmtpConnection {
     }
 }
 
+/// Whether `text` holds a byte that would end or split a command line.
+fn has_line_break(text: &str) -> bool {
+    text.contains(['\r', '\n', '\0'])
+}
+
 /// The message converted to 7 bits when it holds 8-bit octets; None when
 /// it can go as it is. Read whole: a next hop without 8BITMIME is rare, and
 /// the content is bounded by the server's message size limit.
@@ -702,50 +723,63 @@ async fn seven_bit_copy(msg: &Outgoing<'_>) -> Result<Option<Vec<u8>>, ClientErr
 
 /// Dot-stuffing for content that arrives in pieces: a dot at the start of a
 /// line is doubled, a missing final CRLF is added, and ".\r\n" ends it.
+/// A bare CR or LF (which the spool should never hold) goes out as CRLF:
+/// we never send the ambiguous line ends that SMTP smuggling lives on.
 #[derive(Debug)]
 pub struct DotStuffer {
     at_line_start: bool,
-    /// The last two bytes seen, to know whether the content ended with CRLF.
-    tail: [u8; 2],
-    seen: bool,
+    /// The last byte pushed was a CR whose LF may come in the next piece.
+    pending_cr: bool,
 }
 
 impl Default for DotStuffer {
     fn default() -> Self {
         Self {
             at_line_start: true,
-            tail: [0; 2],
-            seen: false,
+            pending_cr: false,
         }
     }
 }
 
 impl DotStuffer {
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let Some(&last) = chunk.last() else {
-            return;
-        };
         out.reserve(chunk.len() + 8);
-        if self.at_line_start && chunk[0] == b'.' {
-            out.push(b'.');
-        }
-        // Copy long runs at once; only a dot right after a line feed is doubled.
-        let mut start = 0;
-        for pos in memchr::memmem::find_iter(chunk, b"\n.") {
-            out.extend_from_slice(&chunk[start..=pos]);
-            out.push(b'.');
-            start = pos + 1;
-        }
-        out.extend_from_slice(&chunk[start..]);
-        self.at_line_start = last == b'\n';
-        for &b in chunk.iter().rev().take(2).rev() {
-            self.tail = [self.tail[1], b];
-            self.seen = true;
+        let mut i = 0;
+        while i < chunk.len() {
+            if std::mem::take(&mut self.pending_cr) {
+                // CR then LF is one line end; CR then anything else a bare CR.
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+                if chunk[i] == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            // Copy the run up to the next CR or LF at once.
+            let run_end = memchr::memchr2(b'\r', b'\n', &chunk[i..]).map_or(chunk.len(), |p| i + p);
+            if run_end > i {
+                if self.at_line_start && chunk[i] == b'.' {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(&chunk[i..run_end]);
+                self.at_line_start = false;
+            }
+            i = run_end;
+            match chunk.get(i) {
+                Some(b'\r') => self.pending_cr = true,
+                Some(_) => {
+                    // A bare LF.
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                }
+                None => break,
+            }
+            i += 1;
         }
     }
 
-    pub fn finish(&self, out: &mut Vec<u8>) {
-        if self.seen && self.tail != *b"\r\n" {
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) || !self.at_line_start {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
@@ -774,10 +808,36 @@ mod tests {
         assert_eq!(dot_stuff(b"no end"), b"no end\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
+        // Bare line ends never go out as they are.
+        assert_eq!(dot_stuff(b"a\n.b\rc\r"), b"a\r\n..b\r\nc\r\n.\r\n");
+    }
+
+    /// Every bare CR or LF made CRLF, byte by byte.
+    fn crlf_only(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < body.len() {
+            match (body[i], body.get(i + 1)) {
+                (b'\r', Some(b'\n')) => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 2;
+                }
+                (b'\r' | b'\n', _) => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
     }
 
     /// The plain rule, one line at a time, to check the fast one against.
     fn stuffed_line_by_line(body: &[u8]) -> Vec<u8> {
+        let body = &crlf_only(body)[..];
         let mut out = Vec::new();
         for line in body.split_inclusive(|&b| b == b'\n') {
             if line.first() == Some(&b'.') {

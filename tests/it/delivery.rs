@@ -1023,3 +1023,37 @@ async fn a_locally_decided_failure_is_not_reported_as_the_next_hops_reply() {
     assert!(text.contains("does not support SMTPUTF8"), "{text}");
     assert!(dest.messages().is_empty(), "nothing reached the next hop");
 }
+
+/// A hostile next hop (or a man in the middle) puts replies after its 220
+/// to STARTTLS, in clear: they are thrown away, never read as answers
+/// inside TLS; the message goes through the real TLS conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_injected_before_the_tls_handshake_are_discarded() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let port = shared_port();
+    let hop = Sink::start(
+        "127.0.0.82",
+        port,
+        Behaviour {
+            tls: Some(tls_config(&ca)),
+            starttls_injection: Some("554 5.7.0 injected refusal\r\n554 5.7.0 injected again\r\n"),
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    dns.mail_domain("tls.example", "127.0.0.82");
+    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    submit(
+        &server,
+        "a@client.test",
+        &["x@tls.example"],
+        b"Subject: tls\r\n\r\nx\r\n",
+    )
+    .await;
+    let got = hop.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "delivered despite the injected replies");
+    assert!(got[0].tls, "inside TLS");
+    assert!(queue_drains(&server).await);
+}

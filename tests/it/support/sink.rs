@@ -37,6 +37,9 @@ pub struct Behaviour {
     pub smtputf8: bool,
     /// TLS from the first byte (an smtps port such as 465).
     pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Sent in clear right after "220 go ahead" to STARTTLS, before the
+    /// handshake: what a man in the middle would inject.
+    pub starttls_injection: Option<&'static str>,
 }
 
 impl Behaviour {
@@ -163,7 +166,9 @@ async fn serve(
             caps.push("250 HELP".into());
             caps.join("\r\n")
         } else if upper == "STARTTLS" && b.tls.is_some() && !tls {
-            io.write_all(b"220 go ahead\r\n").await?;
+            // One write: the injected lines arrive with the 220.
+            let go = format!("220 go ahead\r\n{}", b.starttls_injection.unwrap_or_default());
+            io.write_all(go.as_bytes()).await?;
             let inner = io.into_inner();
             let acceptor = tokio_rustls::TlsAcceptor::from(b.tls.clone().unwrap());
             let stream = acceptor.accept(inner).await?;
