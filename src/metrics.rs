@@ -351,6 +351,11 @@ impl Subscriber for Metrics {
             Event::AuthFailed { .. } => {
                 self.auth.get_or_create(&labels("result", "failure")).inc();
             }
+            Event::AccountLocked { .. } => {
+                self.auth
+                    .get_or_create(&labels("result", "account_locked"))
+                    .inc();
+            }
             Event::MailRefused { reason, .. } => {
                 self.mail_refused
                     .get_or_create(&labels("reason", reason.name()))

@@ -127,7 +127,10 @@ pub async fn login(
     };
     let ctx = state.current.get();
     let ip = peer.ip();
-    if ctx.checks.banned(ip).is_some() {
+    let trusted = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
+    if ctx.checks.banned_for(ip, trusted).is_some()
+        || (!trusted && ctx.checks.account_locked(&user).is_some())
+    {
         return refused(
             StatusCode::FORBIDDEN,
             &user,
@@ -177,8 +180,8 @@ pub async fn login(
             )
         }
         _ => {
-            let trusted = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
-            let (failures, banned) = ctx.checks.auth_failed(ip, trusted);
+            let failure = ctx.checks.auth_failed(ip, trusted, &user);
+            let (failures, banned) = (failure.from_ip.max(failure.from_prefix), failure.banned);
             ctx.events.emit(Event::AuthFailed {
                 session: 0,
                 client: ip,

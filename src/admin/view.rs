@@ -130,6 +130,9 @@ pub fn events(state: &AdminState, filter: &EventFilter) -> Vec<EventRow> {
 /// An event in words, for the log page.
 pub fn describe(e: &Event) -> String {
     match e {
+        Event::AccountLocked { user, .. } => format!(
+            "account {user} locked to logins from outside the trusted networks for a while: many failed logins from several places"
+        ),
         Event::ConnectionOpened { listener, tls, .. } => format!(
             "connected to the {} listener{}",
             listener.name(),

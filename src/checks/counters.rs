@@ -23,6 +23,10 @@ pub trait Counters: Send + Sync {
     fn lift(&self, ip: IpAddr) -> bool;
     /// Forgets the events counted for `key`.
     fn forget(&self, key: &str);
+    /// Blocks `key` (a network prefix, an account) for `duration`.
+    fn block(&self, key: &str, duration: Duration);
+    /// How long `key` stays blocked, if it is.
+    fn blocked(&self, key: &str) -> Option<Duration>;
 }
 
 /// Keys remembered before idle ones are swept.
@@ -60,6 +64,7 @@ impl Window {
 pub struct MemoryCounters {
     windows: Mutex<HashMap<String, Window>>,
     bans: Mutex<HashMap<IpAddr, Instant>>,
+    blocks: Mutex<HashMap<String, Instant>>,
 }
 
 impl MemoryCounters {
@@ -131,6 +136,27 @@ impl Counters for MemoryCounters {
     fn forget(&self, key: &str) {
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(key);
+    }
+
+    fn block(&self, key: &str, duration: Duration) {
+        let now = Instant::now();
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        if blocks.len() >= MAX_KEYS {
+            blocks.retain(|_, until| *until > now);
+        }
+        blocks.insert(key.to_string(), now + duration);
+    }
+
+    fn blocked(&self, key: &str) -> Option<Duration> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *blocks.get(key)?;
+        let now = Instant::now();
+        if until > now {
+            Some(until - now)
+        } else {
+            blocks.remove(key);
+            None
+        }
     }
 }
 

@@ -200,27 +200,80 @@ impl Checks {
         }
     }
 
-    /// Counts a failed AUTH (or admin login) from `ip`: the failures in the
-    /// ban window, and whether this one banned the address. An address of a
-    /// trusted network is counted and logged but not banned unless
+    /// Counts a failed AUTH (or admin login) for `user` from `ip`: by
+    /// address, by network prefix and by account. An address of a trusted
+    /// network is counted and logged but not banned unless
     /// `limits.ban_trusted`: a typo'd password on the office LAN must not
     /// lock the office (and its admin) out of every listener for an hour.
-    pub fn auth_failed(&self, ip: IpAddr, trusted: bool) -> (u64, bool) {
+    pub fn auth_failed(&self, ip: IpAddr, trusted: bool, user: &str) -> AuthFailure {
         let l = &self.config.limits;
-        let n = self
-            .counters
-            .add(&auth_failures_key(ip), l.ban_window.get());
-        let ban = l.auth_failures_before_ban > 0
-            && n >= u64::from(l.auth_failures_before_ban)
-            && (!trusted || l.ban_trusted);
-        if ban {
-            self.counters.ban(ip, l.ban_duration.get());
+        let window = l.ban_window.get();
+        let from_ip = self.counters.add(&auth_failures_key(ip), window);
+        let prefix = self.prefix_of(ip);
+        let from_prefix = self.counters.add(&format!("authfail-net:{prefix}"), window);
+        let mut failure = AuthFailure {
+            from_ip,
+            from_prefix,
+            ..AuthFailure::default()
+        };
+        if trusted && !l.ban_trusted {
+            return failure;
         }
-        (n, ban)
+        if l.auth_failures_before_ban > 0 && from_ip >= u64::from(l.auth_failures_before_ban) {
+            self.counters.ban(ip, l.ban_duration.get());
+            failure.banned = true;
+        }
+        if l.auth_failures_per_prefix > 0 && from_prefix >= u64::from(l.auth_failures_per_prefix) {
+            self.counters
+                .block(&format!("net:{prefix}"), l.ban_duration.get());
+            failure.prefix_banned = Some(prefix);
+            failure.banned = true;
+        }
+        let account = self
+            .counters
+            .add(&format!("authfail-user:{}", user.to_lowercase()), window);
+        if l.auth_failures_per_account > 0
+            && account >= u64::from(l.auth_failures_per_account)
+            && self.account_locked(user).is_none()
+        {
+            self.counters
+                .block(&format!("user:{}", user.to_lowercase()), window);
+            failure.account_locked = true;
+        }
+        failure
     }
 
-    pub fn banned(&self, ip: IpAddr) -> Option<Duration> {
-        self.counters.banned(ip)
+    /// The network prefix failed logins from `ip` are counted by.
+    pub fn prefix_of(&self, ip: IpAddr) -> ipnet::IpNet {
+        let l = &self.config.limits;
+        let len = match ip {
+            IpAddr::V4(_) => l.auth_prefix_v4.min(32),
+            IpAddr::V6(_) => l.auth_prefix_v6.min(128),
+        };
+        ipnet::IpNet::new(ip, len)
+            .map(|n| n.trunc())
+            .unwrap_or_else(|_| ipnet::IpNet::from(ip))
+    }
+
+    /// Whether logins for `user` from outside the trusted networks are
+    /// refused for now (many failures for it from many places), and how
+    /// much longer.
+    pub fn account_locked(&self, user: &str) -> Option<Duration> {
+        self.counters
+            .blocked(&format!("user:{}", user.to_lowercase()))
+    }
+
+    /// Banned: the address itself, or (for a client outside the trusted
+    /// networks) its whole network prefix.
+    pub fn banned_for(&self, ip: IpAddr, trusted: bool) -> Option<Duration> {
+        self.counters.banned(ip).or_else(|| {
+            if trusted {
+                None
+            } else {
+                self.counters
+                    .blocked(&format!("net:{}", self.prefix_of(ip)))
+            }
+        })
     }
 
     /// Every address banned now, with the time its ban has left.
@@ -228,11 +281,18 @@ impl Checks {
         self.counters.bans()
     }
 
-    /// Ends `ip`'s ban and forgets its failed logins, so that the next typo
-    /// does not ban it again at once. Whether it was banned.
+    /// Ends `ip`'s ban (and its prefix's) and forgets their failed logins,
+    /// so that the next typo does not ban it again at once. Whether it was banned.
     pub fn lift_ban(&self, ip: IpAddr) -> bool {
         self.counters.forget(&auth_failures_key(ip));
-        self.counters.lift(ip)
+        let prefix = self.prefix_of(ip);
+        self.counters.forget(&format!("authfail-net:{prefix}"));
+        let net = format!("net:{prefix}");
+        let prefix_was = self.counters.blocked(&net).is_some();
+        if prefix_was {
+            self.counters.block(&net, Duration::ZERO);
+        }
+        self.counters.lift(ip) | prefix_was
     }
 
     /// Tests the DNS list zones now and every `zone_health_interval`, until `stop`.
@@ -264,6 +324,21 @@ impl Checks {
             }
         }
     }
+}
+
+/// What one failed login counted up to, and what it caused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// Failures from this address within the ban window.
+    pub from_ip: u64,
+    /// Failures from its network prefix.
+    pub from_prefix: u64,
+    /// The address (or its prefix) is banned now.
+    pub banned: bool,
+    /// The prefix this failure banned.
+    pub prefix_banned: Option<ipnet::IpNet>,
+    /// This failure locked the account for logins from outside.
+    pub account_locked: bool,
 }
 
 fn auth_failures_key(ip: IpAddr) -> String {

@@ -318,6 +318,36 @@ pub struct LimitsConfig {
     /// counted and logged, and they keep their access).
     #[serde(default)]
     pub ban_trusted: bool,
+    /// Failed logins from one network prefix (see `auth_prefix_v4`/`_v6`)
+    /// within ban_window that ban the whole prefix: an attacker rotating
+    /// through the addresses of a /64 is one attacker (0: never).
+    #[serde(default = "twenty")]
+    pub auth_failures_per_prefix: u32,
+    /// The prefix lengths failed logins are counted by.
+    #[serde(default = "v4_prefix")]
+    pub auth_prefix_v4: u8,
+    #[serde(default = "v6_prefix")]
+    pub auth_prefix_v6: u8,
+    /// Failed logins for one account from outside the trusted networks
+    /// within ban_window after which that account's logins from outside are
+    /// refused (454, without checking the password) for ban_window: a
+    /// password guessed from many places at once. Its owner can still log in
+    /// from a trusted network (0: never).
+    #[serde(default = "ten")]
+    pub auth_failures_per_account: u32,
+}
+
+fn twenty() -> u32 {
+    20
+}
+fn ten() -> u32 {
+    10
+}
+fn v4_prefix() -> u8 {
+    24
+}
+fn v6_prefix() -> u8 {
+    64
 }
 
 fn five() -> u32 {
@@ -341,6 +371,10 @@ impl Default for LimitsConfig {
             ban_window: ban_window(),
             ban_duration: ban_duration(),
             ban_trusted: false,
+            auth_failures_per_prefix: twenty(),
+            auth_prefix_v4: v4_prefix(),
+            auth_prefix_v6: v6_prefix(),
+            auth_failures_per_account: ten(),
         }
     }
 }

@@ -50,6 +50,11 @@ impl Subscriber for LogWriter {
                 version, cipher, ..
             } => info!(version = %version, cipher = %cipher, "STARTTLS established"),
             Event::AuthSucceeded { user, .. } => info!(user = %user, "AUTH succeeded"),
+            Event::AccountLocked { user, client } => warn!(
+                user = %user,
+                client = %client,
+                "ACCOUNT UNDER ATTACK: many failed logins for {user} from several places; its logins from outside the trusted networks are refused for the ban window (its owner can still log in from the LAN)"
+            ),
             Event::AuthFailed { user, failures, .. } => {
                 warn!(user = %user, failures, "AUTH failed: bad user name or password")
             }

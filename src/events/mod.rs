@@ -99,6 +99,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via_proxy: Option<IpAddr>,
     },
+    /// Many failed logins for one account from outside the trusted
+    /// networks: its logins from outside are refused for a while.
+    AccountLocked {
+        user: String,
+        /// The client whose failure locked it.
+        client: IpAddr,
+    },
     ConnectionRefused {
         client: IpAddr,
         listener: ListenerKind,
@@ -241,6 +248,7 @@ impl Event {
             | Event::TlsEstablished { client, .. }
             | Event::AuthSucceeded { client, .. }
             | Event::AuthFailed { client, .. }
+            | Event::AccountLocked { client, .. }
             | Event::MailRefused { client, .. }
             | Event::RcptAccepted { client, .. }
             | Event::RcptRefused { client, .. }

@@ -661,14 +661,15 @@ fn admit(
         refused(ConnectionRefusal::Policy { reason });
         return Err(reply);
     }
-    if ctx.checks.banned(ip).is_some() {
+    let trusted = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
+    if ctx.checks.banned_for(ip, trusted).is_some() {
         refused(ConnectionRefusal::Banned);
         return Err(reply::BANNED);
     }
     // Only trusted networks may use the reserved slots and skip the rate
     // cap. Privilege comes with trust (or AUTH, which is not known yet),
     // not with the port: a stranger on 587 or 465 is still a stranger.
-    let privileged = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
+    let privileged = trusted;
     limits
         .acquire(ip, privileged)
         .map_err(|refusal| match refusal {

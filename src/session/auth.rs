@@ -44,6 +44,16 @@ impl Session {
         user: String,
         password: String,
     ) -> Result<Reply, StreamError> {
+        // An account guessed at from many places is closed to logins from
+        // outside for a while, before any password is hashed: the budget
+        // stays with clients under no suspicion, and its owner can still
+        // log in from a trusted network.
+        if !self.trusted()
+            && let Some(left) = self.ctx.checks.account_locked(&user)
+        {
+            warn!(user = %user, left_seconds = left.as_secs(), "AUTH refused: this account is locked to logins from outside after many failures");
+            return Ok(reply::ACCOUNT_LOCKED);
+        }
         // A client that hangs up while its check waits for a turn gives its turn away.
         let result = tokio::select! {
             r = self.ctx.credentials.check(&user, password) => r,
@@ -61,11 +71,22 @@ impl Session {
             }
             CheckResult::Invalid => {
                 self.auth_failures += 1;
-                let (from_ip, banned) = self.ctx.checks.auth_failed(self.ip, self.trusted());
-                self.ip_auth_failures = u32::try_from(from_ip).unwrap_or(u32::MAX);
-                if banned {
+                let failure = self.ctx.checks.auth_failed(self.ip, self.trusted(), &user);
+                // The delay grows with the failures of the address's whole
+                // prefix: rotating addresses does not reset it.
+                let counted = failure.from_ip.max(failure.from_prefix);
+                self.ip_auth_failures = u32::try_from(counted).unwrap_or(u32::MAX);
+                if failure.account_locked {
+                    self.emit(Event::AccountLocked {
+                        user: user.clone(),
+                        client: self.ip,
+                    });
+                }
+                if failure.banned {
                     tracing::warn!(
-                        failures = from_ip,
+                        failures = failure.from_ip,
+                        prefix_failures = failure.from_prefix,
+                        prefix = failure.prefix_banned.map(|p| p.to_string()),
                         ban = %self.ctx.config.limits.ban_duration,
                         "address banned after too many failed logins"
                     );

@@ -123,6 +123,11 @@ pub const HELO_NEEDS_DOMAIN: Reply = Reply::new(
 );
 pub const NO_PARAMETERS: Reply = Reply::new(501, "5.5.4", "This command takes no parameters");
 pub const TLS_UNAVAILABLE: Reply = Reply::new(454, "4.7.0", "TLS not available");
+pub const ACCOUNT_LOCKED: Reply = Reply::new(
+    454,
+    "4.7.0",
+    "Too many failed logins for this account lately; try again later",
+);
 pub const TOO_MUCH_JUNK: Reply = Reply::new(
     421,
     "4.7.0",

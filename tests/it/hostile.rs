@@ -414,3 +414,43 @@ async fn commands_that_do_nothing_cannot_hold_a_slot() {
     );
     drop(holders);
 }
+
+/// Brute force from rotating addresses: failures are counted by network
+/// prefix (a /24 here, a /64 for IPv6), which is banned as a whole; and an
+/// account guessed at from many networks is closed to logins from outside
+/// for a while (454, without checking the password), while its owner can
+/// still log in from the trusted LAN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_from_rotating_addresses_is_stopped_by_prefix_and_by_account() {
+    let server = TestServer::start(&format!(
+        "[limits]\nauth_failures_before_ban = 5\nauth_failures_per_prefix = 4\nauth_failures_per_account = 6\n{CLOSED_LAN}"
+    ))
+    .await;
+    crate::support::write_users(&server.config.users_file(), &[("bob", "builder")]);
+    // One guess per address, each for another name, all from 127.0.7.0/24.
+    for i in 1..=4 {
+        let mut c = SmtpClient::greeted(server.addr(), &format!("127.0.7.{i}"), "rot.test").await;
+        let r = c.auth_plain(&format!("user{i}"), "guess").await;
+        assert!(matches!(r.code, 535 | 421), "{r:?}");
+    }
+    let mut next = SmtpClient::connect_raw(server.addr(), "127.0.7.200").await;
+    assert_eq!(
+        next.read_reply().await.code,
+        421,
+        "the whole /24 is banned, not only the addresses that guessed"
+    );
+    // bob guessed at from six networks: locked to logins from outside.
+    for net in 10..16 {
+        let mut c = SmtpClient::greeted(server.addr(), &format!("127.0.{net}.1"), "rot.test").await;
+        assert_eq!(c.auth_plain("bob", "guess").await.code, 535);
+    }
+    let mut outsider = SmtpClient::greeted(server.addr(), "127.0.20.1", "x.test").await;
+    let r = outsider.auth_plain("bob", "builder").await;
+    assert_eq!(r.code, 454, "even the right password, from outside: {r:?}");
+    let mut owner = SmtpClient::greeted(server.addr(), "127.0.0.2", "pc.office.lan").await;
+    assert_eq!(
+        owner.auth_plain("bob", "builder").await.code,
+        235,
+        "the owner still logs in from the LAN"
+    );
+}

@@ -167,7 +167,10 @@ async fn serve(
             caps.join("\r\n")
         } else if upper == "STARTTLS" && b.tls.is_some() && !tls {
             // One write: the injected lines arrive with the 220.
-            let go = format!("220 go ahead\r\n{}", b.starttls_injection.unwrap_or_default());
+            let go = format!(
+                "220 go ahead\r\n{}",
+                b.starttls_injection.unwrap_or_default()
+            );
             io.write_all(go.as_bytes()).await?;
             let inner = io.into_inner();
             let acceptor = tokio_rustls::TlsAcceptor::from(b.tls.clone().unwrap());
