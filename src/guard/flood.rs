@@ -43,7 +43,17 @@ pub struct Flood {
     pub new: bool,
     /// Why, in words.
     pub reason: String,
+    /// The recipient's domain is one the source wrote to in earlier, quiet
+    /// windows: its usual mail, which goes on while the new domains are
+    /// held (an outsider making an office application mail addresses of
+    /// his choosing must not stop the application's real mail).
+    pub usual_domain: bool,
 }
+
+/// Domains remembered per source as its usual ones.
+const MAX_USUAL: usize = 1_000;
+/// How long a usual domain is remembered without being written to.
+const USUAL_FOR: Duration = Duration::from_secs(30 * 86_400);
 
 #[derive(Debug)]
 struct Source {
@@ -63,6 +73,8 @@ struct Source {
     /// Set when its mail bounces too much: when, and the evidence.
     bouncing: Option<(Instant, String)>,
     last_seen: Instant,
+    /// Domains written to in earlier windows without a flood, and when last.
+    usual: HashMap<String, Instant>,
 }
 
 impl Source {
@@ -78,6 +90,7 @@ impl Source {
             failed: 0,
             bouncing: None,
             last_seen: now,
+            usual: HashMap::new(),
         }
     }
 
@@ -95,6 +108,16 @@ impl Source {
             spread = spread.min(self.allowance(c) as f64);
             FLOOD_LEARNING_RATE
         } else {
+            // A quiet window's domains are the source's usual ones.
+            self.usual
+                .retain(|_, t| now.duration_since(*t) < USUAL_FOR);
+            for (d, t) in &self.domains {
+                if *t >= self.window_start
+                    && (self.usual.len() < MAX_USUAL || self.usual.contains_key(d))
+                {
+                    self.usual.insert(d.clone(), *t);
+                }
+            }
             LEARNING_RATE
         };
         self.baseline = Some(match self.baseline {
@@ -169,7 +192,7 @@ impl Source {
         self.domains.retain(|_, t| now.duration_since(*t) < window);
         let domain = domain.to_lowercase();
         if self.domains.len() < MAX_DOMAINS || self.domains.contains_key(&domain) {
-            self.domains.insert(domain, now);
+            self.domains.insert(domain.clone(), now);
         }
         let allowance = self.allowance(c);
         let reason = if self.domains.len() > allowance {
@@ -193,11 +216,19 @@ impl Source {
         if new {
             self.alerted = Some(now);
         }
+        let usual_domain = match self.usual.get_mut(&domain) {
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => false,
+        };
         Some(Flood {
             source: source.to_string(),
             domains: self.domains.len(),
             new,
             reason,
+            usual_domain,
         })
     }
 
@@ -294,6 +325,32 @@ mod tests {
             })
             .count();
         assert!(burst >= 2000 - c.flood_recipient_domains_max, "{burst}");
+    }
+
+    #[test]
+    fn an_application_keeps_sending_its_usual_mail_during_a_flood() {
+        let c = config(40);
+        let w = FloodWatch::default();
+        // A quiet window: the app writes to its three usual domains.
+        for d in ["office.example", "partner.example", "bank.example"] {
+            assert!(w.observe_recipient(&c, "app", d).is_none());
+        }
+        std::thread::sleep(Duration::from_millis(45));
+        // An outsider makes it mail 40 domains of his choosing.
+        let floods: Vec<Flood> = (0..40)
+            .filter_map(|i| w.observe_recipient(&c, "app", &format!("victim{i}.example")))
+            .collect();
+        assert!(!floods.is_empty() && floods.iter().all(|f| !f.usual_domain));
+        // Meanwhile its usual mail is recognised as such.
+        let usual = w
+            .observe_recipient(&c, "app", "partner.example")
+            .expect("still flooding");
+        assert!(usual.usual_domain);
+        // A source without a quiet window behind it has no usual domains.
+        let fresh: Vec<Flood> = (0..40)
+            .filter_map(|i| w.observe_recipient(&c, "new", &format!("d{i}.example")))
+            .collect();
+        assert!(fresh.iter().all(|f| !f.usual_domain));
     }
 
     #[test]

@@ -164,7 +164,10 @@ impl Session {
                                 },
                             });
                         }
+                        // The source's usual domains go on: only mail to
+                        // new ones is held or refused (see guard/flood.rs).
                         match mode {
+                            _ if flood.usual_domain => {}
                             crate::config::GuardMode::Hold => tx.hold = true,
                             crate::config::GuardMode::Refuse => return reply::FLOOD_REFUSED,
                             crate::config::GuardMode::Log => {}
