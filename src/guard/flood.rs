@@ -109,8 +109,7 @@ impl Source {
             FLOOD_LEARNING_RATE
         } else {
             // A quiet window's domains are the source's usual ones.
-            self.usual
-                .retain(|_, t| now.duration_since(*t) < USUAL_FOR);
+            self.usual.retain(|_, t| now.duration_since(*t) < USUAL_FOR);
             for (d, t) in &self.domains {
                 if *t >= self.window_start
                     && (self.usual.len() < MAX_USUAL || self.usual.contains_key(d))

@@ -216,15 +216,19 @@ async fn multi_site_web_servers_and_test_tools_keep_their_trust() {
         c.expect("QUIT", 221).await;
     }
     // A router carrying the Internet: 451 while the decision is fresh, 554 after.
-    let mut last = 0;
+    let mut first_refusal = 0;
     for i in 0..30 {
         let mut c = SmtpClient::connect(server.addr(), "127.0.0.254").await;
         c.expect(&format!("EHLO mx{i}.sender{i}.com"), 250).await;
         c.expect(&format!("MAIL FROM:<news@sender{i}.com>"), 250)
             .await;
-        last = c.cmd(&format!("RCPT TO:<victim{i}@far{i}.net>")).await.code;
+        let code = c.cmd(&format!("RCPT TO:<victim{i}@far{i}.net>")).await.code;
+        if code != 250 {
+            first_refusal = code;
+            break;
+        }
     }
-    assert_eq!(last, 451);
+    assert_eq!(first_refusal, 451, "deferred while the decision is fresh");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut c = SmtpClient::greeted(server.addr(), "127.0.0.254", "mx99.sender99.com").await;
     c.expect("MAIL FROM:<news@sender99.com>", 250).await;
