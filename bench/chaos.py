@@ -17,7 +17,15 @@ Three phases, each against the real binary on loopback:
    hang-ups, all at once, while one normal client keeps sending. Reported:
    the normal client's messages, failures and latency (median, 99th
    percentile), the server's peak RSS, and that it is still alive.
-3. full disk: the spool on a 6 MB tmpfs, filled until the server answers
+3. taking the relay away (security round 3), with every limit at its
+   default: bare connections held on the implicit-TLS port, strangers
+   filling the submission port, NOOP holders, password guesses from
+   rotating addresses, a transcript flood and slowloris on the admin page,
+   all at once, while the office client sends and the admin page is asked
+   for /metrics. Reported: the office client's messages, failures and
+   latency, the admin answers, the server's descriptors and the transcripts'
+   size; every office message and admin request must succeed.
+4. full disk: the spool on a 6 MB tmpfs, filled until the server answers
    452; then the tmpfs grows, the sink comes up, and every acknowledged
    message must arrive.
 """
@@ -163,20 +171,19 @@ class Sink:
 # -------------------------------------------------------------- the server
 
 class Server:
-    def __init__(self, binary, data_dir, port, sink_port, extra=""):
+    def __init__(self, binary, data_dir, port, sink_port, extra="", default_limits=False):
         self.binary = binary
         self.port = port
         self.dir = tempfile.mkdtemp(prefix="chaos-")
         self.config = os.path.join(self.dir, "portcullis.toml")
+        limits = "" if default_limits else (
+            "max_connections = 5000\nmax_connections_per_ip = 5000\nmax_connection_rate_per_ip = 0\n")
         with open(self.config, "w") as f:
             f.write(f"""
 [server]
 data_dir = "{data_dir}"
 hostname = "relay.chaos.test"
-max_connections = 5000
-max_connections_per_ip = 5000
-max_connection_rate_per_ip = 0
-[[listener]]
+{limits}[[listener]]
 address = "{LISTEN}:{port}"
 kind = "smtp"
 [[network]]
@@ -473,6 +480,178 @@ def phase_hostile(binary, seconds, only=None):
     return alive and failures <= len(latencies) // 20
 
 
+# ------------------------------------------------ phase: taking the relay away
+
+def takeover_attackers(ports, stop, counts):
+    """The attacks of security round 3, each trying to take the relay away
+    from the office: handshake floods on the implicit-TLS port, strangers
+    filling the submission port, password guessing from rotating addresses,
+    a transcript flood, slowloris on the admin page and NOOP holders."""
+    smtp, smtps, submission, admin = ports
+
+    def count(name, n=1):
+        counts[name] = counts.get(name, 0) + n
+
+    def hold_open(name, port, sources, per_source, keepalive=None, every=8):
+        """Keeps `per_source` connections from each source open, reopening
+        those the server closes; sends `keepalive` every `every` seconds."""
+        socks = []
+        while not stop.is_set():
+            while len(socks) < len(sources) * per_source and not stop.is_set():
+                src = sources[len(socks) % len(sources)]
+                try:
+                    socks.append(socket.create_connection((LISTEN, port), timeout=2,
+                                                          source_address=(src, 0)))
+                    count(name)
+                except OSError:
+                    time.sleep(0.05)
+                    break
+            alive = []
+            for s in socks:
+                try:
+                    if keepalive is not None:
+                        s.settimeout(0.01)
+                        try:
+                            if s.recv(4096) == b"":
+                                raise OSError("closed")
+                        except socket.timeout:
+                            pass
+                        s.sendall(keepalive)
+                    alive.append(s)
+                except OSError:
+                    s.close()
+            socks = alive
+            stop.wait(every)
+        for s in socks:
+            s.close()
+
+    def handshake_flood():
+        hold_open("smtps bare connections", smtps, ["127.0.1.10"], 2000, every=1)
+
+    def submission_flood():
+        hold_open("submission idle connections", submission,
+                  [f"127.0.1.{30 + i}" for i in range(10)], 20, b"NOOP\r\n")
+
+    def noop_holders():
+        hold_open("NOOP holders", smtp, [f"127.0.1.{60 + i}" for i in range(9)], 20, b"NOOP\r\n")
+
+    def admin_slowloris():
+        hold_open("admin dripping connections", admin,
+                  [f"127.0.1.{90 + i}" for i in range(5)], 16, b"X", every=1)
+
+    def rotating_guesses():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            src = f"127.0.9.{1 + n % 250}"
+            try:
+                s = socket.create_connection((LISTEN, submission), timeout=10,
+                                             source_address=(src, 0))
+                s.recv(512)
+                s.sendall(b"EHLO guess.example\r\n")
+                s.recv(4096)
+                token = __import__("base64").b64encode(f"\0alice\0guess{n}".encode())
+                s.sendall(b"AUTH PLAIN " + token + b"\r\n")
+                s.recv(512)
+                s.close()
+                count("rotating guesses")
+            except OSError:
+                time.sleep(0.05)
+
+    def transcript_flood():
+        junk = b"NOOP " + b"x" * 500 + b"\r\n"
+        while not stop.is_set():
+            try:
+                s = socket.create_connection((LISTEN, smtp), timeout=10,
+                                             source_address=("127.0.1.20", 0))
+                s.recv(512)
+                s.sendall(junk * 90)
+                time.sleep(0.2)
+                s.close()
+                count("transcript flood sessions")
+            except OSError:
+                time.sleep(0.05)
+
+    return [threading.Thread(target=f, daemon=True) for f in
+            (handshake_flood, submission_flood, noop_holders, admin_slowloris,
+             rotating_guesses, transcript_flood)]
+
+
+def phase_takeover(binary, seconds):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    data_dir = tempfile.mkdtemp(prefix="chaos-spool-")
+    smtp, sink_port = free_port(LISTEN), free_port(SINK)
+    smtps, submission, admin = free_port(LISTEN), free_port(LISTEN), free_port(LISTEN)
+    users = os.path.join(data_dir, "users")
+    subprocess.run([binary, "user", "add", "alice", "--password-stdin", "--users-file", users],
+                   input=b"correct horse battery\n", check=True, capture_output=True)
+    transcripts = tempfile.mkdtemp(prefix="chaos-transcripts-")
+    sink = Sink(SINK, sink_port)
+    sink.up()
+    # The defaults for every limit: what an office runs.
+    server = Server(binary, data_dir, smtp, sink_port, extra=f"""
+[[listener]]
+address = "{LISTEN}:{smtps}"
+kind = "smtps"
+[[listener]]
+address = "{LISTEN}:{submission}"
+kind = "submission"
+[auth]
+users_file = "{users}"
+[admin]
+address = "{LISTEN}:{admin}"
+users = ["alice"]
+[log]
+transcript = "{transcripts}"
+transcript_max_bytes_per_client = 1048576
+""", default_limits=True)
+    server.start()
+    stop = threading.Event()
+    counts = {}
+    attackers = takeover_attackers((smtp, smtps, submission, admin), stop, counts)
+    for t in attackers:
+        t.start()
+    time.sleep(3)   # let the attacks take hold first
+    latencies, failures, admin_ok, admin_failed = [], 0, 0, 0
+    started = time.time()
+    i = 0
+    while time.time() - started < seconds:
+        t0 = time.time()
+        try:
+            if send_one(smtp, f"office-{i}", timeout=30):
+                latencies.append(time.time() - t0)
+            else:
+                failures += 1
+        except Exception:
+            failures += 1
+        try:
+            with socket.create_connection((LISTEN, admin), timeout=10) as a:
+                a.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                if a.recv(64).startswith(b"HTTP/1.1 200"):
+                    admin_ok += 1
+                else:
+                    admin_failed += 1
+        except OSError:
+            admin_failed += 1
+        i += 1
+        time.sleep(0.2)
+    stop.set()
+    fds = len(os.listdir(f"/proc/{server.proc.pid}/fd")) if server.alive() else -1
+    alive = server.alive()
+    server.stop()
+    sink.down()
+    transcript_bytes = sum(os.path.getsize(os.path.join(transcripts, f)) for f in os.listdir(transcripts))
+    lat = sorted(latencies) or [0]
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    attacks = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    print(f"takeover: {seconds} s; attacks: {attacks}")
+    print(f"takeover: office client {len(latencies)} sent, {failures} failed, latency median "
+          f"{statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; admin /metrics "
+          f"{admin_ok} answered, {admin_failed} not; server descriptors at the end {fds}; "
+          f"transcripts {transcript_bytes / 1024:.0f} KiB; server {'alive' if alive else 'DEAD'}")
+    return alive and failures == 0 and admin_failed == 0
+
+
 # ----------------------------------------------------------- phase 3: disk
 
 def phase_disk(binary):
@@ -530,13 +709,16 @@ def main():
     ap.add_argument("--hostile-seconds", type=int, default=30)
     ap.add_argument("--skip-disk", action="store_true")
     ap.add_argument("--only", help="one hostile attack (e.g. \"AUTH floods\"), for a closer look")
-    ap.add_argument("--phase", choices=["kill", "hostile", "disk"], help="run one phase only")
+    ap.add_argument("--takeover-seconds", type=int, default=60)
+    ap.add_argument("--phase", choices=["kill", "hostile", "takeover", "disk"], help="run one phase only")
     a = ap.parse_args()
     ok = True
     if a.phase in (None, "kill"):
         ok = phase_kill(a.binary, a.cycles) and ok
     if a.phase in (None, "hostile"):
         ok = phase_hostile(a.binary, a.hostile_seconds, a.only) and ok
+    if a.phase in (None, "takeover"):
+        ok = phase_takeover(a.binary, a.takeover_seconds) and ok
     if a.phase in (None, "disk") and not a.skip_disk:
         ok = phase_disk(a.binary) and ok
     print("chaos: PASS" if ok else "chaos: FAIL")

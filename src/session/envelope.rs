@@ -120,7 +120,7 @@ impl Session {
         if tx.bdat.is_some() {
             return Reply::new(503, "5.5.1", "RCPT not allowed after BDAT has started");
         }
-        if tx.recipients.len() >= max {
+        if tx.rcpts_accepted >= max {
             return reply::TOO_MANY_RECIPIENTS;
         }
         if let Path::Mailbox(m) = &path

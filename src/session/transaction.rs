@@ -13,6 +13,10 @@ pub struct Transaction {
     pub bdat: Option<Incoming>,
     /// The guard saw a flood from this source: the message is queued held.
     pub hold: bool,
+    /// RCPTs accepted, repeats of one address included: they count toward
+    /// `max_recipients`, so that no session makes the server decide the
+    /// same recipient without end.
+    pub rcpts_accepted: usize,
 }
 
 impl Transaction {
@@ -23,6 +27,7 @@ impl Transaction {
             recipients: Vec::new(),
             bdat: None,
             hold: false,
+            rcpts_accepted: 0,
         }
     }
 
@@ -35,6 +40,7 @@ impl Transaction {
     }
 
     pub fn add_recipient(&mut self, mailbox: Mailbox) {
+        self.rcpts_accepted += 1;
         if !self.recipients.contains(&mailbox) {
             self.recipients.push(mailbox);
         }

@@ -361,6 +361,18 @@ async fn ten_thousand_recipients() {
         }
     }
     assert_eq!((ok, too_many), (100, 9_900));
+    // The same address over and over counts too: no unbounded policy work.
+    let mut c2 = ehlo(&server, LAN).await;
+    c2.expect("MAIL FROM:<a@x.test>", 250).await;
+    let same = "RCPT TO:<same@example.lan>\r\n".repeat(1000);
+    c2.send_raw(same.as_bytes()).await;
+    let mut same_ok = 0;
+    for _ in 0..1000 {
+        if c2.read_reply().await.code == 250 {
+            same_ok += 1;
+        }
+    }
+    assert_eq!(same_ok, 100, "repeats count toward max_recipients");
     c.expect("DATA", 354).await;
     c.send_raw(b"Subject: many\r\n\r\nx\r\n.\r\n").await;
     assert_eq!(c.read_reply().await.code, 250);
