@@ -205,6 +205,11 @@ impl Server {
     /// `shutdown_grace` to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.log_startup();
+        // Under systemd (Type=notify): up once the listeners are bound and
+        // the spool recovered, so that units ordered after us find us ready.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            warn!(error = %e, "cannot tell systemd that the server is ready");
+        }
         let addrs = self.local_addrs();
         let tracker = TaskTracker::new();
         if self.ctx.config.relay.allow_open_relay
@@ -322,6 +327,7 @@ impl Server {
                 let _ = tx.send(result);
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracker.close();
         save_activity(&self.history, &self.ctx.config.server.data_dir);
         let grace = self.ctx.config.server.shutdown_grace.get();

@@ -54,6 +54,7 @@ fn the_debian_package_holds_a_safe_service() {
         "LimitNOFILE=",
         // The conffile's transcript suggestion needs it under ProtectSystem=strict.
         "LogsDirectory=portcullis",
+        "Type=notify",
     ] {
         assert!(unit.contains(key), "unit lacks {key}:\n{unit}");
     }

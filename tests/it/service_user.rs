@@ -223,3 +223,42 @@ async fn queued_mail_is_not_readable_by_other_local_users() {
     let _again = crate::support::server::ProcessServer::spawn(&config);
     assert_eq!(owner_and_mode(&data).2 & 0o007, 0);
 }
+
+/// Under systemd (Type=notify) the server says READY=1 once it listens, and
+/// STOPPING=1 when told to stop.
+#[test]
+fn the_server_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        crate::support::server::complete_config("", dir.path(), &ca),
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let said = String::from_utf8_lossy(&buf[..n]).to_string();
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let n = socket.recv(&mut buf).expect("a second notification");
+    let then = String::from_utf8_lossy(&buf[..n]).to_string();
+    let _ = child.wait();
+    assert!(said.contains("READY=1"), "{said}");
+    assert!(then.contains("STOPPING=1"), "{then}");
+}
