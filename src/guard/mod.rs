@@ -53,14 +53,11 @@ impl GuardState {
             .unwrap_or_default()
     }
 
-    /// Replaces the state file atomically.
+    /// Replaces the state file atomically and durably (an admin's `guard
+    /// trust` must survive a crash as surely as the decision it undoes).
     pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, path)
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::fsio::replace(path, &json, crate::fsio::NewFile::PRIVATE)
     }
 }
 

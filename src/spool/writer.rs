@@ -283,5 +283,5 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// fsyncs a directory so that a rename or unlink in it survives a crash.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::fsio::sync_dir(dir)
 }
