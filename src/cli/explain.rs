@@ -25,6 +25,9 @@ pub struct ExplainArgs {
     /// The client uses STARTTLS.
     #[arg(long)]
     tls: bool,
+    /// MAIL FROM carries SMTPUTF8 (needed for UTF-8 addresses).
+    #[arg(long)]
+    smtputf8: bool,
     /// The envelope sender (`<>` for the null sender).
     #[arg(long)]
     from: String,
@@ -51,6 +54,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<i32> {
         to: args.to,
         checks: Default::default(),
         recipient_checks: Vec::new(),
+        smtputf8: args.smtputf8,
     };
     let looks_up = config.checks.uses_dns()
         || config.relay.verify_recipients != crate::config::VerifyRecipients::Off;

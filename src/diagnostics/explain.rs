@@ -21,6 +21,8 @@ pub struct Question {
     pub auth: Option<String>,
     /// STARTTLS done before AUTH and MAIL.
     pub tls: bool,
+    /// MAIL FROM carries SMTPUTF8 (UTF-8 addresses allowed).
+    pub smtputf8: bool,
     pub from: String,
     pub to: Vec<String>,
     /// What the anti-spam checks found (see `gather`); empty when not looked up.
@@ -46,7 +48,7 @@ pub async fn gather(config: &Config, q: &mut Question) {
     if let Ok(Command::Mail {
         path: crate::smtp::address::Path::Mailbox(m),
         ..
-    }) = command::parse(&format!("MAIL FROM:{}", bracketed(&q.from)))
+    }) = command::parse(&mail_line(q))
         && let crate::smtp::address::Domain::Name(d) = &m.domain
     {
         q.checks.sender_domain = checks.sender_domain(d).await;
@@ -92,6 +94,7 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
     let kind = listener_kind(config, q.listener, &mut steps);
     let mut facts = ClientFacts::new(q.ip, kind);
     facts.tls |= q.tls;
+    facts.smtputf8 = q.smtputf8;
     facts.checks = q.checks.clone();
     let refuse = |steps: Vec<Step>, r: Reply| Explanation {
         verdict: Verdict::Refuse,
@@ -159,7 +162,7 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
         }
     }
 
-    let sender = match command::parse(&format!("MAIL FROM:{}", bracketed(&q.from))) {
+    let sender = match command::parse(&mail_line(q)) {
         Ok(Command::Mail { path, .. }) => path,
         Ok(_) => return refuse(steps, reply::SYNTAX_ERROR),
         Err(Unparsed::Reply(r)) => {
@@ -245,6 +248,12 @@ fn user_known(config: &Config, user: &str) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The MAIL command the client would send.
+fn mail_line(q: &Question) -> String {
+    let utf8 = if q.smtputf8 { " SMTPUTF8" } else { "" };
+    format!("MAIL FROM:{}{utf8}", bracketed(&q.from))
+}
+
 /// `a@b` → `<a@b>`; already bracketed paths (and `<>`) are kept as given.
 fn bracketed(address: &str) -> String {
     let a = address.trim();
@@ -292,6 +301,7 @@ mod tests {
                 to: vec![to.into()],
                 checks: Default::default(),
                 recipient_checks: Vec::new(),
+                smtputf8: false,
             },
         )
     }

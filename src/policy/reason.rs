@@ -32,6 +32,8 @@ pub enum RefuseReason {
     /// `<postmaster>` as a sender, which names no domain.
     SenderNeedsDomain,
     NullRecipient,
+    /// A UTF-8 recipient in a transaction whose MAIL did not ask for SMTPUTF8.
+    Utf8NeedsSmtputf8,
     /// `<postmaster>` as a recipient, but no inbound domain receives it.
     NoPostmaster,
     /// Listed on DNS black lists (the first zone named).
@@ -99,6 +101,11 @@ impl RefuseReason {
                 451,
                 "4.7.1",
                 "Relaying from this address is suspended for now: it looked like many clients behind one address (NAT); try again later or authenticate",
+            ),
+            RefuseReason::Utf8NeedsSmtputf8 => Reply::new(
+                553,
+                "5.6.7",
+                "UTF-8 recipient needs MAIL FROM with SMTPUTF8",
             ),
             RefuseReason::ListenerNeedsAuth => reply::AUTH_REQUIRED,
             RefuseReason::AuthNeedsTls => reply::AUTH_NEEDS_TLS,
@@ -184,6 +191,7 @@ impl RefuseReason {
             RefuseReason::HiddenRoute { .. } => "hidden_route",
             RefuseReason::SenderNeedsDomain => "sender_needs_domain",
             RefuseReason::NullRecipient => "null_recipient",
+            RefuseReason::Utf8NeedsSmtputf8 => "utf8_needs_smtputf8",
             RefuseReason::NoPostmaster => "no_postmaster",
             RefuseReason::Dnsbl { .. } => "dnsbl",
             RefuseReason::ReverseDns { .. } => "reverse_dns",
@@ -224,6 +232,9 @@ impl std::fmt::Display for RefuseReason {
             }
             RefuseReason::SenderNeedsDomain => f.write_str("<postmaster> as a sender"),
             RefuseReason::NullRecipient => f.write_str("null recipient"),
+            RefuseReason::Utf8NeedsSmtputf8 => {
+                f.write_str("a UTF-8 recipient, but MAIL did not ask for SMTPUTF8")
+            }
             RefuseReason::NoPostmaster => {
                 f.write_str("<postmaster> with no inbound domain configured")
             }

@@ -32,6 +32,8 @@ pub struct ClientFacts {
     /// ... and did so moments ago (`guard.nat_tempfail`): relaying without
     /// AUTH is deferred (451) rather than refused while the admin looks.
     pub distrusted_recently: bool,
+    /// The open transaction's MAIL asked for SMTPUTF8: UTF-8 addresses may follow.
+    pub smtputf8: bool,
 }
 
 impl ClientFacts {
@@ -46,6 +48,7 @@ impl ClientFacts {
             sender: None,
             distrusted: false,
             distrusted_recently: false,
+            smtputf8: false,
         }
     }
 }
@@ -354,6 +357,9 @@ impl Policy {
             },
             Path::Mailbox(m) => m.clone(),
         };
+        if mailbox.is_utf8() && !client.smtputf8 {
+            return t.refuse(RefuseReason::Utf8NeedsSmtputf8);
+        }
         if self
             .lists
             .reject_recipients

@@ -123,16 +123,6 @@ impl Session {
         if tx.rcpts_accepted >= max {
             return reply::TOO_MANY_RECIPIENTS;
         }
-        if let Path::Mailbox(m) = &path
-            && m.is_utf8()
-            && !tx.params.smtputf8
-        {
-            return Reply::new(
-                553,
-                "5.6.7",
-                "UTF-8 recipient needs MAIL FROM with SMTPUTF8",
-            );
-        }
         let decision = self.ctx.policy.rcpt(&client, &path);
         let from = tx.sender_text();
         match decision.verdict {

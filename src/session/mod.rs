@@ -436,6 +436,7 @@ impl Session {
             sender: self.tx.as_ref().map(|t| t.sender_text()),
             distrusted: self.ctx.guard.is_untrusted(self.ip),
             distrusted_recently: self.ctx.guard.untrusted_recently(self.ip),
+            smtputf8: self.tx.as_ref().is_some_and(|t| t.params.smtputf8),
         }
     }
 

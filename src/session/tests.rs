@@ -143,3 +143,125 @@ async fn an_idle_session_task_is_small() {
     // AUTH, STARTTLS) are boxed so that their state exists only while they run.
     assert!(size < 6 * 1024, "{size} bytes");
 }
+
+/// `explain` and a real session reach the same verdict, with the same
+/// reply code, for every recipient form an attacker or a typo may write:
+/// quoting, source routes, IP literals, percent and bang forms, odd case,
+/// trailing dots; from a trusted and from an untrusted client.
+mod explain_agrees {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CONFIG: &str = "[server]\nhostname = \"relay.test\"\n[[network]]\nrange = \"192.0.2.0/24\"\nauth = \"none\"\n[relay]\ninbound_domains = [\"example.lan\"]\n";
+
+    fn local_part() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "user",
+            "User.Name",
+            "\"a b\"",
+            "\"x@y\"",
+            "\"v%far.example\"",
+            "u%far.example",
+            "far.example!u",
+            "u+tag",
+            "postmaster",
+            "Postmaster",
+            "\"\"",
+            "a.",
+            ".a",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "example.lan",
+            "EXAMPLE.LAN",
+            "example.lan.",
+            "elsewhere.example",
+            "elsewhere.example.",
+            "relay.test",
+            "[192.0.2.1]",
+            "[127.0.0.1]",
+            "[IPv6:::1]",
+            "[203.0.113.9]",
+            "sub.example.lan",
+            "bücher.example",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    fn recipient() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec!["", "@relay.test:", "@relay.test,@[192.0.2.1]:"]),
+            local_part(),
+            domain(),
+            prop::bool::ANY,
+        )
+            .prop_map(|(route, local, domain, bare)| {
+                if bare {
+                    format!("<{route}{local}>")
+                } else {
+                    format!("<{route}{local}@{domain}>")
+                }
+            })
+    }
+
+    async fn session_says(config: &str, peer: &str, to: &str, utf8: bool) -> u16 {
+        let mut p = session(config, peer).await;
+        p.cmd("EHLO client.test").await;
+        let mail = if utf8 {
+            "MAIL FROM:<a@x.test> SMTPUTF8"
+        } else {
+            "MAIL FROM:<a@x.test>"
+        };
+        assert_eq!(p.cmd(mail).await.0, 250);
+        p.cmd(&format!("RCPT TO:{to}")).await.0
+    }
+
+    fn explain_says(to: &str, ip: &str, utf8: bool) -> u16 {
+        let config = Config::parse(
+            &format!("[dns]\nnameservers = [\"127.0.0.1:1\"]\n{CONFIG}"),
+            "t",
+        )
+        .unwrap();
+        let q = crate::diagnostics::explain::Question {
+            ip: ip.parse().unwrap(),
+            listener: None,
+            helo: "client.test".into(),
+            auth: None,
+            tls: false,
+            from: "a@x.test".into(),
+            to: vec![to.to_string()],
+            checks: Default::default(),
+            recipient_checks: Vec::new(),
+            smtputf8: utf8,
+        };
+        let answer = crate::diagnostics::explain::explain(&config, &q);
+        answer
+            .reply
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn explain_and_the_session_agree(
+            to in recipient(),
+            trusted in prop::bool::ANY,
+            utf8 in prop::bool::ANY,
+        ) {
+            let (peer, ip) = if trusted {
+                ("192.0.2.10:40000", "192.0.2.10")
+            } else {
+                ("198.51.100.7:40000", "198.51.100.7")
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let session = runtime.block_on(session_says(CONFIG, peer, &to, utf8));
+            let explained = explain_says(&to, ip, utf8);
+            prop_assert_eq!(session, explained, "RCPT TO:{} from {}", to, ip);
+        }
+    }
+}
