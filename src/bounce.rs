@@ -255,7 +255,7 @@ mod tests {
                 &crate::delivery::client::ServerReply {
                     code: 550,
                     text: "5.1.1 user unknown".into(),
-                    step: "RCPT TO",
+                    step: crate::delivery::client::Step::RcptTo,
                     local: false,
                 },
                 "mx.example.net",

@@ -17,13 +17,78 @@ const MAX_REPLY_LINES: usize = 200;
 /// Room made in the reply buffer before each read.
 const READ_ROOM: usize = 4096;
 
+/// The step of our conversation with a next hop that a reply answers (or
+/// a wait is for): typed, so that a misspelt step cannot silently become
+/// another stage in a delivery report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Banner,
+    Ehlo,
+    Helo,
+    StartTls,
+    TlsHandshake,
+    Auth,
+    MailFrom,
+    RcptTo,
+    Data,
+    EndOfData,
+    /// The next hop taking the message content we write.
+    TakeData,
+    Rset,
+    Quit,
+}
+
+impl Step {
+    /// The step in words, as the log and the reports say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Banner => "banner",
+            Step::Ehlo => "EHLO",
+            Step::Helo => "HELO",
+            Step::StartTls => "STARTTLS",
+            Step::TlsHandshake => "TLS handshake",
+            Step::Auth => "AUTH",
+            Step::MailFrom => "MAIL FROM",
+            Step::RcptTo => "RCPT TO",
+            Step::Data => "DATA",
+            Step::EndOfData => "end of data",
+            Step::TakeData => "the next hop to take data",
+            Step::Rset => "RSET",
+            Step::Quit => "QUIT",
+        }
+    }
+
+    /// What a timeout at this step was waiting for.
+    fn awaited(self) -> &'static str {
+        match self {
+            Step::EndOfData => "the reply to end of data",
+            other => other.name(),
+        }
+    }
+
+    /// The stage of a delivery report this step belongs to.
+    pub fn stage(self) -> super::Stage {
+        use super::Stage;
+        match self {
+            Step::Banner => Stage::Greeting,
+            Step::Ehlo | Step::Helo => Stage::Helo,
+            Step::StartTls | Step::TlsHandshake => Stage::StartTls,
+            Step::Auth => Stage::Auth,
+            Step::MailFrom => Stage::MailFrom,
+            Step::RcptTo => Stage::RcptTo,
+            Step::Data | Step::EndOfData | Step::TakeData => Stage::Data,
+            Step::Rset | Step::Quit => Stage::Session,
+        }
+    }
+}
+
 /// A reply from the next hop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerReply {
     pub code: u16,
     pub text: String,
-    /// The step it answered ("RCPT TO", "end of data", …).
-    pub step: &'static str,
+    /// The step it answered.
+    pub step: Step,
     /// Decided here before asking the next hop (no SMTPUTF8 there, too
     /// large for its SIZE): reported as ours, never as the next hop's reply.
     pub local: bool,
@@ -62,18 +127,15 @@ pub enum ClientError {
         reason: String,
         unreachable: bool,
     },
-    #[error("timeout waiting for {0}")]
-    Timeout(&'static str),
+    #[error("timeout waiting for {}", .0.awaited())]
+    Timeout(Step),
     #[error("connection lost: {0}")]
     Io(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The server answered a session-level step (banner, EHLO, AUTH, MAIL) with this.
-    #[error("{stage} answered {reply}")]
-    Rejected {
-        stage: &'static str,
-        reply: ServerReply,
-    },
+    #[error("{} answered {reply}", stage.name())]
+    Rejected { stage: Step, reply: ServerReply },
     #[error("TLS required but {0}")]
     TlsUnavailable(String),
     #[error("TLS handshake failed: {0}")]
@@ -99,7 +161,7 @@ impl ClientError {
         !matches!(
             self,
             ClientError::Rejected {
-                stage: "MAIL FROM",
+                stage: Step::MailFrom,
                 ..
             }
         )
@@ -234,17 +296,17 @@ impl SmtpConnection {
         if let TlsMode::Implicit(cfg) = &opts.tls {
             conn.handshake(Arc::clone(cfg)).await?;
         }
-        let banner = conn.read_reply("banner").await?;
+        let banner = conn.read_reply(Step::Banner).await?;
         if !banner.is_ok() {
             return Err(ClientError::Rejected {
-                stage: "banner",
+                stage: Step::Banner,
                 reply: banner,
             });
         }
         conn.hello().await?;
         match &opts.tls {
             TlsMode::Opportunistic(cfg) | TlsMode::Required(cfg) if conn.caps.starttls => {
-                let reply = conn.command("STARTTLS", "STARTTLS").await?;
+                let reply = conn.command("STARTTLS", Step::StartTls).await?;
                 if reply.code != 220 {
                     if matches!(opts.tls, TlsMode::Required(_)) {
                         return Err(ClientError::TlsUnavailable(format!(
@@ -280,7 +342,7 @@ impl SmtpConnection {
             tokio_rustls::TlsConnector::from(cfg).connect(name, io),
         )
         .await
-        .map_err(|_| ClientError::Timeout("TLS handshake"))?
+        .map_err(|_| ClientError::Timeout(Step::TlsHandshake))?
         .map_err(|e| ClientError::TlsFailed(crate::tls::describe_io_error(&e)))?;
         let version = tls
             .get_ref()
@@ -295,18 +357,18 @@ impl SmtpConnection {
 
     async fn hello(&mut self) -> Result<(), ClientError> {
         let ehlo = self
-            .command(&format!("EHLO {}", self.opts.helo), "EHLO")
+            .command(&format!("EHLO {}", self.opts.helo), Step::Ehlo)
             .await?;
         if ehlo.is_ok() {
             self.caps = parse_capabilities(&ehlo);
             return Ok(());
         }
         let helo = self
-            .command(&format!("HELO {}", self.opts.helo), "HELO")
+            .command(&format!("HELO {}", self.opts.helo), Step::Helo)
             .await?;
         if !helo.is_ok() {
             return Err(ClientError::Rejected {
-                stage: "HELO",
+                stage: Step::Helo,
                 reply: helo,
             });
         }
@@ -317,23 +379,24 @@ impl SmtpConnection {
     async fn authenticate(&mut self, user: &str, pass: &str) -> Result<(), ClientError> {
         let reply = if self.caps.auth_plain {
             let token = B64.encode(format!("\0{user}\0{pass}"));
-            self.command(&format!("AUTH PLAIN {token}"), "AUTH").await?
+            self.command(&format!("AUTH PLAIN {token}"), Step::Auth)
+                .await?
         } else if self.caps.auth_login {
-            let r = self.command("AUTH LOGIN", "AUTH").await?;
+            let r = self.command("AUTH LOGIN", Step::Auth).await?;
             if r.code != 334 {
                 return Err(ClientError::Rejected {
-                    stage: "AUTH",
+                    stage: Step::Auth,
                     reply: r,
                 });
             }
-            let r = self.command(&B64.encode(user), "AUTH").await?;
+            let r = self.command(&B64.encode(user), Step::Auth).await?;
             if r.code != 334 {
                 return Err(ClientError::Rejected {
-                    stage: "AUTH",
+                    stage: Step::Auth,
                     reply: r,
                 });
             }
-            self.command(&B64.encode(pass), "AUTH").await?
+            self.command(&B64.encode(pass), Step::Auth).await?
         } else {
             // Never fall back to sending unauthenticated: that is a temporary failure.
             return Err(ClientError::AuthUnavailable(
@@ -342,7 +405,7 @@ impl SmtpConnection {
         };
         if reply.code != 235 {
             return Err(ClientError::Rejected {
-                stage: "AUTH",
+                stage: Step::Auth,
                 reply,
             });
         }
@@ -355,7 +418,7 @@ impl SmtpConnection {
         self.data_sent = false;
         if msg.smtputf8 && !self.caps.smtputf8 {
             let reply = ServerReply {
-                step: "MAIL FROM",
+                step: Step::MailFrom,
                 code: 553,
                 text: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
                     .into(),
@@ -389,7 +452,7 @@ impl SmtpConnection {
         if let Some(max) = self.caps.size {
             if body_len > max {
                 let reply = ServerReply {
-                    step: "MAIL FROM",
+                    step: Step::MailFrom,
                     code: 552,
                     text: format!(
                         "5.3.4 message size {body_len} exceeds the next hop's limit {max}"
@@ -415,35 +478,38 @@ impl SmtpConnection {
             batch.push_str("DATA\r\n");
             self.transaction_open = true;
             self.write(batch.as_bytes()).await?;
-            let mail_reply = self.read_reply("MAIL FROM").await?;
+            let mail_reply = self.read_reply(Step::MailFrom).await?;
             for _ in msg.recipients {
-                replies.push(self.read_reply("RCPT TO").await?);
+                replies.push(self.read_reply(Step::RcptTo).await?);
             }
-            let data_reply = self.read_reply("DATA").await?;
+            let data_reply = self.read_reply(Step::Data).await?;
             if !mail_reply.is_ok() {
                 return Err(ClientError::Rejected {
-                    stage: "MAIL FROM",
+                    stage: Step::MailFrom,
                     reply: mail_reply,
                 });
             }
             return self.finish_data(msg, content, replies, data_reply).await;
         }
         self.transaction_open = true;
-        let mail_reply = self.command(&mail, "MAIL FROM").await?;
+        let mail_reply = self.command(&mail, Step::MailFrom).await?;
         if !mail_reply.is_ok() {
             return Err(ClientError::Rejected {
-                stage: "MAIL FROM",
+                stage: Step::MailFrom,
                 reply: mail_reply,
             });
         }
         for r in msg.recipients {
-            replies.push(self.command(&format!("RCPT TO:<{r}>"), "RCPT TO").await?);
+            replies.push(
+                self.command(&format!("RCPT TO:<{r}>"), Step::RcptTo)
+                    .await?,
+            );
         }
         if !replies.iter().any(ServerReply::is_ok) {
             self.reset().await?;
             return Ok(replies);
         }
-        let data_reply = self.command("DATA", "DATA").await?;
+        let data_reply = self.command("DATA", Step::Data).await?;
         self.finish_data(msg, content, replies, data_reply).await
     }
 
@@ -470,7 +536,7 @@ impl SmtpConnection {
         if !any_accepted {
             // The server opened DATA although nobody was accepted: end it empty.
             self.write(b".\r\n").await?;
-            let _ = self.read_reply("end of data").await?;
+            let _ = self.read_reply(Step::EndOfData).await?;
             self.transaction_open = false;
             return Ok(replies);
         }
@@ -479,9 +545,9 @@ impl SmtpConnection {
             None => self.write_body(msg.body_path, msg.body_len).await?,
         }
         let deadline = self.opts.data_timeout;
-        let done = timeout(deadline, self.read_reply_untimed("end of data"))
+        let done = timeout(deadline, self.read_reply_untimed(Step::EndOfData))
             .await
-            .map_err(|_| ClientError::Timeout("the reply to end of data"))??;
+            .map_err(|_| ClientError::Timeout(Step::EndOfData))??;
         // Whatever it said, the reply to the final dot ends the transaction.
         self.transaction_open = false;
         for r in replies.iter_mut().filter(|r| r.is_ok()) {
@@ -540,15 +606,15 @@ impl SmtpConnection {
     /// RSET), without sending any message: recipient verification by callout.
     pub async fn probe_recipient(&mut self, rcpt: &str) -> Result<ServerReply, ClientError> {
         self.transaction_open = true;
-        let mail = self.command("MAIL FROM:<>", "MAIL FROM").await?;
+        let mail = self.command("MAIL FROM:<>", Step::MailFrom).await?;
         if !mail.is_ok() {
             return Err(ClientError::Rejected {
-                stage: "MAIL FROM",
+                stage: Step::MailFrom,
                 reply: mail,
             });
         }
         let reply = self
-            .command(&format!("RCPT TO:<{rcpt}>"), "RCPT TO")
+            .command(&format!("RCPT TO:<{rcpt}>"), Step::RcptTo)
             .await?;
         let _ = self.reset().await;
         Ok(reply)
@@ -563,13 +629,13 @@ impl SmtpConnection {
 
     /// Ends any transaction (RSET and its reply), ready for another message.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
-        let r = self.command("RSET", "RSET").await?;
+        let r = self.command("RSET", Step::Rset).await?;
         if r.is_ok() {
             self.transaction_open = false;
             Ok(())
         } else {
             Err(ClientError::Rejected {
-                stage: "RSET",
+                stage: Step::Rset,
                 reply: r,
             })
         }
@@ -578,7 +644,7 @@ impl SmtpConnection {
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(5), async {
             let _ = self.write(b"QUIT\r\n").await;
-            let _ = self.read_reply_untimed("QUIT").await;
+            let _ = self.read_reply_untimed(Step::Quit).await;
             let _ = self.io.shutdown().await;
         })
         .await;
@@ -601,39 +667,34 @@ impl SmtpConnection {
             self.io.flush().await
         })
         .await
-        .map_err(|_| ClientError::Timeout("the next hop to take data"))?
+        .map_err(|_| ClientError::Timeout(Step::TakeData))?
         .map_err(|e| ClientError::Io(crate::tls::describe_io_error(&e)))
     }
 
-    async fn command(
-        &mut self,
-        line: &str,
-        stage: &'static str,
-    ) -> Result<ServerReply, ClientError> {
+    async fn command(&mut self, line: &str, stage: Step) -> Result<ServerReply, ClientError> {
         if has_line_break(line) {
             return Err(ClientError::Protocol(format!(
-                "refusing to send {stage} with a CR, LF or NUL in it"
+                "refusing to send {} with a CR, LF or NUL in it",
+                stage.name()
             )));
         }
         self.write(format!("{line}\r\n").as_bytes()).await?;
         self.read_reply(stage).await
     }
 
-    async fn read_reply(&mut self, stage: &'static str) -> Result<ServerReply, ClientError> {
+    async fn read_reply(&mut self, stage: Step) -> Result<ServerReply, ClientError> {
         timeout(self.opts.reply_timeout, self.read_reply_untimed(stage))
             .await
             .map_err(|_| ClientError::Timeout(stage))?
     }
 
-    async fn read_reply_untimed(
-        &mut self,
-        stage: &'static str,
-    ) -> Result<ServerReply, ClientError> {
+    async fn read_reply_untimed(&mut self, stage: Step) -> Result<ServerReply, ClientError> {
         let mut lines: Vec<String> = Vec::new();
         let mut code = 0u16;
         loop {
             let line = self.read_line().await?;
-            let bad = || ClientError::Protocol(format!("malformed reply to {stage}: {line:?}"));
+            let bad =
+                || ClientError::Protocol(format!("malformed reply to {}: {line:?}", stage.name()));
             if line.len() < 3 {
                 return Err(bad());
             }
@@ -647,7 +708,8 @@ impl SmtpConnection {
                 Some(b'-') if lines.len() < MAX_REPLY_LINES => continue,
                 Some(b'-') => {
                     return Err(ClientError::Protocol(format!(
-                        "reply to {stage} is too long"
+                        "reply to {} is too long",
+                        stage.name()
                     )));
                 }
                 _ => {
@@ -891,7 +953,7 @@ mod tests {
         let r = ServerReply {
             code: 250,
             text: "mx.example\nPIPELINING\nSIZE 1000\nAUTH LOGIN PLAIN\nSTARTTLS\n8BITMIME".into(),
-            step: "EHLO",
+            step: Step::Ehlo,
             local: false,
         };
         let c = parse_capabilities(&r);

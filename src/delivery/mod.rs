@@ -509,9 +509,9 @@ fn lost_after_content(
 /// A recipient's outcome from the reply to its RCPT (or to the data, for all).
 fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
     let result = if r.local {
-        AttemptResult::local_about(Stage::of_step(r.step), r, host)
+        AttemptResult::local_about(r.step.stage(), r, host)
     } else {
-        AttemptResult::reply(Stage::of_step(r.step), r, host).with_ip(ip)
+        AttemptResult::reply(r.step.stage(), r, host).with_ip(ip)
     };
     if r.is_ok() {
         Outcome::Delivered(result)

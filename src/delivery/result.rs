@@ -31,24 +31,6 @@ pub enum Stage {
     Queue,
 }
 
-impl Stage {
-    /// The stage of a step named by the SMTP client.
-    pub fn of_step(step: &str) -> Stage {
-        match step {
-            "banner" => Stage::Greeting,
-            "EHLO" | "HELO" => Stage::Helo,
-            "STARTTLS" | "TLS handshake" => Stage::StartTls,
-            "AUTH" => Stage::Auth,
-            "MAIL FROM" => Stage::MailFrom,
-            "RCPT TO" => Stage::RcptTo,
-            "DATA" | "end of data" | "the reply to end of data" | "the next hop to take data" => {
-                Stage::Data
-            }
-            _ => Stage::Session,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptResult {
     pub stage: Stage,
@@ -114,11 +96,11 @@ impl AttemptResult {
     /// What the SMTP client ran into with `remote`.
     pub fn client_error(e: &ClientError, remote: &str) -> AttemptResult {
         if let ClientError::Rejected { stage, reply } = e {
-            return AttemptResult::reply(Stage::of_step(stage), reply, remote);
+            return AttemptResult::reply(stage.stage(), reply, remote);
         }
         let (stage, enhanced) = match e {
             ClientError::Connect { .. } => (Stage::Connect, "4.4.1"),
-            ClientError::Timeout(step) => (Stage::of_step(step), "4.4.2"),
+            ClientError::Timeout(step) => (step.stage(), "4.4.2"),
             ClientError::Io(_) => (Stage::Session, "4.4.2"),
             ClientError::Protocol(_) => (Stage::Session, "4.5.0"),
             ClientError::TlsUnavailable(_) | ClientError::TlsFailed(_) => {
@@ -204,6 +186,7 @@ fn split_enhanced(text: &str) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::client::Step;
 
     #[test]
     fn replies_become_fields() {
@@ -212,7 +195,7 @@ mod tests {
             &ServerReply {
                 code: 550,
                 text: "5.1.1 <x@y>: no such user".into(),
-                step: "RCPT TO",
+                step: Step::RcptTo,
                 local: false,
             },
             "mx.example.net",
@@ -230,7 +213,7 @@ mod tests {
             &ServerReply {
                 code: 451,
                 text: "try later".into(),
-                step: "end of data",
+                step: Step::EndOfData,
                 local: false,
             },
             "h",
@@ -241,17 +224,17 @@ mod tests {
     #[test]
     fn client_errors_name_their_stage() {
         let e = ClientError::Rejected {
-            stage: "MAIL FROM",
+            stage: Step::MailFrom,
             reply: ServerReply {
                 code: 553,
                 text: "5.7.1 sender refused".into(),
-                step: "MAIL FROM",
+                step: Step::MailFrom,
                 local: false,
             },
         };
         let r = AttemptResult::client_error(&e, "smart.example");
         assert_eq!((r.stage, r.code), (Stage::MailFrom, Some(553)));
-        let r = AttemptResult::client_error(&ClientError::Timeout("end of data"), "h");
+        let r = AttemptResult::client_error(&ClientError::Timeout(Step::EndOfData), "h");
         assert_eq!(
             (r.stage, r.enhanced.as_deref()),
             (Stage::Data, Some("4.4.2"))

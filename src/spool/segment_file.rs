@@ -207,7 +207,9 @@ mod tests {
     fn is_direct(seg: &SegmentFile, asked: bool) -> bool {
         let direct = matches!(seg.how, How::Direct(_));
         if asked && !direct {
-            println!("SKIPPED the direct-I/O run: the test directory's file system takes no O_DIRECT");
+            println!(
+                "SKIPPED the direct-I/O run: the test directory's file system takes no O_DIRECT"
+            );
         }
         direct
     }
