@@ -100,10 +100,7 @@ pub struct EventRow {
 
 impl From<Recorded> for EventRow {
     fn from(r: Recorded) -> Self {
-        let kind = serde_json::to_value(&*r.event)
-            .ok()
-            .and_then(|v| v.get("event").and_then(|k| k.as_str().map(str::to_string)))
-            .unwrap_or_default();
+        let kind = r.event.kind().to_string();
         EventRow {
             seq: r.seq,
             at: r.at,

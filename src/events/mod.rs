@@ -240,6 +240,33 @@ pub enum Event {
 
 impl Event {
     /// The client address the event is about, if any.
+    /// The event's kind, as its JSON names it (`"event": "rcpt_refused"`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ConnectionOpened { .. } => "connection_opened",
+            Event::AccountLocked { .. } => "account_locked",
+            Event::ConnectionRefused { .. } => "connection_refused",
+            Event::ConnectionClosed { .. } => "connection_closed",
+            Event::TlsEstablished { .. } => "tls_established",
+            Event::AuthSucceeded { .. } => "auth_succeeded",
+            Event::AuthFailed { .. } => "auth_failed",
+            Event::MailRefused { .. } => "mail_refused",
+            Event::RcptAccepted { .. } => "rcpt_accepted",
+            Event::RcptRefused { .. } => "rcpt_refused",
+            Event::DataRefused { .. } => "data_refused",
+            Event::MessageAccepted { .. } => "message_accepted",
+            Event::MessageRefused { .. } => "message_refused",
+            Event::Delivery { .. } => "delivery",
+            Event::DnsCheck { .. } => "dns_check",
+            Event::ReportQueued { .. } => "report_queued",
+            Event::MessageFinished { .. } => "message_finished",
+            Event::QueueCommand { .. } => "queue_command",
+            Event::GuardUntrusted { .. } => "guard_untrusted",
+            Event::FloodDetected { .. } => "flood_detected",
+            Event::ZoneHealth { .. } => "zone_health",
+        }
+    }
+
     pub fn client(&self) -> Option<IpAddr> {
         match self {
             Event::ConnectionOpened { client, .. }
@@ -341,6 +368,31 @@ mod tests {
     impl Subscriber for Recorder {
         fn on_event(&self, e: &Event) {
             self.0.lock().unwrap().push(format!("{:?}", e.client()));
+        }
+    }
+
+    #[test]
+    fn an_events_kind_is_its_json_tag() {
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        for e in [
+            Event::AccountLocked {
+                user: "bob".into(),
+                client,
+            },
+            Event::GuardUntrusted {
+                client,
+                evidence: "x".into(),
+            },
+            Event::ConnectionOpened {
+                session: 1,
+                client,
+                listener: ListenerKind::Smtp,
+                tls: false,
+                via_proxy: None,
+            },
+        ] {
+            let json = serde_json::to_value(&e).unwrap();
+            assert_eq!(json["event"], e.kind());
         }
     }
 
