@@ -63,20 +63,27 @@ impl Recorded {
         )
     }
 
-    /// The queue id the event names, if any.
-    pub fn queue_id(&self) -> Option<String> {
+    /// The queue ids the event names: a message's, and for a report the
+    /// report's own too.
+    pub fn queue_ids(&self) -> Vec<String> {
         match &*self.event {
             Event::MessageAccepted { queue_id, .. }
             | Event::MessageRefused { queue_id, .. }
             | Event::Delivery { queue_id, .. }
-            | Event::MessageFinished { queue_id, .. } => Some(queue_id.to_string()),
+            | Event::MessageFinished { queue_id, .. } => vec![queue_id.to_string()],
             Event::ReportQueued {
                 queue_id,
                 report_id,
                 ..
-            } => Some(format!("{queue_id} {report_id}")),
-            _ => None,
+            } => vec![queue_id.to_string(), report_id.to_string()],
+            _ => Vec::new(),
         }
+    }
+
+    /// The queue ids as the log page shows them ("ID REPORT-ID").
+    pub fn queue_id(&self) -> Option<String> {
+        let ids = self.queue_ids();
+        (!ids.is_empty()).then(|| ids.join(" "))
     }
 }
 
@@ -234,7 +241,10 @@ impl History {
                 None => true,
             })
             .filter(|r| match &filter.queue_id {
-                Some(q) => r.queue_id().is_some_and(|id| id.contains(q.as_str())),
+                Some(q) => r
+                    .queue_ids()
+                    .iter()
+                    .any(|id| id.eq_ignore_ascii_case(q.trim())),
                 None => true,
             })
             .take(limit)
@@ -326,6 +336,36 @@ mod tests {
         let later = History::new();
         later.load_activity(&path, t0 + 2 * 86400);
         assert_eq!(later.totals(24 * 60, t0 + 2 * 86400).refused, 0);
+    }
+
+    #[test]
+    fn a_queue_id_filter_matches_whole_ids() {
+        let h = History::new();
+        let (message, report) = (
+            crate::spool::QueueId::parse("0123456789ABCDEF0123").unwrap(),
+            crate::spool::QueueId::parse("0123456789ABCDEF0456").unwrap(),
+        );
+        h.record_at(
+            Arc::new(Event::ReportQueued {
+                queue_id: message.clone(),
+                report_id: report.clone(),
+                to: "a@b".into(),
+                kind: ReportKind::Bounce,
+                recipients: 1,
+            }),
+            60,
+        );
+        let find = |q: &str| {
+            h.events(&EventFilter {
+                queue_id: Some(q.into()),
+                ..Default::default()
+            })
+            .len()
+        };
+        assert_eq!(find(&message.to_string()), 1);
+        assert_eq!(find(&report.to_string()), 1, "the report's own id finds it");
+        assert_eq!(find("0123456789ABCDEF"), 0, "a piece of an id is not an id");
+        assert_eq!(find("0123 0456"), 0);
     }
 
     #[test]
