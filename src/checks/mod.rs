@@ -154,10 +154,13 @@ impl Checks {
                     return Some(known);
                 }
                 let deliverer = self.deliverer.as_ref()?;
+                use crate::delivery::CalloutAnswer;
                 let answer = match deliverer.callout(domain, address).await {
-                    Ok(true) => Lookup::Pass("the next hop takes it (callout)".into()),
-                    Ok(false) => Lookup::Fail("the next hop has no such user (callout)".into()),
-                    Err(e) => Lookup::DnsError(e),
+                    CalloutAnswer::Takes => Lookup::Pass("the next hop takes it (callout)".into()),
+                    CalloutAnswer::NoSuchRecipient => {
+                        Lookup::Fail("the next hop has no such user (callout)".into())
+                    }
+                    CalloutAnswer::Unknown(why) => Lookup::DnsError(why),
                 };
                 self.callouts.put(address, &answer);
                 Some(answer)

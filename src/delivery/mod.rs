@@ -20,6 +20,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
+/// What a callout learnt of a recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalloutAnswer {
+    /// The next hop accepts mail for it.
+    Takes,
+    /// The next hop refuses it for good (5xx at RCPT).
+    NoSuchRecipient,
+    /// No next hop could say (why, in words): down, DNS trouble, a 4xx.
+    Unknown(String),
+}
+
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -178,8 +189,15 @@ impl Deliverer {
 
     /// Recipient verification by callout: asks the next hop of `domain`
     /// ([[route]], else its MX) whether it takes mail for `address`.
-    /// Ok(true/false) is its answer; Err when no next hop could say.
-    pub async fn callout(&self, domain: &str, address: &str) -> Result<bool, String> {
+    pub async fn callout(&self, domain: &str, address: &str) -> CalloutAnswer {
+        match self.ask_next_hop(domain, address).await {
+            Ok(true) => CalloutAnswer::Takes,
+            Ok(false) => CalloutAnswer::NoSuchRecipient,
+            Err(why) => CalloutAnswer::Unknown(why),
+        }
+    }
+
+    async fn ask_next_hop(&self, domain: &str, address: &str) -> Result<bool, String> {
         let dest = route::destination(domain, &self.config()).map_err(|e| format!("{e:?}"))?;
         let dest = match dest {
             Destination::SmartHosts(_) => Destination::Mx(domain.to_string()),
