@@ -304,14 +304,7 @@ impl Default for Metrics {
 }
 
 fn refusal_name(r: &ConnectionRefusal) -> &'static str {
-    match r {
-        ConnectionRefusal::Policy { reason } => reason.name(),
-        ConnectionRefusal::TooManyConnections => "max_connections",
-        ConnectionRefusal::TooManyFromAddress => "max_connections_per_ip",
-        ConnectionRefusal::TooFast => "connection_rate",
-        ConnectionRefusal::Banned => "banned",
-        ConnectionRefusal::Pregreet => "pregreet",
-    }
+    r.name()
 }
 
 fn delivery_name(s: DeliveryState) -> &'static str {

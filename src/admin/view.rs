@@ -138,11 +138,7 @@ pub fn describe(e: &Event) -> String {
         Event::ConnectionRefused { refusal, .. } => {
             let why = match refusal {
                 crate::events::ConnectionRefusal::Policy { reason } => reason.to_string(),
-                other => serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_string)))
-                    .unwrap_or_default()
-                    .replace('_', " "),
+                other => other.name().replace('_', " "),
             };
             format!("connection refused: {why}")
         }

@@ -39,6 +39,15 @@ impl Subscriber for LogWriter {
                 ConnectionRefusal::TooFast => {
                     warn!(client = %client, listener = listener.name(), "connection refused: server.max_connection_rate_per_ip reached")
                 }
+                ConnectionRefusal::NotAProxy => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: not a proxy allowed on this PROXY-protocol listener (proxy_from)")
+                }
+                ConnectionRefusal::BadProxyHeader => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: bad or missing PROXY header")
+                }
+                ConnectionRefusal::TlsHandshake => {
+                    warn!(client = %client, listener = listener.name(), "connection refused: the TLS handshake failed or timed out")
+                }
             },
             Event::ConnectionClosed {
                 messages,

@@ -39,6 +39,29 @@ pub enum ConnectionRefusal {
     Banned,
     /// Talked before the banner (checks.pregreet = "reject").
     Pregreet,
+    /// On a PROXY-protocol listener: from an address not in `proxy_from`.
+    NotAProxy,
+    /// On a PROXY-protocol listener: the header was missing or malformed.
+    BadProxyHeader,
+    /// On an implicit-TLS listener: the TLS handshake failed or timed out.
+    TlsHandshake,
+}
+
+impl ConnectionRefusal {
+    /// The refusal in a few words (the metrics label; the log page).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConnectionRefusal::Policy { reason } => reason.name(),
+            ConnectionRefusal::TooManyConnections => "max_connections",
+            ConnectionRefusal::TooManyFromAddress => "max_connections_per_ip",
+            ConnectionRefusal::TooFast => "connection_rate",
+            ConnectionRefusal::Banned => "banned",
+            ConnectionRefusal::Pregreet => "pregreet",
+            ConnectionRefusal::NotAProxy => "not_a_proxy",
+            ConnectionRefusal::BadProxyHeader => "bad_proxy_header",
+            ConnectionRefusal::TlsHandshake => "tls_handshake",
+        }
+    }
 }
 
 /// Why a message was not accepted after its data was sent.

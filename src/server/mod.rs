@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 const LISTEN_BACKLOG: i32 = 1024;
 /// A TLS handshake on an implicit-TLS listener is a few round trips: a
@@ -546,8 +546,15 @@ async fn handle_connection(
         .find(|l| l.address == configured && l.kind == kind && l.proxy_protocol);
     if let Some(listener) = proxied {
         let from = peer.ip().to_canonical();
+        let refused = |refusal| {
+            ctx.events.emit(Event::ConnectionRefused {
+                client: from,
+                listener: kind,
+                refusal,
+            })
+        };
         if !listener.proxy_from.iter().any(|r| r.contains(from)) {
-            warn!(client = %from, listener = %configured, "connection refused: not a proxy allowed on this PROXY-protocol listener (proxy_from)");
+            refused(ConnectionRefusal::NotAProxy);
             return;
         }
         match proxy::read_header(&mut tcp).await {
@@ -557,7 +564,8 @@ async fn handle_connection(
             }
             Ok(None) => {}
             Err(e) => {
-                warn!(proxy = %from, error = %e, "connection refused: bad PROXY header");
+                warn!(proxy = %from, error = %e, "bad PROXY header");
+                refused(ConnectionRefusal::BadProxyHeader);
                 return;
             }
         }
@@ -580,11 +588,13 @@ async fn handle_connection(
                 SmtpStream::with_tls(Box::new(tls), info)
             }
             Ok(Err(e)) => {
-                warn!(client = %ip, error = %e, "TLS handshake failed on smtps listener");
+                debug!(client = %ip, error = %crate::tls::describe_io_error(&e), "TLS handshake failed on smtps listener");
+                tls_refused(&ctx, ip, kind);
                 return;
             }
             Err(_) => {
-                warn!(client = %ip, "TLS handshake timed out on smtps listener");
+                debug!(client = %ip, "TLS handshake timed out on smtps listener");
+                tls_refused(&ctx, ip, kind);
                 return;
             }
         }
@@ -615,6 +625,15 @@ async fn handle_connection(
         }
         Err(r) => refuse(stream, &ctx, r).await,
     }
+}
+
+/// An implicit-TLS connection whose handshake did not complete (counted).
+fn tls_refused(ctx: &Context, client: std::net::IpAddr, kind: ListenerKind) {
+    ctx.events.emit(Event::ConnectionRefused {
+        client,
+        listener: kind,
+        refusal: ConnectionRefusal::TlsHandshake,
+    });
 }
 
 /// Where the dashboard's minute counts are kept between runs.
