@@ -344,6 +344,9 @@ impl Subscriber for Metrics {
             Event::AuthFailed { .. } => {
                 self.auth.get_or_create(&labels("result", "failure")).inc();
             }
+            Event::AddressBanned { .. } => {
+                self.auth.get_or_create(&labels("result", "banned")).inc();
+            }
             Event::AccountLocked { .. } => {
                 self.auth
                     .get_or_create(&labels("result", "account_locked"))

@@ -182,6 +182,20 @@ pub async fn login(
         _ => {
             let failure = ctx.checks.auth_failed(ip, trusted, &user);
             let (failures, banned) = (failure.from_ip.max(failure.from_prefix), failure.banned);
+            if banned {
+                ctx.events.emit(Event::AddressBanned {
+                    client: ip,
+                    failures: failure.from_ip,
+                    prefix_failures: failure.from_prefix,
+                    prefix: failure.prefix_banned.map(|p| p.to_string()),
+                });
+            }
+            if failure.account_locked {
+                ctx.events.emit(Event::AccountLocked {
+                    user: user.clone(),
+                    client: ip,
+                });
+            }
             ctx.events.emit(Event::AuthFailed {
                 session: 0,
                 client: ip,

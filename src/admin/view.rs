@@ -127,6 +127,10 @@ pub fn events(state: &AdminState, filter: &EventFilter) -> Vec<EventRow> {
 /// An event in words, for the log page.
 pub fn describe(e: &Event) -> String {
     match e {
+        Event::AddressBanned { prefix, .. } => match prefix {
+            Some(p) => format!("banned with its whole network {p} after too many failed logins"),
+            None => "banned after too many failed logins".to_string(),
+        },
         Event::AccountLocked { user, .. } => format!(
             "account {user} locked to logins from outside the trusted networks for a while: many failed logins from several places"
         ),

@@ -59,7 +59,9 @@ impl Recorded {
     pub fn is_guard_alert(&self) -> bool {
         matches!(
             *self.event,
-            Event::GuardUntrusted { .. } | Event::FloodDetected { .. }
+            Event::GuardUntrusted { .. }
+                | Event::FloodDetected { .. }
+                | Event::AccountLocked { .. }
         )
     }
 

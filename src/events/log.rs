@@ -59,6 +59,18 @@ impl Subscriber for LogWriter {
                 version, cipher, ..
             } => info!(version = %version, cipher = %cipher, "STARTTLS established"),
             Event::AuthSucceeded { user, .. } => info!(user = %user, "AUTH succeeded"),
+            Event::AddressBanned {
+                client,
+                failures,
+                prefix_failures,
+                prefix,
+            } => warn!(
+                client = %client,
+                failures,
+                prefix_failures,
+                prefix = prefix.as_deref().unwrap_or("-"),
+                "address banned after too many failed logins (portcullis ban lift {client} undoes it)"
+            ),
             Event::AccountLocked { user, client } => warn!(
                 user = %user,
                 client = %client,

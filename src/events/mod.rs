@@ -122,6 +122,16 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via_proxy: Option<IpAddr>,
     },
+    /// Too many failed logins: the address (or its whole network prefix)
+    /// is banned from every listener and the admin page.
+    AddressBanned {
+        client: IpAddr,
+        /// Failures from the address, and from its prefix, in the ban window.
+        failures: u64,
+        prefix_failures: u64,
+        /// The prefix banned with it, if it was.
+        prefix: Option<String>,
+    },
     /// Many failed logins for one account from outside the trusted
     /// networks: its logins from outside are refused for a while.
     AccountLocked {
@@ -268,6 +278,7 @@ impl Event {
         match self {
             Event::ConnectionOpened { .. } => "connection_opened",
             Event::AccountLocked { .. } => "account_locked",
+            Event::AddressBanned { .. } => "address_banned",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::ConnectionClosed { .. } => "connection_closed",
             Event::TlsEstablished { .. } => "tls_established",
@@ -299,6 +310,7 @@ impl Event {
             | Event::AuthSucceeded { client, .. }
             | Event::AuthFailed { client, .. }
             | Event::AccountLocked { client, .. }
+            | Event::AddressBanned { client, .. }
             | Event::MailRefused { client, .. }
             | Event::RcptAccepted { client, .. }
             | Event::RcptRefused { client, .. }

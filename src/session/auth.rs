@@ -83,13 +83,12 @@ impl Session {
                     });
                 }
                 if failure.banned {
-                    tracing::warn!(
-                        failures = failure.from_ip,
-                        prefix_failures = failure.from_prefix,
-                        prefix = failure.prefix_banned.map(|p| p.to_string()),
-                        ban = %self.ctx.config.limits.ban_duration,
-                        "address banned after too many failed logins"
-                    );
+                    self.emit(Event::AddressBanned {
+                        client: self.ip,
+                        failures: failure.from_ip,
+                        prefix_failures: failure.from_prefix,
+                        prefix: failure.prefix_banned.map(|p| p.to_string()),
+                    });
                     self.banned = true;
                     return Ok(reply::BANNED);
                 }
