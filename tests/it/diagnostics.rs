@@ -94,18 +94,23 @@ fn audit_finds_each_classic_mistake() {
     }
 }
 
-/// The README's worked example, with its files present, passes the audit
-/// without a finding on a machine whose router it excludes.
-#[test]
-fn the_readme_example_is_clean() {
+/// The TOML of README's worked example, as printed.
+fn readme_example() -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("## Worked example").unwrap();
     let block = &readme[start..];
     let toml_start = block.find("```toml\n").unwrap() + 8;
     let toml_end = toml_start + block[toml_start..].find("```").unwrap();
+    block[toml_start..toml_end].to_string()
+}
+
+/// The README's worked example, with its files present, passes the audit
+/// without a finding on a machine whose router it excludes.
+#[test]
+fn the_readme_example_is_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = block[toml_start..toml_end].to_string();
+    let mut text = readme_example();
     for file in ["cert.pem", "key.pem", "users", "smarthost.pass"] {
         let path = write(dir.path(), file, "x");
         text = text.replace(
@@ -731,13 +736,7 @@ async fn relay_test_on_this_machines_relay_tests_as_a_stranger_and_leaves_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_example_runs_as_written() {
     use crate::support::sink::{Behaviour, Sink, tls_config};
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("## Worked example").unwrap();
-    let block = &readme[start..];
-    let toml_start = block.find("```toml\n").unwrap() + 8;
-    let toml_end = toml_start + block[toml_start..].find("```").unwrap();
-    let example = &block[toml_start..toml_end];
+    let example = &readme_example();
     assert!(
         example.contains("smtps://smtp2.isp.example:465"),
         "{example}"

@@ -7,6 +7,23 @@ use crate::support::sink::{Behaviour, Sink};
 use crate::support::tls::TestCa;
 use std::time::{Duration, Instant};
 
+/// Every transcript file in `dir` together, once they hold `needle` (or
+/// after WAIT, for the assertion to say what was there).
+fn transcripts_once_they_hold(dir: &std::path::Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text: String = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        if text.contains(needle) || start.elapsed() > WAIT {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The log and the transcript name a session by the same number; a
 /// deferral's next try is an RFC 3339 time, not Unix seconds; a smart host
 /// refusing our credentials is a warning that says what to check.
@@ -59,18 +76,7 @@ async fn the_log_and_the_transcript_agree_and_speak_plainly() {
         .and_then(|rest| rest.split([' ', '}']).next())
         .unwrap_or_else(|| panic!("no session line: {log}"))
         .to_string();
-    let start = Instant::now();
-    let transcript = loop {
-        let text: String = std::fs::read_dir(&transcripts)
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .collect();
-        if text.contains("QUIT") || start.elapsed() > WAIT {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let transcript = transcripts_once_they_hold(&transcripts, "QUIT");
     assert!(
         transcript.contains(&format!(" session {session} C: EHLO pc.office.lan")),
         "the transcript names session {session}:\n{transcript}"
@@ -158,18 +164,7 @@ async fn one_client_cannot_fill_the_disk_with_transcripts() {
     }
     let mut other = SmtpClient::greeted(server.addr, "127.0.0.2", "pc.office.lan").await;
     other.expect("QUIT", 221).await;
-    let start = Instant::now();
-    let text = loop {
-        let text: String = std::fs::read_dir(&transcripts)
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .collect();
-        if text.contains("C: EHLO pc.office.lan") || start.elapsed() > WAIT {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let text = transcripts_once_they_hold(&transcripts, "C: EHLO pc.office.lan");
     assert!(
         text.contains("C: EHLO pc.office.lan"),
         "others are still transcribed"
