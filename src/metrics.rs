@@ -51,6 +51,7 @@ pub struct Metrics {
     delivery_latency: Histogram,
     dns_check: Histograms,
     queue_commands: Counters,
+    reloads: Counters,
     guard_untrusted_total: Counter,
     guard_floods: Counters,
     zone_healthy: Family<Labels, Gauge>,
@@ -84,6 +85,7 @@ impl Metrics {
             delivery_latency: queue_buckets(),
             dns_check: Histograms::new_with_constructor(seconds_buckets),
             queue_commands: Counters::default(),
+            reloads: Counters::default(),
             guard_untrusted_total: Counter::default(),
             guard_floods: Counters::default(),
             zone_healthy: Family::default(),
@@ -189,6 +191,11 @@ impl Metrics {
             "portcullis_queue_commands",
             "Queue commands (hold, release, retry, delete)",
             m.queue_commands.clone(),
+        );
+        r.register(
+            "portcullis_reloads",
+            "Configuration reloads, applied or refused",
+            m.reloads.clone(),
         );
         r.register(
             "portcullis_guard_untrusted",
@@ -424,6 +431,10 @@ impl Subscriber for Metrics {
             }
             Event::GuardUntrusted { .. } => {
                 self.guard_untrusted_total.inc();
+            }
+            Event::Reload { applied, .. } => {
+                let result = if *applied { "applied" } else { "refused" };
+                self.reloads.get_or_create(&labels("result", result)).inc();
             }
             Event::FloodDetected { action, .. } => {
                 self.guard_floods

@@ -127,6 +127,13 @@ pub fn events(state: &AdminState, filter: &EventFilter) -> Vec<EventRow> {
 /// An event in words, for the log page.
 pub fn describe(e: &Event) -> String {
     match e {
+        Event::Reload {
+            applied: true,
+            detail,
+        } => format!("configuration reloaded: {detail}"),
+        Event::Reload { detail, .. } => {
+            format!("reload refused, the previous configuration goes on: {detail}")
+        }
         Event::AddressBanned { prefix, .. } => match prefix {
             Some(p) => format!("banned with its whole network {p} after too many failed logins"),
             None => "banned after too many failed logins".to_string(),

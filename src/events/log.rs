@@ -59,6 +59,13 @@ impl Subscriber for LogWriter {
                 version, cipher, ..
             } => info!(version = %version, cipher = %cipher, "STARTTLS established"),
             Event::AuthSucceeded { user, .. } => info!(user = %user, "AUTH succeeded"),
+            Event::Reload {
+                applied: true,
+                detail,
+            } => info!("configuration reloaded: {detail}"),
+            Event::Reload { detail, .. } => {
+                error!("reload refused, still running on the previous configuration: {detail}")
+            }
             Event::AddressBanned {
                 client,
                 failures,

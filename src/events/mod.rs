@@ -122,6 +122,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via_proxy: Option<IpAddr>,
     },
+    /// A reload was asked for (SIGHUP, `portcullis reload`, a changed
+    /// certificate): applied, or refused with the old configuration kept.
+    Reload {
+        applied: bool,
+        /// What changed, or why nothing did.
+        detail: String,
+    },
     /// Too many failed logins: the address (or its whole network prefix)
     /// is banned from every listener and the admin page.
     AddressBanned {
@@ -279,6 +286,7 @@ impl Event {
             Event::ConnectionOpened { .. } => "connection_opened",
             Event::AccountLocked { .. } => "account_locked",
             Event::AddressBanned { .. } => "address_banned",
+            Event::Reload { .. } => "reload",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::ConnectionClosed { .. } => "connection_closed",
             Event::TlsEstablished { .. } => "tls_established",

@@ -317,12 +317,13 @@ impl Server {
                     Arc::clone(&ctx.checks).watch_zones(ctx.events.clone(), zone_watch.clone()),
                 );
             }
-            match &result {
-                Ok(what) => info!("configuration reloaded: {what}"),
-                Err(e) => {
-                    error!("reload refused, still running on the previous configuration: {e}")
-                }
-            }
+            current.get().events.emit(Event::Reload {
+                applied: result.is_ok(),
+                detail: match &result {
+                    Ok(what) => what.clone(),
+                    Err(e) => e.clone(),
+                },
+            });
             if let Some(tx) = reply {
                 let _ = tx.send(result);
             }
