@@ -351,6 +351,11 @@ impl Subscriber for Metrics {
             Event::AuthFailed { .. } => {
                 self.auth.get_or_create(&labels("result", "failure")).inc();
             }
+            // Counted with SMTP AUTH, as the metric's help says.
+            Event::AdminLogin { succeeded, .. } => {
+                let result = if *succeeded { "success" } else { "failure" };
+                self.auth.get_or_create(&labels("result", result)).inc();
+            }
             Event::AddressBanned { .. } => {
                 self.auth.get_or_create(&labels("result", "banned")).inc();
             }

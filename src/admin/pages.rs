@@ -144,12 +144,12 @@ pub async fn login(
     match checked {
         CheckResult::Valid if admin => {
             let token = state.sessions.create(&user);
-            ctx.events.emit(Event::AuthSucceeded {
-                session: 0,
+            ctx.events.emit(Event::AdminLogin {
                 client: ip,
                 user: user.clone(),
+                succeeded: true,
+                failures: 0,
             });
-            tracing::info!(client = %ip, user = %user, "admin login");
             let cookie = [(header::SET_COOKIE, session_cookie(&token, state.https))];
             if json {
                 let login = state
@@ -196,13 +196,12 @@ pub async fn login(
                     client: ip,
                 });
             }
-            ctx.events.emit(Event::AuthFailed {
-                session: 0,
+            ctx.events.emit(Event::AdminLogin {
                 client: ip,
                 user: user.clone(),
-                failures: failures.min(u64::from(u32::MAX)) as u32,
+                succeeded: false,
+                failures,
             });
-            tracing::warn!(client = %ip, user = %user, failures, banned, "admin login failed");
             // Each failure from an address costs it a little more time.
             tokio::time::sleep(Duration::from_millis(250 * failures.min(12))).await;
             refused(

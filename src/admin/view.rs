@@ -127,6 +127,15 @@ pub fn events(state: &AdminState, filter: &EventFilter) -> Vec<EventRow> {
 /// An event in words, for the log page.
 pub fn describe(e: &Event) -> String {
     match e {
+        Event::AdminLogin {
+            user, succeeded, ..
+        } => {
+            if *succeeded {
+                format!("admin {user} logged in")
+            } else {
+                format!("admin page login failed for {user}")
+            }
+        }
         Event::Reload {
             applied: true,
             detail,

@@ -53,6 +53,10 @@ impl Recorded {
                 | Event::DataRefused { .. }
                 | Event::MessageRefused { .. }
                 | Event::AuthFailed { .. }
+                | Event::AdminLogin {
+                    succeeded: false,
+                    ..
+                }
         )
     }
 

@@ -59,6 +59,18 @@ impl Subscriber for LogWriter {
                 version, cipher, ..
             } => info!(version = %version, cipher = %cipher, "STARTTLS established"),
             Event::AuthSucceeded { user, .. } => info!(user = %user, "AUTH succeeded"),
+            Event::AdminLogin {
+                client,
+                user,
+                succeeded: true,
+                ..
+            } => info!(client = %client, user = %user, "admin login"),
+            Event::AdminLogin {
+                client,
+                user,
+                failures,
+                ..
+            } => warn!(client = %client, user = %user, failures, "admin login failed"),
             Event::Reload {
                 applied: true,
                 detail,

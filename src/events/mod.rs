@@ -122,6 +122,14 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         via_proxy: Option<IpAddr>,
     },
+    /// A login on the admin page (not an SMTP session's AUTH).
+    AdminLogin {
+        client: IpAddr,
+        user: String,
+        succeeded: bool,
+        /// Failed logins from the client's address (and prefix) lately.
+        failures: u64,
+    },
     /// A reload was asked for (SIGHUP, `portcullis reload`, a changed
     /// certificate): applied, or refused with the old configuration kept.
     Reload {
@@ -287,6 +295,7 @@ impl Event {
             Event::AccountLocked { .. } => "account_locked",
             Event::AddressBanned { .. } => "address_banned",
             Event::Reload { .. } => "reload",
+            Event::AdminLogin { .. } => "admin_login",
             Event::ConnectionRefused { .. } => "connection_refused",
             Event::ConnectionClosed { .. } => "connection_closed",
             Event::TlsEstablished { .. } => "tls_established",
@@ -319,6 +328,7 @@ impl Event {
             | Event::AuthFailed { client, .. }
             | Event::AccountLocked { client, .. }
             | Event::AddressBanned { client, .. }
+            | Event::AdminLogin { client, .. }
             | Event::MailRefused { client, .. }
             | Event::RcptAccepted { client, .. }
             | Event::RcptRefused { client, .. }
