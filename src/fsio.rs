@@ -103,13 +103,16 @@ fn give_to(f: &File, owner: Owner) -> io::Result<()> {
 }
 
 /// A temporary name in the same directory (so the rename is atomic), unique
-/// to this process so that two writers never share one.
+/// to this process and this write, so that two writers (two processes, or
+/// two threads of one) never share one.
 fn temp_beside(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Syncs the directory holding `path`, so that a rename or a new file in it
@@ -191,6 +194,33 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o640, "the existing mode is kept, not PRIVATE's");
         assert_eq!(Owner::of(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn writers_in_several_threads_each_leave_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        replace(path, &[t; 100], NewFile::PRIVATE).unwrap();
+                    }
+                });
+            }
+        });
+        let last = fs::read(&path).unwrap();
+        assert_eq!(last.len(), 100);
+        assert!(
+            last.iter().all(|&b| b == last[0]),
+            "one writer's whole content"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 
     #[test]
