@@ -295,10 +295,7 @@ pub async fn bans(State(state): Shared, _login: ApiLogin) -> Response {
         .checks
         .bans()
         .into_iter()
-        .map(|(ip, left)| crate::queue::Ban {
-            ip,
-            seconds_left: left.as_secs().max(1),
-        })
+        .map(|(ip, left)| crate::queue::Ban::new(ip, left))
         .collect();
     Json(json!({ "bans": bans })).into_response()
 }

@@ -127,7 +127,7 @@ pub async fn login(
     };
     let ctx = state.current.get();
     let ip = peer.ip();
-    let trusted = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
+    let trusted = ctx.trusts(ip);
     if ctx.checks.banned_for(ip, trusted).is_some()
         || (!trusted && ctx.checks.account_locked(&user).is_some())
     {
@@ -181,21 +181,8 @@ pub async fn login(
         }
         _ => {
             let failure = ctx.checks.auth_failed(ip, trusted, &user);
-            let (failures, banned) = (failure.from_ip.max(failure.from_prefix), failure.banned);
-            if banned {
-                ctx.events.emit(Event::AddressBanned {
-                    client: ip,
-                    failures: failure.from_ip,
-                    prefix_failures: failure.from_prefix,
-                    prefix: failure.prefix_banned.map(|p| p.to_string()),
-                });
-            }
-            if failure.account_locked {
-                ctx.events.emit(Event::AccountLocked {
-                    user: user.clone(),
-                    client: ip,
-                });
-            }
+            let failures = failure.from_ip.max(failure.from_prefix);
+            failure.report(&ctx.events, ip, &user);
             ctx.events.emit(Event::AdminLogin {
                 client: ip,
                 user: user.clone(),
@@ -509,7 +496,8 @@ pub async fn diagnostics(
         .bans()
         .into_iter()
         .map(|(ip, left)| {
-            let left = std::time::Duration::from_secs(left.as_secs().max(1));
+            let ban = crate::queue::Ban::new(ip, left);
+            let left = std::time::Duration::from_secs(ban.seconds_left);
             (ip.to_string(), humantime::format_duration(left).to_string())
         })
         .collect();

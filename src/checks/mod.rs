@@ -344,6 +344,27 @@ pub struct AuthFailure {
     pub account_locked: bool,
 }
 
+impl AuthFailure {
+    /// Tells what this failure caused (an account locked, an address
+    /// banned): the same events whether it was an SMTP AUTH or an admin login.
+    pub fn report(&self, events: &Events, client: IpAddr, user: &str) {
+        if self.account_locked {
+            events.emit(Event::AccountLocked {
+                user: user.to_string(),
+                client,
+            });
+        }
+        if self.banned {
+            events.emit(Event::AddressBanned {
+                client,
+                failures: self.from_ip,
+                prefix_failures: self.from_prefix,
+                prefix: self.prefix_banned.map(|p| p.to_string()),
+            });
+        }
+    }
+}
+
 fn auth_failures_key(ip: IpAddr) -> String {
     format!("authfail:{ip}")
 }

@@ -226,6 +226,17 @@ pub struct Ban {
     pub seconds_left: u64,
 }
 
+impl Ban {
+    /// A ban with `left` to run, said in whole seconds (at least one: a ban
+    /// in force never shows as over).
+    pub fn new(ip: std::net::IpAddr, left: std::time::Duration) -> Ban {
+        Ban {
+            ip,
+            seconds_left: left.as_secs().max(1),
+        }
+    }
+}
+
 impl QueueAnswer {
     pub fn error(message: impl Into<String>) -> QueueAnswer {
         QueueAnswer::Error {

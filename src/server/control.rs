@@ -29,10 +29,7 @@ impl ServerControl for ServerCommands {
                         .checks
                         .bans()
                         .into_iter()
-                        .map(|(ip, left)| Ban {
-                            ip,
-                            seconds_left: left.as_secs().max(1),
-                        })
+                        .map(|(ip, left)| Ban::new(ip, left))
                         .collect(),
                 },
                 QueueCommand::LiftBan { ip } => {

@@ -687,7 +687,7 @@ fn admit(
         refused(ConnectionRefusal::Policy { reason });
         return Err(reply);
     }
-    let trusted = ctx.policy.is_trusted(ip) && !ctx.guard.is_untrusted(ip);
+    let trusted = ctx.trusts(ip);
     if ctx.checks.banned_for(ip, trusted).is_some() {
         refused(ConnectionRefusal::Banned);
         return Err(reply::BANNED);

@@ -76,19 +76,8 @@ impl Session {
                 // prefix: rotating addresses does not reset it.
                 let counted = failure.from_ip.max(failure.from_prefix);
                 self.ip_auth_failures = u32::try_from(counted).unwrap_or(u32::MAX);
-                if failure.account_locked {
-                    self.emit(Event::AccountLocked {
-                        user: user.clone(),
-                        client: self.ip,
-                    });
-                }
+                failure.report(&self.ctx.events, self.ip, &user);
                 if failure.banned {
-                    self.emit(Event::AddressBanned {
-                        client: self.ip,
-                        failures: failure.from_ip,
-                        prefix_failures: failure.from_prefix,
-                        prefix: failure.prefix_banned.map(|p| p.to_string()),
-                    });
                     self.banned = true;
                     return Ok(reply::BANNED);
                 }

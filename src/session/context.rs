@@ -33,6 +33,13 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether `ip` is a trusted network's client whose trust the guard has
+    /// not withdrawn: one answer for sessions, connection admission and the
+    /// admin page's logins.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.policy.is_trusted(ip) && !self.guard.is_untrusted(ip)
+    }
+
     /// `resolver`: the server's one resolver (shared with delivery), if DNS
     /// is set up; `events` and `guard` are shared with the queue and the
     /// other subscribers.

@@ -442,7 +442,7 @@ impl Session {
 
     /// A trusted network's client whose trust the guard has not withdrawn.
     fn trusted(&self) -> bool {
-        self.ctx.policy.is_trusted(self.ip) && !self.ctx.guard.is_untrusted(self.ip)
+        self.ctx.trusts(self.ip)
     }
 
     /// Whether the anti-spam checks concern this client now (not trusted,
