@@ -14,6 +14,7 @@ pub mod fsio;
 pub mod guard;
 pub mod log_writer;
 pub mod metrics;
+pub mod oauth;
 pub mod policy;
 pub mod queue;
 pub mod server;

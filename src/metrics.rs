@@ -55,6 +55,8 @@ pub struct Metrics {
     guard_untrusted_total: Counter,
     guard_floods: Counters,
     zone_healthy: Family<Labels, Gauge>,
+    profile_problems: Family<Labels, Counter>,
+    profile_resting: Family<Labels, Gauge>,
     queue_messages: Gauge,
     queue_held: Gauge,
     queue_recipients: Gauge,
@@ -89,6 +91,8 @@ impl Metrics {
             guard_untrusted_total: Counter::default(),
             guard_floods: Counters::default(),
             zone_healthy: Family::default(),
+            profile_problems: Family::default(),
+            profile_resting: Family::default(),
             queue_messages: Gauge::default(),
             queue_held: Gauge::default(),
             queue_recipients: Gauge::default(),
@@ -216,6 +220,16 @@ impl Metrics {
             "portcullis_dns_list_zone_healthy",
             "1 when a DNS list zone passes its health check",
             m.zone_healthy.clone(),
+        );
+        r.register(
+            "portcullis_profile_problems",
+            "Times a smart-host profile's provider refused its login (auth) or said its quota is spent (quota)",
+            m.profile_problems.clone(),
+        );
+        r.register(
+            "portcullis_profile_resting",
+            "1 while a smart-host profile's mail waits after such a refusal",
+            m.profile_resting.clone(),
         );
         r.register(
             "portcullis_queue_messages",
@@ -450,6 +464,24 @@ impl Subscriber for Metrics {
                 self.zone_healthy
                     .get_or_create(&labels("zone", zone.clone()))
                     .set(i64::from(*healthy));
+            }
+            Event::ProfileProblem {
+                profile, problem, ..
+            } => {
+                self.profile_problems
+                    .get_or_create(&vec![
+                        ("profile", profile.clone()),
+                        ("problem", problem.clone()),
+                    ])
+                    .inc();
+                self.profile_resting
+                    .get_or_create(&labels("profile", profile.clone()))
+                    .set(1);
+            }
+            Event::ProfileRecovered { profile } => {
+                self.profile_resting
+                    .get_or_create(&labels("profile", profile.clone()))
+                    .set(0);
             }
             Event::MessageFinished { .. } => {}
         }

@@ -218,6 +218,10 @@ pub fn describe(e: &Event) -> String {
             None => format!("DNS list {zone} healthy"),
         },
         Event::DnsCheck { check, seconds } => format!("DNS check {check}: {seconds:.3} s"),
+        Event::ProfileProblem {
+            profile, advice, ..
+        } => format!("PROFILE {profile}: {advice}; its mail waits"),
+        Event::ProfileRecovered { profile } => format!("profile {profile} delivers again"),
     }
 }
 

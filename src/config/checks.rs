@@ -238,10 +238,10 @@ impl FromStr for AddressPattern {
         let s = s.trim();
         let bad = || {
             format!(
-                "{s:?} is neither an address such as \"user@example.org\" nor a domain such as \"@example.org\""
+                "{s:?} is neither an address such as \"user@example.org\" nor a domain such as \"@example.org\" or \"*@example.org\""
             )
         };
-        if let Some(domain) = s.strip_prefix('@') {
+        if let Some(domain) = s.strip_prefix('@').or_else(|| s.strip_prefix("*@")) {
             if domain.is_empty() || domain.contains(['@', ' ']) || !domain.contains('.') {
                 return Err(bad());
             }

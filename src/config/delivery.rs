@@ -1,6 +1,6 @@
 //! `[delivery]` and `[[route]]`: how accepted mail leaves.
 
-use super::ConfigDuration;
+use super::{AddressPattern, ConfigDuration};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -12,7 +12,7 @@ use std::str::FromStr;
 pub struct DeliveryConfig {
     pub mode: DeliveryMode,
     /// One "HOST:PORT" or a list, tried in order (failover, never a copy to each).
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "one_or_many_smarthosts")]
     pub smarthost: Vec<NextHop>,
     pub smarthost_tls: SmarthostTls,
     pub smarthost_user: Option<String>,
@@ -229,7 +229,9 @@ impl Serialize for NextHop {
 }
 
 /// `smarthost`: one smart host or a list of them.
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NextHop>, D::Error> {
+pub(super) fn one_or_many_smarthosts<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<NextHop>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -249,13 +251,79 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NextHop>, D::Error
         .collect()
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// A `[[route]]`: which recipients it takes (every matcher given must
+/// match; none given matches all) and where their mail goes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
-    /// The recipient domain this route applies to (exact match, case-insensitive).
-    pub domain: String,
-    /// Where its mail goes, "HOST:PORT".
-    pub host: NextHop,
+    /// Recipient domains: "example.org" exactly, or "*.example.org" for its subdomains.
+    #[serde(deserialize_with = "one_or_many")]
+    pub domain: Vec<String>,
+    /// Envelope senders: "user@example.org", or "*@example.org" / "@example.org" for a domain.
+    #[serde(deserialize_with = "one_or_many")]
+    pub sender: Vec<AddressPattern>,
+    /// AUTH names of the clients whose mail this is.
+    #[serde(deserialize_with = "one_or_many")]
+    pub user: Vec<String>,
+    /// Client address ranges.
+    #[serde(deserialize_with = "one_or_many")]
+    pub network: Vec<ipnet::IpNet>,
+    /// Where its mail goes: "HOST:PORT" ...
+    pub host: Option<NextHop>,
+    /// ... or a [[smarthost]] profile by name.
+    pub via: Option<String>,
+}
+
+impl RouteConfig {
+    /// Whether `domain` (normalised) is one this route names; true when it names none.
+    pub fn domain_matches(&self, domain: &str) -> bool {
+        self.domain.is_empty()
+            || self.domain.iter().any(|d| {
+                let d = crate::smtp::address::Domain::normalize(d);
+                match d.strip_prefix("*.") {
+                    Some(parent) => domain
+                        .strip_suffix(parent)
+                        .is_some_and(|sub| sub.ends_with('.')),
+                    None => d == domain,
+                }
+            })
+    }
+
+    /// Whether this route names `domain` itself (not by a wildcard or by matching all).
+    pub fn names_domain(&self, domain: &str) -> bool {
+        self.domain
+            .iter()
+            .any(|d| crate::smtp::address::Domain::normalize(d) == domain)
+    }
+}
+
+/// One value or a list of values, for matchers; each parsed from its
+/// string so that a bad one is named with the reason.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match OneOrMany::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))?
+    {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    list.iter()
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ mod delivery;
 mod duration;
 mod guard;
 mod net;
+mod smarthost;
 mod validate;
+mod validate_routes;
 mod words;
 
 pub use admin::AdminConfig;
@@ -21,6 +23,10 @@ pub use delivery::{
 pub use duration::ConfigDuration;
 pub use guard::{GuardConfig, GuardMode};
 pub use net::IpRange;
+pub use smarthost::{
+    LEGACY_PROFILE, OAuthGrant, OAuthSettings, Preset, Profile, ProfileAuth, SmarthostConfig,
+    Transport,
+};
 pub use validate::{Finding, Severity};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +57,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+    #[serde(default)]
+    pub smarthost: Vec<SmarthostConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -541,6 +549,40 @@ impl Config {
 
     pub fn hostname(&self) -> String {
         self.server.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// Every smart-host profile, complete: the old `[delivery] smarthost`
+    /// keys as "default", then each [[smarthost]].
+    pub fn profiles(&self) -> Vec<Profile> {
+        smarthost::profiles(&self.delivery, &self.smarthost)
+    }
+
+    /// The profile named `name`.
+    pub fn profile(&self, name: &str) -> Option<Profile> {
+        self.profiles().into_iter().find(|p| p.name == name)
+    }
+
+    /// Where mail goes in `mode = "smarthost"` when no [[route]] says
+    /// otherwise: the profile "default" (the old keys, or a [[smarthost]] of
+    /// that name), else the first [[smarthost]].
+    pub fn default_profile(&self) -> Option<Profile> {
+        let all = self.profiles();
+        all.iter()
+            .position(|p| p.name == LEGACY_PROFILE)
+            .or(if all.is_empty() { None } else { Some(0) })
+            .map(|i| all[i].clone())
+    }
+
+    /// Where OAuth2 tokens are kept, one file per profile.
+    pub fn oauth_dir(&self) -> PathBuf {
+        self.server.data_dir.join("oauth")
+    }
+
+    /// The token file of profile `name` (0600, in the data directory).
+    pub fn oauth_token_file(&self, name: &str) -> PathBuf {
+        // Names are checked to have no spaces; '/' would leave the directory.
+        self.oauth_dir()
+            .join(format!("{}.json", name.replace(['/', '\\'], "_")))
     }
 
     pub fn users_file(&self) -> PathBuf {

@@ -47,7 +47,7 @@ impl std::fmt::Display for Finding {
     }
 }
 
-fn finding(
+pub(super) fn finding(
     severity: Severity,
     key: impl Into<String>,
     value: impl Into<String>,
@@ -74,6 +74,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_hidden_starttls(c, &mut out);
     check_relay(c, &mut out);
     check_delivery(c, &mut out);
+    super::validate_routes::check(c, &mut out);
     check_files(c, &mut out);
     check_checks(c, &mut out);
     check_guard(c, &mut out);
@@ -742,7 +743,11 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
     }
     for (i, d) in c.relay.inbound_domains.iter().enumerate() {
         let d = Domain::normalize(d);
-        if !c.route.iter().any(|r| Domain::normalize(&r.domain) == d) {
+        if !c
+            .route
+            .iter()
+            .any(|r| !r.domain.is_empty() && r.domain_matches(&d))
+        {
             out.push(finding(
                 Severity::Warning,
                 format!("relay.inbound_domains[{i}]"),
@@ -779,12 +784,12 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
 fn check_delivery(c: &Config, out: &mut Vec<Finding>) {
     use super::{DeliveryMode, SmarthostTls};
     let d = &c.delivery;
-    if d.mode == DeliveryMode::Smarthost && d.smarthost.is_empty() {
+    if d.mode == DeliveryMode::Smarthost && d.smarthost.is_empty() && c.smarthost.is_empty() {
         out.push(finding(
             Severity::Error,
             "delivery.smarthost",
             "[]",
-            "mode = \"smarthost\" needs at least one smarthost = \"HOST:PORT\"",
+            "mode = \"smarthost\" needs at least one smarthost = \"HOST:PORT\" or a [[smarthost]] profile",
         ));
     }
     if d.smarthost_user.is_some() != d.smarthost_password_file.is_some() {
@@ -861,16 +866,6 @@ fn check_delivery(c: &Config, out: &mut Vec<Finding>) {
             "0",
             "must be a port number",
         ));
-    }
-    for (i, r) in c.route.iter().enumerate() {
-        if r.domain.trim().is_empty() || r.domain.contains(['@', ' ']) {
-            out.push(finding(
-                Severity::Error,
-                format!("route[{i}].domain"),
-                format!("{:?}", r.domain),
-                "must be a plain domain name",
-            ));
-        }
     }
 }
 

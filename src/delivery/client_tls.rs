@@ -9,26 +9,46 @@ use rustls_pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::Arc;
 
-pub fn verified(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+/// A profile's TLS: the web PKI plus its `ca_file`, and its client
+/// certificate when it has one (for its SMTP hosts and its HTTPS endpoints).
+pub fn verified_for(profile: &crate::config::Profile) -> Result<Arc<ClientConfig>, String> {
+    let roots = roots(profile.ca_file.as_deref(), &profile.key_of("ca_file"))?;
+    let builder = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (&profile.client_cert, &profile.client_key) {
+        (Some(cert), Some(key)) => {
+            let cert_key = profile.key_of("client_cert");
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{cert_key} {}: {e}", cert.display()))?;
+            let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("{} {}: {e}", profile.key_of("client_key"), key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("{cert_key}: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The web PKI roots plus the certificates in `ca_file` (named `key` in errors).
+fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("delivery.smarthost_ca_file {}: {e}", path.display()))?;
+            .map_err(|e| format!("{key} {}: {e}", path.display()))?;
         for cert in certs {
-            let cert =
-                cert.map_err(|e| format!("delivery.smarthost_ca_file {}: {e}", path.display()))?;
+            let cert = cert.map_err(|e| format!("{key} {}: {e}", path.display()))?;
             roots
                 .add(cert)
-                .map_err(|e| format!("delivery.smarthost_ca_file {}: {e}", path.display()))?;
+                .map_err(|e| format!("{key} {}: {e}", path.display()))?;
         }
     }
-    let config = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(roots)
 }
 
 pub fn unverified() -> Arc<ClientConfig> {

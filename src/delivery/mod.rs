@@ -5,15 +5,21 @@ pub mod client;
 pub(crate) mod client_tls;
 mod down;
 mod downgrade;
+pub mod graph;
 mod pool;
+mod profile;
+pub mod provider;
 pub mod result;
+pub mod rewrite;
 pub mod route;
 
 pub use result::{AttemptResult, Stage};
 
 use crate::config::{Config, NextHop, OutboundTls, SmarthostTls};
 use crate::dns::Resolver;
-use client::{ClientError, ConnectOptions, Outgoing, ServerReply, SmtpConnection, TlsMode};
+use client::{
+    ClientError, ConnectOptions, Credentials, Outgoing, ServerReply, SmtpConnection, TlsMode,
+};
 use pool::Pool;
 use route::{Destination, RouteError};
 use std::net::SocketAddr;
@@ -45,6 +51,9 @@ pub enum Outcome {
         result: AttemptResult,
         counts: bool,
         known_down: bool,
+        /// Not before this time (Unix seconds): a provider said when, or
+        /// the profile rests until then.
+        retry_at: Option<i64>,
     },
 }
 
@@ -56,10 +65,10 @@ impl Outcome {
     }
 }
 
-/// One message's recipients for one domain.
+/// One message's recipients for one destination.
 pub struct Job<'a> {
     pub queue_id: &'a str,
-    pub domain: &'a str,
+    pub destination: &'a Destination,
     pub message: Outgoing<'a>,
 }
 
@@ -74,27 +83,40 @@ pub struct Deliverer {
     /// Outbound conversations are written here too, when transcripts are
     /// kept (a reload may change where).
     transcripts: std::sync::RwLock<Option<Arc<crate::transcript::Transcripts>>>,
+    /// OAuth2 tokens of the profiles that use them.
+    tokens: crate::oauth::Tokens,
+    /// Profiles resting after an authentication or quota refusal.
+    resting: provider::Resting,
+    /// Where profile problems are told (the log, the dashboard, alerts).
+    events: Option<crate::events::Events>,
+    /// When tokens were last checked for renewal (Unix seconds).
+    last_token_check: std::sync::atomic::AtomicI64,
 }
 
 /// The delivery settings derived from one config.
 struct Settings {
     config: Arc<Config>,
-    verified_tls: Result<Arc<rustls::ClientConfig>, String>,
     helo: String,
+    /// Every profile with its TLS settings, by name.
+    profiles: std::collections::HashMap<String, profile::Ready>,
 }
 
 impl Settings {
     fn from(config: Arc<Config>) -> Settings {
-        let verified_tls = client_tls::verified(config.delivery.smarthost_ca_file.as_deref());
         let helo = config
             .delivery
             .helo_name
             .clone()
             .unwrap_or_else(|| config.hostname());
+        let profiles = config
+            .profiles()
+            .into_iter()
+            .map(|p| (p.name.clone(), profile::Ready::new(p, &config)))
+            .collect();
         Settings {
             config,
-            verified_tls,
             helo,
+            profiles,
         }
     }
 }
@@ -108,7 +130,17 @@ impl Deliverer {
             down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
             settings: std::sync::RwLock::new(Arc::new(Settings::from(config))),
             transcripts: std::sync::RwLock::new(None),
+            tokens: crate::oauth::Tokens::new(),
+            resting: provider::Resting::default(),
+            events: None,
+            last_token_check: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Tells profile problems (a refused login, a spent quota) as events.
+    pub fn with_events(mut self, events: crate::events::Events) -> Deliverer {
+        self.events = Some(events);
+        self
     }
 
     /// Records every outbound conversation in `transcripts`.
@@ -138,53 +170,78 @@ impl Deliverer {
     pub fn reconfigure(&self, config: Arc<Config>) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Settings::from(config));
+        // A reload is the admin's answer to a profile problem: try again.
+        self.resting.clear();
     }
 
-    /// Connects to every smart host as a delivery would (TLS, AUTH), says
-    /// what each one did, and hangs up without sending anything. For `doctor`.
+    /// Connects to every smart host of every profile as a delivery would
+    /// (TLS, AUTH with a fresh token), says what each one did, and hangs up
+    /// without sending anything. For `doctor`.
     pub async fn probe_smarthosts(&self) -> Vec<(String, Result<String, String>)> {
-        let dest = Destination::SmartHosts(self.config().delivery.smarthost.clone());
-        let auth = match self.smarthost_auth().await {
-            Ok(a) => a,
-            Err(e) => {
-                return self
-                    .config()
-                    .delivery
-                    .smarthost
-                    .iter()
-                    .map(|h| (format!("{}:{}", h.host, h.port), Err(e.clone())))
-                    .collect();
-            }
-        };
+        let settings = self.settings();
+        let mut names: Vec<&String> = settings.profiles.keys().collect();
+        names.sort();
         let mut out = Vec::new();
-        for hop in &self.config().delivery.smarthost {
-            let name = format!("{}:{}", hop.host, hop.port);
-            let result = async {
-                let opts = self.options(&dest, hop, &auth)?;
-                let addrs = self
-                    .resolver
-                    .addresses(&hop.host)
+        for name in names {
+            let ready = &settings.profiles[name];
+            let p = &ready.profile;
+            if p.transport == crate::config::Transport::Graph {
+                let result = self
+                    .credentials(ready, &settings.config)
                     .await
-                    .map_err(|e| e.to_string())?;
-                let ip = addrs
-                    .first()
-                    .ok_or_else(|| format!("{} has no address", hop.host))?;
-                let conn = SmtpConnection::connect(SocketAddr::new(*ip, hop.port), &opts)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let tls = conn.tls.clone().unwrap_or_else(|| "no TLS".into());
-                let authed = if auth.is_some() {
-                    ", credentials accepted"
-                } else {
-                    ""
-                };
-                conn.quit().await;
-                Ok(format!("answers at {ip}, {tls}{authed}"))
+                    .map(|_| format!("Graph at {}: a token was obtained", p.graph_url))
+                    .map_err(|e| e.message);
+                out.push((format!("profile {name}"), result));
+                continue;
             }
-            .await;
-            out.push((name, result));
+            let auth = match self.credentials(ready, &settings.config).await {
+                Ok(a) => a,
+                Err(e) => {
+                    out.push((format!("profile {name}"), Err(e.message)));
+                    continue;
+                }
+            };
+            for hop in &p.hosts {
+                let label = format!("profile {name}: {}:{}", hop.host, hop.port);
+                let result = async {
+                    let opts = self.profile_options(ready, hop, &auth, &settings)?;
+                    let addrs = self
+                        .resolver
+                        .addresses(&hop.host)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let ip = addrs
+                        .first()
+                        .ok_or_else(|| format!("{} has no address", hop.host))?;
+                    let conn = SmtpConnection::connect(SocketAddr::new(*ip, hop.port), &opts)
+                        .await
+                        .map_err(|e| {
+                            let said = AttemptResult::client_error(&e, &hop.host);
+                            match provider::classify(&said, p) {
+                                Some(problem) => format!("{e}: {}", problem.advice),
+                                None => e.to_string(),
+                            }
+                        })?;
+                    let tls = conn.tls.clone().unwrap_or_else(|| "no TLS".into());
+                    let authed = if auth.is_some() {
+                        ", credentials accepted"
+                    } else {
+                        ""
+                    };
+                    conn.quit().await;
+                    Ok(format!("answers at {ip}, {tls}{authed}"))
+                }
+                .await;
+                out.push((label, result));
+            }
         }
         out
+    }
+
+    /// The profiles resting now (a refused login, a spent quota), with
+    /// what the admin should do: for the dashboard and `doctor`.
+    pub fn resting_profiles(&self) -> Vec<(String, provider::Rest)> {
+        self.resting.all()
     }
 
     /// Recipient verification by callout: asks the next hop of `domain`
@@ -200,7 +257,8 @@ impl Deliverer {
     async fn ask_next_hop(&self, domain: &str, address: &str) -> Result<bool, String> {
         let dest = route::destination(domain, &self.config()).map_err(|e| format!("{e:?}"))?;
         let dest = match dest {
-            Destination::SmartHosts(_) => Destination::Mx(domain.to_string()),
+            // A provider's smart host cannot say who exists at the destination.
+            Destination::Profile(_) => Destination::Mx(domain.to_string()),
             other => other,
         };
         let hosts = route::hosts(&dest, &self.config(), &self.resolver)
@@ -208,7 +266,7 @@ impl Deliverer {
             .map_err(|e| format!("{e:?}"))?;
         let mut last = String::from("no next hop to ask");
         for hop in hosts.iter().take(3) {
-            let opts = self.options(&dest, hop, &None)?;
+            let opts = self.options(hop);
             let Ok(addrs) = self.resolver.addresses(&hop.host).await else {
                 continue;
             };
@@ -231,69 +289,103 @@ impl Deliverer {
         Err(last)
     }
 
-    /// Forgets which next hops seemed down, so the next attempts knock again.
+    /// Forgets which next hops seemed down and which profiles rest, so the
+    /// next attempts knock again.
     pub fn forget_down_hosts(&self) {
         self.down.forget_all();
+        self.resting.clear();
     }
 
-    pub async fn sweep_idle(&self) {
+    /// Housekeeping every second: idle connections closed; every 30 s, the
+    /// OAuth2 tokens about to expire renewed (in the background, so that a
+    /// slow token endpoint never holds the queue).
+    pub async fn sweep_idle(self: &Arc<Self>) {
         self.pool.sweep().await;
+        let now = crate::oauth::unix_now();
+        let last = self
+            .last_token_check
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 30
+            && self
+                .last_token_check
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let settings = me.settings();
+                let due: Vec<_> = settings
+                    .profiles
+                    .values()
+                    .filter(|r| r.profile.oauth.is_some())
+                    .map(|r| {
+                        (
+                            r.profile.clone(),
+                            settings.config.oauth_token_file(&r.profile.name),
+                        )
+                    })
+                    .collect();
+                me.tokens.refresh_due(&due).await;
+            });
+        }
     }
 
     pub async fn close_idle(&self) {
         self.pool.close_all().await;
     }
 
-    /// The smart-host credentials, read once per attempt (the password file may
-    /// change while the server runs) and without blocking the async threads.
-    async fn smarthost_auth(&self) -> Result<Option<(String, String)>, String> {
-        let d = &self.config().delivery;
-        let (Some(user), Some(path)) = (&d.smarthost_user, &d.smarthost_password_file) else {
-            return Ok(None);
+    /// TLS for a connection to `hop` of a [[route]], an MX or an address
+    /// literal: opportunistic unless `outbound_tls` says otherwise, never AUTH.
+    fn options(&self, hop: &NextHop) -> ConnectOptions {
+        let settings = self.settings();
+        let d = &settings.config.delivery;
+        let cfg = Arc::clone(&self.unverified_tls);
+        let tls = match d.outbound_tls {
+            OutboundTls::Opportunistic => TlsMode::Opportunistic(cfg),
+            OutboundTls::Required => TlsMode::Required(cfg),
+            OutboundTls::None => TlsMode::None,
         };
-        let pass = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| format!("delivery.smarthost_password_file {}: {e}", path.display()))?;
-        Ok(Some((
-            user.clone(),
-            pass.trim_end_matches(['\r', '\n']).to_string(),
-        )))
+        self.connect_options(&settings, hop, tls, None)
     }
 
-    /// TLS and AUTH for a connection to `host` of `dest`.
-    fn options(
+    /// TLS and AUTH for a connection to `hop` of a profile.
+    fn profile_options(
         &self,
-        dest: &Destination,
+        ready: &profile::Ready,
         hop: &NextHop,
-        smarthost_auth: &Option<(String, String)>,
+        auth: &Option<Credentials>,
+        settings: &Settings,
     ) -> Result<ConnectOptions, String> {
-        let d = &self.config().delivery;
-        let host = hop.host.as_str();
-        let (tls, auth) = if dest.is_smarthost() {
-            let cfg = if d.smarthost_verify {
-                self.settings().verified_tls.clone()?
-            } else {
-                Arc::clone(&self.unverified_tls)
-            };
-            let tls = match hop.tls_or(d.smarthost_tls) {
-                SmarthostTls::Starttls => TlsMode::Required(cfg),
-                SmarthostTls::Implicit => TlsMode::Implicit(cfg),
-                SmarthostTls::Opportunistic => TlsMode::Opportunistic(cfg),
-                SmarthostTls::None => TlsMode::None,
-            };
-            (tls, smarthost_auth.clone())
+        let cfg = if ready.profile.verify {
+            ready.tls.clone()?
         } else {
-            let cfg = Arc::clone(&self.unverified_tls);
-            let tls = match d.outbound_tls {
-                OutboundTls::Opportunistic => TlsMode::Opportunistic(cfg),
-                OutboundTls::Required => TlsMode::Required(cfg),
-                OutboundTls::None => TlsMode::None,
-            };
-            (tls, None)
+            Arc::clone(&self.unverified_tls)
         };
-        Ok(ConnectOptions {
-            helo: self.settings().helo.clone(),
-            server_name: host.to_string(),
+        let tls = match hop.tls_or(ready.profile.tls) {
+            SmarthostTls::Starttls => TlsMode::Required(cfg),
+            SmarthostTls::Implicit => TlsMode::Implicit(cfg),
+            SmarthostTls::Opportunistic => TlsMode::Opportunistic(cfg),
+            SmarthostTls::None => TlsMode::None,
+        };
+        Ok(self.connect_options(settings, hop, tls, auth.clone()))
+    }
+
+    fn connect_options(
+        &self,
+        settings: &Settings,
+        hop: &NextHop,
+        tls: TlsMode,
+        auth: Option<Credentials>,
+    ) -> ConnectOptions {
+        let d = &settings.config.delivery;
+        ConnectOptions {
+            helo: settings.helo.clone(),
+            server_name: hop.host.clone(),
             tls,
             auth,
             connect_timeout: d.connect_timeout.get(),
@@ -304,37 +396,45 @@ impl Deliverer {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-        })
+        }
     }
 
-    /// One attempt for a job: tries every host and address in order until one takes the message.
+    /// One attempt for a job: through its profile, or straight to the
+    /// destination's hosts.
     pub async fn deliver(&self, job: &Job<'_>) -> Vec<Outcome> {
-        let all = |o: Outcome| vec![o; job.message.recipients.len()];
+        match job.destination {
+            Destination::Profile(name) => self.deliver_via_profile(job, name).await,
+            _ => {
+                let settings = self.settings();
+                let hosts =
+                    match route::hosts(job.destination, &settings.config, &self.resolver).await {
+                        Ok(h) => h,
+                        Err(e) => return vec![route_failure(e); job.message.recipients.len()],
+                    };
+                self.deliver_to_hosts(job, &hosts, &job.message, |hop| Ok(self.options(hop)))
+                    .await
+            }
+        }
+    }
+
+    /// Tries every host and address in order until one takes `msg`.
+    async fn deliver_to_hosts(
+        &self,
+        job: &Job<'_>,
+        hosts: &[NextHop],
+        msg: &Outgoing<'_>,
+        options: impl Fn(&NextHop) -> Result<ConnectOptions, String>,
+    ) -> Vec<Outcome> {
+        let all = |o: Outcome| vec![o; msg.recipients.len()];
         let deferred = |result: AttemptResult, counts: bool, known_down: bool| {
             all(Outcome::Deferred {
                 result,
                 counts,
                 known_down,
+                retry_at: None,
             })
         };
         let local = |text: String| AttemptResult::local(Stage::Queue, "4.3.5", text);
-        let dest = match route::destination(job.domain, &self.config()) {
-            Ok(d) => d,
-            Err(e) => return all(route_failure(e)),
-        };
-        let hosts = match route::hosts(&dest, &self.config(), &self.resolver).await {
-            Ok(h) => h,
-            Err(e) => return all(route_failure(e)),
-        };
-        let msg = &job.message;
-        let smarthost_auth = if dest.is_smarthost() {
-            match self.smarthost_auth().await {
-                Ok(a) => a,
-                Err(e) => return deferred(local(e), true, false),
-            }
-        } else {
-            None
-        };
         let mut last = AttemptResult::local(Stage::Routing, "4.4.1", "no server to try");
         // Whether the attempt tells us anything about the destination: a host
         // answered, refused or timed out. Our own network down does not count.
@@ -345,7 +445,7 @@ impl Deliverer {
         let mut skipped = false;
         let hop_count = hosts.len();
         for (hop_index, hop) in hosts.iter().enumerate() {
-            let opts = match self.options(&dest, hop, &smarthost_auth) {
+            let opts = match options(hop) {
                 Ok(o) => o,
                 Err(e) => return deferred(local(e), true, false),
             };
@@ -398,7 +498,7 @@ impl Deliverer {
                 } else {
                     "trying the next server"
                 };
-                warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; {next}");
+                warn!(queue_id = %job.queue_id, to = %msg.recipients.join(","), host = %hop.host, ip = %ip, error = %e, "delivery attempt failed; {next}");
                 if !e.try_next_host() {
                     // The sender was refused: another server of the same destination will not differ.
                     return if e.is_permanent() {
@@ -424,7 +524,7 @@ impl Deliverer {
     ) -> Result<Vec<Outcome>, ClientError> {
         let key = format!(
             "{addr}|{host}|{}",
-            opts.auth.as_ref().map_or("", |a| a.0.as_str())
+            opts.auth.as_ref().map_or("", |a| a.user())
         );
         let started = std::time::Instant::now();
         let mut conn = None;
@@ -440,7 +540,9 @@ impl Deliverer {
                     warn!(queue_id = %job.queue_id, host = %host, ip = %addr.ip(), "a reused connection answered 503 (bad sequence); trying a fresh connection");
                 }
                 Ok(replies) => conn = Some((pooled, replies)),
-                Err(e) if pooled.sent_data() => return Ok(lost_after_content(job, host, addr, &e)),
+                Err(e) if pooled.sent_data() => {
+                    return Ok(lost_after_content(job, msg, host, addr, &e));
+                }
                 Err(e) if e.is_out_of_sequence() => {
                     warn!(queue_id = %job.queue_id, host = %host, ip = %addr.ip(), error = %e, "a reused connection answered 503 (bad sequence); trying a fresh connection");
                 }
@@ -457,7 +559,7 @@ impl Deliverer {
                 match fresh.send(msg).await {
                     Ok(replies) => (fresh, replies),
                     Err(e) if fresh.sent_data() => {
-                        return Ok(lost_after_content(job, host, addr, &e));
+                        return Ok(lost_after_content(job, msg, host, addr, &e));
                     }
                     Err(e) => return Err(e),
                 }
@@ -468,12 +570,7 @@ impl Deliverer {
             .iter()
             .map(|r| reply_outcome(r, host, addr.ip()))
             .collect();
-        for (rcpt, (reply, outcome)) in job
-            .message
-            .recipients
-            .iter()
-            .zip(replies.iter().zip(&outcomes))
-        {
+        for (rcpt, (reply, outcome)) in msg.recipients.iter().zip(replies.iter().zip(&outcomes)) {
             let result = match outcome {
                 Outcome::Delivered(_) => "delivered",
                 Outcome::Failed(_) => "failed",
@@ -508,19 +605,21 @@ impl Deliverer {
 /// could deliver it twice; it is deferred to the retry schedule instead.
 fn lost_after_content(
     job: &Job<'_>,
+    msg: &Outgoing<'_>,
     host: &str,
     addr: SocketAddr,
     e: &ClientError,
 ) -> Vec<Outcome> {
-    warn!(queue_id = %job.queue_id, to = %job.message.recipients.join(","), host = %host, ip = %addr.ip(), error = %e, "delivery attempt failed after the content was sent (the next hop may have the message); deferred, no other server tried now");
+    warn!(queue_id = %job.queue_id, to = %msg.recipients.join(","), host = %host, ip = %addr.ip(), error = %e, "delivery attempt failed after the content was sent (the next hop may have the message); deferred, no other server tried now");
     let result = AttemptResult::client_error(e, host).with_ip(addr.ip());
     vec![
         Outcome::Deferred {
             result,
             counts: true,
             known_down: false,
+            retry_at: None,
         };
-        job.message.recipients.len()
+        msg.recipients.len()
     ]
 }
 
@@ -540,17 +639,20 @@ fn reply_outcome(r: &ServerReply, host: &str, ip: std::net::IpAddr) -> Outcome {
             result,
             counts: true,
             known_down: false,
+            retry_at: None,
         }
     }
 }
 
-fn route_failure(e: RouteError) -> Outcome {
+/// A routing failure as the outcome of each recipient it concerns.
+pub fn route_failure(e: RouteError) -> Outcome {
     match e {
         RouteError::Permanent(result) => Outcome::Failed(result),
         RouteError::Temporary(result) => Outcome::Deferred {
             result,
             counts: false,
             known_down: false,
+            retry_at: None,
         },
     }
 }

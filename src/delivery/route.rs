@@ -3,7 +3,7 @@
 //! an address literal, or the domain's MX hosts (RFC 5321 section 5).
 
 use super::result::{AttemptResult, Stage};
-use crate::config::{Config, DeliveryMode, NextHop};
+use crate::config::{Config, DeliveryMode, NextHop, RouteConfig};
 use crate::dns::{MxAnswer, Resolver};
 use crate::smtp::address::Domain;
 use rand::seq::SliceRandom;
@@ -11,10 +11,10 @@ use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// A [[route]] entry for this domain.
+    /// A [[route]]'s host.
     Route(NextHop),
-    /// Everything to the smart hosts, in failover order.
-    SmartHosts(Vec<NextHop>),
+    /// A smart-host profile, by name ([[route]] via, or mode = "smarthost").
+    Profile(String),
     /// A recipient written as an address literal.
     Literal(IpAddr),
     /// The domain's MX hosts.
@@ -23,7 +23,28 @@ pub enum Destination {
 
 impl Destination {
     pub fn is_smarthost(&self) -> bool {
-        matches!(self, Destination::SmartHosts(_))
+        matches!(self, Destination::Profile(_))
+    }
+
+    /// Recipients with the same key travel in one transaction.
+    pub fn key(&self) -> String {
+        match self {
+            Destination::Route(hop) => format!("route {hop}"),
+            Destination::Profile(name) => format!("profile {name}"),
+            Destination::Literal(ip) => format!("literal {ip}"),
+            Destination::Mx(domain) => format!("mx {domain}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Route(hop) => write!(f, "host {hop}"),
+            Destination::Profile(name) => write!(f, "profile {name:?}"),
+            Destination::Literal(ip) => write!(f, "address literal [{ip}]"),
+            Destination::Mx(domain) => write!(f, "MX of {domain}"),
+        }
     }
 }
 
@@ -36,16 +57,56 @@ pub enum RouteError {
     Temporary(AttemptResult),
 }
 
-pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteError> {
-    if let Some(r) = config
-        .route
-        .iter()
-        .find(|r| Domain::normalize(&r.domain) == Domain::normalize(domain))
-    {
-        return Ok(Destination::Route(r.host.clone()));
+/// What routing may look at besides the recipient: whose mail it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteFacts<'a> {
+    /// The envelope sender ("" for the null sender).
+    pub sender: &'a str,
+    /// The AUTH name of the client that sent it.
+    pub user: Option<&'a str>,
+    /// The client's address (None for our own reports).
+    pub client: Option<IpAddr>,
+}
+
+/// Where one recipient's mail goes, and why (for `explain` and `queue show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub destination: Destination,
+    pub why: String,
+}
+
+/// The route of `recipient`: the first [[route]] whose matchers all match,
+/// else the default profile in mode = "smarthost", else an address
+/// literal's address or the domain's MX. Decided afresh at every attempt.
+pub fn decide(recipient: &str, facts: &RouteFacts, config: &Config) -> Result<Routed, RouteError> {
+    let domain = recipient
+        .rsplit_once('@')
+        .map(|(_, d)| Domain::normalize(d))
+        .unwrap_or_default();
+    for (i, r) in config.route.iter().enumerate() {
+        if let Some(why) = route_matches(r, &domain, recipient, facts) {
+            let destination = match (&r.via, &r.host) {
+                (Some(via), _) => Destination::Profile(via.clone()),
+                (None, Some(hop)) => Destination::Route(hop.clone()),
+                // Refused by validation; never reached with a valid config.
+                (None, None) => continue,
+            };
+            return Ok(Routed {
+                destination,
+                why: format!("route[{i}] ({why})"),
+            });
+        }
     }
-    if config.delivery.mode == DeliveryMode::Smarthost {
-        return Ok(Destination::SmartHosts(config.delivery.smarthost.clone()));
+    if config.delivery.mode == DeliveryMode::Smarthost
+        && let Some(p) = config.default_profile()
+    {
+        return Ok(Routed {
+            why: format!(
+                "delivery.mode = \"smarthost\": the default profile {:?}",
+                p.name
+            ),
+            destination: Destination::Profile(p.name),
+        });
     }
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         if !config.delivery.ip_literals {
@@ -55,16 +116,74 @@ pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteEr
                 "delivery to address literals is disabled (delivery.ip_literals = false)",
             )));
         }
-        let ip = lit.strip_prefix("IPv6:").unwrap_or(lit);
-        return ip.parse().map(Destination::Literal).map_err(|_| {
-            RouteError::Permanent(AttemptResult::local(
-                Stage::Routing,
-                "5.1.2",
-                format!("bad address literal {domain}"),
-            ))
-        });
+        let ip = lit
+            .strip_prefix("IPv6:")
+            .or_else(|| lit.strip_prefix("ipv6:"))
+            .unwrap_or(lit);
+        return ip
+            .parse()
+            .map(|ip| Routed {
+                destination: Destination::Literal(ip),
+                why: "an address literal".into(),
+            })
+            .map_err(|_| {
+                RouteError::Permanent(AttemptResult::local(
+                    Stage::Routing,
+                    "5.1.2",
+                    format!("bad address literal {domain}"),
+                ))
+            });
     }
-    Ok(Destination::Mx(domain.to_string()))
+    Ok(Routed {
+        why: format!("no route matches: MX of {domain}"),
+        destination: Destination::Mx(domain),
+    })
+}
+
+/// Where mail for `domain` goes when only the domain is known (callouts).
+pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteError> {
+    decide(
+        &format!("postmaster@{domain}"),
+        &RouteFacts::default(),
+        config,
+    )
+    .map(|r| r.destination)
+}
+
+/// Whether `r` takes this recipient: every matcher it has must match.
+/// Returns the matchers that did, in words.
+fn route_matches(
+    r: &RouteConfig,
+    domain: &str,
+    recipient: &str,
+    facts: &RouteFacts,
+) -> Option<String> {
+    let _ = recipient;
+    let mut why = Vec::new();
+    if !r.domain.is_empty() {
+        if !r.domain_matches(domain) {
+            return None;
+        }
+        why.push(format!("domain {domain}"));
+    }
+    if !r.sender.is_empty() {
+        let p = r.sender.iter().find(|p| p.matches(facts.sender))?;
+        why.push(format!("sender {p}"));
+    }
+    if !r.user.is_empty() {
+        let user = facts.user?;
+        r.user.iter().find(|u| u.as_str() == user)?;
+        why.push(format!("user {user}"));
+    }
+    if !r.network.is_empty() {
+        let ip = facts.client?;
+        let net = r.network.iter().find(|n| n.contains(&ip))?;
+        why.push(format!("network {net}"));
+    }
+    if why.is_empty() {
+        why.push("matches every recipient".into());
+    }
+    Some(why.join(", "))
 }
 
 /// The hosts to try, in order, each with the port to use.
@@ -76,7 +195,10 @@ pub async fn hosts(
     let mx_port = config.delivery.mx_port;
     match dest {
         Destination::Route(hop) => Ok(vec![hop.clone()]),
-        Destination::SmartHosts(list) => Ok(list.clone()),
+        Destination::Profile(name) => config
+            .profile(name)
+            .map(|p| p.hosts)
+            .ok_or_else(|| RouteError::Temporary(missing_profile(name))),
         Destination::Literal(ip) => Ok(vec![NextHop::new(ip.to_string(), mx_port)]),
         Destination::Mx(domain) => match resolver.mx(domain).await {
             Ok(MxAnswer::Records(records)) => Ok(order_mx(records)
@@ -101,6 +223,18 @@ pub async fn hosts(
             ))),
         },
     }
+}
+
+/// A route names a profile the config (reloaded meanwhile) no longer has:
+/// our own configuration's trouble, never a reason to bounce.
+pub fn missing_profile(name: &str) -> AttemptResult {
+    AttemptResult::local(
+        Stage::Routing,
+        "4.3.5",
+        format!(
+            "the smart-host profile {name:?} does not exist (any more); check [[smarthost]] and [[route]]"
+        ),
+    )
 }
 
 /// Lowest preference first; equal preferences in random order (RFC 5321 5.1).
@@ -159,6 +293,10 @@ mod tests {
         assert_eq!(
             destination("example.lan", &c).unwrap(),
             Destination::Route("10.0.0.5:25".parse().unwrap())
+        );
+        assert_eq!(
+            destination("other.example", &c).unwrap(),
+            Destination::Profile("default".into())
         );
         assert!(destination("other.example", &c).unwrap().is_smarthost());
         let c = Config::parse("[delivery]\nip_literals = false\n", "t").unwrap();

@@ -208,6 +208,18 @@ impl Subscriber for LogWriter {
                 error!(zone = %zone, "DNS list zone set aside: it {p}; mail is judged without it until it recovers")
             }
             Event::ZoneHealth { zone, .. } => info!(zone = %zone, "DNS list zone healthy"),
+            Event::ProfileProblem {
+                profile,
+                problem,
+                advice,
+                result,
+                until,
+            } => {
+                error!(profile = %profile, problem = %problem, result = %result, until = %rfc3339(Some(*until)), "PROFILE {profile}: {advice}; its mail waits (never bounced for this)")
+            }
+            Event::ProfileRecovered { profile } => {
+                info!(profile = %profile, "profile {profile} delivers again")
+            }
             Event::DnsCheck { check, seconds } => {
                 tracing::debug!(check, seconds, "DNS check done")
             }

@@ -7,7 +7,7 @@
 //! emitter: a listener that falls behind loses the oldest events.
 
 mod history;
-mod log;
+pub(crate) mod log;
 
 pub use history::{Activity, EventFilter, History, Recorded};
 
@@ -284,6 +284,21 @@ pub enum Event {
         healthy: bool,
         problem: Option<String>,
     },
+    /// A smart-host profile's provider refused its login or said its quota
+    /// is spent: its mail waits until `until` (Unix seconds).
+    ProfileProblem {
+        profile: String,
+        /// "auth" or "quota".
+        problem: String,
+        /// What happened and what to do, in plain words.
+        advice: String,
+        result: AttemptResult,
+        until: i64,
+    },
+    /// A profile that had a problem delivered again.
+    ProfileRecovered {
+        profile: String,
+    },
 }
 
 impl Event {
@@ -315,6 +330,8 @@ impl Event {
             Event::GuardUntrusted { .. } => "guard_untrusted",
             Event::FloodDetected { .. } => "flood_detected",
             Event::ZoneHealth { .. } => "zone_health",
+            Event::ProfileProblem { .. } => "profile_problem",
+            Event::ProfileRecovered { .. } => "profile_recovered",
         }
     }
 

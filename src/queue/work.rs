@@ -7,6 +7,7 @@ use super::index::Content;
 use super::{QueueManager, expired, next_attempt, unix_now};
 use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::delivery::client::Outgoing;
+use crate::delivery::route::{self, Destination, RouteFacts};
 use crate::delivery::{AttemptResult, Job, Outcome, Stage};
 use crate::events::{self, DeliveryState, Event};
 use crate::smtp::address::Domain;
@@ -202,22 +203,38 @@ impl QueueManager {
     ) -> bool {
         // Whether anything happened worth a state write: an attempt, or a result.
         let mut attempted = false;
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // Recipients that go the same way travel together: one transaction
+        // per destination (a domain's MX, a route's host, a profile).
+        let config = self.config();
+        let facts = route_facts(env);
+        let mut groups: BTreeMap<String, (Destination, Vec<usize>)> = BTreeMap::new();
+        let mut unroutable: Vec<(usize, Outcome)> = Vec::new();
         for (i, r) in state.recipients.iter().enumerate() {
             if r.status == RecipientStatus::Queued && r.next_attempt.unwrap_or(0) <= now {
-                let domain = domain_of(env, &r.address);
-                groups.entry(domain).or_default().push(i);
+                match route::decide(&r.address, &facts, &config) {
+                    Ok(routed) => {
+                        groups
+                            .entry(routed.destination.key())
+                            .or_insert_with(|| (routed.destination, Vec::new()))
+                            .1
+                            .push(i);
+                    }
+                    Err(e) => unroutable.push((i, crate::delivery::route_failure(e))),
+                }
             }
         }
-        let schedule: Vec<std::time::Duration> = self
-            .config()
+        let schedule: Vec<std::time::Duration> = config
             .delivery
             .retry_schedule
             .iter()
             .map(|x| x.get())
             .collect();
-        for (domain, idxs) in groups {
-            let slot = self.domain_slot(&domain);
+        if !unroutable.is_empty() {
+            let (idxs, outcomes): (Vec<usize>, Vec<Outcome>) = unroutable.into_iter().unzip();
+            attempted |= self.record_outcomes(id, env, state, &idxs, outcomes, 0.0, &schedule);
+        }
+        for (key, (destination, idxs)) in groups {
+            let slot = self.domain_slot(&key);
             let _domain_permit = slot.acquire_owned().await;
             let _permit = self.global.acquire().await;
             let recipients: Vec<String> = idxs
@@ -226,7 +243,7 @@ impl QueueManager {
                 .collect();
             let job = Job {
                 queue_id: id,
-                domain: &domain,
+                destination: &destination,
                 message: Outgoing {
                     sender: &env.sender,
                     recipients: &recipients,
@@ -240,50 +257,74 @@ impl QueueManager {
             let started = std::time::Instant::now();
             let outcomes = self.deliverer.deliver(&job).await;
             let attempt_seconds = started.elapsed().as_secs_f64();
-            let after = unix_now();
-            for (&i, outcome) in idxs.iter().zip(outcomes) {
-                let r = &mut state.recipients[i];
-                let (state, result, counted) = match outcome {
-                    Outcome::Delivered(result) => {
-                        attempted = true;
-                        r.status = RecipientStatus::Delivered;
-                        r.next_attempt = None;
+            attempted |=
+                self.record_outcomes(id, env, state, &idxs, outcomes, attempt_seconds, &schedule);
+        }
+        attempted
+    }
+
+    /// Applies one attempt's outcomes to the recipients at `idxs` and tells
+    /// each as an event. Returns whether anything was learnt worth a write.
+    #[allow(clippy::too_many_arguments)]
+    fn record_outcomes(
+        &self,
+        id: &QueueId,
+        env: &Envelope,
+        state: &mut MessageState,
+        idxs: &[usize],
+        outcomes: Vec<Outcome>,
+        attempt_seconds: f64,
+        schedule: &[std::time::Duration],
+    ) -> bool {
+        let mut attempted = false;
+        let after = unix_now();
+        for (&i, outcome) in idxs.iter().zip(outcomes) {
+            let r = &mut state.recipients[i];
+            let (state, result, counted) = match outcome {
+                Outcome::Delivered(result) => {
+                    attempted = true;
+                    r.status = RecipientStatus::Delivered;
+                    r.next_attempt = None;
+                    r.attempts += 1;
+                    (DeliveryState::Delivered, result, true)
+                }
+                Outcome::Failed(result) => {
+                    attempted = true;
+                    r.status = RecipientStatus::Failed;
+                    r.next_attempt = None;
+                    r.attempts += 1;
+                    (DeliveryState::Failed, result, true)
+                }
+                Outcome::Deferred {
+                    result,
+                    counts,
+                    known_down,
+                    retry_at,
+                } => {
+                    if counts {
                         r.attempts += 1;
-                        (DeliveryState::Delivered, result, true)
                     }
-                    Outcome::Failed(result) => {
-                        attempted = true;
-                        r.status = RecipientStatus::Failed;
-                        r.next_attempt = None;
-                        r.attempts += 1;
-                        (DeliveryState::Failed, result, true)
-                    }
-                    Outcome::Deferred {
-                        result,
-                        counts,
-                        known_down,
-                    } => {
-                        if counts {
-                            r.attempts += 1;
-                        }
-                        attempted |= !known_down;
-                        r.next_attempt = Some(next_attempt(after, r.attempts, &schedule));
-                        (DeliveryState::Deferred, result, counts)
-                    }
-                };
-                self.events.emit(Event::Delivery {
-                    queue_id: id.clone(),
-                    source: source_of(env),
-                    to: r.address.clone(),
-                    state,
-                    result: result.clone(),
-                    counted,
-                    next_attempt: r.next_attempt,
-                    attempt_seconds,
-                    queued_seconds: (after - env.received_at).max(0) as f64,
-                });
-                r.record(result);
-            }
+                    attempted |= !known_down;
+                    r.next_attempt = Some(match retry_at {
+                        // The provider (or a profile's rest) names the time.
+                        Some(t) => t.max(after + 1),
+                        None => next_attempt(after, r.attempts, schedule),
+                    });
+                    (DeliveryState::Deferred, result, counts)
+                }
+            };
+            self.events.emit(Event::Delivery {
+                queue_id: id.clone(),
+                source: source_of(env),
+                to: r.address.clone(),
+                state,
+                result: result.clone(),
+                counted,
+                next_attempt: r.next_attempt,
+                attempt_seconds,
+                queued_seconds: (after - env.received_at).max(0) as f64,
+            });
+            r.record(result);
         }
         attempted
     }
@@ -484,13 +525,18 @@ fn domain_of_address(address: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The routing domain of a recipient, from the envelope (falls back to the address).
-fn domain_of(env: &Envelope, address: &str) -> String {
-    env.recipients
-        .iter()
-        .find(|r| r.address == address)
-        .map(|r| r.domain.clone())
-        .unwrap_or_else(|| domain_of_address(address))
+/// What routing may look at of a message: its sender, the AUTH name and
+/// the address of the client that sent it (none for our own reports).
+pub(crate) fn route_facts(env: &Envelope) -> RouteFacts<'_> {
+    RouteFacts {
+        sender: &env.sender,
+        user: env.auth_user.as_deref(),
+        client: env
+            .client_ip
+            .parse()
+            .ok()
+            .filter(|_| !env.sender.is_empty() || env.auth_user.is_some()),
+    }
 }
 
 /// Whose mail a message is, as the guard counts sources: the AUTH user, else

@@ -127,10 +127,6 @@ impl Server {
         let shared = Arc::new(config.clone());
         let transcripts =
             crate::transcript::Transcripts::from_config(&config.log).map_err(anyhow::Error::msg)?;
-        let deliverer = Arc::new(
-            Deliverer::new(Arc::clone(&shared), resolver.clone())
-                .with_transcripts(transcripts.clone()),
-        );
         let admin = crate::admin::AdminListener::bind(&config).await?;
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let history = Arc::new(crate::events::History::new());
@@ -146,6 +142,11 @@ impl Server {
             Arc::clone(&history) as Arc<dyn crate::events::Subscriber>,
             Arc::clone(&guard) as Arc<dyn crate::events::Subscriber>,
         ]);
+        let deliverer = Arc::new(
+            Deliverer::new(Arc::clone(&shared), resolver.clone())
+                .with_transcripts(transcripts.clone())
+                .with_events(events.clone()),
+        );
         let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {
             format!(

@@ -1,0 +1,361 @@
+//! Delivery through a smart-host profile: its credentials (a password file
+//! read afresh, or an OAuth2 token refreshed once when refused), the sender
+//! rewrite, SMTP to its hosts or Microsoft Graph, and what a provider's
+//! refusal means for the whole profile (see `provider`).
+
+use super::client::{Credentials, Outgoing};
+use super::graph::{self, GraphAnswer};
+use super::provider::{self, Problem, ProblemKind, Rest};
+use super::result::{AttemptResult, Stage};
+use super::{Deliverer, Job, Outcome, Settings};
+use crate::config::{Config, Profile, ProfileAuth, Transport};
+use crate::events::Event;
+use crate::oauth::{TokenError, unix_now};
+use std::sync::Arc;
+use tracing::warn;
+
+/// A profile with what its connections need, made once per config.
+pub(super) struct Ready {
+    pub profile: Profile,
+    /// Verified TLS with the profile's trust anchors and client certificate.
+    pub tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// HTTPS for Graph (token endpoints get their own, in `oauth`).
+    pub http: Result<reqwest::Client, String>,
+}
+
+impl Ready {
+    pub fn new(profile: Profile, _config: &Config) -> Ready {
+        let tls = super::client_tls::verified_for(&profile);
+        let http = if profile.transport == Transport::Graph {
+            crate::oauth::endpoint::http_client(&profile)
+        } else {
+            Err("not a Graph profile".into())
+        };
+        Ready { profile, tls, http }
+    }
+}
+
+impl Deliverer {
+    pub(super) async fn deliver_via_profile(&self, job: &Job<'_>, name: &str) -> Vec<Outcome> {
+        let settings = self.settings();
+        let count = job.message.recipients.len();
+        let Some(ready) = settings.profiles.get(name) else {
+            return vec![deferred(super::route::missing_profile(name), false, None); count];
+        };
+        let now = unix_now();
+        if let Some(rest) = self.resting.get(name, now) {
+            // Known broken: no connection, no token request, nothing learnt.
+            return vec![
+                Outcome::Deferred {
+                    result: rest.result,
+                    counts: false,
+                    known_down: true,
+                    retry_at: Some(rest.until),
+                };
+                count
+            ];
+        }
+        let p = &ready.profile;
+        let rewritten = match &p.rewrite_sender {
+            Some(address) => match content_of(&job.message).await {
+                Ok(content) => Some((address.clone(), super::rewrite::rewrite(&content, address))),
+                Err(e) => return vec![deferred(local(e), true, None); count],
+            },
+            None => None,
+        };
+        let msg = match &rewritten {
+            Some((sender, content)) => Outgoing {
+                sender,
+                recipients: job.message.recipients,
+                body_path: job.message.body_path,
+                body_len: content.len() as u64,
+                body_memory: Some(content),
+                eight_bit: job.message.eight_bit,
+                smtputf8: job.message.smtputf8,
+            },
+            None => job.message,
+        };
+        let outcomes = match p.transport {
+            Transport::Smtp => self.send_smtp(job, ready, &msg, &settings).await,
+            Transport::Graph => self.send_graph(ready, &msg, &settings.config).await,
+        };
+        self.judge(ready, outcomes)
+    }
+
+    /// The credentials a connection of `ready` logs in with.
+    pub(super) async fn credentials(
+        &self,
+        ready: &Ready,
+        config: &Config,
+    ) -> Result<Option<Credentials>, TokenError> {
+        let p = &ready.profile;
+        let user = p.user.clone().unwrap_or_default();
+        match p.auth {
+            ProfileAuth::None => Ok(None),
+            ProfileAuth::Password => {
+                let Some(path) = &p.password_file else {
+                    return Ok(None);
+                };
+                let password = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| TokenError {
+                        message: format!("{} {}: {e}", p.key_of("password_file"), path.display()),
+                        needs_action: true,
+                    })?;
+                Ok(Some(Credentials::Password {
+                    user,
+                    password: password.trim_end_matches(['\r', '\n']).to_string(),
+                }))
+            }
+            ProfileAuth::Xoauth2 => {
+                let token = self
+                    .tokens
+                    .access_token(p, &config.oauth_token_file(&p.name))
+                    .await?;
+                Ok(Some(Credentials::Bearer { user, token }))
+            }
+        }
+    }
+
+    async fn send_smtp(
+        &self,
+        job: &Job<'_>,
+        ready: &Ready,
+        msg: &Outgoing<'_>,
+        settings: &Settings,
+    ) -> Vec<Outcome> {
+        let p = &ready.profile;
+        let count = msg.recipients.len();
+        let mut auth = match self.credentials(ready, &settings.config).await {
+            Ok(a) => a,
+            Err(e) => return self.no_credentials(p, e, count),
+        };
+        let mut refreshed = false;
+        loop {
+            let outcomes = self
+                .deliver_to_hosts(job, &p.hosts, msg, |hop| {
+                    self.profile_options(ready, hop, &auth, settings)
+                })
+                .await;
+            // A refused token is refreshed once and the delivery tried again.
+            if let (false, Some(Credentials::Bearer { token, .. })) = (refreshed, &auth)
+                && outcomes.iter().any(|o| o.result().stage == Stage::Auth)
+            {
+                warn!(profile = %p.name, "the next hop refused the OAuth2 token; fetching a new one and trying once more");
+                self.tokens.refused(p, token).await;
+                refreshed = true;
+                auth = match self.credentials(ready, &settings.config).await {
+                    Ok(a) => a,
+                    Err(e) => return self.no_credentials(p, e, count),
+                };
+                continue;
+            }
+            return outcomes;
+        }
+    }
+
+    async fn send_graph(&self, ready: &Ready, msg: &Outgoing<'_>, config: &Config) -> Vec<Outcome> {
+        let p = &ready.profile;
+        let count = msg.recipients.len();
+        let http = match &ready.http {
+            Ok(h) => h.clone(),
+            Err(e) => return vec![deferred(local(e.clone()), true, None); count],
+        };
+        let content = match content_of(msg).await {
+            Ok(c) => c,
+            Err(e) => return vec![deferred(local(e), true, None); count],
+        };
+        let user = p.user.clone().unwrap_or_default();
+        let mut refreshed = false;
+        loop {
+            let token = match self.credentials(ready, config).await {
+                Ok(Some(Credentials::Bearer { token, .. })) => token,
+                Ok(_) => {
+                    return vec![
+                        deferred(
+                            local(format!(
+                                "profile {:?} sends with Graph but has no OAuth2 settings",
+                                p.name
+                            )),
+                            false,
+                            None
+                        );
+                        count
+                    ];
+                }
+                Err(e) => return self.no_credentials(p, e, count),
+            };
+            let answer =
+                graph::send_mail(&http, &p.graph_url, &user, &token, &content, msg.recipients)
+                    .await;
+            let now = unix_now();
+            return match answer {
+                GraphAnswer::Sent => {
+                    let host = reqwest::Url::parse(&p.graph_url)
+                        .ok()
+                        .and_then(|u| u.host_str().map(String::from));
+                    let result = AttemptResult {
+                        stage: Stage::Data,
+                        code: None,
+                        enhanced: Some("2.0.0".into()),
+                        remote: host,
+                        remote_ip: None,
+                        text: format!("accepted by Microsoft Graph sendMail as {user}"),
+                    };
+                    vec![Outcome::Delivered(result); count]
+                }
+                GraphAnswer::TokenRefused(_) if !refreshed => {
+                    warn!(profile = %p.name, "Graph refused the OAuth2 token; fetching a new one and trying once more");
+                    self.tokens.refused(p, &token).await;
+                    refreshed = true;
+                    continue;
+                }
+                GraphAnswer::TokenRefused(r) | GraphAnswer::NotAllowed(r) => {
+                    let problem = Problem {
+                        kind: ProblemKind::Auth,
+                        advice: provider::credentials_advice(p),
+                        rest: None,
+                    };
+                    let until = self.rest(p, &problem, &r);
+                    vec![deferred(r, false, Some(until)); count]
+                }
+                GraphAnswer::Throttled(r, after) => {
+                    let problem = Problem {
+                        kind: ProblemKind::Quota,
+                        advice: format!(
+                            "Microsoft Graph throttles profile {:?} (HTTP 429); mail waits as Graph asks",
+                            p.name
+                        ),
+                        rest: Some(after.unwrap_or(60).clamp(1, 86_400)),
+                    };
+                    let until = self.rest(p, &problem, &r);
+                    vec![deferred(r, false, Some(until)); count]
+                }
+                GraphAnswer::Temporary(r, after) => {
+                    vec![deferred(r, true, after.map(|s| now + s.clamp(1, 86_400))); count]
+                }
+                GraphAnswer::Permanent(r) => vec![Outcome::Failed(r); count],
+            };
+        }
+    }
+
+    /// No credentials could be had (a token endpoint that refuses, an
+    /// unreadable password file): the profile rests, its mail waits.
+    fn no_credentials(&self, p: &Profile, e: TokenError, count: usize) -> Vec<Outcome> {
+        let result = AttemptResult::local(
+            Stage::Auth,
+            "4.7.0",
+            format!(
+                "profile {:?} has no credentials to log in with: {}",
+                p.name, e.message
+            ),
+        );
+        let problem = Problem {
+            kind: ProblemKind::Auth,
+            advice: format!(
+                "{} ({})",
+                e.message,
+                if e.needs_action {
+                    "someone must act: see `portcullis oauth status` and `portcullis doctor`"
+                } else {
+                    "tried again shortly"
+                }
+            ),
+            rest: Some(if e.needs_action {
+                provider::AUTH_REST
+            } else {
+                60
+            }),
+        };
+        let until = self.rest(p, &problem, &result);
+        vec![deferred(result, false, Some(until)); count]
+    }
+
+    /// Looks at an attempt's results for a profile-wide refusal: then the
+    /// profile rests and none of this message's recipients bounce for it.
+    fn judge(&self, ready: &Ready, outcomes: Vec<Outcome>) -> Vec<Outcome> {
+        let p = &ready.profile;
+        let found = outcomes.iter().find_map(|o| match o {
+            Outcome::Delivered(_) => None,
+            other => provider::classify(other.result(), p).map(|x| (x, other.result().clone())),
+        });
+        if let Some((problem, result)) = found {
+            let until = self.rest(p, &problem, &result);
+            return outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Outcome::Delivered(r) => Outcome::Delivered(r),
+                    other => deferred(other.result().clone(), false, Some(until)),
+                })
+                .collect();
+        }
+        if outcomes.iter().any(|o| matches!(o, Outcome::Delivered(_))) && self.resting.end(&p.name)
+        {
+            self.emit(Event::ProfileRecovered {
+                profile: p.name.clone(),
+            });
+        }
+        outcomes
+    }
+
+    /// Puts `p` to rest for `problem`; returns until when.
+    fn rest(&self, p: &Profile, problem: &Problem, result: &AttemptResult) -> i64 {
+        let seconds = problem.rest.unwrap_or(match problem.kind {
+            ProblemKind::Auth => provider::AUTH_REST,
+            ProblemKind::Quota => p.quota_backoff.as_secs() as i64,
+        });
+        let until = unix_now() + seconds.max(1);
+        self.resting.start(
+            &p.name,
+            Rest {
+                until,
+                kind: problem.kind,
+                result: result.clone(),
+                advice: problem.advice.clone(),
+            },
+        );
+        self.emit(Event::ProfileProblem {
+            profile: p.name.clone(),
+            problem: problem.kind.name().to_string(),
+            advice: problem.advice.clone(),
+            result: result.clone(),
+            until,
+        });
+        until
+    }
+
+    fn emit(&self, event: Event) {
+        match &self.events {
+            Some(events) => events.emit(event),
+            None => {
+                use crate::events::Subscriber as _;
+                crate::events::log::LogWriter.on_event(&event)
+            }
+        }
+    }
+}
+
+fn local(text: String) -> AttemptResult {
+    AttemptResult::local(Stage::Queue, "4.3.5", text)
+}
+
+fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outcome {
+    Outcome::Deferred {
+        result,
+        counts,
+        known_down: false,
+        retry_at,
+    }
+}
+
+/// The message content as it is queued (from memory when the queue has it).
+async fn content_of(msg: &Outgoing<'_>) -> Result<Vec<u8>, String> {
+    if let Some(bytes) = msg.body_memory.filter(|b| b.len() as u64 == msg.body_len) {
+        return Ok(bytes.to_vec());
+    }
+    let mut content = tokio::fs::read(msg.body_path)
+        .await
+        .map_err(|e| format!("reading the spooled message: {e}"))?;
+    content.truncate(msg.body_len as usize);
+    Ok(content)
+}
