@@ -9,6 +9,7 @@ mod check;
 mod doctor;
 mod explain;
 mod guard;
+pub mod oauth;
 mod queue;
 mod relay_test;
 mod reload;
@@ -53,6 +54,9 @@ enum Command {
     Guard(guard::GuardArgs),
     /// Addresses banned after too many failed logins; lift a ban.
     Ban(ban::BanArgs),
+    /// Sign in for an OAuth2 smart-host profile, or show who is signed in.
+    #[command(name = "oauth")]
+    OAuth(oauth::OAuthArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -121,5 +125,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Reload(a) => reload::run(a),
         Command::Guard(a) => guard::run(a),
         Command::Ban(a) => ban::run(a),
+        Command::OAuth(a) => oauth::run(a),
     }
 }

@@ -86,7 +86,7 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
         })?,
         Err(e) => anyhow::bail!(e),
     };
-    print_answer(answer, args.json)
+    print_answer(answer, args.json, &config)
 }
 
 fn parse_id(id: &str) -> anyhow::Result<QueueId> {
@@ -152,10 +152,14 @@ fn offline(data_dir: &Path, command: &QueueCommand) -> anyhow::Result<QueueAnswe
     Ok(answer)
 }
 
-fn print_answer(answer: QueueAnswer, json: bool) -> anyhow::Result<i32> {
+fn print_answer(
+    answer: QueueAnswer,
+    json: bool,
+    config: &crate::config::Config,
+) -> anyhow::Result<i32> {
     match answer {
         QueueAnswer::List { messages } => list(&messages, json),
-        QueueAnswer::Show { message } => show(&message, json),
+        QueueAnswer::Show { message } => show(&message, json, config),
         QueueAnswer::Changed { changed } => {
             report(&changed, json);
             Ok(0)
@@ -228,11 +232,39 @@ fn when(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
+/// Where each recipient goes under the current config: (address, next hop, profile).
+fn routes(
+    m: &MessageDetail,
+    config: &crate::config::Config,
+) -> Vec<(String, String, Option<String>)> {
+    use crate::delivery::route::{self, Destination};
+    let facts = crate::queue::route_facts(&m.envelope);
+    m.state
+        .recipients
+        .iter()
+        .map(|r| match route::decide(&r.address, &facts, config) {
+            Ok(routed) => {
+                let profile = match &routed.destination {
+                    Destination::Profile(p) => Some(p.clone()),
+                    _ => None,
+                };
+                (r.address.clone(), routed.destination.to_string(), profile)
+            }
+            Err(_) => (r.address.clone(), "nowhere (routing fails)".into(), None),
+        })
+        .collect()
+}
+
+fn show(m: &MessageDetail, json: bool, config: &crate::config::Config) -> anyhow::Result<i32> {
+    let routes = routes(m, config);
     if json {
+        let routes: Vec<_> = routes
+            .iter()
+            .map(|(rcpt, via, profile)| serde_json::json!({"recipient": rcpt, "next_hop": via, "profile": profile}))
+            .collect();
         outln!(
             "{}",
-            serde_json::json!({"envelope": m.envelope, "state": m.state, "in_flight": m.in_flight, "status": m.state_word(), "headers": m.headers})
+            serde_json::json!({"envelope": m.envelope, "state": m.state, "in_flight": m.in_flight, "status": m.state_word(), "headers": m.headers, "routes": routes})
         );
         return Ok(0);
     }
@@ -252,9 +284,9 @@ fn show(m: &MessageDetail, json: bool) -> anyhow::Result<i32> {
     outln!("size:        {}", e.size);
     outln!("state:       {}", m.state_word());
     outln!("recipients:");
-    for r in &m.state.recipients {
+    for (r, (_, via, _)) in m.state.recipients.iter().zip(&routes) {
         outln!(
-            "  {:<40} {}, attempts {}, next {}, last error: {}",
+            "  {:<40} {}, via {via}, attempts {}, next {}, last error: {}",
             r.address,
             crate::queue::recipient_state(r),
             r.attempts,

@@ -383,22 +383,75 @@ async fn port_25(config: &Config, resolver: &Resolver, opts: &DoctorOptions) -> 
 }
 
 async fn smarthosts(config: &Config, resolver: &Resolver) -> Vec<Check> {
-    if config.delivery.mode != DeliveryMode::Smarthost {
+    if config.delivery.mode != DeliveryMode::Smarthost && config.smarthost.is_empty() {
         return Vec::new();
     }
+    let mut out = oauth_sign_ins(config);
     let deliverer = Deliverer::new(Arc::new(config.clone()), resolver.clone());
-    deliverer
-        .probe_smarthosts()
-        .await
-        .into_iter()
-        .map(|(host, result)| match result {
-            Ok(detail) => check(&format!("smart host {host}"), Status::Ok, detail, ""),
-            Err(e) => check(
-                &format!("smart host {host}"),
-                Status::Fail,
-                e,
-                "check delivery.smarthost, smarthost_tls, smarthost_user and smarthost_password_file against what your provider documents",
-            ),
+    out.extend(
+        deliverer
+            .probe_smarthosts()
+            .await
+            .into_iter()
+            .map(|(host, result)| match result {
+                Ok(detail) => check(&format!("smart host {host}"), Status::Ok, detail, ""),
+                Err(e) => check(
+                    &format!("smart host {host}"),
+                    Status::Fail,
+                    e,
+                    "check the profile's hosts, tls, user and credentials ([[smarthost]], or delivery.smarthost… for \"default\") against what your provider documents",
+                ),
+            }),
+    );
+    out
+}
+
+/// Whether each OAuth2 profile has someone signed in and a working refresh.
+fn oauth_sign_ins(config: &Config) -> Vec<Check> {
+    config
+        .profiles()
+        .iter()
+        .filter(|p| p.oauth.is_some())
+        .map(|p| {
+            let name = format!("OAuth2 sign-in of profile {}", p.name);
+            match crate::oauth::sign_in_state(config, p) {
+                Ok(s) if s.error.is_some() => check(
+                    &name,
+                    Status::Fail,
+                    format!(
+                        "the last token refresh failed: {}",
+                        s.error.unwrap_or_default()
+                    ),
+                    &format!(
+                        "fix the cause, or sign in again: portcullis oauth login {}",
+                        p.name
+                    ),
+                ),
+                Ok(s) if s.logged_in => check(&name, Status::Ok, "signed in".to_string(), ""),
+                Ok(_)
+                    if p.oauth.as_ref().map(|o| o.grant)
+                        == Some(crate::config::OAuthGrant::ClientCredentials) =>
+                {
+                    check(
+                        &name,
+                        Status::Ok,
+                        "no token yet (fetched at the first delivery)".to_string(),
+                        "",
+                    )
+                }
+                Ok(_) => check(
+                    &name,
+                    Status::Fail,
+                    "nobody has signed in: mail through this profile waits".to_string(),
+                    &format!("portcullis oauth login {}", p.name),
+                ),
+                Err(e) => check(
+                    &name,
+                    Status::Fail,
+                    e.to_string(),
+                    "check the data directory's oauth/ files",
+                ),
+            }
         })
         .collect()
 }

@@ -84,6 +84,20 @@ pub struct Explanation {
     /// The reply that ends it: the refusal, or the last recipient's 250.
     pub reply: String,
     pub steps: Vec<Step>,
+    /// Where each accepted recipient's mail would go, and why.
+    pub routes: Vec<RouteChoice>,
+}
+
+/// The next hop of one recipient, as delivery would choose it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteChoice {
+    pub recipient: String,
+    /// "profile \"m365\"", "host relay.lan:25", "MX of example.org".
+    pub destination: String,
+    /// The profile's name, when it goes through one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    pub why: String,
 }
 
 /// Answers the question with the server's own code.
@@ -100,6 +114,7 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
         verdict: Verdict::Refuse,
         reply: r.to_wire().trim_end().to_string(),
         steps,
+        routes: Vec::new(),
     };
 
     let connect = policy.connect(&facts);
@@ -186,6 +201,7 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
     }
 
     let mut last = reply::RECIPIENT_OK;
+    let mut routes = Vec::new();
     for (i, to) in q.to.iter().enumerate() {
         facts.checks.recipient = q.recipient_checks.get(i).cloned().flatten();
         let path = match command::parse(&format!("RCPT TO:{}", bracketed(to))) {
@@ -207,11 +223,49 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
             return refuse(steps, r);
         }
         last = reply::RECIPIENT_OK;
+        let choice = route_of(config, &facts, to);
+        note(
+            &mut steps,
+            Stage::Rcpt,
+            format!(
+                "{to} would be delivered to {} ({})",
+                choice.destination, choice.why
+            ),
+        );
+        routes.push(choice);
     }
     Explanation {
         verdict: Verdict::Accept,
         reply: last.to_wire().trim_end().to_string(),
         steps,
+        routes,
+    }
+}
+
+/// The route delivery would choose for `to` from this client and sender.
+fn route_of(config: &Config, facts: &ClientFacts, to: &str) -> RouteChoice {
+    use crate::delivery::route::{self, Destination, RouteFacts};
+    let route_facts = RouteFacts {
+        sender: facts.sender.as_deref().unwrap_or_default(),
+        user: facts.user.as_deref(),
+        client: Some(facts.ip),
+    };
+    match route::decide(to, &route_facts, config) {
+        Ok(routed) => RouteChoice {
+            recipient: to.to_string(),
+            profile: match &routed.destination {
+                Destination::Profile(name) => Some(name.clone()),
+                _ => None,
+            },
+            destination: routed.destination.to_string(),
+            why: routed.why,
+        },
+        Err(route::RouteError::Permanent(r) | route::RouteError::Temporary(r)) => RouteChoice {
+            recipient: to.to_string(),
+            destination: "nowhere".into(),
+            profile: None,
+            why: r.text,
+        },
     }
 }
 

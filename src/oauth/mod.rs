@@ -15,3 +15,31 @@ pub(crate) fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+/// The sign-in state of one profile, from its token file.
+pub fn sign_in_state(
+    config: &crate::config::Config,
+    p: &crate::config::Profile,
+) -> std::io::Result<SignInState> {
+    let grant = p.oauth.as_ref().map(|o| o.grant);
+    let file = store::load(&config.oauth_token_file(&p.name))?;
+    let now = unix_now();
+    let logged_in = file.as_ref().is_some_and(|f| match grant {
+        Some(crate::config::OAuthGrant::RefreshToken) => f.refresh_token.is_some(),
+        _ => f.usable_token(now, 0).is_some(),
+    });
+    Ok(SignInState {
+        logged_in,
+        expires: file.as_ref().and_then(|f| f.expires_at),
+        last_refresh: file.as_ref().and_then(|f| f.last_refresh),
+        error: file.and_then(|f| f.error),
+    })
+}
+
+/// What `oauth status` and `doctor` say of a profile's tokens.
+pub struct SignInState {
+    pub logged_in: bool,
+    pub expires: Option<i64>,
+    pub last_refresh: Option<i64>,
+    pub error: Option<String>,
+}

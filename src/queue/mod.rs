@@ -18,6 +18,7 @@ pub use control::{
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
 pub use socket::{ControlError, ServerControl, bind_control, request, serve_control, socket_path};
+pub use work::route_facts;
 
 use crate::config::Config;
 use crate::delivery::Deliverer;

@@ -527,7 +527,7 @@ fn domain_of_address(address: &str) -> String {
 
 /// What routing may look at of a message: its sender, the AUTH name and
 /// the address of the client that sent it (none for our own reports).
-pub(crate) fn route_facts(env: &Envelope) -> RouteFacts<'_> {
+pub fn route_facts(env: &Envelope) -> RouteFacts<'_> {
     RouteFacts {
         sender: &env.sender,
         user: env.auth_user.as_deref(),
