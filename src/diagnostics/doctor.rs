@@ -422,7 +422,7 @@ fn oauth_sign_ins(config: &Config) -> Vec<Check> {
                         "the last token refresh failed: {}",
                         s.error.unwrap_or_default()
                     ),
-                    &format!(
+                    format!(
                         "fix the cause, or sign in again: portcullis oauth login {}",
                         p.name
                     ),
@@ -443,7 +443,7 @@ fn oauth_sign_ins(config: &Config) -> Vec<Check> {
                     &name,
                     Status::Fail,
                     "nobody has signed in: mail through this profile waits".to_string(),
-                    &format!("portcullis oauth login {}", p.name),
+                    format!("portcullis oauth login {}", p.name),
                 ),
                 Err(e) => check(
                     &name,
