@@ -86,7 +86,9 @@ async fn login(
     refresh_token_stdin: bool,
     limit: Duration,
 ) -> anyhow::Result<i32> {
-    let http = endpoint::http_client(p).map_err(anyhow::Error::msg)?;
+    let resolver = crate::dns::Resolver::from_config(&config.dns)
+        .map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
+    let http = endpoint::http_client(p, &resolver).map_err(anyhow::Error::msg)?;
     let path = config.oauth_token_file(&p.name);
     let grant = p.oauth.as_ref().map(|o| o.grant);
     let granted = if refresh_token_stdin {

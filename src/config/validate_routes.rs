@@ -253,7 +253,7 @@ fn check_oauth(c: &Config, p: &Profile, out: &mut Vec<Finding>) {
                         Severity::Warning,
                         k("oauth_grant"),
                         "\"refresh_token\"",
-                        "nobody has signed in for this profile yet: its mail waits in the queue until someone does",
+                        format!("nobody has signed in for this profile yet: its mail waits in the queue until someone runs `portcullis oauth login {}`", p.name),
                     )
                     .with_fix(format!("portcullis oauth login {}", p.name)),
                 );

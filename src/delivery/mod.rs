@@ -102,7 +102,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn from(config: Arc<Config>) -> Settings {
+    fn from(config: Arc<Config>, resolver: &Resolver) -> Settings {
         let helo = config
             .delivery
             .helo_name
@@ -111,7 +111,7 @@ impl Settings {
         let profiles = config
             .profiles()
             .into_iter()
-            .map(|p| (p.name.clone(), profile::Ready::new(p, &config)))
+            .map(|p| (p.name.clone(), profile::Ready::new(p, resolver)))
             .collect();
         Settings {
             config,
@@ -124,13 +124,13 @@ impl Settings {
 impl Deliverer {
     pub fn new(config: Arc<Config>, resolver: Resolver) -> Deliverer {
         Deliverer {
-            resolver,
+            resolver: resolver.clone(),
             unverified_tls: client_tls::unverified(),
             pool: Pool::default(),
             down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
-            settings: std::sync::RwLock::new(Arc::new(Settings::from(config))),
+            settings: std::sync::RwLock::new(Arc::new(Settings::from(config, &resolver))),
             transcripts: std::sync::RwLock::new(None),
-            tokens: crate::oauth::Tokens::new(),
+            tokens: crate::oauth::Tokens::new(resolver.clone()),
             resting: provider::Resting::default(),
             events: None,
             last_token_check: std::sync::atomic::AtomicI64::new(0),
@@ -169,7 +169,7 @@ impl Deliverer {
     /// Takes a reloaded config: the next attempts follow its routes.
     pub fn reconfigure(&self, config: Arc<Config>) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Settings::from(config));
+            Arc::new(Settings::from(config, &self.resolver));
         // A reload is the admin's answer to a profile problem: try again.
         self.resting.clear();
     }

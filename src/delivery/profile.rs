@@ -24,10 +24,10 @@ pub(super) struct Ready {
 }
 
 impl Ready {
-    pub fn new(profile: Profile, _config: &Config) -> Ready {
+    pub fn new(profile: Profile, resolver: &crate::dns::Resolver) -> Ready {
         let tls = super::client_tls::verified_for(&profile);
         let http = if profile.transport == Transport::Graph {
-            crate::oauth::endpoint::http_client(&profile)
+            crate::oauth::endpoint::http_client(&profile, resolver)
         } else {
             Err("not a Graph profile".into())
         };

@@ -45,14 +45,18 @@ struct Slot {
     http: Option<(Profile, reqwest::Client)>,
 }
 
-#[derive(Default)]
 pub struct Tokens {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Token endpoints' names are looked up through `[dns]`.
+    resolver: crate::dns::Resolver,
 }
 
 impl Tokens {
-    pub fn new() -> Tokens {
-        Tokens::default()
+    pub fn new(resolver: crate::dns::Resolver) -> Tokens {
+        Tokens {
+            slots: Mutex::default(),
+            resolver,
+        }
     }
 
     fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -74,7 +78,7 @@ impl Tokens {
         {
             return Ok(t.to_string());
         }
-        refresh(&mut s, profile, path).await
+        refresh(&mut s, profile, path, &self.resolver).await
     }
 
     /// The next hop refused `token`: the next `access_token` fetches another.
@@ -96,7 +100,7 @@ impl Tokens {
                 f.access_token.is_some() && f.expires_at.unwrap_or(0) - REFRESH_AHEAD <= unix_now()
             });
             if due {
-                match refresh(&mut s, profile, path).await {
+                match refresh(&mut s, profile, path, &self.resolver).await {
                     Ok(_) => {
                         info!(profile = %profile.name, "OAuth2 token renewed ahead of its expiry")
                     }
@@ -130,14 +134,20 @@ async fn reload_if_changed(s: &mut Slot, path: &Path) {
     }
 }
 
-async fn refresh(s: &mut Slot, profile: &Profile, path: &Path) -> Result<String, TokenError> {
+async fn refresh(
+    s: &mut Slot,
+    profile: &Profile,
+    path: &Path,
+    resolver: &crate::dns::Resolver,
+) -> Result<String, TokenError> {
     let http = match &s.http {
         Some((p, client)) if p == profile => client.clone(),
         _ => {
-            let client = endpoint::http_client(profile).map_err(|message| TokenError {
-                message,
-                needs_action: true,
-            })?;
+            let client =
+                endpoint::http_client(profile, resolver).map_err(|message| TokenError {
+                    message,
+                    needs_action: true,
+                })?;
             s.http = Some((profile.clone(), client.clone()));
             client
         }

@@ -16,6 +16,7 @@ mod hostile;
 mod logs;
 mod packaging;
 mod postfix;
+mod profiles;
 mod protocol;
 mod proxy;
 mod queue_control;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod dns;
 pub mod netns;
+pub mod oauth_peer;
 pub mod postfix_mta;
 pub mod server;
 pub mod sink;

@@ -40,6 +40,13 @@ pub struct Behaviour {
     /// Sent in clear right after "220 go ahead" to STARTTLS, before the
     /// handshake: what a man in the middle would inject.
     pub starttls_injection: Option<&'static str>,
+    /// Offer AUTH XOAUTH2 and require a token this authority issued (and
+    /// that has not expired) before MAIL; refusals as Microsoft answers them.
+    pub bearer: Option<Arc<super::oauth_peer::Authority>>,
+    /// Answer every AUTH with this reply (e.g. "550 5.7.30 Basic authentication …").
+    pub auth_reply: Option<&'static str>,
+    /// Close the connection after answering each message's data.
+    pub close_after_data: bool,
 }
 
 impl Behaviour {
@@ -58,6 +65,8 @@ pub fn tls_config(ca: &TestCa) -> Arc<rustls::ServerConfig> {
 pub struct Sink {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,11 +77,14 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let store = Arc::clone(&received);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let store = Arc::clone(&store);
                 let b = behaviour.clone();
                 tokio::spawn(async move {
@@ -93,6 +105,7 @@ impl Sink {
         Sink {
             addr,
             received,
+            connections,
             task,
         }
     }
@@ -160,7 +173,9 @@ async fn serve(
             if b.tls.is_some() && !tls {
                 caps.push("250-STARTTLS".into());
             }
-            if b.require_auth.is_some() {
+            if b.bearer.is_some() {
+                caps.push("250-AUTH LOGIN XOAUTH2".into());
+            } else if b.require_auth.is_some() || b.auth_reply.is_some() {
                 caps.push("250-AUTH PLAIN LOGIN".into());
             }
             caps.push("250 HELP".into());
@@ -179,6 +194,41 @@ async fn serve(
             tls = true;
             cur = Received::default();
             continue;
+        } else if let (true, Some(fixed)) = (upper.starts_with("AUTH "), b.auth_reply) {
+            fixed.to_string()
+        } else if let (Some(authority), Some(initial)) = (
+            &b.bearer,
+            upper.strip_prefix("AUTH XOAUTH2 ").map(|_| &line[13..]),
+        ) {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let decoded =
+                String::from_utf8_lossy(&b64.decode(initial).unwrap_or_default()).into_owned();
+            let user = decoded
+                .strip_prefix("user=")
+                .and_then(|u| u.split('\x01').next())
+                .unwrap_or_default()
+                .to_string();
+            let token = decoded
+                .split("auth=Bearer ")
+                .nth(1)
+                .and_then(|t| t.split('\x01').next())
+                .unwrap_or_default()
+                .to_string();
+            if authority.valid(&token) {
+                authed = Some((user, format!("Bearer {token}")));
+                "235 2.7.0 Authentication successful".into()
+            } else {
+                // SASL XOAUTH2: an error challenge, the client's empty answer, then 535.
+                let challenge = b64.encode(
+                    r#"{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/SMTP.Send"}"#,
+                );
+                io.write_all(format!("334 {challenge}\r\n").as_bytes())
+                    .await?;
+                let mut answer = String::new();
+                io.read_line(&mut answer).await?;
+                "535 5.7.3 Authentication unsuccessful".into()
+            }
         } else if let Some(token) = upper.strip_prefix("AUTH PLAIN ").map(|_| &line[11..]) {
             use base64::Engine;
             let decoded = base64::engine::general_purpose::STANDARD
@@ -199,8 +249,8 @@ async fn serve(
                 "535 5.7.8 bad credentials".into()
             }
         } else if upper.starts_with("MAIL FROM:") {
-            if b.require_auth.is_some() && authed.is_none() {
-                "530 5.7.0 authentication required".into()
+            if (b.require_auth.is_some() || b.bearer.is_some()) && authed.is_none() {
+                "530 5.7.57 Client not authenticated to send mail".into()
             } else {
                 cur.from = between(&line, '<', '>');
                 cur.mail_line = line.clone();
@@ -227,6 +277,10 @@ async fn serve(
                 cur.auth = authed.clone();
                 store.lock().unwrap().push(cur.clone());
                 cur.rcpts.clear();
+                if b.close_after_data {
+                    io.write_all(b"250 2.0.0 queued in the sink\r\n").await?;
+                    return Ok(());
+                }
                 "250 2.0.0 queued in the sink".into()
             }
         } else if upper == "RSET" {
