@@ -39,7 +39,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     if args.json {
         outln!(
             "{}",
-            serde_json::json!({"valid": valid, "findings": findings})
+            serde_json::json!({"valid": valid, "findings": findings, "legacy_profile": config.legacy_profile_note()})
         );
     } else {
         for f in &findings {
@@ -48,6 +48,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
             } else {
                 outln!("{origin}: {f}");
             }
+        }
+        if let Some(note) = config.legacy_profile_note() {
+            outln!("{origin}: note: {note}");
         }
         if valid {
             outln!("{origin}: configuration is valid");

@@ -551,6 +551,11 @@ impl Config {
         self.server.hostname.clone().unwrap_or_else(system_hostname)
     }
 
+    /// What the old `[delivery] smarthost` keys became, when they are used.
+    pub fn legacy_profile_note(&self) -> Option<String> {
+        validate_routes::legacy_profile_note(self)
+    }
+
     /// Every smart-host profile, complete: the old `[delivery] smarthost`
     /// keys as "default", then each [[smarthost]].
     pub fn profiles(&self) -> Vec<Profile> {

@@ -5,24 +5,18 @@ use super::validate::{Finding, Severity, finding};
 use super::{Config, OAuthGrant, Preset, Profile, ProfileAuth, SmarthostTls, Transport};
 use std::collections::HashSet;
 
+/// What the old `[delivery] smarthost…` keys became, for check-config
+/// (not a finding: nothing is wrong with them).
+pub fn legacy_profile_note(c: &Config) -> Option<String> {
+    Profile::from_legacy(&c.delivery)?;
+    Some(
+        "the [delivery] smarthost keys make the smart-host profile \"default\": smarthost → hosts, smarthost_tls → tls, smarthost_verify → verify, smarthost_ca_file → ca_file, smarthost_user → user, smarthost_password_file → password_file".to_string(),
+    )
+}
+
 pub fn check(c: &Config, out: &mut Vec<Finding>) {
     let profiles = c.profiles();
     check_names(c, &profiles, out);
-    if Profile::from_legacy(&c.delivery).is_some() {
-        out.push(finding(
-            Severity::Info,
-            "delivery.smarthost",
-            format!(
-                "{:?}",
-                c.delivery
-                    .smarthost
-                    .iter()
-                    .map(|h| h.to_string())
-                    .collect::<Vec<_>>()
-            ),
-            "the [delivery] smarthost keys make the profile \"default\": smarthost → hosts, smarthost_tls → tls, smarthost_verify → verify, smarthost_ca_file → ca_file, smarthost_user → user, smarthost_password_file → password_file",
-        ));
-    }
     for p in profiles.iter().filter(|p| p.key != "delivery") {
         check_profile(c, p, out);
     }

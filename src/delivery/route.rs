@@ -284,6 +284,48 @@ mod tests {
     }
 
     #[test]
+    fn routes_match_by_sender_user_and_network_first_match_wins() {
+        let c = Config::parse(
+            "[[smarthost]]\nname = \"a\"\nhosts = \"a.test\"\n[[smarthost]]\nname = \"b\"\nhosts = \"b.test\"\n[[route]]\nuser = [\"printer\", \"scanner\"]\nvia = \"a\"\n[[route]]\nsender = \"*@app.example\"\nnetwork = \"10.1.0.0/16\"\nvia = \"b\"\n[[route]]\ndomain = \"*.lan.example\"\nhost = \"10.0.0.9:25\"\n",
+            "t",
+        )
+        .unwrap();
+        let facts = |sender, user, ip: &str| RouteFacts {
+            sender,
+            user,
+            client: ip.parse().ok(),
+        };
+        let d = |to: &str, f: &RouteFacts| decide(to, f, &c).unwrap();
+        let r = d(
+            "x@far.example",
+            &facts("x@app.example", Some("printer"), "10.1.2.3"),
+        );
+        assert_eq!(r.destination, Destination::Profile("a".into()));
+        assert_eq!(r.why, "route[0] (user printer)");
+        let r = d("x@far.example", &facts("x@app.example", None, "10.1.2.3"));
+        assert_eq!(r.destination, Destination::Profile("b".into()));
+        assert!(
+            r.why.contains("sender @app.example") && r.why.contains("network 10.1.0.0/16"),
+            "{}",
+            r.why
+        );
+        // Every matcher must match: the right sender from another network is not enough.
+        let r = d("x@far.example", &facts("x@app.example", None, "192.0.2.1"));
+        assert_eq!(r.destination, Destination::Mx("far.example".into()));
+        let r = d("x@Host.LAN.example", &facts("", None, "192.0.2.1"));
+        assert_eq!(
+            r.destination,
+            Destination::Route("10.0.0.9:25".parse().unwrap())
+        );
+        let r = d("x@lan.example", &facts("", None, "192.0.2.1"));
+        assert_eq!(
+            r.destination,
+            Destination::Mx("lan.example".into()),
+            "*. is for subdomains"
+        );
+    }
+
+    #[test]
     fn routes_win_then_smarthost_then_literals() {
         let c = Config::parse(
             "[delivery]\nmode = \"smarthost\"\nsmarthost = \"relay.isp.example:587\"\n[[route]]\ndomain = \"Example.LAN\"\nhost = \"10.0.0.5:25\"\n",

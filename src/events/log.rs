@@ -152,7 +152,7 @@ impl Subscriber for LogWriter {
                 }
                 // Our credentials refused: nothing will go out until the admin acts.
                 DeliveryState::Deferred if result.stage == crate::delivery::Stage::Auth => {
-                    warn!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = %rfc3339(*next_attempt), "recipient deferred: the smart-host profile could not log in (see the PROFILE line for what to do)")
+                    warn!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = %rfc3339(*next_attempt), "recipient deferred: the next hop refused our credentials (the PROFILE line says what to do)")
                 }
                 DeliveryState::Deferred => {
                     info!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = %rfc3339(*next_attempt), "recipient deferred")
