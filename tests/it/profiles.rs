@@ -624,3 +624,31 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn the_readme_provider_examples_parse_and_fill_their_presets() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Worked examples: Microsoft 365, Google Workspace")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the provider examples section");
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 3, "one example per provider");
+    let expected_hosts = [
+        "smtp.office365.com",
+        "smtp.gmail.com",
+        "smtp-relay.gmail.com",
+    ];
+    for (block, host) in blocks.iter().zip(expected_hosts) {
+        let config: portcullis::config::Config = toml::from_str(block).unwrap();
+        let p = config.profile("default").expect("a profile named default");
+        assert_eq!(p.hosts[0].host, host, "{block}");
+        assert_eq!(p.hosts[0].port, 587);
+    }
+}
