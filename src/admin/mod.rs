@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     pub current: CurrentContext,
     pub queue: QueueHandle,
+    /// What delivery knows of the smart-host profiles (resting ones).
+    pub deliverer: Arc<crate::delivery::Deliverer>,
     pub metrics: Arc<Metrics>,
     pub history: Arc<History>,
     pub sessions: Sessions,

@@ -275,6 +275,62 @@ pub struct Dashboard {
     pub guard_untrusted: Vec<GuardAlert>,
     pub guard_alerts: Vec<EventRow>,
     pub open_relay: Vec<String>,
+    /// Every smart-host profile, and whether its mail waits.
+    pub profiles: Vec<ProfileRow>,
+    /// Some profile's mail waits (the section is shown as an alarm).
+    pub profiles_waiting: bool,
+}
+
+/// A smart-host profile on the dashboard. Never a secret: no token, no password.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileRow {
+    pub name: String,
+    /// "smtp.office365.com:587" or "Microsoft Graph (https://…)".
+    pub next_hop: String,
+    pub auth: String,
+    /// For OAuth2 profiles: someone signed in (or the app has a token).
+    pub signed_in: Option<bool>,
+    /// The last token refresh's error, in words.
+    pub token_error: Option<String>,
+    /// Why its mail waits and what to do, while it rests.
+    pub problem: Option<String>,
+    pub waits_until: Option<String>,
+}
+
+fn profile_rows(state: &AdminState, config: &crate::config::Config) -> Vec<ProfileRow> {
+    let now = crate::queue::unix_now();
+    let resting = state.deliverer.resting_profiles();
+    config
+        .profiles()
+        .into_iter()
+        .map(|p| {
+            let rest = resting
+                .iter()
+                .find(|(name, r)| *name == p.name && r.until > now)
+                .map(|(_, r)| r.clone());
+            let sign_in = p
+                .oauth
+                .as_ref()
+                .and_then(|_| crate::oauth::sign_in_state(config, &p).ok());
+            ProfileRow {
+                next_hop: match p.transport {
+                    crate::config::Transport::Graph => format!("Microsoft Graph ({})", p.graph_url),
+                    crate::config::Transport::Smtp => p
+                        .hosts
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+                auth: format!("{:?}", p.auth).to_lowercase(),
+                signed_in: sign_in.as_ref().map(|s| s.logged_in),
+                token_error: sign_in.and_then(|s| s.error),
+                problem: rest.as_ref().map(|r| r.advice.clone()),
+                waits_until: rest.map(|r| clock(r.until)),
+                name: p.name,
+            }
+        })
+        .collect()
 }
 
 pub async fn dashboard(state: &AdminState) -> Dashboard {
@@ -311,6 +367,7 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
     } else {
         Vec::new()
     };
+    let profiles = profile_rows(state, &ctx.config);
     Dashboard {
         listeners,
         relay_rules: ctx.policy.networks.describe(),
@@ -337,6 +394,8 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
             },
         ),
         open_relay,
+        profiles_waiting: profiles.iter().any(|p| p.problem.is_some()),
+        profiles,
     }
 }
 

@@ -246,6 +246,11 @@ impl QueueManager {
         self.handle.clone()
     }
 
+    /// The deliverer, for what it knows of profiles (the dashboard).
+    pub fn deliverer(&self) -> Arc<Deliverer> {
+        Arc::clone(&self.deliverer)
+    }
+
     fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }

@@ -247,6 +247,7 @@ impl Server {
             let state = Arc::new(crate::admin::AdminState {
                 current: current.clone(),
                 queue: self.queue.handle(),
+                deliverer: self.queue.deliverer(),
                 metrics: Arc::clone(&self.metrics),
                 history: Arc::clone(&self.history),
                 sessions: crate::admin::Sessions::new(),

@@ -292,9 +292,17 @@ async fn basic_auth_switched_off_defers_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::generate(dir.path());
     let path = dir.path().join("portcullis.toml");
+    let admin_port = crate::support::free_port("127.0.0.1");
     std::fs::write(
         &path,
-        complete_config(&p.config(&delivery, ""), dir.path(), &ca),
+        complete_config(
+            &p.config(
+                &delivery,
+                &format!("[admin]\naddress = \"127.0.0.1:{admin_port}\"\n"),
+            ),
+            dir.path(),
+            &ca,
+        ),
     )
     .unwrap();
     let server = ProcessServer::spawn(&path);
@@ -315,6 +323,16 @@ async fn basic_auth_switched_off_defers_and_says_what_to_do() {
     assert!(server.wait_for_log("recipient deferred"));
     let log = server.log.lock().unwrap().clone();
     assert!(!log.contains("delivery report queued"), "{log}");
+    let metrics = ureq::get(&format!("http://127.0.0.1:{admin_port}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("portcullis_profile_resting{profile=\"default\"} 1"),
+        "{metrics}"
+    );
     assert!(
         !log.contains("hunter2"),
         "the password never reaches the log"
