@@ -314,3 +314,84 @@ async fn the_bounce_for_a_refused_colleague_reaches_the_sender_through_the_same_
     assert!(bob[0].contains("Action: failed"), "{}", bob[0]);
     queue_empties(&server).await;
 }
+
+/// A Microsoft 365-style connector that trusts a certificate instead of a
+/// password: a real Postfix that requires a client certificate from our CA.
+/// The profile with `client_cert`/`client_key` delivers; the same profile
+/// without them does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_with_a_client_certificate_delivers_to_postfix_that_requires_one() {
+    use crate::support::dns::TestDns;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let ca = TestCa::generate_for(&pki, &["mx.office.test"]);
+    let ca_file = ca.ca_file(&pki);
+    for f in std::fs::read_dir(&pki).unwrap().flatten() {
+        // Postfix's daemons read them; a test key, no secret.
+        std::fs::set_permissions(
+            f.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(&pki, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tls = format!(
+        "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = encrypt\nsmtpd_tls_ask_ccert = yes\nsmtpd_tls_req_ccert = yes\nsmtpd_tls_CAfile = {}\nsmtpd_tls_loglevel = 1\n",
+        ca.cert_path.display(),
+        ca.key_path.display(),
+        ca_file.display()
+    );
+    let postfix = PostfixMta::start_with(
+        "127.0.0.124",
+        "office.test",
+        &["alice", "bob"],
+        dir.path(),
+        &tls,
+    );
+    let dns = TestDns::start().await;
+    dns.host("mx.office.test", "127.0.0.124");
+    let profile = |with_cert: bool| {
+        let cert = if with_cert {
+            format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                ca.client_cert_path.display(),
+                ca.client_key_path.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{}\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nretry_schedule = [\"1h\"]\n[[smarthost]]\nname = \"connector\"\nhosts = \"mx.office.test:{}\"\nca_file = \"{}\"\n{cert}\n[[route]]\ndomain = \"office.test\"\nvia = \"connector\"\n",
+            dns.config(),
+            postfix.addr.rsplit(':').next().unwrap(),
+            ca_file.display()
+        )
+    };
+    let without = TestServer::start(&profile(false)).await;
+    submit_one(
+        &without,
+        "printer@lab.test",
+        "bob@office.test",
+        "no certificate",
+    )
+    .await;
+    let server = TestServer::start(&profile(true)).await;
+    submit_one(
+        &server,
+        "printer@lab.test",
+        "alice@office.test",
+        "with certificate",
+    )
+    .await;
+    let alice = postfix.wait_for("alice", 1, WAIT).await;
+    assert_eq!(alice.len(), 1, "Postfix log:\n{}", postfix.log());
+    assert!(alice[0].contains("Subject: with certificate"));
+    queue_empties(&server).await;
+    assert!(
+        postfix.mailbox("bob").is_empty(),
+        "no certificate, no delivery; Postfix log:\n{}",
+        postfix.log()
+    );
+    assert_eq!(without.queued().len(), 1, "deferred, not bounced");
+}

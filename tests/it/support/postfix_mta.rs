@@ -39,6 +39,7 @@ virtual   unix  - n n - - virtual
 anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
+tlsmgr    unix  - - n 1000? 1 tlsmgr
 ";
 
 impl PostfixMta {
@@ -46,6 +47,17 @@ impl PostfixMta {
     /// one Maildir per name in `mailboxes`; any other recipient of `domain`
     /// gets Postfix's "550 5.1.1 … User unknown".
     pub fn start(ip: &str, domain: &str, mailboxes: &[&str], dir: &Path) -> PostfixMta {
+        Self::start_with(ip, domain, mailboxes, dir, "")
+    }
+
+    /// As `start`, with more main.cf lines (TLS settings, say).
+    pub fn start_with(
+        ip: &str,
+        domain: &str,
+        mailboxes: &[&str],
+        dir: &Path,
+        extra_main_cf: &str,
+    ) -> PostfixMta {
         let root = dir.join("postfix");
         let (config_dir, queue, data, mail_dir) = (
             root.join("etc"),
@@ -92,7 +104,7 @@ impl PostfixMta {
             log = log.display(),
             root = root.display(),
         );
-        std::fs::write(config_dir.join("main.cf"), main_cf).unwrap();
+        std::fs::write(config_dir.join("main.cf"), main_cf + extra_main_cf).unwrap();
         std::fs::write(
             config_dir.join("master.cf"),
             format!("{addr} inet n - n - - smtpd\n{MASTER_CF}"),

@@ -8,6 +8,9 @@ pub struct TestCa {
     pub ca_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// A client certificate (TLS client authentication) from the same CA.
+    pub client_cert_path: PathBuf,
+    pub client_key_path: PathBuf,
 }
 
 impl TestCa {
@@ -33,10 +36,21 @@ impl TestCa {
         let key_path = dir.join("key.pem");
         std::fs::write(&cert_path, leaf.pem()).unwrap();
         std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params =
+            CertificateParams::new(vec!["relay.client.test".to_string()]).unwrap();
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &ca).unwrap();
+        let client_cert_path = dir.join("client.pem");
+        let client_key_path = dir.join("client-key.pem");
+        std::fs::write(&client_cert_path, client.pem()).unwrap();
+        std::fs::write(&client_key_path, client_key.serialize_pem()).unwrap();
         TestCa {
             ca_pem: ca.pem(),
             cert_path,
             key_path,
+            client_cert_path,
+            client_key_path,
         }
     }
 
