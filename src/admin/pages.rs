@@ -391,8 +391,8 @@ struct MessagePage {
     received: String,
     /// The message's state word (held, delivering, deferred, queued, failed).
     state: &'static str,
-    /// Each recipient, its state word and its next try in words.
-    recipients: Vec<(crate::spool::RecipientState, &'static str, String)>,
+    /// Each recipient, its state word, its next try in words and where it goes.
+    recipients: Vec<(crate::spool::RecipientState, &'static str, String, String)>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -417,13 +417,17 @@ pub async fn message(
     {
         QueueAnswer::Show { message } => {
             let now = crate::queue::unix_now();
+            let config = state.current.get().config.clone();
+            let facts = crate::queue::route_facts(&message.envelope);
             let recipients = message
                 .state
                 .recipients
                 .iter()
                 .map(|r| {
                     let word = crate::queue::recipient_state(r);
-                    (r.clone(), word, view::next_try(r.next_attempt, now))
+                    let (via, _) =
+                        crate::delivery::route::next_hop_words(&r.address, &facts, &config);
+                    (r.clone(), word, view::next_try(r.next_attempt, now), via)
                 })
                 .collect();
             render(&MessagePage {

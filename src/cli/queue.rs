@@ -237,20 +237,13 @@ fn routes(
     m: &MessageDetail,
     config: &crate::config::Config,
 ) -> Vec<(String, String, Option<String>)> {
-    use crate::delivery::route::{self, Destination};
     let facts = crate::queue::route_facts(&m.envelope);
     m.state
         .recipients
         .iter()
-        .map(|r| match route::decide(&r.address, &facts, config) {
-            Ok(routed) => {
-                let profile = match &routed.destination {
-                    Destination::Profile(p) => Some(p.clone()),
-                    _ => None,
-                };
-                (r.address.clone(), routed.destination.to_string(), profile)
-            }
-            Err(_) => (r.address.clone(), "nowhere (routing fails)".into(), None),
+        .map(|r| {
+            let (via, profile) = crate::delivery::route::next_hop_words(&r.address, &facts, config);
+            (r.address.clone(), via, profile)
         })
         .collect()
 }

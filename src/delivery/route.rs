@@ -140,6 +140,26 @@ pub fn decide(recipient: &str, facts: &RouteFacts, config: &Config) -> Result<Ro
     })
 }
 
+/// Where a recipient goes now, in words ("profile \"m365\"", "MX of
+/// example.org"), and the profile's name when it is one: for `queue show`
+/// and the admin page.
+pub fn next_hop_words(
+    recipient: &str,
+    facts: &RouteFacts,
+    config: &Config,
+) -> (String, Option<String>) {
+    match decide(recipient, facts, config) {
+        Ok(Routed {
+            destination: Destination::Profile(name),
+            ..
+        }) => (format!("profile {name:?}"), Some(name)),
+        Ok(routed) => (routed.destination.to_string(), None),
+        Err(RouteError::Permanent(r) | RouteError::Temporary(r)) => {
+            (format!("nowhere: {}", r.text), None)
+        }
+    }
+}
+
 /// Where mail for `domain` goes when only the domain is known (callouts).
 pub fn destination(domain: &str, config: &Config) -> Result<Destination, RouteError> {
     decide(
