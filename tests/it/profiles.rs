@@ -670,3 +670,58 @@ fn the_readme_provider_examples_parse_and_fill_their_presets() {
         assert_eq!(p.hosts[0].port, 587);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_tokens_are_written_never_leaves_a_torn_token_file() {
+    let p = Provider::start().await;
+    let smtp = p.smtp("127.0.0.71", Arc::clone(p.authority())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate(dir.path());
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        complete_config(
+            &p.config(
+                "mode = \"smarthost\"",
+                &p.xoauth2_profile("m365", &smtp, ""),
+            ),
+            dir.path(),
+            &ca,
+        ),
+    )
+    .unwrap();
+    let file = dir.path().join("data/oauth/m365.json");
+    let mut saw_a_file = 0;
+    for round in 0..24u64 {
+        let mut child = std::process::Command::new(binary())
+            .args(["oauth", "login", "m365", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill at a different moment of the fetch-and-save each round.
+        std::thread::sleep(Duration::from_millis(5 + round * 4));
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Ok(bytes) = std::fs::read(&file) {
+            saw_a_file += 1;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("round {round}: torn token file: {e}"));
+            assert!(v["access_token"].is_string(), "round {round}: {v}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "m365.json" && !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "round {round}: {leftovers:?}");
+    }
+    assert!(
+        saw_a_file > 0,
+        "some rounds got as far as saving the tokens"
+    );
+}
