@@ -725,3 +725,41 @@ async fn kill_9_while_tokens_are_written_never_leaves_a_torn_token_file() {
         "some rounds got as far as saving the tokens"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_is_used_where_only_it_is_offered() {
+    let p = Provider::start().await;
+    let smtp = Sink::start(
+        "127.0.0.71",
+        0,
+        Behaviour {
+            tls: Some(tls_config(&p.ca)),
+            bearer: Some(Arc::clone(p.authority())),
+            oauthbearer: true,
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    let config = p.config(
+        "mode = \"smarthost\"",
+        &p.xoauth2_profile("m365", &smtp, ""),
+    );
+    let server = TestServer::start(&config).await;
+    let id = submit_from(
+        &server,
+        "127.0.0.2",
+        "app@client.test",
+        &["far@anywhere.example"],
+        b"Subject: rfc7628\r\n\r\nx\r\n",
+    )
+    .await;
+    let got = smtp.wait_for(1, WAIT).await;
+    let state = server
+        .spool()
+        .load(&id)
+        .map(|m| m.state.recipients[0].last_error.clone());
+    assert_eq!(got.len(), 1, "delivered with OAUTHBEARER: {state:?}");
+    let (user, token) = got[0].auth.clone().unwrap();
+    assert_eq!(user, "relay@contoso.test");
+    assert!(p.authority().valid(token.trim_start_matches("Bearer ")));
+}

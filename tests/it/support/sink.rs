@@ -47,6 +47,8 @@ pub struct Behaviour {
     pub auth_reply: Option<&'static str>,
     /// Close the connection after answering each message's data.
     pub close_after_data: bool,
+    /// With `bearer`: offer OAUTHBEARER (RFC 7628) instead of XOAUTH2.
+    pub oauthbearer: bool,
 }
 
 impl Behaviour {
@@ -173,7 +175,9 @@ async fn serve(
             if b.tls.is_some() && !tls {
                 caps.push("250-STARTTLS".into());
             }
-            if b.bearer.is_some() {
+            if b.bearer.is_some() && b.oauthbearer {
+                caps.push("250-AUTH OAUTHBEARER".into());
+            } else if b.bearer.is_some() {
                 caps.push("250-AUTH LOGIN XOAUTH2".into());
             } else if b.require_auth.is_some() || b.auth_reply.is_some() {
                 caps.push("250-AUTH PLAIN LOGIN".into());
@@ -198,15 +202,21 @@ async fn serve(
             fixed.to_string()
         } else if let (Some(authority), Some(initial)) = (
             &b.bearer,
-            upper.strip_prefix("AUTH XOAUTH2 ").map(|_| &line[13..]),
+            if b.oauthbearer {
+                upper.strip_prefix("AUTH OAUTHBEARER ").map(|_| &line[17..])
+            } else {
+                upper.strip_prefix("AUTH XOAUTH2 ").map(|_| &line[13..])
+            },
         ) {
             use base64::Engine;
             let b64 = base64::engine::general_purpose::STANDARD;
             let decoded =
                 String::from_utf8_lossy(&b64.decode(initial).unwrap_or_default()).into_owned();
+            // XOAUTH2: "user=U^A…"; OAUTHBEARER (RFC 7628): "n,a=U,^A…".
             let user = decoded
                 .strip_prefix("user=")
-                .and_then(|u| u.split('\x01').next())
+                .or_else(|| decoded.strip_prefix("n,a="))
+                .and_then(|u| u.split(['\x01', ',']).next())
                 .unwrap_or_default()
                 .to_string();
             let token = decoded
