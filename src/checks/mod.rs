@@ -171,13 +171,20 @@ impl Checks {
     /// Messages and recipients counted in the last hour.
     pub fn rates(&self, ip: IpAddr, user: Option<&str>) -> RateFacts {
         let l = &self.config.limits;
+        let under_policy = self
+            .policy_rate_key(ip, user)
+            .map_or(0, |key| self.counters.count(&key, HOUR));
         if l.messages_per_hour_per_ip.is_none()
             && l.messages_per_hour_per_user.is_none()
             && l.recipients_per_hour_per_ip.is_none()
         {
-            return RateFacts::default();
+            return RateFacts {
+                messages_under_policy: under_policy,
+                ..RateFacts::default()
+            };
         }
         RateFacts {
+            messages_under_policy: under_policy,
             messages_from_ip: self.counters.count(&format!("msg-ip:{ip}"), HOUR),
             messages_from_user: user
                 .map_or(0, |u| self.counters.count(&format!("msg-user:{u}"), HOUR)),
@@ -185,8 +192,22 @@ impl Checks {
         }
     }
 
+    /// The counter of the client's `[[policy]]` rule, when it limits
+    /// messages: per login, or per address for a rule without `user`.
+    fn policy_rate_key(&self, ip: IpAddr, user: Option<&str>) -> Option<String> {
+        let (i, rule) = self.config.login_policy(user, Some(ip))?;
+        rule.messages_per_hour?;
+        Some(match user.filter(|_| !rule.user.is_empty()) {
+            Some(u) => format!("msg-policy:{i}:user:{u}"),
+            None => format!("msg-policy:{i}:ip:{ip}"),
+        })
+    }
+
     /// Counts an accepted message (only for the limits that are set).
     pub fn count_message(&self, ip: IpAddr, user: Option<&str>) {
+        if let Some(key) = self.policy_rate_key(ip, user) {
+            self.counters.add(&key, HOUR);
+        }
         let l = &self.config.limits;
         if l.messages_per_hour_per_ip.is_some() {
             self.counters.add(&format!("msg-ip:{ip}"), HOUR);

@@ -278,15 +278,10 @@ impl RouteConfig {
     /// Whether `domain` (normalised) is one this route names; true when it names none.
     pub fn domain_matches(&self, domain: &str) -> bool {
         self.domain.is_empty()
-            || self.domain.iter().any(|d| {
-                let d = crate::smtp::address::Domain::normalize(d);
-                match d.strip_prefix("*.") {
-                    Some(parent) => domain
-                        .strip_suffix(parent)
-                        .is_some_and(|sub| sub.ends_with('.')),
-                    None => d == domain,
-                }
-            })
+            || self
+                .domain
+                .iter()
+                .any(|d| domain_pattern_matches(d, domain))
     }
 
     /// Whether this route names `domain` itself (not by a wildcard or by matching all).
@@ -297,9 +292,21 @@ impl RouteConfig {
     }
 }
 
+/// Whether `domain` (normalised) matches `pattern`: "example.org" exactly,
+/// "*.example.org" any of its subdomains.
+pub(super) fn domain_pattern_matches(pattern: &str, domain: &str) -> bool {
+    let p = crate::smtp::address::Domain::normalize(pattern);
+    match p.strip_prefix("*.") {
+        Some(parent) => domain
+            .strip_suffix(parent)
+            .is_some_and(|sub| sub.ends_with('.')),
+        None => p == domain,
+    }
+}
+
 /// One value or a list of values, for matchers; each parsed from its
 /// string so that a bad one is named with the reason.
-fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub(super) fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr,

@@ -6,6 +6,7 @@ mod checks;
 mod delivery;
 mod duration;
 mod guard;
+mod login_policy;
 mod net;
 mod smarthost;
 mod validate;
@@ -22,6 +23,7 @@ pub use delivery::{
 };
 pub use duration::ConfigDuration;
 pub use guard::{GuardConfig, GuardMode};
+pub use login_policy::{PolicyConfig, SenderRule};
 pub use net::IpRange;
 pub use smarthost::{
     LEGACY_PROFILE, OAuthGrant, OAuthSettings, Preset, Profile, ProfileAuth, SmarthostConfig,
@@ -59,6 +61,9 @@ pub struct Config {
     pub route: Vec<RouteConfig>,
     #[serde(default)]
     pub smarthost: Vec<SmarthostConfig>,
+    /// Rules per login and per network (`[[policy]]`), first match.
+    #[serde(default)]
+    pub policy: Vec<PolicyConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -549,6 +554,15 @@ impl Config {
 
     pub fn hostname(&self) -> String {
         self.server.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// The `[[policy]]` rule for a client logged in as `user` from `ip`, with its index.
+    pub fn login_policy(
+        &self,
+        user: Option<&str>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Option<(usize, &PolicyConfig)> {
+        login_policy::matching(&self.policy, user, ip)
     }
 
     /// What the old `[delivery] smarthost` keys became, when they are used.

@@ -21,6 +21,103 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
         check_profile(c, p, out);
     }
     check_routes(c, &profiles, out);
+    check_policies(c, &profiles, out);
+}
+
+fn is_address(s: &str) -> bool {
+    matches!(s.rsplit_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !s.contains(char::is_whitespace))
+}
+
+/// `[[policy]]` rules: each needs a matcher; its targets must exist; a
+/// wildcard sender domain the rule's logins do not own is a warning.
+fn check_policies(c: &Config, profiles: &[Profile], out: &mut Vec<Finding>) {
+    use super::SenderRule;
+    for (i, r) in c.policy.iter().enumerate() {
+        let key = |k: &str| format!("policy[{i}].{k}");
+        if r.user.is_empty() && r.network.is_empty() {
+            out.push(finding(
+                Severity::Error,
+                format!("policy[{i}]"),
+                "(no matcher)",
+                "a policy needs user = [...] or network = [...] to say whose mail it rules",
+            ));
+        }
+        if let Some(via) = &r.via
+            && !profiles.iter().any(|p| &p.name == via)
+        {
+            out.push(finding(
+                Severity::Error,
+                key("via"),
+                format!("{via:?}"),
+                "names no [[smarthost]] profile",
+            ));
+        }
+        if let Some(to) = &r.redirect_to
+            && !is_address(to)
+        {
+            out.push(finding(
+                Severity::Error,
+                key("redirect_to"),
+                format!("{to:?}"),
+                "must be one mailbox address such as \"test-inbox@example.org\"",
+            ));
+        }
+        if let Some(h) = &r.redirect_header
+            && (h.is_empty() || !h.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-'))
+        {
+            out.push(finding(
+                Severity::Error,
+                key("redirect_header"),
+                format!("{h:?}"),
+                "must be a header field name of letters, digits and dashes (\"X-Original-To\")",
+            ));
+        }
+        for d in &r.allowed_recipient_domains {
+            let bare = d.strip_prefix("*.").unwrap_or(d);
+            if bare.is_empty() || bare.contains(['@', ' ', '*']) {
+                out.push(finding(
+                    Severity::Error,
+                    key("allowed_recipient_domains"),
+                    format!("{d:?}"),
+                    "must be a domain (\"partner.example\") or \"*.partner.example\"",
+                ));
+            }
+        }
+        if r.messages_per_hour == Some(0) {
+            out.push(finding(
+                Severity::Warning,
+                key("messages_per_hour"),
+                "0",
+                "refuses every message of these clients; remove the rule's limit or set a number",
+            ));
+        }
+        // "*@domain" lets the login send as anyone there: fine for its own
+        // domain (a login named app@domain), a risk for any other.
+        let own: Vec<String> = r
+            .user
+            .iter()
+            .filter_map(|u| {
+                u.rsplit_once('@')
+                    .map(|(_, d)| crate::smtp::address::Domain::normalize(d))
+            })
+            .collect();
+        for rule in &r.allowed_senders {
+            if let SenderRule::Pattern(super::AddressPattern::Domain(d)) = rule
+                && !own.contains(d)
+            {
+                out.push(finding(
+                    Severity::Warning,
+                    key("allowed_senders"),
+                    format!("\"*@{d}\""),
+                    format!(
+                        "lets {} send as any address of {d}, a domain none of its logins belongs to: a leaked password could then impersonate anyone there",
+                        r.describe()
+                    ),
+                )
+                .with_fix(format!("name the addresses it sends as (\"noreply@{d}\"), or \"$user\"")));
+            }
+        }
+    }
 }
 
 fn check_names(c: &Config, profiles: &[Profile], out: &mut Vec<Finding>) {

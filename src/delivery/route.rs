@@ -83,6 +83,16 @@ pub fn decide(recipient: &str, facts: &RouteFacts, config: &Config) -> Result<Ro
         .rsplit_once('@')
         .map(|(_, d)| Domain::normalize(d))
         .unwrap_or_default();
+    // A login's own profile ([[policy]] via) comes before the routes.
+    if let Some((i, rule)) = config.login_policy(facts.user, facts.client)
+        && let Some(via) = &rule.via
+        && (facts.user.is_some() || facts.client.is_some())
+    {
+        return Ok(Routed {
+            destination: Destination::Profile(via.clone()),
+            why: format!("policy[{i}] via ({})", rule.describe()),
+        });
+    }
     for (i, r) in config.route.iter().enumerate() {
         if let Some(why) = route_matches(r, &domain, recipient, facts) {
             let destination = match (&r.via, &r.host) {

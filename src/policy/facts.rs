@@ -29,6 +29,9 @@ pub struct RateFacts {
     pub messages_from_ip: u64,
     pub messages_from_user: u64,
     pub recipients_from_ip: u64,
+    /// Messages counted under the client's `[[policy]]` rule (per login,
+    /// or per address for a network rule), when it has `messages_per_hour`.
+    pub messages_under_policy: u64,
 }
 
 /// Everything the checks found about a client so far.

@@ -33,9 +33,22 @@ pub struct Policy {
     pub checks: crate::config::ChecksConfig,
     pub lists: crate::config::ListsConfig,
     pub limits: crate::config::LimitsConfig,
+    /// `[[policy]]`: rules per login and per network, first match.
+    pub logins: Vec<crate::config::PolicyConfig>,
 }
 
 impl Policy {
+    /// The `[[policy]]` rule for this client, with its index.
+    pub fn login_rule(
+        &self,
+        client: &ClientFacts,
+    ) -> Option<(usize, &crate::config::PolicyConfig)> {
+        self.logins
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(client.user.as_deref(), Some(client.ip)))
+    }
+
     /// Whether `ip` may relay without AUTH (a trusted network, not excluded).
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
         self.networks.auth_for(ip) == crate::config::NetworkAuth::None
@@ -89,6 +102,7 @@ impl Policy {
             checks: config.checks.clone(),
             lists: config.lists.clone(),
             limits: config.limits.clone(),
+            logins: config.policy.clone(),
             inbound_domains: inbound.into_iter().collect(),
         }
     }

@@ -80,6 +80,21 @@ pub enum RefuseReason {
     },
     /// Message content sent before the 354 by a client neither trusted nor authenticated.
     UnauthPipelining,
+    /// A `[[policy]]` rule's `allowed_senders` does not name this sender.
+    PolicySender {
+        rule: usize,
+        allowed: String,
+    },
+    /// A `[[policy]]` rule's `allowed_recipient_domains` does not name this domain.
+    PolicyRecipient {
+        rule: usize,
+        allowed: String,
+    },
+    /// A `[[policy]]` rule's `messages_per_hour` was reached.
+    PolicyRate {
+        rule: usize,
+        per_hour: u64,
+    },
 }
 
 impl RefuseReason {
@@ -176,6 +191,27 @@ impl RefuseReason {
                 "4.7.1",
                 format!("Rate limit reached ({per_hour} {limit} an hour); try again later"),
             ),
+            RefuseReason::PolicySender { rule, allowed } => Reply::with_text(
+                550,
+                "5.7.1",
+                format!(
+                    "Sender address rejected: not allowed for this login (policy[{rule}].allowed_senders: {allowed})"
+                ),
+            ),
+            RefuseReason::PolicyRecipient { rule, allowed } => Reply::with_text(
+                550,
+                "5.7.1",
+                format!(
+                    "Recipient address rejected: this login may send only to {allowed} (policy[{rule}].allowed_recipient_domains)"
+                ),
+            ),
+            RefuseReason::PolicyRate { rule, per_hour } => Reply::with_text(
+                450,
+                "4.7.1",
+                format!(
+                    "Rate limit reached ({per_hour} messages an hour, policy[{rule}].messages_per_hour); try again later"
+                ),
+            ),
         }
     }
 
@@ -205,6 +241,9 @@ impl RefuseReason {
             RefuseReason::RecipientUnverified { .. } => "recipient_unverified",
             RefuseReason::RateLimited { .. } => "rate_limited",
             RefuseReason::UnauthPipelining => "unauth_pipelining",
+            RefuseReason::PolicySender { .. } => "policy_sender",
+            RefuseReason::PolicyRecipient { .. } => "policy_recipient",
+            RefuseReason::PolicyRate { .. } => "policy_rate",
         }
     }
 }
@@ -276,6 +315,18 @@ impl std::fmt::Display for RefuseReason {
             RefuseReason::UnauthPipelining => {
                 f.write_str("message content sent before the 354 (unauthenticated pipelining)")
             }
+            RefuseReason::PolicySender { rule, allowed } => write!(
+                f,
+                "sender not in policy[{rule}].allowed_senders ({allowed})"
+            ),
+            RefuseReason::PolicyRecipient { rule, allowed } => write!(
+                f,
+                "recipient domain not in policy[{rule}].allowed_recipient_domains ({allowed})"
+            ),
+            RefuseReason::PolicyRate { rule, per_hour } => write!(
+                f,
+                "policy[{rule}].messages_per_hour ({per_hour}) reached"
+            ),
         }
     }
 }

@@ -198,7 +198,58 @@ impl Policy {
         if let Err(reason) = self.judge_message_rate(client, &mut t) {
             return t.refuse(reason);
         }
+        if let Err(reason) = self.judge_login_sender(client, sender, &mut t) {
+            return t.refuse(reason);
+        }
         t.accept((), "sender accepted")
+    }
+
+    /// The client's `[[policy]]` rule, for MAIL: its allowed senders and its rate.
+    fn judge_login_sender(
+        &self,
+        client: &ClientFacts,
+        sender: &Path,
+        t: &mut Trace,
+    ) -> Result<(), RefuseReason> {
+        let Some((i, rule)) = self.login_rule(client) else {
+            return Ok(());
+        };
+        t.note(format!("policy[{i}] applies ({})", rule.describe()));
+        let address = match sender {
+            Path::Mailbox(m) => m.to_string(),
+            _ => String::new(),
+        };
+        if !rule.sender_allowed(&address, client.user.as_deref()) {
+            return Err(RefuseReason::PolicySender {
+                rule: i,
+                allowed: rule
+                    .allowed_senders
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if !rule.allowed_senders.is_empty() {
+            t.note(format!("policy[{i}]: sender {address} allowed"));
+        }
+        if let Some(max) = rule.messages_per_hour {
+            let sent = client.checks.rates.messages_under_policy;
+            if sent >= max {
+                return Err(RefuseReason::PolicyRate {
+                    rule: i,
+                    per_hour: max,
+                });
+            }
+            t.note(format!("policy[{i}]: {sent} of {max} messages this hour"));
+        }
+        if let Some(to) = &rule.redirect_to {
+            t.note(format!(
+                "policy[{i}]: every recipient will be replaced by {to} (originals in {})",
+                rule.redirect_header()
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the anti-spam checks apply to this client at all.
@@ -367,6 +418,18 @@ impl Policy {
             .any(|p| p.matches(&mailbox.to_string()))
         {
             return t.refuse(RefuseReason::RejectedRecipient);
+        }
+        if let Some((i, rule)) = self.login_rule(client) {
+            let domain = mailbox.domain.to_string().to_ascii_lowercase();
+            if !rule.recipient_domain_allowed(&domain) {
+                return t.refuse(RefuseReason::PolicyRecipient {
+                    rule: i,
+                    allowed: rule.allowed_recipient_domains.join(", "),
+                });
+            }
+            if !rule.allowed_recipient_domains.is_empty() {
+                t.note(format!("policy[{i}]: recipient domain {domain} allowed"));
+            }
         }
         if self.limits_apply(client)
             && let Some(max) = self.limits.recipients_per_hour_per_ip

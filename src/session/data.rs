@@ -225,6 +225,9 @@ impl Session {
         let queue_id = QueueId::new();
         let mut writer: SpoolWriter = self.ctx.spool.begin(&queue_id);
         writer.write(self.received_header(&queue_id).as_bytes());
+        if let Some(header) = self.redirect_header() {
+            writer.write(header.as_bytes());
+        }
         let s = &self.ctx.config.server;
         let bare_newline = self.ctx.policy.bare_newline(
             self.ip,
@@ -240,6 +243,23 @@ impl Session {
         );
         Incoming::new(queue_id, writer, decoder)
     }
+    /// Where this login's mail goes instead of its recipients (`[[policy]] redirect_to`).
+    fn redirect_target(&self) -> Option<(String, String)> {
+        let facts = self.facts();
+        let (_, rule) = self.ctx.policy.login_rule(&facts)?;
+        let to = rule.redirect_to.clone()?;
+        Some((to, rule.redirect_header().to_string()))
+    }
+
+    /// The header that keeps the original recipients of a redirected
+    /// message, one address per folded line.
+    fn redirect_header(&self) -> Option<String> {
+        let (_, name) = self.redirect_target()?;
+        let tx = self.tx.as_ref()?;
+        let originals: Vec<String> = tx.recipients.iter().map(|m| m.to_string()).collect();
+        Some(format!("{name}: {}\r\n", originals.join(",\r\n\t")))
+    }
+
     fn received_header(&self, queue_id: &str) -> String {
         let tx = self.tx.as_ref();
         let single = tx
@@ -299,16 +319,28 @@ impl Session {
         let Some(writer) = msg.take_writer() else {
             return reply::SPOOL_FAILED;
         };
-        let envelope = Envelope::new(
-            &queue_id,
-            tx.sender_text(),
-            tx.recipients
+        let recipients = match self.redirect_target() {
+            // Staging: everything to one mailbox; the originals are in the header.
+            Some((to, _)) => vec![EnvelopeRecipient {
+                domain: to
+                    .rsplit_once('@')
+                    .map(|(_, d)| crate::smtp::address::Domain::normalize(d))
+                    .unwrap_or_default(),
+                address: to,
+            }],
+            None => tx
+                .recipients
                 .iter()
                 .map(|m| EnvelopeRecipient {
                     address: m.to_string(),
                     domain: m.domain.to_string(),
                 })
                 .collect(),
+        };
+        let envelope = Envelope::new(
+            &queue_id,
+            tx.sender_text(),
+            recipients,
             Origin {
                 client_ip: self.ip.to_string(),
                 helo: self

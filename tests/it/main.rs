@@ -13,6 +13,7 @@ mod durability;
 mod full_disk;
 mod guard;
 mod hostile;
+mod login_policy;
 mod logs;
 mod packaging;
 mod postfix;
