@@ -295,6 +295,8 @@ pub struct ProfileRow {
     /// Why its mail waits and what to do, while it rests.
     pub problem: Option<String>,
     pub waits_until: Option<String>,
+    /// Its use of its quota now ("12 of 30 messages in the last minute").
+    pub quota: Vec<String>,
 }
 
 fn profile_rows(state: &AdminState, config: &crate::config::Config) -> Vec<ProfileRow> {
@@ -325,6 +327,7 @@ fn profile_rows(state: &AdminState, config: &crate::config::Config) -> Vec<Profi
                 auth: format!("{:?}", p.auth).to_lowercase(),
                 signed_in: sign_in.as_ref().map(|s| s.logged_in),
                 token_error: sign_in.and_then(|s| s.error),
+                quota: state.deliverer.quota_usage(&p),
                 problem: rest.as_ref().map(|r| r.advice.clone()),
                 waits_until: rest.map(|r| clock(r.until)),
                 name: p.name,

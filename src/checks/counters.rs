@@ -27,6 +27,42 @@ pub trait Counters: Send + Sync {
     fn block(&self, key: &str, duration: Duration);
     /// How long `key` stays blocked, if it is.
     fn blocked(&self, key: &str) -> Option<Duration>;
+    /// Records `amount` under `key` at `at` (Unix seconds), exactly, kept
+    /// for `keep`: the ledger quotas are judged by (the rate windows above
+    /// are approximate; a provider's quota is not).
+    fn record(&self, key: &str, at: i64, amount: u64, keep: Duration);
+    /// What was recorded under `key` since `since`: the sum, and when the
+    /// oldest of those entries was recorded.
+    fn recorded_since(&self, key: &str, since: i64) -> (u64, Option<i64>);
+}
+
+/// One key's exact ledger: (Unix seconds, amount), oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    /// Seconds an entry is kept.
+    pub keep: u64,
+    pub entries: std::collections::VecDeque<(i64, u64)>,
+}
+
+impl Ledger {
+    fn record(&mut self, at: i64, amount: u64, keep: Duration) {
+        self.keep = self.keep.max(keep.as_secs());
+        self.entries.push_back((at, amount));
+        let oldest_kept = at - self.keep as i64;
+        while self.entries.front().is_some_and(|(t, _)| *t < oldest_kept) {
+            self.entries.pop_front();
+        }
+    }
+
+    fn since(&self, since: i64) -> (u64, Option<i64>) {
+        let mut sum = 0;
+        let mut oldest = None;
+        for (t, amount) in self.entries.iter().filter(|(t, _)| *t >= since) {
+            sum += amount;
+            oldest = Some(oldest.map_or(*t, |o: i64| o.min(*t)));
+        }
+        (sum, oldest)
+    }
 }
 
 /// Keys remembered before idle ones are swept.
@@ -63,6 +99,7 @@ impl Window {
 #[derive(Default)]
 pub struct MemoryCounters {
     windows: Mutex<HashMap<String, Window>>,
+    ledgers: Mutex<HashMap<String, Ledger>>,
     bans: Mutex<HashMap<IpAddr, Instant>>,
     blocks: Mutex<HashMap<String, Instant>>,
 }
@@ -70,6 +107,19 @@ pub struct MemoryCounters {
 impl MemoryCounters {
     pub fn new() -> MemoryCounters {
         MemoryCounters::default()
+    }
+
+    /// Every ledger, for saving them.
+    pub fn ledgers(&self) -> HashMap<String, Ledger> {
+        self.ledgers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes ledgers saved before (at start).
+    pub fn restore_ledgers(&self, saved: HashMap<String, Ledger>) {
+        *self.ledgers.lock().unwrap_or_else(|p| p.into_inner()) = saved;
     }
 }
 
@@ -158,11 +208,41 @@ impl Counters for MemoryCounters {
             None
         }
     }
+
+    fn record(&self, key: &str, at: i64, amount: u64, keep: Duration) {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        ledgers
+            .entry(key.to_string())
+            .or_default()
+            .record(at, amount, keep);
+    }
+
+    fn recorded_since(&self, key: &str, since: i64) -> (u64, Option<i64>) {
+        let ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        ledgers.get(key).map_or((0, None), |l| l.since(since))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ledger_is_exact_and_forgets_what_it_need_not_keep() {
+        let c = MemoryCounters::new();
+        let day = Duration::from_secs(86400);
+        c.record("k", 1000, 3, day);
+        c.record("k", 1050, 2, day);
+        assert_eq!(c.recorded_since("k", 1000), (5, Some(1000)));
+        assert_eq!(c.recorded_since("k", 1001), (2, Some(1050)));
+        assert_eq!(c.recorded_since("other", 0), (0, None));
+        c.record("k", 1000 + 86400 + 10, 1, day);
+        assert_eq!(
+            c.recorded_since("k", 0),
+            (3, Some(1050)),
+            "the first entry aged out"
+        );
+    }
 
     #[test]
     fn counts_within_the_window() {

@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod dns_lists;
+pub mod durable_counters;
 pub mod lookups;
 pub mod recipients;
 

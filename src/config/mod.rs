@@ -26,8 +26,8 @@ pub use guard::{GuardConfig, GuardMode};
 pub use login_policy::{PolicyConfig, SenderRule};
 pub use net::IpRange;
 pub use smarthost::{
-    LEGACY_PROFILE, OAuthGrant, OAuthSettings, Preset, Profile, ProfileAuth, SmarthostConfig,
-    Transport,
+    LEGACY_PROFILE, OAuthGrant, OAuthSettings, Preset, Profile, ProfileAuth, Quota,
+    SmarthostConfig, Transport,
 };
 pub use validate::{Finding, Severity};
 

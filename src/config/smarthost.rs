@@ -50,6 +50,32 @@ pub struct SmarthostConfig {
     /// How long the profile rests after the provider says its quota is spent
     /// and names no time itself.
     pub quota_backoff: Option<ConfigDuration>,
+    /// Our own pacing, to stay within the provider's limits (the presets
+    /// fill in the published figures); mail waits in the queue past them.
+    pub messages_per_minute: Option<u64>,
+    pub messages_per_day: Option<u64>,
+    pub recipients_per_day: Option<u64>,
+    /// More recipients than this go as several transactions.
+    pub recipients_per_message: Option<u64>,
+    /// The profile that takes the mail while this one's quota is spent.
+    pub overflow: Option<String>,
+}
+
+/// A profile's sending limits (rolling windows: a minute, 24 hours).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub messages_per_minute: Option<u64>,
+    pub messages_per_day: Option<u64>,
+    pub recipients_per_day: Option<u64>,
+    pub recipients_per_message: Option<u64>,
+}
+
+impl Quota {
+    pub fn is_limited(&self) -> bool {
+        self.messages_per_minute.is_some()
+            || self.messages_per_day.is_some()
+            || self.recipients_per_day.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -127,6 +153,8 @@ pub struct Profile {
     pub graph_url: String,
     pub rewrite_sender: Option<String>,
     pub quota_backoff: std::time::Duration,
+    pub quota: Quota,
+    pub overflow: Option<String>,
 }
 
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
@@ -135,6 +163,8 @@ const DEFAULT_QUOTA_BACKOFF: std::time::Duration = std::time::Duration::from_sec
 /// What a preset fills in, as the provider documents it.
 struct PresetValues {
     hosts: &'static [&'static str],
+    /// The provider's published sending limits (see README for the sources).
+    quota: Quota,
     auth: ProfileAuth,
     token_url: Option<String>,
     device_url: Option<String>,
@@ -169,6 +199,14 @@ fn preset_values(preset: Preset, c: &SmarthostConfig) -> PresetValues {
             };
             PresetValues {
                 hosts: &["smtp.office365.com:587"],
+                // Exchange Online limits: 30 messages a minute by SMTP
+                // submission, 10,000 recipients a day, 500 a message.
+                quota: Quota {
+                    messages_per_minute: Some(30),
+                    messages_per_day: None,
+                    recipients_per_day: Some(10_000),
+                    recipients_per_message: Some(500),
+                },
                 auth: ProfileAuth::Xoauth2,
                 token_url: Some(format!("{base}/token")),
                 device_url: Some(format!("{base}/devicecode")),
@@ -178,6 +216,14 @@ fn preset_values(preset: Preset, c: &SmarthostConfig) -> PresetValues {
         }
         Preset::GoogleWorkspace => PresetValues {
             hosts: &["smtp.gmail.com:587"],
+            // Gmail sending limits in Google Workspace: 2,000 messages a day
+            // per user, 10,000 recipients a day, 100 a message by SMTP.
+            quota: Quota {
+                messages_per_minute: None,
+                messages_per_day: Some(2_000),
+                recipients_per_day: Some(10_000),
+                recipients_per_message: Some(100),
+            },
             auth: ProfileAuth::Xoauth2,
             token_url: Some("https://oauth2.googleapis.com/token".into()),
             device_url: Some("https://oauth2.googleapis.com/device/code".into()),
@@ -188,6 +234,13 @@ fn preset_values(preset: Preset, c: &SmarthostConfig) -> PresetValues {
         // account's password / a client certificate), set in the Admin console.
         Preset::GoogleSmtpRelay => PresetValues {
             hosts: &["smtp-relay.gmail.com:587"],
+            // SMTP relay service: 10,000 recipients a day per user, 100 a message.
+            quota: Quota {
+                messages_per_minute: None,
+                messages_per_day: None,
+                recipients_per_day: Some(10_000),
+                recipients_per_message: Some(100),
+            },
             auth: if c.password_file.is_some() {
                 ProfileAuth::Password
             } else {
@@ -287,7 +340,26 @@ impl SmarthostConfig {
             quota_backoff: self
                 .quota_backoff
                 .map_or(DEFAULT_QUOTA_BACKOFF, |d| d.get()),
+            quota: {
+                let from_preset = preset.as_ref().map(|p| p.quota).unwrap_or_default();
+                Quota {
+                    messages_per_minute: self
+                        .messages_per_minute
+                        .or(from_preset.messages_per_minute),
+                    messages_per_day: self.messages_per_day.or(from_preset.messages_per_day),
+                    recipients_per_day: self.recipients_per_day.or(from_preset.recipients_per_day),
+                    recipients_per_message: self
+                        .recipients_per_message
+                        .or(from_preset.recipients_per_message),
+                }
+            },
+            overflow: self.overflow.clone(),
         }
+    }
+
+    /// The published limits of this profile's preset, if it has one.
+    pub fn preset_quota(&self) -> Option<Quota> {
+        self.preset.map(|p| preset_values(p, self).quota)
     }
 }
 
@@ -319,6 +391,8 @@ impl Profile {
             graph_url: DEFAULT_GRAPH_URL.to_string(),
             rewrite_sender: None,
             quota_backoff: DEFAULT_QUOTA_BACKOFF,
+            quota: Quota::default(),
+            overflow: None,
         })
     }
 

@@ -22,6 +22,104 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
     }
     check_routes(c, &profiles, out);
     check_policies(c, &profiles, out);
+    check_quotas(c, &profiles, out);
+}
+
+/// Quotas: above what the preset's provider allows, zero, and overflow
+/// chains that name no profile or come back to where they started.
+fn check_quotas(c: &Config, profiles: &[Profile], out: &mut Vec<Finding>) {
+    for (i, s) in c.smarthost.iter().enumerate() {
+        let key = |k: &str| format!("smarthost[{i}].{k}");
+        let set = [
+            ("messages_per_minute", s.messages_per_minute),
+            ("messages_per_day", s.messages_per_day),
+            ("recipients_per_day", s.recipients_per_day),
+            ("recipients_per_message", s.recipients_per_message),
+        ];
+        for (k, v) in set {
+            if v == Some(0) {
+                out.push(finding(
+                    Severity::Error,
+                    key(k),
+                    "0",
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        if let Some(published) = s.preset_quota() {
+            let limits = [
+                (
+                    "messages_per_minute",
+                    s.messages_per_minute,
+                    published.messages_per_minute,
+                ),
+                (
+                    "messages_per_day",
+                    s.messages_per_day,
+                    published.messages_per_day,
+                ),
+                (
+                    "recipients_per_day",
+                    s.recipients_per_day,
+                    published.recipients_per_day,
+                ),
+                (
+                    "recipients_per_message",
+                    s.recipients_per_message,
+                    published.recipients_per_message,
+                ),
+            ];
+            for (k, mine, theirs) in limits {
+                if let (Some(mine), Some(theirs)) = (mine, theirs)
+                    && mine > theirs
+                {
+                    out.push(finding(
+                        Severity::Warning,
+                        key(k),
+                        mine.to_string(),
+                        format!(
+                            "is above what {} allows ({theirs}): the provider will refuse the excess, and may lock the mailbox for a day",
+                            s.preset.map(|p| p.name()).unwrap_or_default()
+                        ),
+                    ).with_fix(format!("set {} = {theirs} or less, or leave it out (the preset's figure)", key(k))));
+                }
+            }
+        }
+    }
+    for p in profiles {
+        let Some(first) = &p.overflow else { continue };
+        let mut seen = vec![p.name.clone()];
+        let mut next = Some(first.clone());
+        while let Some(name) = next {
+            if seen.contains(&name) {
+                out.push(finding(
+                    Severity::Error,
+                    p.key_of("overflow"),
+                    format!("{first:?}"),
+                    format!(
+                        "overflow goes round in a loop: {} → {name}",
+                        seen.join(" → ")
+                    ),
+                ));
+                break;
+            }
+            match profiles.iter().find(|q| q.name == name) {
+                None => {
+                    out.push(finding(
+                        Severity::Error,
+                        p.key_of("overflow"),
+                        format!("{first:?}"),
+                        format!("names no profile ({name:?})"),
+                    ));
+                    break;
+                }
+                Some(q) => {
+                    seen.push(name);
+                    next = q.overflow.clone();
+                }
+            }
+        }
+    }
 }
 
 fn is_address(s: &str) -> bool {

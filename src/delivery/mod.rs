@@ -6,6 +6,7 @@ pub(crate) mod client_tls;
 mod down;
 mod downgrade;
 pub mod graph;
+pub mod pacing;
 mod pool;
 mod profile;
 pub mod provider;
@@ -91,6 +92,10 @@ pub struct Deliverer {
     events: Option<crate::events::Events>,
     /// When tokens were last checked for renewal (Unix seconds).
     last_token_check: std::sync::atomic::AtomicI64,
+    /// The profiles' quota ledgers (saved across restarts by the server).
+    ledger: Arc<dyn crate::checks::counters::Counters>,
+    /// Makes a quota's check-and-record one step.
+    ledger_lock: std::sync::Mutex<()>,
 }
 
 /// The delivery settings derived from one config.
@@ -134,7 +139,25 @@ impl Deliverer {
             resting: provider::Resting::default(),
             events: None,
             last_token_check: std::sync::atomic::AtomicI64::new(0),
+            ledger: Arc::new(crate::checks::counters::MemoryCounters::new()),
+            ledger_lock: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Keeps the profiles' quota counts in `ledger` (one that survives restarts).
+    pub fn with_ledger(mut self, ledger: Arc<dyn crate::checks::counters::Counters>) -> Deliverer {
+        self.ledger = ledger;
+        self
+    }
+
+    /// A profile's use of its quota now, in words (the dashboard).
+    pub fn quota_usage(&self, profile: &crate::config::Profile) -> Vec<String> {
+        pacing::usage(
+            &*self.ledger,
+            &profile.name,
+            &profile.quota,
+            crate::oauth::unix_now(),
+        )
     }
 
     /// Tells profile problems (a refused login, a spent quota) as events.

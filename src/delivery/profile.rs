@@ -37,24 +37,98 @@ impl Ready {
 
 impl Deliverer {
     pub(super) async fn deliver_via_profile(&self, job: &Job<'_>, name: &str) -> Vec<Outcome> {
-        let settings = self.settings();
-        let count = job.message.recipients.len();
-        let Some(ready) = settings.profiles.get(name) else {
-            return vec![deferred(super::route::missing_profile(name), false, None); count];
-        };
-        let now = unix_now();
-        if let Some(rest) = self.resting.get(name, now) {
-            // Known broken: no connection, no token request, nothing learnt.
-            return vec![
-                Outcome::Deferred {
-                    result: rest.result,
-                    counts: false,
-                    known_down: true,
-                    retry_at: Some(rest.until),
+        self.via_profile(job, name, 0).await
+    }
+
+    /// Through profile `name`: split by its `recipients_per_message`, each
+    /// part paced by its quota, or handed to its overflow profile (at most
+    /// `MAX_OVERFLOW` hops; check-config refuses loops) while it has no room.
+    fn via_profile<'a>(
+        &'a self,
+        job: &'a Job<'a>,
+        name: &'a str,
+        depth: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
+        Box::pin(async move {
+            let settings = self.settings();
+            let count = job.message.recipients.len();
+            let Some(ready) = settings.profiles.get(name) else {
+                return vec![deferred(super::route::missing_profile(name), false, None); count];
+            };
+            let p = &ready.profile;
+            let overflow = p.overflow.as_deref().filter(|_| depth < MAX_OVERFLOW);
+            if let Some(rest) = self.resting.get(name, unix_now()) {
+                if let (ProblemKind::Quota, Some(next)) = (rest.kind, overflow) {
+                    return self.via_profile(job, next, depth + 1).await;
+                }
+                // Known broken: no connection, no token request, nothing learnt.
+                return vec![
+                    Outcome::Deferred {
+                        result: rest.result,
+                        counts: false,
+                        known_down: true,
+                        retry_at: Some(rest.until),
+                    };
+                    count
+                ];
+            }
+            let per_message = p
+                .quota
+                .recipients_per_message
+                .map_or(usize::MAX, |n| n.max(1) as usize);
+            let mut outcomes = Vec::with_capacity(count);
+            for chunk in job.message.recipients.chunks(per_message) {
+                let part = Job {
+                    queue_id: job.queue_id,
+                    destination: job.destination,
+                    message: Outgoing {
+                        recipients: chunk,
+                        ..job.message
+                    },
                 };
-                count
-            ];
-        }
+                // A part before this one may have put the profile to rest.
+                if let Some(rest) = self.resting.get(name, unix_now()) {
+                    match (rest.kind, overflow) {
+                        (ProblemKind::Quota, Some(next)) => {
+                            outcomes.extend(self.via_profile(&part, next, depth + 1).await)
+                        }
+                        _ => outcomes.extend(vec![
+                            deferred(rest.result, false, Some(rest.until));
+                            chunk.len()
+                        ]),
+                    }
+                    continue;
+                }
+                let room = super::pacing::reserve(
+                    &*self.ledger,
+                    &self.ledger_lock,
+                    name,
+                    &p.quota,
+                    chunk.len() as u64,
+                    unix_now(),
+                );
+                match (room, overflow) {
+                    (Ok(()), _) => {
+                        outcomes.extend(self.send_through(&part, ready, &settings).await)
+                    }
+                    (Err(_), Some(next)) => {
+                        outcomes.extend(self.via_profile(&part, next, depth + 1).await)
+                    }
+                    (Err(full), None) => outcomes.extend(vec![held(p, &full); chunk.len()]),
+                }
+            }
+            outcomes
+        })
+    }
+
+    /// Sends one transaction through `ready`: the sender rewrite, then SMTP or Graph.
+    async fn send_through(
+        &self,
+        job: &Job<'_>,
+        ready: &Ready,
+        settings: &Settings,
+    ) -> Vec<Outcome> {
+        let count = job.message.recipients.len();
         let p = &ready.profile;
         let rewritten = match &p.rewrite_sender {
             Some(address) => match content_of(&job.message).await {
@@ -66,17 +140,14 @@ impl Deliverer {
         let msg = match &rewritten {
             Some((sender, content)) => Outgoing {
                 sender,
-                recipients: job.message.recipients,
-                body_path: job.message.body_path,
                 body_len: content.len() as u64,
                 body_memory: Some(content),
-                eight_bit: job.message.eight_bit,
-                smtputf8: job.message.smtputf8,
+                ..job.message
             },
             None => job.message,
         };
         let outcomes = match p.transport {
-            Transport::Smtp => self.send_smtp(job, ready, &msg, &settings).await,
+            Transport::Smtp => self.send_smtp(job, ready, &msg, settings).await,
             Transport::Graph => self.send_graph(ready, &msg, &settings.config).await,
         };
         self.judge(ready, outcomes)
@@ -280,7 +351,12 @@ impl Deliverer {
             other => provider::classify(other.result(), p).map(|x| (x, other.result().clone())),
         });
         if let Some((problem, result)) = found {
-            let until = self.rest(p, &problem, &result);
+            let rest_until = self.rest(p, &problem, &result);
+            // A spent quota with an overflow profile: the next pass takes it there.
+            let until = match (problem.kind, &p.overflow) {
+                (ProblemKind::Quota, Some(_)) => unix_now() + 1,
+                _ => rest_until,
+            };
             return outcomes
                 .into_iter()
                 .map(|o| match o {
@@ -332,6 +408,27 @@ impl Deliverer {
                 crate::events::log::LogWriter.on_event(&event)
             }
         }
+    }
+}
+
+/// At most this many overflow hops for one transaction.
+const MAX_OVERFLOW: usize = 4;
+
+/// A transaction our own pacing holds: it waits in the queue until the
+/// window has room (never a bounce for our own quota).
+fn held(p: &Profile, full: &super::pacing::Full) -> Outcome {
+    Outcome::Deferred {
+        result: AttemptResult::local(
+            Stage::Queue,
+            "4.7.0",
+            format!(
+                "held by profile {:?}'s quota ({}); sent when the window has room",
+                p.name, full.limit
+            ),
+        ),
+        counts: false,
+        known_down: true,
+        retry_at: Some(full.until),
     }
 }
 

@@ -142,10 +142,14 @@ impl Server {
             Arc::clone(&history) as Arc<dyn crate::events::Subscriber>,
             Arc::clone(&guard) as Arc<dyn crate::events::Subscriber>,
         ]);
+        let quota_file = data_dir.join("quota.json");
+        let ledger = crate::checks::durable_counters::DurableCounters::open(&quota_file)
+            .with_context(|| format!("cannot read the quota counts in {}", quota_file.display()))?;
         let deliverer = Arc::new(
             Deliverer::new(Arc::clone(&shared), resolver.clone())
                 .with_transcripts(transcripts.clone())
-                .with_events(events.clone()),
+                .with_events(events.clone())
+                .with_ledger(Arc::new(ledger)),
         );
         let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {

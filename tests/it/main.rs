@@ -21,6 +21,7 @@ mod profiles;
 mod protocol;
 mod proxy;
 mod queue_control;
+mod quotas;
 mod relay_matrix;
 mod reload;
 mod sentinel;

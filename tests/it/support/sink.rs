@@ -49,6 +49,8 @@ pub struct Behaviour {
     pub close_after_data: bool,
     /// With `bearer`: offer OAUTHBEARER (RFC 7628) instead of XOAUTH2.
     pub oauthbearer: bool,
+    /// Answer every MAIL with this reply (a provider's quota refusal, say).
+    pub mail_reply: Option<&'static str>,
 }
 
 impl Behaviour {
@@ -258,6 +260,8 @@ async fn serve(
             } else {
                 "535 5.7.8 bad credentials".into()
             }
+        } else if let (true, Some(fixed)) = (upper.starts_with("MAIL FROM:"), b.mail_reply) {
+            fixed.to_string()
         } else if upper.starts_with("MAIL FROM:") {
             if (b.require_auth.is_some() || b.bearer.is_some()) && authed.is_none() {
                 "530 5.7.57 Client not authenticated to send mail".into()
