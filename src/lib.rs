@@ -1,6 +1,7 @@
 //! Portcullis: an SMTP relay that cannot become an open relay by accident.
 
 pub mod admin;
+pub mod archive;
 pub mod bounce;
 pub mod checks;
 pub mod cli;

@@ -2,6 +2,7 @@
 //! default, semantic validation whose errors name the key; the open-relay guard lives in policy (it asks the server's own lookup).
 
 mod admin;
+mod archive;
 mod checks;
 mod delivery;
 mod duration;
@@ -10,10 +11,12 @@ mod login_policy;
 mod net;
 mod smarthost;
 mod validate;
+mod validate_archive;
 mod validate_routes;
 mod words;
 
 pub use admin::AdminConfig;
+pub use archive::ArchiveConfig;
 pub use checks::{
     AddressPattern, ChecksConfig, DnsListZone, HeloCheck, LimitsConfig, ListsConfig, OnDnsError,
     PregreetCheck, ReverseDnsCheck, SenderDomainCheck,
@@ -64,6 +67,8 @@ pub struct Config {
     /// Rules per login and per network (`[[policy]]`), first match.
     #[serde(default)]
     pub policy: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

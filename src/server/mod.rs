@@ -236,6 +236,7 @@ impl Server {
             shutdown.clone(),
         ));
         let current = CurrentContext::new(Arc::clone(&self.ctx));
+        tracker.spawn(prune_archive(current.clone(), shutdown.clone()));
         let server_commands = control::ServerCommands {
             reload: ReloadHandle(self.reload_tx.clone()),
             current: current.clone(),
@@ -651,6 +652,34 @@ fn activity_path(data_dir: &std::path::Path) -> std::path::PathBuf {
 fn save_activity(history: &crate::events::History, data_dir: &std::path::Path) {
     if let Err(e) = history.save_activity(&activity_path(data_dir)) {
         warn!(error = %crate::tls::describe_io_error(&e), "cannot keep the dashboard's history");
+    }
+}
+
+/// Removes archived copies past `[archive] retention_days`, at start and
+/// every hour (the config in force each time: a reload may change it).
+async fn prune_archive(current: CurrentContext, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let archive = current.get().config.archive.clone();
+        let (Some(dir), Some(days)) = (archive.dir, archive.retention_days) else {
+            continue;
+        };
+        let shown = dir.display().to_string();
+        match tokio::task::spawn_blocking(move || {
+            crate::archive::prune(&dir, days, chrono::Utc::now())
+        })
+        .await
+        {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(n)) => {
+                info!(dir = %shown, removed = n, days, "archived copies past their retention removed")
+            }
+            Ok(Err(e)) => warn!(dir = %shown, error = %e, "cannot prune the archive"),
+        }
     }
 }
 

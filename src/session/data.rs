@@ -316,9 +316,34 @@ impl Session {
             self.refused(&queue_id, MessageRefusal::SpoolFailed, &e.to_string());
             return spool_error_reply(&e);
         }
-        let Some(writer) = msg.take_writer() else {
+        let Some(mut writer) = msg.take_writer() else {
             return reply::SPOOL_FAILED;
         };
+        let archive = &self.ctx.config.archive;
+        let archived = archive.covers(self.ip, self.user.as_deref());
+        if let (true, Some(dir)) = (archived, &archive.dir) {
+            // Archived before it is accepted: an accepted message always is.
+            let path = crate::archive::path_for(dir, &queue_id.to_string(), chrono::Utc::now());
+            let copied = tokio::task::spawn_blocking(move || {
+                let result = writer
+                    .content()
+                    .and_then(|content| crate::archive::write(&path, &content));
+                (writer, result)
+            })
+            .await;
+            match copied {
+                Ok((w, Ok(()))) => writer = w,
+                Ok((_, Err(e))) => {
+                    self.refused(
+                        &queue_id,
+                        MessageRefusal::SpoolFailed,
+                        &format!("archive: {e}"),
+                    );
+                    return reply::SPOOL_FAILED;
+                }
+                Err(_) => return reply::SPOOL_FAILED,
+            }
+        }
         let recipients = match self.redirect_target() {
             // Staging: everything to one mailbox; the originals are in the header.
             Some((to, _)) => vec![EnvelopeRecipient {
@@ -337,6 +362,21 @@ impl Session {
                 })
                 .collect(),
         };
+        let mut recipients = recipients;
+        if let (true, Some(to)) = (archived, &archive.to)
+            && !recipients
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(to))
+        {
+            // The archive's copy: an envelope recipient only, no header names it.
+            recipients.push(EnvelopeRecipient {
+                domain: to
+                    .rsplit_once('@')
+                    .map(|(_, d)| crate::smtp::address::Domain::normalize(d))
+                    .unwrap_or_default(),
+                address: to.clone(),
+            });
+        }
         let envelope = Envelope::new(
             &queue_id,
             tx.sender_text(),

@@ -76,6 +76,21 @@ impl SpoolWriter {
         Ok(())
     }
 
+    /// The content written so far (blocking I/O when part of it went to
+    /// disk already; the archive copies it before the 250).
+    pub fn content(&mut self) -> io::Result<Vec<u8>> {
+        if self.file.is_none() {
+            return Ok(self.pending.clone());
+        }
+        self.spill()?;
+        let mut content = Vec::with_capacity(self.body_len as usize);
+        use std::io::Read;
+        File::open(&self.tmp_path)?
+            .take(self.body_len)
+            .read_to_end(&mut content)?;
+        Ok(content)
+    }
+
     /// Writes what is waiting, keeping it in memory (blocking I/O).
     fn write_pending(&mut self) -> io::Result<()> {
         if self.file.is_none() {
