@@ -34,6 +34,8 @@ pub struct CredentialChecker {
     waiting: AtomicUsize,
     max_waiting: usize,
     hashes_started: Arc<AtomicU64>,
+    /// Successful checks remembered for a while (see `verified_cache`).
+    verified: Arc<crate::verified_cache::VerifiedCache>,
 }
 
 impl CredentialChecker {
@@ -50,6 +52,7 @@ impl CredentialChecker {
             waiting: AtomicUsize::new(0),
             max_waiting,
             hashes_started: Arc::new(AtomicU64::new(0)),
+            verified: Arc::new(crate::verified_cache::VerifiedCache::new()),
         }
     }
 
@@ -61,14 +64,29 @@ impl CredentialChecker {
     /// Checks `password` for `user`. Dropping the future before a permit is
     /// granted abandons the attempt without hashing.
     pub async fn check(&self, user: &str, password: String) -> CheckResult {
+        // Right lately, against the same stored hash: no hashing again.
+        if let Ok((Some(stored), generation)) = self.users.hash_and_generation(user)
+            && self
+                .verified
+                .remembers(user, &password, &stored, generation)
+        {
+            return CheckResult::Valid;
+        }
         let users = Arc::clone(&self.users);
+        let verified = Arc::clone(&self.verified);
         let name = user.to_string();
         let started = Arc::clone(&self.hashes_started);
         let job = move || -> Result<bool, UsersError> {
-            let stored = users.hash_of(&name)?;
+            let (stored, generation) = users.hash_and_generation(&name)?;
             started.fetch_add(1, Ordering::Relaxed);
             Ok(match stored {
-                Some(hash) => verify_password(&password, &hash),
+                Some(hash) => {
+                    let right = verify_password(&password, &hash);
+                    if right {
+                        verified.remember(&name, &password, &hash, generation);
+                    }
+                    right
+                }
                 None => {
                     // Same work as for a real user of the file (same scheme
                     // and cost), same answer as a wrong password.
@@ -159,6 +177,56 @@ mod tests {
             CheckResult::Invalid
         ));
         assert_eq!(c.hashes_started(), 3, "an unknown user is hashed too");
+    }
+
+    #[tokio::test]
+    async fn a_right_password_is_hashed_once_a_wrong_one_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checker(&dir, 2, 2);
+        for _ in 0..5 {
+            assert!(matches!(
+                c.check("alice", "right".into()).await,
+                CheckResult::Valid
+            ));
+        }
+        assert_eq!(c.hashes_started(), 1, "remembered after the first");
+        for _ in 0..3 {
+            assert!(matches!(
+                c.check("alice", "wrong".into()).await,
+                CheckResult::Invalid
+            ));
+        }
+        assert_eq!(c.hashes_started(), 4, "failures are never remembered");
+    }
+
+    #[tokio::test]
+    async fn a_changed_password_or_a_deleted_user_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checker(&dir, 2, 2);
+        assert!(matches!(
+            c.check("alice", "right".into()).await,
+            CheckResult::Valid
+        ));
+        let path = dir.path().join("users");
+        let mut users = crate::users::Users::new();
+        users.insert("alice".into(), hash_password("new one").unwrap());
+        // A later modification time even on coarse clocks.
+        std::thread::sleep(Duration::from_millis(20));
+        crate::users::write_users(&path, &users, None).unwrap();
+        assert!(matches!(
+            c.check("alice", "right".into()).await,
+            CheckResult::Invalid
+        ));
+        assert!(matches!(
+            c.check("alice", "new one".into()).await,
+            CheckResult::Valid
+        ));
+        std::thread::sleep(Duration::from_millis(20));
+        crate::users::write_users(&path, &crate::users::Users::new(), None).unwrap();
+        assert!(matches!(
+            c.check("alice", "new one".into()).await,
+            CheckResult::Invalid
+        ));
     }
 
     #[tokio::test]

@@ -25,3 +25,4 @@ pub mod spool;
 pub mod tls;
 pub mod transcript;
 pub mod users;
+pub mod verified_cache;

@@ -173,6 +173,9 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 pub struct UserDb {
     path: PathBuf,
     cache: Mutex<(Option<SystemTime>, Users)>,
+    /// Counts the times the file was read: what was learnt from an earlier
+    /// reading (remembered password checks) is dropped when it changes.
+    generation: std::sync::atomic::AtomicU64,
     /// Hashes of random passwords, by scheme and cost ("$2y$05$",
     /// "$argon2id$v=19$m=19456,t=2,p=1"): an unknown name is checked
     /// against one made like the file's own, so that it takes as long.
@@ -184,6 +187,7 @@ impl UserDb {
         Self {
             path,
             cache: Mutex::new((None, Users::new())),
+            generation: std::sync::atomic::AtomicU64::new(0),
             dummies: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -228,10 +232,24 @@ impl UserDb {
         let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.0 != mtime || mtime.is_none() {
-            cache.1 = read_users(&self.path)?;
+            let fresh = read_users(&self.path)?;
+            if fresh != cache.1 || cache.0.is_none() {
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            cache.1 = fresh;
             cache.0 = mtime;
         }
         Ok(cache.1.get(name).cloned())
+    }
+
+    /// The stored hash for `name` and the generation of the file it came from.
+    pub fn hash_and_generation(&self, name: &str) -> Result<(Option<String>, u64), UsersError> {
+        let hash = self.hash_of(name)?;
+        Ok((
+            hash,
+            self.generation.load(std::sync::atomic::Ordering::Acquire),
+        ))
     }
 }
 

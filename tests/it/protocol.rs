@@ -648,3 +648,26 @@ async fn starttls_can_be_hidden_from_old_printers() {
     let ehlo = c.expect("EHLO pc.office.lan", 250).await;
     assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
 }
+
+/// Remembered password checks never outlive the password: after a change
+/// (and after a deletion) the old password is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_or_deleted_password_is_refused_at_once_despite_the_cache() {
+    let server = TestServer::start(&config("")).await;
+    let users = server.config.users_file();
+    crate::support::write_users(&users, &[("app", "old-pass")]);
+    for _ in 0..3 {
+        let mut c = ehlo(&server, OUTSIDER).await;
+        assert_eq!(c.auth_plain("app", "old-pass").await.code, 235);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    crate::support::write_users(&users, &[("app", "new-pass")]);
+    let mut c = ehlo(&server, OUTSIDER).await;
+    assert_eq!(c.auth_plain("app", "old-pass").await.code, 535);
+    let mut c = ehlo(&server, OUTSIDER).await;
+    assert_eq!(c.auth_plain("app", "new-pass").await.code, 235);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    crate::support::write_users(&users, &[("other", "x")]);
+    let mut c = ehlo(&server, OUTSIDER).await;
+    assert_eq!(c.auth_plain("app", "new-pass").await.code, 535, "deleted");
+}
