@@ -243,6 +243,36 @@ fn negative(e: &NetError) -> Option<ResponseCode> {
     None
 }
 
+/// Host names in HTTPS URLs (token endpoints, webhooks, policy servers) are
+/// looked up like everything else: through `[dns]`, never the system
+/// resolver behind the config's back.
+pub fn for_http(resolver: &Resolver) -> std::sync::Arc<HttpNames> {
+    std::sync::Arc::new(HttpNames(resolver.clone()))
+}
+
+pub struct HttpNames(Resolver);
+
+impl reqwest::dns::Resolve for HttpNames {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolver = self.0.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs = resolver
+                .addresses(&host)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            let addrs: reqwest::dns::Addrs = Box::new(
+                addrs
+                    .into_iter()
+                    .map(|ip| std::net::SocketAddr::new(ip, 0))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            );
+            Ok(addrs)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

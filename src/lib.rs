@@ -1,6 +1,7 @@
 //! Portcullis: an SMTP relay that cannot become an open relay by accident.
 
 pub mod admin;
+pub mod alerts;
 pub mod archive;
 pub mod bounce;
 pub mod checks;
@@ -15,6 +16,7 @@ pub mod fsio;
 pub mod guard;
 pub mod log_writer;
 pub mod metrics;
+pub mod notify;
 pub mod oauth;
 pub mod policy;
 pub mod queue;

@@ -57,6 +57,12 @@ pub struct Metrics {
     zone_healthy: Family<Labels, Gauge>,
     profile_problems: Family<Labels, Counter>,
     profile_resting: Family<Labels, Gauge>,
+    messages_held: Counter,
+    alerts: Counters,
+    alerts_firing: Family<Labels, Gauge>,
+    webhook_dropped: Counters,
+    webhook_sent: Counters,
+    webhook_pending: Family<Labels, Gauge>,
     queue_messages: Gauge,
     queue_held: Gauge,
     queue_recipients: Gauge,
@@ -93,6 +99,12 @@ impl Metrics {
             zone_healthy: Family::default(),
             profile_problems: Family::default(),
             profile_resting: Family::default(),
+            messages_held: Counter::default(),
+            alerts: Counters::default(),
+            alerts_firing: Family::default(),
+            webhook_dropped: Counters::default(),
+            webhook_sent: Counters::default(),
+            webhook_pending: Family::default(),
             queue_messages: Gauge::default(),
             queue_held: Gauge::default(),
             queue_recipients: Gauge::default(),
@@ -230,6 +242,36 @@ impl Metrics {
             "portcullis_profile_resting",
             "1 while a smart-host profile's mail waits after such a refusal",
             m.profile_resting.clone(),
+        );
+        r.register(
+            "portcullis_messages_held",
+            "Messages queued held by the guard (a flood from their source)",
+            m.messages_held.clone(),
+        );
+        r.register(
+            "portcullis_alerts",
+            "Alert notices, by rule (its `on`) and state (firing, resolved)",
+            m.alerts.clone(),
+        );
+        r.register(
+            "portcullis_alerts_firing",
+            "Alert rules whose condition holds now, by `on`",
+            m.alerts_firing.clone(),
+        );
+        r.register(
+            "portcullis_webhook_notifications_dropped",
+            "Notifications a webhook's outbox gave up, by webhook and reason",
+            m.webhook_dropped.clone(),
+        );
+        r.register(
+            "portcullis_webhook_notifications_sent",
+            "Notifications a webhook's receiver took (2xx), by webhook",
+            m.webhook_sent.clone(),
+        );
+        r.register(
+            "portcullis_webhook_outbox_pending",
+            "Notifications waiting in a webhook's outbox",
+            m.webhook_pending.clone(),
         );
         r.register(
             "portcullis_queue_messages",
@@ -483,8 +525,50 @@ impl Subscriber for Metrics {
                     .get_or_create(&labels("profile", profile.clone()))
                     .set(0);
             }
-            Event::MessageFinished { .. } => {}
+            Event::MessageFinished { .. } | Event::SelfTestFinished { .. } => {}
+            Event::MessageHeld { .. } => {
+                self.messages_held.inc();
+            }
+            Event::Alert { alert, state, .. } => {
+                let state_name = crate::events::wire_name(state);
+                self.alerts
+                    .get_or_create(&vec![("alert", alert.to_string()), ("state", state_name)])
+                    .inc();
+                let firing = self.alerts_firing.get_or_create(&labels("alert", *alert));
+                match state {
+                    crate::events::AlertState::Firing => firing.set(1),
+                    crate::events::AlertState::Resolved => firing.set(0),
+                };
+            }
+            Event::NotificationsDropped {
+                webhook,
+                count,
+                reason,
+            } => {
+                self.webhook_dropped
+                    .get_or_create(&vec![
+                        ("webhook", webhook.clone()),
+                        ("reason", reason.to_string()),
+                    ])
+                    .inc_by(*count);
+            }
         }
+    }
+}
+
+impl Metrics {
+    /// A webhook's receiver took a notification.
+    pub fn webhook_sent(&self, webhook: &str) {
+        self.webhook_sent
+            .get_or_create(&labels("webhook", webhook))
+            .inc();
+    }
+
+    /// How many notifications wait in a webhook's outbox.
+    pub fn webhook_pending(&self, webhook: &str, pending: usize) {
+        self.webhook_pending
+            .get_or_create(&labels("webhook", webhook))
+            .set(pending as i64);
     }
 }
 

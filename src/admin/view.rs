@@ -222,6 +222,40 @@ pub fn describe(e: &Event) -> String {
             profile, advice, ..
         } => format!("PROFILE {profile}: {advice}; its mail waits"),
         Event::ProfileRecovered { profile } => format!("profile {profile} delivers again"),
+        Event::MessageHeld {
+            source, recipients, ..
+        } => format!(
+            "GUARD: message from {source} held ({} recipient(s))",
+            recipients.len()
+        ),
+        Event::SelfTestFinished {
+            listener,
+            relayed,
+            tests,
+        } => {
+            if relayed.is_empty() {
+                format!("open-relay self-test of {listener} passed ({tests} attempts refused)")
+            } else {
+                format!(
+                    "OPEN-RELAY SELF-TEST of {listener}: relayed {}",
+                    relayed.join(", ")
+                )
+            }
+        }
+        Event::Alert {
+            alert,
+            state,
+            detail,
+            ..
+        } => match state {
+            crate::events::AlertState::Firing => format!("ALERT {alert}: {detail}"),
+            crate::events::AlertState::Resolved => format!("alert {alert} resolved: {detail}"),
+        },
+        Event::NotificationsDropped {
+            webhook,
+            count,
+            reason,
+        } => format!("webhook {webhook}: {count} notification(s) dropped: {reason}"),
     }
 }
 

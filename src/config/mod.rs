@@ -9,9 +9,11 @@ mod duration;
 mod guard;
 mod login_policy;
 mod net;
+mod notify;
 mod smarthost;
 mod validate;
 mod validate_archive;
+mod validate_notify;
 mod validate_routes;
 mod words;
 
@@ -28,6 +30,7 @@ pub use duration::ConfigDuration;
 pub use guard::{GuardConfig, GuardMode};
 pub use login_policy::{PolicyConfig, SenderRule};
 pub use net::IpRange;
+pub use notify::{AlertConfig, AlertOn, WEBHOOK_KINDS, WebhookConfig};
 pub use smarthost::{
     LEGACY_PROFILE, OAuthGrant, OAuthSettings, Preset, Profile, ProfileAuth, Quota,
     SmarthostConfig, Transport,
@@ -69,6 +72,12 @@ pub struct Config {
     pub policy: Vec<PolicyConfig>,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Receivers of signed JSON notifications.
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
+    /// Conditions worth telling someone about.
+    #[serde(default)]
+    pub alert: Vec<AlertConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

@@ -76,6 +76,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_delivery(c, &mut out);
     super::validate_routes::check(c, &mut out);
     super::validate_archive::check(c, &mut out);
+    super::validate_notify::check(c, &mut out);
     check_files(c, &mut out);
     check_checks(c, &mut out);
     check_guard(c, &mut out);

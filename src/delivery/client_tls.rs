@@ -34,6 +34,18 @@ pub fn verified_for(profile: &crate::config::Profile) -> Result<Arc<ClientConfig
     Ok(Arc::new(config))
 }
 
+/// Verified TLS without a client certificate: the web PKI plus `ca_file`
+/// (named `key` in errors), for HTTPS receivers such as webhooks.
+pub fn verified_with(ca_file: Option<&Path>, key: &str) -> Result<Arc<ClientConfig>, String> {
+    let roots = roots(ca_file, key)?;
+    let config = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The web PKI roots plus the certificates in `ca_file` (named `key` in errors).
 fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();

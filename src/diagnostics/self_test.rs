@@ -60,6 +60,17 @@ pub async fn test_listener(
             stop_before_data: false,
         };
         let report = relay_test::run_reporting(&opts, on_test).await;
+        // Alerts (open_relay) and the log learn the outcome as a fact.
+        ctx.events.emit(crate::events::Event::SelfTestFinished {
+            listener: addr,
+            relayed: report
+                .tests
+                .iter()
+                .filter(|t| t.verdict == Verdict::Relayed)
+                .map(|t| t.name.clone())
+                .collect(),
+            tests: report.tests.len(),
+        });
         // Whatever got through must not be delivered.
         for id in accepted_test_messages(&report) {
             queue

@@ -223,6 +223,42 @@ impl Subscriber for LogWriter {
             Event::DnsCheck { check, seconds } => {
                 tracing::debug!(check, seconds, "DNS check done")
             }
+            Event::MessageHeld {
+                queue_id,
+                source,
+                recipients,
+                ..
+            } => {
+                warn!(queue_id = %queue_id, source = %source, recipients = recipients.len(), "message held by the guard; `portcullis queue release --source {source}` sends it")
+            }
+            Event::SelfTestFinished {
+                listener,
+                relayed,
+                tests,
+            } => {
+                if relayed.is_empty() {
+                    info!(listener = %listener, tests, "open-relay self-test passed")
+                } else {
+                    error!(listener = %listener, tests, relayed = %relayed.join(", "), "OPEN-RELAY SELF-TEST: {} of {tests} attempts were relayed", relayed.len())
+                }
+            }
+            Event::Alert {
+                alert,
+                rule,
+                state,
+                detail,
+                ..
+            } => match state {
+                super::AlertState::Firing => error!(alert, rule, "ALERT {alert}: {detail}"),
+                super::AlertState::Resolved => {
+                    info!(alert, rule, "alert {alert} resolved: {detail}")
+                }
+            },
+            Event::NotificationsDropped {
+                webhook,
+                count,
+                reason,
+            } => warn!(webhook = %webhook, count, "webhook notifications dropped: {reason}"),
             Event::QueueCommand {
                 command,
                 messages,

@@ -233,7 +233,11 @@ pub enum Event {
         /// Whose mail it is: the AUTH user, else the client address (None
         /// for our own reports).
         source: Option<String>,
+        /// The envelope sender (empty for the null sender).
+        from: String,
         to: String,
+        /// Attempts counted for this recipient so far (this one included).
+        attempts: u32,
         state: DeliveryState,
         result: AttemptResult,
         /// Whether the attempt counted against the retry schedule.
@@ -299,6 +303,52 @@ pub enum Event {
     ProfileRecovered {
         profile: String,
     },
+    /// An accepted message was queued held (the guard saw a flood from its
+    /// source): it waits for `queue release`.
+    MessageHeld {
+        queue_id: QueueId,
+        from: String,
+        recipients: Vec<String>,
+        /// The AUTH user, else the client address.
+        source: String,
+    },
+    /// The open-relay self-test ran against one of our listeners.
+    SelfTestFinished {
+        listener: std::net::SocketAddr,
+        /// The tests that got a message relayed (none: passed).
+        relayed: Vec<String>,
+        tests: usize,
+    },
+    /// An alert rule's condition began (after its `for`), lasts (a repeat),
+    /// or ended.
+    Alert {
+        /// The rule's `on`.
+        alert: &'static str,
+        /// Its place among the `[[alert]]` rules.
+        rule: usize,
+        state: AlertState,
+        /// What is wrong, in plain words (or what cleared).
+        detail: String,
+        /// The `[[webhook]]` the rule names.
+        webhook: Option<String>,
+        /// Since when the condition holds (Unix seconds).
+        since: i64,
+    },
+    /// Notifications a webhook's outbox gave up: the receiver was away
+    /// longer than `retry_for`, or the outbox reached `outbox_max_bytes`.
+    NotificationsDropped {
+        webhook: String,
+        count: u64,
+        reason: &'static str,
+    },
+}
+
+/// Whether an alert's condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
 }
 
 impl Event {
@@ -332,6 +382,10 @@ impl Event {
             Event::ZoneHealth { .. } => "zone_health",
             Event::ProfileProblem { .. } => "profile_problem",
             Event::ProfileRecovered { .. } => "profile_recovered",
+            Event::MessageHeld { .. } => "message_held",
+            Event::SelfTestFinished { .. } => "self_test_finished",
+            Event::Alert { .. } => "alert",
+            Event::NotificationsDropped { .. } => "notifications_dropped",
         }
     }
 

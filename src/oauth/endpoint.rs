@@ -37,31 +37,6 @@ impl std::fmt::Display for EndpointError {
     }
 }
 
-/// Host names of HTTPS endpoints are looked up like everything else:
-/// through `[dns]`, never the system resolver behind the config's back.
-struct ConfiguredDns(crate::dns::Resolver);
-
-impl reqwest::dns::Resolve for ConfiguredDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let resolver = self.0.clone();
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let addrs = resolver
-                .addresses(&host)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-            let addrs: reqwest::dns::Addrs = Box::new(
-                addrs
-                    .into_iter()
-                    .map(|ip| std::net::SocketAddr::new(ip, 0))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            );
-            Ok(addrs)
-        })
-    }
-}
-
 /// The HTTPS client for a profile's endpoints (token, Graph): names looked
 /// up with `resolver`.
 pub fn http_client(
@@ -71,7 +46,7 @@ pub fn http_client(
     let tls = crate::delivery::client_tls::verified_for(profile)?;
     reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
-        .dns_resolver(std::sync::Arc::new(ConfiguredDns(resolver.clone())))
+        .dns_resolver(crate::dns::for_http(resolver))
         .https_only(true)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(20))

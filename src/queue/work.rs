@@ -99,7 +99,9 @@ impl QueueManager {
                 self.events.emit(Event::Delivery {
                     queue_id: id.clone(),
                     source: source_of(env),
+                    from: env.sender.clone(),
                     to: r.address.clone(),
+                    attempts: r.attempts,
                     state: DeliveryState::Expired,
                     result: expiry.clone(),
                     counted: false,
@@ -316,7 +318,9 @@ impl QueueManager {
             self.events.emit(Event::Delivery {
                 queue_id: id.clone(),
                 source: source_of(env),
+                from: env.sender.clone(),
                 to: r.address.clone(),
+                attempts: r.attempts,
                 state,
                 result: result.clone(),
                 counted,

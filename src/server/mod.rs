@@ -54,6 +54,7 @@ pub struct Server {
     admin: Option<crate::admin::AdminListener>,
     metrics: Arc<crate::metrics::Metrics>,
     history: Arc<crate::events::History>,
+    alert_facts: Arc<crate::alerts::FactsCollector>,
     _lock: std::fs::File,
 }
 
@@ -137,11 +138,22 @@ impl Server {
             config.guard.clone(),
             Some(data_dir.clone()),
         ));
+        let alert_facts = Arc::new(crate::alerts::FactsCollector::new(crate::queue::unix_now()));
+        let notifier = Arc::new(crate::notify::Notifier::new(
+            data_dir.clone(),
+            resolver.clone(),
+            Some(Arc::clone(&metrics)),
+        ));
         let events = crate::events::Events::with_log_and(vec![
             Arc::clone(&metrics) as Arc<dyn crate::events::Subscriber>,
             Arc::clone(&history) as Arc<dyn crate::events::Subscriber>,
             Arc::clone(&guard) as Arc<dyn crate::events::Subscriber>,
+            Arc::clone(&notifier) as Arc<dyn crate::events::Subscriber>,
+            Arc::clone(&alert_facts) as Arc<dyn crate::events::Subscriber>,
         ]);
+        notifier
+            .configure(&config, &events)
+            .map_err(anyhow::Error::msg)?;
         let quota_file = data_dir.join("quota.json");
         let ledger = crate::checks::durable_counters::DurableCounters::open(&quota_file)
             .with_context(|| format!("cannot read the quota counts in {}", quota_file.display()))?;
@@ -162,6 +174,7 @@ impl Server {
         let mut ctx = Context::new(config, Some(tls), spool, Some(resolver), events, guard);
         ctx.queue = Some(queue.handle());
         ctx.transcripts = transcripts;
+        ctx.notifier = Some(notifier);
         let limits = Arc::clone(&ctx.limits);
         let ctx = Arc::new(ctx);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -178,6 +191,7 @@ impl Server {
             admin,
             metrics,
             history,
+            alert_facts,
             _lock: lock,
         })
     }
@@ -237,6 +251,9 @@ impl Server {
         ));
         let current = CurrentContext::new(Arc::clone(&self.ctx));
         tracker.spawn(prune_archive(current.clone(), shutdown.clone()));
+        let alerts = crate::alerts::AlertWatch::new(Arc::clone(&self.alert_facts));
+        let for_alerts = current.clone();
+        tracker.spawn(alerts.run(move || for_alerts.get(), shutdown.clone()));
         let server_commands = control::ServerCommands {
             reload: ReloadHandle(self.reload_tx.clone()),
             current: current.clone(),
@@ -336,6 +353,9 @@ impl Server {
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        if let Some(notifier) = &self.ctx.notifier {
+            notifier.stop();
+        }
         tracker.close();
         save_activity(&self.history, &self.ctx.config.server.data_dir);
         let grace = self.ctx.config.server.shutdown_grace.get();
@@ -452,6 +472,9 @@ fn apply_reload(
                 fresh.push((socket, addr, kind));
             }
         }
+    }
+    if let Some(notifier) = &ctx.notifier {
+        notifier.configure(&config, &ctx.events)?;
     }
     if transcripts_changed {
         queue.set_transcripts(ctx.transcripts.clone());

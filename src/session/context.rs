@@ -30,6 +30,8 @@ pub struct Context {
     pub queue: Option<crate::queue::QueueHandle>,
     /// SMTP transcripts (`[log] transcript`), when kept.
     pub transcripts: Option<Arc<crate::transcript::Transcripts>>,
+    /// The webhooks' notifier (absent in protocol-only tests).
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Context {
@@ -70,6 +72,7 @@ impl Context {
             config,
             queue: None,
             transcripts: None,
+            notifier: None,
         }
     }
 
@@ -96,6 +99,7 @@ impl Context {
             limits: Arc::clone(&self.limits),
             queue: self.queue.clone(),
             transcripts: self.transcripts.clone(),
+            notifier: self.notifier.clone(),
             config,
         }
     }

@@ -423,6 +423,18 @@ impl Session {
                     tls: self.stream.tls().is_some(),
                     user: self.user.clone(),
                 });
+                if envelope.hold {
+                    self.emit(Event::MessageHeld {
+                        queue_id: queue_id.clone(),
+                        from: envelope.sender.clone(),
+                        recipients: envelope
+                            .recipients
+                            .iter()
+                            .map(|r| r.address.clone())
+                            .collect(),
+                        source: self.user.clone().unwrap_or_else(|| self.ip.to_string()),
+                    });
+                }
                 Reply::with_text(250, "2.0.0", format!("Ok: queued as {queue_id}"))
             }
             Err(e) => {

@@ -1,6 +1,8 @@
 //! One integration-test binary (each file under tests/ would link the library again).
 
+mod alerts;
 mod support;
+mod webhooks;
 
 mod admin;
 mod archive;

@@ -10,6 +10,7 @@ pub mod server;
 pub mod sink;
 pub mod tls;
 pub mod web;
+pub mod webhook_receiver;
 
 use std::time::Duration;
 

@@ -1,0 +1,106 @@
+//! `[[alert]]` on the real conditions: the next hop down stalls delivery
+//! (the alert fires by webhook and by mail, and resolves when the hop comes
+//! back), and the open-relay self-test finding a relay fires `open_relay`.
+
+use crate::support::client::SmtpClient;
+use crate::support::server::TestServer;
+use crate::support::sink::{Behaviour, Sink};
+use crate::support::webhook_receiver::Receiver;
+use crate::support::{WAIT, free_port};
+use serde_json::Value;
+use std::time::Duration;
+
+fn alerts<'a>(taken: &'a [Value], on: &str, state: &str) -> Vec<&'a Value> {
+    taken
+        .iter()
+        .filter(|v| v["event"] == "alert" && v["alert"] == on && v["state"] == state)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_queue_fires_by_webhook_and_mail_and_resolves_when_the_hop_returns() {
+    let receiver = Receiver::start("127.0.0.1", "unused").await;
+    let port = free_port("127.0.0.95");
+    let server = TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.95:{port}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\n[[alert]]\non = \"delivery_stalled\"\nfor = \"2s\"\nwebhook = \"ops\"\nemail = \"oncall@far.example\"\n[[alert]]\non = \"queue_size\"\nthreshold = 50\nwebhook = \"ops\"\n",
+        receiver.url()
+    ))
+    .await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "pc.office.test").await;
+    let r = c
+        .send_mail(
+            "app@office.test",
+            &["someone@far.example"],
+            b"Subject: waits\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    c.expect("QUIT", 221).await;
+    let taken = receiver
+        .wait_until(WAIT, |t| {
+            !alerts(t, "delivery_stalled", "firing").is_empty()
+        })
+        .await;
+    let fired = alerts(&taken, "delivery_stalled", "firing");
+    assert_eq!(fired.len(), 1, "{taken:#?}");
+    assert!(
+        fired[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("waiting and nothing delivered"),
+        "{}",
+        fired[0]
+    );
+    assert!(
+        alerts(&taken, "queue_size", "firing").is_empty(),
+        "below its threshold"
+    );
+    // The next hop comes back: the message, then the alert's mail, go out,
+    // and the alert resolves.
+    let sink = Sink::start("127.0.0.95", port, Behaviour::accept_all()).await;
+    let got = sink.wait_for(2, Duration::from_secs(30)).await;
+    assert!(got.len() >= 2, "{got:?}");
+    let notice = got
+        .iter()
+        .find(|m| m.rcpts == ["oncall@far.example"])
+        .expect("the alert's mail");
+    assert_eq!(notice.from, "", "sent with the null sender");
+    let text = String::from_utf8_lossy(&notice.data);
+    assert!(
+        text.contains("Subject: [Portcullis relay.test] ALERT: delivery_stalled"),
+        "{text}"
+    );
+    let taken = receiver
+        .wait_until(Duration::from_secs(30), |t| {
+            !alerts(t, "delivery_stalled", "resolved").is_empty()
+        })
+        .await;
+    assert_eq!(
+        alerts(&taken, "delivery_stalled", "resolved").len(),
+        1,
+        "{taken:#?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_found_by_the_self_test_fires_open_relay() {
+    let receiver = Receiver::start("127.0.0.1", "unused").await;
+    // A domain that is not ours taken as inbound: strangers' mail to it is
+    // accepted, which is what the self-test's far recipient looks like.
+    let _server = TestServer::start(&format!(
+        "[diagnostics]\nself_test_on_start = true\n[[network]]\nrange = \"127.0.0.1/32\"\nauth = \"none\"\n[relay]\nallow_open_relay = true\ninbound_domains = [\"portcullis-relay-test.example\"]\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\n[[alert]]\non = \"open_relay\"\nwebhook = \"ops\"\n",
+        receiver.url()
+    ))
+    .await;
+    let taken = receiver
+        .wait_until(WAIT, |t| !alerts(t, "open_relay", "firing").is_empty())
+        .await;
+    let fired = alerts(&taken, "open_relay", "firing");
+    assert_eq!(fired.len(), 1, "{taken:#?}");
+    assert!(
+        fired[0]["detail"].as_str().unwrap().contains("relayed"),
+        "{}",
+        fired[0]
+    );
+}
