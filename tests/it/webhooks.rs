@@ -293,3 +293,56 @@ async fn an_outbox_stays_bounded_while_its_receiver_is_away() {
         "the newest is kept"
     );
 }
+
+/// The Python lines README gives receivers verify a real post, and refuse
+/// it once a byte of the body changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_verifies_a_real_post() {
+    let receiver = Receiver::start("127.0.0.1", SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nretry_schedule = [\"1h\"]\n[[route]]\ndomain = \"far.example\"\nhost = \"127.0.0.1:1\"\n{}",
+        webhook(&receiver, &secret_file(dir.path()), "\"accepted\"", "")
+    ))
+    .await;
+    send(server.addr(), &["a@far.example"], "py").await;
+    receiver.wait_until(WAIT, |t| !t.is_empty()).await;
+    let post = receiver.posts().remove(0);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### `[[webhook]]`").unwrap()..];
+    let code = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a Python block in the webhook section");
+    let script = dir.path().join("verify.py");
+    std::fs::write(
+        &script,
+        format!(
+            "{code}\nimport sys\nbody = open(sys.argv[3], 'rb').read()\nprint(verify(sys.argv[1].encode(), sys.argv[2], body))\n"
+        ),
+    )
+    .unwrap();
+    let run = |body: &[u8]| {
+        let path = dir.path().join("body");
+        std::fs::write(&path, body).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(SECRET)
+            .arg(post.signature.as_deref().unwrap())
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&post.body), "True");
+    let mut changed = post.body.clone();
+    changed[10] ^= 1;
+    assert_eq!(run(&changed), "False");
+}
