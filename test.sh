@@ -31,6 +31,9 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # Debian's own Python (/usr/bin/python3) runs the browser test, whatever python3 is first in PATH.
 /usr/bin/python3 -c 'import selenium' >/dev/null 2>&1 || need_apt+=(python3-selenium)
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
+# DKIM signatures are checked by an independent verifier: dkimpy (python3-dkim),
+# with PyNaCl for Ed25519 and dnspython to ask the test's DNS server.
+/usr/bin/python3 -c 'import dkim, nacl, dns.resolver' >/dev/null 2>&1 || need_apt+=(python3-dkim python3-nacl python3-dnspython)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"

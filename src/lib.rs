@@ -10,6 +10,7 @@ pub mod config;
 pub mod credentials;
 pub mod delivery;
 pub mod diagnostics;
+pub mod dkim;
 pub mod dns;
 pub mod events;
 pub mod fsio;

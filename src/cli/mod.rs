@@ -6,6 +6,7 @@ mod output;
 mod audit;
 mod ban;
 mod check;
+pub mod dkim;
 mod doctor;
 mod explain;
 mod guard;
@@ -57,6 +58,8 @@ enum Command {
     /// Sign in for an OAuth2 smart-host profile, or show who is signed in.
     #[command(name = "oauth")]
     OAuth(oauth::OAuthArgs),
+    /// Make a DKIM signing key and the DNS record that publishes it.
+    Dkim(dkim::DkimArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -126,5 +129,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Guard(a) => guard::run(a),
         Command::Ban(a) => ban::run(a),
         Command::OAuth(a) => oauth::run(a),
+        Command::Dkim(a) => dkim::run(a),
     }
 }

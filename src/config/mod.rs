@@ -5,6 +5,7 @@ mod admin;
 mod archive;
 mod checks;
 mod delivery;
+mod dkim;
 mod duration;
 mod guard;
 mod login_policy;
@@ -13,6 +14,7 @@ mod notify;
 mod smarthost;
 mod validate;
 mod validate_archive;
+mod validate_dkim;
 mod validate_notify;
 mod validate_routes;
 mod words;
@@ -26,6 +28,7 @@ pub use checks::{
 pub use delivery::{
     BounceAttach, DeliveryConfig, DeliveryMode, NextHop, OutboundTls, RouteConfig, SmarthostTls,
 };
+pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimConfig};
 pub use duration::ConfigDuration;
 pub use guard::{GuardConfig, GuardMode};
 pub use login_policy::{PolicyConfig, SenderRule};
@@ -78,6 +81,9 @@ pub struct Config {
     /// Conditions worth telling someone about.
     #[serde(default)]
     pub alert: Vec<AlertConfig>,
+    /// Keys that sign our own domains' outgoing mail.
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]

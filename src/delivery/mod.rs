@@ -70,6 +70,9 @@ impl Outcome {
 pub struct Job<'a> {
     pub queue_id: &'a str,
     pub destination: &'a Destination,
+    /// From a trusted or authenticated source: its mail may carry our DKIM
+    /// signature (a stranger's never does).
+    pub may_sign: bool,
     pub message: Outgoing<'a>,
 }
 
@@ -104,6 +107,8 @@ struct Settings {
     helo: String,
     /// Every profile with its TLS settings, by name.
     profiles: std::collections::HashMap<String, profile::Ready>,
+    /// The `[[dkim]]` keys.
+    dkim: Arc<crate::dkim::Signers>,
 }
 
 impl Settings {
@@ -118,10 +123,15 @@ impl Settings {
             .into_iter()
             .map(|p| (p.name.clone(), profile::Ready::new(p, resolver)))
             .collect();
+        let (dkim, problems) = crate::dkim::Signers::from_config(&config.dkim);
+        for p in problems {
+            tracing::error!("{p}; mail of that domain goes unsigned");
+        }
         Settings {
             config,
             helo,
             profiles,
+            dkim: Arc::new(dkim),
         }
     }
 }
@@ -434,10 +444,57 @@ impl Deliverer {
                         Ok(h) => h,
                         Err(e) => return vec![route_failure(e); job.message.recipients.len()],
                     };
-                self.deliver_to_hosts(job, &hosts, &job.message, |hop| Ok(self.options(hop)))
+                let signed = match self.signed_content(job, &job.message, &settings).await {
+                    Ok(signed) => signed,
+                    Err(e) => {
+                        let result = AttemptResult::local(Stage::Queue, "4.3.0", e);
+                        return vec![
+                            Outcome::Deferred {
+                                result,
+                                counts: true,
+                                known_down: false,
+                                retry_at: None,
+                            };
+                            job.message.recipients.len()
+                        ];
+                    }
+                };
+                let msg = match &signed {
+                    Some(content) => Outgoing {
+                        body_len: content.len() as u64,
+                        body_memory: Some(content),
+                        ..job.message
+                    },
+                    None => job.message,
+                };
+                self.deliver_to_hosts(job, &hosts, &msg, |hop| Ok(self.options(hop)))
                     .await
             }
         }
+    }
+
+    /// The message with its DKIM signatures on top, when it is to be signed
+    /// (a trusted source, a From: domain with a key); None otherwise.
+    async fn signed_content(
+        &self,
+        job: &Job<'_>,
+        msg: &Outgoing<'_>,
+        settings: &Settings,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if !job.may_sign || settings.dkim.is_empty() {
+            return Ok(None);
+        }
+        let content = content_of(msg).await?;
+        let signers = Arc::clone(&settings.dkim);
+        // Hashing a large body is CPU work: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            signers.sign(&content).map(|mut signed| {
+                signed.extend_from_slice(&content);
+                signed
+            })
+        })
+        .await
+        .map_err(|e| format!("signing the message: {e}"))
     }
 
     /// Tries every host and address in order until one takes `msg`.
@@ -678,4 +735,16 @@ pub fn route_failure(e: RouteError) -> Outcome {
             retry_at: None,
         },
     }
+}
+
+/// The message content as it is queued (from memory when the queue has it).
+pub(crate) async fn content_of(msg: &Outgoing<'_>) -> Result<Vec<u8>, String> {
+    if let Some(bytes) = msg.body_memory.filter(|b| b.len() as u64 == msg.body_len) {
+        return Ok(bytes.to_vec());
+    }
+    let mut content = tokio::fs::read(msg.body_path)
+        .await
+        .map_err(|e| format!("reading the spooled message: {e}"))?;
+    content.truncate(msg.body_len as usize);
+    Ok(content)
 }

@@ -81,6 +81,7 @@ impl Deliverer {
                 let part = Job {
                     queue_id: job.queue_id,
                     destination: job.destination,
+                    may_sign: job.may_sign,
                     message: Outgoing {
                         recipients: chunk,
                         ..job.message
@@ -131,7 +132,7 @@ impl Deliverer {
         let count = job.message.recipients.len();
         let p = &ready.profile;
         let rewritten = match &p.rewrite_sender {
-            Some(address) => match content_of(&job.message).await {
+            Some(address) => match super::content_of(&job.message).await {
                 Ok(content) => Some((address.clone(), super::rewrite::rewrite(&content, address))),
                 Err(e) => return vec![deferred(local(e), true, None); count],
             },
@@ -145,6 +146,19 @@ impl Deliverer {
                 ..job.message
             },
             None => job.message,
+        };
+        // Signed after the rewrite, so the signature covers what is sent.
+        let signed = match self.signed_content(job, &msg, settings).await {
+            Ok(signed) => signed,
+            Err(e) => return vec![deferred(local(e), true, None); count],
+        };
+        let msg = match &signed {
+            Some(content) => Outgoing {
+                body_len: content.len() as u64,
+                body_memory: Some(content),
+                ..msg
+            },
+            None => msg,
         };
         let outcomes = match p.transport {
             Transport::Smtp => self.send_smtp(job, ready, &msg, settings).await,
@@ -232,7 +246,7 @@ impl Deliverer {
             Ok(h) => h.clone(),
             Err(e) => return vec![deferred(local(e.clone()), true, None); count],
         };
-        let content = match content_of(msg).await {
+        let content = match super::content_of(msg).await {
             Ok(c) => c,
             Err(e) => return vec![deferred(local(e), true, None); count],
         };
@@ -443,16 +457,4 @@ fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outco
         known_down: false,
         retry_at,
     }
-}
-
-/// The message content as it is queued (from memory when the queue has it).
-async fn content_of(msg: &Outgoing<'_>) -> Result<Vec<u8>, String> {
-    if let Some(bytes) = msg.body_memory.filter(|b| b.len() as u64 == msg.body_len) {
-        return Ok(bytes.to_vec());
-    }
-    let mut content = tokio::fs::read(msg.body_path)
-        .await
-        .map_err(|e| format!("reading the spooled message: {e}"))?;
-    content.truncate(msg.body_len as usize);
-    Ok(content)
 }

@@ -102,8 +102,78 @@ pub async fn run(config: &Config, opts: &DoctorOptions) -> Vec<Check> {
     out.push(dnsbl(config, &resolver, public, opts.timeout).await);
     out.push(port_25(config, &resolver, opts).await);
     out.extend(smarthosts(config, &resolver).await);
+    for d in &config.dkim {
+        out.push(dkim_record(d, &resolver).await);
+    }
     out.push(open_relay(config, opts).await);
     out
+}
+
+/// Whether a `[[dkim]]` key's public half is what DNS publishes.
+async fn dkim_record(d: &crate::config::DkimConfig, resolver: &Resolver) -> Check {
+    let name = format!("DKIM {}", d.record_name());
+    let name = name.as_str();
+    let key = match crate::dkim::key::load(&d.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            return check(
+                name,
+                Status::Fail,
+                format!("key_file {}: {e}", d.key_file.display()),
+                format!(
+                    "portcullis dkim keygen {} {} --out FILE",
+                    d.domain, d.selector
+                ),
+            );
+        }
+    };
+    let publish = format!("publish TXT {} = \"{}\"", d.record_name(), key.record());
+    let records = match resolver.txt(&d.record_name()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return check(
+                name,
+                Status::Warning,
+                format!("lookup failed: {e}"),
+                "check [dns] nameservers",
+            );
+        }
+    };
+    let dkim: Vec<&String> = records.iter().filter(|r| r.contains("p=")).collect();
+    match dkim.as_slice() {
+        [] => check(
+            name,
+            Status::Fail,
+            "no DKIM record is published: receivers cannot verify the signatures, and mail signed with it may count as forged",
+            publish,
+        ),
+        [one] => match crate::dkim::key::published_key(one) {
+            Some(p) if p == key.public => check(
+                name,
+                Status::Ok,
+                format!("published, and it matches the {} key", key.kind),
+                "",
+            ),
+            Some(p) if p.is_empty() => check(
+                name,
+                Status::Fail,
+                "the published record revokes the key (empty p=)",
+                publish,
+            ),
+            _ => check(
+                name,
+                Status::Fail,
+                "the published key is not the key in key_file: every signature will fail to verify",
+                publish,
+            ),
+        },
+        _ => check(
+            name,
+            Status::Fail,
+            "more than one DKIM record is published under this name",
+            publish,
+        ),
+    }
 }
 
 async fn hostname_resolves(resolver: &Resolver, hostname: &str) -> Check {

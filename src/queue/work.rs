@@ -246,6 +246,7 @@ impl QueueManager {
             let job = Job {
                 queue_id: id,
                 destination: &destination,
+                may_sign: env.trusted_origin,
                 message: Outgoing {
                     sender: &env.sender,
                     recipients: &recipients,

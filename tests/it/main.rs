@@ -1,6 +1,7 @@
 //! One integration-test binary (each file under tests/ would link the library again).
 
 mod alerts;
+mod dkim;
 mod support;
 mod webhooks;
 

@@ -107,6 +107,17 @@ impl TestDns {
         );
     }
 
+    /// A TXT record longer than one DNS string (a DKIM key): split into
+    /// strings of 255 octets, as zone files publish it.
+    pub fn txt_long(&self, name: &str, text: &str) {
+        let parts = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(parts)));
+    }
+
     /// A DNS list zone that passes the health check: 127.0.0.2 listed, 127.0.0.1 not.
     pub fn dns_list(&self, zone: &str) {
         self.host(&format!("2.0.0.127.{zone}"), "127.0.0.2");
