@@ -26,6 +26,7 @@ pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod tlsrpt;
 pub mod transcript;
 pub mod users;
 pub mod verified_cache;

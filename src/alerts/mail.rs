@@ -3,7 +3,7 @@
 //! its own) to the rule's `email` address.
 
 use crate::session::Context;
-use crate::spool::{ContentInfo, Envelope, EnvelopeRecipient, Origin, QueueId};
+use crate::spool::QueueId;
 
 /// Queues one notice; the queue ID, or why it could not be written.
 pub async fn queue_notice(
@@ -12,45 +12,16 @@ pub async fn queue_notice(
     subject: &str,
     body: &str,
 ) -> Result<QueueId, String> {
-    let id = QueueId::new();
-    let host = &ctx.hostname;
-    let message = compose(host, to, subject, body, &id);
-    let envelope = Envelope::new(
-        &id,
-        String::new(),
-        vec![EnvelopeRecipient {
-            address: to.to_string(),
-            domain: to
-                .rsplit_once('@')
-                .map(|(_, d)| crate::smtp::address::Domain::normalize(d))
-                .unwrap_or_default(),
-        }],
-        Origin {
-            client_ip: "127.0.0.1".into(),
-            helo: host.clone(),
-            auth_user: None,
-            trusted: true,
-        },
-        ContentInfo {
-            smtputf8: false,
-            eight_bit: !message.is_ascii(),
-            size: message.len() as u64,
-        },
-    );
-    let spool = ctx.spool.clone();
-    let qid = id.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut w = spool.begin(&qid);
-        w.write(message.as_bytes());
-        w.commit(&envelope)
-    })
+    let message = compose(&ctx.hostname, to, subject, body, &QueueId::new());
+    crate::queue::local_mail::submit(
+        &ctx.spool,
+        ctx.queue.as_ref(),
+        &ctx.hostname,
+        "",
+        to,
+        message.into_bytes(),
+    )
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    if let Some(q) = &ctx.queue {
-        q.notify(id.clone());
-    }
-    Ok(id)
 }
 
 /// Control characters (a reply text from a remote server may carry some)

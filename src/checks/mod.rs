@@ -80,6 +80,11 @@ impl Checks {
         fresh
     }
 
+    /// The server's resolver, when DNS is set up.
+    pub fn resolver(&self) -> Option<&Resolver> {
+        self.resolver.as_ref()
+    }
+
     fn dns_timeout(&self) -> Duration {
         self.config.checks.dns_timeout.get()
     }

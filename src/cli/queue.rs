@@ -286,6 +286,9 @@ fn show(m: &MessageDetail, json: bool, config: &crate::config::Config) -> anyhow
             r.next_attempt.map(when).unwrap_or_else(|| "-".into()),
             r.last_error.as_deref().unwrap_or("-")
         );
+        if let Some(policy) = r.last_result.as_ref().and_then(|l| l.tls_policy.as_ref()) {
+            outln!("  {:<40} TLS policy: {policy}", "");
+        }
     }
     outln!("headers:\n{}", m.headers);
     Ok(0)

@@ -39,6 +39,54 @@ pub struct DeliveryConfig {
     pub reply_timeout: ConfigDuration,
     /// Time allowed for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 minutes).
     pub data_timeout: ConfigDuration,
+    /// Honour the MTA-STS policies (RFC 8461) of the domains we deliver to by MX.
+    pub mta_sts: Switch,
+    /// Honour DANE TLSA records (RFC 7672) of MX hosts, as told by a
+    /// validating resolver (`[dns] validating`).
+    pub dane: Switch,
+    /// Send daily TLS reports (RFC 8460) to the domains that ask for them.
+    pub tls_rpt: bool,
+    /// How long one TLS report covers (RFC 8460 advises a UTC day).
+    pub tls_rpt_period: ConfigDuration,
+    /// Extra trust anchors (PEM) for verified outbound TLS: MTA-STS policy
+    /// servers and MX hosts under an enforced policy.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// A feature that is on or off (`"on"` / `"off"`; true and false work too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    #[default]
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bool(bool),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Bool(b) => Ok(if b { Switch::On } else { Switch::Off }),
+            Either::Text(t) => match t.as_str() {
+                "on" => Ok(Switch::On),
+                "off" => Ok(Switch::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected \"on\" or \"off\", found {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -67,6 +115,11 @@ impl Default for DeliveryConfig {
             connect_timeout: ConfigDuration::secs(30),
             reply_timeout: ConfigDuration::secs(300),
             data_timeout: ConfigDuration::secs(600),
+            mta_sts: Switch::Off,
+            dane: Switch::Off,
+            tls_rpt: false,
+            tls_rpt_period: ConfigDuration::secs(86400),
+            tls_ca_file: None,
         }
     }
 }

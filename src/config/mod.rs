@@ -27,6 +27,7 @@ pub use checks::{
 };
 pub use delivery::{
     BounceAttach, DeliveryConfig, DeliveryMode, NextHop, OutboundTls, RouteConfig, SmarthostTls,
+    Switch,
 };
 pub use dkim::{DEFAULT_SIGNED_HEADERS, DkimConfig};
 pub use duration::ConfigDuration;
@@ -125,6 +126,9 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Time allowed for one lookup.
     pub timeout: Option<ConfigDuration>,
+    /// These resolvers validate DNSSEC: their AD bit is trusted (DANE).
+    #[serde(default)]
+    pub validating: bool,
 }
 
 /// `"IP:PORT"`, `"[IPv6]:PORT"` or a bare address (port 53).

@@ -261,6 +261,9 @@ pub struct ConnectOptions {
     pub data_timeout: Duration,
     /// Where the conversation is written, when transcripts are kept.
     pub transcripts: Option<Arc<crate::transcript::Transcripts>>,
+    /// The outbound TLS policy (MTA-STS, DANE) the certificate is checked
+    /// under; such a connection is never pooled (its verdict is its own).
+    pub policy: Option<Arc<super::tls_policy::PolicyCheck>>,
 }
 
 /// One message to send on an open connection. The content is streamed from
@@ -391,6 +394,9 @@ impl SmtpConnection {
             .unwrap_or_default();
         self.tls = Some(version.replace("TLSv1_", "TLSv1."));
         self.io = Box::new(tls);
+        if let (Some(r), Some(policy)) = (&mut self.recorder, &self.opts.policy) {
+            r.note(&format!("TLS policy: {}", policy.describe()));
+        }
         Ok(())
     }
 

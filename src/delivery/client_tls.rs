@@ -46,6 +46,20 @@ pub fn verified_with(ca_file: Option<&Path>, key: &str) -> Result<Arc<ClientConf
     Ok(Arc::new(config))
 }
 
+/// A certificate verifier over the web PKI plus `ca_file`.
+pub fn webpki_verifier(
+    ca_file: Option<&Path>,
+    key: &str,
+) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
+    let roots = roots(ca_file, key)?;
+    rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .build()
+    .map_err(|e| format!("{key}: {e}"))
+}
+
 /// The web PKI roots plus the certificates in `ca_file` (named `key` in errors).
 fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();

@@ -109,6 +109,7 @@ fn result(host: &str, enhanced: &str, text: String) -> AttemptResult {
         enhanced: Some(enhanced.to_string()),
         remote: Some(host.to_string()),
         remote_ip: None,
+        tls_policy: None,
         text,
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod client;
 pub(crate) mod client_tls;
+pub mod dane;
 mod down;
 mod downgrade;
 pub mod graph;
+pub mod mta_sts;
 pub mod pacing;
 mod pool;
 mod profile;
@@ -13,6 +15,7 @@ pub mod provider;
 pub mod result;
 pub mod rewrite;
 pub mod route;
+pub mod tls_policy;
 
 pub use result::{AttemptResult, Stage};
 
@@ -22,6 +25,7 @@ use client::{
     ClientError, ConnectOptions, Credentials, Outgoing, ServerReply, SmtpConnection, TlsMode,
 };
 use pool::Pool;
+use result::{TlsPolicyKind, TlsPolicyOutcome};
 use route::{Destination, RouteError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +68,12 @@ impl Outcome {
             Outcome::Delivered(r) | Outcome::Failed(r) | Outcome::Deferred { result: r, .. } => r,
         }
     }
+
+    pub fn result_mut(&mut self) -> &mut AttemptResult {
+        match self {
+            Outcome::Delivered(r) | Outcome::Failed(r) | Outcome::Deferred { result: r, .. } => r,
+        }
+    }
 }
 
 /// One message's recipients for one destination.
@@ -95,6 +105,8 @@ pub struct Deliverer {
     events: Option<crate::events::Events>,
     /// When tokens were last checked for renewal (Unix seconds).
     last_token_check: std::sync::atomic::AtomicI64,
+    /// TLS report counts (`[delivery] tls_rpt`), when the server keeps them.
+    tls_reports: Option<Arc<crate::tlsrpt::Collector>>,
     /// The profiles' quota ledgers (saved across restarts by the server).
     ledger: Arc<dyn crate::checks::counters::Counters>,
     /// Makes a quota's check-and-record one step.
@@ -109,6 +121,10 @@ struct Settings {
     profiles: std::collections::HashMap<String, profile::Ready>,
     /// The `[[dkim]]` keys.
     dkim: Arc<crate::dkim::Signers>,
+    /// MTA-STS policies (`[delivery] mta_sts = "on"`).
+    sts: Option<Arc<mta_sts::StsPolicies>>,
+    /// The web PKI (plus `tls_ca_file`) for MX hosts under an MTA-STS policy.
+    webpki: Result<Arc<rustls::client::WebPkiServerVerifier>, String>,
 }
 
 impl Settings {
@@ -127,11 +143,22 @@ impl Settings {
         for p in problems {
             tracing::error!("{p}; mail of that domain goes unsigned");
         }
+        let d = &config.delivery;
+        let sts = d.mta_sts.is_on().then(|| {
+            Arc::new(mta_sts::StsPolicies::new(
+                resolver.clone(),
+                d.tls_ca_file.as_deref(),
+                Some(config.server.data_dir.join("mta-sts.json")),
+            ))
+        });
+        let webpki = client_tls::webpki_verifier(d.tls_ca_file.as_deref(), "delivery.tls_ca_file");
         Settings {
             config,
             helo,
             profiles,
             dkim: Arc::new(dkim),
+            sts,
+            webpki,
         }
     }
 }
@@ -150,6 +177,7 @@ impl Deliverer {
             events: None,
             last_token_check: std::sync::atomic::AtomicI64::new(0),
             ledger: Arc::new(crate::checks::counters::MemoryCounters::new()),
+            tls_reports: None,
             ledger_lock: std::sync::Mutex::new(()),
         }
     }
@@ -157,6 +185,12 @@ impl Deliverer {
     /// Keeps the profiles' quota counts in `ledger` (one that survives restarts).
     pub fn with_ledger(mut self, ledger: Arc<dyn crate::checks::counters::Counters>) -> Deliverer {
         self.ledger = ledger;
+        self
+    }
+
+    /// Where sessions under a TLS policy are counted for TLS reports.
+    pub fn with_tls_reports(mut self, reports: Arc<crate::tlsrpt::Collector>) -> Deliverer {
+        self.tls_reports = Some(reports);
         self
     }
 
@@ -429,6 +463,7 @@ impl Deliverer {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            policy: None,
         }
     }
 
@@ -467,9 +502,148 @@ impl Deliverer {
                     },
                     None => job.message,
                 };
-                self.deliver_to_hosts(job, &hosts, &msg, |hop| Ok(self.options(hop)))
+                let Destination::Mx(domain) = job.destination else {
+                    return self
+                        .deliver_to_hosts(job, &hosts, &msg, |hop| Ok(self.options(hop)))
+                        .await;
+                };
+                let plan = self.tls_plan(domain, &hosts, &settings).await;
+                if plan.is_empty() {
+                    return self
+                        .deliver_to_hosts(job, &hosts, &msg, |hop| Ok(self.options(hop)))
+                        .await;
+                }
+                self.deliver_under_policy(job, &hosts, &msg, &plan, &settings)
                     .await
             }
+        }
+    }
+
+    /// The TLS policy facts of `domain`: its MTA-STS policy and its MX
+    /// hosts' validated TLSA records, as far as the config asks for them.
+    async fn tls_plan(
+        &self,
+        domain: &str,
+        hosts: &[NextHop],
+        settings: &Settings,
+    ) -> tls_policy::DomainPlan {
+        let mut plan = tls_policy::DomainPlan::none(domain);
+        let config = &settings.config;
+        let now = crate::queue::unix_now();
+        if let Some(sts) = &settings.sts {
+            let found = sts.lookup(domain, now).await;
+            plan.sts = found.policy;
+            plan.sts_problem = found.problem;
+        }
+        if config.delivery.dane.is_on() && config.dns.validating {
+            let servers = dane::nameservers(&config.dns.nameservers);
+            let wait = config
+                .dns
+                .timeout
+                .map_or(std::time::Duration::from_secs(5), |t| t.get());
+            for hop in hosts {
+                let answer = dane::lookup(&servers, &hop.host, hop.port, wait).await;
+                if answer != dane::Tlsa::Absent {
+                    plan.tlsa.insert(hop.host.clone(), answer);
+                }
+            }
+        }
+        if let (Some((kind, why)), Some(reports)) = (&plan.sts_problem, &self.tls_reports)
+            && config.delivery.tls_rpt
+        {
+            let key = plan.report_key(TlsPolicyKind::StsEnforce, "");
+            reports.record(&key, Some((kind, why)), None, None);
+        }
+        plan
+    }
+
+    /// Delivery to `hosts` under `plan`: hosts the policy rules out are
+    /// skipped, each connection's certificate is checked by the policy, and
+    /// every attempt's outcome goes into its result and the TLS reports.
+    async fn deliver_under_policy(
+        &self,
+        job: &Job<'_>,
+        hosts: &[NextHop],
+        msg: &Outgoing<'_>,
+        plan: &tls_policy::DomainPlan,
+        settings: &Settings,
+    ) -> Vec<Outcome> {
+        let count = msg.recipients.len();
+        let webpki = match &settings.webpki {
+            Ok(v) => Arc::clone(v),
+            Err(e) => {
+                let result = AttemptResult::local(Stage::StartTls, "4.7.5", e.clone());
+                return vec![
+                    Outcome::Deferred {
+                        result,
+                        counts: true,
+                        known_down: false,
+                        retry_at: None,
+                    };
+                    count
+                ];
+            }
+        };
+        let mut usable = Vec::new();
+        let mut skipped = Vec::new();
+        for hop in hosts {
+            match plan.for_host(&hop.host, &webpki) {
+                tls_policy::HostPlan::Skip(outcome, key) => {
+                    self.report_tls(&key, &outcome, Some(&hop.host), None);
+                    skipped.push(outcome);
+                }
+                _ => usable.push(hop.clone()),
+            }
+        }
+        if usable.is_empty() {
+            // Every MX host is ruled out: wait (RFC 8461 5: never send in
+            // the clear or to an unlisted host; the queue retries).
+            let outcome = skipped.into_iter().next();
+            let text = outcome
+                .as_ref()
+                .map_or_else(|| "no MX host may be used".to_string(), |o| o.to_string());
+            let mut result = AttemptResult::local(Stage::StartTls, "4.7.5", text);
+            result.tls_policy = outcome.map(Box::new);
+            return vec![
+                Outcome::Deferred {
+                    result,
+                    counts: true,
+                    known_down: false,
+                    retry_at: None,
+                };
+                count
+            ];
+        }
+        self.deliver_to_hosts(job, &usable, msg, |hop| {
+            let base = self.options(hop);
+            Ok(match plan.for_host(&hop.host, &webpki) {
+                tls_policy::HostPlan::Checked(check, tls) => ConnectOptions {
+                    tls,
+                    policy: Some(check),
+                    ..base
+                },
+                _ => base,
+            })
+        })
+        .await
+    }
+
+    /// Counts one session under a TLS policy, when reports are kept.
+    fn report_tls(
+        &self,
+        key: &crate::tlsrpt::PolicyKey,
+        outcome: &TlsPolicyOutcome,
+        mx: Option<&str>,
+        ip: Option<std::net::IpAddr>,
+    ) {
+        if let Some(reports) = &self.tls_reports
+            && self.settings().config.delivery.tls_rpt
+        {
+            let failure = outcome
+                .failure
+                .as_deref()
+                .map(|kind| (kind, outcome.detail.as_str()));
+            reports.record(key, failure, mx, ip);
         }
     }
 
@@ -562,11 +736,26 @@ impl Deliverer {
                     continue;
                 }
                 learnt = true;
-                let e = match self.try_address(job, msg, &hop.host, addr, &opts).await {
-                    Ok(outcomes) => return outcomes,
+                let attempt = self.try_address(job, msg, &hop.host, addr, &opts).await;
+                // Under a TLS policy, the attempt's verdict goes with its result.
+                let policy = opts.policy.as_ref().map(|check| {
+                    let outcome = check.outcome(attempt.as_ref().err());
+                    self.report_tls(&check.report_key, &outcome, Some(&hop.host), Some(ip));
+                    outcome
+                });
+                let e = match attempt {
+                    Ok(mut outcomes) => {
+                        if let Some(p) = &policy {
+                            for o in &mut outcomes {
+                                o.result_mut().tls_policy = Some(Box::new(p.clone()));
+                            }
+                        }
+                        return outcomes;
+                    }
                     Err(e) => e,
                 };
-                let result = AttemptResult::client_error(&e, &hop.host).with_ip(ip);
+                let mut result = AttemptResult::client_error(&e, &hop.host).with_ip(ip);
+                result.tls_policy = policy.map(Box::new);
                 if let ClientError::Connect { unreachable, .. } = &e {
                     counts |= !unreachable;
                     self.down.mark(addr, result.clone());
@@ -608,7 +797,12 @@ impl Deliverer {
         );
         let started = std::time::Instant::now();
         let mut conn = None;
-        if let Some(mut pooled) = self.pool.take(&key) {
+        let pooled = if opts.policy.is_some() {
+            None
+        } else {
+            self.pool.take(&key)
+        };
+        if let Some(mut pooled) = pooled {
             match pooled.send(msg).await {
                 // The next hop's idea of the session differs from ours (a
                 // transaction it still holds, say): never a verdict on this
@@ -659,7 +853,9 @@ impl Deliverer {
             // The queue logs each recipient's outcome; this is the attempt's detail.
             debug!(queue_id = %job.queue_id, to = %rcpt, host = %host, ip = %addr.ip(), tls = %tls, reply = %reply, delay_ms = started.elapsed().as_millis() as u64, "{result}");
         }
-        self.pool_for_reuse(key, conn).await;
+        if opts.policy.is_none() {
+            self.pool_for_reuse(key, conn).await;
+        }
         Ok(outcomes)
     }
 

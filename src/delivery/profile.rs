@@ -285,6 +285,7 @@ impl Deliverer {
                         enhanced: Some("2.0.0".into()),
                         remote: host,
                         remote_ip: None,
+                        tls_policy: None,
                         text: format!("accepted by Microsoft Graph sendMail as {user}"),
                     };
                     vec![Outcome::Delivered(result); count]

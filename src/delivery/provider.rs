@@ -205,6 +205,7 @@ mod tests {
             enhanced: Some(enhanced.into()),
             remote: Some("smtp.test".into()),
             remote_ip: None,
+            tls_policy: None,
             text: rest.into(),
         }
     }

@@ -44,6 +44,66 @@ pub struct AttemptResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_ip: Option<IpAddr>,
     pub text: String,
+    /// The outbound TLS policy (MTA-STS, DANE) the attempt was made under,
+    /// and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_policy: Option<Box<TlsPolicyOutcome>>,
+}
+
+/// Which outbound TLS policy governed an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsPolicyKind {
+    /// MTA-STS in enforce mode: a matching MX and a valid certificate, or no delivery.
+    StsEnforce,
+    /// MTA-STS in testing mode: delivered whatever happened, failures reported.
+    StsTesting,
+    /// DANE TLSA records of the MX host.
+    Dane,
+}
+
+impl TlsPolicyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsPolicyKind::StsEnforce => "MTA-STS enforce",
+            TlsPolicyKind::StsTesting => "MTA-STS testing",
+            TlsPolicyKind::Dane => "DANE",
+        }
+    }
+}
+
+/// How an attempt fared under its TLS policy: `failure` is an RFC 8460
+/// result type ("certificate-host-mismatch", "starttls-not-supported", …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPolicyOutcome {
+    pub policy: TlsPolicyKind,
+    /// The domain whose policy it is.
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// What was checked or went wrong, in words.
+    pub detail: String,
+}
+
+impl fmt::Display for TlsPolicyOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.failure {
+            None => write!(
+                f,
+                "{} for {}: passed ({})",
+                self.policy.name(),
+                self.domain,
+                self.detail
+            ),
+            Some(kind) => write!(
+                f,
+                "{} for {}: {kind} ({})",
+                self.policy.name(),
+                self.domain,
+                self.detail
+            ),
+        }
+    }
 }
 
 impl AttemptResult {
@@ -55,6 +115,7 @@ impl AttemptResult {
             enhanced: Some(enhanced.to_string()),
             remote: None,
             remote_ip: None,
+            tls_policy: None,
             text: text.into(),
         }
     }
@@ -69,6 +130,7 @@ impl AttemptResult {
             enhanced,
             remote: Some(remote.to_string()),
             remote_ip: None,
+            tls_policy: None,
             text: rest,
         }
     }
@@ -115,6 +177,7 @@ impl AttemptResult {
             enhanced: Some(enhanced.to_string()),
             remote: Some(remote.to_string()),
             remote_ip: None,
+            tls_policy: None,
             text: e.to_string(),
         }
     }

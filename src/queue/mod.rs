@@ -7,6 +7,7 @@
 
 mod control;
 mod index;
+pub mod local_mail;
 mod schedule;
 mod socket;
 mod work;

@@ -55,6 +55,7 @@ pub struct Server {
     metrics: Arc<crate::metrics::Metrics>,
     history: Arc<crate::events::History>,
     alert_facts: Arc<crate::alerts::FactsCollector>,
+    tls_reports: Arc<crate::tlsrpt::Collector>,
     _lock: std::fs::File,
 }
 
@@ -154,6 +155,7 @@ impl Server {
         notifier
             .configure(&config, &events)
             .map_err(anyhow::Error::msg)?;
+        let tls_reports = Arc::new(crate::tlsrpt::Collector::open(&data_dir));
         let quota_file = data_dir.join("quota.json");
         let ledger = crate::checks::durable_counters::DurableCounters::open(&quota_file)
             .with_context(|| format!("cannot read the quota counts in {}", quota_file.display()))?;
@@ -161,7 +163,8 @@ impl Server {
             Deliverer::new(Arc::clone(&shared), resolver.clone())
                 .with_transcripts(transcripts.clone())
                 .with_events(events.clone())
-                .with_ledger(Arc::new(ledger)),
+                .with_ledger(Arc::new(ledger))
+                .with_tls_reports(Arc::clone(&tls_reports)),
         );
         let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::queue::bind_control(&data_dir).with_context(|| {
@@ -192,6 +195,7 @@ impl Server {
             metrics,
             history,
             alert_facts,
+            tls_reports,
             _lock: lock,
         })
     }
@@ -254,6 +258,12 @@ impl Server {
         let alerts = crate::alerts::AlertWatch::new(Arc::clone(&self.alert_facts));
         let for_alerts = current.clone();
         tracker.spawn(alerts.run(move || for_alerts.get(), shutdown.clone()));
+        let for_reports = current.clone();
+        tracker.spawn(crate::tlsrpt::run(
+            Arc::clone(&self.tls_reports),
+            move || for_reports.get(),
+            shutdown.clone(),
+        ));
         let server_commands = control::ServerCommands {
             reload: ReloadHandle(self.reload_tx.clone()),
             current: current.clone(),
