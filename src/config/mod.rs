@@ -16,6 +16,7 @@ mod validate;
 mod validate_archive;
 mod validate_dkim;
 mod validate_notify;
+mod validate_outbound_tls;
 mod validate_routes;
 mod words;
 

@@ -78,6 +78,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     super::validate_archive::check(c, &mut out);
     super::validate_notify::check(c, &mut out);
     super::validate_dkim::check(c, &mut out);
+    super::validate_outbound_tls::check(c, &mut out);
     check_files(c, &mut out);
     check_checks(c, &mut out);
     check_guard(c, &mut out);

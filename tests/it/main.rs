@@ -3,6 +3,7 @@
 mod alerts;
 mod dkim;
 mod support;
+mod tls_policy;
 mod webhooks;
 
 mod admin;

@@ -11,6 +11,8 @@ use tokio::net::UdpSocket;
 
 #[derive(Default)]
 struct Zone {
+    /// Answers carry the AD bit (as a validating resolver's would).
+    authentic: bool,
     records: HashMap<(String, RecordType), Vec<RData>>,
     silent: HashSet<String>,
     queries: Vec<(String, RecordType)>,
@@ -118,6 +120,27 @@ impl TestDns {
         self.add(name, RecordType::TXT, RData::TXT(TXT::new(parts)));
     }
 
+    /// Answers from now on carry the AD bit, as a validating resolver's
+    /// would for a signed zone (DANE tests).
+    pub fn set_authentic(&self, on: bool) {
+        self.zone.lock().unwrap().authentic = on;
+    }
+
+    /// A TLSA record (usage, selector, matching type, data).
+    pub fn tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) {
+        use hickory_resolver::proto::rr::rdata::TLSA;
+        self.add(
+            name,
+            RecordType::TLSA,
+            RData::TLSA(TLSA::new(
+                usage.into(),
+                selector.into(),
+                matching.into(),
+                data,
+            )),
+        );
+    }
+
     /// A DNS list zone that passes the health check: 127.0.0.2 listed, 127.0.0.1 not.
     pub fn dns_list(&self, zone: &str) {
         self.host(&format!("2.0.0.127.{zone}"), "127.0.0.2");
@@ -176,6 +199,7 @@ fn answer(zone: &Mutex<Zone>, query: &Message) -> Option<Vec<u8>> {
     reply.metadata.authoritative = true;
     reply.metadata.recursion_desired = query.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
+    reply.metadata.authentic_data = z.authentic;
     reply.add_query(q.clone());
     let exists = z.records.keys().any(|(n, _)| *n == name);
     match z.records.get(&(name.clone(), rtype)) {

@@ -8,6 +8,7 @@ pub mod oauth_peer;
 pub mod postfix_mta;
 pub mod server;
 pub mod sink;
+pub mod sts_peer;
 pub mod tls;
 pub mod web;
 pub mod webhook_receiver;
