@@ -104,3 +104,95 @@ async fn a_relay_found_by_the_self_test_fires_open_relay() {
         fired[0]
     );
 }
+
+/// A flood from a trusted address is held: `held` notifications name the
+/// release command, `flood_held` fires, and resolves once the mail is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_flood_fires_flood_held_and_resolves_on_release() {
+    let receiver = Receiver::start("127.0.0.1", "unused").await;
+    let sink = Sink::start("127.0.0.98", 0, Behaviour::accept_all()).await;
+    let server = TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\nevents = [\"held\"]\n[[alert]]\non = \"flood_held\"\nwebhook = \"ops\"\n",
+        sink.addr,
+        receiver.url()
+    ))
+    .await;
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.21", "pc21.office.lan").await;
+    for i in 0..300 {
+        let r = c
+            .send_mail(
+                "clerk@office.example",
+                &[&format!("x@domain{i}.example")],
+                b"Subject: offer\r\n\r\nx\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    c.expect("QUIT", 221).await;
+    let taken = receiver
+        .wait_until(WAIT, |t| !alerts(t, "flood_held", "firing").is_empty())
+        .await;
+    let fired = alerts(&taken, "flood_held", "firing");
+    assert_eq!(fired.len(), 1, "{taken:#?}");
+    assert!(
+        fired[0]["detail"].as_str().unwrap().contains("127.0.0.21"),
+        "{}",
+        fired[0]
+    );
+    let held: Vec<&Value> = taken.iter().filter(|v| v["event"] == "held").collect();
+    assert!(!held.is_empty());
+    assert_eq!(held[0]["source"], "127.0.0.21");
+    assert_eq!(
+        held[0]["release"],
+        "portcullis queue release --source 127.0.0.21"
+    );
+    let config = server.dir.path().join("flood.toml");
+    std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        crate::support::run_with_timeout(
+            std::process::Command::new(crate::support::server::binary())
+                .args(["queue", "release", "--source", "127.0.0.21", "--config"])
+                .arg(&config),
+            WAIT,
+        )
+    });
+    assert!(ok, "{out}{err}");
+    let taken = receiver
+        .wait_until(Duration::from_secs(30), |t| {
+            !alerts(t, "flood_held", "resolved").is_empty()
+        })
+        .await;
+    assert_eq!(
+        alerts(&taken, "flood_held", "resolved").len(),
+        1,
+        "{taken:#?}"
+    );
+}
+
+/// The NAT sentinel withdrawing trust from a router fires `nat_suspected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_losing_its_trust_fires_nat_suspected() {
+    let receiver = Receiver::start("127.0.0.1", "unused").await;
+    let server = TestServer::start(&format!(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\n[[alert]]\non = \"nat_suspected\"\nwebhook = \"ops\"\n",
+        receiver.url()
+    ))
+    .await;
+    for i in 0..60 {
+        let mut c = SmtpClient::connect(server.addr(), "127.0.0.253").await;
+        c.expect(&format!("EHLO mx{i}.sender{i}.com"), 250).await;
+        c.cmd(&format!("MAIL FROM:<news@sender{i}.com>")).await;
+        c.cmd(&format!("RCPT TO:<victim{i}@far{i}.example>")).await;
+        c.expect("QUIT", 221).await;
+    }
+    let taken = receiver
+        .wait_until(WAIT, |t| !alerts(t, "nat_suspected", "firing").is_empty())
+        .await;
+    let fired = alerts(&taken, "nat_suspected", "firing");
+    assert_eq!(fired.len(), 1, "{taken:#?}");
+    assert!(
+        fired[0]["detail"].as_str().unwrap().contains("127.0.0.253"),
+        "{}",
+        fired[0]
+    );
+}
