@@ -331,6 +331,44 @@ async fn dane_pins_the_mx_certificate_when_the_resolver_vouches_for_the_records(
     let mut wrong = spki_sha256(&pinned_ca.key_path);
     wrong[0] ^= 0xff;
     dns.tlsa(&format!("_{port}._tcp.mx.mismatch.test"), 3, 1, 1, wrong);
+    // DANE-TA: the sink presents its chain with the CA, and the record pins that CA.
+    let ta_dir = dir.path().join("ta");
+    std::fs::create_dir_all(&ta_dir).unwrap();
+    let ta_ca = TestCa::generate_for(&ta_dir, &["mx.anchored.test"]);
+    let chain = ta_dir.join("chain.pem");
+    std::fs::write(
+        &chain,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&ta_ca.cert_path).unwrap(),
+            ta_ca.ca_pem
+        ),
+    )
+    .unwrap();
+    let anchored_mx = Sink::start(
+        "127.0.0.128",
+        port,
+        Behaviour {
+            tls: Some(portcullis::tls::server_config(&chain, &ta_ca.key_path).unwrap()),
+            ..Behaviour::accept_all()
+        },
+    )
+    .await;
+    publish(&dns, "anchored.test", "127.0.0.128", None);
+    let ca_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(ta_ca.ca_pem.as_bytes()).unwrap()
+    };
+    {
+        use sha2::Digest;
+        dns.tlsa(
+            &format!("_{port}._tcp.mx.anchored.test"),
+            2,
+            0,
+            1,
+            sha2::Sha256::digest(ca_der.as_ref()).to_vec(),
+        );
+    }
     dns.set_authentic(true);
     let server = TestServer::start(&format!(
         "[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\nvalidating = true\n[[network]]\nrange = \"127.0.0.2/32\"\nauth = \"none\"\n[delivery]\nmx_port = {port}\ndane = \"on\"\nretry_schedule = [\"1h\"]\n",
@@ -340,6 +378,11 @@ async fn dane_pins_the_mx_certificate_when_the_resolver_vouches_for_the_records(
     send(&server, "a@pinned.test").await;
     let got = pinned_mx.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1);
+    assert!(got[0].tls);
+
+    send(&server, "t@anchored.test").await;
+    let got = anchored_mx.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "DANE-TA: the chain ends at the pinned anchor");
     assert!(got[0].tls);
 
     let id = send(&server, "b@mismatch.test").await;
