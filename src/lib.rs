@@ -23,6 +23,7 @@ pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

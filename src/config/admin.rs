@@ -30,6 +30,17 @@ pub struct AdminConfig {
     /// `server.hostname`: any other Host header is refused, so that a web
     /// page elsewhere cannot reach a loopback admin page through DNS rebinding.
     pub hostnames: Vec<String>,
+    /// Whether the Settings page may change the configuration file
+    /// (`"read-only"` for a file managed by configuration management).
+    pub settings: SettingsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SettingsMode {
+    #[default]
+    Edit,
+    ReadOnly,
 }
 
 impl Default for AdminConfig {
@@ -43,6 +54,7 @@ impl Default for AdminConfig {
             session_idle: ConfigDuration::secs(30 * 60),
             session_lifetime: ConfigDuration::secs(12 * 3600),
             hostnames: Vec::new(),
+            settings: SettingsMode::Edit,
         }
     }
 }

@@ -20,7 +20,7 @@ mod validate_outbound_tls;
 mod validate_routes;
 mod words;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, SettingsMode};
 pub use archive::ArchiveConfig;
 pub use checks::{
     AddressPattern, ChecksConfig, DnsListZone, HeloCheck, LimitsConfig, ListsConfig, OnDnsError,
