@@ -525,7 +525,9 @@ impl Subscriber for Metrics {
                     .get_or_create(&labels("profile", profile.clone()))
                     .set(0);
             }
-            Event::MessageFinished { .. } | Event::SelfTestFinished { .. } => {}
+            Event::MessageFinished { .. }
+            | Event::SelfTestFinished { .. }
+            | Event::SettingsChanged { .. } => {}
             Event::MessageHeld { .. } => {
                 self.messages_held.inc();
             }

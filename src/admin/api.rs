@@ -205,11 +205,6 @@ pub async fn audit(State(state): Shared, _login: ApiLogin) -> Response {
     Json(json!({"findings": view::findings(&config)})).into_response()
 }
 
-pub async fn settings(State(state): Shared, _login: ApiLogin) -> Response {
-    let config = state.current.get().config.clone();
-    Json(json!({"settings": view::settings(&config)})).into_response()
-}
-
 /// Runs the open-relay battery against each smtp listener from an untrusted
 /// local address, streaming one JSON line per test as it is judged, then a
 /// summary line.

@@ -9,6 +9,7 @@ mod api;
 mod listener;
 mod pages;
 mod sessions;
+mod settings_api;
 mod view;
 
 pub use sessions::Sessions;
@@ -40,6 +41,12 @@ pub struct AdminState {
     /// One relay-test battery at a time.
     pub relay_test: Arc<tokio::sync::Mutex<()>>,
     pub https: bool,
+    /// The configuration file the Settings page edits (none: the server
+    /// runs on the embedded default) and how to make the server read it.
+    pub config_path: Option<std::path::PathBuf>,
+    pub reload: Option<crate::server::ReloadHandle>,
+    /// One settings change at a time.
+    pub settings_lock: tokio::sync::Mutex<()>,
 }
 
 /// The bound admin socket, served once the server runs.
@@ -134,7 +141,15 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/bans", get(api::bans))
         .route("/api/bans/{ip}/lift", post(api::lift_ban))
         .route("/bans/lift", post(pages::lift_ban))
-        .route("/api/settings", get(api::settings))
+        .route(
+            "/api/settings",
+            get(settings_api::get_settings).post(settings_api::save),
+        )
+        .route("/api/settings/check", post(settings_api::check))
+        .route("/api/settings/preview", post(settings_api::preview))
+        .route("/api/settings/edit", post(settings_api::edit))
+        .route("/api/settings/history", get(settings_api::history))
+        .route("/api/settings/restore", post(settings_api::restore))
         .route("/api/diagnostics/relay-test", post(api::relay_test))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

@@ -256,6 +256,19 @@ pub fn describe(e: &Event) -> String {
             count,
             reason,
         } => format!("webhook {webhook}: {count} notification(s) dropped: {reason}"),
+        Event::SettingsChanged {
+            user,
+            before,
+            after,
+            change,
+            restored,
+            ..
+        } => match restored {
+            Some(v) => format!(
+                "settings change {change} by {user}: version {v} restored ({before} → {after})"
+            ),
+            None => format!("settings change {change} by {user}: {before} → {after}"),
+        },
     }
 }
 

@@ -259,6 +259,16 @@ impl Subscriber for LogWriter {
                 count,
                 reason,
             } => warn!(webhook = %webhook, count, "webhook notifications dropped: {reason}"),
+            Event::SettingsChanged {
+                user,
+                client,
+                before,
+                after,
+                change,
+                restored,
+            } => {
+                warn!(user = %user, client = %client, before = %before, after = %after, change, restored = restored.as_deref(), "configuration changed from the admin page and reloaded")
+            }
             Event::QueueCommand {
                 command,
                 messages,

@@ -334,6 +334,19 @@ pub enum Event {
         /// Since when the condition holds (Unix seconds).
         since: i64,
     },
+    /// An admin changed the configuration file from the admin page (and the
+    /// server reloaded it).
+    SettingsChanged {
+        user: String,
+        client: IpAddr,
+        /// Versions of the file before and after.
+        before: String,
+        after: String,
+        /// The number of the change in the change log.
+        change: u64,
+        /// When it put back an earlier version: which.
+        restored: Option<String>,
+    },
     /// Notifications a webhook's outbox gave up: the receiver was away
     /// longer than `retry_for`, or the outbox reached `outbox_max_bytes`.
     NotificationsDropped {
@@ -386,6 +399,7 @@ impl Event {
             Event::SelfTestFinished { .. } => "self_test_finished",
             Event::Alert { .. } => "alert",
             Event::NotificationsDropped { .. } => "notifications_dropped",
+            Event::SettingsChanged { .. } => "settings_changed",
         }
     }
 
@@ -405,7 +419,8 @@ impl Event {
             | Event::RcptRefused { client, .. }
             | Event::DataRefused { client, .. }
             | Event::MessageAccepted { client, .. }
-            | Event::MessageRefused { client, .. } => Some(*client),
+            | Event::MessageRefused { client, .. }
+            | Event::SettingsChanged { client, .. } => Some(*client),
             _ => None,
         }
     }

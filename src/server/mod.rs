@@ -286,6 +286,9 @@ impl Server {
                 listeners: Arc::clone(&bound),
                 relay_test: Arc::default(),
                 https: admin.https(),
+                config_path: self.config_path.clone(),
+                reload: Some(ReloadHandle(self.reload_tx.clone())),
+                settings_lock: tokio::sync::Mutex::new(()),
             });
             tracker.spawn(admin.serve(state, shutdown.clone()));
         }

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod dkim;
+mod settings;
 mod support;
 mod tls_policy;
 mod webhooks;

@@ -228,6 +228,15 @@ impl ProcessServer {
         self.child.id()
     }
 
+    /// Sends SIGHUP (a reload) with `kill`, as an admin would.
+    pub fn reload_by_signal(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP");
+    }
+
     /// A `VmHWM`/`VmRSS`-style line of /proc/PID/status, in KiB.
     pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
