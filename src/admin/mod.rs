@@ -148,6 +148,8 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/settings/check", post(settings_api::check))
         .route("/api/settings/preview", post(settings_api::preview))
         .route("/api/settings/edit", post(settings_api::edit))
+        .route("/api/settings/apply", post(settings_api::apply))
+        .route("/static/settings.js", get(pages::settings_script))
         .route("/api/settings/history", get(settings_api::history))
         .route("/api/settings/restore", post(settings_api::restore))
         .route("/api/diagnostics/relay-test", post(api::relay_test))

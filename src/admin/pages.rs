@@ -554,14 +554,66 @@ pub async fn lift_ban(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
 struct SettingsPage {
     frame: Frame,
     rows: Vec<SettingRow>,
+    /// Whether the page may change the file, and why not.
+    editable: bool,
+    reason: String,
+    /// The relay rules as the form shows them.
+    networks: Vec<NetworkRow>,
+}
+
+/// One `[[network]]` in the relay-rules form.
+struct NetworkRow {
+    range: String,
+    auth: &'static str,
+    exclude: String,
 }
 
 pub async fn settings(State(state): Shared, PageLogin(login): PageLogin) -> Response {
-    let config = state.current.get().config.clone();
+    let ctx = state.current.get();
+    let config = ctx.config.clone();
+    let reason = if state.config_path.is_none() {
+        "The server runs on its embedded default configuration: start it with --config FILE to edit settings here.".to_string()
+    } else if config.admin.settings == crate::config::SettingsMode::ReadOnly {
+        "This file is marked [admin] settings = \"read-only\": it is managed elsewhere.".to_string()
+    } else {
+        String::new()
+    };
+    let networks = config
+        .network
+        .iter()
+        .map(|n| NetworkRow {
+            range: n.range.to_string(),
+            auth: match n.auth {
+                crate::config::NetworkAuth::None => "none",
+                crate::config::NetworkAuth::Required => "required",
+                crate::config::NetworkAuth::Deny => "deny",
+            },
+            exclude: n
+                .exclude
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
     render(&SettingsPage {
         frame: frame(&login, "settings"),
         rows: view::settings(&config),
+        editable: reason.is_empty(),
+        reason,
+        networks,
     })
+}
+
+pub async fn settings_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        include_str!("static/settings.js"),
+    )
+        .into_response()
 }
 
 // --------------------------------------------------------------- assets

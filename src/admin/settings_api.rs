@@ -160,6 +160,34 @@ pub async fn save(
 }
 
 #[derive(Debug, Deserialize)]
+pub struct ApplyRequest {
+    /// The text to edit (the page's editor), else the file as it is.
+    #[serde(default)]
+    toml: Option<String>,
+    edits: Vec<edit::Edit>,
+}
+
+/// Structured edits applied to a text without saving: the page's form
+/// editors turn into the file text shown, checked and previewed.
+pub async fn apply(
+    State(state): Shared,
+    _login: ApiLogin,
+    Json(req): Json<ApplyRequest>,
+) -> Response {
+    let text = match req.toml {
+        Some(t) => t,
+        None => match &state.config_path {
+            Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            None => crate::config::EMBEDDED_DEFAULT.to_string(),
+        },
+    };
+    match edit::apply(&text, &req.edits) {
+        Ok(toml) => Json(json!({"toml": toml})).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
 pub struct EditRequest {
     version: String,
     edits: Vec<edit::Edit>,

@@ -60,13 +60,19 @@ fn to_value(v: &serde_json::Value) -> Result<Value, String> {
     })
 }
 
+/// Keys that name an entry of a `[[…]]` list and come first in it.
+const FIRST_KEYS: &[&str] = &["name", "range", "domain", "on", "url", "user"];
+
 fn to_table(v: &serde_json::Value) -> Result<Table, String> {
     let serde_json::Value::Object(map) = v else {
         return Err("a table must be a JSON object".into());
     };
+    // The naming key first ("range", "name"…), as people write them.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by_key(|k| !FIRST_KEYS.contains(&k.as_str()));
     let mut t = Table::new();
-    for (k, v) in map {
-        t.insert(k, Item::Value(to_value(v)?));
+    for k in keys {
+        t.insert(k, Item::Value(to_value(&map[k])?));
     }
     Ok(t)
 }

@@ -52,3 +52,56 @@ async fn the_admin_page_works_in_headless_chromium() {
     assert!(server.queued().contains(&id), "the message is still queued");
     server.stop().await;
 }
+
+/// The Settings page in Chromium: a LAN range added with "no authentication"
+/// (and, where this machine has a default route, the router named by the
+/// audit and excluded), previewed, saved; then mail from the new range
+/// relays through the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_page_adds_a_lan_range_in_headless_chromium() {
+    let rig = tokio::task::block_in_place(|| crate::settings::start(""));
+    let router = portcullis::diagnostics::audit::Machine::read()
+        .gateways
+        .into_iter()
+        .find(|g| g.is_ipv4())
+        .map(|g| g.to_string())
+        .unwrap_or_default();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = format!("{root}/target/screenshots");
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            Command::new(system_python()).args([
+                &format!("{root}/tests/browser/settings_page.py"),
+                "--url",
+                &format!("http://{}", rig.admin),
+                "--user",
+                "alice",
+                "--password",
+                "wonderland",
+                "--lan",
+                "127.0.0.64/27",
+                "--lan-client",
+                "127.0.0.70",
+                "--router",
+                &router,
+                "--out",
+                &out,
+            ]),
+            Duration::from_secs(300),
+        )
+    });
+    assert!(ok, "browser test failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("settings saved from the page"), "{stdout}");
+    let file = std::fs::read_to_string(&rig.path).unwrap();
+    assert!(file.contains("range = \"127.0.0.64/27\""), "{file}");
+    assert!(file.contains("# Printers and PCs relay without a password."));
+    let mut c = crate::support::client::SmtpClient::greeted(
+        rig.server.addr,
+        "127.0.0.70",
+        "pc70.office.test",
+    )
+    .await;
+    c.expect("MAIL FROM:<scanner@office.test>", 250).await;
+    c.expect("RCPT TO:<someone@far.example>", 250).await;
+    c.expect("QUIT", 221).await;
+}

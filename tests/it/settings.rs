@@ -14,17 +14,18 @@ use crate::support::{free_port, write_users};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
-struct Rig {
+pub struct Rig {
     _dir: tempfile::TempDir,
-    path: PathBuf,
-    server: ProcessServer,
-    web: Web,
+    pub path: PathBuf,
+    pub server: ProcessServer,
+    pub web: Web,
     csrf: String,
+    pub admin: std::net::SocketAddr,
 }
 
 const COMMENTED: &str = "# Portcullis for the office — edited by hand and from the page.\n\n[admin]\n# the page, loopback only\naddress = \"127.0.0.1:ADMINPORT\"\nusers = [\"alice\"]   # who may log in\n\n# Printers and PCs relay without a password.\n[[network]]\nrange = \"127.0.0.2/32\"\nauth = \"none\"\n\n[delivery]\n# retry slowly: the next hop is far away\nretry_schedule = [\"1h\"]\n";
 
-fn start(extra: &str) -> Rig {
+pub fn start(extra: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::generate(dir.path());
     let users = dir.path().join("users");
@@ -47,7 +48,8 @@ fn start(extra: &str) -> Rig {
     let path = dir.path().join("portcullis.toml");
     std::fs::write(&path, &file).unwrap();
     let server = ProcessServer::spawn(&path);
-    let mut web = Web::new(format!("127.0.0.1:{admin_port}").parse().unwrap());
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut web = Web::new(admin);
     let login = web.login("alice", "wonderland");
     assert!(login.status < 400, "{}", login.body);
     let csrf = web.csrf();
@@ -57,6 +59,7 @@ fn start(extra: &str) -> Rig {
         server,
         web,
         csrf,
+        admin,
     }
 }
 
