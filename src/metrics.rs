@@ -527,7 +527,8 @@ impl Subscriber for Metrics {
             }
             Event::MessageFinished { .. }
             | Event::SelfTestFinished { .. }
-            | Event::SettingsChanged { .. } => {}
+            | Event::SettingsChanged { .. }
+            | Event::UsersChanged { .. } => {}
             Event::MessageHeld { .. } => {
                 self.messages_held.inc();
             }

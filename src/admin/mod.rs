@@ -10,6 +10,7 @@ mod listener;
 mod pages;
 mod sessions;
 mod settings_api;
+mod users_api;
 mod view;
 
 pub use sessions::Sessions;
@@ -152,6 +153,8 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/static/settings.js", get(pages::settings_script))
         .route("/api/settings/history", get(settings_api::history))
         .route("/api/settings/restore", post(settings_api::restore))
+        .route("/api/users", get(users_api::list).post(users_api::set))
+        .route("/api/users/{name}/delete", post(users_api::remove))
         .route("/api/diagnostics/relay-test", post(api::relay_test))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

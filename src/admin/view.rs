@@ -269,6 +269,9 @@ pub fn describe(e: &Event) -> String {
             ),
             None => format!("settings change {change} by {user}: {before} → {after}"),
         },
+        Event::UsersChanged {
+            by, user, action, ..
+        } => format!("user {user} {} by {by}", action.replace('_', " ")),
     }
 }
 

@@ -269,6 +269,14 @@ impl Subscriber for LogWriter {
             } => {
                 warn!(user = %user, client = %client, before = %before, after = %after, change, restored = restored.as_deref(), "configuration changed from the admin page and reloaded")
             }
+            Event::UsersChanged {
+                by,
+                client,
+                user,
+                action,
+            } => {
+                warn!(by = %by, client = %client, user = %user, action, "users file changed from the admin page")
+            }
             Event::QueueCommand {
                 command,
                 messages,

@@ -347,6 +347,14 @@ pub enum Event {
         /// When it put back an earlier version: which.
         restored: Option<String>,
     },
+    /// An admin added, removed or set the password of a user from the page.
+    UsersChanged {
+        by: String,
+        client: IpAddr,
+        user: String,
+        /// "added", "password_set" or "removed".
+        action: &'static str,
+    },
     /// Notifications a webhook's outbox gave up: the receiver was away
     /// longer than `retry_for`, or the outbox reached `outbox_max_bytes`.
     NotificationsDropped {
@@ -400,6 +408,7 @@ impl Event {
             Event::Alert { .. } => "alert",
             Event::NotificationsDropped { .. } => "notifications_dropped",
             Event::SettingsChanged { .. } => "settings_changed",
+            Event::UsersChanged { .. } => "users_changed",
         }
     }
 
@@ -420,7 +429,8 @@ impl Event {
             | Event::DataRefused { client, .. }
             | Event::MessageAccepted { client, .. }
             | Event::MessageRefused { client, .. }
-            | Event::SettingsChanged { client, .. } => Some(*client),
+            | Event::SettingsChanged { client, .. }
+            | Event::UsersChanged { client, .. } => Some(*client),
             _ => None,
         }
     }

@@ -113,8 +113,15 @@ def main():
         status = d.find_element(By.ID, "status").text
         check("Saved and reloaded" in status, f"not saved: {status}")
         wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "#history-list details")) >= 1)
-        d.save_screenshot(os.path.join(a.out, "settings.png"))
         print("settings saved from the page")
+        # A login for a new device, set from the page.
+        d.find_element(By.ID, "new-user").send_keys("printer2")
+        d.find_element(By.ID, "new-user-password").send_keys("printer2 password")
+        d.find_element(By.ID, "add-user").click()
+        wait.until(lambda _: "printer2 added" in d.find_element(By.ID, "users-status").text)
+        wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, '#users tr[data-user="printer2"]'))
+        d.save_screenshot(os.path.join(a.out, "settings.png"))
+        print("user added from the page")
     finally:
         d.quit()
 

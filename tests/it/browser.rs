@@ -92,6 +92,7 @@ async fn the_settings_page_adds_a_lan_range_in_headless_chromium() {
     });
     assert!(ok, "browser test failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("settings saved from the page"), "{stdout}");
+    assert!(stdout.contains("user added from the page"), "{stdout}");
     let file = std::fs::read_to_string(&rig.path).unwrap();
     assert!(file.contains("range = \"127.0.0.64/27\""), "{file}");
     assert!(file.contains("# Printers and PCs relay without a password."));
@@ -104,4 +105,13 @@ async fn the_settings_page_adds_a_lan_range_in_headless_chromium() {
     c.expect("MAIL FROM:<scanner@office.test>", 250).await;
     c.expect("RCPT TO:<someone@far.example>", 250).await;
     c.expect("QUIT", 221).await;
+    // The login set from the page works for SMTP AUTH.
+    let mut c = crate::support::client::SmtpClient::greeted(
+        rig.server.addr,
+        "127.0.0.9",
+        "printer2.office.test",
+    )
+    .await;
+    let r = c.auth_plain("printer2", "printer2 password").await;
+    assert_eq!(r.code, 235, "{r:?}");
 }

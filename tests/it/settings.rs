@@ -338,3 +338,57 @@ async fn a_read_only_file_is_shown_not_changed_and_preview_explains_before_and_a
     assert_eq!(rig.file(), text);
     let _ = Path::new("");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_added_reset_and_removed_with_the_password_again() {
+    let mut rig = tokio::task::block_in_place(|| start(""));
+    let add =
+        json!({"name": "scanner", "new_password": "a long password 1", "password": "wonderland"});
+    let mut without = add.clone();
+    without["password"] = Value::Null;
+    let (status, _) = tokio::task::block_in_place(|| rig.post("/api/users", without));
+    assert_eq!(status, 403, "the admin's password again");
+    let (status, body) = tokio::task::block_in_place(|| rig.post("/api/users", add));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["action"], "added");
+    let listed = tokio::task::block_in_place(|| rig.web.get("/api/users").json());
+    let names: Vec<&str> = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "scanner"]);
+    assert!(
+        !listed.to_string().contains("$argon2"),
+        "no hash leaves the server"
+    );
+    // The new login works for SMTP AUTH at once.
+    let submission = rig.server.addr;
+    let mut c = SmtpClient::greeted(submission, "127.0.0.9", "scanner.office.test").await;
+    let r = c.auth_plain("scanner", "a long password 1").await;
+    assert_eq!(r.code, 235, "{r:?}");
+    c.expect("QUIT", 221).await;
+    // A short password is refused; removing oneself too.
+    let (status, _) = tokio::task::block_in_place(|| {
+        rig.post(
+            "/api/users",
+            json!({"name": "scanner", "new_password": "short", "password": "wonderland"}),
+        )
+    });
+    assert_eq!(status, 400);
+    let (status, _) = tokio::task::block_in_place(|| {
+        rig.post("/api/users/alice/delete", json!({"password": "wonderland"}))
+    });
+    assert_eq!(status, 422);
+    let (status, _) = tokio::task::block_in_place(|| {
+        rig.post(
+            "/api/users/scanner/delete",
+            json!({"password": "wonderland"}),
+        )
+    });
+    assert_eq!(status, 200);
+    let mut c = SmtpClient::greeted(submission, "127.0.0.9", "scanner.office.test").await;
+    let r = c.auth_plain("scanner", "a long password 1").await;
+    assert_eq!(r.code, 535, "removed: refused at once: {r:?}");
+}

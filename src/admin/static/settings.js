@@ -160,6 +160,40 @@
     }
   }
 
+  async function users() {
+    const body = document.querySelector("#users tbody");
+    if (!body) return;
+    const { json } = await call("GET", "/api/users");
+    body.textContent = "";
+    for (const u of json.users || []) {
+      const tr = body.insertRow();
+      tr.dataset.user = u.name;
+      tr.insertCell().textContent = u.name;
+      tr.insertCell().textContent = u.admin ? "yes" : "no";
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Remove";
+      b.addEventListener("click", async () => {
+        if (!window.confirm(`Remove ${u.name}? Its logins stop at once.`)) return;
+        const { status: code, json: r } = await call("POST", `/api/users/${encodeURIComponent(u.name)}/delete`, { password: $("confirm-password").value || undefined });
+        $("users-status").textContent = code === 200 ? `${u.name} removed.` : (r.error || `The server answered ${code}.`);
+        await users();
+      });
+      tr.insertCell().appendChild(b);
+    }
+  }
+
+  $("add-user")?.addEventListener("click", async () => {
+    const name = $("new-user").value.trim();
+    const { status: code, json } = await call("POST", "/api/users", {
+      name, new_password: $("new-user-password").value, password: $("confirm-password").value || undefined,
+    });
+    $("users-status").textContent = code === 200
+      ? (json.action === "added" ? `${name} added.` : `New password set for ${name}.`)
+      : (json.error || `The server answered ${code}.`);
+    if (code === 200) { $("new-user-password").value = ""; await users(); }
+  });
+
   async function load() {
     const { json } = await call("GET", "/api/settings");
     text.value = json.toml;
@@ -168,6 +202,7 @@
     $("file-path").textContent = json.path ? `${json.path} (version ${json.version})` : "";
     showFindings(json.findings);
     await history();
+    await users();
   }
 
   load();
