@@ -82,6 +82,13 @@ pub async fn get_settings(State(state): Shared, _login: ApiLogin) -> Response {
         "reason": reason,
         "path": state.config_path.as_ref().map(|p| p.display().to_string()),
         "settings": rows,
+        // What the page's section forms start from (no secrets live here).
+        "values": {
+            "access": config.access,
+            "relay": config.relay,
+            "checks": config.checks,
+            "limits": config.limits,
+        },
     }))
     .into_response()
 }

@@ -97,6 +97,14 @@ def main():
         check("# Printers and PCs relay without a password." in text, "a comment of the file was lost")
         wait.until(lambda _: "check passed" in d.find_element(By.ID, "status").text)
 
+        # Another section through its form: our inbound domain.
+        sec = d.find_element(By.CSS_SELECTOR, 'section[data-section="relay"]')
+        field = sec.find_element(By.NAME, "inbound_domains")
+        field.clear()
+        field.send_keys("office.test")
+        sec.find_element(By.TAG_NAME, "button").click()
+        wait.until(lambda _: 'inbound_domains = ["office.test"]' in d.find_element(By.ID, "toml").get_property("value"))
+
         d.find_element(By.ID, "preview-ip").send_keys(a.lan_client)
         d.find_element(By.ID, "preview").click()
         wait.until(EC.visibility_of_element_located((By.ID, "preview-table")))

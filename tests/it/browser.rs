@@ -96,6 +96,10 @@ async fn the_settings_page_adds_a_lan_range_in_headless_chromium() {
     let file = std::fs::read_to_string(&rig.path).unwrap();
     assert!(file.contains("range = \"127.0.0.64/27\""), "{file}");
     assert!(file.contains("# Printers and PCs relay without a password."));
+    assert!(
+        file.contains("inbound_domains = [\"office.test\"]"),
+        "{file}"
+    );
     let mut c = crate::support::client::SmtpClient::greeted(
         rig.server.addr,
         "127.0.0.70",

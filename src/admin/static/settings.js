@@ -27,14 +27,15 @@
   function showFindings(findings) {
     const box = $("findings");
     box.textContent = "";
-    document.querySelectorAll("#networks .row-findings").forEach((c) => { c.textContent = ""; });
+    document.querySelectorAll("#networks .row-findings, .field-findings").forEach((c) => { c.textContent = ""; });
     const rows = document.querySelectorAll("#networks tr.network");
     for (const f of findings || []) {
       const div = document.createElement("div");
       div.className = "sev-" + f.severity;
       div.textContent = `${f.severity}: ${f.message}` + (f.fix ? ` Fix: ${f.fix}` : "");
       const m = /^network\[(\d+)\]/.exec(f.key || "");
-      const cell = m && rows[Number(m[1])]?.querySelector(".row-findings");
+      const cell = (m && rows[Number(m[1])]?.querySelector(".row-findings"))
+        || document.querySelector(`.field-findings[data-key="${CSS.escape(f.key || "")}"]`);
       (cell || box).appendChild(div);
     }
   }
@@ -194,10 +195,115 @@
     if (code === 200) { $("new-user-password").value = ""; await users(); }
   });
 
+  // The other sections' forms, from one description each: a new section
+  // is one more entry here. Each field is a key of the section in the file.
+  const SECTIONS = [
+    { id: "access", title: "Connection filter", about: "Which addresses may connect at all, before any greeting (the relay rules above decide who may relay).", fields: [
+      { key: "filter", kind: "select", options: [["off", "off — every address may connect"], ["allow", "allow — only the ranges listed as allowed"], ["deny", "deny — everyone but the ranges listed as denied"]] },
+      { key: "allow", kind: "list", label: "Allowed ranges" },
+      { key: "deny", kind: "list", label: "Denied ranges" },
+    ] },
+    { id: "relay", title: "Inbound domains", about: "Domains this server takes mail for from anyone (it delivers it on); everything else is relayed only for the relay rules.", fields: [
+      { key: "inbound_domains", kind: "list", label: "Our domains" },
+      { key: "verify_recipients", kind: "select", options: [["off", "off — take any recipient of our domains"], ["list", "list — only those in the valid recipients file"], ["callout", "callout — ask the next hop first"]] },
+      { key: "valid_recipients_file", kind: "text", label: "Valid recipients file" },
+    ] },
+    { id: "checks", title: "Anti-spam checks", about: "For clients that are neither trusted nor logged in.", fields: [
+      { key: "dnsbl", kind: "list", label: "DNS block lists (zone, or zone=codes)" },
+      { key: "reverse_dns", kind: "select", options: [["off", "off"], ["ptr", "ptr — the address must have a name"], ["fcrdns", "fcrdns — and the name must lead back to it"]] },
+      { key: "helo_lookup", kind: "select", options: [["off", "off"], ["resolves", "resolves — the HELO name must exist"], ["matches", "matches — and point to the client"]] },
+      { key: "sender_domain", kind: "select", options: [["off", "off"], ["exists", "exists — the sender's domain must exist"]] },
+    ] },
+    { id: "limits", title: "Limits", about: "Per hour; empty means no limit.", fields: [
+      { key: "messages_per_hour_per_ip", kind: "number", label: "Messages per client address" },
+      { key: "messages_per_hour_per_user", kind: "number", label: "Messages per login" },
+      { key: "recipients_per_hour_per_ip", kind: "number", label: "Recipients per client address" },
+      { key: "auth_failures_before_ban", kind: "number", label: "Failed logins before a ban" },
+    ] },
+  ];
+
+  function renderSections(values) {
+    const box = $("section-forms");
+    if (!box) return;
+    box.textContent = "";
+    for (const sec of SECTIONS) {
+      const section = document.createElement("section");
+      section.className = "section-form";
+      section.dataset.section = sec.id;
+      const h = document.createElement("h2");
+      h.textContent = sec.title;
+      const p = document.createElement("p");
+      p.textContent = sec.about;
+      section.append(h, p);
+      const current = (values || {})[sec.id] || {};
+      for (const f of sec.fields) {
+        const row = document.createElement("p");
+        const label = document.createElement("label");
+        label.textContent = (f.label || f.key) + " ";
+        let input;
+        if (f.kind === "select") {
+          input = document.createElement("select");
+          for (const [v, words] of f.options) {
+            const o = document.createElement("option");
+            o.value = v; o.textContent = words;
+            input.appendChild(o);
+          }
+          input.value = current[f.key] ?? f.options[0][0];
+        } else {
+          input = document.createElement("input");
+          input.size = f.kind === "number" ? 8 : 50;
+          const v = current[f.key];
+          input.value = f.kind === "list" ? (v || []).join(", ") : (v ?? "");
+        }
+        input.name = f.key;
+        input.dataset.key = `${sec.id}.${f.key}`;
+        input.dataset.kind = f.kind;
+        input.dataset.initial = input.value;
+        label.appendChild(input);
+        const note = document.createElement("span");
+        note.className = "field-findings";
+        note.dataset.key = `${sec.id}.${f.key}`;
+        row.append(label, note);
+        section.appendChild(row);
+      }
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Put this section into the file below";
+      b.addEventListener("click", () => applySection(section));
+      section.appendChild(b);
+      box.appendChild(section);
+    }
+  }
+
+  async function applySection(section) {
+    const edits = [];
+    for (const input of section.querySelectorAll("[data-key]")) {
+      if (input.tagName === "SPAN" || input.value === input.dataset.initial) continue;
+      const path = input.dataset.key.split(".");
+      const raw = input.value.trim();
+      if (input.dataset.kind === "list") {
+        edits.push({ op: "set", path, value: raw.split(/[\s,]+/).filter(Boolean) });
+      } else if (input.dataset.kind === "number") {
+        if (raw === "") edits.push({ op: "remove", path });
+        else edits.push({ op: "set", path, value: Number(raw) });
+      } else if (raw === "" && input.dataset.kind === "text") {
+        edits.push({ op: "remove", path });
+      } else {
+        edits.push({ op: "set", path, value: raw });
+      }
+    }
+    if (!edits.length) { say("Nothing changed in this section.", ""); return; }
+    const { status: code, json } = await call("POST", "/api/settings/apply", { toml: text.value, edits });
+    if (code !== 200) { say("This section could not be put into the file: " + (json.error || code), "error"); return; }
+    text.value = json.toml;
+    await check();
+  }
+
   async function load() {
     const { json } = await call("GET", "/api/settings");
     text.value = json.toml;
     version = json.version;
+    renderSections(json.values);
     networkCount = document.querySelectorAll("#networks tr.network").length;
     $("file-path").textContent = json.path ? `${json.path} (version ${json.version})` : "";
     showFindings(json.findings);
