@@ -37,7 +37,8 @@ pub async fn list(State(state): Shared, _login: ApiLogin) -> Response {
                 .keys()
                 .map(|name| json!({"name": name, "admin": admins.contains(name)}))
                 .collect();
-            Json(json!({"users": rows, "file": path.display().to_string()})).into_response()
+            Json(json!({"users": rows, "admins": admins, "file": path.display().to_string()}))
+                .into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

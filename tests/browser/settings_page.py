@@ -128,8 +128,16 @@ def main():
         d.find_element(By.ID, "add-user").click()
         wait.until(lambda _: "printer2 added" in d.find_element(By.ID, "users-status").text)
         wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, '#users tr[data-user="printer2"]'))
-        d.save_screenshot(os.path.join(a.out, "settings.png"))
         print("user added from the page")
+        # bob may use the page from now on.
+        box = d.find_element(By.CSS_SELECTOR, '#users tr[data-user="bob"] input[type="checkbox"]')
+        check(not box.is_selected(), "bob was not an admin")
+        box.click()
+        wait.until(lambda _: "bob may use this page" in d.find_element(By.ID, "users-status").text
+                   or "Refused" in d.find_element(By.ID, "users-status").text)
+        check("bob may use this page" in d.find_element(By.ID, "users-status").text,
+              d.find_element(By.ID, "users-status").text)
+        d.save_screenshot(os.path.join(a.out, "settings.png"))
     finally:
         d.quit()
 

@@ -170,7 +170,21 @@
       const tr = body.insertRow();
       tr.dataset.user = u.name;
       tr.insertCell().textContent = u.name;
-      tr.insertCell().textContent = u.admin ? "yes" : "no";
+      // Who may use this page: [admin] users in the file, changed like any setting.
+      const admin = document.createElement("input");
+      admin.type = "checkbox";
+      admin.checked = u.admin;
+      admin.setAttribute("aria-label", `${u.name} may use this page`);
+      admin.addEventListener("change", async () => {
+        // Names in [admin] users without a login stay as they are.
+        const admins = (json.admins || []).filter((n) => n !== u.name).concat(admin.checked ? [u.name] : []);
+        const { status: code, json: r } = await call("POST", "/api/settings/edit", {
+          version, edits: [{ op: "set", path: ["admin", "users"], value: admins }], password: $("confirm-password").value || undefined,
+        });
+        if (code === 200) { $("users-status").textContent = `${u.name} ${admin.checked ? "may" : "may no longer"} use this page.`; await load(); }
+        else { admin.checked = !admin.checked; showFindings(r.findings); $("users-status").textContent = r.error === "refused" ? "Refused: see the findings." : (r.error || `The server answered ${code}.`); }
+      });
+      tr.insertCell().appendChild(admin);
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = "Remove";
