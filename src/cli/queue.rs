@@ -173,7 +173,9 @@ fn print_answer(
             Ok(0)
         }
         QueueAnswer::Error { message } => anyhow::bail!(message),
-        other @ (QueueAnswer::Bans { .. } | QueueAnswer::Lifted { .. }) => {
+        other @ (QueueAnswer::Bans { .. }
+        | QueueAnswer::Lifted { .. }
+        | QueueAnswer::Guard { .. }) => {
             anyhow::bail!("unexpected answer to a queue command: {other:?}")
         }
     }

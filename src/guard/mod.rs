@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Sources and addresses watched at once before the oldest are forgotten.
 const MAX_WATCHED: usize = 10_000;
@@ -68,17 +68,17 @@ enum Seen {
 }
 
 /// Where the guard's decisions are kept: a file in `data_dir` now; a store
-/// several nodes share (Redis, say) later, without the rest noticing.
+/// several nodes share later, without the rest noticing. The running server
+/// is its one writer (`portcullis guard` asks it through the control
+/// socket, and writes the file itself only when no server runs).
 pub trait GuardStore: Send + Sync {
     /// The state as stored now.
     fn load(&self) -> GuardState;
-    /// Replaces the stored state.
+    /// Replaces the stored state (synced).
     fn save(&self, state: &GuardState) -> std::io::Result<()>;
-    /// Changes whenever the stored state changed (someone else may change it).
-    fn stamp(&self) -> Option<Stamp>;
 }
 
-/// `data_dir/guard.json`, replaced atomically; `portcullis guard` edits it too.
+/// `data_dir/guard.json`, replaced atomically and synced.
 pub struct FileStore(pub PathBuf);
 
 impl GuardStore for FileStore {
@@ -88,39 +88,15 @@ impl GuardStore for FileStore {
     fn save(&self, state: &GuardState) -> std::io::Result<()> {
         state.save(&self.0)
     }
-    fn stamp(&self) -> Option<Stamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(&self.0).ok()?;
-        Some((m.modified().ok()?, m.ino(), m.len()))
-    }
 }
-
-/// A stored state's version: modification time, and for a file its inode
-/// and length too (each save is a new file, and two saves can share a
-/// coarse timestamp).
-pub type Stamp = (SystemTime, u64, u64);
-
-/// The guard's state as last read from its store.
-#[derive(Default)]
-struct Cached {
-    stamp: Option<Stamp>,
-    looked: Option<Instant>,
-    state: GuardState,
-}
-
-/// The store's stamp is looked at no more often than this: each message
-/// asks the guard several times, and `portcullis guard` edits are seen
-/// within this (at once on a quiet server).
-const RESTAT_AFTER: Duration = Duration::from_millis(25);
 
 pub struct Guard {
     /// The thresholds; a reload replaces them (what was seen is kept).
     config: std::sync::RwLock<GuardConfig>,
     /// None: decisions live in memory only (tests, tools).
     store: Option<Box<dyn GuardStore>>,
-    /// The state, the store's stamp when last read (the CLI may change it),
-    /// and when the stamp was last looked at.
-    state: Mutex<Cached>,
+    /// The state, read from the store at first use (None until then).
+    state: Mutex<Option<GuardState>>,
     sentinel: Mutex<HashMap<IpAddr, Watched>>,
     floods: flood::FloodWatch,
 }
@@ -131,7 +107,7 @@ impl Guard {
             config: std::sync::RwLock::new(config),
             store: data_dir
                 .map(|d| Box::new(FileStore(d.join("guard.json"))) as Box<dyn GuardStore>),
-            state: Mutex::new(Cached::default()),
+            state: Mutex::new(None),
             sentinel: Mutex::new(HashMap::new()),
             floods: flood::FloodWatch::default(),
         }
@@ -149,30 +125,30 @@ impl Guard {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
-    /// The state, read again when the file changed.
+    /// The state, read from the store the first time.
     fn with_state<T>(&self, f: impl FnOnce(&mut GuardState) -> T) -> T {
         let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = &self.store
-            && cached.looked.is_none_or(|t| t.elapsed() >= RESTAT_AFTER)
-        {
-            let stamp = store.stamp();
-            if stamp != cached.stamp {
-                cached.state = store.load();
-                cached.stamp = stamp;
-            }
-            cached.looked = Some(Instant::now());
-        }
-        f(&mut cached.state)
+        let state = cached.get_or_insert_with(|| {
+            self.store
+                .as_ref()
+                .map(|store| store.load())
+                .unwrap_or_default()
+        });
+        f(state)
     }
 
-    fn save(&self, state: &GuardState) {
-        if let Some(store) = &self.store {
-            if let Err(e) = store.save(state) {
+    /// Changes the state and saves it before anyone sees it again: saves
+    /// never overtake each other (trust and untrust are rare; the sync is
+    /// worth the short wait).
+    fn change(&self, f: impl FnOnce(&mut GuardState)) {
+        self.with_state(|state| {
+            f(state);
+            if let Some(store) = &self.store
+                && let Err(e) = store.save(state)
+            {
                 tracing::error!(error = %e, "cannot record the guard's state");
             }
-            let mut cached = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            cached.stamp = store.stamp();
-        }
+        })
     }
 
     /// Whether the sentinel withdrew this address's trust.
@@ -306,7 +282,7 @@ impl Guard {
 
     /// Withdraws trust (the sentinel, or an admin).
     pub fn untrust(&self, ip: IpAddr, evidence: &str) {
-        let state = self.with_state(|s| {
+        self.change(|s| {
             s.trusted_by_admin.remove(&ip);
             s.untrusted.insert(
                 ip,
@@ -315,9 +291,7 @@ impl Guard {
                     evidence: evidence.to_string(),
                 },
             );
-            s.clone()
         });
-        self.save(&state);
         self.sentinel
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -326,12 +300,10 @@ impl Guard {
 
     /// Trusts again, and remembers that an admin said so.
     pub fn trust(&self, ip: IpAddr) {
-        let state = self.with_state(|s| {
+        self.change(|s| {
             s.untrusted.remove(&ip);
             s.trusted_by_admin.insert(ip);
-            s.clone()
         });
-        self.save(&state);
     }
 
     pub fn state(&self) -> GuardState {
@@ -585,21 +557,32 @@ mod tests {
     }
 
     #[test]
-    fn an_edit_by_another_process_is_seen_within_the_restat_interval() {
+    fn what_one_writer_saved_is_what_the_next_one_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let server = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
-        let ip: IpAddr = "192.168.1.1".parse().unwrap();
-        // Asked many times in a row, the server looks at the file rarely...
-        for _ in 0..1000 {
-            assert!(!server.is_untrusted(ip));
+        let server = std::sync::Arc::new(Guard::new(
+            GuardConfig::default(),
+            Some(dir.path().to_path_buf()),
+        ));
+        // Admin commands racing each other: each save holds the state's
+        // lock, so the file ends as the memory does.
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let g = std::sync::Arc::clone(&server);
+                std::thread::spawn(move || {
+                    let ip = IpAddr::from([192, 168, 1, i]);
+                    g.untrust(ip, "untrusted by an admin");
+                    if i % 2 == 0 {
+                        g.trust(ip);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
-        // ...yet the CLI's word (another Guard on the same file) arrives.
-        let cli = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
-        cli.untrust(ip, "untrusted by an admin");
-        std::thread::sleep(RESTAT_AFTER + Duration::from_millis(5));
-        assert!(server.is_untrusted(ip));
-        cli.trust(ip);
-        std::thread::sleep(RESTAT_AFTER + Duration::from_millis(5));
-        assert!(!server.is_untrusted(ip));
+        let next = Guard::new(GuardConfig::default(), Some(dir.path().to_path_buf()));
+        assert_eq!(next.state(), server.state());
+        assert_eq!(next.state().untrusted.len(), 4);
+        assert_eq!(next.state().trusted_by_admin.len(), 4);
     }
 }

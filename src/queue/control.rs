@@ -49,6 +49,17 @@ pub enum QueueCommand {
     LiftBan {
         ip: std::net::IpAddr,
     },
+    /// The guard's state: addresses that lost their trust, and those an
+    /// admin trusted again (the server is the guard state's one writer).
+    GuardList,
+    /// An admin trusts an address again.
+    GuardTrust {
+        ip: std::net::IpAddr,
+    },
+    /// An admin takes an address's trust.
+    GuardUntrust {
+        ip: std::net::IpAddr,
+    },
 }
 
 impl QueueCommand {
@@ -56,7 +67,12 @@ impl QueueCommand {
     pub fn is_for_the_server(&self) -> bool {
         matches!(
             self,
-            QueueCommand::Reload | QueueCommand::Bans | QueueCommand::LiftBan { .. }
+            QueueCommand::Reload
+                | QueueCommand::Bans
+                | QueueCommand::LiftBan { .. }
+                | QueueCommand::GuardList
+                | QueueCommand::GuardTrust { .. }
+                | QueueCommand::GuardUntrust { .. }
         )
     }
 
@@ -72,6 +88,9 @@ impl QueueCommand {
             QueueCommand::Reload => "reload",
             QueueCommand::Bans => "bans",
             QueueCommand::LiftBan { .. } => "lift-ban",
+            QueueCommand::GuardList => "guard-list",
+            QueueCommand::GuardTrust { .. } => "guard-trust",
+            QueueCommand::GuardUntrust { .. } => "guard-untrust",
         }
     }
 }
@@ -209,6 +228,9 @@ pub enum QueueAnswer {
     },
     Bans {
         bans: Vec<Ban>,
+    },
+    Guard {
+        state: crate::guard::GuardState,
     },
     Lifted {
         ip: std::net::IpAddr,

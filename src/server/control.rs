@@ -1,5 +1,6 @@
 //! The server's own commands on the control socket (the queue answers the
-//! rest): reload, and the bans that failed logins earn.
+//! rest): reload, the bans that failed logins earn, and the guard's state
+//! (of which the running server is the one writer).
 
 use super::reload::{CurrentContext, ReloadHandle};
 use crate::queue::{Ban, QueueAnswer, QueueCommand, ServerControl};
@@ -36,6 +37,25 @@ impl ServerControl for ServerCommands {
                     let was_banned = self.current.get().checks.lift_ban(ip);
                     tracing::warn!(client = %ip, was_banned, "ban lifted by an admin");
                     QueueAnswer::Lifted { ip, was_banned }
+                }
+                QueueCommand::GuardList => QueueAnswer::Guard {
+                    state: self.current.get().guard.state(),
+                },
+                QueueCommand::GuardTrust { ip } => {
+                    let guard = &self.current.get().guard;
+                    guard.trust(ip);
+                    tracing::warn!(client = %ip, "trusted again by an admin (guard trust)");
+                    QueueAnswer::Guard {
+                        state: guard.state(),
+                    }
+                }
+                QueueCommand::GuardUntrust { ip } => {
+                    let guard = &self.current.get().guard;
+                    guard.untrust(ip, "untrusted by an admin");
+                    tracing::warn!(client = %ip, "trust taken by an admin (guard untrust)");
+                    QueueAnswer::Guard {
+                        state: guard.state(),
+                    }
                 }
                 other => QueueAnswer::error(format!("{} is the queue's command", other.name())),
             }

@@ -67,6 +67,19 @@ async fn a_trusted_address_carrying_the_internet_loses_its_trust() {
     assert!(v["untrusted"].get("127.0.0.10").is_none(), "{v}");
     let (ok, _, _) = tokio::task::block_in_place(|| cli(&["guard", "trust", "127.0.0.254"]));
     assert!(ok);
+    // The running server made the change (its control socket), and saved it.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("guard.json")).unwrap())
+            .unwrap();
+    assert!(
+        saved["trusted_by_admin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ip| ip == "127.0.0.254"),
+        "{saved}"
+    );
+    assert!(saved["untrusted"].get("127.0.0.254").is_none(), "{saved}");
     let mut c = SmtpClient::greeted(server.addr(), "127.0.0.254", "router.lan").await;
     c.expect("MAIL FROM:<a@office.example>", 250).await;
     c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
@@ -238,5 +251,46 @@ async fn multi_site_web_servers_and_test_tools_keep_their_trust() {
     assert!(
         !guard.contains("127.0.0.30") && !guard.contains("127.0.0.31"),
         "{guard}"
+    );
+}
+
+/// With no server running, `portcullis guard` edits the state file itself
+/// (under the data directory's lock), and a server started later has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_commands_without_a_server_edit_the_file_a_server_then_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:1\"]\n[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(args)
+                .arg("--config")
+                .arg(&config),
+            WAIT,
+        )
+    };
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["guard", "untrust", "127.0.0.77"]));
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&["guard", "list", "--json"]));
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["untrusted"].get("127.0.0.77").is_some(), "{v}");
+    let server = crate::support::server::ProcessServer::spawn(&config);
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.77", "pc77.office.lan").await;
+    c.expect("MAIL FROM:<a@office.example>", 250).await;
+    let r = c.cmd("RCPT TO:<far@elsewhere.example>").await;
+    assert!(
+        r.code >= 400,
+        "untrusted while no server ran, still so: {r:?}"
     );
 }
