@@ -329,6 +329,18 @@ pub struct Dashboard {
     pub profiles: Vec<ProfileRow>,
     /// Some profile's mail waits (the section is shown as an alarm).
     pub profiles_waiting: bool,
+    /// `[[alert]]` rules whose condition holds now.
+    pub alerts: Vec<AlertRow>,
+    /// Each webhook and the notifications waiting in its outbox.
+    pub webhooks: Vec<(String, usize)>,
+}
+
+/// An alert firing, as the dashboard shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRow {
+    pub alert: String,
+    pub since: String,
+    pub detail: String,
 }
 
 /// A smart-host profile on the dashboard. Never a secret: no token, no password.
@@ -421,6 +433,29 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
         Vec::new()
     };
     let profiles = profile_rows(state, &ctx.config);
+    let alerts = state
+        .history
+        .alerts_firing()
+        .into_iter()
+        .filter_map(|r| match &*r.event {
+            Event::Alert {
+                alert,
+                detail,
+                since,
+                ..
+            } => Some(AlertRow {
+                alert: alert.to_string(),
+                since: clock(*since),
+                detail: detail.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let webhooks = ctx
+        .notifier
+        .as_ref()
+        .map(|n| n.pending())
+        .unwrap_or_default();
     Dashboard {
         listeners,
         relay_rules: ctx.policy.networks.describe(),
@@ -449,6 +484,8 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
         open_relay,
         profiles_waiting: profiles.iter().any(|p| p.problem.is_some()),
         profiles,
+        alerts,
+        webhooks,
     }
 }
 

@@ -107,6 +107,8 @@ pub struct EventFilter {
 struct Inner {
     seq: u64,
     events: VecDeque<Recorded>,
+    /// Alerts firing now, by rule: the latest notice of each.
+    firing: std::collections::BTreeMap<usize, Recorded>,
     /// (minute since the epoch, counts), oldest first.
     minutes: VecDeque<(i64, Activity)>,
 }
@@ -149,6 +151,21 @@ impl History {
         } else {
             None
         };
+        if let Event::Alert { rule, state, .. } = &*event {
+            match state {
+                super::AlertState::Firing => {
+                    let kept = Recorded {
+                        seq,
+                        at: now,
+                        event: Arc::clone(&event),
+                    };
+                    inner.firing.insert(*rule, kept);
+                }
+                super::AlertState::Resolved => {
+                    inner.firing.remove(rule);
+                }
+            }
+        }
         inner.events.push_back(Recorded {
             seq,
             at: now,
@@ -159,6 +176,12 @@ impl History {
         }
         drop(inner);
         drop(oldest);
+    }
+
+    /// The alerts firing now (their latest notice), by rule.
+    pub fn alerts_firing(&self) -> Vec<Recorded> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.firing.values().cloned().collect()
     }
 
     /// The totals over the last `minutes` minutes up to `now`.
@@ -399,5 +422,25 @@ mod tests {
             one.iter()
                 .all(|r| r.event.client().unwrap().to_string() == "192.0.2.2")
         );
+    }
+
+    #[test]
+    fn an_alert_is_firing_until_its_resolved_notice() {
+        let h = History::new();
+        let alert = |rule, state| Event::Alert {
+            alert: "delivery_stalled",
+            rule,
+            state,
+            detail: "stalled".into(),
+            webhook: None,
+            since: 5,
+        };
+        h.record_at(Arc::new(alert(0, super::super::AlertState::Firing)), 10);
+        h.record_at(Arc::new(alert(1, super::super::AlertState::Firing)), 11);
+        assert_eq!(h.alerts_firing().len(), 2);
+        h.record_at(Arc::new(alert(0, super::super::AlertState::Resolved)), 12);
+        let left = h.alerts_firing();
+        assert_eq!(left.len(), 1);
+        assert!(matches!(&*left[0].event, Event::Alert { rule: 1, .. }));
     }
 }

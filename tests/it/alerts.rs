@@ -21,8 +21,11 @@ fn alerts<'a>(taken: &'a [Value], on: &str, state: &str) -> Vec<&'a Value> {
 async fn a_stalled_queue_fires_by_webhook_and_mail_and_resolves_when_the_hop_returns() {
     let receiver = Receiver::start("127.0.0.1", "unused").await;
     let port = free_port("127.0.0.95");
+    let users = tempfile::NamedTempFile::new().unwrap();
+    crate::support::write_users(users.path(), &[("alice", "wonderland")]);
     let server = TestServer::start(&format!(
-        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.95:{port}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\n[[alert]]\non = \"delivery_stalled\"\nfor = \"2s\"\nwebhook = \"ops\"\nemail = \"oncall@far.example\"\n[[alert]]\non = \"queue_size\"\nthreshold = 50\nwebhook = \"ops\"\n",
+        "[auth]\nusers_file = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\nusers = [\"alice\"]\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.95:{port}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\n[[alert]]\non = \"delivery_stalled\"\nfor = \"2s\"\nwebhook = \"ops\"\nemail = \"oncall@far.example\"\n[[alert]]\non = \"queue_size\"\nthreshold = 50\nwebhook = \"ops\"\n",
+        users.path().display(),
         receiver.url()
     ))
     .await;
@@ -55,6 +58,18 @@ async fn a_stalled_queue_fires_by_webhook_and_mail_and_resolves_when_the_hop_ret
         alerts(&taken, "queue_size", "firing").is_empty(),
         "below its threshold"
     );
+    // The dashboard shows it while it lasts, and the webhook's outbox.
+    let admin = server.admin.unwrap();
+    let dashboard = tokio::task::block_in_place(|| {
+        let mut web = crate::support::web::Web::new(admin);
+        web.login("alice", "wonderland");
+        web.get("/api/dashboard").json()
+    });
+    assert_eq!(
+        dashboard["alerts"][0]["alert"], "delivery_stalled",
+        "{dashboard}"
+    );
+    assert_eq!(dashboard["webhooks"][0][0], "ops", "{dashboard}");
     // The next hop comes back: the message, then the alert's mail, go out,
     // and the alert resolves.
     let sink = Sink::start("127.0.0.95", port, Behaviour::accept_all()).await;
