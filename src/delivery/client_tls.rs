@@ -64,6 +64,10 @@ pub fn webpki_verifier(
 fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // The machine's own trust store too (a private CA an admin installed
+    // with update-ca-certificates, or SSL_CERT_FILE): read once. Entries it
+    // cannot parse are skipped, as a browser would.
+    roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("{key} {}: {e}", path.display()))?;
@@ -75,6 +79,18 @@ fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, Str
         }
     }
     Ok(roots)
+}
+
+/// The certificates of the system's trust store (empty when it has none).
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "a system trust store entry could not be read");
+        }
+        found.certs
+    })
 }
 
 pub fn unverified() -> Arc<ClientConfig> {

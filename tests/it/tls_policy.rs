@@ -405,3 +405,69 @@ async fn dane_pins_the_mx_certificate_when_the_resolver_vouches_for_the_records(
     assert_eq!(other_mx.wait_for(1, WAIT).await.len(), 1);
     server.stop().await;
 }
+
+/// A private CA installed the way admins install one (here SSL_CERT_FILE,
+/// which the system trust store honours) is trusted without tls_ca_file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systems_trust_store_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = TestDns::start().await;
+    let port = crate::support::free_port("127.0.0.129");
+    let (mx, mx_ca) = mx_sink(dir.path(), "127.0.0.129", port, &["mx.system.test"]).await;
+    let Some(sts) = PolicyServer::start(
+        dir.path(),
+        "127.0.0.136",
+        "system.test",
+        &policy("enforce", "mx.system.test"),
+    )
+    .await
+    else {
+        eprintln!("skipped: binding port 443 needs root");
+        return;
+    };
+    publish(&dns, "system.test", "127.0.0.129", Some("127.0.0.136"));
+    let trusted = trust(dir.path(), &[&mx_ca, &sts.ca]);
+    let ca = TestCa::generate(dir.path());
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        crate::support::server::complete_config(
+            &format!(
+                "{}[[network]]\nrange = \"127.0.0.2/32\"\nauth = \"none\"\n[delivery]\nmx_port = {port}\nmta_sts = \"on\"\nretry_schedule = [\"1h\"]\n",
+                dns.config()
+            ),
+            dir.path(),
+            &ca,
+        ),
+    )
+    .unwrap();
+    let mut shell = std::process::Command::new("sh");
+    shell.args([
+        "-c",
+        &format!(
+            "SSL_CERT_FILE={trusted} SSL_CERT_DIR=/nonexistent exec \"$0\" serve --config \"$1\""
+        ),
+    ]);
+    let server = crate::support::server::ProcessServer::spawn_shell(
+        shell,
+        crate::support::server::binary(),
+        &path,
+    );
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "pc.office.test").await;
+    let r = c
+        .send_mail(
+            "app@office.test",
+            &["a@system.test"],
+            b"Subject: s\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    let got = mx.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "delivered under the enforced policy");
+    assert!(got[0].tls);
+    assert_eq!(
+        sts.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the policy server's certificate was trusted through the system store"
+    );
+}
