@@ -58,6 +58,7 @@ pub struct Metrics {
     profile_problems: Family<Labels, Counter>,
     profile_resting: Family<Labels, Gauge>,
     messages_held: Counter,
+    spool_problems: Counters,
     alerts: Counters,
     alerts_firing: Family<Labels, Gauge>,
     webhook_dropped: Counters,
@@ -100,6 +101,7 @@ impl Metrics {
             profile_problems: Family::default(),
             profile_resting: Family::default(),
             messages_held: Counter::default(),
+            spool_problems: Counters::default(),
             alerts: Counters::default(),
             alerts_firing: Family::default(),
             webhook_dropped: Counters::default(),
@@ -242,6 +244,11 @@ impl Metrics {
             "portcullis_profile_resting",
             "1 while a smart-host profile's mail waits after such a refusal",
             m.profile_resting.clone(),
+        );
+        r.register(
+            "portcullis_spool_problems",
+            "Queue files that could not be read or written, by what was being done",
+            m.spool_problems.clone(),
         );
         r.register(
             "portcullis_messages_held",
@@ -528,7 +535,14 @@ impl Subscriber for Metrics {
             Event::MessageFinished { .. }
             | Event::SelfTestFinished { .. }
             | Event::SettingsChanged { .. }
-            | Event::UsersChanged { .. } => {}
+            | Event::UsersChanged { .. }
+            | Event::ServerStarted { .. }
+            | Event::ServerStopping { .. } => {}
+            Event::SpoolProblem { doing, .. } => {
+                self.spool_problems
+                    .get_or_create(&labels("doing", *doing))
+                    .inc();
+            }
             Event::MessageHeld { .. } => {
                 self.messages_held.inc();
             }

@@ -272,6 +272,13 @@ pub fn describe(e: &Event) -> String {
         Event::UsersChanged {
             by, user, action, ..
         } => format!("user {user} {} by {by}", action.replace('_', " ")),
+        Event::ServerStarted { version, listeners } => {
+            format!("server {version} started on {}", listeners.join(", "))
+        }
+        Event::ServerStopping { active } => {
+            format!("server stopping ({active} session(s) open)")
+        }
+        Event::SpoolProblem { doing, error, .. } => format!("SPOOL: {doing}: {error}"),
     }
 }
 

@@ -18,6 +18,9 @@ pub const WEBHOOK_KINDS: &[&str] = &[
     "profile_problem",
     "profile_recovered",
     "reload",
+    "spool_problem",
+    "server_started",
+    "server_stopping",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -277,6 +277,18 @@ impl Subscriber for LogWriter {
             } => {
                 warn!(by = %by, client = %client, user = %user, action, "users file changed from the admin page")
             }
+            // Start-up and shutdown are logged by the server in its own words.
+            Event::ServerStarted { .. } | Event::ServerStopping { .. } => {}
+            Event::SpoolProblem {
+                queue_id: Some(id),
+                doing,
+                error,
+            } => error!(queue_id = %id, error = %error, "{doing}"),
+            Event::SpoolProblem {
+                queue_id: None,
+                doing,
+                error,
+            } => error!(error = %error, "{doing}"),
             Event::QueueCommand {
                 command,
                 messages,

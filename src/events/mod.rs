@@ -355,6 +355,23 @@ pub enum Event {
         /// "added", "password_set" or "removed".
         action: &'static str,
     },
+    /// The server is up: listeners bound, spool recovered.
+    ServerStarted {
+        version: &'static str,
+        listeners: Vec<String>,
+    },
+    /// The server is stopping; `active` sessions get the grace period.
+    ServerStopping {
+        active: usize,
+    },
+    /// Reading or writing the queue's files failed (a full or failing
+    /// disk): what was being done, and the error. The message stays
+    /// where it was; the work is tried again where that makes sense.
+    SpoolProblem {
+        queue_id: Option<QueueId>,
+        doing: &'static str,
+        error: String,
+    },
     /// Notifications a webhook's outbox gave up: the receiver was away
     /// longer than `retry_for`, or the outbox reached `outbox_max_bytes`.
     NotificationsDropped {
@@ -409,6 +426,9 @@ impl Event {
             Event::NotificationsDropped { .. } => "notifications_dropped",
             Event::SettingsChanged { .. } => "settings_changed",
             Event::UsersChanged { .. } => "users_changed",
+            Event::ServerStarted { .. } => "server_started",
+            Event::ServerStopping { .. } => "server_stopping",
+            Event::SpoolProblem { .. } => "spool_problem",
         }
     }
 

@@ -43,6 +43,9 @@ pub fn kind_of(event: &Event) -> Option<&'static str> {
         Event::ProfileProblem { .. } => "profile_problem",
         Event::ProfileRecovered { .. } => "profile_recovered",
         Event::Reload { .. } => "reload",
+        Event::SpoolProblem { .. } => "spool_problem",
+        Event::ServerStarted { .. } => "server_started",
+        Event::ServerStopping { .. } => "server_stopping",
         _ => return None,
     })
 }
@@ -209,6 +212,23 @@ pub fn notification_of(event: &Event, now: i64) -> Option<Notification> {
             random_id(),
             json!({"applied": applied, "detail": detail}),
         ),
+        Event::SpoolProblem {
+            queue_id,
+            doing,
+            error,
+        } => (
+            "spool_problem",
+            random_id(),
+            json!({"queue_id": queue_id.as_ref().map(|q| q.as_str()), "doing": doing, "error": error}),
+        ),
+        Event::ServerStarted { version, listeners } => (
+            "server_started",
+            random_id(),
+            json!({"version": version, "listeners": listeners}),
+        ),
+        Event::ServerStopping { active } => {
+            ("server_stopping", random_id(), json!({"active": active}))
+        }
         _ => return None,
     };
     let mut body = json!({"id": id, "event": kind, "time": rfc3339(now)});
@@ -291,6 +311,27 @@ mod tests {
         assert_eq!(v["sender"], "app@example.org");
         assert_eq!(v["recipient"], "bob@example.net");
         assert_eq!(v["time"], "1970-01-01T00:00:10Z");
+    }
+
+    #[test]
+    fn a_spool_problem_is_told_with_what_was_being_done() {
+        let n = notification_of(
+            &Event::SpoolProblem {
+                queue_id: None,
+                doing: "cannot record delivery states",
+                error: "No space left on device".into(),
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(n.kind, "spool_problem");
+        assert_eq!(
+            kind_of(&Event::ServerStopping { active: 0 }),
+            Some("server_stopping")
+        );
+        let v: Value = serde_json::from_str(&n.body).unwrap();
+        assert_eq!(v["doing"], "cannot record delivery states");
+        assert!(v["queue_id"].is_null());
     }
 
     #[test]

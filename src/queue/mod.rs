@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -279,12 +279,20 @@ impl QueueManager {
         let index = match off_thread(move || Index::load(&spool)).await {
             Ok((index, problems)) => {
                 for (id, e) in problems {
-                    error!(queue_id = %id, error = %e, "unreadable queue file left in place");
+                    self.events.emit(Event::SpoolProblem {
+                        queue_id: QueueId::parse(&id),
+                        doing: "unreadable queue file left in place",
+                        error: format!("{id}: {e}"),
+                    });
                 }
                 index
             }
             Err(e) => {
-                error!(error = %e, "cannot read the queue; starting with what arrives from now on");
+                self.events.emit(Event::SpoolProblem {
+                    queue_id: None,
+                    doing: "cannot read the queue; starting with what arrives from now on",
+                    error: e.to_string(),
+                });
                 Index::default()
             }
         };
@@ -372,7 +380,11 @@ impl QueueManager {
                 }
             }
             Inbound::Loaded(id, Err(e)) => {
-                error!(queue_id = %id, error = %e, "cannot read a newly queued message; it will be picked up at the next start");
+                self.events.emit(Event::SpoolProblem {
+                    queue_id: Some(id.clone()),
+                    doing: "cannot read a newly queued message; it will be picked up at the next start",
+                    error: e.to_string(),
+                });
             }
             Inbound::Command(cmd, reply) => self.command(q, cmd, reply),
             Inbound::Done(id, done) => self.job_done(q, id, done),
@@ -485,6 +497,7 @@ impl QueueManager {
     fn write(self: &Arc<Self>, q: &mut Queue, write: Write, waiters: Vec<Arc<AnswerWhenWritten>>) {
         let spool = self.spool.clone();
         let handle = self.handle.clone();
+        let events = self.events.clone();
         let (id, quick) = match write {
             Write::State(id) => (id, false),
             Write::StateQuick(id) => (id, true),
@@ -517,7 +530,11 @@ impl QueueManager {
                 Ok(()) if moved => Done::Moved,
                 Ok(()) => Done::Written,
                 Err(e) => {
-                    error!(queue_id = %id, error = %e, "cannot record a queue command");
+                    events.emit(Event::SpoolProblem {
+                        queue_id: Some(id.clone()),
+                        doing: "cannot record a queue command",
+                        error: e.to_string(),
+                    });
                     for w in &waiters {
                         w.failed(format!("{id}: {e}"));
                     }
@@ -550,8 +567,11 @@ impl QueueManager {
         }
         let spool = self.spool.clone();
         let handle = self.handle.clone();
+        let events = self.events.clone();
         q.tasks.spawn(async move {
+            let in_thread = events.clone();
             let done = off_thread(move || {
+                let events = in_thread;
                 // Those still only in the journal get their files first, together.
                 let journaled: Vec<(&str, &crate::spool::MemoryCopy)> = batch
                     .iter()
@@ -575,7 +595,11 @@ impl QueueManager {
                             done.push((id.clone(), Done::Written))
                         }
                         Err(e) => {
-                            error!(queue_id = %id, error = %e, "cannot record delivery state");
+                            events.emit(Event::SpoolProblem {
+                                queue_id: Some(id.clone()),
+                                doing: "cannot record delivery state",
+                                error: e.to_string(),
+                            });
                             done.push((id.clone(), Done::Written));
                         }
                     }
@@ -589,7 +613,11 @@ impl QueueManager {
                         handle.done(id, d);
                     }
                 }
-                Err(e) => error!(error = %e, "cannot record delivery states"),
+                Err(e) => events.emit(Event::SpoolProblem {
+                    queue_id: None,
+                    doing: "cannot record delivery states",
+                    error: e.to_string(),
+                }),
             }
         });
     }
@@ -597,6 +625,7 @@ impl QueueManager {
     /// Removes a message's files (it has already left the index).
     fn delete(&self, q: &mut Queue, id: QueueId, waiters: Vec<Arc<AnswerWhenWritten>>) {
         let spool = self.spool.clone();
+        let events = self.events.clone();
         q.schedule.remove(&id);
         q.tasks.spawn(async move {
             let owned = id.clone();
@@ -605,7 +634,11 @@ impl QueueManager {
                     info!(queue_id = %id, "message deleted from the queue")
                 }
                 Err(e) => {
-                    error!(queue_id = %id, error = %e, "cannot delete message");
+                    events.emit(Event::SpoolProblem {
+                        queue_id: Some(id.clone()),
+                        doing: "cannot delete message",
+                        error: e.to_string(),
+                    });
                     for w in &waiters {
                         w.failed(format!("{id}: {e}"));
                     }

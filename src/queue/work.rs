@@ -16,7 +16,7 @@ use crate::spool::{
     SpoolError, off_thread,
 };
 use std::collections::BTreeMap;
-use tracing::{error, warn};
+use tracing::warn;
 
 /// When a message still queued is next due: never later than the moment it expires.
 fn next_due_before_expiry(
@@ -150,7 +150,11 @@ impl QueueManager {
                 Ok(true) => {}
                 Ok(false) => return PassEnd::gone(),
                 Err(e) => {
-                    error!(queue_id = %id, error = %e, "cannot move a journaled message into the queue; will retry");
+                    self.events.emit(Event::SpoolProblem {
+                        queue_id: Some(id.clone()),
+                        doing: "cannot move a journaled message into the queue; will retry",
+                        error: e.to_string(),
+                    });
                     return PassEnd {
                         state: Some(state),
                         next: Some(unix_now() + 60),
@@ -178,7 +182,11 @@ impl QueueManager {
             Ok(()) => {}
             Err(SpoolError::NotFound(_)) => return PassEnd::gone(),
             Err(e) => {
-                error!(queue_id = %id, error = %e, "cannot record delivery state; will retry");
+                self.events.emit(Event::SpoolProblem {
+                    queue_id: Some(id.clone()),
+                    doing: "cannot record delivery state; will retry",
+                    error: e.to_string(),
+                });
                 return PassEnd::kept(state, Some(unix_now() + 60));
             }
         }
@@ -402,7 +410,11 @@ impl QueueManager {
                     failed: failed.len(),
                 });
             }
-            Err(e) => error!(queue_id = %id, error = %e, "cannot remove finished message"),
+            Err(e) => self.events.emit(Event::SpoolProblem {
+                queue_id: Some(id.clone()),
+                doing: "cannot remove finished message",
+                error: e.to_string(),
+            }),
         }
         true
     }
@@ -432,7 +444,11 @@ impl QueueManager {
         let original = match off_thread(move || content.read()).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                error!(queue_id = %id, error = %e, "cannot read the message to attach to its report");
+                self.events.emit(Event::SpoolProblem {
+                    queue_id: Some(id.clone()),
+                    doing: "cannot read the message to attach to its report",
+                    error: e.to_string(),
+                });
                 return false;
             }
         };
@@ -493,7 +509,11 @@ impl QueueManager {
                 true
             }
             Err(e) => {
-                error!(queue_id = %id, error = %e, "cannot queue delivery report");
+                self.events.emit(Event::SpoolProblem {
+                    queue_id: Some(id.clone()),
+                    doing: "cannot queue delivery report",
+                    error: e.to_string(),
+                });
                 false
             }
         }

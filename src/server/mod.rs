@@ -228,6 +228,14 @@ impl Server {
     /// `shutdown_grace` to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.log_startup();
+        self.ctx.events.emit(Event::ServerStarted {
+            version: env!("CARGO_PKG_VERSION"),
+            listeners: self
+                .local_addrs()
+                .iter()
+                .map(|(a, k)| format!("{a} ({})", k.name()))
+                .collect(),
+        });
         // Under systemd (Type=notify): up once the listeners are bound and
         // the spool recovered, so that units ordered after us find us ready.
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -366,6 +374,9 @@ impl Server {
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.ctx.events.emit(Event::ServerStopping {
+            active: self.limits.active(),
+        });
         if let Some(notifier) = &self.ctx.notifier {
             notifier.stop();
         }
