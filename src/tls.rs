@@ -90,6 +90,9 @@ pub fn self_signed(hostname: &str) -> Result<(String, String), TlsError> {
 }
 
 /// A rustls server config from PEM files.
+/// TLS sessions remembered for resumption by id (about 100 bytes each).
+const SESSIONS_KEPT: usize = 4096;
+
 pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| TlsError::Cert {
@@ -111,7 +114,7 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
         path: key_path.into(),
         reason: e.to_string(),
     })?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -119,6 +122,14 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
             path: key_path.into(),
             reason: format!("does not match the certificate or cannot be used: {e}"),
         })?;
+    // Clients that connect for every message (printers, scripts, most
+    // libraries) resume their TLS session instead of a full handshake:
+    // session tickets (keys rotated by the ticketer, new on each reload)
+    // and a session cache for clients that ask by id.
+    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT);
     Ok(Arc::new(config))
 }
 

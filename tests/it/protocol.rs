@@ -671,3 +671,34 @@ async fn a_changed_or_deleted_password_is_refused_at_once_despite_the_cache() {
     let mut c = ehlo(&server, OUTSIDER).await;
     assert_eq!(c.auth_plain("app", "new-pass").await.code, 535, "deleted");
 }
+
+/// A client that connects for every message resumes its TLS session (a
+/// session ticket) instead of a full handshake each time — even after many
+/// other clients came in between (more than a default session cache holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_tls_client_resumes_its_session() {
+    let server =
+        TestServer::start("[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n").await;
+    let visit = |config: std::sync::Arc<rustls::ClientConfig>| {
+        let addr = server.addr();
+        async move {
+            let mut c = SmtpClient::greeted(addr, "127.0.0.2", "app.office.test").await;
+            c.starttls(config).await;
+            // The reply carries the ticket the client keeps for next time.
+            c.expect("EHLO app.office.test", 250).await;
+            c.expect("QUIT", 221).await;
+            c.resumed.unwrap()
+        }
+    };
+    let app = server.ca.client_config();
+    assert!(
+        !visit(std::sync::Arc::clone(&app)).await,
+        "the first handshake is full"
+    );
+    assert!(visit(std::sync::Arc::clone(&app)).await, "then resumed");
+    // 300 other clients, each with its own session.
+    for _ in 0..300 {
+        assert!(!visit(server.ca.client_config()).await);
+    }
+    assert!(visit(app).await, "still resumed after 300 others");
+}

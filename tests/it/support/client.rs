@@ -26,6 +26,8 @@ impl Reply {
 pub struct SmtpClient {
     io: Box<dyn Io>,
     buf: Vec<u8>,
+    /// After STARTTLS: whether the TLS session was resumed (not a full handshake).
+    pub resumed: Option<bool>,
 }
 
 pub async fn tcp_from(source: &str, server: SocketAddr) -> TcpStream {
@@ -49,15 +51,13 @@ impl SmtpClient {
         SmtpClient {
             io: Box::new(tcp),
             buf: Vec::new(),
+            resumed: None,
         }
     }
 
     /// Connects from `source` (e.g. "127.0.0.2") without reading the banner.
     pub async fn connect_raw(server: SocketAddr, source: &str) -> SmtpClient {
-        SmtpClient {
-            io: Box::new(tcp_from(source, server).await),
-            buf: Vec::new(),
-        }
+        SmtpClient::from_stream(tcp_from(source, server).await)
     }
 
     /// Connected from `source` and greeted with `EHLO helo` (250 asserted).
@@ -86,9 +86,12 @@ impl SmtpClient {
             .connect("localhost".try_into().unwrap(), tcp)
             .await
             .expect("TLS handshake");
+        let resumed =
+            Some(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
         let mut c = SmtpClient {
             io: Box::new(tls),
             buf: Vec::new(),
+            resumed,
         };
         assert_eq!(c.read_reply().await.code, 220);
         c
@@ -184,6 +187,8 @@ impl SmtpClient {
             .connect("localhost".try_into().unwrap(), io)
             .await
             .expect("STARTTLS handshake");
+        self.resumed =
+            Some(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
         self.io = Box::new(tls);
     }
 
