@@ -90,6 +90,18 @@ pub fn self_signed(hostname: &str) -> Result<(String, String), TlsError> {
 }
 
 /// A rustls server config from PEM files.
+/// An error and its sources, joined ("error sending request: tcp connect
+/// error: Connection refused"): HTTP clients hide the useful part below.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// TLS sessions remembered for resumption by id (about 100 bytes each).
 const SESSIONS_KEPT: usize = 4096;
 

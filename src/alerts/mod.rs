@@ -258,18 +258,12 @@ async fn tell(ctx: &Context, index: usize, rule: &AlertConfig, notice: &Notice) 
     };
     let body = format!(
         "{intro} on the relay {host}.\n\nalert:  {name} (rule {index} of [[alert]])\nsince:  {}\ndetail: {}\n",
-        conditions_time(notice.since),
+        crate::events::rfc3339(notice.since),
         notice.detail
     );
     if let Err(e) = mail::queue_notice(ctx, to, &subject, &body).await {
         warn!(alert = name, error = %e, "cannot queue the alert's e-mail");
     }
-}
-
-fn conditions_time(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -69,6 +69,16 @@ impl Outcome {
         }
     }
 
+    /// Tried again later, not a known-down skip.
+    pub fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outcome {
+        Outcome::Deferred {
+            result,
+            counts,
+            known_down: false,
+            retry_at,
+        }
+    }
+
     pub fn result_mut(&mut self) -> &mut AttemptResult {
         match self {
             Outcome::Delivered(r) | Outcome::Failed(r) | Outcome::Deferred { result: r, .. } => r,
@@ -484,12 +494,7 @@ impl Deliverer {
                     Err(e) => {
                         let result = AttemptResult::local(Stage::Queue, "4.3.0", e);
                         return vec![
-                            Outcome::Deferred {
-                                result,
-                                counts: true,
-                                known_down: false,
-                                retry_at: None,
-                            };
+                            Outcome::deferred(result, true, None);
                             job.message.recipients.len()
                         ];
                     }
@@ -573,15 +578,7 @@ impl Deliverer {
             Ok(v) => Arc::clone(v),
             Err(e) => {
                 let result = AttemptResult::local(Stage::StartTls, "4.7.5", e.clone());
-                return vec![
-                    Outcome::Deferred {
-                        result,
-                        counts: true,
-                        known_down: false,
-                        retry_at: None,
-                    };
-                    count
-                ];
+                return vec![Outcome::deferred(result, true, None); count];
             }
         };
         let mut usable = Vec::new();
@@ -604,15 +601,7 @@ impl Deliverer {
                 .map_or_else(|| "no MX host may be used".to_string(), |o| o.to_string());
             let mut result = AttemptResult::local(Stage::StartTls, "4.7.5", text);
             result.tls_policy = outcome.map(Box::new);
-            return vec![
-                Outcome::Deferred {
-                    result,
-                    counts: true,
-                    known_down: false,
-                    retry_at: None,
-                };
-                count
-            ];
+            return vec![Outcome::deferred(result, true, None); count];
         }
         self.deliver_to_hosts(job, &usable, msg, |hop| {
             let base = self.options(hop);
@@ -888,15 +877,7 @@ fn lost_after_content(
 ) -> Vec<Outcome> {
     warn!(queue_id = %job.queue_id, to = %msg.recipients.join(","), host = %host, ip = %addr.ip(), error = %e, "delivery attempt failed after the content was sent (the next hop may have the message); deferred, no other server tried now");
     let result = AttemptResult::client_error(e, host).with_ip(addr.ip());
-    vec![
-        Outcome::Deferred {
-            result,
-            counts: true,
-            known_down: false,
-            retry_at: None,
-        };
-        msg.recipients.len()
-    ]
+    vec![Outcome::deferred(result, true, None); msg.recipients.len()]
 }
 
 /// A recipient's outcome from the reply to its RCPT (or to the data, for all).

@@ -297,13 +297,7 @@ impl StsPolicies {
 }
 
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    crate::tls::error_chain(e)
 }
 
 #[cfg(test)]

@@ -452,10 +452,5 @@ fn local(text: String) -> AttemptResult {
 }
 
 fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outcome {
-    Outcome::Deferred {
-        result,
-        counts,
-        known_down: false,
-        retry_at,
-    }
+    Outcome::deferred(result, counts, retry_at)
 }

@@ -75,27 +75,21 @@ impl Signers {
 }
 
 fn build(d: &DkimConfig, loaded: LoadedKey) -> Signer {
-    let headers = d.signed_headers();
-    // relaxed/relaxed: survives the header refolding and trailing-space
-    // changes that mail systems on the way make.
     match loaded.key {
-        SigningKey::Rsa(k) => Signer::Rsa(
-            DkimSigner::from_key(k)
-                .domain(d.domain.clone())
-                .selector(d.selector.clone())
-                .headers(headers)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed),
-        ),
-        SigningKey::Ed25519(k) => Signer::Ed25519(
-            DkimSigner::from_key(k)
-                .domain(d.domain.clone())
-                .selector(d.selector.clone())
-                .headers(headers)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed),
-        ),
+        SigningKey::Rsa(k) => Signer::Rsa(signer(d, k)),
+        SigningKey::Ed25519(k) => Signer::Ed25519(signer(d, k)),
     }
+}
+
+/// relaxed/relaxed: survives the header refolding and trailing-space
+/// changes that mail systems on the way make.
+fn signer<K: mail_auth::common::crypto::SigningKey>(d: &DkimConfig, key: K) -> DkimSigner<K, Done> {
+    DkimSigner::from_key(key)
+        .domain(d.domain.clone())
+        .selector(d.selector.clone())
+        .headers(d.signed_headers())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// The one domain of the From: header (lower case); None when there is no

@@ -300,7 +300,7 @@ impl Subscriber for LogWriter {
 
 /// A Unix time as RFC 3339 ("2026-12-04T21:30:00Z"), as the log's own stamps.
 fn rfc3339(t: Option<i64>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    t.map(super::rfc3339)
+        .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "-".into())
 }

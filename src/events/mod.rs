@@ -456,6 +456,14 @@ impl Event {
     }
 }
 
+/// A Unix time as RFC 3339 in UTC ("2026-12-04T21:30:00Z"), as logs,
+/// webhooks and alert mail write times.
+pub fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
 /// The name a unit variant is serialized under ("needs_auth", "deferred"),
 /// for labels and text; empty for anything that is not a plain string.
 pub fn wire_name(value: &impl Serialize) -> String {

@@ -5,7 +5,7 @@
 //! retried) carries the id it had the first time.
 
 use crate::delivery::AttemptResult;
-use crate::events::{DeliveryState, Event};
+use crate::events::{DeliveryState, Event, rfc3339};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -268,12 +268,6 @@ fn random_id() -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -186,13 +186,7 @@ fn describe(e: reqwest::Error) -> String {
     } else {
         "failed"
     };
-    let mut text = format!("{what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    format!("{what}: {}", crate::tls::error_chain(&e))
 }
 
 #[cfg(test)]
