@@ -581,15 +581,21 @@ impl Deliverer {
                 return vec![Outcome::deferred(result, true, None); count];
             }
         };
+        // Each host's plan once: what is skipped, and how the rest are checked.
         let mut usable = Vec::new();
         let mut skipped = Vec::new();
+        let mut checked = std::collections::HashMap::new();
         for hop in hosts {
             match plan.for_host(&hop.host, &webpki) {
                 tls_policy::HostPlan::Skip(outcome, key) => {
                     self.report_tls(&key, &outcome, Some(&hop.host), None);
                     skipped.push(outcome);
                 }
-                _ => usable.push(hop.clone()),
+                tls_policy::HostPlan::Checked(check, tls) => {
+                    checked.insert(hop.host.clone(), (check, tls));
+                    usable.push(hop.clone());
+                }
+                tls_policy::HostPlan::Plain => usable.push(hop.clone()),
             }
         }
         if usable.is_empty() {
@@ -605,13 +611,13 @@ impl Deliverer {
         }
         self.deliver_to_hosts(job, &usable, msg, |hop| {
             let base = self.options(hop);
-            Ok(match plan.for_host(&hop.host, &webpki) {
-                tls_policy::HostPlan::Checked(check, tls) => ConnectOptions {
-                    tls,
-                    policy: Some(check),
+            Ok(match checked.get(&hop.host) {
+                Some((check, tls)) => ConnectOptions {
+                    tls: tls.clone(),
+                    policy: Some(Arc::clone(check)),
                     ..base
                 },
-                _ => base,
+                None => base,
             })
         })
         .await

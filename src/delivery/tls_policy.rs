@@ -49,6 +49,9 @@ pub struct PolicyCheck {
     pub domain: String,
     /// The policy as TLS reports name it.
     pub report_key: crate::tlsrpt::PolicyKey,
+    /// A failure known before any handshake (an MX host a `testing` policy
+    /// does not list): told for every attempt, whatever the certificate.
+    known_failure: Option<(&'static str, String)>,
     /// The handshake's verdict: what matched, or a result type and words.
     verdict: Mutex<Option<Result<String, (&'static str, String)>>>,
 }
@@ -90,6 +93,10 @@ impl PolicyCheck {
             .take();
         let (failure, detail) = match (verdict, error) {
             (Some(Err((kind, why))), _) => (Some(kind.to_string()), why),
+            (_, _) if self.known_failure.is_some() => {
+                let (kind, why) = self.known_failure.clone().expect("just checked");
+                (Some(kind.to_string()), why)
+            }
             (_, Some(ClientError::TlsUnavailable(why))) => {
                 (Some("starttls-not-supported".to_string()), why.clone())
             }
@@ -248,7 +255,7 @@ impl DomainPlan {
         webpki: &Arc<rustls::client::WebPkiServerVerifier>,
     ) -> HostPlan {
         let provider = crate::tls::provider();
-        let checked = |check: Check, enforce: bool, kind: TlsPolicyKind| {
+        let checked = |check: Check, enforce: bool, kind: TlsPolicyKind, known_failure| {
             let check = Arc::new(PolicyCheck {
                 check,
                 enforce,
@@ -256,6 +263,7 @@ impl DomainPlan {
                 kind,
                 domain: self.domain.clone(),
                 report_key: self.report_key(kind, host),
+                known_failure,
                 verdict: Mutex::new(None),
             });
             let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -274,7 +282,12 @@ impl DomainPlan {
         };
         match self.tlsa.get(host) {
             Some(Tlsa::Secure(records)) => {
-                return checked(Check::Dane(records.clone()), true, TlsPolicyKind::Dane);
+                return checked(
+                    Check::Dane(records.clone()),
+                    true,
+                    TlsPolicyKind::Dane,
+                    None,
+                );
             }
             Some(Tlsa::Failed(why)) => {
                 return HostPlan::Skip(
@@ -311,28 +324,22 @@ impl DomainPlan {
                     Check::WebPki(Arc::clone(webpki)),
                     true,
                     TlsPolicyKind::StsEnforce,
+                    None,
                 )
             }
             Some(p) if p.mode == Mode::Testing => {
-                if !p.allows(host) {
-                    // Testing: delivered anyway; the mismatch is reported.
-                    let check = checked(
-                        Check::WebPki(Arc::clone(webpki)),
-                        false,
-                        TlsPolicyKind::StsTesting,
-                    );
-                    if let HostPlan::Checked(c, _) = &check {
-                        c.remember(Err((
-                            "validation-failure",
-                            format!("MX host {host} is not one the MTA-STS policy names"),
-                        )));
-                    }
-                    return check;
-                }
+                // Testing: delivered anyway; an unlisted MX is reported.
+                let unlisted = (!p.allows(host)).then(|| {
+                    (
+                        "validation-failure",
+                        format!("MX host {host} is not one the MTA-STS policy names"),
+                    )
+                });
                 checked(
                     Check::WebPki(Arc::clone(webpki)),
                     false,
                     TlsPolicyKind::StsTesting,
+                    unlisted,
                 )
             }
             _ => HostPlan::Plain,
@@ -381,6 +388,26 @@ mod tests {
             plan.for_host("mx.evil.example", &v),
             HostPlan::Checked(_, TlsMode::Opportunistic(_))
         ));
+    }
+
+    #[test]
+    fn an_unlisted_mx_under_testing_is_reported_even_with_a_good_certificate() {
+        let mut plan = DomainPlan::none("example.org");
+        plan.sts = Some(policy(Mode::Testing));
+        let HostPlan::Checked(check, _) = plan.for_host("mx.evil.example", &webpki()) else {
+            panic!("testing delivers to every MX");
+        };
+        for _ in 0..2 {
+            // Each attempt (each address of the host) says so again.
+            check.remember(Ok("certificate valid for mx.evil.example".into()));
+            let o = check.outcome(None);
+            assert_eq!(o.failure.as_deref(), Some("validation-failure"), "{o:?}");
+        }
+        let HostPlan::Checked(listed, _) = plan.for_host("mx1.example.org", &webpki()) else {
+            panic!("a listed MX is checked");
+        };
+        listed.remember(Ok("certificate valid".into()));
+        assert_eq!(listed.outcome(None).failure, None);
     }
 
     #[test]
