@@ -12,16 +12,18 @@ pub async fn queue_notice(
     subject: &str,
     body: &str,
 ) -> Result<QueueId, String> {
-    let message = compose(&ctx.hostname, to, subject, body, &QueueId::new());
+    let id = QueueId::new();
+    let message = compose(&ctx.hostname, to, subject, body, &id);
     crate::queue::local_mail::submit(
         &ctx.spool,
         ctx.queue.as_ref(),
         &ctx.hostname,
-        "",
+        &id,
         to,
         message.into_bytes(),
     )
-    .await
+    .await?;
+    Ok(id)
 }
 
 /// Control characters (a reply text from a remote server may carry some)

@@ -181,9 +181,9 @@ impl Subscriber for Notifier {
             Event::Alert { webhook, .. } => webhook.as_deref(),
             _ => None,
         };
+        let kind = payload::kind_of(event);
         let mut notification = None;
         for hook in webhooks.values() {
-            let kind = payload::kind_of(event);
             let wanted = kind.is_some_and(|k| hook.config.wants(k))
                 || named == Some(hook.config.name.as_str());
             if !wanted {

@@ -1,23 +1,23 @@
-//! Mail we write ourselves (alert notices, TLS reports) put in the queue
-//! like any message: synced, then announced to the manager. Bounces and
-//! delay notices have their own path in `work.rs` (they belong to a message).
+//! Mail we write ourselves — delivery reports, alert notices, TLS reports —
+//! put in the queue like any message: synced, then announced to the
+//! manager. It always has the null sender, so that a report that cannot be
+//! delivered makes no report of its own.
 
 use super::QueueHandle;
 use crate::spool::{ContentInfo, Envelope, EnvelopeRecipient, Origin, QueueId, Spool};
 
-/// Queues `message` from `sender` (empty: the null sender) to `to`.
-pub async fn submit(
+/// Writes `message` for `to` into the spool as `id` (blocking: synced).
+pub fn write(
     spool: &Spool,
-    queue: Option<&QueueHandle>,
+    id: &QueueId,
     hostname: &str,
-    sender: &str,
     to: &str,
-    message: Vec<u8>,
-) -> Result<QueueId, String> {
-    let id = QueueId::new();
+    message: &[u8],
+    smtputf8: bool,
+) -> std::io::Result<()> {
     let envelope = Envelope::new(
-        &id,
-        sender.to_string(),
+        id,
+        String::new(),
         vec![EnvelopeRecipient {
             address: to.to_string(),
             domain: to
@@ -32,23 +32,37 @@ pub async fn submit(
             trusted: true,
         },
         ContentInfo {
-            smtputf8: false,
+            smtputf8,
             eight_bit: !message.is_ascii(),
             size: message.len() as u64,
         },
     );
-    let spool = spool.clone();
-    let qid = id.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut w = spool.begin(&qid);
-        w.write(&message);
-        w.commit(&envelope)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    let mut w = spool.begin(id);
+    w.write(message);
+    w.commit(&envelope)
+}
+
+/// Queues `message` for `to` as `id`, off the async threads, and tells the manager.
+pub async fn submit(
+    spool: &Spool,
+    queue: Option<&QueueHandle>,
+    hostname: &str,
+    id: &QueueId,
+    to: &str,
+    message: Vec<u8>,
+) -> Result<(), String> {
+    let (spool, qid, host, to) = (
+        spool.clone(),
+        id.clone(),
+        hostname.to_string(),
+        to.to_string(),
+    );
+    tokio::task::spawn_blocking(move || write(&spool, &qid, &host, &to, &message, false))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     if let Some(q) = queue {
         q.notify(id.clone());
     }
-    Ok(id)
+    Ok(())
 }

@@ -10,11 +10,7 @@ use crate::delivery::client::Outgoing;
 use crate::delivery::route::{self, Destination, RouteFacts};
 use crate::delivery::{AttemptResult, Job, Outcome, Stage};
 use crate::events::{self, DeliveryState, Event};
-use crate::smtp::address::Domain;
-use crate::spool::{
-    ContentInfo, Envelope, EnvelopeRecipient, MessageState, Origin, QueueId, RecipientStatus,
-    SpoolError, off_thread,
-};
+use crate::spool::{Envelope, MessageState, QueueId, RecipientStatus, SpoolError, off_thread};
 use std::collections::BTreeMap;
 use tracing::warn;
 
@@ -466,33 +462,16 @@ impl QueueManager {
             },
             &bounce_id,
         );
-        let envelope = Envelope::new(
-            &bounce_id,
-            String::new(),
-            vec![EnvelopeRecipient {
-                address: env.sender.clone(),
-                domain: domain_of_address(&env.sender),
-            }],
-            Origin {
-                client_ip: "127.0.0.1".into(),
-                helo: self.hostname.clone(),
-                auth_user: None,
-                trusted: true,
-            },
-            ContentInfo {
-                smtputf8: env.smtputf8,
-                eight_bit: !dsn.is_ascii(),
-                size: dsn.len() as u64,
-            },
+        let (spool, bid, host, to) = (
+            self.spool.clone(),
+            bounce_id.clone(),
+            self.hostname.clone(),
+            env.sender.clone(),
         );
-        let spool = self.spool.clone();
-        let bid = bounce_id.clone();
-        let written = off_thread(move || {
-            let mut w = spool.begin(&bid);
-            w.write(&dsn);
-            w.commit(&envelope)
-        })
-        .await;
+        let smtputf8 = env.smtputf8;
+        let written =
+            off_thread(move || super::local_mail::write(&spool, &bid, &host, &to, &dsn, smtputf8))
+                .await;
         match written {
             Ok(()) => {
                 self.events.emit(Event::ReportQueued {
@@ -541,13 +520,6 @@ fn to_report(
             )),
         })
         .collect()
-}
-
-fn domain_of_address(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| Domain::normalize(d))
-        .unwrap_or_default()
 }
 
 /// What routing may look at of a message: its sender, the AUTH name and

@@ -105,12 +105,11 @@ async fn by_mail(
         &ctx.spool,
         ctx.queue.as_ref(),
         host,
-        "",
+        &crate::spool::QueueId::new(),
         address,
         message.into_bytes(),
     )
     .await
-    .map(|_| ())
 }
 
 async fn by_https(ctx: &Context, report: &TlsReport, url: &str) -> Result<(), String> {
