@@ -108,6 +108,18 @@ pub fn same_origin(state: &AdminState, headers: &HeaderMap) -> bool {
 }
 
 /// The Set-Cookie value for a new login (or, with an empty token, a logout).
+/// Whether `password` is `user`'s own, given again to confirm a risky change
+/// (checked like a login, within the same password-check budget).
+pub async fn password_again(state: &AdminState, user: &str, password: Option<String>) -> bool {
+    match password {
+        Some(p) => matches!(
+            state.current.get().credentials.check(user, p).await,
+            crate::credentials::CheckResult::Valid
+        ),
+        None => false,
+    }
+}
+
 pub fn session_cookie(token: &str, https: bool) -> String {
     let secure = if https { "; Secure" } else { "" };
     let max_age = if token.is_empty() { "; Max-Age=0" } else { "" };

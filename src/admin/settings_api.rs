@@ -6,10 +6,10 @@
 //! reload fails.
 
 use super::AdminState;
-use super::access::{ApiChange, ApiLogin};
+use super::access::{ApiChange, ApiLogin, password_again};
+use super::api::error;
 use super::listener::Peer;
 use crate::config::SettingsMode;
-use crate::credentials::CheckResult;
 use crate::diagnostics::audit::Machine;
 use crate::events::Event;
 use crate::settings::{ConfigFile, edit, file, preview, review};
@@ -25,10 +25,6 @@ type Shared = State<Arc<AdminState>>;
 
 /// Sections whose change needs the admin's password again.
 const RISKY: &[&str] = &["network", "access", "auth", "admin", "relay", "listener"];
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
-}
 
 /// The file, or why the page cannot edit it.
 fn editable(state: &AdminState) -> Result<ConfigFile, (StatusCode, String)> {
@@ -339,20 +335,11 @@ async fn store(
             .into_response();
     }
     let ctx = state.current.get();
-    if touches_risky(&old, &new) {
-        let confirmed = match &who.password {
-            Some(p) => matches!(
-                ctx.credentials.check(&who.user, p.clone()).await,
-                CheckResult::Valid
-            ),
-            None => false,
-        };
-        if !confirmed {
-            return error(
-                StatusCode::FORBIDDEN,
-                "this change touches relay rules, the connection filter, logins or the admin page: confirm it with your password",
-            );
-        }
+    if touches_risky(&old, &new) && !password_again(state, &who.user, who.password.clone()).await {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this change touches relay rules, the connection filter, logins or the admin page: confirm it with your password",
+        );
     }
     let machine = Machine::read();
     let r = review(&new, &ctx.config, &who.user, &machine);

@@ -4,10 +4,10 @@
 //! read-only changes no users either. You cannot remove yourself.
 
 use super::AdminState;
-use super::access::{ApiChange, ApiLogin};
+use super::access::{ApiChange, ApiLogin, password_again};
+use super::api::error;
 use super::listener::Peer;
 use crate::config::SettingsMode;
-use crate::credentials::CheckResult;
 use crate::events::Event;
 use crate::users::{hash_password, read_users, valid_name, write_users};
 use axum::Json;
@@ -22,10 +22,6 @@ type Shared = State<Arc<AdminState>>;
 
 /// The shortest password the page sets.
 const MIN_PASSWORD: usize = 10;
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
-}
 
 pub async fn list(State(state): Shared, _login: ApiLogin) -> Response {
     let ctx = state.current.get();
@@ -67,11 +63,7 @@ async fn allowed(state: &AdminState, user: &str, password: Option<String>) -> Re
             "[admin] settings = \"read-only\": users are managed elsewhere",
         ));
     }
-    let confirmed = match password {
-        Some(p) => matches!(ctx.credentials.check(user, p).await, CheckResult::Valid),
-        None => false,
-    };
-    if confirmed {
+    if password_again(state, user, password).await {
         Ok(())
     } else {
         Err(error(
