@@ -181,6 +181,12 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
 
 /// "cannot be read by portcullis (uid 105): Permission denied (os error 13)":
 /// the user matters, as the service runs as another one than the admin.
+/// Whether a secret's file is open to other users than its owner (group or world).
+pub(super) fn readable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+}
+
 fn cannot_access(key: &str, path: &std::path::Path, how: &str, e: &std::io::Error) -> Finding {
     finding(
         Severity::Error,

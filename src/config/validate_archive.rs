@@ -10,7 +10,7 @@ use std::path::Path;
 pub fn check(c: &Config, out: &mut Vec<Finding>) {
     let a = &c.archive;
     if let Some(to) = &a.to
-        && !matches!(to.rsplit_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !to.contains(char::is_whitespace))
+        && !super::validate_routes::is_address(to)
     {
         out.push(finding(
             Severity::Error,

@@ -4,7 +4,6 @@
 use super::Config;
 use super::validate::{Finding, Severity, finding};
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 
 fn is_dns_name(name: &str) -> bool {
     !name.is_empty()
@@ -68,8 +67,7 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
                 )),
             ),
             Ok(_) => {
-                if std::fs::metadata(&d.key_file).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
-                {
+                if super::validate::readable_by_others(&d.key_file) {
                     out.push(finding(
                         Severity::Warning,
                         key("key_file"),

@@ -5,7 +5,6 @@
 use super::validate::{Finding, Severity, finding};
 use super::{AlertOn, Config, WEBHOOK_KINDS};
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 
 pub fn check(c: &Config, out: &mut Vec<Finding>) {
     let mut names = HashSet::new();
@@ -86,7 +85,7 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
                     "is empty",
                 )),
                 Ok(_) => {
-                    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                    if super::validate::readable_by_others(path) {
                         out.push(finding(
                             Severity::Warning,
                             key("secret_file"),
@@ -145,7 +144,7 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
             ));
         }
         if let Some(to) = &a.email
-            && !matches!(to.rsplit_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !to.contains(char::is_whitespace))
+            && !super::validate_routes::is_address(to)
         {
             out.push(finding(
                 Severity::Error,

@@ -122,7 +122,8 @@ fn check_quotas(c: &Config, profiles: &[Profile], out: &mut Vec<Finding>) {
     }
 }
 
-fn is_address(s: &str) -> bool {
+/// Whether `s` looks like a mailbox address (`local@domain.tld`, no blanks).
+pub(super) fn is_address(s: &str) -> bool {
     matches!(s.rsplit_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !s.contains(char::is_whitespace))
 }
 
