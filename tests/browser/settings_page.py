@@ -8,33 +8,11 @@ with the password and waits for the reload. Screenshots go to --out."""
 
 import argparse
 import os
-import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from chromium import browser, check
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
-
-
-def fail(why):
-    print(f"FAIL: {why}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, why):
-    if not cond:
-        fail(why)
-
-
-def browser():
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", "--window-size=1280,1600",
-                "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    opts.binary_location = "/usr/bin/chromium"
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
 
 def add_range(d, rng, exclude=""):
@@ -48,7 +26,6 @@ def add_range(d, rng, exclude=""):
 
 
 def apply_rules(d, wait):
-    d.find_element(By.ID, "status").get_attribute("textContent")
     d.execute_script("document.getElementById('status').textContent = ''")
     d.find_element(By.ID, "apply-networks").click()
     wait.until(lambda _: d.find_element(By.ID, "status").text.strip() != "")
@@ -65,7 +42,7 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    d = browser()
+    d = browser(height=1600)
     wait = WebDriverWait(d, 30)
     try:
         d.get(a.url + "/login")

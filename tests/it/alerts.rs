@@ -164,12 +164,7 @@ async fn a_held_flood_fires_flood_held_and_resolves_on_release() {
     let config = server.dir.path().join("flood.toml");
     std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
     let (ok, out, err) = tokio::task::block_in_place(|| {
-        crate::support::run_with_timeout(
-            std::process::Command::new(crate::support::server::binary())
-                .args(["queue", "release", "--source", "127.0.0.21", "--config"])
-                .arg(&config),
-            WAIT,
-        )
+        crate::support::portcullis(&config, &["queue", "release", "--source", "127.0.0.21"])
     });
     assert!(ok, "{out}{err}");
     let taken = receiver

@@ -1,9 +1,8 @@
 //! The spam-through guard: the NAT sentinel and the outbound flood hold.
 
 use crate::support::client::SmtpClient;
-use crate::support::server::{TestServer, binary};
+use crate::support::server::TestServer;
 use crate::support::sink::{Behaviour, Sink};
-use crate::support::{WAIT, run_with_timeout};
 use std::time::{Duration, Instant};
 
 /// A "router" inside the trusted range carries sessions from many Internet
@@ -45,15 +44,7 @@ async fn a_trusted_address_carrying_the_internet_loses_its_trust() {
     // `guard list` shows it with the evidence; `guard trust` gives it back.
     let config = server.dir.path().join("guard.toml");
     std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
-    let cli = |args: &[&str]| {
-        run_with_timeout(
-            std::process::Command::new(binary())
-                .args(args)
-                .arg("--config")
-                .arg(&config),
-            WAIT,
-        )
-    };
+    let cli = |args: &[&str]| crate::support::portcullis(&config, args);
     let (ok, out, err) = tokio::task::block_in_place(|| cli(&["guard", "list", "--json"]));
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -114,12 +105,7 @@ async fn a_flood_to_many_domains_is_held_until_released() {
     let config = server.dir.path().join("flood.toml");
     std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
     let (ok, out, err) = tokio::task::block_in_place(|| {
-        run_with_timeout(
-            std::process::Command::new(binary())
-                .args(["queue", "release", "--source", "127.0.0.20", "--config"])
-                .arg(&config),
-            WAIT,
-        )
+        crate::support::portcullis(&config, &["queue", "release", "--source", "127.0.0.20"])
     });
     assert!(ok, "{out}{err}");
     let started = Instant::now();
@@ -270,15 +256,7 @@ async fn guard_commands_without_a_server_edit_the_file_a_server_then_reads() {
         ),
     )
     .unwrap();
-    let cli = |args: &[&str]| {
-        run_with_timeout(
-            std::process::Command::new(binary())
-                .args(args)
-                .arg("--config")
-                .arg(&config),
-            WAIT,
-        )
-    };
+    let cli = |args: &[&str]| crate::support::portcullis(&config, args);
     let (ok, out, err) = tokio::task::block_in_place(|| cli(&["guard", "untrust", "127.0.0.77"]));
     assert!(ok, "{out}{err}");
     let (ok, out, _) = tokio::task::block_in_place(|| cli(&["guard", "list", "--json"]));

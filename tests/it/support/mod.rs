@@ -52,6 +52,17 @@ pub fn strip_received(spooled: &[u8]) -> &[u8] {
     }
 }
 
+/// Runs `portcullis ARGS --config CONFIG` (bounded by WAIT); returns (exit ok, stdout, stderr).
+pub fn portcullis(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    run_with_timeout(
+        std::process::Command::new(server::binary())
+            .args(args)
+            .arg("--config")
+            .arg(config),
+        WAIT,
+    )
+}
+
 /// Runs an external program with a time limit; returns (exit ok, stdout, stderr).
 pub fn run_with_timeout(
     cmd: &mut std::process::Command,
