@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Portcullis vs Postfix relay benchmark (see README "Performance").
-# Builds Portcullis in release mode, installs Postfix's tools when missing
-# (without running a system mail daemon), then runs bench/relay.py, which
-# alternates Portcullis and a private Postfix instance on loopback ports.
-# Needs root (private Postfix instance, cgroup accounting).
+# Builds Portcullis and the benchmark peers (examples/bench_peer) in release
+# mode, installs Postfix's tools and Dovecot (for Postfix's SASL) when
+# missing, without running a system mail daemon, then runs bench/relay.py,
+# which alternates Portcullis and a private Postfix instance on loopback ports.
+# Needs root (private Postfix and Dovecot instances, cgroup accounting,
+# a DNS server on 127.0.0.1:53 for the checks kind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
+missing=()
+command -v smtp-source >/dev/null || missing+=(postfix)
+command -v dovecot >/dev/null || missing+=(dovecot-core)
+command -v unshare >/dev/null || missing+=(util-linux)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 postfix stop >/dev/null 2>&1 || true   # never leave the system instance on port 25
-cargo build --release --quiet
-exec python3 bench/relay.py --binary target/release/portcullis "$@"
+doveadm stop >/dev/null 2>&1 || true   # nor a system Dovecot
+cargo build --release --quiet --bin portcullis --example bench_peer
+# A private network namespace: loopback only, plus the checks kind's client
+# address (see CHECKS_CLIENT in relay.py); nothing reaches the real network.
+exec unshare --net -- sh -c 'ip link set lo up && ip addr add 10.99.0.1/32 dev lo &&
+    exec python3 bench/relay.py --binary target/release/portcullis --peer target/release/examples/bench_peer "$@"' relay.sh "$@"

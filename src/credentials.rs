@@ -7,12 +7,19 @@
 //!   is told to come back later instead of queueing without end;
 //! - an attempt still waiting when its session drops the future never starts;
 //! - an unknown user is checked against a dummy hash, so that a wrong name takes
-//!   as long as a wrong password and names cannot be probed by timing.
+//!   as long as a wrong password and names cannot be probed by timing;
+//! - identical attempts (same user and password) arriving while one is being
+//!   hashed wait for its answer instead of queueing a hash each: an
+//!   application opening fifty connections at once costs one hash, not a
+//!   waiting line full of `454`s. Only a success is shared; when the shared
+//!   check fails, each waiter pays for its own, as every wrong password must.
 
 use crate::users::{UserDb, UsersError, verify_password};
-use std::sync::Arc;
+use crate::verified_cache::Digest;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, watch};
 
 /// Attempts allowed to wait for a permit, per permit.
 const WAITING_PER_WORKER: usize = 4;
@@ -36,6 +43,8 @@ pub struct CredentialChecker {
     hashes_started: Arc<AtomicU64>,
     /// Successful checks remembered for a while (see `verified_cache`).
     verified: Arc<crate::verified_cache::VerifiedCache>,
+    /// Checks being hashed now, by attempt key: their answer, once known.
+    in_flight: Mutex<HashMap<Digest, watch::Receiver<Option<bool>>>>,
 }
 
 impl CredentialChecker {
@@ -53,6 +62,7 @@ impl CredentialChecker {
             max_waiting,
             hashes_started: Arc::new(AtomicU64::new(0)),
             verified: Arc::new(crate::verified_cache::VerifiedCache::new()),
+            in_flight: Mutex::default(),
         }
     }
 
@@ -72,6 +82,39 @@ impl CredentialChecker {
         {
             return CheckResult::Valid;
         }
+        let key = self.verified.attempt_key(user, &password);
+        let joined = self.lock_in_flight().get(&key).cloned();
+        if let Some(mut answer) = joined {
+            // Err: the leader's client left before its check began.
+            if let Ok(answer) = answer.wait_for(Option::is_some).await
+                && *answer == Some(true)
+            {
+                return CheckResult::Valid;
+            }
+            return self.check_now(user, password).await;
+        }
+        let (tell, answer) = watch::channel(None);
+        let _flight = match self.lock_in_flight().entry(key) {
+            // Another identical attempt began in between: hash alone.
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(place) => {
+                place.insert(answer);
+                Some(Flight { checker: self, key })
+            }
+        };
+        let result = self.check_now(user, password).await;
+        let _ = tell.send(Some(matches!(result, CheckResult::Valid)));
+        result
+    }
+
+    fn lock_in_flight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Digest, watch::Receiver<Option<bool>>>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The check itself, under the hashing budget.
+    async fn check_now(&self, user: &str, password: String) -> CheckResult {
         let users = Arc::clone(&self.users);
         let verified = Arc::clone(&self.verified);
         let name = user.to_string();
@@ -122,6 +165,18 @@ impl CredentialChecker {
             job()
         });
         Some(handle.await.map_err(|e| e.to_string()))
+    }
+}
+
+/// A check others may wait for; its entry goes when it ends or is dropped.
+struct Flight<'a> {
+    checker: &'a CredentialChecker,
+    key: Digest,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.checker.lock_in_flight().remove(&self.key);
     }
 }
 
@@ -273,7 +328,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(matches!(
-            c.check("alice", "right".into()).await,
+            c.check("alice", "another".into()).await,
             CheckResult::Busy
         ));
         // The waiting attempt's client leaves: its place is given back, nothing is hashed.
@@ -287,5 +342,39 @@ mod tests {
             c.check("alice", "right".into()).await,
             CheckResult::Valid
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_attempts_share_one_hash_but_wrong_ones_each_pay() {
+        let dir = tempfile::tempdir().unwrap();
+        // One worker and one waiting place: without sharing, most would be Busy.
+        let c = Arc::new(checker(&dir, 1, 1));
+        let attempts = |password: &'static str| {
+            (0..20)
+                .map(|_| {
+                    let c = Arc::clone(&c);
+                    tokio::spawn(async move { c.check("alice", password.into()).await })
+                })
+                .collect::<Vec<_>>()
+        };
+        for a in attempts("right") {
+            assert!(matches!(a.await.unwrap(), CheckResult::Valid));
+        }
+        assert_eq!(c.hashes_started(), 1, "twenty at once, one hash");
+        assert!(c.lock_in_flight().is_empty());
+        let mut invalid = 0;
+        for a in attempts("wrong") {
+            match a.await.unwrap() {
+                CheckResult::Invalid => invalid += 1,
+                CheckResult::Busy => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(invalid >= 1);
+        assert_eq!(
+            c.hashes_started(),
+            1 + invalid,
+            "every wrong answer came from a hash of its own"
+        );
     }
 }

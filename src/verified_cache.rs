@@ -17,7 +17,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-type Digest = [u8; 32];
+/// A MAC under the cache's key: of a user and password (a check's key) or
+/// of a stored hash (what it was checked against).
+pub type Digest = [u8; 32];
 
 /// How long a successful check is remembered.
 pub const LIFETIME: Duration = Duration::from_secs(300);
@@ -75,6 +77,12 @@ impl VerifiedCache {
         mac.finalize().into_bytes().into()
     }
 
+    /// The key identifying checks of `password` for `user` (never the
+    /// password itself): the same for two identical attempts.
+    pub fn attempt_key(&self, user: &str, password: &str) -> Digest {
+        self.mac(&[user.as_bytes(), password.as_bytes()])
+    }
+
     /// Whether `password` was found right for `user` against `stored_hash`
     /// lately, under users file `generation`.
     pub fn remembers(
@@ -84,7 +92,7 @@ impl VerifiedCache {
         stored_hash: &str,
         generation: u64,
     ) -> bool {
-        let key = self.mac(&[user.as_bytes(), password.as_bytes()]);
+        let key = self.attempt_key(user, password);
         let expected = self.mac(&[stored_hash.as_bytes()]);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.generation != generation {
@@ -99,7 +107,7 @@ impl VerifiedCache {
 
     /// Remembers a successful check.
     pub fn remember(&self, user: &str, password: &str, stored_hash: &str, generation: u64) {
-        let key = self.mac(&[user.as_bytes(), password.as_bytes()]);
+        let key = self.attempt_key(user, password);
         let fingerprint = self.mac(&[stored_hash.as_bytes()]);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.generation != generation {
