@@ -103,7 +103,7 @@ class Env:
     """What every run of one invocation shares: ports, the bench_peer
     binary, certificates, the users' hash, and for the kinds that need them
     the loopback DNS server and the Dovecot auth service Postfix asks."""
-    def __init__(self, workdir, binary, peer, kinds):
+    def __init__(self, workdir, binary, peer, kinds, dns_ttl):
         self.workdir, self.binary, self.peer = workdir, binary, peer
         self.sink_port = free_port()
         self.certs = os.path.join(workdir, "certs")
@@ -121,7 +121,7 @@ class Env:
         if "checks" in kinds:
             self.dns_count = os.path.join(workdir, "dns-count")
             self.procs.append(subprocess.Popen([peer, "dns", "--listen", "127.0.0.1:53", "--count-file", self.dns_count,
-                                                "--host", f"client.bench.test={CHECKS_CLIENT}"]
+                                                "--ttl", str(dns_ttl), "--host", f"client.bench.test={CHECKS_CLIENT}"]
                                                + [a for z in DNS_LISTS for a in ("--test-entry", z)]))
             with open(os.path.join(workdir, "resolv.conf"), "w") as f: f.write("nameserver 127.0.0.1\noptions attempts:2 timeout:2\n")
             with open(os.path.join(workdir, "hosts"), "w") as f: f.write("")  # 127.0.0.1's name comes from DNS
@@ -340,7 +340,16 @@ smtpd_relay_restrictions = permit_sasl_authenticated, reject
             lists = ", ".join(f"reject_rbl_client {z}" for z in DNS_LISTS)
             text += f"mynetworks = 127.0.0.0/8, {CHECKS_CLIENT}/32\n"
             text += f"smtpd_client_restrictions = {lists}, reject_unknown_client_hostname, permit\n"
-        with open(os.path.join(self.conf, "main.cf"), "w") as f: f.write(text)
+        # One line per parameter, the kind's value winning: Postfix warns of
+        # every repeated one in every process it starts, and its postlogd,
+        # logging those warnings through its own full socket, can hang.
+        params = {}
+        for line in text.splitlines():
+            if "=" in line:
+                key, value = line.split("=", 1)
+                params[key.strip()] = value.strip()
+        with open(os.path.join(self.conf, "main.cf"), "w") as f:
+            f.write("".join(f"{k} = {v}\n" for k, v in params.items()))
         # The Debian master.cf, with smtpd on our loopback port and nothing chrooted.
         with open("/etc/postfix/master.cf") as src, open(os.path.join(self.conf, "master.cf"), "w") as dst:
             for line in src:
@@ -368,7 +377,11 @@ smtpd_relay_restrictions = permit_sasl_authenticated, reject
         subprocess.run(argv, check=True, preexec_fn=cg.enter, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
     def stop(self):
-        subprocess.run(["postfix", "-c", self.conf, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Bounded: whatever is left is killed with the run's cgroup.
+        try:
+            subprocess.run(["postfix", "-c", self.conf, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        except subprocess.TimeoutExpired:
+            print("postfix stop did not finish within 60 s; its processes are killed", flush=True)
 
 def one_run(env, kind, server, size, sessions, count, end_to_end, run_id):
     cg = Cgroup(f"portcullis-bench-{os.getpid()}-{run_id}")
@@ -479,6 +492,7 @@ def main():
     ap.add_argument("--out", default="bench/results.md")
     ap.add_argument("--kinds", default="plain", help=f"comma-separated, of {', '.join(KINDS)} (or all)")
     ap.add_argument("--cases", help="comma-separated SIZE_KBxSESSIONS cases (default: six for plain, four for the others)")
+    ap.add_argument("--dns-ttl", type=int, default=300, help="TTL of the checks kind's DNS answers (0: nothing can be cached)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs) for a look afterwards")
     ap.add_argument("--only", choices=["portcullis", "postfix"], help="run one server (no ratios; for profiling)")
     args = ap.parse_args()
@@ -493,7 +507,7 @@ def main():
             sys.exit(f"relay.py: the checks kind needs {CHECKS_CLIENT} on this machine: run it through bench/relay.sh")
     workdir = tempfile.mkdtemp(prefix="portcullis-bench-")
     os.chmod(workdir, 0o755)  # Postfix's daemons run as the postfix user and must reach their queue
-    env = Env(workdir, os.path.abspath(args.binary), os.path.abspath(args.peer), set(kinds))
+    env = Env(workdir, os.path.abspath(args.binary), os.path.abspath(args.peer), set(kinds), args.dns_ttl)
     tables = []
     try:
         for kind in kinds:

@@ -8,11 +8,11 @@
 set -euo pipefail
 self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$self")"
-target=${1:?target: command, address, data, sasl, config, spool, proxy or all}
+target=${1:?target: command, address, data, sasl, config, spool, proxy, journal_codec or all}
 seconds=${2:?seconds}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
 if [ "$target" = all ]; then
-    for t in command address data sasl config spool proxy; do "$self" "$t" "$seconds"; done
+    for t in command address data sasl config spool proxy journal_codec; do "$self" "$t" "$seconds"; done
     exit 0
 fi
 mkdir -p "corpus/$target"

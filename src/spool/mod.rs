@@ -10,7 +10,7 @@
 
 mod committer;
 mod envelope;
-mod journal;
+pub mod journal;
 mod memory;
 mod queue_id;
 mod segment_file;
@@ -540,15 +540,16 @@ where
 /// acting on the files) from sharing this spool. `None` when someone holds it;
 /// the lock lasts as long as the returned file stays open.
 pub fn lock_data_dir(dir: &Path) -> io::Result<Option<File>> {
-    use std::os::fd::AsRawFd;
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("lock"))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((rc == 0).then_some(file))
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// Reads and checks the trailer, then the envelope. Returns the body length.

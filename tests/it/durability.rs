@@ -191,7 +191,13 @@ async fn kill_9_during_a_first_delivery_keeps_the_journaled_message() {
     let _ = hold_task.await; // the listener is closed once the task is gone
     held.lock().unwrap().clear();
 
-    // The next hop now works; the server starts on the same spool.
+    // The next hop now works; the server starts on the same spool. The
+    // port may take a moment to be free again after the kill (bounded).
+    let start = std::time::Instant::now();
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < WAIT, "port {port} never became free");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let sink = Sink::start("127.0.0.1", port, Behaviour::accept_all()).await;
     let server = ProcessServer::spawn(&config);
     assert!(
