@@ -37,6 +37,39 @@ fn hourly_retries(dns: &TestDns, port: u16) -> String {
     config(dns, &format!("mx_port = {port}\nretry_schedule = [\"1h\"]"))
 }
 
+/// What most of these tests start with: a DNS server of their own and one
+/// port shared by every next hop, each on its own 127.0.0.x address.
+struct Rig {
+    dns: TestDns,
+    port: u16,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        Rig {
+            dns: TestDns::start().await,
+            port: shared_port(),
+        }
+    }
+
+    /// A sink at `ip` on the shared port.
+    async fn sink(&self, ip: &str, behaviour: Behaviour) -> Sink {
+        Sink::start(ip, self.port, behaviour).await
+    }
+
+    /// The server, delivering to MX hosts on the shared port, with
+    /// `delivery` added to its `[delivery]` section.
+    async fn server(&self, delivery: &str) -> TestServer {
+        let keys = format!("mx_port = {}\n{delivery}", self.port);
+        TestServer::start(&config(&self.dns, &keys)).await
+    }
+
+    /// The server with one retry an hour (see `hourly_retries`).
+    async fn server_hourly(&self) -> TestServer {
+        TestServer::start(&hourly_retries(&self.dns, self.port)).await
+    }
+}
+
 async fn submit(server: &TestServer, from: &str, to: &[&str], body: &[u8]) -> String {
     let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
     let r = c.send_mail(from, to, body).await;
@@ -72,12 +105,11 @@ async fn first_attempt(server: &TestServer, id: &str) -> portcullis::spool::Reci
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_to_portcullis_to_sink_byte_exact() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let sink = Sink::start("127.0.0.20", port, Behaviour::accept_all()).await;
-    dns.mx("example.net", 10, "mx1.example.net");
-    dns.host("mx1.example.net", "127.0.0.20");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    let sink = rig.sink("127.0.0.20", Behaviour::accept_all()).await;
+    rig.dns.mx("example.net", 10, "mx1.example.net");
+    rig.dns.host("mx1.example.net", "127.0.0.20");
+    let server = rig.server("").await;
 
     let body = b"From: a@client.test\r\nTo: b@example.net\r\nSubject: end to end\r\n\r\nline one\r\n.dot line\r\nlast line";
     let path = server.dir.path().join("e2e.eml");
@@ -127,26 +159,25 @@ async fn swaks_to_portcullis_to_sink_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mx_preferences_and_failover() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
+    let rig = Rig::new().await;
     // mx1: nothing listens (connection refused); mx2: answers 421; mx3 takes the mail.
-    let _mx2 = Sink::start(
-        "127.0.0.31",
-        port,
-        Behaviour {
-            banner: Some((421, "4.3.2 busy")),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mx3 = Sink::start("127.0.0.32", port, Behaviour::accept_all()).await;
-    dns.mx("failover.example", 10, "mx1.failover.example");
-    dns.mx("failover.example", 20, "mx2.failover.example");
-    dns.mx("failover.example", 30, "mx3.failover.example");
-    dns.host("mx1.failover.example", "127.0.0.30");
-    dns.host("mx2.failover.example", "127.0.0.31");
-    dns.host("mx3.failover.example", "127.0.0.32");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let _mx2 = rig
+        .sink(
+            "127.0.0.31",
+            Behaviour {
+                banner: Some((421, "4.3.2 busy")),
+                ..Default::default()
+            },
+        )
+        .await;
+    let mx3 = rig.sink("127.0.0.32", Behaviour::accept_all()).await;
+    rig.dns.mx("failover.example", 10, "mx1.failover.example");
+    rig.dns.mx("failover.example", 20, "mx2.failover.example");
+    rig.dns.mx("failover.example", 30, "mx3.failover.example");
+    rig.dns.host("mx1.failover.example", "127.0.0.30");
+    rig.dns.host("mx2.failover.example", "127.0.0.31");
+    rig.dns.host("mx3.failover.example", "127.0.0.32");
+    let server = rig.server("").await;
     submit(
         &server,
         "a@client.test",
@@ -154,7 +185,7 @@ async fn mx_preferences_and_failover() {
         b"Subject: failover\r\n\r\nx\r\n",
     )
     .await;
-    assert_eq!(mx3.addr.port(), port);
+    assert_eq!(mx3.addr.port(), rig.port);
     let got = mx3.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1, "one transaction for both recipients");
     assert_eq!(got[0].rcpts.len(), 2);
@@ -163,10 +194,9 @@ async fn mx_preferences_and_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_servers_down_defers_then_delivers_once_one_comes_up() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    dns.mail_domain("later.example", "127.0.0.40");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    rig.dns.mail_domain("later.example", "127.0.0.40");
+    let server = rig.server("").await;
     let id = submit(
         &server,
         "a@client.test",
@@ -184,7 +214,7 @@ async fn all_servers_down_defers_then_delivers_once_one_comes_up() {
         "{r:?}"
     );
     assert!(r.next_attempt.is_some());
-    let sink = Sink::start("127.0.0.40", port, Behaviour::accept_all()).await;
+    let sink = rig.sink("127.0.0.40", Behaviour::accept_all()).await;
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1, "delivered once the server came up");
     assert!(queue_drains(&server).await);
@@ -210,21 +240,20 @@ fn dsn_fields(data: &[u8]) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_bounces_to_the_sender_and_null_sender_gets_none() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let dest = Sink::start(
-        "127.0.0.50",
-        port,
-        Behaviour {
-            reject_rcpt: vec![("nobody", 550, "5.1.1 no such user here")],
-            ..Behaviour::accept_all()
-        },
-    )
-    .await;
-    let senders_mx = Sink::start("127.0.0.51", port, Behaviour::accept_all()).await;
-    dns.mail_domain("dest.example", "127.0.0.50");
-    dns.mail_domain("sender.example", "127.0.0.51");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    let dest = rig
+        .sink(
+            "127.0.0.50",
+            Behaviour {
+                reject_rcpt: vec![("nobody", 550, "5.1.1 no such user here")],
+                ..Behaviour::accept_all()
+            },
+        )
+        .await;
+    let senders_mx = rig.sink("127.0.0.51", Behaviour::accept_all()).await;
+    rig.dns.mail_domain("dest.example", "127.0.0.50");
+    rig.dns.mail_domain("sender.example", "127.0.0.51");
+    let server = rig.server("").await;
     let original = b"Subject: will bounce\r\nMessage-ID: <orig@sender.example>\r\n\r\nhello\r\n";
     submit(
         &server,
@@ -288,12 +317,11 @@ async fn permanent_failure_bounces_to_the_sender_and_null_sender_gets_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_mx_and_missing_domains_bounce_at_once() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let senders_mx = Sink::start("127.0.0.55", port, Behaviour::accept_all()).await;
-    dns.mail_domain("sender.example", "127.0.0.55");
-    dns.null_mx("nomail.example");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    let senders_mx = rig.sink("127.0.0.55", Behaviour::accept_all()).await;
+    rig.dns.mail_domain("sender.example", "127.0.0.55");
+    rig.dns.null_mx("nomail.example");
+    let server = rig.server("").await;
     submit(
         &server,
         "alice@sender.example",
@@ -318,16 +346,11 @@ async fn null_mx_and_missing_domains_bounce_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_bounces_with_4_4_7() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let senders_mx = Sink::start("127.0.0.57", port, Behaviour::accept_all()).await;
-    dns.mail_domain("sender.example", "127.0.0.57");
-    dns.mail_domain("down.example", "127.0.0.58"); // nothing listens there
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\nmax_queue_lifetime = \"3s\""),
-    ))
-    .await;
+    let rig = Rig::new().await;
+    let senders_mx = rig.sink("127.0.0.57", Behaviour::accept_all()).await;
+    rig.dns.mail_domain("sender.example", "127.0.0.57");
+    rig.dns.mail_domain("down.example", "127.0.0.58"); // nothing listens there
+    let server = rig.server("max_queue_lifetime = \"3s\"").await;
     submit(
         &server,
         "alice@sender.example",
@@ -388,15 +411,11 @@ async fn smarthost_failover_with_starttls_and_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_tls_and_missing_auth_never_send_in_clear() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let plain = Sink::start("127.0.0.65", port, Behaviour::accept_all()).await;
-    dns.mail_domain("plain.example", "127.0.0.65");
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\noutbound_tls = \"required\""),
-    ))
-    .await;
+    let rig = Rig::new().await;
+    let port = rig.port;
+    let plain = rig.sink("127.0.0.65", Behaviour::accept_all()).await;
+    rig.dns.mail_domain("plain.example", "127.0.0.65");
+    let server = rig.server("outbound_tls = \"required\"").await;
     let id = submit(
         &server,
         "a@client.test",
@@ -416,12 +435,12 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("p");
     std::fs::write(&pass, "pw").unwrap();
-    let no_auth = Sink::start("127.0.0.66", port, Behaviour::accept_all()).await;
+    let no_auth = rig.sink("127.0.0.66", Behaviour::accept_all()).await;
     let delivery = format!(
         "mode = \"smarthost\"\nsmarthost = \"127.0.0.66:{port}\"\nsmarthost_tls = \"none\"\nsmarthost_user = \"u\"\nsmarthost_password_file = \"{}\"\n",
         pass.display()
     );
-    let server = TestServer::start(&config(&dns, &delivery)).await;
+    let server = TestServer::start(&config(&rig.dns, &delivery)).await;
     let id = submit(
         &server,
         "a@client.test",
@@ -442,13 +461,13 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_dns_failures() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let office = Sink::start("127.0.0.70", port, Behaviour::accept_all()).await;
-    dns.silent("broken-dns.example");
+    let rig = Rig::new().await;
+    let port = rig.port;
+    let office = rig.sink("127.0.0.70", Behaviour::accept_all()).await;
+    rig.dns.silent("broken-rig.dns.example");
     let server = TestServer::start(&format!(
         "{}\n[[route]]\ndomain = \"example.lan\"\nhost = \"127.0.0.70:{port}\"\n",
-        config(&dns, "")
+        config(&rig.dns, "")
     ))
     .await;
     submit(
@@ -466,7 +485,7 @@ async fn routes_and_dns_failures() {
     let id = submit(
         &server,
         "a@client.test",
-        &["x@broken-dns.example"],
+        &["x@broken-rig.dns.example"],
         b"Subject: dns\r\n\r\nx\r\n",
     )
     .await;
@@ -477,21 +496,16 @@ async fn routes_and_dns_failures() {
         "a DNS failure is temporary"
     );
     assert_eq!(r.attempts, 0, "and does not count against the schedule");
-    assert!(dns.queries_for("broken-dns.example") > 0);
+    assert!(rig.dns.queries_for("broken-rig.dns.example") > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_delay_notice_while_retries_go_on() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let senders_mx = Sink::start("127.0.0.75", port, Behaviour::accept_all()).await;
-    dns.mail_domain("sender.example", "127.0.0.75");
-    dns.mail_domain("slow.example", "127.0.0.76"); // nothing listens there
-    let server = TestServer::start(&config(
-        &dns,
-        &format!("mx_port = {port}\ndelay_warning = \"2s\""),
-    ))
-    .await;
+    let rig = Rig::new().await;
+    let senders_mx = rig.sink("127.0.0.75", Behaviour::accept_all()).await;
+    rig.dns.mail_domain("sender.example", "127.0.0.75");
+    rig.dns.mail_domain("slow.example", "127.0.0.76"); // nothing listens there
+    let server = rig.server("delay_warning = \"2s\"").await;
     let id = submit(
         &server,
         "alice@sender.example",
@@ -517,11 +531,10 @@ async fn one_delay_notice_while_retries_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_message_streams_through_byte_exact() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let sink = Sink::start("127.0.0.78", port, Behaviour::accept_all()).await;
-    dns.mail_domain("big.example", "127.0.0.78");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    let sink = rig.sink("127.0.0.78", Behaviour::accept_all()).await;
+    rig.dns.mail_domain("big.example", "127.0.0.78");
+    let server = rig.server("").await;
     // 3 MB of lines of varying length, many starting with a dot, so that dots
     // fall on every side of the 64 KB chunks the delivery streams in.
     let mut body = b"Subject: big\r\n\r\n".to_vec();
@@ -555,11 +568,10 @@ async fn a_large_message_streams_through_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_release_and_retry_act_on_the_running_server() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    dns.mail_domain("retry.example", "127.0.0.79");
+    let rig = Rig::new().await;
+    rig.dns.mail_domain("retry.example", "127.0.0.79");
     // A long retry interval: only `queue retry` can bring the next attempt forward.
-    let server = TestServer::start(&hourly_retries(&dns, port)).await;
+    let server = rig.server_hourly().await;
     let config_path = server.dir.path().join("cli.toml");
     std::fs::write(&config_path, toml::to_string(&server.config).unwrap()).unwrap();
     let cli = |args: &[&str]| {
@@ -587,7 +599,7 @@ async fn hold_release_and_retry_act_on_the_running_server() {
         "next attempt an hour away: {r:?}"
     );
 
-    let sink = Sink::start("127.0.0.79", port, Behaviour::accept_all()).await;
+    let sink = rig.sink("127.0.0.79", Behaviour::accept_all()).await;
     cli(&["queue", "hold", &id]);
     cli(&["queue", "retry", &id]);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -610,10 +622,9 @@ async fn hold_release_and_retry_act_on_the_running_server() {
 /// stopped as fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_counts_as_an_attempt() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    dns.mail_domain("refusing.example", "127.0.0.86"); // nothing listens there
-    let server = TestServer::start(&hourly_retries(&dns, port)).await;
+    let rig = Rig::new().await;
+    rig.dns.mail_domain("refusing.example", "127.0.0.86"); // nothing listens there
+    let server = rig.server_hourly().await;
     let id = submit(
         &server,
         "a@client.test",
@@ -655,12 +666,14 @@ fn shown(server: &TestServer, id: &str) -> portcullis::queue::MessageDetail {
 /// shutdown), and a real attempt is still written at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    dns.mail_domain("dead.example", "127.0.0.87"); // nothing listens there
+    let rig = Rig::new().await;
+    rig.dns.mail_domain("dead.example", "127.0.0.87"); // nothing listens there
     let data = tempfile::tempdir().unwrap();
-    let server =
-        TestServer::start_at(&hourly_retries(&dns, port), Some(&data.path().join("data"))).await;
+    let server = TestServer::start_at(
+        &hourly_retries(&rig.dns, rig.port),
+        Some(&data.path().join("data")),
+    )
+    .await;
     let body = b"Subject: down\r\n\r\nx\r\n";
     let first = submit(&server, "a@client.test", &["x@dead.example"], body).await;
     let tried = first_attempt(&server, &first).await;
@@ -814,11 +827,10 @@ async fn scripted_hop(
 /// the retry schedule instead of being sent twice in a row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    dns.mail_domain("hangup.example", "127.0.0.87");
-    let seen = start_hanging_hop("127.0.0.87", port, 2).await;
-    let server = TestServer::start(&hourly_retries(&dns, port)).await;
+    let rig = Rig::new().await;
+    rig.dns.mail_domain("hangup.example", "127.0.0.87");
+    let seen = start_hanging_hop("127.0.0.87", rig.port, 2).await;
+    let server = rig.server_hourly().await;
     submit(
         &server,
         "a@client.test",
@@ -863,15 +875,14 @@ async fn a_pooled_connection_lost_after_the_content_is_not_retried_at_once() {
 /// have taken it before the connection was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_lost_at_the_first_mx_is_not_sent_to_the_second_at_once() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let seen = start_hanging_hop("127.0.0.88", port, 1).await;
-    let mx2 = Sink::start("127.0.0.89", port, Behaviour::accept_all()).await;
-    dns.mx("lost.example", 10, "mx1.lost.example");
-    dns.mx("lost.example", 20, "mx2.lost.example");
-    dns.host("mx1.lost.example", "127.0.0.88");
-    dns.host("mx2.lost.example", "127.0.0.89");
-    let server = TestServer::start(&hourly_retries(&dns, port)).await;
+    let rig = Rig::new().await;
+    let seen = start_hanging_hop("127.0.0.88", rig.port, 1).await;
+    let mx2 = rig.sink("127.0.0.89", Behaviour::accept_all()).await;
+    rig.dns.mx("lost.example", 10, "mx1.lost.example");
+    rig.dns.mx("lost.example", 20, "mx2.lost.example");
+    rig.dns.host("mx1.lost.example", "127.0.0.88");
+    rig.dns.host("mx2.lost.example", "127.0.0.89");
+    let server = rig.server_hourly().await;
     let id = submit(
         &server,
         "a@client.test",
@@ -899,11 +910,10 @@ async fn content_lost_at_the_first_mx_is_not_sent_to_the_second_at_once() {
 /// connection at once and is delivered, never bounced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_on_a_reused_connection_sends_the_message_on_a_fresh_one() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    dns.mail_domain("confused.example", "127.0.0.86");
-    let seen = start_scripted_hop("127.0.0.86", port, HopScript::OutOfSequenceAfter(1)).await;
-    let server = TestServer::start(&hourly_retries(&dns, port)).await;
+    let rig = Rig::new().await;
+    rig.dns.mail_domain("confused.example", "127.0.0.86");
+    let seen = start_scripted_hop("127.0.0.86", rig.port, HopScript::OutOfSequenceAfter(1)).await;
+    let server = rig.server_hourly().await;
     submit(
         &server,
         "a@client.test",
@@ -938,19 +948,18 @@ async fn a_503_on_a_reused_connection_sends_the_message_on_a_fresh_one() {
 /// encoded-words, and MAIL carries no BODY=8BITMIME.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_bit_mail_is_converted_for_a_seven_bit_next_hop() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let old = Sink::start(
-        "127.0.0.85",
-        port,
-        Behaviour {
-            seven_bit_only: true,
-            ..Behaviour::accept_all()
-        },
-    )
-    .await;
-    dns.mail_domain("old.example", "127.0.0.85");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    let old = rig
+        .sink(
+            "127.0.0.85",
+            Behaviour {
+                seven_bit_only: true,
+                ..Behaviour::accept_all()
+            },
+        )
+        .await;
+    rig.dns.mail_domain("old.example", "127.0.0.85");
+    let server = rig.server("").await;
     let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
     c.expect("MAIL FROM:<a@client.test> BODY=8BITMIME", 250)
         .await;
@@ -991,21 +1000,20 @@ async fn eight_bit_mail_is_converted_for_a_seven_bit_next_hop() {
 /// as if the next hop had said it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locally_decided_failure_is_not_reported_as_the_next_hops_reply() {
-    let dns = TestDns::start().await;
-    let port = shared_port();
-    let dest = Sink::start("127.0.0.83", port, Behaviour::accept_all()).await;
-    let senders_mx = Sink::start(
-        "127.0.0.84",
-        port,
-        Behaviour {
-            smtputf8: true,
-            ..Behaviour::accept_all()
-        },
-    )
-    .await;
-    dns.mail_domain("dest.example", "127.0.0.83");
-    dns.mail_domain("sender.example", "127.0.0.84");
-    let server = TestServer::start(&config(&dns, &format!("mx_port = {port}"))).await;
+    let rig = Rig::new().await;
+    let dest = rig.sink("127.0.0.83", Behaviour::accept_all()).await;
+    let senders_mx = rig
+        .sink(
+            "127.0.0.84",
+            Behaviour {
+                smtputf8: true,
+                ..Behaviour::accept_all()
+            },
+        )
+        .await;
+    rig.dns.mail_domain("dest.example", "127.0.0.83");
+    rig.dns.mail_domain("sender.example", "127.0.0.84");
+    let server = rig.server("").await;
     let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "submit.test").await;
     c.expect("MAIL FROM:<alice@sender.example> SMTPUTF8", 250)
         .await;
