@@ -3,8 +3,8 @@
 //! message (or its headers). Written by hand because the message/* parts
 //! must not be transfer-encoded (RFC 2046 5.2.1).
 
+use crate::attempt::AttemptResult;
 use crate::config::BounceAttach;
-use crate::delivery::AttemptResult;
 use crate::spool::Envelope;
 
 /// One recipient to report on.
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn status_codes() {
-        use crate::delivery::Stage;
+        use crate::attempt::Stage;
         let local = |e: &str| AttemptResult::local(Stage::Routing, e, "x");
         assert_eq!(status_of(&local("5.1.10"), ReportKind::Failed), "5.1.10");
         assert_eq!(status_of(&local("4.4.7"), ReportKind::Failed), "4.4.7");
@@ -251,7 +251,7 @@ mod tests {
         let rcpts = [ReportedRecipient {
             address: "bob@example.net".into(),
             result: AttemptResult::reply(
-                crate::delivery::Stage::RcptTo,
+                crate::attempt::Stage::RcptTo,
                 &crate::delivery::client::ServerReply {
                     code: 550,
                     text: "5.1.1 user unknown".into(),

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod archive;
+pub mod attempt;
 pub mod bounce;
 pub mod checks;
 pub mod cli;

@@ -151,7 +151,7 @@ impl Subscriber for LogWriter {
                     info!(queue_id = %queue_id, to = %to, result = %result, delay = %format_args!("{queued_seconds:.3}s"), "recipient delivered")
                 }
                 // Our credentials refused: nothing will go out until the admin acts.
-                DeliveryState::Deferred if result.stage == crate::delivery::Stage::Auth => {
+                DeliveryState::Deferred if result.stage == crate::attempt::Stage::Auth => {
                     warn!(queue_id = %queue_id, to = %to, stage = ?result.stage, result = %result, counted, next = %rfc3339(*next_attempt), "recipient deferred: the next hop refused our credentials (the PROFILE line says what to do)")
                 }
                 DeliveryState::Deferred => {

@@ -11,8 +11,8 @@ pub(crate) mod log;
 
 pub use history::{Activity, EventFilter, History, Recorded};
 
+use crate::attempt::AttemptResult;
 use crate::config::ListenerKind;
-use crate::delivery::AttemptResult;
 use crate::policy::RefuseReason;
 use crate::spool::QueueId;
 use serde::Serialize;

@@ -4,7 +4,7 @@
 //! the attempt, so an event emitted again after a crash (the delivery was
 //! retried) carries the id it had the first time.
 
-use crate::delivery::AttemptResult;
+use crate::attempt::AttemptResult;
 use crate::events::{DeliveryState, Event, rfc3339};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -273,7 +273,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Stage;
+    use crate::attempt::Stage;
     use crate::spool::QueueId;
 
     fn delivery(state: DeliveryState, attempts: u32, counted: bool) -> Event {

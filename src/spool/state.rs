@@ -1,7 +1,7 @@
 //! Delivery state per recipient; absent on disk until delivery first changes it.
 
 use super::Envelope;
-use crate::delivery::AttemptResult;
+use crate::attempt::AttemptResult;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
