@@ -25,6 +25,24 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The certificates of a CA file (PEM), each checked as a trust anchor;
+/// errors name the setting `key` and the file. Used to trust a private CA
+/// for outbound TLS, and by the config check of every such setting.
+pub fn ca_file_certificates(
+    path: &Path,
+    key: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let problem = |e: &dyn std::fmt::Display| format!("{key} {}: {e}", path.display());
+    let mut anchors = rustls::RootCertStore::empty();
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| problem(&e))? {
+        let cert = cert.map_err(|e| problem(&e))?;
+        anchors.add(cert.clone()).map_err(|e| problem(&e))?;
+        certs.push(cert);
+    }
+    Ok(certs)
+}
+
 /// Where the certificate and key come from.
 pub struct CertSource {
     pub cert: PathBuf,

@@ -47,8 +47,7 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
         ));
     }
     if let Some(path) = &d.tls_ca_file
-        && let Err(e) =
-            crate::delivery::client_tls::webpki_verifier(Some(path), "delivery.tls_ca_file")
+        && let Err(e) = crate::tls::ca_file_certificates(path, "delivery.tls_ca_file")
     {
         out.push(finding(
             Severity::Error,
@@ -64,5 +63,53 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
             "\"on\"",
             "MTA-STS and DANE apply to deliveries by MX, and mode = \"smarthost\" sends mail to the smart host",
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Severity};
+
+    fn ca_file_findings(path: &std::path::Path) -> Vec<String> {
+        let text = format!(
+            "[delivery]\ntls_ca_file = {:?}\n",
+            path.display().to_string()
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        config
+            .findings()
+            .into_iter()
+            .filter(|f| f.key == "delivery.tls_ca_file" && f.severity == Severity::Error)
+            .map(|f| f.reason)
+            .collect()
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates_usable_as_trust_anchors() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(&good, ca.pem()).unwrap();
+        assert!(ca_file_findings(&good).is_empty());
+
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let reasons = ca_file_findings(&broken);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("delivery.tls_ca_file "),
+            "{reasons:?}"
+        );
+
+        let missing = ca_file_findings(&dir.path().join("missing.pem"));
+        assert_eq!(missing.len(), 1, "{missing:?}");
     }
 }

@@ -69,14 +69,7 @@ fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, Str
     // cannot parse are skipped, as a browser would.
     roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{key} {}: {e}", path.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("{key} {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{key} {}: {e}", path.display()))?;
-        }
+        roots.add_parsable_certificates(crate::tls::ca_file_certificates(path, key)?);
     }
     Ok(roots)
 }
