@@ -29,25 +29,11 @@ impl RecipientList {
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.0 != Some(mtime) {
-            cache.1 = read_list(&self.path)?;
+            cache.1 = crate::config::AddressPattern::read_list(&self.path)?;
             cache.0 = Some(mtime);
         }
         Ok(cache.1.iter().any(|p| p.matches(address)))
     }
-}
-
-/// Reads a list file; a line that is not an address is an error naming it.
-pub fn read_list(path: &std::path::Path) -> Result<Vec<crate::config::AddressPattern>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| (i, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .map(|(i, l)| {
-            l.parse()
-                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
 }
 
 /// Callout answers by address, each kept for its lifetime.
@@ -115,7 +101,11 @@ mod tests {
         std::fs::write(&path, "nobody@example.lan\n").unwrap();
         assert_eq!(list.contains("nobody@example.lan"), Ok(true));
         std::fs::write(&path, "not an address\n").unwrap();
-        assert!(read_list(&path).unwrap_err().contains(":1:"));
+        assert!(
+            crate::config::AddressPattern::read_list(&path)
+                .unwrap_err()
+                .contains(":1:")
+        );
     }
 
     #[test]

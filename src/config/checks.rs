@@ -221,6 +221,21 @@ pub enum AddressPattern {
 }
 
 impl AddressPattern {
+    /// Reads a list file of patterns, one per line (blank lines and `#`
+    /// comments skipped); a line that is not one is an error naming it.
+    pub fn read_list(path: &std::path::Path) -> Result<Vec<AddressPattern>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| (i, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .map(|(i, l)| {
+                l.parse()
+                    .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+            })
+            .collect()
+    }
+
     /// Whether `address` (local@domain) matches; case-insensitive.
     pub fn matches(&self, address: &str) -> bool {
         match self {

@@ -165,8 +165,7 @@ fn check_files(c: &Config, out: &mut Vec<Finding>) {
             )),
             Some(path) => {
                 // A missing file is reported above; here, lines that are not addresses.
-                if let (true, Err(e)) = (path.exists(), crate::checks::recipients::read_list(path))
-                {
+                if let (true, Err(e)) = (path.exists(), super::AddressPattern::read_list(path)) {
                     out.push(finding(
                         Severity::Error,
                         "relay.valid_recipients_file",
