@@ -10,7 +10,9 @@ mod duration;
 mod guard;
 mod login_policy;
 mod net;
+mod networks;
 mod notify;
+mod open_relay;
 mod smarthost;
 mod validate;
 mod validate_archive;
@@ -35,7 +37,9 @@ pub use duration::ConfigDuration;
 pub use guard::{GuardConfig, GuardMode};
 pub use login_policy::{PolicyConfig, SenderRule};
 pub use net::IpRange;
+pub use networks::{NetworkMatch, NetworkTable};
 pub use notify::{AlertConfig, AlertOn, WEBHOOK_KINDS, WebhookConfig};
+pub use open_relay::{OpenRelayEntry, is_non_global, open_relay_entries};
 pub use smarthost::{
     LEGACY_PROFILE, OAuthGrant, OAuthSettings, Preset, Profile, ProfileAuth, Quota,
     SmarthostConfig, Transport,
@@ -655,7 +659,7 @@ mod tests {
         let c = Config::embedded_default();
         assert_eq!(c.listener.len(), 1);
         assert!(c.listener[0].address.ip().is_loopback());
-        assert!(crate::policy::open_relay_entries(&c).is_empty());
+        assert!(open_relay_entries(&c).is_empty());
     }
 
     #[test]

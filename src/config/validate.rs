@@ -608,7 +608,7 @@ fn check_tls(c: &Config, out: &mut Vec<Finding>) {
 }
 
 fn check_networks(c: &Config, out: &mut Vec<Finding>) {
-    let open = crate::policy::open_relay_entries(c);
+    let open = super::open_relay_entries(c);
     for e in &open {
         let severity = if c.relay.allow_open_relay {
             Severity::Warning
@@ -780,7 +780,7 @@ fn check_relay(c: &Config, out: &mut Vec<Finding>) {
             ),
         );
     }
-    if c.relay.allow_open_relay && crate::policy::open_relay_entries(c).is_empty() {
+    if c.relay.allow_open_relay && super::open_relay_entries(c).is_empty() {
         out.push(finding(
             Severity::Info,
             "relay.allow_open_relay",

@@ -4,15 +4,16 @@
 
 mod access;
 mod facts;
-mod networks;
-mod open_relay;
 mod reason;
 mod relay;
 
 pub use access::{AccessDecision, AccessFilter};
 pub use facts::{CheckFacts, ListFindings, Lookup, RateFacts};
-pub use networks::{NetworkMatch, NetworkTable};
-pub use open_relay::{OpenRelayEntry, is_non_global, open_relay_entries};
+// The [[network]] table and the open-relay search work on the
+// configuration alone, so they live in config (which validates with them).
+pub use crate::config::{
+    NetworkMatch, NetworkTable, OpenRelayEntry, is_non_global, open_relay_entries,
+};
 pub use reason::RefuseReason;
 pub use relay::{ClientFacts, Decision, Stage, Step};
 

@@ -1,8 +1,7 @@
 //! The open-relay guard: finds every `[[network]]` entry that would let an
 //! unauthenticated client from a globally routable address relay anywhere.
 
-use super::NetworkTable;
-use crate::config::{Config, IpRange, NetworkAuth};
+use super::{Config, IpRange, NetworkAuth, NetworkTable};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
 

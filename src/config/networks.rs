@@ -6,7 +6,7 @@
 //! excluded address (the router that NATs Internet traffic in) can never relay
 //! without AUTH. An address in no range may relay only after AUTH.
 
-use crate::config::{IpRange, NetworkAuth, NetworkConfig};
+use super::{IpRange, NetworkAuth, NetworkConfig};
 use std::net::IpAddr;
 
 #[derive(Debug, Clone)]
