@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod delivery;
 pub mod diagnostics;
 pub mod dkim;
+pub mod dkim_key;
 pub mod dns;
 pub mod events;
 pub mod fsio;

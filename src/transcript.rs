@@ -149,6 +149,18 @@ pub struct Recorder {
     after_auth: bool,
 }
 
+impl crate::smtp::stream::Record for Recorder {
+    fn client(&mut self, line: &[u8]) {
+        Recorder::client(self, line);
+    }
+    fn server(&mut self, reply: &str) {
+        Recorder::server(self, reply);
+    }
+    fn note(&mut self, what: &str) {
+        Recorder::note(self, what);
+    }
+}
+
 impl Recorder {
     pub fn client(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);

@@ -22,6 +22,7 @@ mod validate_outbound_tls;
 mod validate_routes;
 mod words;
 
+pub use crate::smtp::data::{BareNewline, NulInData};
 pub use admin::{AdminConfig, SettingsMode};
 pub use archive::ArchiveConfig;
 pub use checks::{
@@ -236,27 +237,6 @@ impl Default for ServerConfig {
             shutdown_grace: ConfigDuration::secs(10),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BareNewline {
-    /// Refuse the message and close the connection (nothing after it is read as SMTP).
-    Reject,
-    /// Turn each bare CR or LF into CRLF inside the message; end of data stays CRLF.CRLF only.
-    Normalize,
-}
-
-/// NUL in message data. A next hop that silently drops NUL would read
-/// `CRLF NUL . CRLF` as the end of data and run what follows as a second
-/// transaction (SMTP smuggling), so it is refused by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NulInData {
-    /// Refuse the message (554 5.6.0) and close the connection.
-    Reject,
-    /// Remove each NUL; a dot after a removed NUL is text, never the end of data.
-    Strip,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -51,7 +51,7 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
             ));
         }
         let path = format!("{:?}", d.key_file.display().to_string());
-        match crate::dkim::key::load(&d.key_file) {
+        match crate::dkim_key::load(&d.key_file) {
             Err(e) => out.push(
                 finding(
                     Severity::Error,

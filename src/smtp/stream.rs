@@ -52,6 +52,15 @@ pub struct TlsInfo {
     pub cipher: String,
 }
 
+/// Where the dialogue of a connection is written down (a transcript): the
+/// client's lines, our replies, and notes such as TLS starting. Kept here as
+/// a trait so that the protocol layer depends on no writer.
+pub trait Record: Send {
+    fn client(&mut self, line: &[u8]);
+    fn server(&mut self, reply: &str);
+    fn note(&mut self, what: &str);
+}
+
 pub struct SmtpStream {
     io: Box<dyn Io>,
     input: Vec<u8>,
@@ -61,7 +70,7 @@ pub struct SmtpStream {
     /// An overlong line is being skipped up to its end.
     skipping_line: bool,
     /// Writes the conversation to the transcript, when one is kept.
-    recorder: Option<Box<crate::transcript::Recorder>>,
+    recorder: Option<Box<dyn Record>>,
 }
 
 impl SmtpStream {
@@ -78,7 +87,7 @@ impl SmtpStream {
     }
 
     /// Records every command line read and every reply sent from now on.
-    pub fn record_to(&mut self, mut recorder: crate::transcript::Recorder) {
+    pub fn record_to(&mut self, mut recorder: impl Record + 'static) {
         if let Some(tls) = &self.tls {
             recorder.note(&format!("TLS {} {}", tls.version, tls.cipher));
         }
