@@ -7,6 +7,8 @@ pub mod attempt;
 pub mod bounce;
 pub mod checks;
 pub mod cli;
+pub mod client_tls;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod delivery;

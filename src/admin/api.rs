@@ -28,7 +28,7 @@ pub async fn metrics(State(state): Shared, headers: HeaderMap) -> Response {
     let untrusted = state.current.get().guard.state().untrusted.len();
     let body = state
         .metrics
-        .render(stats.as_ref(), untrusted, crate::queue::unix_now());
+        .render(stats.as_ref(), untrusted, crate::clock::unix_now());
     // OpenMetrics to those who ask for it (Prometheus does), the classic
     // text format to everyone else (curl, older scrapers and parsers).
     let openmetrics = headers

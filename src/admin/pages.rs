@@ -246,7 +246,7 @@ fn bars(d: &Dashboard) -> Vec<Bar> {
         .unwrap_or(0)
         .max(1);
     let scale = |n: u64| (n * CHART_HEIGHT).div_ceil(peak);
-    let now = crate::queue::unix_now();
+    let now = crate::clock::unix_now();
     d.hourly
         .iter()
         .enumerate()
@@ -319,7 +319,7 @@ pub async fn queue(
     PageLogin(login): PageLogin,
     Query(q): Query<QueuePageQuery>,
 ) -> Response {
-    let now = crate::queue::unix_now();
+    let now = crate::clock::unix_now();
     let (rows, error) = match view::queue_rows(&state, &q.filter).await {
         Ok(rows) => (rows, None),
         Err(e) => (Vec::new(), Some(e)),
@@ -416,7 +416,7 @@ pub async fn message(
         .await
     {
         QueueAnswer::Show { message } => {
-            let now = crate::queue::unix_now();
+            let now = crate::clock::unix_now();
             let config = state.current.get().config.clone();
             let facts = crate::queue::route_facts(&message.envelope);
             let recipients = message

@@ -369,7 +369,7 @@ pub struct ProfileRow {
 }
 
 fn profile_rows(state: &AdminState, config: &crate::config::Config) -> Vec<ProfileRow> {
-    let now = crate::queue::unix_now();
+    let now = crate::clock::unix_now();
     let resting = state.deliverer.resting_profiles();
     config
         .profiles()
@@ -407,7 +407,7 @@ fn profile_rows(state: &AdminState, config: &crate::config::Config) -> Vec<Profi
 
 pub async fn dashboard(state: &AdminState) -> Dashboard {
     let ctx = state.current.get();
-    let now = crate::queue::unix_now();
+    let now = crate::clock::unix_now();
     let listeners = state
         .listeners
         .read()

@@ -60,7 +60,7 @@ impl FactsCollector {
 
 impl Subscriber for FactsCollector {
     fn on_event(&self, event: &Event) {
-        let now = crate::queue::unix_now();
+        let now = crate::clock::unix_now();
         let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match event {
             Event::Delivery { state, .. } => match state {

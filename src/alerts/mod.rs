@@ -145,7 +145,7 @@ impl AlertWatch {
 
     async fn evaluate_all(&mut self, ctx: &Context) {
         let rules = &ctx.config.alert;
-        let now = crate::queue::unix_now();
+        let now = crate::clock::unix_now();
         let seen = self.observe(ctx, now).await;
         let longest_window = rules
             .iter()

@@ -2,7 +2,7 @@
 //! connection pool, and one attempt that yields a result per recipient.
 
 pub mod client;
-pub(crate) mod client_tls;
+pub(crate) use crate::client_tls;
 pub mod dane;
 mod down;
 mod downgrade;
@@ -534,7 +534,7 @@ impl Deliverer {
     ) -> tls_policy::DomainPlan {
         let mut plan = tls_policy::DomainPlan::none(domain);
         let config = &settings.config;
-        let now = crate::queue::unix_now();
+        let now = crate::clock::unix_now();
         if let Some(sts) = &settings.sts {
             let found = sts.lookup(domain, now).await;
             plan.sts = found.policy;

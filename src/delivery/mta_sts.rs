@@ -140,8 +140,8 @@ impl StsPolicies {
         ca_file: Option<&std::path::Path>,
         file: Option<PathBuf>,
     ) -> StsPolicies {
-        let client = crate::delivery::client_tls::verified_with(ca_file, "delivery.tls_ca_file")
-            .and_then(|tls| {
+        let client =
+            crate::client_tls::verified_with(ca_file, "delivery.tls_ca_file").and_then(|tls| {
                 reqwest::Client::builder()
                     .use_preconfigured_tls((*tls).clone())
                     .dns_resolver(crate::dns::for_http(&resolver))

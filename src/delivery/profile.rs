@@ -8,9 +8,10 @@ use super::graph::{self, GraphAnswer};
 use super::provider::{self, Problem, ProblemKind, Rest};
 use super::result::{AttemptResult, Stage};
 use super::{Deliverer, Job, Outcome, Settings};
+use crate::clock::unix_now;
 use crate::config::{Config, Profile, ProfileAuth, Transport};
 use crate::events::Event;
-use crate::oauth::{TokenError, unix_now};
+use crate::oauth::TokenError;
 use std::sync::Arc;
 use tracing::warn;
 

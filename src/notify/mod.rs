@@ -144,7 +144,7 @@ impl Notifier {
     }
 
     fn keep(&self, hook: &Webhook, n: &Notification) {
-        let now = crate::queue::unix_now();
+        let now = crate::clock::unix_now();
         match hook.outbox.append(&n.id, n.kind, now, &n.body) {
             Ok(None) => {}
             Ok(Some(overflow)) => self.report_drop(
@@ -190,7 +190,7 @@ impl Subscriber for Notifier {
                 continue;
             }
             let n = notification
-                .get_or_insert_with(|| notification_of(event, crate::queue::unix_now()));
+                .get_or_insert_with(|| notification_of(event, crate::clock::unix_now()));
             if let Some(n) = n {
                 self.keep(hook, n);
             }
@@ -206,10 +206,8 @@ fn target_of(
 ) -> Result<sender::Target, String> {
     let url =
         reqwest::Url::parse(&w.url).map_err(|e| format!("webhook[{i}].url: not a URL: {e}"))?;
-    let tls = crate::delivery::client_tls::verified_with(
-        w.ca_file.as_deref(),
-        &format!("webhook[{i}].ca_file"),
-    )?;
+    let tls =
+        crate::client_tls::verified_with(w.ca_file.as_deref(), &format!("webhook[{i}].ca_file"))?;
     let client = reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
         .dns_resolver(crate::dns::for_http(resolver))

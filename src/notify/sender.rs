@@ -58,7 +58,7 @@ impl Sender {
         let mut sync = tokio::time::interval(Duration::from_secs(1));
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let now = crate::queue::unix_now();
+            let now = crate::clock::unix_now();
             let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
             // While the receiver fails, one probe at a time.
             let room = if failures > 0 {
@@ -130,7 +130,7 @@ impl Sender {
             Err(why) => {
                 *failures += 1;
                 *paused_until = Some(tokio::time::Instant::now() + pause_after(*failures));
-                let now = crate::queue::unix_now();
+                let now = crate::clock::unix_now();
                 let attempts = self.outbox.attempts_of(slot) + 1;
                 let retry_at = now + retry_delay(attempts).as_secs() as i64;
                 let cut = now - target.retry_for.as_secs() as i64;
@@ -162,7 +162,7 @@ async fn post(target: &Target, p: &Pending) -> Result<(), String> {
         .body(p.body.to_string());
     match &target.secret {
         Some(Ok(key)) => {
-            let t = crate::queue::unix_now();
+            let t = crate::clock::unix_now();
             request = request.header(
                 signature::HEADER,
                 signature::header_value(key, t, p.body.as_bytes()),

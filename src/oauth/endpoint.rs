@@ -43,7 +43,7 @@ pub fn http_client(
     profile: &Profile,
     resolver: &crate::dns::Resolver,
 ) -> Result<reqwest::Client, String> {
-    let tls = crate::delivery::client_tls::verified_for(profile)?;
+    let tls = crate::client_tls::verified_for(profile)?;
     reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
         .dns_resolver(crate::dns::for_http(resolver))

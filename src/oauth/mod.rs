@@ -10,11 +10,7 @@ pub mod tokens;
 pub use tokens::{TokenError, Tokens};
 
 /// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub(crate) use crate::clock::unix_now;
 
 /// The sign-in state of one profile, from its token file.
 pub fn sign_in_state(

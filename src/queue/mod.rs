@@ -34,9 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+pub use crate::clock::unix_now;
 
 /// What reaches the manager's loop.
 enum Inbound {

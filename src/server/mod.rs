@@ -133,13 +133,13 @@ impl Server {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let history = Arc::new(crate::events::History::new());
         // The dashboard's figures and chart go on across a restart.
-        history.load_activity(&activity_path(&data_dir), crate::queue::unix_now());
+        history.load_activity(&activity_path(&data_dir), crate::clock::unix_now());
         // The guard learns from delivery results, so it is made before the events.
         let guard = Arc::new(crate::guard::Guard::new(
             config.guard.clone(),
             Some(data_dir.clone()),
         ));
-        let alert_facts = Arc::new(crate::alerts::FactsCollector::new(crate::queue::unix_now()));
+        let alert_facts = Arc::new(crate::alerts::FactsCollector::new(crate::clock::unix_now()));
         let notifier = Arc::new(crate::notify::Notifier::new(
             data_dir.clone(),
             resolver.clone(),

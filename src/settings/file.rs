@@ -151,7 +151,7 @@ impl ConfigFile {
         self.snapshot(new)?;
         let change = Change {
             id: self.history().last().map_or(1, |c| c.id + 1),
-            at: crate::queue::unix_now(),
+            at: crate::clock::unix_now(),
             user: user.to_string(),
             before: version_of(old.as_bytes()),
             after: version_of(new.as_bytes()),

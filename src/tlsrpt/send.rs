@@ -31,7 +31,7 @@ pub async fn run(
             continue;
         }
         let period = ctx.config.delivery.tls_rpt_period.get().as_secs().max(1) as i64;
-        let now = crate::queue::unix_now();
+        let now = crate::clock::unix_now();
         let start = collector.period_start(now, period);
         let end = start + period;
         if now < end {
@@ -121,7 +121,7 @@ async fn by_https(ctx: &Context, report: &TlsReport, url: &str) -> Result<(), St
     gz.write_all(report.to_json().as_bytes())
         .map_err(|e| e.to_string())?;
     let body = gz.finish().map_err(|e| e.to_string())?;
-    let tls = crate::delivery::client_tls::verified_with(
+    let tls = crate::client_tls::verified_with(
         ctx.config.delivery.tls_ca_file.as_deref(),
         "delivery.tls_ca_file",
     )?;
