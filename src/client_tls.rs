@@ -69,7 +69,9 @@ fn roots(ca_file: Option<&Path>, key: &str) -> Result<rustls::RootCertStore, Str
     // cannot parse are skipped, as a browser would.
     roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = ca_file {
-        roots.add_parsable_certificates(crate::tls::ca_file_certificates(path, key)?);
+        roots
+            .roots
+            .extend(crate::tls::ca_file_roots(path, key)?.roots);
     }
     Ok(roots)
 }

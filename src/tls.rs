@@ -25,22 +25,17 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The certificates of a CA file (PEM), each checked as a trust anchor;
-/// errors name the setting `key` and the file. Used to trust a private CA
-/// for outbound TLS, and by the config check of every such setting.
-pub fn ca_file_certificates(
-    path: &Path,
-    key: &str,
-) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The trust anchors of a CA file (PEM); errors name the setting `key` and
+/// the file. Used to trust a private CA for outbound TLS, and by the config
+/// check of every such setting.
+pub fn ca_file_roots(path: &Path, key: &str) -> Result<rustls::RootCertStore, String> {
     let problem = |e: &dyn std::fmt::Display| format!("{key} {}: {e}", path.display());
-    let mut anchors = rustls::RootCertStore::empty();
-    let mut certs = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| problem(&e))? {
         let cert = cert.map_err(|e| problem(&e))?;
-        anchors.add(cert.clone()).map_err(|e| problem(&e))?;
-        certs.push(cert);
+        roots.add(cert).map_err(|e| problem(&e))?;
     }
-    Ok(certs)
+    Ok(roots)
 }
 
 /// Where the certificate and key come from.

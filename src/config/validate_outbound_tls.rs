@@ -47,7 +47,7 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
         ));
     }
     if let Some(path) = &d.tls_ca_file
-        && let Err(e) = crate::tls::ca_file_certificates(path, "delivery.tls_ca_file")
+        && let Err(e) = crate::tls::ca_file_roots(path, "delivery.tls_ca_file")
     {
         out.push(finding(
             Severity::Error,
