@@ -6,10 +6,9 @@
 use crate::smtp_io::Stream;
 use anyhow::Context;
 use base64::Engine;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -118,13 +117,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn connector(ca: &PathBuf, resume: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
-    {
-        roots.add(cert?)?;
-    }
+fn connector(ca: &Path, resume: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let roots = portcullis::tls::ca_file_roots(ca, "--ca").map_err(anyhow::Error::msg)?;
     let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

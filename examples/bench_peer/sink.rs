@@ -1,13 +1,11 @@
 //! A discarding SMTP server for the benchmark's next hop, with STARTTLS when
-//! given a certificate (session tickets and a session cache, so a relay that
-//! resumes can). The number of messages taken so far is written to
+//! given a certificate (the relay's own server TLS: session tickets and a
+//! session cache, so a relay that resumes can). The number of messages taken so far is written to
 //! `--count-file` (replaced atomically, every few milliseconds while it
 //! changes), where the benchmark polls it.
 
 use crate::smtp_io::Stream;
 use anyhow::Context;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,19 +64,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// The relay's own server TLS (tickets and a session cache included).
 fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(TlsAcceptor::from(portcullis::tls::server_config(
+        cert, key,
+    )?))
 }
 
 /// Serves commands until QUIT, the end of the stream, or STARTTLS (the
