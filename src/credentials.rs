@@ -17,6 +17,7 @@
 use crate::users::{UserDb, UsersError, verify_password};
 use crate::verified_cache::Digest;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, watch};
@@ -83,25 +84,29 @@ impl CredentialChecker {
             return CheckResult::Valid;
         }
         let key = self.verified.attempt_key(user, &password);
-        let joined = self.lock_in_flight().get(&key).cloned();
-        if let Some(mut answer) = joined {
-            // Err: the leader's client left before its check began.
-            if let Ok(answer) = answer.wait_for(Option::is_some).await
-                && *answer == Some(true)
-            {
-                return CheckResult::Valid;
-            }
-            return self.check_now(user, password).await;
-        }
-        let (tell, answer) = watch::channel(None);
-        let _flight = match self.lock_in_flight().entry(key) {
-            // Another identical attempt began in between: hash alone.
-            std::collections::hash_map::Entry::Occupied(_) => None,
-            std::collections::hash_map::Entry::Vacant(place) => {
+        // One look at the map decides: wait for an identical check under
+        // way, or be the one others wait for.
+        let leading = match self.lock_in_flight().entry(key) {
+            Entry::Occupied(check) => Err(check.get().clone()),
+            Entry::Vacant(place) => {
+                let (tell, answer) = watch::channel(None);
                 place.insert(answer);
-                Some(Flight { checker: self, key })
+                Ok(tell)
             }
         };
+        let tell = match leading {
+            Ok(tell) => tell,
+            Err(mut answer) => {
+                // wait_for fails when the leader's client left before its check began.
+                if let Ok(answer) = answer.wait_for(Option::is_some).await
+                    && *answer == Some(true)
+                {
+                    return CheckResult::Valid;
+                }
+                return self.check_now(user, password).await;
+            }
+        };
+        let _flight = Flight { checker: self, key };
         let result = self.check_now(user, password).await;
         let _ = tell.send(Some(matches!(result, CheckResult::Valid)));
         result
