@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = config.findings();
             let policy = portcullis::policy::Policy::from_config(&config);
             let _ = policy.networks.describe();
-            let _ = portcullis::policy::open_relay_entries(&config);
+            let _ = portcullis::config::open_relay_entries(&config);
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }

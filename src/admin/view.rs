@@ -432,7 +432,7 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
         })
         .collect();
     let open_relay = if ctx.config.relay.allow_open_relay {
-        crate::policy::open_relay_entries(&ctx.config)
+        crate::config::open_relay_entries(&ctx.config)
             .into_iter()
             .map(|e| format!("{}: {}", e.key, e.reason))
             .collect()

@@ -52,7 +52,7 @@ fn keygen_cmd(
     bits: usize,
     out: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
-    if algorithm == Algorithm::Rsa && !(crate::dkim::key::MIN_RSA_BITS..=8192).contains(&bits) {
+    if algorithm == Algorithm::Rsa && !(crate::dkim_key::MIN_RSA_BITS..=8192).contains(&bits) {
         anyhow::bail!(
             "--bits {bits}: use 2048 to 8192 (receivers distrust smaller keys; 4096 is the most many DNS hosts can publish)"
         );

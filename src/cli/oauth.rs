@@ -6,10 +6,10 @@
 //! last refresh and the last error. Tokens are never printed.
 
 use super::ConfigArgs;
+use crate::clock::unix_now;
 use crate::config::{Config, OAuthGrant, Profile};
 use crate::oauth::endpoint;
 use crate::oauth::store::{self, TokenFile};
-use crate::oauth::unix_now;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]

@@ -4,9 +4,10 @@
 //! applies the same commands to the files itself.
 
 use super::ConfigArgs;
+use crate::clock::unix_now;
 use crate::queue::{
     Changed, ControlError, Index, MessageDetail, MessageSummary, QueueAnswer, QueueCommand,
-    Selector, Write, request, unix_now,
+    Selector, Write, request,
 };
 use crate::spool::{QueueId, Spool, lock_data_dir};
 use std::path::{Path, PathBuf};

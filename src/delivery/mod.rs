@@ -2,7 +2,6 @@
 //! connection pool, and one attempt that yields a result per recipient.
 
 pub mod client;
-pub(crate) use crate::client_tls;
 pub mod dane;
 mod down;
 mod downgrade;
@@ -161,7 +160,8 @@ impl Settings {
                 Some(config.server.data_dir.join("mta-sts.json")),
             ))
         });
-        let webpki = client_tls::webpki_verifier(d.tls_ca_file.as_deref(), "delivery.tls_ca_file");
+        let webpki =
+            crate::client_tls::webpki_verifier(d.tls_ca_file.as_deref(), "delivery.tls_ca_file");
         Settings {
             config,
             helo,
@@ -177,7 +177,7 @@ impl Deliverer {
     pub fn new(config: Arc<Config>, resolver: Resolver) -> Deliverer {
         Deliverer {
             resolver: resolver.clone(),
-            unverified_tls: client_tls::unverified(),
+            unverified_tls: crate::client_tls::unverified(),
             pool: Pool::default(),
             down: down::DownHosts::new(down::down_for(&config.delivery.retry_schedule)),
             settings: std::sync::RwLock::new(Arc::new(Settings::from(config, &resolver))),
@@ -210,7 +210,7 @@ impl Deliverer {
             &*self.ledger,
             &profile.name,
             &profile.quota,
-            crate::oauth::unix_now(),
+            crate::clock::unix_now(),
         )
     }
 
@@ -378,7 +378,7 @@ impl Deliverer {
     /// slow token endpoint never holds the queue).
     pub async fn sweep_idle(self: &Arc<Self>) {
         self.pool.sweep().await;
-        let now = crate::oauth::unix_now();
+        let now = crate::clock::unix_now();
         let last = self
             .last_token_check
             .load(std::sync::atomic::Ordering::Relaxed);

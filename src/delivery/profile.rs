@@ -26,7 +26,7 @@ pub(super) struct Ready {
 
 impl Ready {
     pub fn new(profile: Profile, resolver: &crate::dns::Resolver) -> Ready {
-        let tls = super::client_tls::verified_for(&profile);
+        let tls = crate::client_tls::verified_for(&profile);
         let http = if profile.transport == Transport::Graph {
             crate::oauth::endpoint::http_client(&profile, resolver)
         } else {

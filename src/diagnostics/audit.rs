@@ -4,11 +4,12 @@
 //! machine it runs on (the default gateways), never by a second reading of
 //! the rules.
 
+use crate::config::open_relay_entries;
 use crate::config::{
     Config, DeliveryMode, FilterMode, ListenerKind, NetworkAuth, Severity as ConfigSeverity,
     SmarthostTls,
 };
-use crate::policy::{Policy, open_relay_entries};
+use crate::policy::Policy;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -219,7 +220,7 @@ fn wide_trust(config: &Config, out: &mut Vec<Finding>) {
             ipnet::IpNet::V4(v4) => v4.prefix_len() < 16 && !v4.network().is_loopback(),
             ipnet::IpNet::V6(v6) => v6.prefix_len() < 48,
         };
-        if n.auth == NetworkAuth::None && wide && crate::policy::is_non_global(&n.range) {
+        if n.auth == NetworkAuth::None && wide && crate::config::is_non_global(&n.range) {
             push(
                 out,
                 Severity::Warning,
@@ -400,7 +401,7 @@ fn proxies(config: &Config, out: &mut Vec<Finding>) {
                 ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,
                 ipnet::IpNet::V6(v6) => v6.prefix_len() < 112,
             };
-            if wide || !crate::policy::is_non_global(r) {
+            if wide || !crate::config::is_non_global(r) {
                 push(
                     out,
                     Severity::Risk,

@@ -113,7 +113,7 @@ pub async fn run(config: &Config, opts: &DoctorOptions) -> Vec<Check> {
 async fn dkim_record(d: &crate::config::DkimConfig, resolver: &Resolver) -> Check {
     let name = format!("DKIM {}", d.record_name());
     let name = name.as_str();
-    let key = match crate::dkim::key::load(&d.key_file) {
+    let key = match crate::dkim_key::load(&d.key_file) {
         Ok(k) => k,
         Err(e) => {
             return check(
@@ -147,7 +147,7 @@ async fn dkim_record(d: &crate::config::DkimConfig, resolver: &Resolver) -> Chec
             "no DKIM record is published: receivers cannot verify the signatures, and mail signed with it may count as forged",
             publish,
         ),
-        [one] => match crate::dkim::key::published_key(one) {
+        [one] => match crate::dkim_key::published_key(one) {
             Some(p) if p == key.public => check(
                 name,
                 Status::Ok,
@@ -603,7 +603,7 @@ async fn open_relay(config: &Config, opts: &DoctorOptions) -> Check {
 fn is_private(ip: IpAddr) -> bool {
     ip.to_string()
         .parse::<crate::config::IpRange>()
-        .is_ok_and(|r| crate::policy::is_non_global(&r))
+        .is_ok_and(|r| crate::config::is_non_global(&r))
 }
 
 fn list(addrs: &[IpAddr]) -> String {

@@ -3,7 +3,7 @@
 //! certificate: a diagnosis must reach servers with any certificate), and
 //! keeps a transcript of commands and replies.
 
-use crate::delivery::client_tls;
+use crate::client_tls;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `portcullis dkim keygen`: a new key pair, the private half in a PEM file
 //! (0600, written whole and synced), the public half as the TXT record.
 
-use super::key::{LoadedKey, from_der};
+use crate::dkim_key::{LoadedKey, from_der};
 use mail_auth::dkim::generate::DkimKeyPair;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
 
@@ -68,7 +68,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("k.pem");
             std::fs::write(&path, &pem).unwrap();
-            let again = super::super::key::load(&path).unwrap();
+            let again = crate::dkim_key::load(&path).unwrap();
             assert_eq!(again.record(), loaded.record());
             assert!(
                 loaded

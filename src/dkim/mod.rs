@@ -3,13 +3,10 @@
 //! key is signed with each of that domain's keys (RSA and Ed25519 side by
 //! side is the RFC 8463 advice). A stranger's message is never signed.
 
-/// The key files (a leaf module, so that the config check can load them
-/// without depending on the signer).
-pub use crate::dkim_key as key;
 pub mod keygen;
 
 use crate::config::DkimConfig;
-use key::{LoadedKey, SigningKey};
+use crate::dkim_key::{LoadedKey, SigningKey};
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
@@ -37,7 +34,7 @@ impl Signers {
         let mut signers = Vec::new();
         let mut errors = Vec::new();
         for (i, d) in config.iter().enumerate() {
-            match key::load(&d.key_file) {
+            match crate::dkim_key::load(&d.key_file) {
                 Ok(loaded) => signers.push(DomainSigner {
                     domain: d.domain.to_ascii_lowercase(),
                     signer: build(d, loaded),

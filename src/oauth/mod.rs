@@ -9,8 +9,7 @@ pub mod tokens;
 
 pub use tokens::{TokenError, Tokens};
 
-/// Seconds since the Unix epoch.
-pub(crate) use crate::clock::unix_now;
+use crate::clock::unix_now;
 
 /// The sign-in state of one profile, from its token file.
 pub fn sign_in_state(

@@ -5,7 +5,7 @@
 
 use super::endpoint::{self, EndpointError};
 use super::store::{self, TokenFile};
-use super::unix_now;
+use crate::clock::unix_now;
 use crate::config::Profile;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -9,15 +9,10 @@ mod relay;
 
 pub use access::{AccessDecision, AccessFilter};
 pub use facts::{CheckFacts, ListFindings, Lookup, RateFacts};
-// The [[network]] table and the open-relay search work on the
-// configuration alone, so they live in config (which validates with them).
-pub use crate::config::{
-    NetworkMatch, NetworkTable, OpenRelayEntry, is_non_global, open_relay_entries,
-};
 pub use reason::RefuseReason;
 pub use relay::{ClientFacts, Decision, Stage, Step};
 
-use crate::config::Config;
+use crate::config::{Config, NetworkTable};
 use std::collections::HashSet;
 
 /// Everything the relay rules need, built once from the config.

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use crate::clock::unix_now;
+use crate::clock::unix_now;
 
 /// What reaches the manager's loop.
 enum Inbound {

@@ -11,12 +11,12 @@ pub use limits::{ConnectionLimits, LimitSettings};
 use reload::Listeners;
 pub use reload::{CurrentContext, ReloadHandle, ReloadRequest};
 
+use crate::config::open_relay_entries;
 use crate::config::{Config, ListenerKind};
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
 use crate::events::{ConnectionRefusal, Event};
 use crate::policy::ClientFacts;
-use crate::policy::open_relay_entries;
 use crate::queue::{QueueInbox, QueueManager};
 use crate::session::{Context, Session};
 use crate::smtp::reply::{self, Reply};
