@@ -108,6 +108,7 @@ class Env:
         self.sink_port = free_port()
         self.certs = os.path.join(workdir, "certs")
         self.procs = []
+        self.dns_count = None  # the checks kind's DNS server counts its answers here
         if kinds - {"plain"}:
             subprocess.run([peer, "cert", "--dir", self.certs, "--name", "relay.bench.test",
                             "--name", "sink.bench.test", "--name", "127.0.0.1"], check=True)
@@ -127,9 +128,10 @@ class Env:
             with open(os.path.join(workdir, "hosts"), "w") as f: f.write("")  # 127.0.0.1's name comes from DNS
     def cert(self, name): return os.path.join(self.certs, name)
     def dns_queries(self):
+        if self.dns_count is None: return 0
         try:
             with open(self.dns_count) as f: return int(f.read() or 0)
-        except (AttributeError, OSError, ValueError):
+        except (OSError, ValueError):
             return 0
     def close(self):
         for p in self.procs:
