@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod app;
 pub mod archive;
 pub mod attempt;
 pub mod bounce;
@@ -10,7 +11,10 @@ pub mod cli;
 pub mod client_tls;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod counters;
 pub mod credentials;
+pub mod daemon;
 pub mod delivery;
 pub mod diagnostics;
 pub mod dkim;

@@ -221,11 +221,7 @@ pub async fn relay_test(State(state): Shared, _login: ApiChange) -> Response {
     tokio::spawn(async move {
         let _running = running;
         let ctx = st.current.get();
-        let listeners = st
-            .listeners
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let listeners = st.listeners.get();
         let (mut relayed, mut refused, mut errors, mut tested) = (0, 0, 0, 0);
         for (addr, kind) in listeners {
             if kind != crate::config::ListenerKind::Smtp {
@@ -285,13 +281,13 @@ pub async fn relay_test(State(state): Shared, _login: ApiChange) -> Response {
 
 /// `GET /api/bans`: addresses banned after failed logins.
 pub async fn bans(State(state): Shared, _login: ApiLogin) -> Response {
-    let bans: Vec<crate::queue::Ban> = state
+    let bans: Vec<crate::control::Ban> = state
         .current
         .get()
         .checks
         .bans()
         .into_iter()
-        .map(|(ip, left)| crate::queue::Ban::new(ip, left))
+        .map(|(ip, left)| crate::control::Ban::new(ip, left))
         .collect();
     Json(json!({ "bans": bans })).into_response()
 }

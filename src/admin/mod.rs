@@ -15,16 +15,15 @@ mod view;
 
 pub use sessions::Sessions;
 
-use crate::config::ListenerKind;
+use crate::app::CurrentContext;
 use crate::events::History;
 use crate::metrics::Metrics;
 use crate::queue::QueueHandle;
-use crate::server::CurrentContext;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::{get, post};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -38,14 +37,14 @@ pub struct AdminState {
     pub history: Arc<History>,
     pub sessions: Sessions,
     /// The SMTP listeners as bound now (the relay test aims at them).
-    pub listeners: Arc<RwLock<Vec<(SocketAddr, ListenerKind)>>>,
+    pub listeners: crate::app::BoundListeners,
     /// One relay-test battery at a time.
     pub relay_test: Arc<tokio::sync::Mutex<()>>,
     pub https: bool,
     /// The configuration file the Settings page edits (none: the server
     /// runs on the embedded default) and how to make the server read it.
     pub config_path: Option<std::path::PathBuf>,
-    pub reload: Option<crate::server::ReloadHandle>,
+    pub reload: Option<crate::app::ReloadHandle>,
     /// One settings change at a time.
     pub settings_lock: tokio::sync::Mutex<()>,
 }

@@ -500,18 +500,16 @@ pub async fn diagnostics(
         .bans()
         .into_iter()
         .map(|(ip, left)| {
-            let ban = crate::queue::Ban::new(ip, left);
+            let ban = crate::control::Ban::new(ip, left);
             let left = std::time::Duration::from_secs(ban.seconds_left);
             (ip.to_string(), humantime::format_duration(left).to_string())
         })
         .collect();
     let listeners = state
         .listeners
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
+        .of_kind(crate::config::ListenerKind::Smtp)
         .iter()
-        .filter(|(_, k)| *k == crate::config::ListenerKind::Smtp)
-        .map(|(a, _)| a.to_string())
+        .map(|a| a.to_string())
         .collect();
     render(&DiagnosticsPage {
         frame: frame(&login, "diagnostics"),

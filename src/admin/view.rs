@@ -408,13 +408,7 @@ fn profile_rows(state: &AdminState, config: &crate::config::Config) -> Vec<Profi
 pub async fn dashboard(state: &AdminState) -> Dashboard {
     let ctx = state.current.get();
     let now = crate::clock::unix_now();
-    let listeners = state
-        .listeners
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(a, k)| format!("{a} ({})", k.name()))
-        .collect();
+    let listeners = state.listeners.describe();
     let queue = queue_stats(state).await;
     let oldest_age = queue
         .as_ref()

@@ -2,7 +2,7 @@
 //! (null sender, so a notice that cannot be delivered makes no bounce of
 //! its own) to the rule's `email` address.
 
-use crate::session::Context;
+use crate::app::Context;
 use crate::spool::QueueId;
 
 /// Queues one notice; the queue ID, or why it could not be written.

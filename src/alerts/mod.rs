@@ -13,10 +13,10 @@ mod mail;
 pub use conditions::{Holding, Observed, evaluate};
 pub use facts::{Facts, FactsCollector};
 
+use crate::app::Context;
 use crate::config::{AlertConfig, AlertOn};
 use crate::events::{AlertState, Event};
 use crate::queue::{QueueAnswer, QueueCommand};
-use crate::session::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,18 +3,16 @@
 //! verification. They gather facts (`policy::CheckFacts`); the staged policy
 //! decides. One resolver for the whole server, the `[dns]` one.
 
-pub mod counters;
 pub mod dns_lists;
-pub mod durable_counters;
 pub mod lookups;
 pub mod recipients;
 
 use crate::config::{Config, HeloCheck, ReverseDnsCheck, SenderDomainCheck, VerifyRecipients};
+use crate::counters::{Counters, MemoryCounters};
 use crate::delivery::Deliverer;
 use crate::dns::Resolver;
 use crate::events::{Event, Events};
 use crate::policy::{ListFindings, Lookup, RateFacts};
-use counters::{Counters, MemoryCounters};
 use dns_lists::DnsLists;
 use recipients::{CalloutCache, RecipientList};
 use std::net::IpAddr;

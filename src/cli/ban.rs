@@ -3,7 +3,7 @@
 //! running server's memory, so these go through its control socket.
 
 use super::ConfigArgs;
-use crate::queue::{ControlError, QueueAnswer, QueueCommand, request};
+use crate::control::{Answer, BanCommand, Command, ControlError, request};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -29,8 +29,8 @@ enum BanAction {
 pub fn run(args: BanArgs) -> anyhow::Result<i32> {
     let config = args.config.load()?;
     let command = match args.action {
-        BanAction::List => QueueCommand::Bans,
-        BanAction::Lift { ip } => QueueCommand::LiftBan { ip },
+        BanAction::List => Command::Bans(BanCommand::List),
+        BanAction::Lift { ip } => Command::Bans(BanCommand::Lift { ip }),
     };
     let data_dir = &config.server.data_dir;
     let answer = match request(data_dir, &command, Duration::from_secs(30)) {
@@ -46,10 +46,10 @@ pub fn run(args: BanArgs) -> anyhow::Result<i32> {
         Err(e) => anyhow::bail!(e),
     };
     match answer {
-        QueueAnswer::Bans { bans } if args.json => {
+        Answer::Bans { bans } if args.json => {
             outln!("{}", serde_json::json!({ "bans": bans }));
         }
-        QueueAnswer::Bans { bans } => {
+        Answer::Bans { bans } => {
             if bans.is_empty() {
                 outln!("no address is banned");
             }
@@ -61,7 +61,7 @@ pub fn run(args: BanArgs) -> anyhow::Result<i32> {
                 );
             }
         }
-        QueueAnswer::Lifted { ip, was_banned } => {
+        Answer::Lifted { ip, was_banned } => {
             if args.json {
                 outln!(
                     "{}",
@@ -73,7 +73,7 @@ pub fn run(args: BanArgs) -> anyhow::Result<i32> {
                 outln!("{ip}: was not banned (its failed logins are forgotten)");
             }
         }
-        QueueAnswer::Error { message } => anyhow::bail!(message),
+        Answer::Error { message } => anyhow::bail!(message),
         other => anyhow::bail!("unexpected answer: {other:?}"),
     }
     Ok(0)

@@ -6,8 +6,8 @@
 
 use super::ConfigArgs;
 use crate::config::GuardConfig;
+use crate::control::{Answer, Command, ControlError, GuardCommand, request};
 use crate::guard::{Guard, GuardState};
-use crate::queue::{ControlError, QueueAnswer, QueueCommand, request};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -36,13 +36,13 @@ pub fn run(args: GuardArgs) -> anyhow::Result<i32> {
     let config = args.config.load()?;
     let data_dir = &config.server.data_dir;
     let command = match &args.action {
-        GuardAction::List => QueueCommand::GuardList,
-        GuardAction::Trust { ip } => QueueCommand::GuardTrust { ip: *ip },
-        GuardAction::Untrust { ip } => QueueCommand::GuardUntrust { ip: *ip },
+        GuardAction::List => GuardCommand::List,
+        GuardAction::Trust { ip } => GuardCommand::Trust { ip: *ip },
+        GuardAction::Untrust { ip } => GuardCommand::Untrust { ip: *ip },
     };
-    let state = match request(data_dir, &command, Duration::from_secs(30)) {
-        Ok(QueueAnswer::Guard { state }) => state,
-        Ok(QueueAnswer::Error { message }) => anyhow::bail!(message),
+    let state = match request(data_dir, &Command::Guard(command), Duration::from_secs(30)) {
+        Ok(Answer::Guard { state }) => state,
+        Ok(Answer::Error { message }) => anyhow::bail!(message),
         Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
         Err(ControlError::NoServer) => offline(data_dir, &args.action)?,
         Err(e) => anyhow::bail!(e),

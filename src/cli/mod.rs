@@ -15,6 +15,7 @@ mod queue;
 mod relay_test;
 mod reload;
 mod serve;
+mod status;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Make the running server read its configuration, users and certificates again.
     Reload(reload::ReloadArgs),
+    /// Whether a server runs: since when, listeners, connections, queue (exit 3 when none).
+    Status(status::StatusArgs),
     /// Addresses the NAT sentinel took trust from; trust or untrust one.
     Guard(guard::GuardArgs),
     /// Addresses banned after too many failed logins; lift a ban.
@@ -126,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::RelayTest(a) => relay_test::run_cli(a),
         Command::Doctor(a) => doctor::run_cli(a),
         Command::Reload(a) => reload::run(a),
+        Command::Status(a) => status::run(a),
         Command::Guard(a) => guard::run(a),
         Command::Ban(a) => ban::run(a),
         Command::OAuth(a) => oauth::run(a),

@@ -5,9 +5,9 @@
 
 use super::ConfigArgs;
 use crate::clock::unix_now;
+use crate::control::{ControlError, ask_queue};
 use crate::queue::{
-    Changed, ControlError, Index, MessageDetail, MessageSummary, QueueAnswer, QueueCommand,
-    Selector, Write, request,
+    Changed, Index, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector, Write,
 };
 use crate::spool::{QueueId, Spool, lock_data_dir};
 use std::path::{Path, PathBuf};
@@ -74,7 +74,7 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or(config.server.data_dir.clone());
     let command = command_of(&args.action)?;
-    let answer = match request(&data_dir, &command, ANSWER_TIMEOUT) {
+    let answer = match ask_queue(&data_dir, &command, ANSWER_TIMEOUT) {
         Ok(answer) => answer,
         Err(ControlError::NoServer) => offline(&data_dir, &command).map_err(|e| {
             // Looked where the embedded default keeps its data: rarely what was meant.
@@ -169,16 +169,7 @@ fn print_answer(
             outln!("{}", serde_json::to_string(&stats)?);
             Ok(0)
         }
-        QueueAnswer::Reloaded { message } => {
-            outln!("{message}");
-            Ok(0)
-        }
         QueueAnswer::Error { message } => anyhow::bail!(message),
-        other @ (QueueAnswer::Bans { .. }
-        | QueueAnswer::Lifted { .. }
-        | QueueAnswer::Guard { .. }) => {
-            anyhow::bail!("unexpected answer to a queue command: {other:?}")
-        }
     }
 }
 

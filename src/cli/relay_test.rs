@@ -61,7 +61,7 @@ pub fn run_cli(args: RelayTestArgs) -> anyhow::Result<i32> {
         // socket to delete through: each test stops before DATA instead.
         let control = ours.as_ref().and_then(|c| {
             let data_dir = c.server.data_dir.clone();
-            crate::queue::request(&data_dir, &QueueCommand::Stats, Duration::from_secs(10))
+            crate::control::ask_queue(&data_dir, &QueueCommand::Stats, Duration::from_secs(10))
                 .ok()
                 .map(|_| data_dir)
         });
@@ -178,7 +178,7 @@ fn delete_test_messages(data_dir: &std::path::Path, report: &Report) -> usize {
                 select: Selector::Id(id.clone()),
             };
             matches!(
-                crate::queue::request(data_dir, &delete, Duration::from_secs(10)),
+                crate::control::ask_queue(data_dir, &delete, Duration::from_secs(10)),
                 Ok(QueueAnswer::Changed { changed }) if !changed.is_empty()
             )
         })

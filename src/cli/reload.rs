@@ -2,7 +2,7 @@
 //! users and certificates again, and says whether the new config was taken.
 
 use super::ConfigArgs;
-use crate::queue::{ControlError, QueueAnswer, QueueCommand, request};
+use crate::control::{Answer, Command, ControlError, request};
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -22,12 +22,12 @@ pub fn run(args: ReloadArgs) -> anyhow::Result<i32> {
         },
     };
     let data_dir = &data_dir;
-    match request(data_dir, &QueueCommand::Reload, Duration::from_secs(60)) {
-        Ok(QueueAnswer::Reloaded { message }) => {
+    match request(data_dir, &Command::Reload, Duration::from_secs(60)) {
+        Ok(Answer::Reloaded { message }) => {
             outln!("reloaded: {message}");
             Ok(0)
         }
-        Ok(QueueAnswer::Error { message }) => {
+        Ok(Answer::Error { message }) => {
             eprintln!("not reloaded, the server runs on its previous configuration: {message}");
             Ok(1)
         }

@@ -1,7 +1,7 @@
 //! `portcullis serve`
 
 use crate::config::{Config, LogFormat};
-use crate::server::Server;
+use crate::daemon::Daemon;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .build()?;
     let config_path = args.config.clone();
     runtime.block_on(async move {
-        let mut server = Server::bind(config).await?;
+        let mut server = Daemon::bind(config).await?;
         if let Some(path) = config_path {
             server = server.with_config_path(path);
         }
@@ -91,10 +91,7 @@ async fn stop_on_signal(
 }
 
 /// SIGHUP: read the configuration, users and certificates again.
-async fn reload_on_sighup(
-    mut hup: tokio::signal::unix::Signal,
-    reload: crate::server::ReloadHandle,
-) {
+async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, reload: crate::app::ReloadHandle) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading");
         reload.request();

@@ -117,7 +117,7 @@ pub struct Deliverer {
     /// TLS report counts (`[delivery] tls_rpt`), when the server keeps them.
     tls_reports: Option<Arc<crate::tlsrpt::Collector>>,
     /// The profiles' quota ledgers (saved across restarts by the server).
-    ledger: Arc<dyn crate::checks::counters::Counters>,
+    ledger: Arc<dyn crate::counters::Counters>,
     /// Makes a quota's check-and-record one step.
     ledger_lock: std::sync::Mutex<()>,
 }
@@ -186,14 +186,14 @@ impl Deliverer {
             resting: provider::Resting::default(),
             events: None,
             last_token_check: std::sync::atomic::AtomicI64::new(0),
-            ledger: Arc::new(crate::checks::counters::MemoryCounters::new()),
+            ledger: Arc::new(crate::counters::MemoryCounters::new()),
             tls_reports: None,
             ledger_lock: std::sync::Mutex::new(()),
         }
     }
 
     /// Keeps the profiles' quota counts in `ledger` (one that survives restarts).
-    pub fn with_ledger(mut self, ledger: Arc<dyn crate::checks::counters::Counters>) -> Deliverer {
+    pub fn with_ledger(mut self, ledger: Arc<dyn crate::counters::Counters>) -> Deliverer {
         self.ledger = ledger;
         self
     }

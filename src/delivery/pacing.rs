@@ -5,8 +5,8 @@
 //! sending keeps concurrent deliveries from overshooting together; a
 //! transaction that then fails still counts, as it does at the provider.
 
-use crate::checks::counters::Counters;
 use crate::config::Quota;
+use crate::counters::Counters;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -112,7 +112,7 @@ pub fn usage(ledger: &dyn Counters, profile: &str, quota: &Quota, now: i64) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::counters::MemoryCounters;
+    use crate::counters::MemoryCounters;
 
     #[test]
     fn no_more_than_the_limit_in_any_window_and_the_time_room_comes_back() {

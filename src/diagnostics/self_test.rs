@@ -4,10 +4,10 @@
 //! a faulty setup let through are deleted from the queue again.
 
 use super::relay_test::{self, DEFAULT_FROM, DEFAULT_TO, Options, Report, Verdict};
+use crate::app::Context;
 use crate::config::ListenerKind;
 use crate::policy::{ClientFacts, Policy};
 use crate::queue::{QueueCommand, QueueHandle, Selector};
-use crate::session::Context;
 use crate::spool::QueueId;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -40,42 +40,9 @@ pub enum QueueCommand {
     Delete {
         select: Selector,
     },
-    /// Not a queue command: read the configuration again (handled by the
-    /// server beside the queue, on the same control socket).
-    Reload,
-    /// Not a queue command either: the addresses banned after failed logins.
-    Bans,
-    /// Ends an address's ban (and forgets its failed logins).
-    LiftBan {
-        ip: std::net::IpAddr,
-    },
-    /// The guard's state: addresses that lost their trust, and those an
-    /// admin trusted again (the server is the guard state's one writer).
-    GuardList,
-    /// An admin trusts an address again.
-    GuardTrust {
-        ip: std::net::IpAddr,
-    },
-    /// An admin takes an address's trust.
-    GuardUntrust {
-        ip: std::net::IpAddr,
-    },
 }
 
 impl QueueCommand {
-    /// Reload and bans: answered by the server beside the queue.
-    pub fn is_for_the_server(&self) -> bool {
-        matches!(
-            self,
-            QueueCommand::Reload
-                | QueueCommand::Bans
-                | QueueCommand::LiftBan { .. }
-                | QueueCommand::GuardList
-                | QueueCommand::GuardTrust { .. }
-                | QueueCommand::GuardUntrust { .. }
-        )
-    }
-
     pub fn name(&self) -> &'static str {
         match self {
             QueueCommand::List => "list",
@@ -85,12 +52,6 @@ impl QueueCommand {
             QueueCommand::Release { .. } => "release",
             QueueCommand::Retry { .. } => "retry",
             QueueCommand::Delete { .. } => "delete",
-            QueueCommand::Reload => "reload",
-            QueueCommand::Bans => "bans",
-            QueueCommand::LiftBan { .. } => "lift-ban",
-            QueueCommand::GuardList => "guard-list",
-            QueueCommand::GuardTrust { .. } => "guard-trust",
-            QueueCommand::GuardUntrust { .. } => "guard-untrust",
         }
     }
 }
@@ -211,52 +172,11 @@ pub struct Changed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "lowercase")]
 pub enum QueueAnswer {
-    List {
-        messages: Vec<MessageSummary>,
-    },
-    Show {
-        message: Box<MessageDetail>,
-    },
-    Stats {
-        stats: QueueStats,
-    },
-    Changed {
-        changed: Vec<Changed>,
-    },
-    Reloaded {
-        message: String,
-    },
-    Bans {
-        bans: Vec<Ban>,
-    },
-    Guard {
-        state: crate::guard::GuardState,
-    },
-    Lifted {
-        ip: std::net::IpAddr,
-        was_banned: bool,
-    },
-    Error {
-        message: String,
-    },
-}
-
-/// One banned address and the seconds its ban has left.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ban {
-    pub ip: std::net::IpAddr,
-    pub seconds_left: u64,
-}
-
-impl Ban {
-    /// A ban with `left` to run, said in whole seconds (at least one: a ban
-    /// in force never shows as over).
-    pub fn new(ip: std::net::IpAddr, left: std::time::Duration) -> Ban {
-        Ban {
-            ip,
-            seconds_left: left.as_secs().max(1),
-        }
-    }
+    List { messages: Vec<MessageSummary> },
+    Show { message: Box<MessageDetail> },
+    Stats { stats: QueueStats },
+    Changed { changed: Vec<Changed> },
+    Error { message: String },
 }
 
 impl QueueAnswer {

@@ -312,15 +312,6 @@ impl Index {
                     "due now".into()
                 }
             }),
-            QueueCommand::Reload
-            | QueueCommand::Bans
-            | QueueCommand::LiftBan { .. }
-            | QueueCommand::GuardList
-            | QueueCommand::GuardTrust { .. }
-            | QueueCommand::GuardUntrust { .. } => Applied::answer(QueueAnswer::error(format!(
-                "{} is handled by the server, not the queue",
-                cmd.name()
-            ))),
             QueueCommand::Delete { select } => {
                 // At once, even during an attempt: the attempt streams from
                 // its open file and finds the message gone when it records.

@@ -1,24 +1,22 @@
 //! The queue manager: the one owner of queue state. It keeps every queued
 //! message in memory (an index built from the spool at start), knows when each
 //! is next due, starts delivery passes under the concurrency limits (never two
-//! for one message), and handles the control commands (`QueueCommand`) from
-//! the control socket in the same loop. Every write of a message's state is
+//! for one message), and handles the queue's commands (`QueueCommand`, from
+//! the control socket and the admin page) in the same loop. Every write of a message's state is
 //! made by a job it started, so no two writers ever race.
 
 mod control;
 mod index;
 pub mod local_mail;
 mod schedule;
-mod socket;
 mod work;
 
 pub use control::{
-    BODY_SHOWN, Ban, Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, QueueStats,
+    BODY_SHOWN, Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, QueueStats,
     Selector, message_state, recipient_state,
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
-pub use socket::{ControlError, ServerControl, bind_control, request, serve_control, socket_path};
 pub use work::route_facts;
 
 use crate::config::Config;

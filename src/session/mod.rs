@@ -3,7 +3,7 @@
 //! producing a reply. Sessions run over any `Io`, so tests can use in-memory pipes.
 
 mod auth;
-mod context;
+
 mod data;
 mod envelope;
 mod greeting;
@@ -14,7 +14,7 @@ mod transaction;
 #[cfg(test)]
 mod tests;
 
-pub use context::Context;
+use crate::app::Context;
 
 use crate::config::ListenerKind;
 use crate::events::Event;

@@ -6,10 +6,6 @@
 //! report per policy domain goes to the `rua` of its `_smtp._tls` TXT
 //! record: by mail (gzipped JSON in a multipart/report) or by HTTPS POST.
 
-mod send;
-
-pub use send::run;
-
 use mail_auth::report::tlsrpt::{
     DateRange, FailureDetails, Policy, PolicyDetails, PolicyType, ResultType, Summary, TlsReport,
 };

@@ -249,3 +249,123 @@ fn commands_without_a_config_say_to_name_one() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `portcullis status` asks the running server over the control socket:
+/// its listeners, connections and queue; once it stops, exit 3 and
+/// `"running": false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_describes_the_running_server_and_says_when_none_runs() {
+    // Outlives the server, so that the CLI can be asked again after it stops.
+    let kept = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(
+        "[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n",
+        Some(&kept.path().join("data")),
+    )
+    .await;
+    let config = kept.path().join("cli.toml");
+    std::fs::write(&config, toml::to_string(&server.config).unwrap()).unwrap();
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.2", "cli.test").await;
+    let r = c
+        .send_mail(
+            "from@x.test",
+            &["to@elsewhere.example"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["status", "--json"], &config));
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["pid"], std::process::id());
+    assert_eq!(status["queue"]["messages"], 1, "{out}");
+    assert_eq!(status["queue"]["recipients_queued"], 1, "{out}");
+    // The client above still holds its connection.
+    assert_eq!(status["connections"], 1, "{out}");
+    let listening = status["listeners"].as_array().unwrap();
+    assert!(
+        listening
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with(&server.addr().to_string())),
+        "{out}"
+    );
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&["status"], &config));
+    assert!(ok && out.contains("queue: 1 message(s)"), "{out}");
+    drop(c);
+    server.stop().await;
+    // The test's certificates went with the server: the same data
+    // directory, named by a config of its own.
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n[dns]\nnameservers = [\"127.0.0.1:1\"]\n",
+            kept.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(binary())
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], false);
+}
+
+/// The control socket answers only its own user (and root): even with the
+/// socket's mode opened up, another user's connection is closed unanswered.
+/// A client speaking the older protocol hears which version is spoken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_answers_only_the_servers_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let server = TestServer::start("").await;
+    let socket = server.data_dir().join("control.sock");
+    let ask = |line: &str, uid: Option<u32>| {
+        let script = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.settimeout(10)\ns.connect({:?})\n\
+             try:\n  s.sendall({:?}.encode()+b'\\n')\n  sys.stdout.write(s.recv(65536).decode())\nexcept (BrokenPipeError, ConnectionResetError):\n  pass\n",
+            socket.display().to_string(),
+            line
+        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &script]);
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let answer = tokio::task::block_in_place(|| ask(r#"{"v":2,"command":"status"}"#, None));
+    assert!(answer.contains(r#""status""#), "{answer}");
+    let answer = tokio::task::block_in_place(|| ask(r#"{"v":1,"cmd":"list"}"#, None));
+    assert!(answer.contains("version 1 is not spoken here"), "{answer}");
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped the other-user half: it needs root to become another user");
+        return;
+    }
+    // Let `nobody` reach and open the socket: only the peer check is left.
+    let mut dir = socket.parent().unwrap().to_path_buf();
+    while dir.starts_with(server.dir.path()) {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir.pop();
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let answer = tokio::task::block_in_place(|| ask(r#"{"v":2,"command":"status"}"#, Some(65534)));
+    assert_eq!(answer, "", "another user was answered");
+    let answer = tokio::task::block_in_place(|| ask(r#"{"v":2,"command":"status"}"#, None));
+    assert!(answer.contains(r#""status""#), "{answer}");
+}

@@ -654,7 +654,8 @@ fn shown(server: &TestServer, id: &str) -> portcullis::queue::MessageDetail {
         id: portcullis::spool::QueueId::parse(id).unwrap(),
         body: false,
     };
-    match portcullis::queue::request(&server.data_dir(), &cmd, Duration::from_secs(5)).unwrap() {
+    match portcullis::control::ask_queue(&server.data_dir(), &cmd, Duration::from_secs(5)).unwrap()
+    {
         portcullis::queue::QueueAnswer::Show { message } => *message,
         other => panic!("{other:?}"),
     }

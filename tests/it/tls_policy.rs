@@ -82,7 +82,7 @@ async fn attempted(server: &TestServer, id: &str) -> portcullis::spool::Recipien
         };
         let data = server.data_dir();
         let answer = tokio::task::block_in_place(|| {
-            portcullis::queue::request(&data, &cmd, Duration::from_secs(5))
+            portcullis::control::ask_queue(&data, &cmd, Duration::from_secs(5))
         });
         match answer {
             Ok(portcullis::queue::QueueAnswer::Show { message }) => {

@@ -4,7 +4,7 @@
 use super::tls::TestCa;
 use super::{DNS_GUARD, WAIT};
 use portcullis::config::{Config, ListenerKind};
-use portcullis::server::Server;
+use portcullis::daemon::Daemon;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ impl TestServer {
             .unwrap_or_else(|| dir.path().join("data"));
         let text = complete_config_at(toml_text, &data_dir, &ca);
         let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let server = Server::bind(config.clone()).await.expect("server binds");
+        let server = Daemon::bind(config.clone()).await.expect("server binds");
         let addrs = server.local_addrs();
         let admin = server.admin_addr();
         let shutdown = CancellationToken::new();

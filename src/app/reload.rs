@@ -6,15 +6,12 @@
 //! next attempt. An invalid configuration changes nothing: the error names
 //! the key and the reason, and the server runs on as before.
 
-use crate::config::{Config, ListenerKind};
-use crate::session::Context;
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use super::Context;
+use crate::config::Config;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 /// The context new connections get; replaced whole by a reload.
 #[derive(Clone)]
@@ -29,7 +26,8 @@ impl CurrentContext {
         Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub(super) fn set(&self, ctx: Arc<Context>) {
+    /// Puts a reloaded context in force for new connections.
+    pub fn set(&self, ctx: Arc<Context>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = ctx;
     }
 }
@@ -41,9 +39,15 @@ pub struct ReloadRequest {
 
 /// The way to ask the running server for a reload.
 #[derive(Clone)]
-pub struct ReloadHandle(pub(super) mpsc::UnboundedSender<ReloadRequest>);
+pub struct ReloadHandle(mpsc::UnboundedSender<ReloadRequest>);
 
 impl ReloadHandle {
+    /// A handle, and the receiving end the running server reads requests from.
+    pub fn channel() -> (ReloadHandle, mpsc::UnboundedReceiver<ReloadRequest>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ReloadHandle(tx), rx)
+    }
+
     /// Asks, without waiting (a signal handler).
     pub fn request(&self) {
         let _ = self.0.send(ReloadRequest { reply: None });
@@ -57,23 +61,6 @@ impl ReloadHandle {
             .map_err(|_| "the server is stopping".to_string())?;
         rx.await.map_err(|_| "the server is stopping".to_string())?
     }
-}
-
-/// The running listeners, by their configured address and kind: the address
-/// actually bound (port 0 resolved) and what stops it.
-pub type Listeners = HashMap<(SocketAddr, ListenerKind), (SocketAddr, CancellationToken)>;
-
-/// The running listener a config entry means: the same configured address, or
-/// the address it is bound to (a config that pins the port it got).
-pub fn matching(
-    running: &Listeners,
-    addr: SocketAddr,
-    kind: ListenerKind,
-) -> Option<(SocketAddr, ListenerKind)> {
-    running
-        .iter()
-        .find(|((configured, k), (bound, _))| *k == kind && (*configured == addr || *bound == addr))
-        .map(|(key, _)| *key)
 }
 
 /// Reads the config again (from `path`, or the same one when running on the

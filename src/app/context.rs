@@ -1,6 +1,7 @@
 //! What every session shares: the config, the policy built from it, TLS,
 //! users and the spool. Built once at start.
 
+use super::limits::{ConnectionLimits, LimitSettings};
 use crate::config::Config;
 use crate::credentials::CredentialChecker;
 use crate::policy::Policy;
@@ -23,7 +24,7 @@ pub struct Context {
     /// The anti-spam checks: DNS lists, lookups, counters and bans.
     pub checks: std::sync::Arc<crate::checks::Checks>,
     /// Connection slots; sessions read whether the server is under stress.
-    pub limits: std::sync::Arc<crate::server::ConnectionLimits>,
+    pub limits: std::sync::Arc<ConnectionLimits>,
     /// Renames prepared messages into the queue, one directory fsync per batch.
     pub committer: crate::spool::Committer,
     /// Where to announce newly accepted messages (absent in protocol-only tests).
@@ -63,7 +64,7 @@ impl Context {
             events,
             guard,
             checks: std::sync::Arc::new(crate::checks::Checks::new(&config, resolver)),
-            limits: crate::server::ConnectionLimits::new(crate::server::LimitSettings {
+            limits: ConnectionLimits::new(LimitSettings {
                 max_total: config.server.max_connections,
                 max_per_ip: config.server.max_connections_per_ip,
                 reserved: config.server.reserved_connections(),

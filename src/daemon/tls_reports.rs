@@ -1,8 +1,8 @@
 //! Ends report periods and sends their reports to each policy domain's
 //! `rua` (`_smtp._tls.DOMAIN`, "v=TLSRPTv1; rua=mailto:…,https://…").
 
-use super::Collector;
-use crate::session::Context;
+use crate::app::Context;
+use crate::tlsrpt::Collector;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::{ReportUri, TlsRpt};
 use mail_auth::report::tlsrpt::TlsReport;

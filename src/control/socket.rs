@@ -1,11 +1,15 @@
 //! The control socket, `data_dir/control.sock`: a Unix socket only its owner
-//! may use. Each request is one JSON line naming the protocol version and a
-//! `QueueCommand` (`{"v":1,"cmd":"hold","select":{"id":"…"}}`); each answer is
-//! one JSON line (`{"v":1,"answer":"changed","changed":[…]}`). The server owns
-//! the socket while it holds the data-dir lock; the CLI is its client.
+//! may use (mode 0600, and each peer's credentials are checked: the server's
+//! own user or root). Each request is one JSON line naming the protocol
+//! version and a `Command`
+//! (`{"v":2,"command":{"queue":{"cmd":"hold","select":{"id":"…"}}}}`); each
+//! answer is one JSON line (`{"v":2,"answer":{"queue":{"answer":"changed",…}}}`).
+//! The server owns the socket while it holds the data-dir lock; the CLI is
+//! its client.
 
-use super::QueueHandle;
-use super::control::{QueueAnswer, QueueCommand};
+use super::answer::ServerSide;
+use super::commands::{Answer, Command};
+use crate::queue::{QueueAnswer, QueueCommand};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,8 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: commands grouped by owner (`queue`, `guard`, `bans`, `reload`, `status`).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
 /// Time a client has to send a request.
@@ -24,15 +29,20 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     v: u32,
-    #[serde(flatten)]
-    command: QueueCommand,
+    command: Command,
+}
+
+/// Read first, so that a client speaking another version hears so (rather
+/// than that its command does not parse).
+#[derive(Debug, Deserialize)]
+struct Versioned {
+    v: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Response {
     v: u32,
-    #[serde(flatten)]
-    answer: QueueAnswer,
+    answer: Answer,
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -41,7 +51,7 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 /// Binds the control socket, replacing one a stopped server left behind
 /// (call only while holding the data-dir lock), readable by the owner only.
-pub fn bind_control(data_dir: &Path) -> io::Result<UnixListener> {
+pub fn bind(data_dir: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
     match std::fs::remove_file(&path) {
@@ -53,23 +63,13 @@ pub fn bind_control(data_dir: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// What the control socket answers that is not the queue's: the server's
-/// own commands (reload, bans). The server implements it, so that the queue
-/// knows nothing of the server.
-pub trait ServerControl: Send + Sync {
-    fn answer(
-        &self,
-        cmd: QueueCommand,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = QueueAnswer> + Send + '_>>;
-}
-
 /// Answers requests until `shutdown`.
-pub async fn serve_control(
+pub async fn serve(
     listener: UnixListener,
-    handle: QueueHandle,
-    server: Option<std::sync::Arc<dyn ServerControl>>,
+    server: std::sync::Arc<ServerSide>,
     shutdown: CancellationToken,
 ) {
+    let allowed = [0, rustix::process::geteuid().as_raw()];
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -82,10 +82,26 @@ pub async fn serve_control(
             },
             _ = shutdown.cancelled() => break,
         };
-        let handle = handle.clone();
-        let server = server.clone();
+        // The socket's mode already keeps others out; the peer's user is
+        // checked too, so that a looser mode or a passed descriptor does not
+        // open the server's controls.
+        match stream.peer_cred() {
+            Ok(cred) if allowed.contains(&cred.uid()) => {}
+            Ok(cred) => {
+                warn!(
+                    uid = cred.uid(),
+                    "control socket: refused a client of another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket: cannot read the client's credentials");
+                continue;
+            }
+        }
+        let server = std::sync::Arc::clone(&server);
         tokio::spawn(async move {
-            if let Err(e) = serve_client(stream, handle, server).await {
+            if let Err(e) = serve_client(stream, server).await {
                 warn!(error = %e, "control socket client failed");
             }
         });
@@ -99,8 +115,7 @@ pub async fn serve_control(
 
 async fn serve_client(
     stream: tokio::net::UnixStream,
-    handle: QueueHandle,
-    server: Option<std::sync::Arc<dyn ServerControl>>,
+    server: std::sync::Arc<ServerSide>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -115,17 +130,15 @@ async fn serve_client(
         if n == 0 {
             return Ok(());
         }
-        let answer = match serde_json::from_slice::<Request>(&line) {
-            Ok(r) if r.v == PROTOCOL_VERSION && r.command.is_for_the_server() => match &server {
-                Some(s) => s.answer(r.command).await,
-                None => QueueAnswer::error(format!("this server cannot {}", r.command.name())),
-            },
-            Ok(r) if r.v == PROTOCOL_VERSION => handle.command(r.command).await,
-            Ok(r) => QueueAnswer::error(format!(
+        let answer = match serde_json::from_slice::<Versioned>(&line) {
+            Ok(r) if r.v != PROTOCOL_VERSION => Answer::error(format!(
                 "control protocol version {} is not spoken here (this server speaks {PROTOCOL_VERSION})",
                 r.v
             )),
-            Err(e) => QueueAnswer::error(format!("bad request: {e}")),
+            _ => match serde_json::from_slice::<Request>(&line) {
+                Ok(r) => server.answer(r.command).await,
+                Err(e) => Answer::error(format!("bad request: {e}")),
+            },
         };
         let mut out = serde_json::to_vec(&Response {
             v: PROTOCOL_VERSION,
@@ -147,11 +160,7 @@ pub enum ControlError {
 }
 
 /// Sends one command to the server running on `data_dir` (blocking; for the CLI).
-pub fn request(
-    data_dir: &Path,
-    cmd: &QueueCommand,
-    timeout: Duration,
-) -> Result<QueueAnswer, ControlError> {
+pub fn request(data_dir: &Path, cmd: &Command, timeout: Duration) -> Result<Answer, ControlError> {
     use std::io::{BufRead, Write};
     let path = socket_path(data_dir);
     let stream = match std::os::unix::net::UnixStream::connect(&path) {
@@ -185,9 +194,26 @@ pub fn request(
     Ok(response.answer)
 }
 
+/// Sends one queue command; the server's refusal comes back as the queue's
+/// own error answer.
+pub fn ask_queue(
+    data_dir: &Path,
+    cmd: &QueueCommand,
+    timeout: Duration,
+) -> Result<QueueAnswer, ControlError> {
+    match request(data_dir, &Command::Queue(cmd.clone()), timeout)? {
+        Answer::Queue(answer) => Ok(answer),
+        Answer::Error { message } => Ok(QueueAnswer::Error { message }),
+        other => Err(ControlError::Failed(format!(
+            "unexpected answer to a queue command: {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::GuardCommand;
     use crate::queue::Selector;
     use crate::spool::QueueId;
 
@@ -195,24 +221,41 @@ mod tests {
     fn requests_are_versioned_json_lines() {
         let id = QueueId::parse("0123456789ABCDEF0123").unwrap();
         let text = serde_json::to_string(&Request {
-            v: 1,
-            command: QueueCommand::Hold {
+            v: 2,
+            command: Command::Queue(QueueCommand::Hold {
                 select: Selector::Id(id.clone()),
-            },
+            }),
         })
         .unwrap();
         assert_eq!(
             text,
-            r#"{"v":1,"cmd":"hold","select":{"id":"0123456789ABCDEF0123"}}"#
+            r#"{"v":2,"command":{"queue":{"cmd":"hold","select":{"id":"0123456789ABCDEF0123"}}}}"#
         );
         let back: Request =
-            serde_json::from_str(r#"{"v":1,"cmd":"retry","select":"all"}"#).unwrap();
+            serde_json::from_str(r#"{"v":2,"command":{"queue":{"cmd":"retry","select":"all"}}}"#)
+                .unwrap();
         assert_eq!(
             back.command,
-            QueueCommand::Retry {
+            Command::Queue(QueueCommand::Retry {
                 select: Selector::All
-            }
+            })
         );
-        assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"show","id":"../etc"}"#).is_err());
+        let back: Request = serde_json::from_str(r#"{"v":2,"command":"reload"}"#).unwrap();
+        assert_eq!(back.command, Command::Reload);
+        let back: Request =
+            serde_json::from_str(r#"{"v":2,"command":{"guard":{"cmd":"trust","ip":"10.0.0.9"}}}"#)
+                .unwrap();
+        assert_eq!(
+            back.command,
+            Command::Guard(GuardCommand::Trust {
+                ip: "10.0.0.9".parse().unwrap()
+            })
+        );
+        assert!(
+            serde_json::from_str::<Request>(
+                r#"{"v":2,"command":{"queue":{"cmd":"show","id":"../etc"}}}"#
+            )
+            .is_err()
+        );
     }
 }

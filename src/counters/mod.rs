@@ -3,6 +3,8 @@
 //! in-memory implementation counts with a sliding window approximated from
 //! two fixed windows: O(1) memory per key, whatever the rate.
 
+pub mod durable;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;

@@ -3,7 +3,7 @@
 //! `record` saves all ledgers to one file, replaced durably (`fsio`), before
 //! it returns. A message counted before a crash still counts after it.
 
-use super::counters::{Counters, Ledger, MemoryCounters};
+use super::{Counters, Ledger, MemoryCounters};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
