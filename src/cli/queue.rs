@@ -7,7 +7,7 @@ use super::ConfigArgs;
 use crate::clock::unix_now;
 use crate::control::{ControlError, ask_queue};
 use crate::queue::{
-    Changed, Index, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector, Write,
+    Changed, Index, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector,
 };
 use crate::spool::{QueueId, Spool, lock_data_dir};
 use std::path::{Path, PathBuf};
@@ -144,11 +144,8 @@ fn offline(data_dir: &Path, command: &QueueCommand) -> anyhow::Result<QueueAnswe
         message.headers = content.headers()?;
     }
     for write in applied.writes {
-        match write {
-            Write::State(id) => spool.write_state(&id, &index.entries[&id].state)?,
-            Write::StateQuick(id) => spool.write_state_quick(&id, &index.entries[&id].state)?,
-            Write::Delete(id) => spool.delete(&id)?,
-        }
+        let state = index.entries.get(write.id()).map(|e| &e.state);
+        write.carry_out(&spool, state)?;
     }
     Ok(answer)
 }

@@ -5,9 +5,10 @@
 //! the caller does the writing, so the same rules serve both owners.
 
 use super::control::{Changed, MessageDetail, MessageSummary, QueueAnswer, QueueCommand, Selector};
+use super::store::{Durability, QueueStore};
 use crate::spool::QueueId;
 use crate::spool::{
-    Envelope, MemoryCopy, MessageState, QueuedMessage, RecipientStatus, Spool, SpoolError,
+    Envelope, MemoryCopy, MessageState, QueuedMessage, RecipientStatus, SpoolError,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -182,6 +183,35 @@ pub enum Write {
     Delete(QueueId),
 }
 
+impl Write {
+    /// Carries the write out on `store` (blocking): the one executor of a
+    /// command's writes, for the manager's jobs and for the CLI when no
+    /// server runs. `state`: the message's state as the index holds it
+    /// (none for a delete: the message has left the index).
+    pub fn carry_out(
+        &self,
+        store: &dyn QueueStore,
+        state: Option<&MessageState>,
+    ) -> Result<(), SpoolError> {
+        match (self, state) {
+            (Write::State(id), Some(state)) => store.record_state(id, state, Durability::Synced),
+            (Write::StateQuick(id), Some(state)) => {
+                store.record_state(id, state, Durability::Quick)
+            }
+            (Write::Delete(id), _) => store.delete(id),
+            (Write::State(id) | Write::StateQuick(id), None) => {
+                Err(SpoolError::NotFound(id.to_string()))
+            }
+        }
+    }
+
+    pub fn id(&self) -> &QueueId {
+        match self {
+            Write::State(id) | Write::StateQuick(id) | Write::Delete(id) => id,
+        }
+    }
+}
+
 /// What applying a command produced.
 pub struct Applied {
     pub answer: QueueAnswer,
@@ -209,21 +239,16 @@ pub struct Index {
 }
 
 impl Index {
-    /// Reads every message in the spool (blocking). Unreadable files are left
+    /// Reads every message in the store (blocking). Unreadable ones are left
     /// in place and reported. The caller holds the data-dir lock.
-    pub fn load(spool: &Spool) -> std::io::Result<(Index, Vec<(String, SpoolError)>)> {
-        spool.remove_orphan_states()?;
-        let mut index = Index::default();
-        let mut problems = Vec::new();
-        for id in spool.ids()? {
-            match spool.load_owned(&id) {
-                Ok(m) => {
-                    index.entries.insert(id, Entry::from_spool(m));
-                }
-                Err(e) => problems.push((id.to_string(), e)),
-            }
-        }
-        Ok((index, problems))
+    pub fn load(store: &dyn QueueStore) -> std::io::Result<(Index, Vec<(String, SpoolError)>)> {
+        let loaded = store.load_all()?;
+        let entries = loaded
+            .messages
+            .into_iter()
+            .map(|(id, m)| (id, Entry::from_spool(m)))
+            .collect();
+        Ok((Index { entries }, loaded.unreadable))
     }
 
     pub fn get_mut(&mut self, id: &QueueId) -> Option<&mut Entry> {

@@ -9,6 +9,7 @@ mod control;
 mod index;
 pub mod local_mail;
 mod schedule;
+mod store;
 mod work;
 
 pub use control::{
@@ -17,6 +18,7 @@ pub use control::{
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
+pub use store::{Durability, QueueStore};
 pub use work::route_facts;
 
 use crate::config::Config;
@@ -87,6 +89,10 @@ impl QueueHandle {
 pub struct QueueInbox(mpsc::UnboundedReceiver<Inbound>);
 
 pub struct QueueManager {
+    /// Where queued messages and their states are read and written.
+    store: Arc<dyn QueueStore>,
+    /// Where the reports we write ourselves (bounces, delay notices) are
+    /// accepted, as a session's message is.
     spool: Spool,
     /// Replaced as a whole on reload: the next passes follow it.
     config: std::sync::RwLock<Arc<Config>>,
@@ -231,6 +237,7 @@ impl QueueManager {
             global: Arc::new(Semaphore::new(config.delivery.concurrency)),
             per_domain: Mutex::new(HashMap::new()),
             handle: QueueHandle(tx),
+            store: Arc::new(spool.clone()),
             spool,
             config: std::sync::RwLock::new(config),
             deliverer,
@@ -271,8 +278,8 @@ impl QueueManager {
         grace: Duration,
     ) {
         let mut inbox = inbox.0;
-        let spool = self.spool.clone();
-        let index = match off_thread(move || Index::load(&spool)).await {
+        let store = Arc::clone(&self.store);
+        let index = match off_thread(move || Index::load(&*store)).await {
             Ok((index, problems)) => {
                 for (id, e) in problems {
                     self.events.emit(Event::SpoolProblem {
@@ -350,11 +357,11 @@ impl QueueManager {
                     }
                     return;
                 }
-                let spool = self.spool.clone();
+                let store = Arc::clone(&self.store);
                 let handle = self.handle.clone();
                 q.tasks.spawn(async move {
                     let owned = id.clone();
-                    let loaded = off_thread(move || spool.load_owned(&owned)).await;
+                    let loaded = off_thread(move || store.load(&owned)).await;
                     let _ = handle.0.send(Inbound::Loaded(id, loaded));
                 });
             }
@@ -491,13 +498,12 @@ impl QueueManager {
 
     /// Carries out a write a command asked for, as a job that owns the message meanwhile.
     fn write(self: &Arc<Self>, q: &mut Queue, write: Write, waiters: Vec<Arc<AnswerWhenWritten>>) {
-        let spool = self.spool.clone();
+        let store = Arc::clone(&self.store);
         let handle = self.handle.clone();
         let events = self.events.clone();
-        let (id, quick) = match write {
-            Write::State(id) => (id, false),
-            Write::StateQuick(id) => (id, true),
-            Write::Delete(id) => return self.delete(q, id, waiters),
+        let id = match &write {
+            Write::Delete(id) => return self.delete(q, id.clone(), waiters),
+            Write::State(id) | Write::StateQuick(id) => id.clone(),
         };
         let Some(entry) = q.index.get_mut(&id) else {
             return;
@@ -510,16 +516,10 @@ impl QueueManager {
             let owned = id.clone();
             let moved = journaled.is_some();
             let result = off_thread(move || {
-                if let Some(copy) = journaled
-                    && !spool.materialize_one(&owned, &copy)?
-                {
-                    return Err(SpoolError::NotFound(owned.to_string()));
+                if let Some(copy) = journaled {
+                    settle_one(&*store, &owned, &copy)?;
                 }
-                if quick {
-                    spool.write_state_quick(&owned, &state)
-                } else {
-                    spool.write_state(&owned, &state)
-                }
+                write.carry_out(&*store, Some(&state))
             })
             .await;
             let done = match result {
@@ -561,7 +561,7 @@ impl QueueManager {
         for (id, _, _) in &batch {
             q.schedule.remove(id);
         }
-        let spool = self.spool.clone();
+        let store = Arc::clone(&self.store);
         let handle = self.handle.clone();
         let events = self.events.clone();
         q.tasks.spawn(async move {
@@ -569,21 +569,25 @@ impl QueueManager {
             let done = off_thread(move || {
                 let events = in_thread;
                 // Those still only in the journal get their files first, together.
-                let journaled: Vec<(&str, &crate::spool::MemoryCopy)> = batch
+                let journaled: Vec<(&QueueId, &crate::spool::MemoryCopy)> = batch
                     .iter()
-                    .filter_map(|(id, _, copy)| copy.as_deref().map(|c| (id.as_str(), c)))
+                    .filter_map(|(id, _, copy)| copy.as_deref().map(|c| (id, c)))
                     .collect();
-                let mut moved = spool.materialize(&journaled).into_iter();
+                let mut moved = store.settle(&journaled).into_iter();
                 let mut done = Vec::with_capacity(batch.len());
                 for (id, state, journaled) in &batch {
                     let recorded = match journaled {
                         Some(_) => match moved.next() {
-                            Some(Ok(true)) => spool.write_state_quick(id, state).map(|()| true),
+                            Some(Ok(true)) => store
+                                .record_state(id, state, Durability::Quick)
+                                .map(|()| true),
                             Some(Ok(false)) => Err(SpoolError::NotFound(id.to_string())),
                             Some(Err(e)) => Err(e),
                             None => Err(std::io::Error::other("not materialized").into()),
                         },
-                        None => spool.write_state_quick(id, state).map(|()| false),
+                        None => store
+                            .record_state(id, state, Durability::Quick)
+                            .map(|()| false),
                     };
                     match recorded {
                         Ok(true) => done.push((id.clone(), Done::Moved)),
@@ -620,12 +624,12 @@ impl QueueManager {
 
     /// Removes a message's files (it has already left the index).
     fn delete(&self, q: &mut Queue, id: QueueId, waiters: Vec<Arc<AnswerWhenWritten>>) {
-        let spool = self.spool.clone();
+        let store = Arc::clone(&self.store);
         let events = self.events.clone();
         q.schedule.remove(&id);
         q.tasks.spawn(async move {
-            let owned = id.clone();
-            match off_thread(move || spool.delete(&owned)).await {
+            let write = Write::Delete(id.clone());
+            match off_thread(move || write.carry_out(&*store, None)).await {
                 Ok(()) | Err(SpoolError::NotFound(_)) => {
                     info!(queue_id = %id, "message deleted from the queue")
                 }
@@ -726,5 +730,20 @@ impl QueueManager {
                 self.config().delivery.per_domain_concurrency,
             ))
         }))
+    }
+}
+
+/// Settles one journaled message (see `QueueStore::settle`); gone meanwhile
+/// is `NotFound`.
+fn settle_one(
+    store: &dyn QueueStore,
+    id: &QueueId,
+    copy: &crate::spool::MemoryCopy,
+) -> Result<(), SpoolError> {
+    match store.settle(&[(id, copy)]).pop() {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) => Err(SpoolError::NotFound(id.to_string())),
+        Some(Err(e)) => Err(e),
+        None => Err(std::io::Error::other("nothing settled").into()),
     }
 }

@@ -4,6 +4,7 @@
 //! starts; it touches only the message the manager handed it.
 
 use super::index::Content;
+use super::store::Durability;
 use super::{QueueManager, expired, next_attempt, unix_now};
 use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::delivery::client::Outgoing;
@@ -12,6 +13,7 @@ use crate::delivery::{AttemptResult, Job, Outcome, Stage};
 use crate::events::{self, DeliveryState, Event};
 use crate::spool::{Envelope, MessageState, QueueId, RecipientStatus, SpoolError, off_thread};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tracing::warn;
 
 /// When a message still queued is next due: never later than the moment it expires.
@@ -160,20 +162,19 @@ impl QueueManager {
                 }
             }
         }
-        let spool = self.spool.clone();
+        let store = Arc::clone(&self.store);
         let owned_id = id.clone();
         let to_write = state.clone();
         // Final results that lead to a bounce must survive a crash; a deferral
         // lost to a crash only means an earlier retry.
         let durable = !state.has_queued();
-        let written = off_thread(move || {
-            if durable {
-                spool.write_state(&owned_id, &to_write)
-            } else {
-                spool.write_state_quick(&owned_id, &to_write)
-            }
-        })
-        .await;
+        let durability = if durable {
+            Durability::Synced
+        } else {
+            Durability::Quick
+        };
+        let written =
+            off_thread(move || store.record_state(&owned_id, &to_write, durability)).await;
         match written {
             Ok(()) => {}
             Err(SpoolError::NotFound(_)) => return PassEnd::gone(),
@@ -388,18 +389,9 @@ impl QueueManager {
                 warn!(queue_id = %id, failed = failed.len(), "no bounce: the sender is the null address");
             }
         }
-        if journaled {
-            // Never had a file: releasing its journal record is all there is.
-            self.spool.release_journaled(id);
-            self.events.emit(Event::MessageFinished {
-                queue_id: id.clone(),
-                failed: failed.len(),
-            });
-            return true;
-        }
-        let spool = self.spool.clone();
+        let store = Arc::clone(&self.store);
         let owned = id.clone();
-        match off_thread(move || spool.remove_finished(&owned)).await {
+        match off_thread(move || store.finish(&owned, journaled)).await {
             Ok(()) | Err(SpoolError::NotFound(_)) => {
                 self.events.emit(Event::MessageFinished {
                     queue_id: id.clone(),
@@ -422,9 +414,14 @@ impl QueueManager {
             .memory
             .clone()
             .ok_or_else(|| std::io::Error::other("journaled message without its copy"))?;
-        let spool = self.spool.clone();
+        let store = Arc::clone(&self.store);
         let owned = id.clone();
-        off_thread(move || spool.materialize_one(&owned, &copy)).await
+        off_thread(move || match super::settle_one(&*store, &owned, &copy) {
+            Ok(()) => Ok(true),
+            Err(SpoolError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
     }
 
     /// Spools a DSN to the original sender. Returns false when it could not be written.

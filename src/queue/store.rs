@@ -1,0 +1,178 @@
+//! The queue store: where queued messages live between the 250 and their
+//! last delivery result. The queue manager reads and writes messages only
+//! through this trait; the local spool (journal, message files, state files)
+//! is its implementation today, and a shared database holding messages
+//! under fenced leases is meant to be the next (see the cluster issue):
+//! every write names one message and says how durable it must be before it
+//! returns, and a store that finds the message gone (deleted, or taken over
+//! by another owner) answers `SpoolError::NotFound` and the manager drops
+//! its work on it.
+//!
+//! Acceptance (a session writing a new message) still goes through the
+//! spool's writer and committer directly; the store is the manager's view.
+
+use crate::spool::{MemoryCopy, MessageState, QueueId, QueuedMessage, Spool, SpoolError};
+
+/// How far a write must have gone before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On stable storage: a crash right after must not undo it (holds,
+    /// releases, final results before a bounce, deletes).
+    Synced,
+    /// Applied, but a crash may lose it: only for what a crash may lose
+    /// harmlessly (a deferral's new due time: an earlier retry).
+    Quick,
+}
+
+/// What `load_all` found.
+pub struct Loaded {
+    pub messages: Vec<(QueueId, QueuedMessage)>,
+    /// Ids that could not be read, and why (left in place).
+    pub unreadable: Vec<(String, SpoolError)>,
+}
+
+pub trait QueueStore: Send + Sync {
+    /// Every message this node is to deliver, read at start (blocking), and
+    /// the ones that could not be read (left in place).
+    fn load_all(&self) -> std::io::Result<Loaded>;
+
+    /// One message, newly announced (blocking).
+    fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError>;
+
+    /// Gives messages whose content is durable only in the accept journal a
+    /// home of their own, from the queue's copy in memory, before their
+    /// state is first written. Per message: true when done, false when it
+    /// was deleted meanwhile.
+    fn settle(&self, messages: &[(&QueueId, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>>;
+
+    /// Replaces a message's delivery state.
+    fn record_state(
+        &self,
+        id: &QueueId,
+        state: &MessageState,
+        durability: Durability,
+    ) -> Result<(), SpoolError>;
+
+    /// An admin's delete: the message and its state go, durably.
+    fn delete(&self, id: &QueueId) -> Result<(), SpoolError>;
+
+    /// Delivery is over: the message goes. `journaled`: it never left the
+    /// accept journal, so releasing its record is all there is. A crash
+    /// right after may bring it back for a duplicate delivery, never lose it.
+    fn finish(&self, id: &QueueId, journaled: bool) -> Result<(), SpoolError>;
+}
+
+/// The single-node store: the local spool in `data_dir`.
+impl QueueStore for Spool {
+    fn load_all(&self) -> std::io::Result<Loaded> {
+        self.remove_orphan_states()?;
+        let mut loaded = Vec::new();
+        let mut problems = Vec::new();
+        for id in self.ids()? {
+            match self.load_owned(&id) {
+                Ok(m) => loaded.push((id, m)),
+                Err(e) => problems.push((id.to_string(), e)),
+            }
+        }
+        Ok(Loaded {
+            messages: loaded,
+            unreadable: problems,
+        })
+    }
+
+    fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
+        self.load_owned(id)
+    }
+
+    fn settle(&self, messages: &[(&QueueId, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>> {
+        let named: Vec<(&str, &MemoryCopy)> = messages
+            .iter()
+            .map(|(id, copy)| (id.as_str(), *copy))
+            .collect();
+        self.materialize(&named)
+    }
+
+    fn record_state(
+        &self,
+        id: &QueueId,
+        state: &MessageState,
+        durability: Durability,
+    ) -> Result<(), SpoolError> {
+        match durability {
+            Durability::Synced => self.write_state(id, state),
+            Durability::Quick => self.write_state_quick(id, state),
+        }
+    }
+
+    fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
+        Spool::delete(self, id)
+    }
+
+    fn finish(&self, id: &QueueId, journaled: bool) -> Result<(), SpoolError> {
+        if journaled {
+            self.release_journaled(id);
+            Ok(())
+        } else {
+            self.remove_finished(id)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Write;
+
+    fn spool_with_one_message() -> (tempfile::TempDir, Spool, QueueId) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = QueueId::new();
+        crate::queue::local_mail::write(
+            &spool,
+            &id,
+            "relay.test",
+            "to@example.net",
+            b"Subject: x\r\n\r\nbody\r\n",
+            false,
+        )
+        .unwrap();
+        (dir, spool, id)
+    }
+
+    #[test]
+    fn the_local_store_loads_records_and_finishes_a_message() {
+        let (_dir, spool, id) = spool_with_one_message();
+        let store: &dyn QueueStore = &spool;
+        let loaded = store.load_all().unwrap();
+        assert!(loaded.unreadable.is_empty());
+        assert_eq!(loaded.messages.len(), 1);
+        let mut state = loaded.messages[0].1.state.clone();
+        assert!(!state.held);
+        state.held = true;
+        Write::State(id.clone())
+            .carry_out(store, Some(&state))
+            .unwrap();
+        assert!(store.load(&id).unwrap().state.held, "the hold was recorded");
+        store.finish(&id, false).unwrap();
+        assert!(store.load_all().unwrap().messages.is_empty());
+        // Gone: a later write says so instead of leaving a stray state.
+        assert!(matches!(
+            Write::StateQuick(id.clone()).carry_out(store, Some(&state)),
+            Err(SpoolError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_delete_needs_no_state_and_a_state_write_does() {
+        let (_dir, spool, id) = spool_with_one_message();
+        let store: &dyn QueueStore = &spool;
+        assert!(matches!(
+            Write::State(id.clone()).carry_out(store, None),
+            Err(SpoolError::NotFound(_))
+        ));
+        assert_eq!(store.load_all().unwrap().messages.len(), 1);
+        Write::Delete(id.clone()).carry_out(store, None).unwrap();
+        assert!(store.load_all().unwrap().messages.is_empty());
+        assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
+    }
+}
