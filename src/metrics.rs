@@ -34,6 +34,7 @@ pub struct Metrics {
     registry: Registry,
     connections: Counters,
     connections_refused: Counters,
+    connections_closed: Counters,
     connections_open: Gauge,
     tls: Counters,
     auth: Counters,
@@ -77,6 +78,7 @@ impl Metrics {
         let m = Metrics {
             connections: Counters::default(),
             connections_refused: Counters::default(),
+            connections_closed: Counters::default(),
             connections_open: Gauge::default(),
             tls: Counters::default(),
             auth: Counters::default(),
@@ -124,6 +126,11 @@ impl Metrics {
             "portcullis_connections_refused",
             "SMTP connections turned away before the banner, by reason",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "portcullis_connections_closed",
+            "SMTP sessions ended, by why (quit, client_left, timed_out, too_many_errors, http_request…)",
+            m.connections_closed.clone(),
         );
         r.register(
             "portcullis_connections_open",
@@ -395,8 +402,11 @@ impl Subscriber for Metrics {
                     .inc();
                 self.connections_open.inc();
             }
-            Event::ConnectionClosed { .. } => {
+            Event::ConnectionClosed { reason, .. } => {
                 self.connections_open.dec();
+                self.connections_closed
+                    .get_or_create(&labels("reason", reason.name()))
+                    .inc();
             }
             Event::ConnectionRefused { refusal, .. } => {
                 self.connections_refused

@@ -178,10 +178,18 @@ impl Subscriber for LogWriter {
             Event::MessageFinished {
                 queue_id,
                 failed: 0,
+                ..
             } => {
                 debug!(queue_id = %queue_id, failed = 0, "message done, removed from the queue")
             }
-            Event::MessageFinished { queue_id, failed } => {
+            Event::MessageFinished {
+                queue_id,
+                failed,
+                unreported,
+            } => {
+                if *unreported > 0 {
+                    warn!(queue_id = %queue_id, failed = unreported, "no bounce: the sender is the null address");
+                }
                 info!(queue_id = %queue_id, failed, "message done, removed from the queue")
             }
             Event::GuardUntrusted { client, evidence } => error!(

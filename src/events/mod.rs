@@ -23,6 +23,72 @@ use tokio::sync::broadcast;
 /// Events the broadcast channel keeps for a slow listener.
 const BROADCAST_CAPACITY: usize = 4096;
 
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The client said QUIT.
+    Quit,
+    /// The client hung up without QUIT.
+    ClientLeft,
+    /// The client stayed silent past a timeout.
+    TimedOut,
+    /// The client talked before the banner (the pregreet check).
+    TalkedFirst,
+    /// `server.max_errors` refused commands.
+    TooManyErrors,
+    /// Too many commands that move no mail (`server.max_junk_commands`).
+    TooManyJunkCommands,
+    /// An HTTP request on the SMTP port.
+    HttpRequest,
+    /// Failed logins earned the address a ban.
+    Banned,
+    /// The message was refused in a way that ends the session: pipelining
+    /// before authentication, a chunk past the size limit, forbidden bytes.
+    MessageRefused,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// A read or write failed.
+    Io(String),
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::Quit => "QUIT",
+            CloseReason::ClientLeft => "connection closed by client",
+            CloseReason::TimedOut => "timed out",
+            CloseReason::TalkedFirst => "talked before the banner",
+            CloseReason::TooManyErrors => "too many errors",
+            CloseReason::TooManyJunkCommands => "too many commands that do nothing",
+            CloseReason::HttpRequest => "HTTP request on the SMTP port",
+            CloseReason::Banned => "banned after failed logins",
+            CloseReason::MessageRefused => "message refused; closing",
+            CloseReason::ShuttingDown => "server shutting down",
+            CloseReason::Io(e) => return write!(f, "I/O error: {e}"),
+        })
+    }
+}
+
+impl CloseReason {
+    /// The metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CloseReason::Quit => "quit",
+            CloseReason::ClientLeft => "client_left",
+            CloseReason::TimedOut => "timed_out",
+            CloseReason::TalkedFirst => "talked_first",
+            CloseReason::TooManyErrors => "too_many_errors",
+            CloseReason::TooManyJunkCommands => "too_many_junk_commands",
+            CloseReason::HttpRequest => "http_request",
+            CloseReason::Banned => "banned",
+            CloseReason::MessageRefused => "message_refused",
+            CloseReason::ShuttingDown => "shutting_down",
+            CloseReason::Io(_) => "io_error",
+        }
+    }
+}
+
 /// Why a connection was turned away before its banner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -164,7 +230,7 @@ pub enum Event {
         client: IpAddr,
         messages: u32,
         errors: u32,
-        reason: String,
+        reason: CloseReason,
     },
     TlsEstablished {
         session: u64,
@@ -249,10 +315,7 @@ pub enum Event {
         queued_seconds: f64,
     },
     /// An anti-spam DNS check finished (for its latency).
-    DnsCheck {
-        check: &'static str,
-        seconds: f64,
-    },
+    DnsCheck { check: &'static str, seconds: f64 },
     ReportQueued {
         queue_id: QueueId,
         report_id: QueueId,
@@ -263,6 +326,9 @@ pub enum Event {
     MessageFinished {
         queue_id: QueueId,
         failed: usize,
+        /// Failed recipients no bounce tells of: the sender was the null
+        /// address (a report itself), which must never be answered.
+        unreported: usize,
     },
     QueueCommand {
         command: &'static str,
@@ -270,10 +336,7 @@ pub enum Event {
         error: Option<String>,
     },
     /// The NAT sentinel withdrew a trusted address's trust.
-    GuardUntrusted {
-        client: IpAddr,
-        evidence: String,
-    },
+    GuardUntrusted { client: IpAddr, evidence: String },
     /// A source sends to too many recipient domains: its mail is held (or refused, or logged).
     FloodDetected {
         source: String,
@@ -300,9 +363,7 @@ pub enum Event {
         until: i64,
     },
     /// A profile that had a problem delivered again.
-    ProfileRecovered {
-        profile: String,
-    },
+    ProfileRecovered { profile: String },
     /// An accepted message was queued held (the guard saw a flood from its
     /// source): it waits for `queue release`.
     MessageHeld {
@@ -361,9 +422,7 @@ pub enum Event {
         listeners: Vec<String>,
     },
     /// The server is stopping; `active` sessions get the grace period.
-    ServerStopping {
-        active: usize,
-    },
+    ServerStopping { active: usize },
     /// Reading or writing the queue's files failed (a full or failing
     /// disk): what was being done, and the error. The message stays
     /// where it was; the work is tried again where that makes sense.

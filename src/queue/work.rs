@@ -14,7 +14,6 @@ use crate::events::{self, DeliveryState, Event};
 use crate::spool::{Envelope, MessageState, QueueId, RecipientStatus, SpoolError, off_thread};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tracing::warn;
 
 /// When a message still queued is next due: never later than the moment it expires.
 fn next_due_before_expiry(
@@ -376,6 +375,7 @@ impl QueueManager {
         journaled: bool,
     ) -> bool {
         let failed = to_report(state, RecipientStatus::Failed, "5.0.0", "delivery failed");
+        let mut unreported = 0;
         if !failed.is_empty() {
             if bounce::may_bounce(env) {
                 if !self
@@ -386,7 +386,7 @@ impl QueueManager {
                     return false;
                 }
             } else {
-                warn!(queue_id = %id, failed = failed.len(), "no bounce: the sender is the null address");
+                unreported = failed.len();
             }
         }
         let store = Arc::clone(&self.store);
@@ -396,6 +396,7 @@ impl QueueManager {
                 self.events.emit(Event::MessageFinished {
                     queue_id: id.clone(),
                     failed: failed.len(),
+                    unreported,
                 });
             }
             Err(e) => self.events.emit(Event::SpoolProblem {

@@ -5,7 +5,7 @@
 use super::incoming::Incoming;
 use super::received::{ReceivedFacts, received_header};
 use super::{Context, Flow, Session};
-use crate::events::{Event, MessageRefusal};
+use crate::events::{CloseReason, Event, MessageRefusal};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
@@ -71,7 +71,7 @@ impl Session {
                 reason,
             });
             self.tx = None;
-            return Ok(Some((reply, Flow::Close)));
+            return Ok(Some((reply, Flow::Close(CloseReason::MessageRefused))));
         }
         let mut msg = self.start_message(Mode::Dot);
         self.send(&reply::START_DATA).await?;
@@ -95,13 +95,13 @@ impl Session {
             DataEnd::Timeout => {
                 self.refused(&msg.queue_id, MessageRefusal::Timeout, "DATA");
                 self.tx = None;
-                Ok(Some((reply::TIMEOUT, Flow::Close)))
+                Ok(Some((reply::TIMEOUT, Flow::Close(CloseReason::TimedOut))))
             }
             DataEnd::Forbidden(p) => {
                 let (reply, refusal) = forbidden_in_data(p);
                 self.refused(&msg.queue_id, refusal, "DATA; closing");
                 self.tx = None;
-                Ok(Some((reply, Flow::Close)))
+                Ok(Some((reply, Flow::Close(CloseReason::MessageRefused))))
             }
             DataEnd::Complete => Ok(Some((self.finish_message(msg).await, Flow::Continue))),
         }
@@ -117,7 +117,7 @@ impl Session {
             // The chunk must still be read so that its octets are not taken for commands.
             return Ok(Some(match self.discard_chunk(size).await? {
                 true => (r, Flow::Continue),
-                false => (reply::TIMEOUT, Flow::Close),
+                false => (reply::TIMEOUT, Flow::Close(CloseReason::TimedOut)),
             }));
         }
         let mut msg = match self.tx.as_mut().and_then(|t| t.bdat.take()) {
@@ -135,7 +135,10 @@ impl Session {
                 &format!("BDAT chunk of {size} octets; closing"),
             );
             self.tx = None;
-            return Ok(Some((reply::BDAT_TOO_BIG, Flow::Close)));
+            return Ok(Some((
+                reply::BDAT_TOO_BIG,
+                Flow::Close(CloseReason::MessageRefused),
+            )));
         }
         let s = &self.ctx.config.server;
         let chunk_deadline = self.deadline(s.data_timeout.get());
@@ -159,7 +162,7 @@ impl Session {
                 Err(StreamError::Timeout) => {
                     self.refused(&msg.queue_id, MessageRefusal::Timeout, "BDAT");
                     self.tx = None;
-                    return Ok(Some((reply::TIMEOUT, Flow::Close)));
+                    return Ok(Some((reply::TIMEOUT, Flow::Close(CloseReason::TimedOut))));
                 }
                 Err(e) => return Err(e),
             };

@@ -17,7 +17,7 @@ mod tests;
 use crate::app::Context;
 
 use crate::config::ListenerKind;
-use crate::events::Event;
+use crate::events::{CloseReason, Event};
 use crate::smtp::command::{self, Command, Unparsed};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::{Line, SmtpStream, StreamError};
@@ -38,7 +38,8 @@ static SESSION_COUNTER: AtomicU64 = AtomicU64::new(1);
 /// What a verb asks the loop to do after its reply.
 enum Flow {
     Continue,
-    Close,
+    /// The reply is the last: the session ends, for this reason.
+    Close(CloseReason),
 }
 
 struct Helo {
@@ -238,12 +239,14 @@ impl Session {
         }
         let result = match Box::pin(self.greet()).await {
             Ok(true) => self.command_loop().await,
-            Ok(false) => Ok(()),
+            Ok(false) => Ok(CloseReason::TalkedFirst),
             Err(e) => Err(e),
         };
-        let why = match &result {
-            Ok(()) => "closed".to_string(),
-            Err(e) => e.to_string(),
+        let why = match result {
+            Ok(why) => why,
+            Err(StreamError::Timeout) => CloseReason::TimedOut,
+            Err(StreamError::Closed) => CloseReason::ClientLeft,
+            Err(StreamError::Io(e)) => CloseReason::Io(crate::tls::describe_io_error(&e)),
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         self.stream.shutdown(deadline).await;
@@ -283,7 +286,7 @@ impl Session {
         Ok(true)
     }
 
-    async fn command_loop(&mut self) -> Result<(), StreamError> {
+    async fn command_loop(&mut self) -> Result<CloseReason, StreamError> {
         loop {
             let deadline = self.command_deadline();
             let line = tokio::select! {
@@ -292,7 +295,7 @@ impl Session {
                 Ok(()) = self.stress.changed() => continue,
                 _ = self.shutdown.cancelled(), if !self.stream.has_buffered_input() => {
                     self.send(&reply::SHUTTING_DOWN).await?;
-                    return Ok(());
+                    return Ok(CloseReason::ShuttingDown);
                 }
             };
             let line = match line {
@@ -300,7 +303,7 @@ impl Session {
                 Err(StreamError::Timeout) => {
                     warn!("timeout waiting for a command");
                     self.send(&reply::TIMEOUT).await?;
-                    return Ok(());
+                    return Ok(CloseReason::TimedOut);
                 }
                 Err(e) => return Err(e),
             };
@@ -315,15 +318,15 @@ impl Session {
                 },
             };
             self.send(&reply).await?;
-            if matches!(flow, Flow::Close) {
-                return Ok(());
+            if let Flow::Close(why) = flow {
+                return Ok(why);
             }
             if reply.is_error() && counts_as_error(&reply) {
                 self.errors += 1;
                 if self.errors >= self.ctx.config.server.max_errors {
                     warn!(errors = self.errors, "too many errors; closing");
                     self.send(&reply::TOO_MANY_ERRORS).await?;
-                    return Ok(());
+                    return Ok(CloseReason::TooManyErrors);
                 }
             }
         }
@@ -347,7 +350,10 @@ impl Session {
             Ok(cmd) => cmd,
             Err(Unparsed::Http) => {
                 warn!("HTTP request on the SMTP port; closing");
-                return Ok(Some((reply::HTTP_REFUSED, Flow::Close)));
+                return Ok(Some((
+                    reply::HTTP_REFUSED,
+                    Flow::Close(CloseReason::HttpRequest),
+                )));
             }
             Err(Unparsed::Reply(r)) => {
                 // Only a known verb is logged, never what followed it: a
@@ -369,7 +375,10 @@ impl Session {
         );
         if junk {
             if let Some(closing) = self.junk_command() {
-                return Ok(Some((closing, Flow::Close)));
+                return Ok(Some((
+                    closing,
+                    Flow::Close(CloseReason::TooManyJunkCommands),
+                )));
             }
         } else {
             self.last_useful = Instant::now();
@@ -402,7 +411,7 @@ impl Session {
                         "2.0.0",
                         format!("{} closing connection", self.ctx.hostname),
                     ),
-                    Flow::Close,
+                    Flow::Close(CloseReason::Quit),
                 )));
             }
             Command::Vrfy => reply::VRFY_CANNOT,
@@ -412,7 +421,7 @@ impl Session {
             Command::Auth { mechanism, initial } => {
                 let reply = Box::pin(self.auth(&mechanism, initial)).await?;
                 if self.banned {
-                    return Ok(Some((reply, Flow::Close)));
+                    return Ok(Some((reply, Flow::Close(CloseReason::Banned))));
                 }
                 reply
             }

@@ -341,6 +341,52 @@ async fn metrics_need_no_login_and_move_with_mail() {
     server.stop().await;
 }
 
+/// Why each session ended is a typed fact, counted by reason: a QUIT, an
+/// HTTP request on the SMTP port, and a client that keeps sending commands
+/// the server refuses until `server.max_errors` (20 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_with_a_counted_reason() {
+    let server = admin_server("").await;
+    let mut web = Web::new(server.admin.unwrap());
+    let closed =
+        |reason: &str| format!("portcullis_connections_closed_total{{reason=\"{reason}\"}}");
+
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.3", "a.test").await;
+    c.expect("QUIT", 221).await;
+    assert!(c.closed().await);
+
+    let mut c = SmtpClient::connect(server.addr(), "127.0.0.3").await;
+    let r = c.cmd("GET / HTTP/1.1").await;
+    assert_eq!(r.code, 554, "{}", r.text());
+    assert!(c.closed().await);
+
+    let mut c = SmtpClient::greeted(server.addr(), "127.0.0.3", "b.test").await;
+    let mut last = 0;
+    for _ in 0..25 {
+        let r = c.cmd("XYZZY").await;
+        last = r.code;
+        if r.code == 421 {
+            break;
+        }
+    }
+    assert_eq!(last, 421, "too many errors end the session");
+    assert!(c.closed().await);
+
+    // The session's end is counted once its task has finished: ask a few times.
+    let mut body = String::new();
+    for _ in 0..50 {
+        body = block(|| web.get("/metrics")).body;
+        if sample(&body, &closed("too_many_errors")) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sample(&body, &closed("quit")), 1.0, "{body}");
+    assert_eq!(sample(&body, &closed("http_request")), 1.0, "{body}");
+    assert_eq!(sample(&body, &closed("too_many_errors")), 1.0, "{body}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_count_toward_the_auth_ban() {
     let server =
