@@ -4,6 +4,7 @@
 //! must not be transfer-encoded (RFC 2046 5.2.1).
 
 use crate::attempt::AttemptResult;
+use crate::attempt::EnhancedStatus;
 use crate::config::BounceAttach;
 use crate::spool::Envelope;
 
@@ -30,11 +31,11 @@ pub fn may_bounce(envelope: &Envelope) -> bool {
 
 /// The Status field: the result's enhanced code; a delay is always reported
 /// in class 4, whatever the last reply said.
-pub fn status_of(result: &AttemptResult, kind: ReportKind) -> String {
+pub fn status_of(result: &AttemptResult, kind: ReportKind) -> EnhancedStatus {
     let status = result.status();
     match kind {
         ReportKind::Failed => status,
-        ReportKind::Delayed => format!("4{}", &status[1..]),
+        ReportKind::Delayed => status.in_class(4),
     }
 }
 
@@ -142,7 +143,6 @@ pub fn build(
             let enhanced = r
                 .result
                 .enhanced
-                .as_deref()
                 .map(|e| format!("{e} "))
                 .unwrap_or_default();
             m.push_str(&format!(
@@ -234,10 +234,12 @@ mod tests {
     #[test]
     fn status_codes() {
         use crate::attempt::Stage;
-        let local = |e: &str| AttemptResult::local(Stage::Routing, e, "x");
-        assert_eq!(status_of(&local("5.1.10"), ReportKind::Failed), "5.1.10");
-        assert_eq!(status_of(&local("4.4.7"), ReportKind::Failed), "4.4.7");
-        assert_eq!(status_of(&local("5.1.1"), ReportKind::Delayed), "4.1.1");
+        let local =
+            |e: &str| AttemptResult::local(Stage::Routing, EnhancedStatus::parse(e).unwrap(), "x");
+        let status = |e: &str, kind| status_of(&local(e), kind).to_string();
+        assert_eq!(status("5.1.10", ReportKind::Failed), "5.1.10");
+        assert_eq!(status("4.4.7", ReportKind::Failed), "4.4.7");
+        assert_eq!(status("5.1.1", ReportKind::Delayed), "4.1.1");
     }
 
     #[test]

@@ -275,7 +275,7 @@ fn show(m: &MessageDetail, json: bool, config: &crate::config::Config) -> anyhow
             crate::queue::recipient_state(r),
             r.attempts,
             r.next_attempt.map(when).unwrap_or_else(|| "-".into()),
-            r.last_error.as_deref().unwrap_or("-")
+            r.last_error().unwrap_or_else(|| "-".into())
         );
         if let Some(policy) = r.last_result.as_ref().and_then(|l| l.tls_policy.as_ref()) {
             outln!("  {:<40} TLS policy: {policy}", "");

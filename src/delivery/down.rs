@@ -73,7 +73,11 @@ mod tests {
         assert!(hosts.check(addr).is_none());
         hosts.mark(
             addr,
-            AttemptResult::local(Stage::Connect, "4.4.1", "refused"),
+            AttemptResult::local(
+                Stage::Connect,
+                crate::attempt::EnhancedStatus::new(4, 4, 1),
+                "refused",
+            ),
         );
         assert_eq!(hosts.check(addr).unwrap().text, "refused");
         std::thread::sleep(Duration::from_millis(60));

@@ -9,6 +9,7 @@
 //! anyone), and a `Bcc:` already present is replaced by that list.
 
 use super::result::{AttemptResult, Stage};
+use crate::attempt::EnhancedStatus;
 use base64::Engine;
 
 /// How Graph answered one sendMail.
@@ -63,7 +64,7 @@ pub async fn send_mail(
                 text.push_str(&format!(": {s}"));
                 source = s.source();
             }
-            return GraphAnswer::Temporary(result(&host, "4.4.1", text), None);
+            return GraphAnswer::Temporary(result(&host, EnhancedStatus::new(4, 4, 1), text), None);
         }
     };
     let status = response.status().as_u16();
@@ -93,20 +94,26 @@ pub async fn send_mail(
         .unwrap_or_default();
     let text = format!("Graph sendMail answered HTTP {status} {said}");
     match status {
-        401 => GraphAnswer::TokenRefused(result(&host, "4.7.0", text)),
-        403 | 404 => GraphAnswer::NotAllowed(result(&host, "4.7.1", text)),
-        429 => GraphAnswer::Throttled(result(&host, "4.7.0", text), retry_after),
-        408 | 500..=599 => GraphAnswer::Temporary(result(&host, "4.3.0", text), retry_after),
-        413 => GraphAnswer::Permanent(result(&host, "5.3.4", text)),
-        _ => GraphAnswer::Permanent(result(&host, "5.6.0", text)),
+        401 => GraphAnswer::TokenRefused(result(&host, EnhancedStatus::new(4, 7, 0), text)),
+        403 | 404 => GraphAnswer::NotAllowed(result(&host, EnhancedStatus::new(4, 7, 1), text)),
+        429 => GraphAnswer::Throttled(
+            result(&host, EnhancedStatus::new(4, 7, 0), text),
+            retry_after,
+        ),
+        408 | 500..=599 => GraphAnswer::Temporary(
+            result(&host, EnhancedStatus::new(4, 3, 0), text),
+            retry_after,
+        ),
+        413 => GraphAnswer::Permanent(result(&host, EnhancedStatus::new(5, 3, 4), text)),
+        _ => GraphAnswer::Permanent(result(&host, EnhancedStatus::new(5, 6, 0), text)),
     }
 }
 
-fn result(host: &str, enhanced: &str, text: String) -> AttemptResult {
+fn result(host: &str, enhanced: EnhancedStatus, text: String) -> AttemptResult {
     AttemptResult {
         stage: Stage::Data,
         code: None,
-        enhanced: Some(enhanced.to_string()),
+        enhanced: Some(enhanced),
         remote: Some(host.to_string()),
         remote_ip: None,
         tls_policy: None,

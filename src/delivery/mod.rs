@@ -18,6 +18,7 @@ pub mod tls_policy;
 
 pub use result::{AttemptResult, Stage};
 
+use crate::attempt::EnhancedStatus;
 use crate::config::{Config, NextHop, OutboundTls, SmarthostTls};
 use crate::dns::Resolver;
 use client::{
@@ -492,7 +493,8 @@ impl Deliverer {
                 let signed = match self.signed_content(job, &job.message, &settings).await {
                     Ok(signed) => signed,
                     Err(e) => {
-                        let result = AttemptResult::local(Stage::Queue, "4.3.0", e);
+                        let result =
+                            AttemptResult::local(Stage::Queue, EnhancedStatus::new(4, 3, 0), e);
                         return vec![
                             Outcome::deferred(result, true, None);
                             job.message.recipients.len()
@@ -577,7 +579,8 @@ impl Deliverer {
         let webpki = match &settings.webpki {
             Ok(v) => Arc::clone(v),
             Err(e) => {
-                let result = AttemptResult::local(Stage::StartTls, "4.7.5", e.clone());
+                let result =
+                    AttemptResult::local(Stage::StartTls, EnhancedStatus::new(4, 7, 5), e.clone());
                 return vec![Outcome::deferred(result, true, None); count];
             }
         };
@@ -605,7 +608,8 @@ impl Deliverer {
             let text = outcome
                 .as_ref()
                 .map_or_else(|| "no MX host may be used".to_string(), |o| o.to_string());
-            let mut result = AttemptResult::local(Stage::StartTls, "4.7.5", text);
+            let mut result =
+                AttemptResult::local(Stage::StartTls, EnhancedStatus::new(4, 7, 5), text);
             result.tls_policy = outcome.map(Box::new);
             return vec![Outcome::deferred(result, true, None); count];
         }
@@ -683,8 +687,13 @@ impl Deliverer {
                 retry_at: None,
             })
         };
-        let local = |text: String| AttemptResult::local(Stage::Queue, "4.3.5", text);
-        let mut last = AttemptResult::local(Stage::Routing, "4.4.1", "no server to try");
+        let local =
+            |text: String| AttemptResult::local(Stage::Queue, EnhancedStatus::new(4, 3, 5), text);
+        let mut last = AttemptResult::local(
+            Stage::Routing,
+            EnhancedStatus::new(4, 4, 1),
+            "no server to try",
+        );
         // Whether the attempt tells us anything about the destination: a host
         // answered, refused or timed out. Our own network down does not count.
         let mut counts = false;
@@ -703,7 +712,7 @@ impl Deliverer {
                 Ok(_) => {
                     last = AttemptResult::local(
                         Stage::Dns,
-                        "4.4.4",
+                        EnhancedStatus::new(4, 4, 4),
                         format!("{} has no address", hop.host),
                     );
                     learnt = true;
@@ -712,7 +721,7 @@ impl Deliverer {
                 Err(e) => {
                     last = AttemptResult::local(
                         Stage::Dns,
-                        "4.4.3",
+                        EnhancedStatus::new(4, 4, 3),
                         format!("address lookup for {}: {e}", hop.host),
                     );
                     learnt = true;

@@ -8,6 +8,7 @@ use super::graph::{self, GraphAnswer};
 use super::provider::{self, Problem, ProblemKind, Rest};
 use super::result::{AttemptResult, Stage};
 use super::{Deliverer, Job, Outcome, Settings};
+use crate::attempt::EnhancedStatus;
 use crate::clock::unix_now;
 use crate::config::{Config, Profile, ProfileAuth, Transport};
 use crate::events::Event;
@@ -283,7 +284,7 @@ impl Deliverer {
                     let result = AttemptResult {
                         stage: Stage::Data,
                         code: None,
-                        enhanced: Some("2.0.0".into()),
+                        enhanced: Some(EnhancedStatus::new(2, 0, 0)),
                         remote: host,
                         remote_ip: None,
                         tls_policy: None,
@@ -331,7 +332,7 @@ impl Deliverer {
     fn no_credentials(&self, p: &Profile, e: TokenError, count: usize) -> Vec<Outcome> {
         let result = AttemptResult::local(
             Stage::Auth,
-            "4.7.0",
+            EnhancedStatus::new(4, 7, 0),
             format!(
                 "profile {:?} has no credentials to log in with: {}",
                 p.name, e.message
@@ -436,7 +437,7 @@ fn held(p: &Profile, full: &super::pacing::Full) -> Outcome {
     Outcome::Deferred {
         result: AttemptResult::local(
             Stage::Queue,
-            "4.7.0",
+            EnhancedStatus::new(4, 7, 0),
             format!(
                 "held by profile {:?}'s quota ({}); sent when the window has room",
                 p.name, full.limit
@@ -449,7 +450,7 @@ fn held(p: &Profile, full: &super::pacing::Full) -> Outcome {
 }
 
 fn local(text: String) -> AttemptResult {
-    AttemptResult::local(Stage::Queue, "4.3.5", text)
+    AttemptResult::local(Stage::Queue, EnhancedStatus::new(4, 3, 5), text)
 }
 
 fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outcome {

@@ -47,7 +47,8 @@ pub struct Problem {
 /// than the message.
 pub fn classify(r: &AttemptResult, profile: &Profile) -> Option<Problem> {
     let code = r.code.unwrap_or(0);
-    let enhanced = r.enhanced.as_deref().unwrap_or("");
+    let enhanced = r.enhanced;
+    let is = |class, subject, detail| enhanced.is_some_and(|e| e.is(class, subject, detail));
     let text = r.text.to_ascii_lowercase();
     let auth = |advice: String| {
         Some(Problem {
@@ -63,13 +64,13 @@ pub fn classify(r: &AttemptResult, profile: &Profile) -> Option<Problem> {
             rest,
         })
     };
-    if enhanced == "5.7.30" || text.contains("basic authentication is not supported") {
+    if is(5, 7, 30) || text.contains("basic authentication is not supported") {
         return auth(format!(
             "Microsoft 365 rejected basic authentication: switch profile {:?} to auth = \"xoauth2\" (README: Microsoft 365)",
             profile.name
         ));
     }
-    if enhanced == "5.7.57" || (code == 530 && r.stage != Stage::RcptTo) {
+    if is(5, 7, 57) || (code == 530 && r.stage != Stage::RcptTo) {
         return auth(format!(
             "the provider requires this relay to log in before sending: set {} (\"password\" or \"xoauth2\") and its credentials",
             profile.key_of("auth")
@@ -78,7 +79,7 @@ pub fn classify(r: &AttemptResult, profile: &Profile) -> Option<Problem> {
     if r.stage == Stage::Auth && (code >= 500 || code == 0 || code == 454) {
         return auth(credentials_advice(profile));
     }
-    if enhanced == "5.2.0" && text.contains("submissionquotaexceeded") {
+    if is(5, 2, 0) && text.contains("submissionquotaexceeded") {
         return quota(
             format!(
                 "Microsoft 365 says the mailbox of profile {:?} has used its sending quota (10,000 recipients a day, 30 messages a minute); mail waits until it frees",
@@ -87,7 +88,7 @@ pub fn classify(r: &AttemptResult, profile: &Profile) -> Option<Problem> {
             None,
         );
     }
-    if enhanced == "5.4.5" || text.contains("daily user sending limit exceeded") {
+    if is(5, 4, 5) || text.contains("daily user sending limit exceeded") {
         return quota(
             format!(
                 "Google says profile {:?} reached its daily sending limit; mail waits until it frees (up to 24 hours)",
@@ -96,7 +97,7 @@ pub fn classify(r: &AttemptResult, profile: &Profile) -> Option<Problem> {
             None,
         );
     }
-    if enhanced == "4.2.1" && matches!(r.stage, Stage::MailFrom | Stage::Auth | Stage::Greeting) {
+    if is(4, 2, 1) && matches!(r.stage, Stage::MailFrom | Stage::Auth | Stage::Greeting) {
         return quota(
             format!(
                 "the provider asks profile {:?} to slow down (rate limited); mail waits a while",
@@ -202,7 +203,7 @@ mod tests {
         AttemptResult {
             stage,
             code: Some(code),
-            enhanced: Some(enhanced.into()),
+            enhanced: crate::attempt::EnhancedStatus::parse(enhanced),
             remote: Some("smtp.test".into()),
             remote_ip: None,
             tls_policy: None,

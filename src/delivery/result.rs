@@ -3,6 +3,7 @@
 //! about a next hop, and from what the SMTP client ran into.
 
 use super::client::{ClientError, ServerReply};
+use crate::attempt::EnhancedStatus;
 use crate::attempt::split_enhanced;
 pub use crate::attempt::{AttemptResult, Stage, TlsPolicyKind, TlsPolicyOutcome};
 
@@ -27,17 +28,14 @@ impl AttemptResult {
     /// never presents it as the next hop's answer; the hop is named in the text.
     pub fn local_about(stage: Stage, decided: &ServerReply, next_hop: &str) -> AttemptResult {
         let (enhanced, rest) = split_enhanced(&decided.text);
-        let enhanced = enhanced.unwrap_or_else(|| {
-            if decided.is_permanent() {
-                "5.0.0"
-            } else {
-                "4.0.0"
-            }
-            .to_string()
+        let enhanced = enhanced.unwrap_or(if decided.is_permanent() {
+            EnhancedStatus::new(5, 0, 0)
+        } else {
+            EnhancedStatus::new(4, 0, 0)
         });
         AttemptResult::local(
             stage,
-            &enhanced,
+            enhanced,
             format!("{rest} (decided here, next hop {next_hop})"),
         )
     }
@@ -48,20 +46,20 @@ impl AttemptResult {
             return AttemptResult::reply(stage.stage(), reply, remote);
         }
         let (stage, enhanced) = match e {
-            ClientError::Connect { .. } => (Stage::Connect, "4.4.1"),
-            ClientError::Timeout(step) => (step.stage(), "4.4.2"),
-            ClientError::Io(_) => (Stage::Session, "4.4.2"),
-            ClientError::Protocol(_) => (Stage::Session, "4.5.0"),
+            ClientError::Connect { .. } => (Stage::Connect, EnhancedStatus::new(4, 4, 1)),
+            ClientError::Timeout(step) => (step.stage(), EnhancedStatus::new(4, 4, 2)),
+            ClientError::Io(_) => (Stage::Session, EnhancedStatus::new(4, 4, 2)),
+            ClientError::Protocol(_) => (Stage::Session, EnhancedStatus::new(4, 5, 0)),
             ClientError::TlsUnavailable(_) | ClientError::TlsFailed(_) => {
-                (Stage::StartTls, "4.7.5")
+                (Stage::StartTls, EnhancedStatus::new(4, 7, 5))
             }
-            ClientError::AuthUnavailable(_) => (Stage::Auth, "4.7.0"),
+            ClientError::AuthUnavailable(_) => (Stage::Auth, EnhancedStatus::new(4, 7, 0)),
             ClientError::Rejected { .. } => unreachable!("handled above"),
         };
         AttemptResult {
             stage,
             code: None,
-            enhanced: Some(enhanced.to_string()),
+            enhanced: Some(enhanced),
             remote: Some(remote.to_string()),
             remote_ip: None,
             tls_policy: None,
@@ -88,7 +86,7 @@ mod tests {
             "mx.example.net",
         );
         assert_eq!(r.code, Some(550));
-        assert_eq!(r.enhanced.as_deref(), Some("5.1.1"));
+        assert_eq!(r.enhanced.map(|e| e.to_string()).as_deref(), Some("5.1.1"));
         assert_eq!(r.text, "<x@y>: no such user");
         assert!(r.is_permanent());
         assert_eq!(
@@ -105,7 +103,10 @@ mod tests {
             },
             "h",
         );
-        assert_eq!((bare.status().as_str(), bare.enhanced), ("4.0.0", None));
+        assert_eq!(
+            (bare.status().to_string(), bare.enhanced),
+            ("4.0.0".into(), None)
+        );
     }
 
     #[test]
@@ -123,8 +124,8 @@ mod tests {
         assert_eq!((r.stage, r.code), (Stage::MailFrom, Some(553)));
         let r = AttemptResult::client_error(&ClientError::Timeout(Step::EndOfData), "h");
         assert_eq!(
-            (r.stage, r.enhanced.as_deref()),
-            (Stage::Data, Some("4.4.2"))
+            (r.stage, r.enhanced.map(|e| e.to_string())),
+            (Stage::Data, Some("4.4.2".to_string()))
         );
     }
 }

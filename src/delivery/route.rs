@@ -3,6 +3,7 @@
 //! an address literal, or the domain's MX hosts (RFC 5321 section 5).
 
 use super::result::{AttemptResult, Stage};
+use crate::attempt::EnhancedStatus;
 use crate::config::{Config, DeliveryMode, NextHop, RouteConfig};
 use crate::dns::{MxAnswer, Resolver};
 use crate::smtp::address::Domain;
@@ -122,7 +123,7 @@ pub fn decide(recipient: &str, facts: &RouteFacts, config: &Config) -> Result<Ro
         if !config.delivery.ip_literals {
             return Err(RouteError::Permanent(AttemptResult::local(
                 Stage::Routing,
-                "5.1.2",
+                EnhancedStatus::new(5, 1, 2),
                 "delivery to address literals is disabled (delivery.ip_literals = false)",
             )));
         }
@@ -139,7 +140,7 @@ pub fn decide(recipient: &str, facts: &RouteFacts, config: &Config) -> Result<Ro
             .map_err(|_| {
                 RouteError::Permanent(AttemptResult::local(
                     Stage::Routing,
-                    "5.1.2",
+                    EnhancedStatus::new(5, 1, 2),
                     format!("bad address literal {domain}"),
                 ))
             });
@@ -238,17 +239,17 @@ pub async fn hosts(
             Ok(MxAnswer::NoMx) => Ok(vec![NextHop::new(domain.clone(), mx_port)]),
             Ok(MxAnswer::NullMx) => Err(RouteError::Permanent(AttemptResult::local(
                 Stage::Routing,
-                "5.1.10",
+                EnhancedStatus::new(5, 1, 10),
                 format!("{domain} accepts no mail (null MX, RFC 7505)"),
             ))),
             Ok(MxAnswer::NoSuchDomain) => Err(RouteError::Permanent(AttemptResult::local(
                 Stage::Routing,
-                "5.1.2",
+                EnhancedStatus::new(5, 1, 2),
                 format!("domain {domain} does not exist"),
             ))),
             Err(e) => Err(RouteError::Temporary(AttemptResult::local(
                 Stage::Routing,
-                "4.4.3",
+                EnhancedStatus::new(4, 4, 3),
                 format!("MX lookup for {domain}: {e}"),
             ))),
         },
@@ -260,7 +261,7 @@ pub async fn hosts(
 pub fn missing_profile(name: &str) -> AttemptResult {
     AttemptResult::local(
         Stage::Routing,
-        "4.3.5",
+        EnhancedStatus::new(4, 3, 5),
         format!(
             "the smart-host profile {name:?} does not exist (any more); check [[smarthost]] and [[route]]"
         ),

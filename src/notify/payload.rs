@@ -284,7 +284,11 @@ mod tests {
             to: "bob@example.net".into(),
             attempts,
             state,
-            result: AttemptResult::local(Stage::Data, "2.0.0", "ok"),
+            result: AttemptResult::local(
+                Stage::Data,
+                crate::attempt::EnhancedStatus::new(2, 0, 0),
+                "ok",
+            ),
             counted,
             next_attempt: Some(1_800_000_000),
             attempt_seconds: 0.1,

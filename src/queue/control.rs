@@ -99,10 +99,7 @@ pub fn message_state(
         "delivering"
     } else if waiting == 0 && !recipients.is_empty() {
         "failed"
-    } else if recipients
-        .iter()
-        .any(|r| r.attempts > 0 || r.last_error.is_some())
-    {
+    } else if recipients.iter().any(|r| r.tried()) {
         "deferred"
     } else {
         "queued"
@@ -116,7 +113,7 @@ pub fn recipient_state(r: &crate::spool::RecipientState) -> &'static str {
     match r.status {
         RecipientStatus::Delivered => "delivered",
         RecipientStatus::Failed => "failed",
-        RecipientStatus::Queued if r.attempts > 0 || r.last_error.is_some() => "deferred",
+        RecipientStatus::Queued if r.tried() => "deferred",
         RecipientStatus::Queued => "queued",
     }
 }

@@ -6,6 +6,7 @@
 use super::index::Content;
 use super::store::Durability;
 use super::{QueueManager, expired, next_attempt, unix_now};
+use crate::attempt::EnhancedStatus;
 use crate::bounce::{self, ReportKind, ReportedRecipient};
 use crate::delivery::client::Outgoing;
 use crate::delivery::route::{self, Destination, RouteFacts};
@@ -84,11 +85,11 @@ impl QueueManager {
                 r.next_attempt = None;
                 let mut expiry = AttemptResult::local(
                     Stage::Queue,
-                    "4.4.7",
+                    EnhancedStatus::new(4, 4, 7),
                     format!(
                         "message expired after {} in the queue; last error: {}",
                         d.max_queue_lifetime,
-                        r.last_error.as_deref().unwrap_or("none")
+                        r.last_error().unwrap_or_else(|| "none".into())
                     ),
                 );
                 // The next hop last tried is still worth naming in the report.
@@ -355,7 +356,12 @@ impl QueueManager {
         {
             return;
         }
-        let waiting = to_report(state, RecipientStatus::Queued, "4.0.0", "not yet delivered");
+        let waiting = to_report(
+            state,
+            RecipientStatus::Queued,
+            EnhancedStatus::new(4, 0, 0),
+            "not yet delivered",
+        );
         if self
             .queue_report(ReportKind::Delayed, id, env, body, &waiting)
             .await
@@ -374,7 +380,12 @@ impl QueueManager {
         state: &MessageState,
         journaled: bool,
     ) -> bool {
-        let failed = to_report(state, RecipientStatus::Failed, "5.0.0", "delivery failed");
+        let failed = to_report(
+            state,
+            RecipientStatus::Failed,
+            EnhancedStatus::new(5, 0, 0),
+            "delivery failed",
+        );
         let mut unreported = 0;
         if !failed.is_empty() {
             if bounce::may_bounce(env) {
@@ -502,7 +513,7 @@ impl QueueManager {
 fn to_report(
     state: &MessageState,
     status: RecipientStatus,
-    fallback_status: &str,
+    fallback_status: EnhancedStatus,
     fallback_text: &str,
 ) -> Vec<ReportedRecipient> {
     state

@@ -14,25 +14,84 @@ pub enum RecipientStatus {
     Failed,
 }
 
+/// One recipient's delivery state. Its JSON (state files, `queue show
+/// --json`, the admin API) also carries `last_error`, the last result in
+/// words, derived from `last_result` when written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "RecipientStateFile", from = "RecipientStateFile")]
 pub struct RecipientState {
     pub address: String,
     pub status: RecipientStatus,
     pub attempts: u32,
     /// Seconds since the epoch of the next attempt, when queued.
     pub next_attempt: Option<i64>,
-    /// The last attempt's result in words, as `queue show` prints it.
-    pub last_error: Option<String>,
-    /// The same as fields (stage, reply code, enhanced status, next hop).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The last attempt's result (stage, reply code, enhanced status, next hop).
     pub last_result: Option<AttemptResult>,
+}
+
+/// `RecipientState` as written: the derived `last_error` beside the fields.
+#[derive(Serialize, Deserialize)]
+struct RecipientStateFile {
+    address: String,
+    status: RecipientStatus,
+    attempts: u32,
+    next_attempt: Option<i64>,
+    last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_result: Option<AttemptResult>,
+}
+
+impl From<RecipientState> for RecipientStateFile {
+    fn from(r: RecipientState) -> RecipientStateFile {
+        RecipientStateFile {
+            last_error: r.last_error(),
+            address: r.address,
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt: r.next_attempt,
+            last_result: r.last_result,
+        }
+    }
+}
+
+impl From<RecipientStateFile> for RecipientState {
+    fn from(f: RecipientStateFile) -> RecipientState {
+        // A state file written before results had fields keeps its words.
+        let last_result = f.last_result.or_else(|| {
+            f.last_error.map(|text| AttemptResult {
+                stage: crate::attempt::Stage::Queue,
+                code: None,
+                enhanced: None,
+                remote: None,
+                remote_ip: None,
+                tls_policy: None,
+                text,
+            })
+        });
+        RecipientState {
+            address: f.address,
+            status: f.status,
+            attempts: f.attempts,
+            next_attempt: f.next_attempt,
+            last_result,
+        }
+    }
 }
 
 impl RecipientState {
     /// Records what an attempt found.
     pub fn record(&mut self, result: AttemptResult) {
-        self.last_error = Some(result.to_string());
         self.last_result = Some(result);
+    }
+
+    /// The last attempt's result in words, as `queue show` prints it.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_result.as_ref().map(|r| r.to_string())
+    }
+
+    /// Whether an attempt was made or a result recorded.
+    pub fn tried(&self) -> bool {
+        self.attempts > 0 || self.last_result.is_some()
     }
 
     /// The last result, or `fallback` when there is none yet.
@@ -64,7 +123,6 @@ impl MessageState {
                     status: RecipientStatus::Queued,
                     attempts: 0,
                     next_attempt: Some(envelope.received_at),
-                    last_error: None,
                     last_result: None,
                 })
                 .collect(),
@@ -87,5 +145,54 @@ impl MessageState {
         self.recipients
             .iter()
             .any(|r| r.status == RecipientStatus::Queued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::Stage;
+
+    fn queued(last_result: Option<AttemptResult>) -> RecipientState {
+        RecipientState {
+            address: "to@example.net".into(),
+            status: RecipientStatus::Queued,
+            attempts: 1,
+            next_attempt: Some(1_000),
+            last_result,
+        }
+    }
+
+    #[test]
+    fn the_written_state_carries_the_result_in_words_and_as_fields() {
+        let result = AttemptResult {
+            stage: Stage::RcptTo,
+            code: Some(450),
+            enhanced: crate::attempt::EnhancedStatus::parse("4.2.0"),
+            remote: Some("mx.example.net".into()),
+            remote_ip: None,
+            tls_policy: None,
+            text: "Mailbox busy".into(),
+        };
+        let state = queued(Some(result.clone()));
+        let json: serde_json::Value = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            json["last_error"],
+            "450 4.2.0 Mailbox busy (from mx.example.net)"
+        );
+        assert_eq!(json["last_result"]["code"], 450);
+        let back: RecipientState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, state);
+        let untried = serde_json::to_value(queued(None)).unwrap();
+        assert!(untried["last_error"].is_null());
+    }
+
+    #[test]
+    fn a_state_with_words_only_keeps_them() {
+        let old = r#"{"address":"to@example.net","status":"queued","attempts":2,
+            "next_attempt":5,"last_error":"421 try later"}"#;
+        let state: RecipientState = serde_json::from_str(old).unwrap();
+        assert_eq!(state.last_error().as_deref(), Some("421 try later"));
+        assert!(state.tried());
     }
 }

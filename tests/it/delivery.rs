@@ -95,7 +95,7 @@ async fn first_attempt(server: &TestServer, id: &str) -> portcullis::spool::Reci
     let start = std::time::Instant::now();
     loop {
         let s = server.spool().load(id).unwrap().state;
-        if s.recipients[0].last_error.is_some() {
+        if s.recipients[0].last_error().is_some() {
             return s.recipients[0].clone();
         }
         assert!(start.elapsed() < WAIT, "no attempt recorded for {id}");
@@ -207,7 +207,7 @@ async fn all_servers_down_defers_then_delivers_once_one_comes_up() {
     let r = &first_attempt(&server, &id).await;
     assert_eq!(r.status, portcullis::spool::RecipientStatus::Queued);
     assert!(
-        r.last_error
+        r.last_error()
             .as_deref()
             .unwrap_or_default()
             .contains("127.0.0.40"),
@@ -425,7 +425,7 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
     .await;
     let err = first_attempt(&server, &id)
         .await
-        .last_error
+        .last_error()
         .unwrap_or_default();
     assert!(err.contains("TLS required"), "{err}");
     assert!(plain.messages().is_empty(), "nothing was sent in clear");
@@ -450,7 +450,7 @@ async fn required_tls_and_missing_auth_never_send_in_clear() {
     .await;
     let err = first_attempt(&server, &id)
         .await
-        .last_error
+        .last_error()
         .unwrap_or_default();
     assert!(err.contains("AUTH required"), "{err}");
     assert!(
@@ -688,7 +688,7 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
         let start = std::time::Instant::now();
         loop {
             let r = shown(&server, id).state.recipients[0].clone();
-            if r.last_error.is_some() {
+            if r.last_error().is_some() {
                 assert_eq!(r.attempts, 1, "a skip still backs off: {r:?}");
                 assert!(r.next_attempt.unwrap() > chrono::Utc::now().timestamp() + 3000);
                 break;
@@ -698,7 +698,7 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
         }
         let on_disk = server.spool().load(id).unwrap().state;
         assert!(
-            on_disk.recipients[0].last_error.is_none(),
+            on_disk.recipients[0].last_error().is_none(),
             "a deferral without an attempt is not written at once: {on_disk:?}"
         );
     }
@@ -709,7 +709,10 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
         let r = spool.load(id).unwrap().state.recipients[0].clone();
         assert_eq!(r.attempts, 1, "written at shutdown: {r:?}");
         assert!(
-            r.last_error.as_deref().unwrap_or("").contains("127.0.0.87"),
+            r.last_error()
+                .as_deref()
+                .unwrap_or("")
+                .contains("127.0.0.87"),
             "with the remembered reason: {r:?}"
         );
     }

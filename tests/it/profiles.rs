@@ -133,7 +133,7 @@ async fn attempted(server: &TestServer, id: &str) -> portcullis::spool::Recipien
     let start = std::time::Instant::now();
     loop {
         let s = server.spool().load(id).unwrap().state;
-        if s.recipients[0].last_error.is_some() {
+        if s.recipients[0].last_error().is_some() {
             return s.recipients[0].clone();
         }
         assert!(start.elapsed() < WAIT, "no attempt recorded for {id}");
@@ -230,12 +230,15 @@ async fn a_refused_token_is_refreshed_once_then_the_profile_rests_and_nothing_bo
         r.status,
         portcullis::spool::RecipientStatus::Queued,
         "deferred, never bounced: {:?}",
-        r.last_error
+        r.last_error()
     );
     assert!(
-        r.last_error.as_deref().unwrap_or_default().contains("535"),
+        r.last_error()
+            .as_deref()
+            .unwrap_or_default()
+            .contains("535"),
         "{:?}",
-        r.last_error
+        r.last_error()
     );
     assert_eq!(
         p.authority().grant_count("client_credentials"),
@@ -452,7 +455,12 @@ async fn graph_transport_posts_the_mime_with_the_token_and_honours_429() {
     .await;
     let r = attempted(&server, &id).await;
     assert_eq!(r.status, portcullis::spool::RecipientStatus::Queued);
-    assert!(r.last_error.as_deref().unwrap_or_default().contains("429"));
+    assert!(
+        r.last_error()
+            .as_deref()
+            .unwrap_or_default()
+            .contains("429")
+    );
     assert!(r.next_attempt.unwrap() >= unix_now() + 5, "Retry-After: 7");
     assert_eq!(p.peer.mails().len(), 1);
 }
@@ -757,7 +765,7 @@ async fn oauthbearer_is_used_where_only_it_is_offered() {
     let state = server
         .spool()
         .load(&id)
-        .map(|m| m.state.recipients[0].last_error.clone());
+        .map(|m| m.state.recipients[0].last_error());
     assert_eq!(got.len(), 1, "delivered with OAUTHBEARER: {state:?}");
     let (user, token) = got[0].auth.clone().unwrap();
     assert_eq!(user, "relay@contoso.test");
