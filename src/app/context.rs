@@ -40,7 +40,7 @@ impl Context {
     /// not withdrawn: one answer for sessions, connection admission and the
     /// admin page's logins.
     pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        self.policy.is_trusted(ip) && !self.guard.is_untrusted(ip)
+        self.policy.trusts(ip, self.guard.is_untrusted(ip))
     }
 
     /// `resolver`: the server's one resolver (shared with delivery), if DNS

@@ -59,12 +59,11 @@ pub async fn gather(config: &Config, q: &mut Question) {
         let found = match command::parse(&format!("RCPT TO:{}", bracketed(to))) {
             Ok(Command::Rcpt {
                 path: crate::smtp::address::Path::Mailbox(m),
-            }) => match &m.domain {
-                crate::smtp::address::Domain::Name(d) if policy.inbound_domains.contains(d) => {
-                    checks.verify_recipient(d, &m.to_string()).await
-                }
-                _ => None,
-            },
+            }) if policy.is_inbound(&m) => {
+                checks
+                    .verify_recipient(&m.domain.to_string(), &m.to_string())
+                    .await
+            }
             _ => None,
         };
         q.recipient_checks.push(found);
@@ -233,6 +232,13 @@ pub fn explain(config: &Config, q: &Question) -> Explanation {
             ),
         );
         routes.push(choice);
+    }
+    // The DATA stage, for a client that waits for the go-ahead (whether
+    // content sent early would be refused is said in its step).
+    let data = policy.data(&facts, false);
+    steps.extend(data.steps.iter().cloned());
+    if let Some(r) = data.refusal_reply() {
+        return refuse(steps, r);
     }
     Explanation {
         verdict: Verdict::Accept,

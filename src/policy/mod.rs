@@ -10,7 +10,7 @@ mod relay;
 pub use access::{AccessDecision, AccessFilter};
 pub use facts::{CheckFacts, ListFindings, Lookup, RateFacts};
 pub use reason::RefuseReason;
-pub use relay::{ClientFacts, Decision, Stage, Step};
+pub use relay::{Accepted, ClientFacts, Decision, FloodVerdict, RelayBasis, Route, Stage, Step};
 
 use crate::config::{Config, NetworkTable};
 use std::collections::HashSet;
@@ -31,6 +31,8 @@ pub struct Policy {
     pub limits: crate::config::LimitsConfig,
     /// `[[policy]]`: rules per login and per network, first match.
     pub logins: Vec<crate::config::PolicyConfig>,
+    /// `guard.mode`: what the flood hold does.
+    pub guard_mode: crate::config::GuardMode,
 }
 
 impl Policy {
@@ -48,6 +50,21 @@ impl Policy {
     /// Whether `ip` may relay without AUTH (a trusted network, not excluded).
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
         self.networks.auth_for(ip) == crate::config::NetworkAuth::None
+    }
+
+    /// Whether a client at `ip` is trusted: its network relays without AUTH
+    /// and the guard has not withdrawn that (`distrusted`, the guard's
+    /// state handed in as a fact). One answer for sessions, connection
+    /// admission (reserved slots, the rate cap) and admin logins.
+    pub fn trusts(&self, ip: std::net::IpAddr, distrusted: bool) -> bool {
+        self.is_trusted(ip) && !distrusted
+    }
+
+    /// Whether mail from this client counts as from a trusted origin
+    /// (authenticated, or trusted): its bounces may quote the whole message,
+    /// it may be signed, and its bare newlines are its network's business.
+    pub fn trusted_origin(&self, client: &ClientFacts) -> bool {
+        client.user.is_some() || self.trusts(client.ip, client.distrusted)
     }
 
     /// What to do with a bare CR or LF in the data of a client from `ip`.
@@ -99,6 +116,7 @@ impl Policy {
             lists: config.lists.clone(),
             limits: config.limits.clone(),
             logins: config.policy.clone(),
+            guard_mode: config.guard.mode,
             inbound_domains: inbound.into_iter().collect(),
         }
     }

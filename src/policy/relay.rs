@@ -1,4 +1,4 @@
-//! The staged decision: connect → HELO → AUTH → MAIL → RCPT, each a pure call
+//! The staged decision: connect → HELO → AUTH → MAIL → RCPT → DATA, each a pure call
 //! over one set of client facts, returning a typed verdict and the steps that
 //! led to it (OpenSMTPD's ruleset_match is the model). The session gathers the
 //! facts and asks; `explain`, the audit and the self-test ask exactly the same
@@ -62,6 +62,62 @@ pub enum Stage {
     Auth,
     Mail,
     Rcpt,
+    Data,
+}
+
+/// Where an accepted recipient's mail goes, and on what grounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To one of our inbound domains: anyone who may connect may send it.
+    Inbound,
+    /// Elsewhere: relaying, which this client may do.
+    Relay(RelayBasis),
+}
+
+/// Why a client may relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayBasis {
+    /// It authenticated as this user.
+    Authenticated(String),
+    /// It connects from a trusted network (`auth = "none"`): the range, when
+    /// a configured one decided.
+    TrustedNetwork(Option<crate::config::IpRange>),
+}
+
+impl std::fmt::Display for RelayBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayBasis::Authenticated(user) => write!(f, "authenticated as {user}"),
+            RelayBasis::TrustedNetwork(Some(r)) => {
+                write!(f, "trusted network {r} (auth = \"none\")")
+            }
+            RelayBasis::TrustedNetwork(None) => f.write_str("trusted network"),
+        }
+    }
+}
+
+/// An accepted recipient: the mailbox to queue and its route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub mailbox: Mailbox,
+    pub route: Route,
+}
+
+impl Accepted {
+    pub fn is_relayed(&self) -> bool {
+        matches!(self.route, Route::Relay(_))
+    }
+}
+
+/// What the guard's flood hold does with a recipient of a flooding source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodVerdict {
+    /// Goes on (a domain the source usually sends to, or `mode = "log"`).
+    Proceed,
+    /// Accepted, and the message held in the queue until released.
+    Hold,
+    /// Refused with 451.
+    Refuse,
 }
 
 /// One step of a decision, in words, for logs and `explain`.
@@ -252,8 +308,14 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether the anti-spam checks apply to this client at all.
-    fn checks_apply(&self, client: &ClientFacts, t: &mut Trace) -> bool {
+    /// Whether the anti-spam checks concern this client: not when it
+    /// authenticated or is trusted (unless `checks.skip_for_trusted` is off).
+    pub fn checks_apply(&self, client: &ClientFacts) -> bool {
+        self.checks_apply_traced(client, &mut Trace::new(Stage::Connect))
+    }
+
+    /// `checks_apply`, saying why in `t`.
+    fn checks_apply_traced(&self, client: &ClientFacts, t: &mut Trace) -> bool {
         if !self.checks.skip_for_trusted {
             return true;
         }
@@ -261,7 +323,7 @@ impl Policy {
             t.note(format!("anti-spam checks skipped: authenticated as {u}"));
             return false;
         }
-        if self.is_trusted(client.ip) && !client.distrusted {
+        if self.trusts(client.ip, client.distrusted) {
             t.note("anti-spam checks skipped: trusted network");
             return false;
         }
@@ -271,7 +333,7 @@ impl Policy {
     /// The DNS-based checks' findings, in order: white and black lists,
     /// reverse DNS, HELO name, sender domain.
     fn judge_checks(&self, client: &ClientFacts, t: &mut Trace) -> Result<(), RefuseReason> {
-        if !self.checks_apply(client, t) {
+        if !self.checks_apply_traced(client, t) {
             return Ok(());
         }
         let facts = &client.checks;
@@ -352,7 +414,7 @@ impl Policy {
 
     /// Whether rate limits count this client (trusted networks only when asked).
     fn limits_apply(&self, client: &ClientFacts) -> bool {
-        self.limits.apply_to_trusted || !self.is_trusted(client.ip) || client.distrusted
+        self.limits.apply_to_trusted || !self.trusts(client.ip, client.distrusted)
     }
 
     fn judge_message_rate(&self, client: &ClientFacts, t: &mut Trace) -> Result<(), RefuseReason> {
@@ -390,7 +452,7 @@ impl Policy {
     /// RCPT TO: may this client send to this recipient? Source routes are
     /// already stripped by the parser, so `path` names the final destination.
     /// The accepted value is the mailbox to queue.
-    pub fn rcpt(&self, client: &ClientFacts, path: &Path) -> Decision<Mailbox> {
+    pub fn rcpt(&self, client: &ClientFacts, path: &Path) -> Decision<Accepted> {
         let mut t = Trace::new(Stage::Rcpt);
         let mailbox = match path {
             Path::Null => return t.refuse(RefuseReason::NullRecipient),
@@ -457,14 +519,24 @@ impl Policy {
                 None => {}
             }
             let Some(form) = mailbox.hidden_route() else {
-                return t.accept(mailbox, "accepted for an inbound domain");
+                return t.accept(
+                    Accepted {
+                        mailbox,
+                        route: Route::Inbound,
+                    },
+                    "accepted for an inbound domain",
+                );
             };
             t.note(format!(
                 "local part uses {form}, which could route to another destination"
             ));
             return match self.may_relay(client, &mut t) {
+                // The domain is ours: its mail is inbound, whatever the form.
                 Ok(why) => t.accept(
-                    mailbox,
+                    Accepted {
+                        mailbox,
+                        route: Route::Inbound,
+                    },
                     format!("accepted: the client may relay anyway ({why})"),
                 ),
                 Err(_) => t.refuse(RefuseReason::HiddenRoute { form }),
@@ -484,18 +556,62 @@ impl Policy {
                 {
                     return t.refuse(RefuseReason::SenderNotAllowed);
                 }
-                t.accept(mailbox, format!("relay allowed: {why}"))
+                let why_text = format!("relay allowed: {why}");
+                t.accept(
+                    Accepted {
+                        mailbox,
+                        route: Route::Relay(why),
+                    },
+                    why_text,
+                )
             }
             Err(reason) => t.refuse(reason),
         }
     }
 
-    fn is_inbound(&self, mailbox: &Mailbox) -> bool {
+    /// DATA (or the first BDAT): `early_content` says the client sent the
+    /// message before the go-ahead, which RFC 2920 forbids; spam software
+    /// does it, so a stranger doing it is refused when
+    /// `checks.forbid_unauth_pipelining` is on.
+    pub fn data(&self, client: &ClientFacts, early_content: bool) -> Decision<()> {
+        let t = Trace::new(Stage::Data);
+        if !self.checks.forbid_unauth_pipelining {
+            return t.accept((), "DATA accepted");
+        }
+        if client.user.is_some() || self.trusts(client.ip, client.distrusted) {
+            return t.accept(
+                (),
+                "DATA accepted (content before the go-ahead is tolerated from this client)",
+            );
+        }
+        if early_content {
+            return t.refuse(RefuseReason::UnauthPipelining);
+        }
+        t.accept(
+            (),
+            "DATA accepted (content sent before the 354 would be refused: checks.forbid_unauth_pipelining)",
+        )
+    }
+
+    /// What the flood hold does with a recipient of a source the guard
+    /// found flooding: mail to a domain the source usually sends to goes
+    /// on; the rest as `guard.mode` says.
+    pub fn flood(&self, usual_domain: bool) -> FloodVerdict {
+        match self.guard_mode {
+            _ if usual_domain => FloodVerdict::Proceed,
+            crate::config::GuardMode::Hold => FloodVerdict::Hold,
+            crate::config::GuardMode::Refuse => FloodVerdict::Refuse,
+            crate::config::GuardMode::Log => FloodVerdict::Proceed,
+        }
+    }
+
+    /// Whether `mailbox` is in one of our inbound domains.
+    pub fn is_inbound(&self, mailbox: &Mailbox) -> bool {
         matches!(&mailbox.domain, Domain::Name(d) if self.inbound_domains.contains(d))
     }
 
     /// Whether this client may relay (send to domains that are not ours), and why.
-    fn may_relay(&self, client: &ClientFacts, t: &mut Trace) -> Result<String, RefuseReason> {
+    fn may_relay(&self, client: &ClientFacts, t: &mut Trace) -> Result<RelayBasis, RefuseReason> {
         let m = self.networks.lookup(client.ip);
         for s in m.trace {
             t.note(s);
@@ -508,11 +624,8 @@ impl Policy {
         };
         match (auth, &client.user) {
             (NetworkAuth::Deny, _) => Err(RefuseReason::NetworkDenied),
-            (_, Some(user)) => Ok(format!("authenticated as {user}")),
-            (NetworkAuth::None, None) => Ok(match m.range {
-                Some(r) => format!("trusted network {r} (auth = \"none\")"),
-                None => "trusted network".into(),
-            }),
+            (_, Some(user)) => Ok(RelayBasis::Authenticated(user.clone())),
+            (NetworkAuth::None, None) => Ok(RelayBasis::TrustedNetwork(m.range)),
             // Mail from an office host taken for a NAT is retried, not lost.
             (NetworkAuth::Required, None)
                 if client.distrusted_recently && m.auth == NetworkAuth::None =>
@@ -564,6 +677,93 @@ mod tests {
         policy()
             .rcpt(&client(ip, user, ListenerKind::Smtp), &path)
             .is_accept()
+    }
+
+    fn route(ip: &str, user: Option<&str>, rcpt: &str) -> Route {
+        let (path, _) = parse_path(rcpt, true).unwrap();
+        policy()
+            .rcpt(&client(ip, user, ListenerKind::Smtp), &path)
+            .verdict
+            .unwrap()
+            .route
+    }
+
+    #[test]
+    fn an_accepted_recipient_carries_its_route_and_basis() {
+        assert_eq!(
+            route("203.0.113.9", None, "<x@example.lan>"),
+            Route::Inbound
+        );
+        assert_eq!(
+            route("10.1.1.1", Some("bob"), "<x@elsewhere.example>"),
+            Route::Relay(RelayBasis::Authenticated("bob".into()))
+        );
+        let Route::Relay(basis @ RelayBasis::TrustedNetwork(Some(_))) =
+            route("192.168.1.20", None, "<x@elsewhere.example>")
+        else {
+            panic!("relayed on the trusted network's word");
+        };
+        assert_eq!(
+            basis.to_string(),
+            "trusted network 192.168.1.0/24 (auth = \"none\")"
+        );
+        // A hidden route in an inbound domain stays inbound mail.
+        assert_eq!(
+            route("192.168.1.20", None, "<x%y@example.lan>"),
+            Route::Inbound
+        );
+    }
+
+    #[test]
+    fn the_data_stage_refuses_early_content_from_strangers_only() {
+        let mut p = policy();
+        p.checks.forbid_unauth_pipelining = true;
+        let stranger = client("203.0.113.9", None, ListenerKind::Smtp);
+        assert_eq!(
+            p.data(&stranger, true).verdict,
+            Err(RefuseReason::UnauthPipelining)
+        );
+        assert!(p.data(&stranger, false).is_accept());
+        assert!(
+            p.data(
+                &client("203.0.113.9", Some("bob"), ListenerKind::Smtp),
+                true
+            )
+            .is_accept()
+        );
+        let lan = client("192.168.1.20", None, ListenerKind::Smtp);
+        assert!(p.data(&lan, true).is_accept());
+        // Once the guard withdraws its trust, the LAN client is a stranger here too.
+        let mut distrusted = lan.clone();
+        distrusted.distrusted = true;
+        assert!(!p.data(&distrusted, true).is_accept());
+        p.checks.forbid_unauth_pipelining = false;
+        assert!(p.data(&stranger, true).is_accept());
+    }
+
+    #[test]
+    fn the_flood_hold_spares_usual_domains_and_follows_the_mode() {
+        let mut p = policy();
+        p.guard_mode = crate::config::GuardMode::Hold;
+        assert_eq!(p.flood(true), FloodVerdict::Proceed);
+        assert_eq!(p.flood(false), FloodVerdict::Hold);
+        p.guard_mode = crate::config::GuardMode::Refuse;
+        assert_eq!(p.flood(false), FloodVerdict::Refuse);
+        p.guard_mode = crate::config::GuardMode::Log;
+        assert_eq!(p.flood(false), FloodVerdict::Proceed);
+    }
+
+    #[test]
+    fn trust_needs_the_network_and_the_guards_consent() {
+        let p = policy();
+        let lan: IpAddr = "192.168.1.20".parse().unwrap();
+        assert!(p.trusts(lan, false));
+        assert!(!p.trusts(lan, true));
+        assert!(!p.trusts("192.168.1.1".parse().unwrap(), false), "excluded");
+        let mut c = client("10.1.1.1", None, ListenerKind::Smtp);
+        assert!(!p.trusted_origin(&c));
+        c.user = Some("bob".into());
+        assert!(p.trusted_origin(&c));
     }
 
     #[test]

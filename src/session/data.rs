@@ -56,14 +56,9 @@ impl Session {
         if tx.recipients.is_empty() {
             return Ok(Some((reply::NO_VALID_RECIPIENTS, Flow::Continue)));
         }
-        // Content before the 354 is a protocol error RFC 2920 forbids; spam
-        // software does it, and a stranger doing it is refused.
-        if self.ctx.config.checks.forbid_unauth_pipelining
-            && self.stream.has_buffered_input()
-            && self.user.is_none()
-            && !self.trusted()
-        {
-            let reason = crate::policy::RefuseReason::UnauthPipelining;
+        // Content before the 354 is a protocol error RFC 2920 forbids.
+        let early_content = self.stream.has_buffered_input();
+        if let Err(reason) = self.ctx.policy.data(&self.facts(), early_content).verdict {
             let reply = reason.reply();
             self.emit(Event::DataRefused {
                 session: self.id,
@@ -232,11 +227,10 @@ impl Session {
             writer.write(header.as_bytes());
         }
         let s = &self.ctx.config.server;
-        let bare_newline = self.ctx.policy.bare_newline(
-            self.ip,
-            self.user.is_some() || self.trusted(),
-            s.bare_newline,
-        );
+        let bare_newline =
+            self.ctx
+                .policy
+                .bare_newline(self.ip, self.trusted_origin(), s.bare_newline);
         let decoder = DataDecoder::new(
             mode,
             bare_newline,
@@ -392,7 +386,7 @@ impl Session {
                     .map(|h| h.name.clone())
                     .unwrap_or_default(),
                 auth_user: self.user.clone(),
-                trusted: self.user.is_some() || self.trusted(),
+                trusted: self.trusted_origin(),
             },
             ContentInfo {
                 smtputf8: tx.params.smtputf8,

@@ -3,6 +3,7 @@
 use super::Session;
 use super::transaction::Transaction;
 use crate::events::Event;
+use crate::policy::FloodVerdict;
 use crate::smtp::address::Path;
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::{self, Reply};
@@ -102,15 +103,12 @@ impl Session {
         let max = self.ctx.config.server.max_recipients;
         self.check_facts.rates = self.ctx.checks.rates(self.ip, self.user.as_deref());
         self.check_facts.recipient = match &path {
-            Path::Mailbox(m) => match &m.domain {
-                crate::smtp::address::Domain::Name(d)
-                    if self.ctx.policy.inbound_domains.contains(d) =>
-                {
-                    let checks = std::sync::Arc::clone(&self.ctx.checks);
-                    checks.verify_recipient(d, &m.to_string()).await
-                }
-                _ => None,
-            },
+            Path::Mailbox(m) if self.ctx.policy.is_inbound(m) => {
+                let checks = std::sync::Arc::clone(&self.ctx.checks);
+                checks
+                    .verify_recipient(&m.domain.to_string(), &m.to_string())
+                    .await
+            }
             _ => None,
         };
         let client = self.facts();
@@ -126,28 +124,26 @@ impl Session {
         let decision = self.ctx.policy.rcpt(&client, &path);
         let from = tx.sender_text();
         match decision.verdict {
-            Ok(mailbox) => {
+            Ok(accepted) => {
                 let why = decision
                     .steps
                     .last()
                     .map(|s| s.text.clone())
                     .unwrap_or_default();
-                let to = mailbox.to_string();
-                let relayed = !matches!(&mailbox.domain, crate::smtp::address::Domain::Name(d) if self.ctx.policy.inbound_domains.contains(d));
-                if relayed {
+                let to = accepted.mailbox.to_string();
+                if accepted.is_relayed() {
                     let source = self.user.clone().unwrap_or_else(|| self.ip.to_string());
                     if let Some(flood) = self
                         .ctx
                         .guard
-                        .observe_recipient(&source, &mailbox.domain.to_string())
+                        .observe_recipient(&source, &accepted.mailbox.domain.to_string())
                     {
-                        let mode = self.ctx.config.guard.mode;
                         if flood.new {
                             self.ctx.events.emit(Event::FloodDetected {
                                 source: flood.source.clone(),
                                 recipient_domains: flood.domains,
                                 reason: flood.reason.clone(),
-                                action: match mode {
+                                action: match self.ctx.policy.guard_mode {
                                     crate::config::GuardMode::Hold => "held in the queue",
                                     crate::config::GuardMode::Refuse => "refused (451 4.7.1)",
                                     crate::config::GuardMode::Log => "only logged",
@@ -156,15 +152,14 @@ impl Session {
                         }
                         // The source's usual domains go on: only mail to
                         // new ones is held or refused (see guard/flood.rs).
-                        match mode {
-                            _ if flood.usual_domain => {}
-                            crate::config::GuardMode::Hold => tx.hold = true,
-                            crate::config::GuardMode::Refuse => return reply::FLOOD_REFUSED,
-                            crate::config::GuardMode::Log => {}
+                        match self.ctx.policy.flood(flood.usual_domain) {
+                            FloodVerdict::Proceed => {}
+                            FloodVerdict::Hold => tx.hold = true,
+                            FloodVerdict::Refuse => return reply::FLOOD_REFUSED,
                         }
                     }
                 }
-                tx.add_recipient(mailbox);
+                tx.add_recipient(accepted.mailbox);
                 self.ctx.checks.count_recipient(self.ip);
                 self.emit(Event::RcptAccepted {
                     session: self.id,

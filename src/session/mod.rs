@@ -449,15 +449,20 @@ impl Session {
         }
     }
 
-    /// A trusted network's client whose trust the guard has not withdrawn.
+    /// A trusted network's client whose trust the guard has not withdrawn
+    /// (the policy's answer).
     fn trusted(&self) -> bool {
         self.ctx.trusts(self.ip)
     }
 
-    /// Whether the anti-spam checks concern this client now (not trusted,
-    /// not authenticated, unless skip_for_trusted is off).
+    /// Whether the anti-spam checks concern this client now (the policy's answer).
     fn checks_apply(&self) -> bool {
-        !self.ctx.config.checks.skip_for_trusted || (self.user.is_none() && !self.trusted())
+        self.ctx.policy.checks_apply(&self.facts())
+    }
+
+    /// Whether this client's mail comes from a trusted origin (the policy's answer).
+    fn trusted_origin(&self) -> bool {
+        self.ctx.policy.trusted_origin(&self.facts())
     }
 }
 
