@@ -15,6 +15,7 @@ pub mod result;
 pub mod rewrite;
 pub mod route;
 pub mod tls_policy;
+mod transport;
 
 pub use result::{AttemptResult, Stage};
 

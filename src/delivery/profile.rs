@@ -1,20 +1,20 @@
-//! Delivery through a smart-host profile: its credentials (a password file
-//! read afresh, or an OAuth2 token refreshed once when refused), the sender
-//! rewrite, SMTP to its hosts or Microsoft Graph, and what a provider's
-//! refusal means for the whole profile (see `provider`).
+//! Delivery through a smart-host profile: its quota and overflow, its
+//! credentials (a password file read afresh, or an OAuth2 token), the
+//! sender rewrite and DKIM, then its transport (`transport`: SMTP to its
+//! hosts, or Microsoft Graph), and what a provider's refusal means for the
+//! whole profile (see `provider`).
 
 use super::client::{Credentials, Outgoing};
-use super::graph::{self, GraphAnswer};
 use super::provider::{self, Problem, ProblemKind, Rest};
 use super::result::{AttemptResult, Stage};
+use super::transport::Sending;
 use super::{Deliverer, Job, Outcome, Settings};
 use crate::attempt::EnhancedStatus;
 use crate::clock::unix_now;
-use crate::config::{Config, Profile, ProfileAuth, Transport};
+use crate::config::{Config, Profile, ProfileAuth};
 use crate::events::Event;
 use crate::oauth::TokenError;
 use std::sync::Arc;
-use tracing::warn;
 
 /// A profile with what its connections need, made once per config.
 pub(super) struct Ready {
@@ -28,7 +28,7 @@ pub(super) struct Ready {
 impl Ready {
     pub fn new(profile: Profile, resolver: &crate::dns::Resolver) -> Ready {
         let tls = crate::client_tls::verified_for(&profile);
-        let http = if profile.transport == Transport::Graph {
+        let http = if profile.transport == crate::config::Transport::Graph {
             crate::oauth::endpoint::http_client(&profile, resolver)
         } else {
             Err("not a Graph profile".into())
@@ -162,10 +162,13 @@ impl Deliverer {
             },
             None => msg,
         };
-        let outcomes = match p.transport {
-            Transport::Smtp => self.send_smtp(job, ready, &msg, settings).await,
-            Transport::Graph => self.send_graph(ready, &msg, &settings.config).await,
+        let sending = Sending {
+            job,
+            ready,
+            msg: &msg,
+            settings,
         };
+        let outcomes = super::transport::of(p.transport).send(self, sending).await;
         self.judge(ready, outcomes)
     }
 
@@ -204,132 +207,9 @@ impl Deliverer {
         }
     }
 
-    async fn send_smtp(
-        &self,
-        job: &Job<'_>,
-        ready: &Ready,
-        msg: &Outgoing<'_>,
-        settings: &Settings,
-    ) -> Vec<Outcome> {
-        let p = &ready.profile;
-        let count = msg.recipients.len();
-        let mut auth = match self.credentials(ready, &settings.config).await {
-            Ok(a) => a,
-            Err(e) => return self.no_credentials(p, e, count),
-        };
-        let mut refreshed = false;
-        loop {
-            let outcomes = self
-                .deliver_to_hosts(job, &p.hosts, msg, |hop| {
-                    self.profile_options(ready, hop, &auth, settings)
-                })
-                .await;
-            // A refused token is refreshed once and the delivery tried again.
-            if let (false, Some(Credentials::Bearer { token, .. })) = (refreshed, &auth)
-                && outcomes.iter().any(|o| o.result().stage == Stage::Auth)
-            {
-                warn!(profile = %p.name, "the next hop refused the OAuth2 token; fetching a new one and trying once more");
-                self.tokens.refused(p, token).await;
-                refreshed = true;
-                auth = match self.credentials(ready, &settings.config).await {
-                    Ok(a) => a,
-                    Err(e) => return self.no_credentials(p, e, count),
-                };
-                continue;
-            }
-            return outcomes;
-        }
-    }
-
-    async fn send_graph(&self, ready: &Ready, msg: &Outgoing<'_>, config: &Config) -> Vec<Outcome> {
-        let p = &ready.profile;
-        let count = msg.recipients.len();
-        let http = match &ready.http {
-            Ok(h) => h.clone(),
-            Err(e) => return vec![deferred(local(e.clone()), true, None); count],
-        };
-        let content = match super::content_of(msg).await {
-            Ok(c) => c,
-            Err(e) => return vec![deferred(local(e), true, None); count],
-        };
-        let user = p.user.clone().unwrap_or_default();
-        let mut refreshed = false;
-        loop {
-            let token = match self.credentials(ready, config).await {
-                Ok(Some(Credentials::Bearer { token, .. })) => token,
-                Ok(_) => {
-                    return vec![
-                        deferred(
-                            local(format!(
-                                "profile {:?} sends with Graph but has no OAuth2 settings",
-                                p.name
-                            )),
-                            false,
-                            None
-                        );
-                        count
-                    ];
-                }
-                Err(e) => return self.no_credentials(p, e, count),
-            };
-            let answer =
-                graph::send_mail(&http, &p.graph_url, &user, &token, &content, msg.recipients)
-                    .await;
-            let now = unix_now();
-            return match answer {
-                GraphAnswer::Sent => {
-                    let host = reqwest::Url::parse(&p.graph_url)
-                        .ok()
-                        .and_then(|u| u.host_str().map(String::from));
-                    let result = AttemptResult {
-                        stage: Stage::Data,
-                        code: None,
-                        enhanced: Some(EnhancedStatus::new(2, 0, 0)),
-                        remote: host,
-                        remote_ip: None,
-                        tls_policy: None,
-                        text: format!("accepted by Microsoft Graph sendMail as {user}"),
-                    };
-                    vec![Outcome::Delivered(result); count]
-                }
-                GraphAnswer::TokenRefused(_) if !refreshed => {
-                    warn!(profile = %p.name, "Graph refused the OAuth2 token; fetching a new one and trying once more");
-                    self.tokens.refused(p, &token).await;
-                    refreshed = true;
-                    continue;
-                }
-                GraphAnswer::TokenRefused(r) | GraphAnswer::NotAllowed(r) => {
-                    let problem = Problem {
-                        kind: ProblemKind::Auth,
-                        advice: provider::credentials_advice(p),
-                        rest: None,
-                    };
-                    let until = self.rest(p, &problem, &r);
-                    vec![deferred(r, false, Some(until)); count]
-                }
-                GraphAnswer::Throttled(r, after) => {
-                    let problem = Problem {
-                        kind: ProblemKind::Quota,
-                        advice: format!(
-                            "Microsoft Graph throttles profile {:?} (HTTP 429); mail waits as Graph asks",
-                            p.name
-                        ),
-                        rest: Some(after.unwrap_or(60).clamp(1, 86_400)),
-                    };
-                    let until = self.rest(p, &problem, &r);
-                    vec![deferred(r, false, Some(until)); count]
-                }
-                GraphAnswer::Temporary(r, after) => {
-                    vec![deferred(r, true, after.map(|s| now + s.clamp(1, 86_400))); count]
-                }
-                GraphAnswer::Permanent(r) => vec![Outcome::Failed(r); count],
-            };
-        }
-    }
-
     /// No credentials could be had (a token endpoint that refuses, an
     /// unreadable password file): the profile rests, its mail waits.
-    fn no_credentials(&self, p: &Profile, e: TokenError, count: usize) -> Vec<Outcome> {
+    pub(super) fn no_credentials(&self, p: &Profile, e: TokenError, count: usize) -> Vec<Outcome> {
         let result = AttemptResult::local(
             Stage::Auth,
             EnhancedStatus::new(4, 7, 0),
@@ -392,7 +272,7 @@ impl Deliverer {
     }
 
     /// Puts `p` to rest for `problem`; returns until when.
-    fn rest(&self, p: &Profile, problem: &Problem, result: &AttemptResult) -> i64 {
+    pub(super) fn rest(&self, p: &Profile, problem: &Problem, result: &AttemptResult) -> i64 {
         let seconds = problem.rest.unwrap_or(match problem.kind {
             ProblemKind::Auth => provider::AUTH_REST,
             ProblemKind::Quota => p.quota_backoff.as_secs() as i64,
@@ -449,10 +329,10 @@ fn held(p: &Profile, full: &super::pacing::Full) -> Outcome {
     }
 }
 
-fn local(text: String) -> AttemptResult {
+pub(super) fn local(text: String) -> AttemptResult {
     AttemptResult::local(Stage::Queue, EnhancedStatus::new(4, 3, 5), text)
 }
 
-fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outcome {
+pub(super) fn deferred(result: AttemptResult, counts: bool, retry_at: Option<i64>) -> Outcome {
     Outcome::deferred(result, counts, retry_at)
 }
