@@ -85,11 +85,7 @@ impl QueueStore for Spool {
     }
 
     fn settle(&self, messages: &[(&QueueId, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>> {
-        let named: Vec<(&str, &MemoryCopy)> = messages
-            .iter()
-            .map(|(id, copy)| (id.as_str(), *copy))
-            .collect();
-        self.materialize(&named)
+        self.materialize(messages)
     }
 
     fn record_state(

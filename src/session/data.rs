@@ -397,7 +397,7 @@ impl Session {
         let mut envelope = envelope;
         envelope.hold = tx.hold;
         let body_len = writer.body_len();
-        match store(&self.ctx, writer, &envelope).await {
+        match store(&self.ctx, writer, &queue_id, &envelope).await {
             Ok(stored) => {
                 self.messages += 1;
                 self.ctx.checks.count_message(self.ip, self.user.as_deref());
@@ -453,7 +453,12 @@ struct Stored {
 /// Makes the message durable before the 250. A small message bound for
 /// the queue manager goes to the shared journal (one sync for every
 /// message accepted meanwhile); any other gets its own file.
-async fn store(ctx: &Context, writer: SpoolWriter, envelope: &Envelope) -> io::Result<Stored> {
+async fn store(
+    ctx: &Context,
+    writer: SpoolWriter,
+    id: &QueueId,
+    envelope: &Envelope,
+) -> io::Result<Stored> {
     let journal = ctx
         .spool
         .journal()
@@ -470,7 +475,7 @@ async fn store(ctx: &Context, writer: SpoolWriter, envelope: &Envelope) -> io::R
                 }
                 // Over the memory budget: a file of its own after all.
                 Err(image) => {
-                    let mut writer = ctx.spool.begin(&envelope.id);
+                    let mut writer = ctx.spool.begin(id);
                     writer.write(&image[..body_len as usize]);
                     writer
                 }

@@ -1,12 +1,28 @@
-//! The durable spool. Each accepted message is one file in `queue/`:
-//! the message bytes, then the envelope as JSON, then a trailer line that
-//! gives both lengths. The server writes it into a pre-made, durably named
-//! file in `slots/` and syncs only that file before the 250, then renames it
-//! into the queue (see `slots.rs`); without a slot at hand it is written in
-//! `tmp/`, synced, renamed into place and the directory synced. A file whose
-//! trailer does not match its size is torn and never taken for a message.
-//! Delivery state per recipient lives beside it in `state/ID.json`,
-//! replaced atomically the same way.
+//! The durable spool: where an accepted message lives from its 250 to its
+//! last delivery result. Every message ends up, if it stays queued, as one
+//! file in `queue/ID`: the message bytes, then the envelope as JSON, then a
+//! trailer line that gives both lengths (a file whose trailer does not match
+//! its size is torn and never taken for a message). Its delivery state per
+//! recipient lives beside it in `state/ID.json`, replaced atomically.
+//!
+//! Before the 250 a message is made durable in one of three ways, the
+//! first that applies:
+//! 1. **The accept journal** (`journal/`), for a message small enough to
+//!    keep in memory (`memory.rs`'s bound) that the queue manager will
+//!    deliver at once (not held): appended as one checksummed record and
+//!    synced together with every message accepted meanwhile (group commit).
+//!    It gets a file in `queue/` only if it outlives its first delivery
+//!    pass; after a crash, recovery writes every unreleased record there.
+//! 2. **A slot** (`slots.rs`), for any other message when the server has one
+//!    ready: a pre-made file whose name is already durable, so only the
+//!    file itself is synced; it is renamed into `queue/` afterwards, and a
+//!    rename lost to a crash is redone at the next start.
+//! 3. **tmp + rename** (`writer.rs`, through the committer), when no slot is
+//!    at hand (and for the CLI and tests): written in `tmp/`, synced,
+//!    renamed into `queue/`, the directory synced once per batch.
+//!
+//! Ids are `QueueId`s throughout the public API: a string read from
+//! elsewhere is checked (`QueueId::parse`) before it names a file.
 
 mod committer;
 mod envelope;
@@ -117,10 +133,13 @@ impl Spool {
     /// state is first written): each written and synced, the renames made
     /// durable together. Per message, false when it was deleted meanwhile
     /// (blocking I/O).
-    pub fn materialize(&self, messages: &[(&str, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>> {
+    pub fn materialize(
+        &self,
+        messages: &[(&QueueId, &MemoryCopy)],
+    ) -> Vec<Result<bool, SpoolError>> {
         let images: Vec<(&str, &[u8])> = messages
             .iter()
-            .map(|(id, copy)| (*id, copy.image()))
+            .map(|(id, copy)| (id.as_str(), copy.image()))
             .collect();
         self.materialize_images(&images)
     }
@@ -171,7 +190,7 @@ impl Spool {
         for (i, (id, image)) in images.iter().enumerate() {
             let written = self
                 .message_path(id)
-                .and_then(|_| Ok(self.begin(id).prepare_image(image)?));
+                .and_then(|_| Ok(self.begin_named(id).prepare_image(image)?));
             match written {
                 Ok(p) => {
                     prepared.push(p);
@@ -190,7 +209,7 @@ impl Spool {
     }
 
     /// One journaled message into `queue/` (see `materialize`).
-    pub fn materialize_one(&self, id: &str, copy: &MemoryCopy) -> Result<bool, SpoolError> {
+    pub fn materialize_one(&self, id: &QueueId, copy: &MemoryCopy) -> Result<bool, SpoolError> {
         self.materialize_image(id, copy.image())
     }
 
@@ -202,7 +221,7 @@ impl Spool {
     }
 
     /// A journaled message is done with: nothing on disk but its record.
-    pub fn release_journaled(&self, id: &str) {
+    pub fn release_journaled(&self, id: &QueueId) {
         if let Some(journal) = &self.journal {
             journal.release(id);
         }
@@ -267,7 +286,12 @@ impl Spool {
     }
 
     /// Starts a new message (in memory until it spills or commits).
-    pub fn begin(&self, id: &str) -> SpoolWriter {
+    pub fn begin(&self, id: &QueueId) -> SpoolWriter {
+        SpoolWriter::new(self, id)
+    }
+
+    /// `begin` for an id read back from the journal (checked by `message_path`).
+    fn begin_named(&self, id: &str) -> SpoolWriter {
         SpoolWriter::new(self, id)
     }
 
@@ -331,7 +355,7 @@ impl Spool {
     }
 
     /// Reads one message's envelope and state.
-    pub fn load(&self, id: &str) -> Result<QueuedMessage, SpoolError> {
+    pub fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
         self.load_with_image(id).map(|(msg, _)| msg)
     }
 
@@ -368,7 +392,7 @@ impl Spool {
     /// it: the copy is taken from the journal record, or when memory is
     /// short the message gets its own file at once. (Only the queue manager
     /// may move a journaled message: a reader must use `load`.)
-    pub fn load_owned(&self, id: &str) -> Result<QueuedMessage, SpoolError> {
+    pub fn load_owned(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
         let (mut msg, image) = self.load_with_image(id)?;
         let Some(image) = image else {
             return Ok(msg);
@@ -405,7 +429,7 @@ impl Spool {
     }
 
     /// The message content (what follows DATA, with our Received: header first).
-    pub fn read_body(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
+    pub fn read_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
         let msg = self.load(id)?;
         if msg.journaled {
             let (_, body_len, mut image) = self.read_journaled(id)?;
@@ -419,7 +443,7 @@ impl Spool {
     }
 
     /// Whether the message is held, from its state file alone (cheap: no envelope).
-    pub fn is_held(&self, id: &str) -> bool {
+    pub fn is_held(&self, id: &QueueId) -> bool {
         matches!(self.read_state(id), Ok(Some(state)) if state.held)
     }
 
@@ -442,13 +466,13 @@ impl Spool {
 
     /// Replaces a message's delivery state durably (tmp, fsync, rename, fsync dir):
     /// for changes a crash must not undo (hold, release, results before a bounce).
-    pub fn write_state(&self, id: &str, state: &MessageState) -> Result<(), SpoolError> {
+    pub fn write_state(&self, id: &QueueId, state: &MessageState) -> Result<(), SpoolError> {
         self.replace_state(id, state, true)
     }
 
     /// Replaces a message's delivery state atomically but without fsync: for
     /// deferrals, where losing the update to a crash only means an earlier retry.
-    pub fn write_state_quick(&self, id: &str, state: &MessageState) -> Result<(), SpoolError> {
+    pub fn write_state_quick(&self, id: &QueueId, state: &MessageState) -> Result<(), SpoolError> {
         self.replace_state(id, state, false)
     }
 
@@ -479,13 +503,13 @@ impl Spool {
     /// Deletes a message and its state, durably (for `queue delete`). The
     /// message file goes first, so a crash in between leaves only a stale
     /// state file, which is ignored.
-    pub fn delete(&self, id: &str) -> Result<(), SpoolError> {
+    pub fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.remove(id, true)
     }
 
     /// Removes a message that is done with, without waiting for the disk: a
     /// crash right after can only bring it back for a duplicate delivery.
-    pub fn remove_finished(&self, id: &str) -> Result<(), SpoolError> {
+    pub fn remove_finished(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.remove(id, false)
     }
 
@@ -734,8 +758,9 @@ mod tests {
         assert_eq!(spool.load(&id).unwrap().state.recipients[0].attempts, 0);
         spool.delete(&id).unwrap();
         assert!(matches!(spool.load(&id), Err(SpoolError::NotFound(_))));
+        // Only a QueueId names a message; a path read from elsewhere is refused.
         assert!(matches!(
-            spool.delete("../etc/passwd"),
+            spool.message_path("../etc/passwd"),
             Err(SpoolError::NotFound(_))
         ));
     }

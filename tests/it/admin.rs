@@ -162,12 +162,15 @@ async fn queue_actions_need_csrf_and_reach_the_queue_manager() {
             None,
         );
         assert_eq!(forged.status, 403);
-        assert!(!spool.is_held(&id), "nothing changed yet");
+        assert!(
+            !spool.is_held(&crate::support::qid(&id)),
+            "nothing changed yet"
+        );
 
         let r = web.post(&hold, &[("X-CSRF-Token", &csrf)], None);
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["changed"][0]["id"], id.as_str());
-        assert!(spool.is_held(&id), "held on disk");
+        assert!(spool.is_held(&crate::support::qid(&id)), "held on disk");
         let shown = web.get(&format!("/api/queue/{id}")).json();
         assert_eq!(shown["state"]["held"], true);
         assert!(shown.get("body").is_none(), "no body unless asked");
@@ -185,7 +188,10 @@ async fn queue_actions_need_csrf_and_reach_the_queue_manager() {
             None,
         );
         assert_eq!(r.status, 200);
-        assert!(!spool.is_held(&id), "released on disk");
+        assert!(
+            !spool.is_held(&crate::support::qid(&id)),
+            "released on disk"
+        );
         let r = web.post(
             &format!("/api/queue/{id}/retry"),
             &[("X-CSRF-Token", &csrf)],

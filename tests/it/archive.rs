@@ -66,7 +66,7 @@ async fn the_archive_directory_gets_every_message_in_scope_and_none_outside() {
     let copy = std::fs::read(&files[0]).unwrap();
     assert_eq!(
         copy,
-        server.spool().read_body(&id).unwrap(),
+        server.spool().read_body(&crate::support::qid(&id)).unwrap(),
         "the copy is the message as queued, Received: header and all"
     );
 }
@@ -78,7 +78,7 @@ async fn the_archive_address_is_an_envelope_recipient_only_and_never_twice() {
     )
     .await;
     let id = send(server.addr(), "127.0.0.2", &["a@far.example"], "one").await;
-    let m = server.spool().load(&id).unwrap();
+    let m = server.spool().load(&crate::support::qid(&id)).unwrap();
     let rcpts: Vec<&str> = m
         .envelope
         .recipients
@@ -86,13 +86,14 @@ async fn the_archive_address_is_an_envelope_recipient_only_and_never_twice() {
         .map(|r| r.address.as_str())
         .collect();
     assert_eq!(rcpts, vec!["a@far.example", "vault@archive.test"]);
-    let body = String::from_utf8(server.spool().read_body(&id).unwrap()).unwrap();
+    let body =
+        String::from_utf8(server.spool().read_body(&crate::support::qid(&id)).unwrap()).unwrap();
     assert!(
         !body.contains("vault@archive.test"),
         "no header names the archive: {body}"
     );
     let id = send(server.addr(), "127.0.0.2", &["Vault@archive.test"], "two").await;
-    let m = server.spool().load(&id).unwrap();
+    let m = server.spool().load(&crate::support::qid(&id)).unwrap();
     assert_eq!(
         m.envelope.recipients.len(),
         1,

@@ -39,7 +39,10 @@ fn only_new_message(server: &TestServer, seen: &mut Vec<String>) -> Vec<u8> {
         .collect();
     assert_eq!(new.len(), 1, "exactly one message spooled");
     seen.push(new[0].clone());
-    server.spool().read_body(&new[0]).unwrap()
+    server
+        .spool()
+        .read_body(&crate::support::qid(&new[0]))
+        .unwrap()
 }
 
 fn smtplib(server: &TestServer, port: u16, mode: &str, auth: bool, source: &str) -> (bool, String) {
@@ -252,6 +255,10 @@ print("sent")
     );
     let queued = server.queued();
     assert_eq!(queued.len(), 1, "the message is spooled");
-    let envelope = server.spool().load(&queued[0]).unwrap().envelope;
+    let envelope = server
+        .spool()
+        .load(&crate::support::qid(&queued[0]))
+        .unwrap()
+        .envelope;
     assert_eq!(envelope.sender, "jürgen@client.test");
 }

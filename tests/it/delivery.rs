@@ -94,7 +94,7 @@ async fn queue_drains(server: &TestServer) -> bool {
 async fn first_attempt(server: &TestServer, id: &str) -> portcullis::spool::RecipientState {
     let start = std::time::Instant::now();
     loop {
-        let s = server.spool().load(id).unwrap().state;
+        let s = server.spool().load(&crate::support::qid(id)).unwrap().state;
         if s.recipients[0].last_error().is_some() {
             return s.recipients[0].clone();
         }
@@ -525,7 +525,11 @@ async fn one_delay_notice_while_retries_go_on() {
     // Retries go on, the message stays queued, and no second notice comes.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(senders_mx.messages().len(), 1, "only one delay notice");
-    let state = server.spool().load(&id).unwrap().state;
+    let state = server
+        .spool()
+        .load(&crate::support::qid(&id))
+        .unwrap()
+        .state;
     assert!(state.delay_warned && state.has_queued());
 }
 
@@ -696,7 +700,7 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
             assert!(start.elapsed() < WAIT, "{id} was never deferred");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let on_disk = server.spool().load(id).unwrap().state;
+        let on_disk = server.spool().load(&crate::support::qid(id)).unwrap().state;
         assert!(
             on_disk.recipients[0].last_error().is_none(),
             "a deferral without an attempt is not written at once: {on_disk:?}"
@@ -706,7 +710,12 @@ async fn deferrals_of_a_host_known_down_are_written_in_a_batch() {
     let spool = server.spool();
     server.stop().await;
     for id in &later {
-        let r = spool.load(id).unwrap().state.recipients[0].clone();
+        let r = spool
+            .load(&crate::support::qid(id))
+            .unwrap()
+            .state
+            .recipients[0]
+            .clone();
         assert_eq!(r.attempts, 1, "written at shutdown: {r:?}");
         assert!(
             r.last_error()

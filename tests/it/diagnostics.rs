@@ -201,7 +201,13 @@ async fn relay_test_catches_an_open_relay() {
     // test adds one, accepted for the server's own postmaster).
     let queued = server.queued();
     assert_eq!(queued.len(), relayed.len() + 1, "{queued:?}");
-    let body = String::from_utf8_lossy(&server.spool().read_body(&queued[0]).unwrap()).to_string();
+    let body = String::from_utf8_lossy(
+        &server
+            .spool()
+            .read_body(&crate::support::qid(&queued[0]))
+            .unwrap(),
+    )
+    .to_string();
     assert!(body.contains("PCL-RELAY-TEST-"), "{body}");
 }
 

@@ -66,7 +66,10 @@ async fn kill_9_right_after_250_keeps_every_message() {
     let mut found: Vec<String> = ids
         .iter()
         .map(|id| {
-            String::from_utf8(strip_received(&spool.read_body(id).unwrap()).to_vec()).unwrap()
+            String::from_utf8(
+                strip_received(&spool.read_body(&crate::support::qid(id)).unwrap()).to_vec(),
+            )
+            .unwrap()
         })
         .collect();
     found.sort();

@@ -73,7 +73,7 @@ async fn full_disk_refuses_with_452_and_loses_nothing() {
     assert_eq!(spool.ids().unwrap().len(), accepted.len());
     for (id, body) in &accepted {
         assert_eq!(
-            strip_received(&spool.read_body(id).unwrap()),
+            strip_received(&spool.read_body(&crate::support::qid(id)).unwrap()),
             body.as_bytes(),
             "{id}"
         );
@@ -101,7 +101,7 @@ async fn full_disk_refuses_with_452_and_loses_nothing() {
     assert_eq!(spool.ids().unwrap().len(), accepted.len() + 1);
     for (id, body) in &accepted {
         assert_eq!(
-            strip_received(&spool.read_body(id).unwrap()),
+            strip_received(&spool.read_body(&crate::support::qid(id)).unwrap()),
             body.as_bytes(),
             "{id}"
         );

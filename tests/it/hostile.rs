@@ -160,7 +160,10 @@ async fn stripped_nul_keeps_one_message() {
     c.expect("QUIT", 221).await;
     let ids = server.queued();
     assert_eq!(ids.len(), 1);
-    let content = server.spool().read_body(&ids[0]).unwrap();
+    let content = server
+        .spool()
+        .read_body(&crate::support::qid(&ids[0]))
+        .unwrap();
     assert!(
         crate::support::strip_received(&content).ends_with(b"hello\r\n.\r\nRSET\r\n"),
         "{:?}",

@@ -144,7 +144,7 @@ async fn redirect_to_sends_everything_to_one_mailbox_and_keeps_the_originals() {
     assert_eq!(r.code, 250, "{r:?}");
     let ids = server.queued();
     assert_eq!(ids.len(), 1);
-    let m = server.spool().load(&ids[0]).unwrap();
+    let m = server.spool().load(&crate::support::qid(&ids[0])).unwrap();
     let rcpts: Vec<String> = m
         .envelope
         .recipients
@@ -152,7 +152,13 @@ async fn redirect_to_sends_everything_to_one_mailbox_and_keeps_the_originals() {
         .map(|r| r.address.clone())
         .collect();
     assert_eq!(rcpts, vec!["inbox@test.example"]);
-    let body = String::from_utf8(server.spool().read_body(&ids[0]).unwrap()).unwrap();
+    let body = String::from_utf8(
+        server
+            .spool()
+            .read_body(&crate::support::qid(&ids[0]))
+            .unwrap(),
+    )
+    .unwrap();
     assert!(
         body.contains("\r\nX-Original-To: customer@real.example,\r\n\tother@real2.example\r\nSubject: order\r\n"),
         "{body}"

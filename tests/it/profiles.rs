@@ -132,7 +132,7 @@ async fn submit_from(
 async fn attempted(server: &TestServer, id: &str) -> portcullis::spool::RecipientState {
     let start = std::time::Instant::now();
     loop {
-        let s = server.spool().load(id).unwrap().state;
+        let s = server.spool().load(&crate::support::qid(id)).unwrap().state;
         if s.recipients[0].last_error().is_some() {
             return s.recipients[0].clone();
         }
@@ -764,7 +764,7 @@ async fn oauthbearer_is_used_where_only_it_is_offered() {
     let got = smtp.wait_for(1, WAIT).await;
     let state = server
         .spool()
-        .load(&id)
+        .load(&crate::support::qid(&id))
         .map(|m| m.state.recipients[0].last_error());
     assert_eq!(got.len(), 1, "delivered with OAUTHBEARER: {state:?}");
     let (user, token) = got[0].auth.clone().unwrap();

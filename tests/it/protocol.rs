@@ -82,7 +82,7 @@ async fn pipelined_transaction_is_spooled_once() {
     assert_eq!(c.read_reply().await.code, 221);
     let ids = server.queued();
     assert_eq!(ids.len(), 1);
-    let msg = server.spool().load(&ids[0]).unwrap();
+    let msg = server.spool().load(&crate::support::qid(&ids[0])).unwrap();
     let rcpts: Vec<&str> = msg
         .envelope
         .recipients
@@ -112,7 +112,10 @@ async fn spooled_content_is_byte_exact_with_a_received_header() {
     let r = c.send_mail("a@x.test", &["b@example.lan"], &wire).await;
     assert_eq!(r.code, 250, "{r:?}");
     let ids = server.queued();
-    let body = server.spool().read_body(&ids[0]).unwrap();
+    let body = server
+        .spool()
+        .read_body(&crate::support::qid(&ids[0]))
+        .unwrap();
     assert_eq!(strip_received(&body), original);
     let header = String::from_utf8_lossy(&body[..body.len() - original.len()]).into_owned();
     assert!(
@@ -150,7 +153,10 @@ async fn bdat_chunks_are_joined_and_checked() {
     assert_eq!(c.read_reply().await.code, 250);
     let ids = server.queued();
     assert_eq!(ids.len(), 1);
-    let body = server.spool().read_body(&ids[0]).unwrap();
+    let body = server
+        .spool()
+        .read_body(&crate::support::qid(&ids[0]))
+        .unwrap();
     assert_eq!(strip_received(&body), [&part1[..], &part2[..]].concat());
     // A bare LF inside BDAT from a stranger is refused as well.
     let mut c = ehlo(&server, OUTSIDER).await;
@@ -209,7 +215,10 @@ async fn curl_with_lf_line_ends_from_the_lan_is_normalised_and_refused_from_stra
     assert!(ok, "the LAN's LF-only file is taken: {said}");
     let ids = server.queued();
     assert_eq!(ids.len(), 1);
-    let body = server.spool().read_body(&ids[0]).unwrap();
+    let body = server
+        .spool()
+        .read_body(&crate::support::qid(&ids[0]))
+        .unwrap();
     let body = strip_received(&body);
     assert!(
         body.starts_with(b"From: app@client.test\r\nTo: b@example.lan\r\nSubject: from curl\r\n\r\nline one\r\nline two\r\n"),
@@ -284,9 +293,9 @@ async fn smuggling_with_normalisation_keeps_one_message() {
         "one message per session, none smuggled"
     );
     for id in ids {
-        let m = server.spool().load(&id).unwrap();
+        let m = server.spool().load(&crate::support::qid(&id)).unwrap();
         assert_eq!(m.envelope.sender, "a@x.test");
-        let body = server.spool().read_body(&id).unwrap();
+        let body = server.spool().read_body(&crate::support::qid(&id)).unwrap();
         let text = String::from_utf8_lossy(&body);
         assert!(
             text.contains("MAIL FROM:<admin@example.lan>"),
@@ -380,7 +389,7 @@ async fn ten_thousand_recipients() {
     assert_eq!(
         server
             .spool()
-            .load(&ids[0])
+            .load(&crate::support::qid(&ids[0]))
             .unwrap()
             .envelope
             .recipients
@@ -575,7 +584,10 @@ async fn smtps_listener_speaks_tls_first_and_requires_auth() {
         .await;
     assert_eq!(r.code, 250);
     let ids = server.queued();
-    let body = server.spool().read_body(&ids[0]).unwrap();
+    let body = server
+        .spool()
+        .read_body(&crate::support::qid(&ids[0]))
+        .unwrap();
     assert!(String::from_utf8_lossy(&body).contains("with ESMTPSA"));
 }
 

@@ -53,7 +53,7 @@ async fn pacing_holds_what_the_minute_has_no_room_for_without_a_bounce() {
     let queued = server.queued();
     assert_eq!(queued.len(), 3, "the rest waits in the queue: {queued:?}");
     for id in &queued {
-        let m = server.spool().load(id).unwrap();
+        let m = server.spool().load(&crate::support::qid(id)).unwrap();
         assert_eq!(m.envelope.sender, "app@client.test", "no bounce among them");
         assert!(
             m.state

@@ -154,7 +154,7 @@ async fn mail_that_keeps_bouncing_is_held() {
     let held: Vec<_> = server
         .queued()
         .into_iter()
-        .filter_map(|id| spool.load(&id).ok())
+        .filter_map(|id| spool.load(&crate::support::qid(&id)).ok())
         .filter(|m| m.state.held)
         .collect();
     assert_eq!(

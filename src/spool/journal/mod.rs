@@ -198,7 +198,7 @@ mod tests {
 
     /// What a session hands the journal: the writer's image of a small message.
     fn image(spool: &Spool, id: &str, text: &str) -> Arc<MemoryCopy> {
-        let mut w = spool.begin(id);
+        let mut w = spool.begin_named(id);
         w.write(format!("Subject: {text}\r\n\r\n{text}\r\n").as_bytes());
         let Ok((image, body_len)) =
             w.into_image(&Envelope::for_test(id, "a@x.test", &["b@y.test"]))

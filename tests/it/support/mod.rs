@@ -105,3 +105,8 @@ pub fn write_users(path: &std::path::Path, users: &[(&str, &str)]) {
     }
     portcullis::users::write_users(path, &map, None).unwrap();
 }
+
+/// The queue id a test read as text (from a listing, a file name).
+pub fn qid(id: &str) -> portcullis::spool::QueueId {
+    portcullis::spool::QueueId::parse(id).unwrap_or_else(|| panic!("{id:?} is not a queue id"))
+}
