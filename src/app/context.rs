@@ -25,8 +25,9 @@ pub struct Context {
     pub checks: std::sync::Arc<crate::checks::Checks>,
     /// Connection slots; sessions read whether the server is under stress.
     pub limits: std::sync::Arc<ConnectionLimits>,
-    /// Renames prepared messages into the queue, one directory fsync per batch.
-    pub committer: crate::spool::Committer,
+    /// Where accepted messages are made durable (the spool, through the
+    /// queue store's `accept`).
+    pub store: Arc<dyn crate::queue::QueueStore>,
     /// Where to announce newly accepted messages (absent in protocol-only tests).
     pub queue: Option<crate::queue::QueueHandle>,
     /// SMTP transcripts (`[log] transcript`), when kept.
@@ -54,12 +55,14 @@ impl Context {
         events: crate::events::Events,
         guard: Arc<crate::guard::Guard>,
     ) -> Context {
+        // New message files are published in batches (one directory sync each).
+        let spool = spool.with_committer();
         Context {
             hostname: config.hostname(),
             policy: Policy::from_config(&config),
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             credentials: Arc::new(CredentialChecker::new(UserDb::new(config.users_file()))),
-            committer: spool.committer(),
+            store: Arc::new(spool.clone()),
             spool,
             events,
             guard,
@@ -92,7 +95,7 @@ impl Context {
             policy: Policy::from_config(&config),
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             credentials,
-            committer: self.committer.clone(),
+            store: Arc::clone(&self.store),
             spool: self.spool.clone(),
             events: self.events.clone(),
             guard: Arc::clone(&self.guard),

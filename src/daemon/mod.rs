@@ -157,7 +157,6 @@ impl Daemon {
                 .with_ledger(Arc::new(ledger))
                 .with_tls_reports(Arc::clone(&tls_reports)),
         );
-        let (queue, inbox) = QueueManager::new(spool.clone(), shared, deliverer, events.clone());
         let control = crate::control::bind(&data_dir).with_context(|| {
             format!(
                 "cannot create the control socket {}",
@@ -165,7 +164,22 @@ impl Daemon {
             )
         })?;
         // One resolver (and one cache) for delivery and the checks.
-        let mut ctx = Context::new(config, Some(tls), spool, Some(resolver), events, guard);
+        let mut ctx = Context::new(
+            config,
+            Some(tls),
+            spool,
+            Some(resolver),
+            events.clone(),
+            guard,
+        );
+        // The sessions and the manager share one queue store.
+        let (queue, inbox) = QueueManager::new(
+            ctx.spool.clone(),
+            Arc::clone(&ctx.store),
+            shared,
+            deliverer,
+            events,
+        );
         ctx.queue = Some(queue.handle());
         ctx.transcripts = transcripts;
         ctx.notifier = Some(notifier);

@@ -41,6 +41,8 @@ enum Inbound {
     /// A message was just spooled (by a session, or a bounce we wrote).
     New(QueueId),
     Loaded(QueueId, Result<QueuedMessage, SpoolError>),
+    /// What the store gave this node from its due work (see `claim_due`).
+    Claimed(Result<Vec<(QueueId, QueuedMessage)>, SpoolError>),
     Command(QueueCommand, oneshot::Sender<QueueAnswer>),
     Done(QueueId, Done),
 }
@@ -198,6 +200,11 @@ impl Drop for AnswerWhenWritten {
 /// How often states kept in memory only are written (see `flush_unrecorded`).
 const UNRECORDED_FLUSH: Duration = Duration::from_secs(30);
 
+/// How often the store is asked for due work no live node holds (a shared
+/// store's: a dead node's messages are taken over at most this late after
+/// their lease ends).
+const CLAIM_EVERY: Duration = Duration::from_secs(10);
+
 /// Deferred messages still only in the journal that make a flush start at once.
 const JOURNALED_FLUSH_AT: usize = 256;
 
@@ -222,11 +229,14 @@ struct Queue {
     waiting: HashMap<QueueId, Vec<Arc<AnswerWhenWritten>>>,
     /// Deferred messages still only in the journal, since the last flush.
     journaled_unrecorded: usize,
+    /// A claim of due work from the store is under way.
+    claiming: bool,
 }
 
 impl QueueManager {
     pub fn new(
         spool: Spool,
+        store: Arc<dyn QueueStore>,
         config: Arc<Config>,
         deliverer: Arc<Deliverer>,
         events: Events,
@@ -237,7 +247,7 @@ impl QueueManager {
             global: Arc::new(Semaphore::new(config.delivery.concurrency)),
             per_domain: Mutex::new(HashMap::new()),
             handle: QueueHandle(tx),
-            store: Arc::new(spool.clone()),
+            store,
             spool,
             config: std::sync::RwLock::new(config),
             deliverer,
@@ -305,6 +315,7 @@ impl QueueManager {
             tasks: TaskTracker::new(),
             waiting: HashMap::new(),
             journaled_unrecorded: 0,
+            claiming: false,
         };
         for (id, e) in &q.index.entries {
             q.schedule.set(id.clone(), due_of(&e.state));
@@ -313,6 +324,8 @@ impl QueueManager {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut flush = tokio::time::interval(UNRECORDED_FLUSH);
         flush.tick().await;
+        let mut claim = tokio::time::interval(CLAIM_EVERY);
+        claim.tick().await;
         loop {
             let now = unix_now();
             while let Some(id) = q.schedule.pop_due(now) {
@@ -329,6 +342,7 @@ impl QueueManager {
                     self.forget_idle_domains();
                 }
                 _ = flush.tick() => self.flush_unrecorded(&mut q),
+                _ = claim.tick() => self.claim_due(&mut q),
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -389,9 +403,40 @@ impl QueueManager {
                     error: e.to_string(),
                 });
             }
+            Inbound::Claimed(claimed) => {
+                q.claiming = false;
+                match claimed {
+                    Ok(messages) => {
+                        for (id, m) in messages {
+                            self.handle_inbound(q, Inbound::Loaded(id, Ok(m)));
+                        }
+                    }
+                    Err(e) => self.events.emit(Event::SpoolProblem {
+                        queue_id: None,
+                        doing: "cannot claim due messages from the queue store",
+                        error: e.to_string(),
+                    }),
+                }
+            }
             Inbound::Command(cmd, reply) => self.command(q, cmd, reply),
             Inbound::Done(id, done) => self.job_done(q, id, done),
         }
+    }
+
+    /// Asks the store for due messages no live node holds (a shared
+    /// store's; the local one has none), one claim at a time.
+    fn claim_due(self: &Arc<Self>, q: &mut Queue) {
+        if q.claiming {
+            return;
+        }
+        q.claiming = true;
+        let store = Arc::clone(&self.store);
+        let handle = self.handle.clone();
+        let limit = self.config().delivery.concurrency;
+        q.tasks.spawn(async move {
+            let claimed = off_thread(move || store.claim_due(unix_now(), limit)).await;
+            let _ = handle.0.send(Inbound::Claimed(claimed));
+        });
     }
 
     /// Starts a delivery pass for a due message that no job owns.

@@ -8,10 +8,16 @@
 //! by another owner) answers `SpoolError::NotFound` and the manager drops
 //! its work on it.
 //!
-//! Acceptance (a session writing a new message) still goes through the
-//! spool's writer and committer directly; the store is the manager's view.
+//! A session receives a message's content into a `SpoolWriter` (memory,
+//! spilling to a local file when large) and hands it to `accept`, which
+//! makes it durable before the 250. A store shared by several nodes finds
+//! the work of a node that died through `claim_due`.
 
-use crate::spool::{MemoryCopy, MessageState, QueueId, QueuedMessage, Spool, SpoolError};
+use crate::spool::{
+    Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, Spool, SpoolError, SpoolWriter,
+};
+use std::future::Future;
+use std::pin::Pin;
 
 /// How far a write must have gone before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +38,28 @@ pub struct Loaded {
 }
 
 pub trait QueueStore: Send + Sync {
+    /// Makes a received message durable: when this returns Ok, the 250 may
+    /// be sent. `deliver_now`: the queue manager will deliver it at once
+    /// (not held), so a store may keep it where first deliveries are
+    /// cheapest (the local accept journal). The message comes back as
+    /// queued, for the manager.
+    fn accept(
+        &self,
+        content: SpoolWriter,
+        envelope: Envelope,
+        deliver_now: bool,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<QueuedMessage>> + Send + '_>>;
+
+    /// Messages due by `now` that no live node holds, taken for this node
+    /// (blocking; at most `limit`). The local store has none to give: a
+    /// single node holds every message it loaded at start and every one it
+    /// accepts. A shared store leases them here (owner, expiry, fence).
+    fn claim_due(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(QueueId, QueuedMessage)>, SpoolError>;
+
     /// Every message this node is to deliver, read at start (blocking), and
     /// the ones that could not be read (left in place).
     fn load_all(&self) -> std::io::Result<Loaded>;
@@ -64,6 +92,23 @@ pub trait QueueStore: Send + Sync {
 
 /// The single-node store: the local spool in `data_dir`.
 impl QueueStore for Spool {
+    fn accept(
+        &self,
+        content: SpoolWriter,
+        envelope: Envelope,
+        deliver_now: bool,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<QueuedMessage>> + Send + '_>> {
+        Box::pin(Spool::accept(self, content, envelope, deliver_now))
+    }
+
+    fn claim_due(
+        &self,
+        _now: i64,
+        _limit: usize,
+    ) -> Result<Vec<(QueueId, QueuedMessage)>, SpoolError> {
+        Ok(Vec::new())
+    }
+
     fn load_all(&self) -> std::io::Result<Loaded> {
         self.remove_orphan_states()?;
         let mut loaded = Vec::new();
@@ -170,5 +215,31 @@ mod tests {
         Write::Delete(id.clone()).carry_out(store, None).unwrap();
         assert!(store.load_all().unwrap().messages.is_empty());
         assert!(matches!(store.load(&id), Err(SpoolError::NotFound(_))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accepted_message_is_durable_and_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap().with_committer();
+        let store: std::sync::Arc<dyn QueueStore> = std::sync::Arc::new(spool.clone());
+        let id = QueueId::new();
+        let mut content = spool.begin(&id);
+        content.write(b"Subject: accepted\r\n\r\nbody\r\n");
+        let envelope = Envelope::for_test(&id, "a@x.test", &["b@y.test"]);
+        let queued = store.accept(content, envelope, true).await.unwrap();
+        // No journal on this spool: the message has a file of its own.
+        assert!(!queued.journaled);
+        assert_eq!(queued.envelope.id, id.as_str());
+        assert!(queued.memory.is_some(), "a small message stays in memory");
+        let loaded = store.load_all().unwrap();
+        assert_eq!(loaded.messages.len(), 1);
+        assert_eq!(loaded.messages[0].0, id);
+        assert!(
+            String::from_utf8(spool.read_body(&id).unwrap())
+                .unwrap()
+                .contains("Subject: accepted")
+        );
+        // A single node holds all its messages: nothing to claim.
+        assert!(store.claim_due(i64::MAX, 100).unwrap().is_empty());
     }
 }

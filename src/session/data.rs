@@ -4,16 +4,13 @@
 
 use super::incoming::Incoming;
 use super::received::{ReceivedFacts, received_header};
-use super::{Context, Flow, Session};
+use super::{Flow, Session};
 use crate::events::{CloseReason, Event, MessageRefusal};
 use crate::smtp::data::{DataDecoder, Mode, Progress};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::stream::StreamError;
-use crate::spool::{
-    ContentInfo, Envelope, EnvelopeRecipient, MemoryCopy, Origin, QueueId, SpoolWriter,
-};
+use crate::spool::{ContentInfo, Envelope, EnvelopeRecipient, Origin, QueueId, SpoolWriter};
 use std::io;
-use std::sync::Arc;
 use tokio::time::Instant;
 
 type Outcome = Result<Option<(Reply, Flow)>, StreamError>;
@@ -396,18 +393,19 @@ impl Session {
         );
         let mut envelope = envelope;
         envelope.hold = tx.hold;
-        let body_len = writer.body_len();
-        match store(&self.ctx, writer, &queue_id, &envelope).await {
-            Ok(stored) => {
+        // A message the queue manager will deliver at once may go to the
+        // shared journal; a held one, or one with no manager, gets a file.
+        let deliver_now = self.ctx.queue.is_some() && !envelope.hold;
+        match self
+            .ctx
+            .store
+            .accept(writer, envelope.clone(), deliver_now)
+            .await
+        {
+            Ok(queued) => {
                 self.messages += 1;
                 self.ctx.checks.count_message(self.ip, self.user.as_deref());
                 if let Some(q) = &self.ctx.queue {
-                    let queued = self.ctx.spool.just_queued(
-                        envelope.clone(),
-                        body_len,
-                        stored.memory,
-                        stored.journaled,
-                    );
                     q.notify_queued(queue_id.clone(), queued);
                 }
                 self.emit(Event::MessageAccepted {
@@ -440,69 +438,6 @@ impl Session {
             }
         }
     }
-}
-
-/// How an accepted message was made durable.
-struct Stored {
-    /// Its content in memory, for the first delivery.
-    memory: Option<Arc<MemoryCopy>>,
-    /// In the shared journal only (no file in `queue/` yet).
-    journaled: bool,
-}
-
-/// Makes the message durable before the 250. A small message bound for
-/// the queue manager goes to the shared journal (one sync for every
-/// message accepted meanwhile); any other gets its own file.
-async fn store(
-    ctx: &Context,
-    writer: SpoolWriter,
-    id: &QueueId,
-    envelope: &Envelope,
-) -> io::Result<Stored> {
-    let journal = ctx
-        .spool
-        .journal()
-        .filter(|_| ctx.queue.is_some() && !envelope.hold);
-    let writer = match journal {
-        Some(journal) => match writer.into_image(envelope) {
-            Ok((image, body_len)) => match MemoryCopy::keep_image(image, body_len) {
-                Ok(copy) => {
-                    journal.append(&envelope.id, Arc::clone(&copy)).await?;
-                    return Ok(Stored {
-                        memory: Some(copy),
-                        journaled: true,
-                    });
-                }
-                // Over the memory budget: a file of its own after all.
-                Err(image) => {
-                    let mut writer = ctx.spool.begin(id);
-                    writer.write(&image[..body_len as usize]);
-                    writer
-                }
-            },
-            Err(writer) => writer,
-        },
-        None => writer,
-    };
-    let env = envelope.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
-        let mut prepared = writer.prepare(&env)?;
-        let content = prepared.take_content();
-        Ok((prepared.publish_if_durable()?, content))
-    })
-    .await
-    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))?;
-    let content = match prepared {
-        (None, content) => content,
-        (Some(p), content) => {
-            ctx.committer.publish(p).await?;
-            content
-        }
-    };
-    Ok(Stored {
-        memory: content.and_then(MemoryCopy::keep),
-        journaled: false,
-    })
 }
 
 fn spool_error_reply(e: &io::Error) -> Reply {

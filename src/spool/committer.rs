@@ -74,7 +74,7 @@ mod tests {
     async fn concurrent_publications_all_land_in_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let committer = spool.committer();
+        let committer = super::Committer::start(spool.queue_dir());
         let mut tasks = Vec::new();
         for i in 0..60 {
             let spool = spool.clone();

@@ -24,6 +24,7 @@
 //! Ids are `QueueId`s throughout the public API: a string read from
 //! elsewhere is checked (`QueueId::parse`) before it names a file.
 
+mod accept;
 mod committer;
 mod envelope;
 pub mod journal;
@@ -55,6 +56,9 @@ pub struct Spool {
     slots: Option<std::sync::Arc<slots::Slots>>,
     /// Where small new messages are made durable together (the server's).
     journal: Option<Journal>,
+    /// Publishes new message files in batches (the server's; without it,
+    /// each is published on its own).
+    committer: Option<Committer>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -100,6 +104,7 @@ impl Spool {
             root,
             slots: None,
             journal: None,
+            committer: None,
         })
     }
 
@@ -252,12 +257,16 @@ impl Spool {
             root: data_dir.to_path_buf(),
             slots: None,
             journal: None,
+            committer: None,
         })
     }
 
     /// Starts the group-commit task for this spool (needs a Tokio runtime).
-    pub fn committer(&self) -> Committer {
-        Committer::start(self.queue_dir())
+    /// The same spool, publishing new message files through a committer
+    /// task (one directory sync per batch; needs a Tokio runtime).
+    pub fn with_committer(mut self) -> Spool {
+        self.committer = Some(Committer::start(self.queue_dir()));
+        self
     }
 
     pub fn root(&self) -> &Path {
