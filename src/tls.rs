@@ -66,29 +66,21 @@ pub fn ensure_cert(
         let (cert_pem, key_pem) = self_signed(hostname)?;
         fs::create_dir_all(&dir)
             .map_err(|e| TlsError::Generate(format!("{}: {e}", dir.display())))?;
-        write_private(&key, key_pem.as_bytes())?;
-        fs::write(&cert, cert_pem)
-            .map_err(|e| TlsError::Generate(format!("{}: {e}", cert.display())))?;
+        // The key first: a crash between the two leaves no certificate,
+        // and both are made again at the next start.
+        let written = |path: &Path, bytes: &[u8], mode: u32| {
+            let new = crate::fsio::NewFile { mode, owner: None };
+            crate::fsio::replace(path, bytes, new)
+                .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))
+        };
+        written(&key, key_pem.as_bytes(), 0o600)?;
+        written(&cert, cert_pem.as_bytes(), 0o644)?;
     }
     Ok(CertSource {
         cert,
         key,
         generated: true,
     })
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))?;
-    f.write_all(bytes)
-        .map_err(|e| TlsError::Generate(format!("{}: {e}", path.display())))
 }
 
 /// A self-signed certificate for `hostname` (PEM cert, PEM key).
@@ -171,6 +163,17 @@ mod tests {
         let first = fs::read(&src.cert).unwrap();
         let again = ensure_cert(None, None, dir.path(), "relay.test").unwrap();
         assert_eq!(fs::read(again.cert).unwrap(), first);
+        // The key is a secret: its owner's alone; the certificate is public.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&src.key), 0o600);
+        assert_eq!(mode(&src.cert), 0o644);
+        // Written whole through a temporary file: none is left beside them.
+        let names: Vec<_> = fs::read_dir(dir.path().join("tls"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]
