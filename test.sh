@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Portcullis test suite. Installs the third-party peers the
-# tests talk to (swaks with TLS support, python3, Postfix's smtp-sink, iproute2)
+# tests talk to (swaks with TLS support, python3, Postfix's smtp-sink, iproute2,
+# PostgreSQL, HAProxy, Chromium)
 # when they are missing. Run as root: the audit test makes a network namespace.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,6 +35,9 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # DKIM signatures are checked by an independent verifier: dkimpy (python3-dkim),
 # with PyNaCl for Ed25519 and dnspython to ask the test's DNS server.
 /usr/bin/python3 -c 'import dkim, nacl, dns.resolver' >/dev/null 2>&1 || need_apt+=(python3-dkim python3-nacl python3-dnspython)
+# The cluster's queue store is tested against a real PostgreSQL (a server
+# of the test's own in a temp dir, run as the postgres system user).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql-15)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test.sh: installing ${need_apt[*]}"
@@ -41,6 +45,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     # Postfix is wanted only for its smtp-sink/smtp-source tools: no mail system, no daemon on port 25.
     echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+    # No system PostgreSQL cluster: each test starts its own.
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
     $SUDO postfix stop >/dev/null 2>&1 || true

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod cli;
 pub mod client_tls;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod counters;

@@ -18,7 +18,7 @@ pub use control::{
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
-pub use store::{Durability, QueueStore};
+pub use store::{Durability, Loaded, QueueStore};
 pub use work::route_facts;
 
 use crate::config::Config;

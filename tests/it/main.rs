@@ -13,6 +13,7 @@ mod browser;
 mod checks;
 mod cli;
 mod clients;
+mod cluster;
 mod delivery;
 mod diagnostics;
 mod durability;

@@ -6,6 +6,7 @@ pub mod dns;
 pub mod netns;
 pub mod oauth_peer;
 pub mod postfix_mta;
+pub mod postgres;
 pub mod server;
 pub mod sink;
 pub mod sts_peer;

@@ -1,0 +1,14 @@
+//! Several nodes sharing one queue: the queue store on PostgreSQL with
+//! fenced leases (`pg_store.rs`), its schema (`schema.rs`).
+//!
+//! A node holds a message under a lease: an owner, an expiry and a fence
+//! counter that grows each time the message changes hands. Every write a
+//! node makes names the fence it holds, so a node whose lease was taken
+//! over (it stalled, or lost the network) changes nothing and drops its
+//! work on that message: at least once, never zero times, and never two
+//! owners writing.
+
+mod pg_store;
+mod schema;
+
+pub use pg_store::PgStore;

@@ -1,0 +1,401 @@
+//! The queue store on PostgreSQL (see the module doc of `cluster` for the
+//! leases). A message is one row: envelope and state as JSON text, the
+//! content as bytea, committed in one transaction before the 250 (with
+//! `synchronous_commit = on` and a synchronous standby, on two machines).
+//! Lease times use the database's clock, so that nodes whose clocks differ
+//! still agree on when a lease ends.
+//!
+//! The trait's blocking methods run on a blocking thread (the queue
+//! manager calls them through `spool::off_thread`) and wait there for the
+//! database; the content a node delivers is copied into `cache_dir`, where
+//! the delivery code reads message files.
+
+use crate::queue::{Durability, Loaded, QueueStore};
+use crate::spool::{
+    Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, SpoolError, SpoolWriter,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The database's "now", in unix seconds.
+const NOW: &str = "extract(epoch from now())::bigint";
+
+pub struct PgStore {
+    pool: deadpool_postgres::Pool,
+    node: i32,
+    lease: i64,
+    /// The fence this node holds for each message it owns.
+    fences: Mutex<HashMap<QueueId, i64>>,
+    /// Where the content of the messages this node delivers is copied.
+    cache_dir: PathBuf,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("node", &self.node).finish()
+    }
+}
+
+fn db_error(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Io(std::io::Error::other(format!("queue database: {e}")))
+}
+
+impl PgStore {
+    /// Connects (`database`: a libpq-style URL or key=value string; several
+    /// hosts with `target_session_attrs=read-write` find the primary),
+    /// creates the schema when missing. Call inside the Tokio runtime.
+    pub async fn connect(
+        database: &str,
+        node: u8,
+        lease: Duration,
+        pool_size: usize,
+        cache_dir: PathBuf,
+    ) -> Result<PgStore, String> {
+        let config: tokio_postgres::Config = database
+            .parse()
+            .map_err(|e| format!("cluster.database: {e}"))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|e| format!("cluster.database: {e}"))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| format!("cluster.database: cannot connect: {e}"))?;
+        crate::cluster::schema::ensure(&mut client)
+            .await
+            .map_err(|e| format!("cluster.database: cannot create the tables: {e}"))?;
+        std::fs::create_dir_all(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+        Ok(PgStore {
+            pool,
+            node: i32::from(node),
+            lease: lease.as_secs().max(1) as i64,
+            fences: Mutex::new(HashMap::new()),
+            cache_dir,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn fences(&self) -> std::sync::MutexGuard<'_, HashMap<QueueId, i64>> {
+        self.fences.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fence_of(&self, id: &QueueId) -> Result<i64, SpoolError> {
+        self.fences()
+            .get(id)
+            .copied()
+            .ok_or_else(|| SpoolError::NotFound(id.to_string()))
+    }
+
+    /// Waits for `fut` on this blocking thread.
+    fn wait<T>(&self, fut: impl Future<Output = T>) -> T {
+        self.runtime.block_on(fut)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, SpoolError> {
+        self.pool.get().await.map_err(db_error)
+    }
+
+    /// A row as the queue manager wants it: the content copied to the cache.
+    fn message(
+        &self,
+        id: &str,
+        envelope: &str,
+        state: &str,
+        body: Vec<u8>,
+    ) -> Result<(QueueId, QueuedMessage), SpoolError> {
+        let qid = QueueId::parse(id).ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
+        let bad = |reason: String| SpoolError::BadEnvelope {
+            path: self.cache_dir.join(id),
+            reason,
+        };
+        let envelope: Envelope = serde_json::from_str(envelope).map_err(|e| bad(e.to_string()))?;
+        let state: MessageState = serde_json::from_str(state).map_err(|e| bad(e.to_string()))?;
+        let path = self.cache_dir.join(id);
+        // A cache: lost with the machine, read back from the database.
+        std::fs::write(&path, &body)?;
+        let body_len = body.len() as u64;
+        Ok((
+            qid,
+            QueuedMessage {
+                envelope,
+                state,
+                path,
+                body_len,
+                memory: MemoryCopy::keep(body),
+                journaled: false,
+            },
+        ))
+    }
+
+    /// Rows taken or renewed by this node, with their fences remembered.
+    fn taken(&self, rows: Vec<tokio_postgres::Row>) -> Result<Loaded, SpoolError> {
+        let mut messages = Vec::new();
+        let mut unreadable = Vec::new();
+        for row in rows {
+            let id: String = row.get("id");
+            let fence: i64 = row.get("fence");
+            match self.message(&id, row.get("envelope"), row.get("state"), row.get("body")) {
+                Ok((qid, m)) => {
+                    self.fences().insert(qid.clone(), fence);
+                    messages.push((qid, m));
+                }
+                Err(e) => unreadable.push((id, e)),
+            }
+        }
+        Ok(Loaded {
+            messages,
+            unreadable,
+        })
+    }
+
+    async fn accept_async(
+        &self,
+        content: SpoolWriter,
+        envelope: Envelope,
+    ) -> std::io::Result<QueuedMessage> {
+        let body = tokio::task::spawn_blocking(move || {
+            let mut content = content;
+            content.content()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let state = MessageState::initial(&envelope);
+        let id = QueueId::parse(&envelope.id)
+            .ok_or_else(|| std::io::Error::other("a message without a queue id"))?;
+        let envelope_json = serde_json::to_string(&envelope).map_err(std::io::Error::other)?;
+        let state_json = serde_json::to_string(&state).map_err(std::io::Error::other)?;
+        let client = self.client().await.map_err(std::io::Error::other)?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO portcullis_message
+                       (id, envelope, state, body, held, next_due, owner, lease_until, fence)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW} + $8, 1)"
+                ),
+                &[
+                    &id.as_str(),
+                    &envelope_json,
+                    &state_json,
+                    &body,
+                    &state.held,
+                    &state.next_due(),
+                    &self.node,
+                    &self.lease,
+                ],
+            )
+            .await
+            .map_err(|e| std::io::Error::other(db_error(e).to_string()))?;
+        self.fences().insert(id.clone(), 1);
+        let path = self.cache_dir.join(id.as_str());
+        let body_len = body.len() as u64;
+        let memory = MemoryCopy::keep(body.clone());
+        tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::write(path, body)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(QueuedMessage {
+            envelope,
+            state,
+            path,
+            body_len,
+            memory,
+            journaled: false,
+        })
+    }
+}
+
+impl QueueStore for PgStore {
+    fn accept(
+        &self,
+        content: SpoolWriter,
+        envelope: Envelope,
+        _deliver_now: bool,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<QueuedMessage>> + Send + '_>> {
+        Box::pin(self.accept_async(content, envelope))
+    }
+
+    /// This node's own messages (after a restart): taken again with a new fence.
+    fn load_all(&self) -> std::io::Result<Loaded> {
+        let rows = self
+            .wait(async {
+                let client = self.client().await?;
+                client
+                    .query(
+                        &format!(
+                            "UPDATE portcullis_message
+                                SET fence = fence + 1, lease_until = {NOW} + $2
+                              WHERE owner = $1
+                          RETURNING id, envelope, state, body, fence"
+                        ),
+                        &[&self.node, &self.lease],
+                    )
+                    .await
+                    .map_err(db_error)
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.taken(rows)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError> {
+        let row = self.wait(async {
+            let client = self.client().await?;
+            client
+                .query_opt(
+                    "SELECT id, envelope, state, body, fence FROM portcullis_message
+                      WHERE id = $1 AND owner = $2",
+                    &[&id.as_str(), &self.node],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        let row = row.ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
+        let mut loaded = self.taken(vec![row])?;
+        match (loaded.messages.pop(), loaded.unreadable.pop()) {
+            (Some((_, m)), _) => Ok(m),
+            (None, Some((_, e))) => Err(e),
+            (None, None) => Err(SpoolError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Renews this node's leases, then takes due messages whose lease ended
+    /// (a node that died or stalled), each with a new fence.
+    fn claim_due(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(QueueId, QueuedMessage)>, SpoolError> {
+        let limit = limit.max(1) as i64;
+        let rows = self.wait(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    &format!(
+                        "UPDATE portcullis_message SET lease_until = {NOW} + $2 WHERE owner = $1"
+                    ),
+                    &[&self.node, &self.lease],
+                )
+                .await
+                .map_err(db_error)?;
+            client
+                .query(
+                    &format!(
+                        "UPDATE portcullis_message m
+                            SET owner = $1, lease_until = {NOW} + $2, fence = m.fence + 1
+                           FROM (SELECT id FROM portcullis_message
+                                  WHERE NOT held AND next_due <= $3
+                                    AND (owner IS NULL OR lease_until < {NOW})
+                                    AND owner IS DISTINCT FROM $1
+                                  ORDER BY next_due
+                                  LIMIT $4
+                                  FOR UPDATE SKIP LOCKED) due
+                          WHERE m.id = due.id
+                      RETURNING m.id, m.envelope, m.state, m.body, m.fence"
+                    ),
+                    &[&self.node, &self.lease, &now, &limit],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        Ok(self.taken(rows)?.messages)
+    }
+
+    /// Nothing to settle: a message is whole in the database from its 250.
+    fn settle(&self, messages: &[(&QueueId, &MemoryCopy)]) -> Vec<Result<bool, SpoolError>> {
+        messages.iter().map(|_| Ok(true)).collect()
+    }
+
+    /// Fenced: a node that lost the message's lease changes nothing.
+    fn record_state(
+        &self,
+        id: &QueueId,
+        state: &MessageState,
+        _durability: Durability,
+    ) -> Result<(), SpoolError> {
+        let fence = self.fence_of(id)?;
+        let json = serde_json::to_string(state).map_err(|e| db_error(e.to_string()))?;
+        let changed = self.wait(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    &format!(
+                        "UPDATE portcullis_message
+                            SET state = $4, held = $5, next_due = $6, lease_until = {NOW} + $7
+                          WHERE id = $1 AND owner = $2 AND fence = $3"
+                    ),
+                    &[
+                        &id.as_str(),
+                        &self.node,
+                        &fence,
+                        &json,
+                        &state.held,
+                        &state.next_due(),
+                        &self.lease,
+                    ],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        if changed == 0 {
+            self.fences().remove(id);
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// An admin's delete: whoever holds the message.
+    fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.remove(
+            id,
+            "DELETE FROM portcullis_message WHERE id = $1",
+            &[&id.as_str()],
+        )
+    }
+
+    /// Fenced like `record_state`.
+    fn finish(&self, id: &QueueId, _journaled: bool) -> Result<(), SpoolError> {
+        let fence = self.fence_of(id)?;
+        self.remove(
+            id,
+            "DELETE FROM portcullis_message WHERE id = $1 AND owner = $2 AND fence = $3",
+            &[&id.as_str(), &self.node, &fence],
+        )
+    }
+}
+
+impl PgStore {
+    /// Deletes the row as `sql` says; the cached content and the fence go
+    /// too. `NotFound` when no row matched (deleted, or taken over).
+    fn remove(
+        &self,
+        id: &QueueId,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), SpoolError> {
+        let removed = self.wait(async {
+            let client = self.client().await?;
+            client.execute(sql, params).await.map_err(db_error)
+        })?;
+        self.fences().remove(id);
+        let _ = std::fs::remove_file(self.cache_dir.join(id.as_str()));
+        if removed == 0 {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! The tables a cluster keeps in PostgreSQL, created at start by the first
+//! node (under an advisory lock, so that nodes starting together do not
+//! race) and left as they are by the others.
+
+/// `pg_advisory_xact_lock` key for schema changes ("PORTCULL").
+const SCHEMA_LOCK: i64 = 0x504f_5254_4355_4c4c;
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS portcullis_message (
+    id          text PRIMARY KEY,
+    envelope    text NOT NULL,
+    state       text NOT NULL,
+    body        bytea NOT NULL,
+    held        boolean NOT NULL,
+    -- unix seconds; NULL: nothing is due (all recipients done)
+    next_due    bigint,
+    -- the node that holds the message, until lease_until (unix seconds, the database's clock)
+    owner       integer,
+    lease_until bigint NOT NULL DEFAULT 0,
+    -- grows each time the message changes hands; every write names it
+    fence       bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS portcullis_message_due ON portcullis_message (next_due) WHERE NOT held;
+CREATE INDEX IF NOT EXISTS portcullis_message_owner ON portcullis_message (owner);
+";
+
+/// Creates the tables when missing.
+pub async fn ensure(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    tx.batch_execute(TABLES).await?;
+    tx.commit().await
+}

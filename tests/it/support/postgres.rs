@@ -1,0 +1,142 @@
+//! A PostgreSQL server of the test's own: a data directory made with
+//! Debian's `initdb` in a temporary directory, the server on a free
+//! loopback port, stopped (fast shutdown) when dropped. As root it runs as
+//! the `postgres` system user (PostgreSQL refuses to run as root).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestPostgres {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+}
+
+/// Debian's PostgreSQL binaries (the newest installed major version).
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (./test.sh installs postgresql-15)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("an initdb under /usr/lib/postgresql")
+}
+
+/// The user PostgreSQL runs as: `postgres` when we are root, else ourselves.
+fn run_as() -> Option<(u32, u32)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
+    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let out = Command::new("id")
+        .args(["-g", "postgres"])
+        .output()
+        .unwrap();
+    let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    Some((uid, gid))
+}
+
+fn as_db_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+impl TestPostgres {
+    pub fn start() -> TestPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let user = run_as();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let bin = bin_dir();
+        let out = as_db_user(
+            Command::new(bin.join("initdb"))
+                .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
+                .arg(&data),
+            user,
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = super::free_port("127.0.0.1");
+        let child = as_db_user(
+            Command::new(bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .arg("-k")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            user,
+        )
+        .spawn()
+        .unwrap();
+        let pg = TestPostgres {
+            _dir: dir,
+            child,
+            port,
+        };
+        pg.wait_ready(Duration::from_secs(30));
+        pg
+    }
+
+    /// The connection string nodes are given.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let ready = Command::new(bin_dir().join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "PostgreSQL did not start on port {} within {limit:?}",
+            self.port
+        );
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        // SIGINT: "fast" shutdown, bounded.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
