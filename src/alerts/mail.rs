@@ -15,12 +15,14 @@ pub async fn queue_notice(
     let id = QueueId::new();
     let message = compose(&ctx.hostname, to, subject, body, &id);
     crate::queue::local_mail::submit(
-        &ctx.spool,
-        ctx.queue.as_ref(),
-        &ctx.hostname,
-        &id,
-        to,
-        message.into_bytes(),
+        ctx.queueing(),
+        crate::queue::local_mail::LocalMail {
+            id: &id,
+            hostname: &ctx.hostname,
+            to,
+            message: message.into_bytes(),
+            smtputf8: false,
+        },
     )
     .await?;
     Ok(id)

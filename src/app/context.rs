@@ -37,6 +37,15 @@ pub struct Context {
 }
 
 impl Context {
+    /// The way our own mail (alert notices, TLS reports) enters the queue.
+    pub fn queueing(&self) -> crate::queue::local_mail::Queueing<'_> {
+        crate::queue::local_mail::Queueing {
+            store: &*self.store,
+            spool: &self.spool,
+            queue: self.queue.as_ref(),
+        }
+    }
+
     /// Whether `ip` is a trusted network's client whose trust the guard has
     /// not withdrawn: one answer for sessions, connection admission and the
     /// admin page's logins.

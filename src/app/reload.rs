@@ -76,8 +76,12 @@ pub fn read_config(path: Option<&PathBuf>, old: &Config) -> Result<Config, Strin
             config.server.data_dir.display().to_string()
         ));
     }
-    if config.server.node_id != old.server.node_id {
+    if config.node_id() != old.node_id() {
         return Err("server.node_id cannot change on reload; restart the server".into());
+    }
+    let database = |c: &Config| c.cluster.as_ref().map(|c| c.database.clone());
+    if database(&config) != database(old) {
+        return Err("[cluster] database cannot change on reload; restart the server".into());
     }
     Ok(config)
 }

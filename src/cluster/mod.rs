@@ -1,5 +1,6 @@
 //! Several nodes sharing one queue: the queue store on PostgreSQL with
-//! fenced leases (`pg_store.rs`), its schema (`schema.rs`).
+//! fenced leases (`pg_store.rs`), its schema (`schema.rs`), the nodes'
+//! register (`nodes.rs`: unique node numbers, signs of life).
 //!
 //! A node holds a message under a lease: an owner, an expiry and a fence
 //! counter that grows each time the message changes hands. Every write a
@@ -8,6 +9,7 @@
 //! work on that message: at least once, never zero times, and never two
 //! owners writing.
 
+mod nodes;
 mod pg_store;
 mod schema;
 

@@ -10,16 +10,19 @@
 //! database; the content a node delivers is copied into `cache_dir`, where
 //! the delivery code reads message files.
 
+use crate::config::ClusterConfig;
 use crate::queue::{Durability, Loaded, QueueStore};
 use crate::spool::{
     Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, SpoolError, SpoolWriter,
 };
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::time::Duration;
+
+/// The longest wait for a connection from the pool, or a new one.
+const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The database's "now", in unix seconds.
 const NOW: &str = "extract(epoch from now())::bigint";
@@ -49,16 +52,27 @@ impl PgStore {
     /// Connects (`database`: a libpq-style URL or key=value string; several
     /// hosts with `target_session_attrs=read-write` find the primary),
     /// creates the schema when missing. Call inside the Tokio runtime.
+    /// The node registers itself (`cluster.node_id` must not be held by
+    /// another live node); `hostname` and `data_dir` say which machine and
+    /// installation it is, so that the same one restarting takes its
+    /// number back at once.
     pub async fn connect(
-        database: &str,
-        node: u8,
-        lease: Duration,
-        pool_size: usize,
-        cache_dir: PathBuf,
+        cluster: &ClusterConfig,
+        hostname: &str,
+        data_dir: &Path,
     ) -> Result<PgStore, String> {
-        let config: tokio_postgres::Config = database
+        let node = cluster.node_id;
+        let lease = cluster.lease.get();
+        let mut config: tokio_postgres::Config = cluster
+            .database
             .parse()
             .map_err(|e| format!("cluster.database: {e}"))?;
+        config.connect_timeout(DB_WAIT);
+        if let Some(path) = &cluster.password_file {
+            let password = std::fs::read_to_string(path)
+                .map_err(|e| format!("cluster.password_file {}: {e}", path.display()))?;
+            config.password(password.trim_end_matches(['\r', '\n']));
+        }
         let manager = deadpool_postgres::Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -66,8 +80,14 @@ impl PgStore {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
         );
+        // Bounded waits: a database that does not answer makes a session
+        // answer 451 within seconds instead of hanging.
         let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(cluster.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(DB_WAIT))
+            .create_timeout(Some(DB_WAIT))
+            .recycle_timeout(Some(DB_WAIT))
             .build()
             .map_err(|e| format!("cluster.database: {e}"))?;
         let mut client = pool
@@ -77,11 +97,14 @@ impl PgStore {
         crate::cluster::schema::ensure(&mut client)
             .await
             .map_err(|e| format!("cluster.database: cannot create the tables: {e}"))?;
+        let lease_secs = lease.as_secs().max(1) as i64;
+        super::nodes::register(&client, node, hostname, data_dir, lease_secs).await?;
+        let cache_dir = data_dir.join("cluster-cache");
         std::fs::create_dir_all(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
         Ok(PgStore {
             pool,
             node: i32::from(node),
-            lease: lease.as_secs().max(1) as i64,
+            lease: lease_secs,
             fences: Mutex::new(HashMap::new()),
             cache_dir,
             runtime: tokio::runtime::Handle::current(),
@@ -283,6 +306,9 @@ impl QueueStore for PgStore {
         let limit = limit.max(1) as i64;
         let rows = self.wait(async {
             let client = self.client().await?;
+            super::nodes::heartbeat(&client, self.node)
+                .await
+                .map_err(db_error)?;
             client
                 .execute(
                     &format!(

@@ -22,6 +22,13 @@ CREATE TABLE IF NOT EXISTS portcullis_message (
 );
 CREATE INDEX IF NOT EXISTS portcullis_message_due ON portcullis_message (next_due) WHERE NOT held;
 CREATE INDEX IF NOT EXISTS portcullis_message_owner ON portcullis_message (owner);
+CREATE TABLE IF NOT EXISTS portcullis_node (
+    node_id     integer PRIMARY KEY,
+    hostname    text NOT NULL,
+    data_dir    text NOT NULL,
+    -- unix seconds, the database's clock; renewed with the node's leases
+    last_seen   bigint NOT NULL
+);
 ";
 
 /// Creates the tables when missing.

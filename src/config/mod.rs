@@ -4,6 +4,7 @@
 mod admin;
 mod archive;
 mod checks;
+mod cluster;
 mod delivery;
 mod dkim;
 mod duration;
@@ -16,6 +17,7 @@ mod open_relay;
 mod smarthost;
 mod validate;
 mod validate_archive;
+mod validate_cluster;
 mod validate_dkim;
 mod validate_notify;
 mod validate_outbound_tls;
@@ -29,6 +31,7 @@ pub use checks::{
     AddressPattern, ChecksConfig, DnsListZone, HeloCheck, LimitsConfig, ListsConfig, OnDnsError,
     PregreetCheck, ReverseDnsCheck, SenderDomainCheck,
 };
+pub use cluster::ClusterConfig;
 pub use delivery::{
     BounceAttach, DeliveryConfig, DeliveryMode, NextHop, OutboundTls, RouteConfig, SmarthostTls,
     Switch,
@@ -107,6 +110,9 @@ pub struct Config {
     pub guard: GuardConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Several nodes sharing one queue in PostgreSQL (absent: a local queue).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -559,6 +565,14 @@ impl Config {
     /// Every warning and error about this configuration, for check-config and the log at start.
     pub fn findings(&self) -> Vec<Finding> {
         validate::findings(self)
+    }
+
+    /// The node part of the queue ids this node mints: `cluster.node_id`
+    /// in a cluster, else `server.node_id`.
+    pub fn node_id(&self) -> u8 {
+        self.cluster
+            .as_ref()
+            .map_or(self.server.node_id, |c| c.node_id)
     }
 
     pub fn hostname(&self) -> String {

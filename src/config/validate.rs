@@ -76,6 +76,7 @@ pub fn findings(c: &Config) -> Vec<Finding> {
     check_delivery(c, &mut out);
     super::validate_routes::check(c, &mut out);
     super::validate_archive::check(c, &mut out);
+    super::validate_cluster::check(c, &mut out);
     super::validate_notify::check(c, &mut out);
     super::validate_dkim::check(c, &mut out);
     super::validate_outbound_tls::check(c, &mut out);

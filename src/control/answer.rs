@@ -80,7 +80,7 @@ impl ServerSide {
         Answer::Status(Box::new(Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            node_id: ctx.config.server.node_id,
+            node_id: ctx.config.node_id(),
             hostname: ctx.hostname.clone(),
             started_at: self.started_at,
             config_file: self.config_file.as_ref().map(|p| p.display().to_string()),

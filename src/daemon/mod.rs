@@ -54,7 +54,7 @@ impl Daemon {
     /// Prepares the spool, TLS and users, and binds every listener.
     pub async fn bind(config: Config) -> anyhow::Result<Daemon> {
         let data_dir = config.server.data_dir.clone();
-        crate::spool::set_node(config.server.node_id);
+        crate::spool::set_node(config.node_id());
         let spool = Spool::open(&data_dir).with_context(|| {
             format!(
                 "cannot create the spool in server.data_dir = {}",
@@ -172,6 +172,17 @@ impl Daemon {
             events.clone(),
             guard,
         );
+        if let Some(cluster) = &ctx.config.cluster {
+            let store = crate::cluster::PgStore::connect(cluster, &ctx.hostname, &data_dir)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            info!(
+                node = cluster.node_id,
+                "the queue is shared in {}",
+                cluster.database_shown()
+            );
+            ctx.store = Arc::new(store);
+        }
         // The sessions and the manager share one queue store.
         let (queue, inbox) = QueueManager::new(
             ctx.spool.clone(),

@@ -102,12 +102,14 @@ async fn by_mail(
         )
         .map_err(|e| e.to_string())?;
     crate::queue::local_mail::submit(
-        &ctx.spool,
-        ctx.queue.as_ref(),
-        host,
-        &crate::spool::QueueId::new(),
-        address,
-        message.into_bytes(),
+        ctx.queueing(),
+        crate::queue::local_mail::LocalMail {
+            id: &crate::spool::QueueId::new(),
+            hostname: host,
+            to: address,
+            message: message.into_bytes(),
+            smtputf8: false,
+        },
     )
     .await
 }

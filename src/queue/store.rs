@@ -168,15 +168,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = QueueId::new();
-        crate::queue::local_mail::write(
-            &spool,
-            &id,
-            "relay.test",
-            "to@example.net",
-            b"Subject: x\r\n\r\nbody\r\n",
-            false,
-        )
-        .unwrap();
+        let mut w = spool.begin(&id);
+        w.write(b"Subject: x\r\n\r\nbody\r\n");
+        w.commit(&Envelope::for_test(&id, "a@x.test", &["to@example.net"]))
+            .unwrap();
         (dir, spool, id)
     }
 

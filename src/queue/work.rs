@@ -471,16 +471,21 @@ impl QueueManager {
             },
             &bounce_id,
         );
-        let (spool, bid, host, to) = (
-            self.spool.clone(),
-            bounce_id.clone(),
-            self.hostname.clone(),
-            env.sender.clone(),
-        );
-        let smtputf8 = env.smtputf8;
-        let written =
-            off_thread(move || super::local_mail::write(&spool, &bid, &host, &to, &dsn, smtputf8))
-                .await;
+        let written = super::local_mail::submit(
+            super::local_mail::Queueing {
+                store: &*self.store,
+                spool: &self.spool,
+                queue: Some(&self.handle),
+            },
+            super::local_mail::LocalMail {
+                id: &bounce_id,
+                hostname: &self.hostname,
+                to: &env.sender,
+                message: dsn,
+                smtputf8: env.smtputf8,
+            },
+        )
+        .await;
         match written {
             Ok(()) => {
                 self.events.emit(Event::ReportQueued {
@@ -493,7 +498,6 @@ impl QueueManager {
                     },
                     recipients: rcpts.len(),
                 });
-                self.handle.notify(bounce_id.clone());
                 true
             }
             Err(e) => {

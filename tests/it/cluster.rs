@@ -4,6 +4,7 @@
 
 use crate::support::postgres::TestPostgres;
 use portcullis::cluster::PgStore;
+use portcullis::config::{ClusterConfig, ConfigDuration};
 use portcullis::queue::{Durability, QueueStore};
 use portcullis::spool::{ContentInfo, Envelope, EnvelopeRecipient, Origin, QueueId, Spool};
 use std::sync::Arc;
@@ -11,8 +12,20 @@ use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(2);
 
+fn cluster(pg: &TestPostgres, id: u8) -> ClusterConfig {
+    ClusterConfig {
+        node_id: id,
+        database: pg.url(),
+        lease: ConfigDuration(LEASE),
+        password_file: None,
+        pool_size: 2,
+    }
+}
+
+/// Node `id` of the cluster, its data directory in `dir`.
 async fn node(pg: &TestPostgres, id: u8, dir: &std::path::Path) -> Arc<PgStore> {
-    let store = PgStore::connect(&pg.url(), id, LEASE, 2, dir.join(format!("cache-{id}")))
+    let data = dir.join(format!("node-{id}"));
+    let store = PgStore::connect(&cluster(pg, id), "relay.test", &data)
         .await
         .unwrap_or_else(|e| panic!("node {id}: {e}"));
     Arc::new(store)
@@ -43,6 +56,29 @@ fn received(spool: &Spool, text: &str) -> (QueueId, portcullis::spool::SpoolWrit
         },
     );
     (id, writer, envelope)
+}
+
+/// The config file of a node run as its own process: the LAN trusted,
+/// `extra` (delivery settings), and `[cluster]` on `pg` with a 2 s lease.
+fn process_config(
+    pg: &TestPostgres,
+    id: u8,
+    dir: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    let ca = crate::support::tls::TestCa::generate(dir);
+    let text = crate::support::server::complete_config(
+        &format!(
+            "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n{extra}\
+             [cluster]\nnode_id = {id}\ndatabase = \"{}\"\nlease = \"2s\"\npool_size = 2\n",
+            pg.url()
+        ),
+        dir,
+        &ca,
+    );
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// Runs a blocking store call off the async threads, as the queue manager does.
@@ -171,4 +207,109 @@ async fn a_restarted_node_takes_its_messages_back_with_a_new_fence() {
     blocking(move || after2.record_state(&id, &state, Durability::Quick))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_number_is_held_by_one_live_node() {
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let dir = tempfile::tempdir().unwrap();
+    let _first = node(&pg, 5, dir.path()).await;
+    // Another installation asking for the same number is refused, named.
+    let other = dir.path().join("elsewhere");
+    let refused = PgStore::connect(&cluster(&pg, 5), "relay.test", &other)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("cluster.node_id = 5 is in use"),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("postgres"),
+        "no connection details: {refused}"
+    );
+    // Once the first has not been seen for a lease, the number is free.
+    tokio::time::sleep(LEASE + Duration::from_millis(1500)).await;
+    PgStore::connect(&cluster(&pg, 5), "relay.test", &other)
+        .await
+        .unwrap();
+}
+
+/// Two real nodes on one PostgreSQL: node 1 accepts a message its next hop
+/// cannot take yet and is killed (-9); node 2 delivers it once node 1's
+/// lease has ended. Nothing is lost, nothing delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_mail_is_delivered_by_another_node() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::ProcessServer;
+    use crate::support::sink::{Behaviour, Sink};
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let hop = crate::support::free_port("127.0.0.1");
+    let delivery = format!(
+        "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n"
+    );
+    let node_config = |id: u8, dir: &std::path::Path| process_config(&pg, id, dir, &delivery);
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first =
+        tokio::task::block_in_place(|| ProcessServer::spawn(&node_config(1, one.path())));
+    let mut c = SmtpClient::greeted(first.addr, "127.0.0.2", "app.test").await;
+    let r = c
+        .send_mail(
+            "app@client.test",
+            &["someone@far.example"],
+            b"Subject: survives its node\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // Its first attempt fails (nothing listens on the next hop yet).
+    assert!(
+        tokio::task::block_in_place(|| first.wait_for_log("deferred")),
+        "{}",
+        first.log.lock().unwrap()
+    );
+    drop(c);
+    first.kill9();
+
+    let sink = Sink::start("127.0.0.1", hop, Behaviour::accept_all()).await;
+    let second = tokio::task::block_in_place(|| ProcessServer::spawn(&node_config(2, two.path())));
+    // The lease (2 s) ends, the next claim (every 10 s) takes it, and the
+    // retry is due: bounded wait for the delivery.
+    let got = sink.wait_for(1, Duration::from_secs(40)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "node 2 delivered it; log:\n{}",
+        second.log.lock().unwrap()
+    );
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: survives its node"));
+    // Delivered once: nothing more arrives, and the shared queue is empty.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sink.messages().len(), 1);
+    let left = tokio::task::block_in_place(|| pg.query("SELECT count(*) FROM portcullis_message"));
+    assert_eq!(left, "0", "the message left the shared queue");
+}
+
+/// The database gone, a node accepts nothing it cannot store: 451, never 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_new_mail_gets_451() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::ProcessServer;
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let dir = tempfile::tempdir().unwrap();
+    let path = process_config(&pg, 1, dir.path(), "");
+    let server = tokio::task::block_in_place(|| ProcessServer::spawn(&path));
+    let url = pg.url();
+    tokio::task::block_in_place(|| drop(pg));
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "app.test").await;
+    let r = c
+        .send_mail(
+            "app@client.test",
+            &["someone@far.example"],
+            b"Subject: x\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 451, "{r:?}\n{}", server.log.lock().unwrap());
+    assert!(
+        !server.log.lock().unwrap().contains(&url),
+        "the connection string is never logged"
+    );
 }

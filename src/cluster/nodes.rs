@@ -1,0 +1,70 @@
+//! The nodes' register: each node number is held by one live node. A node
+//! signs in at start and renews its sign of life with its leases; a number
+//! whose holder has not been seen for a lease is free again, and the same
+//! installation (machine and data directory) restarting takes its own
+//! number back at once.
+
+const NOW: &str = "extract(epoch from now())::bigint";
+
+/// Signs this node in, or says who holds its number.
+pub async fn register(
+    client: &tokio_postgres::Client,
+    node: u8,
+    hostname: &str,
+    data_dir: &std::path::Path,
+    lease: i64,
+) -> Result<(), String> {
+    let node = i32::from(node);
+    let dir = data_dir.display().to_string();
+    let taken = client
+        .query_opt(
+            &format!(
+                "INSERT INTO portcullis_node (node_id, hostname, data_dir, last_seen)
+                 VALUES ($1, $2, $3, {NOW})
+                 ON CONFLICT (node_id) DO UPDATE
+                    SET hostname = EXCLUDED.hostname, data_dir = EXCLUDED.data_dir,
+                        last_seen = EXCLUDED.last_seen
+                  WHERE portcullis_node.last_seen < {NOW} - $4
+                     OR (portcullis_node.hostname = EXCLUDED.hostname
+                         AND portcullis_node.data_dir = EXCLUDED.data_dir)
+                 RETURNING node_id"
+            ),
+            &[&node, &hostname, &dir, &lease],
+        )
+        .await
+        .map_err(|e| format!("cluster.database: cannot register this node: {e}"))?;
+    if taken.is_some() {
+        return Ok(());
+    }
+    let holder = client
+        .query_one(
+            &format!(
+                "SELECT hostname, data_dir, {NOW} - last_seen AS ago FROM portcullis_node WHERE node_id = $1"
+            ),
+            &[&node],
+        )
+        .await
+        .map_err(|e| format!("cluster.database: {e}"))?;
+    let (host, dir, ago): (String, String, i64) = (
+        holder.get("hostname"),
+        holder.get("data_dir"),
+        holder.get("ago"),
+    );
+    Err(format!(
+        "cluster.node_id = {node} is in use by {host} ({dir}), seen {ago}s ago: give each node its own number"
+    ))
+}
+
+/// This node is alive.
+pub async fn heartbeat(
+    client: &tokio_postgres::Client,
+    node: i32,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            &format!("UPDATE portcullis_node SET last_seen = {NOW} WHERE node_id = $1"),
+            &[&node],
+        )
+        .await
+        .map(|_| ())
+}
