@@ -55,15 +55,28 @@ pub async fn register(
     ))
 }
 
-/// This node is alive.
+/// Who a node is: its number and its installation.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node: i32,
+    pub hostname: String,
+    pub data_dir: String,
+}
+
+/// This node is alive. Only while the number is still this installation's:
+/// a node that stalled past its lease while another took its number over
+/// does not keep that other one's sign of life fresh.
 pub async fn heartbeat(
     client: &tokio_postgres::Client,
-    node: i32,
+    me: &Identity,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            &format!("UPDATE portcullis_node SET last_seen = {NOW} WHERE node_id = $1"),
-            &[&node],
+            &format!(
+                "UPDATE portcullis_node SET last_seen = {NOW}
+                  WHERE node_id = $1 AND hostname = $2 AND data_dir = $3"
+            ),
+            &[&me.node, &me.hostname, &me.data_dir],
         )
         .await
         .map(|_| ())

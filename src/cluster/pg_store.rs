@@ -30,6 +30,8 @@ const NOW: &str = "extract(epoch from now())::bigint";
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
     node: i32,
+    /// This node in the register (for its sign of life).
+    identity: super::nodes::Identity,
     lease: i64,
     /// The fence this node holds for each message it owns.
     fences: Mutex<HashMap<QueueId, i64>>,
@@ -100,10 +102,15 @@ impl PgStore {
         let lease_secs = lease.as_secs().max(1) as i64;
         super::nodes::register(&client, node, hostname, data_dir, lease_secs).await?;
         let cache_dir = data_dir.join("cluster-cache");
-        std::fs::create_dir_all(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+        clear_cache(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
         Ok(PgStore {
             pool,
             node: i32::from(node),
+            identity: super::nodes::Identity {
+                node: i32::from(node),
+                hostname: hostname.to_string(),
+                data_dir: data_dir.display().to_string(),
+            },
             lease: lease_secs,
             fences: Mutex::new(HashMap::new()),
             cache_dir,
@@ -306,7 +313,7 @@ impl QueueStore for PgStore {
         let limit = limit.max(1) as i64;
         let rows = self.wait(async {
             let client = self.client().await?;
-            super::nodes::heartbeat(&client, self.node)
+            super::nodes::heartbeat(&client, &self.identity)
                 .await
                 .map_err(db_error)?;
             client
@@ -424,4 +431,18 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// Empties the content cache (what an earlier run left: the messages this
+/// node takes are copied again from the database) and makes sure it exists.
+/// The caller holds the data directory's lock: no other process uses it.
+fn clear_cache(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
 }
