@@ -6,6 +6,7 @@ mod output;
 mod audit;
 mod ban;
 mod check;
+mod cluster;
 pub mod dkim;
 mod doctor;
 mod explain;
@@ -63,6 +64,8 @@ enum Command {
     OAuth(oauth::OAuthArgs),
     /// Make a DKIM signing key and the DNS record that publishes it.
     Dkim(dkim::DkimArgs),
+    /// The cluster's nodes, their last sign of life, the database and its standby.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Where a command finds the configuration (shared by queue and user).
@@ -134,5 +137,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ban(a) => ban::run(a),
         Command::OAuth(a) => oauth::run(a),
         Command::Dkim(a) => dkim::run(a),
+        Command::Cluster(a) => cluster::run(a),
     }
 }

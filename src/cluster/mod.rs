@@ -9,8 +9,11 @@
 //! work on that message: at least once, never zero times, and never two
 //! owners writing.
 
+mod db;
 mod nodes;
 mod pg_store;
 mod schema;
+mod status;
 
 pub use pg_store::PgStore;
+pub use status::{ClusterStatus, NodeSeen, Standby, status};

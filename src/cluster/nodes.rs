@@ -4,7 +4,7 @@
 //! installation (machine and data directory) restarting takes its own
 //! number back at once.
 
-const NOW: &str = "extract(epoch from now())::bigint";
+use super::db::NOW;
 
 /// Signs this node in, or says who holds its number.
 pub async fn register(

@@ -21,11 +21,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
 
-/// The longest wait for a connection from the pool, or a new one.
-const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The database's "now", in unix seconds.
-const NOW: &str = "extract(epoch from now())::bigint";
+use super::db::NOW;
 
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
@@ -65,33 +61,7 @@ impl PgStore {
     ) -> Result<PgStore, String> {
         let node = cluster.node_id;
         let lease = cluster.lease.get();
-        let mut config: tokio_postgres::Config = cluster
-            .database
-            .parse()
-            .map_err(|e| format!("cluster.database: {e}"))?;
-        config.connect_timeout(DB_WAIT);
-        if let Some(path) = &cluster.password_file {
-            let password = std::fs::read_to_string(path)
-                .map_err(|e| format!("cluster.password_file {}: {e}", path.display()))?;
-            config.password(password.trim_end_matches(['\r', '\n']));
-        }
-        let manager = deadpool_postgres::Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        // Bounded waits: a database that does not answer makes a session
-        // answer 451 within seconds instead of hanging.
-        let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(cluster.pool_size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(DB_WAIT))
-            .create_timeout(Some(DB_WAIT))
-            .recycle_timeout(Some(DB_WAIT))
-            .build()
-            .map_err(|e| format!("cluster.database: {e}"))?;
+        let pool = super::db::pool(cluster)?;
         let mut client = pool
             .get()
             .await

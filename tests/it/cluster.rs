@@ -313,3 +313,60 @@ async fn without_the_database_new_mail_gets_451() {
         "the connection string is never logged"
     );
 }
+
+/// `portcullis cluster status` asks the database: nodes and their signs of
+/// life, the messages each holds, the primary and its standbys (none here:
+/// exit 1, a 250 is then on one machine only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_shows_nodes_messages_and_standbys() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::{ProcessServer, binary};
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let dir = tempfile::tempdir().unwrap();
+    let hop = crate::support::free_port("127.0.0.1");
+    let path = process_config(
+        &pg,
+        7,
+        dir.path(),
+        &format!(
+            "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\n"
+        ),
+    );
+    let status = || {
+        let out = std::process::Command::new(binary())
+            .args(["cluster", "status", "--json", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), json)
+    };
+    // Before any node started: an empty cluster, said so.
+    let (code, before) = tokio::task::block_in_place(status);
+    assert_eq!(code, Some(1), "no synchronous standby");
+    assert_eq!(before["nodes"].as_array().unwrap().len(), 0);
+    assert_eq!(before["primary"], true);
+
+    let server = tokio::task::block_in_place(|| ProcessServer::spawn(&path));
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "app.test").await;
+    let r = c
+        .send_mail(
+            "app@client.test",
+            &["someone@far.example"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let (code, now) = tokio::task::block_in_place(status);
+    assert_eq!(code, Some(1));
+    let nodes = now["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{now}");
+    assert_eq!(nodes[0]["node_id"], 7);
+    assert_eq!(nodes[0]["alive"], true);
+    assert_eq!(nodes[0]["messages"], 1, "{now}");
+    assert_eq!(now["messages"], 1);
+    assert_eq!(now["unheld"], 0);
+    assert_eq!(now["standbys"].as_array().unwrap().len(), 0);
+    assert!(now["database"].as_str().unwrap().contains("127.0.0.1"));
+}

@@ -1,0 +1,42 @@
+//! The connection pool to the cluster's database, with bounded waits.
+
+use crate::config::ClusterConfig;
+
+/// The longest wait for a connection from the pool, or a new one: a
+/// database that does not answer makes a session answer 451 within
+/// seconds instead of hanging.
+const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The database's "now", in unix seconds (leases and signs of life use the
+/// database's clock, so nodes whose clocks differ still agree).
+pub const NOW: &str = "extract(epoch from now())::bigint";
+
+/// A pool for `cluster.database` (the password from `password_file` when
+/// set). Connects lazily: the first `get` says whether the database answers.
+pub fn pool(cluster: &ClusterConfig) -> Result<deadpool_postgres::Pool, String> {
+    let mut config: tokio_postgres::Config = cluster
+        .database
+        .parse()
+        .map_err(|e| format!("cluster.database: {e}"))?;
+    config.connect_timeout(DB_WAIT);
+    if let Some(path) = &cluster.password_file {
+        let password = std::fs::read_to_string(path)
+            .map_err(|e| format!("cluster.password_file {}: {e}", path.display()))?;
+        config.password(password.trim_end_matches(['\r', '\n']));
+    }
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(cluster.pool_size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(DB_WAIT))
+        .create_timeout(Some(DB_WAIT))
+        .recycle_timeout(Some(DB_WAIT))
+        .build()
+        .map_err(|e| format!("cluster.database: {e}"))
+}
