@@ -106,6 +106,7 @@ pub async fn run(config: &Config, opts: &DoctorOptions) -> Vec<Check> {
         out.push(dkim_record(d, &resolver).await);
     }
     out.push(open_relay(config, opts).await);
+    out.extend(super::doctor_cluster::checks(config).await);
     out
 }
 

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod doctor;
+mod doctor_cluster;
 pub mod explain;
 pub mod probe;
 pub mod relay_test;

@@ -369,4 +369,30 @@ async fn cluster_status_shows_nodes_messages_and_standbys() {
     assert_eq!(now["unheld"], 0);
     assert_eq!(now["standbys"].as_array().unwrap().len(), 0);
     assert!(now["database"].as_str().unwrap().contains("127.0.0.1"));
+
+    // doctor says the same of the cluster, among its other checks.
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(binary())
+            .args(["doctor", "--json", "--timeout", "1", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    });
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cluster_checks: std::collections::HashMap<String, String> = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("cluster "))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(cluster_checks["cluster database"], "ok", "{doctor}");
+    assert_eq!(cluster_checks["cluster standby"], "warning", "{doctor}");
+    assert_eq!(cluster_checks["cluster node id"], "ok", "{doctor}");
+    assert_eq!(cluster_checks["cluster nodes"], "ok", "{doctor}");
 }
