@@ -11,7 +11,7 @@
 //! the delivery code reads message files.
 
 use crate::config::ClusterConfig;
-use crate::queue::{Durability, Loaded, QueueStore};
+use crate::queue::{Durability, Forwarded, Loaded, QueueCommand, QueueStore};
 use crate::spool::{
     Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, SpoolError, SpoolWriter,
 };
@@ -316,6 +316,86 @@ impl QueueStore for PgStore {
                 .map_err(db_error)
         })?;
         Ok(self.taken(rows)?.messages)
+    }
+
+    fn forward(&self, id: &QueueId, command: &QueueCommand) -> Result<Forwarded, SpoolError> {
+        let text = serde_json::to_string(command).map_err(|e| db_error(e.to_string()))?;
+        let outcome = self.wait(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT owner, owner IS NOT NULL AND lease_until >= {NOW} AS live
+                           FROM portcullis_message WHERE id = $1 FOR UPDATE"
+                    ),
+                    &[&id.as_str()],
+                )
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
+            let (owner, live): (Option<i32>, bool) = (row.get(0), row.get(1));
+            let outcome = match owner {
+                Some(node) if live && node != self.node => {
+                    tx.execute(
+                        "INSERT INTO portcullis_command (message_id, command) VALUES ($1, $2)",
+                        &[&id.as_str(), &text],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                    Ok(node)
+                }
+                _ => Err(tx
+                    .query_one(
+                        &format!(
+                            "UPDATE portcullis_message
+                                SET owner = $2, lease_until = {NOW} + $3, fence = fence + 1
+                              WHERE id = $1
+                          RETURNING id, envelope, state, body, fence"
+                        ),
+                        &[&id.as_str(), &self.node, &self.lease],
+                    )
+                    .await
+                    .map_err(db_error)?),
+            };
+            tx.commit().await.map_err(db_error)?;
+            Ok::<_, SpoolError>(outcome)
+        })?;
+        match outcome {
+            Ok(node) => Ok(Forwarded::Passed { node }),
+            Err(row) => {
+                let mut taken = self.taken(vec![row])?;
+                match (taken.messages.pop(), taken.unreadable.pop()) {
+                    (Some((id, m)), _) => Ok(Forwarded::TakenOver(id, Box::new(m))),
+                    (None, Some((_, e))) => Err(e),
+                    (None, None) => Err(SpoolError::NotFound(id.to_string())),
+                }
+            }
+        }
+    }
+
+    fn take_commands(&self) -> Result<Vec<QueueCommand>, SpoolError> {
+        let rows = self.wait(async {
+            let client = self.client().await?;
+            client
+                .query(
+                    &format!(
+                        "WITH taken AS (
+                             DELETE FROM portcullis_command c
+                              USING portcullis_message m
+                              WHERE c.message_id = m.id AND m.owner = $1 AND m.lease_until >= {NOW}
+                          RETURNING c.seq, c.command)
+                         SELECT command FROM taken ORDER BY seq"
+                    ),
+                    &[&self.node],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+            .collect())
     }
 
     /// Nothing to settle: a message is whole in the database from its 250.

@@ -22,6 +22,13 @@ CREATE TABLE IF NOT EXISTS portcullis_message (
 );
 CREATE INDEX IF NOT EXISTS portcullis_message_due ON portcullis_message (next_due) WHERE NOT held;
 CREATE INDEX IF NOT EXISTS portcullis_message_owner ON portcullis_message (owner);
+-- queue commands given on one node for a message another holds
+CREATE TABLE IF NOT EXISTS portcullis_command (
+    seq         bigserial PRIMARY KEY,
+    message_id  text NOT NULL REFERENCES portcullis_message (id) ON DELETE CASCADE,
+    command     text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS portcullis_command_message ON portcullis_command (message_id);
 CREATE TABLE IF NOT EXISTS portcullis_node (
     node_id     integer PRIMARY KEY,
     hostname    text NOT NULL,

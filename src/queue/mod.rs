@@ -18,7 +18,7 @@ pub use control::{
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
-pub use store::{Durability, Loaded, QueueStore};
+pub use store::{Durability, Forwarded, Loaded, QueueStore};
 pub use work::route_facts;
 
 use crate::config::Config;
@@ -434,8 +434,60 @@ impl QueueManager {
         let handle = self.handle.clone();
         let limit = self.config().delivery.concurrency;
         q.tasks.spawn(async move {
-            let claimed = off_thread(move || store.claim_due(unix_now(), limit)).await;
+            let taking = Arc::clone(&store);
+            let claimed = off_thread(move || taking.claim_due(unix_now(), limit)).await;
             let _ = handle.0.send(Inbound::Claimed(claimed));
+            // What other nodes asked of the messages this node holds.
+            match off_thread(move || store.take_commands()).await {
+                Ok(commands) => {
+                    for cmd in commands {
+                        let (tx, _) = oneshot::channel();
+                        let _ = handle.0.send(Inbound::Command(cmd, tx));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the commands other nodes left"),
+            }
+        });
+    }
+
+    /// A command for one message this node does not hold goes to the store:
+    /// passed to the node that holds it, or the message is taken over and
+    /// the command applied here.
+    fn forward(
+        self: &Arc<Self>,
+        q: &mut Queue,
+        id: QueueId,
+        cmd: QueueCommand,
+        reply: oneshot::Sender<QueueAnswer>,
+    ) {
+        let store = Arc::clone(&self.store);
+        let handle = self.handle.clone();
+        q.tasks.spawn(async move {
+            let (owned, command) = (id.clone(), cmd.clone());
+            match off_thread(move || store.forward(&owned, &command)).await {
+                Ok(Forwarded::Passed { node }) => {
+                    let _ = reply.send(QueueAnswer::Changed {
+                        changed: vec![Changed {
+                            id,
+                            result: format!(
+                                "passed to node {node}, which holds it (applied within {}s)",
+                                CLAIM_EVERY.as_secs()
+                            ),
+                        }],
+                    });
+                }
+                Ok(Forwarded::TakenOver(id, message)) => {
+                    // In order: the message joins the index, then the command applies.
+                    let _ = handle.0.send(Inbound::Loaded(id, Ok(*message)));
+                    let _ = handle.0.send(Inbound::Command(cmd, reply));
+                }
+                Err(SpoolError::NotFound(_)) => {
+                    let _ = reply.send(QueueAnswer::error(format!("no message {id} in the queue")));
+                }
+                Err(e) => {
+                    let _ = reply.send(QueueAnswer::error(format!("{id}: {e}")));
+                }
+            }
         });
     }
 
@@ -464,6 +516,9 @@ impl QueueManager {
         cmd: QueueCommand,
         reply: oneshot::Sender<QueueAnswer>,
     ) {
+        if let Some(id) = held_elsewhere(&cmd, &q.index) {
+            return self.forward(q, id, cmd, reply);
+        }
         if matches!(cmd, QueueCommand::Retry { .. }) {
             self.deliverer.forget_down_hosts();
         }
@@ -790,5 +845,21 @@ fn settle_one(
         Some(Ok(false)) => Err(SpoolError::NotFound(id.to_string())),
         Some(Err(e)) => Err(e),
         None => Err(std::io::Error::other("nothing settled").into()),
+    }
+}
+
+/// The message a hold, release, retry or delete names, when this node does
+/// not hold it (it may be another node's, in a shared store).
+fn held_elsewhere(cmd: &QueueCommand, index: &Index) -> Option<QueueId> {
+    let (QueueCommand::Hold { select }
+    | QueueCommand::Release { select }
+    | QueueCommand::Retry { select }
+    | QueueCommand::Delete { select }) = cmd
+    else {
+        return None;
+    };
+    match select {
+        Selector::Id(id) if !index.entries.contains_key(id) => Some(id.clone()),
+        _ => None,
     }
 }

@@ -13,6 +13,7 @@
 //! makes it durable before the 250. A store shared by several nodes finds
 //! the work of a node that died through `claim_due`.
 
+use super::QueueCommand;
 use crate::spool::{
     Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, Spool, SpoolError, SpoolWriter,
 };
@@ -28,6 +29,14 @@ pub enum Durability {
     /// Applied, but a crash may lose it: only for what a crash may lose
     /// harmlessly (a deferral's new due time: an earlier retry).
     Quick,
+}
+
+/// What became of a command forwarded to the store.
+pub enum Forwarded {
+    /// Left for the node holding the message.
+    Passed { node: i32 },
+    /// No live node held it: it is this node's now, to apply the command here.
+    TakenOver(QueueId, Box<QueuedMessage>),
 }
 
 /// What `load_all` found.
@@ -64,6 +73,17 @@ pub trait QueueStore: Send + Sync {
     /// the ones that could not be read (left in place).
     fn load_all(&self) -> std::io::Result<Loaded>;
 
+    /// A queue command (hold, release, retry, delete) for a message this
+    /// node does not hold (blocking). A shared store passes it to the node
+    /// that holds it, which applies it at its next claim, or, when no live
+    /// node holds the message, hands the message to this node to apply it
+    /// here. The local store knows no other node: `NotFound`.
+    fn forward(&self, id: &QueueId, command: &QueueCommand) -> Result<Forwarded, SpoolError>;
+
+    /// Commands other nodes left for messages this node holds, oldest
+    /// first, taken so that each is applied once (blocking).
+    fn take_commands(&self) -> Result<Vec<QueueCommand>, SpoolError>;
+
     /// One message, newly announced (blocking).
     fn load(&self, id: &QueueId) -> Result<QueuedMessage, SpoolError>;
 
@@ -99,6 +119,14 @@ impl QueueStore for Spool {
         deliver_now: bool,
     ) -> Pin<Box<dyn Future<Output = std::io::Result<QueuedMessage>> + Send + '_>> {
         Box::pin(Spool::accept(self, content, envelope, deliver_now))
+    }
+
+    fn forward(&self, id: &QueueId, _command: &QueueCommand) -> Result<Forwarded, SpoolError> {
+        Err(SpoolError::NotFound(id.to_string()))
+    }
+
+    fn take_commands(&self) -> Result<Vec<QueueCommand>, SpoolError> {
+        Ok(Vec::new())
     }
 
     fn claim_due(

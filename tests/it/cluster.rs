@@ -396,3 +396,72 @@ async fn cluster_status_shows_nodes_messages_and_standbys() {
     assert_eq!(cluster_checks["cluster node id"], "ok", "{doctor}");
     assert_eq!(cluster_checks["cluster nodes"], "ok", "{doctor}");
 }
+
+/// A queue command given on node 1 for a message node 2 holds reaches node
+/// 2 (hold); once node 2 is dead, node 1 takes the message over to apply
+/// the next one (release) and delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_reach_the_node_that_holds_the_message() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::{ProcessServer, binary};
+    use crate::support::sink::{Behaviour, Sink};
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let hop = crate::support::free_port("127.0.0.1");
+    let delivery = format!(
+        "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n"
+    );
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_one = process_config(&pg, 1, one.path(), &delivery);
+    let config_two = process_config(&pg, 2, two.path(), &delivery);
+    let _first = tokio::task::block_in_place(|| ProcessServer::spawn(&config_one));
+    let mut second = tokio::task::block_in_place(|| ProcessServer::spawn(&config_two));
+    let mut c = SmtpClient::greeted(second.addr, "127.0.0.2", "app.test").await;
+    let r = c
+        .send_mail(
+            "app@client.test",
+            &["someone@far.example"],
+            b"Subject: steered\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    drop(c);
+    let id = r.text().rsplit(' ').next().unwrap().to_string();
+    let queue = |verb: &str| {
+        let out = std::process::Command::new(binary())
+            .args(["queue", verb, &id, "--config"])
+            .arg(&config_one)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let held = || {
+        pg.query(&format!(
+            "SELECT held::text || '/' || owner FROM portcullis_message WHERE id = '{id}'"
+        ))
+    };
+    let said = tokio::task::block_in_place(|| queue("hold"));
+    assert!(said.contains("passed to node 2"), "{said}");
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = tokio::task::block_in_place(held);
+        if state == "true/2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state, "true/2", "node 2 applied the hold");
+
+    second.kill9();
+    tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
+    let sink = Sink::start("127.0.0.1", hop, Behaviour::accept_all()).await;
+    let said = tokio::task::block_in_place(|| queue("release"));
+    assert!(!said.contains("passed to"), "no live node held it: {said}");
+    let got = sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "node 1 took it over and delivered it");
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: steered"));
+}
