@@ -465,3 +465,33 @@ async fn queue_commands_reach_the_node_that_holds_the_message() {
     assert_eq!(got.len(), 1, "node 1 took it over and delivered it");
     assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: steered"));
 }
+
+/// The node configuration README gives for the two-node layout passes
+/// check-config as printed (with its password file present).
+#[test]
+fn the_readme_node_config_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Two nodes behind HAProxy")
+        .nth(1)
+        .expect("the two-node section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the node's configuration");
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("db-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let text = block.replace(
+        "/etc/portcullis/db-password",
+        &password.display().to_string(),
+    );
+    let config = portcullis::config::Config::parse(&text, "README")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let cluster = config.cluster.expect("a [cluster] section");
+    assert_eq!(cluster.node_id, 1);
+    assert_eq!(cluster.lease.get(), Duration::from_secs(120));
+    assert!(config.listener[0].proxy_protocol);
+}
