@@ -145,20 +145,27 @@ impl PgStore {
         let mut messages = Vec::new();
         let mut unreadable = Vec::new();
         for row in rows {
-            let id: String = row.get("id");
-            let fence: i64 = row.get("fence");
-            match self.message(&id, row.get("envelope"), row.get("state"), row.get("body")) {
-                Ok((qid, m)) => {
-                    self.fences().insert(qid.clone(), fence);
-                    messages.push((qid, m));
-                }
-                Err(e) => unreadable.push((id, e)),
+            match self.taken_one(&row) {
+                Ok(m) => messages.push(m),
+                Err(e) => unreadable.push((row.get("id"), e)),
             }
         }
         Ok(Loaded {
             messages,
             unreadable,
         })
+    }
+
+    /// One row taken or renewed by this node, its fence remembered.
+    fn taken_one(&self, row: &tokio_postgres::Row) -> Result<(QueueId, QueuedMessage), SpoolError> {
+        let (qid, m) = self.message(
+            row.get("id"),
+            row.get("envelope"),
+            row.get("state"),
+            row.get("body"),
+        )?;
+        self.fences().insert(qid.clone(), row.get("fence"));
+        Ok((qid, m))
     }
 
     async fn accept_async(
@@ -265,12 +272,7 @@ impl QueueStore for PgStore {
                 .map_err(db_error)
         })?;
         let row = row.ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
-        let mut loaded = self.taken(vec![row])?;
-        match (loaded.messages.pop(), loaded.unreadable.pop()) {
-            (Some((_, m)), _) => Ok(m),
-            (None, Some((_, e))) => Err(e),
-            (None, None) => Err(SpoolError::NotFound(id.to_string())),
-        }
+        self.taken_one(&row).map(|(_, m)| m)
     }
 
     /// Renews this node's leases, then takes due messages whose lease ended
@@ -364,12 +366,8 @@ impl QueueStore for PgStore {
         match outcome {
             Ok(node) => Ok(Forwarded::Passed { node }),
             Err(row) => {
-                let mut taken = self.taken(vec![row])?;
-                match (taken.messages.pop(), taken.unreadable.pop()) {
-                    (Some((id, m)), _) => Ok(Forwarded::TakenOver(id, Box::new(m))),
-                    (None, Some((_, e))) => Err(e),
-                    (None, None) => Err(SpoolError::NotFound(id.to_string())),
-                }
+                let (id, m) = self.taken_one(&row)?;
+                Ok(Forwarded::TakenOver(id, Box::new(m)))
             }
         }
     }

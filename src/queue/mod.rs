@@ -616,8 +616,10 @@ impl QueueManager {
             let owned = id.clone();
             let moved = journaled.is_some();
             let result = off_thread(move || {
-                if let Some(copy) = journaled {
-                    settle_one(&*store, &owned, &copy)?;
+                if let Some(copy) = journaled
+                    && !settle_one(&*store, &owned, &copy)?
+                {
+                    return Err(SpoolError::NotFound(owned.to_string()));
                 }
                 write.carry_out(&*store, Some(&state))
             })
@@ -833,19 +835,17 @@ impl QueueManager {
     }
 }
 
-/// Settles one journaled message (see `QueueStore::settle`); gone meanwhile
-/// is `NotFound`.
+/// Settles one journaled message (see `QueueStore::settle`): false when
+/// it was deleted meanwhile.
 fn settle_one(
     store: &dyn QueueStore,
     id: &QueueId,
     copy: &crate::spool::MemoryCopy,
-) -> Result<(), SpoolError> {
-    match store.settle(&[(id, copy)]).pop() {
-        Some(Ok(true)) => Ok(()),
-        Some(Ok(false)) => Err(SpoolError::NotFound(id.to_string())),
-        Some(Err(e)) => Err(e),
-        None => Err(std::io::Error::other("nothing settled").into()),
-    }
+) -> Result<bool, SpoolError> {
+    store
+        .settle(&[(id, copy)])
+        .pop()
+        .unwrap_or_else(|| Err(std::io::Error::other("nothing settled").into()))
 }
 
 /// The message a hold, release, retry or delete names, when this node does

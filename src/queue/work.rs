@@ -428,12 +428,7 @@ impl QueueManager {
             .ok_or_else(|| std::io::Error::other("journaled message without its copy"))?;
         let store = Arc::clone(&self.store);
         let owned = id.clone();
-        off_thread(move || match super::settle_one(&*store, &owned, &copy) {
-            Ok(()) => Ok(true),
-            Err(SpoolError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        })
-        .await
+        off_thread(move || super::settle_one(&*store, &owned, &copy)).await
     }
 
     /// Spools a DSN to the original sender. Returns false when it could not be written.

@@ -213,11 +213,6 @@ impl Spool {
         results
     }
 
-    /// One journaled message into `queue/` (see `materialize`).
-    pub fn materialize_one(&self, id: &QueueId, copy: &MemoryCopy) -> Result<bool, SpoolError> {
-        self.materialize_image(id, copy.image())
-    }
-
     /// One journaled message into `queue/`, from its file image.
     fn materialize_image(&self, id: &str, image: &[u8]) -> Result<bool, SpoolError> {
         self.materialize_images(&[(id, image)])

@@ -3,6 +3,7 @@
 //! with a new fence, and the old owner's writes then change nothing.
 
 use crate::support::postgres::TestPostgres;
+use crate::support::{WAIT, run_with_timeout};
 use portcullis::cluster::PgStore;
 use portcullis::config::{ClusterConfig, ConfigDuration};
 use portcullis::queue::{Durability, QueueStore};
@@ -79,6 +80,14 @@ fn process_config(
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Delivery to a smart host on loopback port `hop` (nothing listens there
+/// until the test says), retried every second.
+fn through_hop(hop: u16) -> String {
+    format!(
+        "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n"
+    )
 }
 
 /// Runs a blocking store call off the async threads, as the queue manager does.
@@ -244,9 +253,7 @@ async fn a_dead_nodes_mail_is_delivered_by_another_node() {
     use crate::support::sink::{Behaviour, Sink};
     let pg = tokio::task::block_in_place(TestPostgres::start);
     let hop = crate::support::free_port("127.0.0.1");
-    let delivery = format!(
-        "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n"
-    );
+    let delivery = through_hop(hop);
     let node_config = |id: u8, dir: &std::path::Path| process_config(&pg, id, dir, &delivery);
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut first =
@@ -324,14 +331,7 @@ async fn cluster_status_shows_nodes_messages_and_standbys() {
     let pg = tokio::task::block_in_place(TestPostgres::start);
     let dir = tempfile::tempdir().unwrap();
     let hop = crate::support::free_port("127.0.0.1");
-    let path = process_config(
-        &pg,
-        7,
-        dir.path(),
-        &format!(
-            "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\n"
-        ),
-    );
+    let path = process_config(&pg, 7, dir.path(), &through_hop(hop));
     let status = || {
         let out = std::process::Command::new(binary())
             .args(["cluster", "status", "--json", "--config"])
@@ -371,14 +371,16 @@ async fn cluster_status_shows_nodes_messages_and_standbys() {
     assert!(now["database"].as_str().unwrap().contains("127.0.0.1"));
 
     // doctor says the same of the cluster, among its other checks.
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(binary())
-            .args(["doctor", "--json", "--timeout", "1", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap()
+    let (_, out, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["doctor", "--json", "--timeout", "1", "--config"])
+                .arg(&path),
+            Duration::from_secs(120),
+        )
     });
-    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doctor: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
     let cluster_checks: std::collections::HashMap<String, String> = doctor["checks"]
         .as_array()
         .unwrap()
@@ -407,9 +409,7 @@ async fn queue_commands_reach_the_node_that_holds_the_message() {
     use crate::support::sink::{Behaviour, Sink};
     let pg = tokio::task::block_in_place(TestPostgres::start);
     let hop = crate::support::free_port("127.0.0.1");
-    let delivery = format!(
-        "[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n"
-    );
+    let delivery = through_hop(hop);
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config_one = process_config(&pg, 1, one.path(), &delivery);
     let config_two = process_config(&pg, 2, two.path(), &delivery);
@@ -427,17 +427,14 @@ async fn queue_commands_reach_the_node_that_holds_the_message() {
     drop(c);
     let id = r.text().rsplit(' ').next().unwrap().to_string();
     let queue = |verb: &str| {
-        let out = std::process::Command::new(binary())
-            .args(["queue", verb, &id, "--config"])
-            .arg(&config_one)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, out, err) = run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["queue", verb, &id, "--config"])
+                .arg(&config_one),
+            WAIT,
         );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        assert!(ok, "{err}");
+        out
     };
     let held = || {
         pg.query(&format!(
