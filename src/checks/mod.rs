@@ -72,6 +72,13 @@ impl Checks {
 
     /// The checks for a reloaded config, keeping the resolver, the counters
     /// and the bans.
+    /// The same checks counting with `counters` (a cluster's shared ones).
+    pub fn counting_with(&self, counters: Arc<dyn Counters>) -> Checks {
+        let mut fresh = Checks::new(&self.config, self.resolver.clone());
+        fresh.counters = counters;
+        fresh
+    }
+
     pub fn reloaded(&self, config: &Config) -> Checks {
         let mut fresh = Checks::new(config, self.resolver.clone());
         fresh.counters = Arc::clone(&self.counters);

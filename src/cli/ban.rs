@@ -37,7 +37,7 @@ pub fn run(args: BanArgs) -> anyhow::Result<i32> {
         Ok(a) => a,
         Err(ControlError::NoServer) => {
             eprintln!(
-                "no server is running on {} (bans live in the running server's memory; a restart ends them all){}",
+                "no server is running on {} (bans live in the running server's memory, or in a cluster's database){}",
                 data_dir.display(),
                 super::config_hint(&args.config)
             );

@@ -1,6 +1,7 @@
 //! Several nodes sharing one queue: the queue store on PostgreSQL with
 //! fenced leases (`pg_store.rs`), its schema (`schema.rs`), the nodes'
-//! register (`nodes.rs`: unique node numbers, signs of life).
+//! register (`nodes.rs`: unique node numbers, signs of life), and the
+//! counters, bans and guard decisions the nodes share (`shared/`).
 //!
 //! A node holds a message under a lease: an owner, an expiry and a fence
 //! counter that grows each time the message changes hands. Every write a
@@ -13,6 +14,7 @@ mod db;
 mod nodes;
 mod pg_store;
 mod schema;
+pub mod shared;
 mod status;
 
 pub use pg_store::PgStore;

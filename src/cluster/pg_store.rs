@@ -88,6 +88,11 @@ impl PgStore {
         })
     }
 
+    /// The connection pool (the shared counters use it too).
+    pub fn pool(&self) -> deadpool_postgres::Pool {
+        self.pool.clone()
+    }
+
     fn fences(&self) -> std::sync::MutexGuard<'_, HashMap<QueueId, i64>> {
         self.fences.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -36,6 +36,20 @@ CREATE TABLE IF NOT EXISTS portcullis_node (
     -- unix seconds, the database's clock; renewed with the node's leases
     last_seen   bigint NOT NULL
 );
+-- counters, bans and decisions the nodes share (see cluster/shared): the
+-- value of (kind, key) on one node, or on node 0 for what any node may change
+CREATE TABLE IF NOT EXISTS portcullis_shared (
+    kind        text NOT NULL,
+    key         text NOT NULL,
+    node        smallint NOT NULL,
+    value       text NOT NULL,
+    -- unix ms, the database's clock
+    expires_ms  bigint NOT NULL,
+    writer      smallint NOT NULL,
+    changed_ms  bigint NOT NULL,
+    PRIMARY KEY (kind, key, node)
+);
+CREATE INDEX IF NOT EXISTS portcullis_shared_changed ON portcullis_shared (changed_ms);
 ";
 
 /// Creates the tables when missing.

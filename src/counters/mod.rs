@@ -47,7 +47,8 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    fn record(&mut self, at: i64, amount: u64, keep: Duration) {
+    /// Adds an entry and drops those older than `keep` before it.
+    pub fn record_entry(&mut self, at: i64, amount: u64, keep: Duration) {
         self.keep = self.keep.max(keep.as_secs());
         self.entries.push_back((at, amount));
         let oldest_kept = at - self.keep as i64;
@@ -56,7 +57,8 @@ impl Ledger {
         }
     }
 
-    fn since(&self, since: i64) -> (u64, Option<i64>) {
+    /// The sum of the entries since `since`, and the oldest of them.
+    pub fn entries_since(&self, since: i64) -> (u64, Option<i64>) {
         let mut sum = 0;
         let mut oldest = None;
         for (t, amount) in self.entries.iter().filter(|(t, _)| *t >= since) {
@@ -216,12 +218,14 @@ impl Counters for MemoryCounters {
         ledgers
             .entry(key.to_string())
             .or_default()
-            .record(at, amount, keep);
+            .record_entry(at, amount, keep);
     }
 
     fn recorded_since(&self, key: &str, since: i64) -> (u64, Option<i64>) {
         let ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
-        ledgers.get(key).map_or((0, None), |l| l.since(since))
+        ledgers
+            .get(key)
+            .map_or((0, None), |l| l.entries_since(since))
     }
 }
 

@@ -4,6 +4,7 @@
 //! admin page, alerts, TLS reports, archive pruning), applies reloads, and
 //! stops it all within the grace period.
 
+mod cluster;
 mod listeners;
 mod tls_reports;
 
@@ -17,6 +18,7 @@ use crate::queue::{QueueInbox, QueueManager};
 use crate::server::{accept_loop, bind_listener};
 use crate::spool::Spool;
 use anyhow::Context as _;
+use cluster::Cluster;
 use listeners::Listeners;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +49,8 @@ pub struct Daemon {
     history: Arc<crate::events::History>,
     alert_facts: Arc<crate::alerts::FactsCollector>,
     tls_reports: Arc<crate::tlsrpt::Collector>,
+    /// In a cluster: what mirrors the counters, bans and guard decisions.
+    shared: Option<Arc<crate::cluster::shared::SharedSync>>,
     _lock: std::fs::File,
 }
 
@@ -147,14 +151,26 @@ impl Daemon {
             .configure(&config, &events)
             .map_err(anyhow::Error::msg)?;
         let tls_reports = Arc::new(crate::tlsrpt::Collector::open(&data_dir));
-        let quota_file = data_dir.join("quota.json");
-        let ledger = crate::counters::durable::DurableCounters::open(&quota_file)
-            .with_context(|| format!("cannot read the quota counts in {}", quota_file.display()))?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::join(c, &hostname, &data_dir, &guard).await?),
+            None => None,
+        };
+        let ledger: Arc<dyn crate::counters::Counters> = match &cluster {
+            Some(c) => c.counters.clone(),
+            None => {
+                let quota_file = data_dir.join("quota.json");
+                Arc::new(
+                    crate::counters::durable::DurableCounters::open(&quota_file).with_context(
+                        || format!("cannot read the quota counts in {}", quota_file.display()),
+                    )?,
+                )
+            }
+        };
         let deliverer = Arc::new(
             Deliverer::new(Arc::clone(&shared), resolver.clone())
                 .with_transcripts(transcripts.clone())
                 .with_events(events.clone())
-                .with_ledger(Arc::new(ledger))
+                .with_ledger(ledger)
                 .with_tls_reports(Arc::clone(&tls_reports)),
         );
         let control = crate::control::bind(&data_dir).with_context(|| {
@@ -170,19 +186,13 @@ impl Daemon {
             spool,
             Some(resolver),
             events.clone(),
-            guard,
+            Arc::clone(&guard),
         );
-        if let Some(cluster) = &ctx.config.cluster {
-            let store = crate::cluster::PgStore::connect(cluster, &ctx.hostname, &data_dir)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            info!(
-                node = cluster.node_id,
-                "the queue is shared in {}",
-                cluster.database_shown()
-            );
-            ctx.store = Arc::new(store);
-        }
+        let sharing = cluster.map(|cluster| {
+            ctx.store = cluster.store;
+            ctx.checks = Arc::new(ctx.checks.counting_with(cluster.counters));
+            cluster.sync
+        });
         // The sessions and the manager share one queue store.
         let (queue, inbox) = QueueManager::new(
             ctx.spool.clone(),
@@ -212,6 +222,7 @@ impl Daemon {
             history,
             alert_facts,
             tls_reports,
+            shared: sharing,
             _lock: lock,
         })
     }
@@ -272,6 +283,9 @@ impl Daemon {
             Arc::clone(&self.ctx.checks).watch_zones(self.ctx.events.clone(), zone_watch.clone()),
         );
         tracker.spawn(Arc::clone(&self.queue).run(self.inbox, shutdown.clone(), grace));
+        if let Some(shared) = &self.shared {
+            tracker.spawn(Arc::clone(shared).run(shutdown.clone()));
+        }
         tracker.spawn(keep_activity(
             Arc::clone(&self.history),
             self.ctx.config.server.data_dir.clone(),

@@ -99,6 +99,16 @@ pub struct Guard {
     state: Mutex<Option<GuardState>>,
     sentinel: Mutex<HashMap<IpAddr, Watched>>,
     floods: flood::FloodWatch,
+    /// Addresses whose decision changed here since the cluster last took
+    /// them (None: not in a cluster, nothing is kept).
+    shared_changes: Mutex<Option<BTreeSet<IpAddr>>>,
+}
+
+/// What the guard decided about one address, as the nodes share it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub untrusted: Option<Untrusted>,
+    pub trusted_by_admin: bool,
 }
 
 impl Guard {
@@ -110,6 +120,77 @@ impl Guard {
             state: Mutex::new(None),
             sentinel: Mutex::new(HashMap::new()),
             floods: flood::FloodWatch::default(),
+            shared_changes: Mutex::new(None),
+        }
+    }
+
+    /// From now on, keeps which decisions change, for the other nodes.
+    pub fn share_changes(&self) {
+        self.shared_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(BTreeSet::new);
+    }
+
+    /// The decisions changed here since the last call.
+    pub fn take_shared_changes(&self) -> Vec<(IpAddr, Decision)> {
+        let changed = match self
+            .shared_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            Some(changed) => std::mem::take(changed),
+            None => return Vec::new(),
+        };
+        self.with_state(|s| {
+            changed
+                .into_iter()
+                .map(|ip| (ip, Self::decision_in(s, ip)))
+                .collect()
+        })
+    }
+
+    fn decision_in(state: &GuardState, ip: IpAddr) -> Decision {
+        Decision {
+            untrusted: state.untrusted.get(&ip).cloned(),
+            trusted_by_admin: state.trusted_by_admin.contains(&ip),
+        }
+    }
+
+    /// Takes a decision another node made (kept here, not sent back).
+    pub fn adopt(&self, ip: IpAddr, decision: Decision) {
+        if self.with_state(|s| Self::decision_in(s, ip) == decision) {
+            return;
+        }
+        let untrusted = decision.untrusted.is_some();
+        self.change(|s| {
+            match decision.untrusted {
+                Some(u) => s.untrusted.insert(ip, u),
+                None => s.untrusted.remove(&ip),
+            };
+            if decision.trusted_by_admin {
+                s.trusted_by_admin.insert(ip);
+            } else {
+                s.trusted_by_admin.remove(&ip);
+            }
+        });
+        if untrusted {
+            self.sentinel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ip);
+        }
+    }
+
+    fn changed_here(&self, ip: IpAddr) {
+        if let Some(changed) = self
+            .shared_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            changed.insert(ip);
         }
     }
 
@@ -296,6 +377,7 @@ impl Guard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ip);
+        self.changed_here(ip);
     }
 
     /// Trusts again, and remembers that an admin said so.
@@ -304,6 +386,7 @@ impl Guard {
             s.untrusted.remove(&ip);
             s.trusted_by_admin.insert(ip);
         });
+        self.changed_here(ip);
     }
 
     pub fn state(&self) -> GuardState {

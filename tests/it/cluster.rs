@@ -492,3 +492,154 @@ fn the_readme_node_config_is_valid() {
     assert_eq!(cluster.lease.get(), Duration::from_secs(120));
     assert!(config.listener[0].proxy_protocol);
 }
+
+/// A node's config for the shared-state test: 127.0.0.2 is the LAN, every
+/// other address an outsider writing to example.lan; three messages an
+/// hour per address, two failed logins ban for ten minutes.
+fn sharing_config(
+    pg: &TestPostgres,
+    id: u8,
+    dir: &std::path::Path,
+    hop: u16,
+) -> std::path::PathBuf {
+    let ca = crate::support::tls::TestCa::generate(dir);
+    let text = crate::support::server::complete_config(
+        &format!(
+            "[relay]\ninbound_domains = [\"example.lan\"]\n\
+             [[network]]\nrange = \"127.0.0.2\"\nauth = \"none\"\n\
+             [limits]\nmessages_per_hour_per_ip = 3\nauth_failures_before_ban = 2\nban_duration = \"10m\"\n\
+             {}[cluster]\nnode_id = {id}\ndatabase = \"{}\"\nlease = \"2s\"\npool_size = 2\n",
+            through_hop(hop),
+            pg.url()
+        ),
+        dir,
+        &ca,
+    );
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    crate::support::write_users(&dir.join("data").join("users"), &[("bob", "builder")]);
+    path
+}
+
+/// Polls `check` (every 100 ms, at most `within`) until it holds.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rate counts, bans and the guard's decisions are the cluster's, not a
+/// node's: a client spread over two nodes is held to one limit, an
+/// address banned on one is refused by the other, an address an admin
+/// untrusted on one must authenticate on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_bans_and_guard_decisions_are_shared() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::{ProcessServer, binary};
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let hop = crate::support::free_port("127.0.0.1");
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_one = sharing_config(&pg, 1, one.path(), hop);
+    let first = tokio::task::block_in_place(|| ProcessServer::spawn(&config_one));
+    let second = tokio::task::block_in_place(|| {
+        ProcessServer::spawn(&sharing_config(&pg, 2, two.path(), hop))
+    });
+    let nodes = [first.addr, second.addr];
+
+    // Six messages from one outsider, alternating nodes: three pass.
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let mut c = SmtpClient::greeted(nodes[i % 2], "127.0.3.10", "spread.test").await;
+        let r = c.cmd("MAIL FROM:<a@spread.test>").await;
+        if r.code == 250 {
+            c.expect("RCPT TO:<b@example.lan>", 250).await;
+            c.expect("DATA", 354).await;
+            let done = c.cmd(&format!("Subject: {i}\r\n\r\nx\r\n.")).await;
+            codes.push(done.code);
+        } else {
+            codes.push(r.code);
+        }
+        c.cmd("QUIT").await;
+        // The nodes share what changed every 100 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        codes,
+        [250, 250, 250, 450, 450, 450],
+        "held to one limit over both nodes"
+    );
+
+    // Two failed logins on node 1 ban the address on node 2 as well.
+    let mut c = SmtpClient::greeted(nodes[0], "127.0.3.20", "guesser.test").await;
+    assert_eq!(c.auth_plain("bob", "guess1").await.code, 535);
+    assert_eq!(c.auth_plain("bob", "guess2").await.code, 421);
+    let banned_on_two = eventually(Duration::from_secs(5), async || {
+        let mut c = SmtpClient::connect_raw(nodes[1], "127.0.3.20").await;
+        c.read_reply().await.code == 421
+    })
+    .await;
+    assert!(banned_on_two, "node 2 refuses the address node 1 banned");
+    // Lifted on node 2: welcome on node 1 again.
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["ban", "lift", "127.0.3.20", "--config"])
+                .arg(two.path().join("portcullis.toml")),
+            WAIT,
+        )
+    });
+    assert!(ok, "{err}");
+    let welcome_on_one = eventually(Duration::from_secs(5), async || {
+        let mut c = SmtpClient::connect_raw(nodes[0], "127.0.3.20").await;
+        c.read_reply().await.code == 220
+    })
+    .await;
+    assert!(welcome_on_one, "the lift reached node 1");
+
+    // The LAN relays through node 2 until an admin untrusts it on node 1.
+    let relays = async |addr| {
+        let mut c = SmtpClient::greeted(addr, "127.0.0.2", "lan.test").await;
+        c.expect("MAIL FROM:<app@lan.test>", 250).await;
+        c.cmd("RCPT TO:<someone@far.example>").await.code
+    };
+    assert_eq!(relays(nodes[1]).await, 250);
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["guard", "untrust", "127.0.0.2", "--config"])
+                .arg(&config_one),
+            WAIT,
+        )
+    });
+    assert!(ok, "{err}");
+    let refused_on_two = eventually(Duration::from_secs(5), async || {
+        relays(nodes[1]).await != 250
+    })
+    .await;
+    assert!(refused_on_two, "node 2 follows node 1's guard decision");
+    assert_eq!(
+        relays(nodes[0]).await,
+        relays(nodes[1]).await,
+        "both nodes answer alike"
+    );
+
+    // What the nodes share is in the database, and nothing secret is.
+    let rows = tokio::task::block_in_place(|| {
+        pg.query("SELECT string_agg(kind || ':' || key, ' ' ORDER BY kind, key) FROM portcullis_shared WHERE kind IN ('ban', 'guard')")
+    });
+    assert!(
+        rows.contains("ban:127.0.3.20") && rows.contains("guard:127.0.0.2"),
+        "{rows}"
+    );
+    let all = tokio::task::block_in_place(|| {
+        pg.query("SELECT string_agg(value, ' ') FROM portcullis_shared")
+    });
+    assert!(!all.contains("guess"), "no password in shared state");
+}
