@@ -453,6 +453,35 @@ impl QueueStore for PgStore {
         )
     }
 
+    fn leases(&self) -> bool {
+        true
+    }
+
+    /// Renews the lease when this node still holds it under the same
+    /// fence; otherwise forgets the message here (another node took it).
+    fn renew_lease(&self, id: &QueueId) -> Result<bool, SpoolError> {
+        let fence = self.fence_of(id)?;
+        let renewed = self.wait(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    &format!(
+                        "UPDATE portcullis_message SET lease_until = {NOW} + $4
+                          WHERE id = $1 AND owner = $2 AND fence = $3"
+                    ),
+                    &[&id.as_str(), &self.node, &fence, &self.lease],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        if renewed == 0 {
+            self.fences().remove(id);
+            let _ = std::fs::remove_file(self.cache_dir.join(id.as_str()));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Fenced like `record_state`.
     fn finish(&self, id: &QueueId, _journaled: bool) -> Result<(), SpoolError> {
         let fence = self.fence_of(id)?;

@@ -104,6 +104,20 @@ pub trait QueueStore: Send + Sync {
     /// An admin's delete: the message and its state go, durably.
     fn delete(&self, id: &QueueId) -> Result<(), SpoolError>;
 
+    /// Whether messages are held under leases that can end (a shared
+    /// store), so that `renew_lease` is worth asking before an attempt.
+    fn leases(&self) -> bool {
+        false
+    }
+
+    /// Before an attempt (blocking): whether this node still holds `id`,
+    /// its lease renewed for the attempt. A node that stalled past its
+    /// lease learns here that another took the message, and does not
+    /// deliver it a second time. The local store holds all it has.
+    fn renew_lease(&self, _id: &QueueId) -> Result<bool, SpoolError> {
+        Ok(true)
+    }
+
     /// Delivery is over: the message goes. `journaled`: it never left the
     /// accept journal, so releasing its record is all there is. A crash
     /// right after may bring it back for a duplicate delivery, never lose it.

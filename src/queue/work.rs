@@ -110,6 +110,24 @@ impl QueueManager {
                 r.record(expiry);
             }
         }
+        // A shared store: another node may have taken the message over
+        // while this one stalled; then it is theirs to deliver.
+        if self.store.leases() {
+            let store = Arc::clone(&self.store);
+            let owned_id = id.clone();
+            match off_thread(move || store.renew_lease(&owned_id)).await {
+                Ok(true) => {}
+                Ok(false) | Err(SpoolError::NotFound(_)) => return PassEnd::gone(),
+                Err(e) => {
+                    self.events.emit(Event::SpoolProblem {
+                        queue_id: Some(id.clone()),
+                        doing: "cannot renew the lease before an attempt; will retry",
+                        error: e.to_string(),
+                    });
+                    return PassEnd::kept(state, Some(unix_now() + 30));
+                }
+            }
+        }
         // An expiry is a result; otherwise the pass says whether it had one.
         let mut worth_recording =
             is_expired || self.deliver_due(id, env, body, &mut state, now).await;

@@ -140,7 +140,14 @@ async fn a_lease_taken_over_fences_out_the_old_owner() {
             .starts_with(b"Subject: leased")
     );
 
-    // A wakes up: its writes change nothing, and it says the message is gone.
+    // A wakes up: before an attempt it asks to renew its lease, and hears
+    // the message is no longer its own (so it does not deliver it again);
+    // B's renewal holds.
+    let (a2, id2) = (Arc::clone(&a), id.clone());
+    assert!(!blocking(move || a2.renew_lease(&id2)).await.unwrap());
+    let (b2, id2) = (Arc::clone(&b), id.clone());
+    assert!(blocking(move || b2.renew_lease(&id2)).await.unwrap());
+    // Nor do its writes change anything: the message is gone for it.
     let mut state = taken.state.clone();
     state.recipients[0].attempts = 7;
     let (a2, stale) = (Arc::clone(&a), state.clone());
