@@ -95,6 +95,9 @@ async fn handle_connection(
 ) {
     // Behind a load balancer, the client is the one its PROXY header names.
     let mut via_proxy = None;
+    // A PROXY header with no client (LOCAL): the load balancer's own
+    // health check.
+    let mut proxy_check = false;
     let proxied = ctx
         .config
         .listener
@@ -118,7 +121,7 @@ async fn handle_connection(
                 via_proxy = Some(from);
                 peer = client;
             }
-            Ok(None) => {}
+            Ok(None) => proxy_check = true,
             Err(e) => {
                 warn!(proxy = %from, error = %e, "bad PROXY header");
                 refused(ConnectionRefusal::BadProxyHeader);
@@ -127,7 +130,7 @@ async fn handle_connection(
         }
     }
     let ip = peer.ip().to_canonical();
-    let admitted = admit(&ctx, &limits, ip, kind);
+    let admitted = admit(&ctx, &limits, ip, kind, proxy_check);
     if kind == ListenerKind::Smtps && admitted.is_err() {
         // Nothing readable can be said before TLS on an implicit-TLS port,
         // and a refused client must not hold a descriptor through a
@@ -198,6 +201,7 @@ fn admit(
     limits: &Arc<ConnectionLimits>,
     ip: std::net::IpAddr,
     kind: ListenerKind,
+    proxy_check: bool,
 ) -> Result<Slot, Reply> {
     let refused = |refusal: ConnectionRefusal| {
         ctx.events.emit(Event::ConnectionRefused {
@@ -219,7 +223,10 @@ fn admit(
     // Only trusted networks may use the reserved slots and skip the rate
     // cap. Privilege comes with trust (or AUTH, which is not known yet),
     // not with the port: a stranger on 587 or 465 is still a stranger.
-    let privileged = trusted;
+    // A health check from a configured load balancer is not held to the
+    // rate cap either: HAProxy checking every second must not lock itself
+    // out and take the node out of service.
+    let privileged = trusted || proxy_check;
     limits
         .acquire(ip, privileged)
         .map_err(|refusal| match refusal {

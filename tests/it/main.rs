@@ -14,6 +14,7 @@ mod checks;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_ha;
 mod delivery;
 mod diagnostics;
 mod durability;

@@ -107,3 +107,37 @@ async fn a_header_split_across_segments_is_waited_for() {
         c.expect("RCPT TO:<far@elsewhere.example>", 250).await;
     }
 }
+
+/// The load balancer's own health checks (PROXY v2 LOCAL, no client) are
+/// not held to the per-address rate cap: a check every 300 ms must not
+/// lock HAProxy out and take the node out of service. A client behind
+/// it is still held to the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_from_the_proxy_skip_the_rate_cap() {
+    let server = TestServer::start(
+        "[server]\nmax_connection_rate_per_ip = 3\n[[listener]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n",
+    )
+    .await;
+    // Signature, version 2 + LOCAL, family unspecified, no addresses.
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    for i in 0..8 {
+        let mut tcp = tcp_from("127.0.0.1", server.addr()).await;
+        tcp.write_all(local).await.unwrap();
+        let mut c = SmtpClient::from_stream(tcp);
+        assert_eq!(c.read_reply().await.code, 220, "health check {i}");
+        c.expect("QUIT", 221).await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = tcp_from("127.0.0.1", server.addr()).await;
+        tcp.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+            .await
+            .unwrap();
+        codes.push(SmtpClient::from_stream(tcp).read_reply().await.code);
+    }
+    assert_eq!(
+        codes,
+        [220, 220, 220, 421, 421],
+        "a proxied client is held to the cap"
+    );
+}

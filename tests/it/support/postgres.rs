@@ -52,18 +52,13 @@ fn as_db_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
 
 impl TestPostgres {
     pub fn start() -> TestPostgres {
-        let dir = tempfile::tempdir().unwrap();
-        let user = run_as();
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-        }
+        let dir = Self::owned_dir();
         let data = dir.path().join("data");
-        let bin = bin_dir();
         let out = as_db_user(
-            Command::new(bin.join("initdb"))
+            Command::new(bin_dir().join("initdb"))
                 .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
                 .arg(&data),
-            user,
+            run_as(),
         )
         .output()
         .unwrap();
@@ -72,17 +67,88 @@ impl TestPostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Self::serve(dir)
+    }
+
+    /// A streaming standby of `primary`, copied with `pg_basebackup -R`
+    /// and known to it as `name` (its `application_name`).
+    pub fn standby_of(primary: &TestPostgres, name: &str) -> TestPostgres {
+        let dir = Self::owned_dir();
+        let data = dir.path().join("data");
+        let out = as_db_user(
+            Command::new(bin_dir().join("pg_basebackup"))
+                .arg("-d")
+                .arg(format!(
+                    "host=127.0.0.1 port={} user=postgres application_name={name}",
+                    primary.port
+                ))
+                .args(["-R", "-X", "stream", "--no-sync", "-D"])
+                .arg(&data),
+            run_as(),
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::serve(dir)
+    }
+
+    /// From now on, every commit on this primary waits for standby `name`;
+    /// returns once that standby streams as `sync`.
+    pub fn require_synchronous(&self, name: &str) {
+        self.query(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{name}'"
+        ));
+        self.query("SELECT pg_reload_conf()");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let state = self.query(&format!(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'"
+            ));
+            if state == "sync" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("standby {name} did not become synchronous");
+    }
+
+    /// Promotes this standby to primary (waits until it is).
+    pub fn promote(&self) {
+        assert_eq!(self.query("SELECT pg_promote(true, 30)"), "t");
+    }
+
+    /// The server dies at once, as in a crash (SIGKILL to the postmaster).
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A temporary directory the database user owns.
+    fn owned_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some((uid, gid)) = run_as() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        dir
+    }
+
+    /// Runs the server of `dir/data` on a free loopback port.
+    fn serve(dir: tempfile::TempDir) -> TestPostgres {
         let port = super::free_port("127.0.0.1");
         let child = as_db_user(
-            Command::new(bin.join("postgres"))
+            Command::new(bin_dir().join("postgres"))
                 .arg("-D")
-                .arg(&data)
+                .arg(dir.path().join("data"))
                 .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
                 .arg("-k")
                 .arg(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
-            user,
+            run_as(),
         )
         .spawn()
         .unwrap();

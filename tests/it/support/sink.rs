@@ -72,6 +72,9 @@ pub struct Sink {
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    /// The sessions in progress: a dropped sink ends them too (a next hop
+    /// that went down keeps no connection a client could reuse).
+    sessions: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Sink {
@@ -83,6 +86,8 @@ impl Sink {
         let store = Arc::clone(&received);
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = Arc::clone(&connections);
+        let sessions = Arc::new(Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let running = Arc::clone(&sessions);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -91,7 +96,7 @@ impl Sink {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let store = Arc::clone(&store);
                 let b = behaviour.clone();
-                tokio::spawn(async move {
+                let session = tokio::spawn(async move {
                     let _ = match b.implicit_tls.clone() {
                         Some(config) => {
                             let Ok(stream) =
@@ -104,6 +109,9 @@ impl Sink {
                         None => serve(Box::new(tcp), b, store, false).await,
                     };
                 });
+                let mut running = running.lock().unwrap();
+                running.retain(|s| !s.is_finished());
+                running.push(session.abort_handle());
             }
         });
         Sink {
@@ -111,6 +119,7 @@ impl Sink {
             received,
             connections,
             task,
+            sessions,
         }
     }
 
@@ -134,6 +143,9 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.task.abort();
+        for session in self.sessions.lock().unwrap().drain(..) {
+            session.abort();
+        }
     }
 }
 
