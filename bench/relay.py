@@ -228,23 +228,15 @@ def client_argv(env, kind, port, size, sessions, count, tls_name="relay.bench.te
         argv += ["--source", CHECKS_CLIENT]
     return argv
 
-class Portcullis:
-    name = "portcullis"
-    def __init__(self, env, port, kind):
-        self.binary, self.dir, self.port = env.binary, os.path.join(env.workdir, f"portcullis-{kind}"), port
-        os.makedirs(self.dir, exist_ok=True)
-        self.config = os.path.join(self.dir, "bench.toml")
-        listener_kind = "submission" if kind == "auth" else "smtp"
-        text = f"""[server]
+def portcullis_config(env, kind, node_dir, listener):
+    """A Portcullis config for `kind`, its data in `node_dir`, listening as `listener` says."""
+    text = f"""[server]
 hostname = "relay.bench.test"
-data_dir = "{self.dir}/data"
+data_dir = "{node_dir}/data"
 max_connections = 1000
 max_connections_per_ip = 1000
 max_connection_rate_per_ip = 0
-[[listener]]
-address = "127.0.0.1:{port}"
-kind = "{listener_kind}"
-[[network]]
+{listener}[[network]]
 range = "127.0.0.0/8"
 auth = "{'required' if kind == 'auth' else 'none'}"
 [delivery]
@@ -253,21 +245,31 @@ smarthost = "127.0.0.1:{env.sink_port}"
 concurrency = 20
 per_domain_concurrency = 20
 """
-        if kind in ("tls", "auth"):
-            text += f'smarthost_tls = "starttls"\nsmarthost_ca_file = "{env.cert("ca.pem")}"\n'
-            text += f'[tls]\ncert = "{env.cert("cert.pem")}"\nkey = "{env.cert("key.pem")}"\n'
-        else:
-            text += 'smarthost_tls = "none"\n'
-        if kind == "auth":
-            text += f'[auth]\nusers_file = "{env.users_file}"\n'
-        if kind == "checks":
-            zones = ", ".join(f'"{z}"' for z in DNS_LISTS)
-            text += f'[[network]]\nrange = "{CHECKS_CLIENT}/32"\nauth = "none"\n'
-            text += f'[checks]\ndnsbl = [{zones}]\nreverse_dns = "fcrdns"\nskip_for_trusted = false\n'
-            text += '[dns]\nnameservers = ["127.0.0.1:53"]\n'
-        else:
-            text += '[dns]\nnameservers = ["127.0.0.1:1"]\n'
-        with open(self.config, "w") as f: f.write(text)
+    if kind in ("tls", "auth"):
+        text += f'smarthost_tls = "starttls"\nsmarthost_ca_file = "{env.cert("ca.pem")}"\n'
+        text += f'[tls]\ncert = "{env.cert("cert.pem")}"\nkey = "{env.cert("key.pem")}"\n'
+    else:
+        text += 'smarthost_tls = "none"\n'
+    if kind == "auth":
+        text += f'[auth]\nusers_file = "{env.users_file}"\n'
+    if kind == "checks":
+        zones = ", ".join(f'"{z}"' for z in DNS_LISTS)
+        text += f'[[network]]\nrange = "{CHECKS_CLIENT}/32"\nauth = "none"\n'
+        text += f'[checks]\ndnsbl = [{zones}]\nreverse_dns = "fcrdns"\nskip_for_trusted = false\n'
+        text += '[dns]\nnameservers = ["127.0.0.1:53"]\n'
+    else:
+        text += '[dns]\nnameservers = ["127.0.0.1:1"]\n'
+    return text
+
+class Portcullis:
+    name = "portcullis"
+    def __init__(self, env, port, kind):
+        self.binary, self.dir, self.port = env.binary, os.path.join(env.workdir, f"portcullis-{kind}"), port
+        os.makedirs(self.dir, exist_ok=True)
+        self.config = os.path.join(self.dir, "bench.toml")
+        listener_kind = "submission" if kind == "auth" else "smtp"
+        listener = f'[[listener]]\naddress = "127.0.0.1:{port}"\nkind = "{listener_kind}"\n'
+        with open(self.config, "w") as f: f.write(portcullis_config(env, kind, self.dir, listener))
     def start(self, cg):
         self.log = open(os.path.join(self.dir, "log"), "a")
         self.proc = subprocess.Popen([self.binary, "serve", "--config", self.config], stdout=self.log, stderr=self.log, preexec_fn=cg.enter)
@@ -392,7 +394,8 @@ def one_run(env, kind, server, size, sessions, count, end_to_end, run_id):
         server.start(cg)
         os.sync()  # the previous run's dirty pages are not written during this one
         sampler = RssSampler(cg); sampler.start()
-        cpu0 = cg.cpu_seconds()
+        elsewhere = getattr(server, "cpu_elsewhere", lambda: 0.0)
+        cpu0 = cg.cpu_seconds() + elsewhere()
         queries0 = env.dns_queries()
         t0 = time.time()
         src = subprocess.run(client_argv(env, kind, server.port, size, sessions, count),
@@ -406,7 +409,7 @@ def one_run(env, kind, server, size, sessions, count, end_to_end, run_id):
                 if time.time() > deadline: raise RuntimeError(f"{server.name}: sink got {sink.count()} of {count}")
                 time.sleep(0.005)
         elapsed = time.time() - t0
-        cpu = cg.cpu_seconds() - cpu0
+        cpu = cg.cpu_seconds() + elsewhere() - cpu0
         sampler.stop = True; sampler.join()
         if kind == "checks":
             time.sleep(0.02)  # the DNS server's count file is rewritten every 5 ms
@@ -445,6 +448,8 @@ def message_count(kind, size, quick):
 
 def table(results, cases, names):
     med = lambda xs: statistics.median(xs)
+    if len(names) > 2:
+        return cluster_table(results, cases, names)
     if len(names) == 2:
         lines = ["| case | Portcullis e2e msg/s | Postfix e2e msg/s | ratio | Portcullis accept msg/s | Postfix accept msg/s | ratio | CPU s (P / Pf) | peak RSS MiB (P / Pf) | machine limit msg/s | P e2e / limit |",
                  "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -466,8 +471,27 @@ def table(results, cases, names):
                          f"{r(n, True, 2)/2**20:.1f} | {limit:.0f} | {r(n, True, 0)/limit:.0%} |")
     return "\n".join(lines)
 
-def run_kind(env, kind, cases, runs, only):
+def cluster_table(results, cases, names):
+    """One row per case and server, each against Postfix."""
+    med = lambda xs: statistics.median(xs)
+    r = lambda size, sessions, name, e2e, i: med([x[i] for x in results[(size, sessions, name, e2e)]])
+    lines = ["| case | server | e2e msg/s | e2e / Postfix | accept msg/s | accept / Postfix | CPU s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for size, sessions, count in cases:
+        fe, fa = r(size, sessions, "postfix", True, 0), r(size, sessions, "postfix", False, 0)
+        for n in names:
+            e, a = r(size, sessions, n, True, 0), r(size, sessions, n, False, 0)
+            lines.append(f"| {size//1024} KB x {sessions} | {n} | {e:.0f} | {e/fe:.2f} | {a:.0f} | {a/fa:.2f} | "
+                         f"{r(size, sessions, n, True, 1):.2f} | {r(size, sessions, n, True, 2)/2**20:.1f} |")
+    return "\n".join(lines)
+
+def run_kind(env, kind, cases, runs, only, pg=None):
     servers = [Portcullis(env, free_port(), kind), Postfix(env, free_port(), kind)]
+    if pg is not None:
+        from pg_cluster import PortcullisCluster
+        for nodes in (1, 3):
+            servers.append(PortcullisCluster(env, free_port(), kind, nodes, pg, free_port, wait_port,
+                                             lambda d, l: portcullis_config(env, kind, d, l)))
     if only:
         servers = [s for s in servers if s.name == only]
     results = {}
@@ -496,7 +520,8 @@ def main():
     ap.add_argument("--cases", help="comma-separated SIZE_KBxSESSIONS cases (default: six for plain, four for the others)")
     ap.add_argument("--dns-ttl", type=int, default=300, help="TTL of the checks kind's DNS answers (0: nothing can be cached)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs) for a look afterwards")
-    ap.add_argument("--only", choices=["portcullis", "postfix"], help="run one server (no ratios; for profiling)")
+    ap.add_argument("--only", choices=["portcullis", "postfix", "cluster-1", "cluster-3"], help="run one server (no ratios; for profiling)")
+    ap.add_argument("--cluster", action="store_true", help="also one and three nodes on PostgreSQL with a synchronous standby (three behind HAProxy)")
     args = ap.parse_args()
     if os.geteuid() != 0: sys.exit("relay.py: run as root (private Postfix instance, cgroup accounting)")
     kinds = list(KINDS) if args.kinds == "all" else args.kinds.split(",")
@@ -511,22 +536,29 @@ def main():
     os.chmod(workdir, 0o755)  # Postfix's daemons run as the postfix user and must reach their queue
     env = Env(workdir, os.path.abspath(args.binary), os.path.abspath(args.peer), set(kinds), args.dns_ttl)
     tables = []
+    pg = None
     try:
+        if args.cluster:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from pg_cluster import Postgres
+            pg = Postgres(workdir, free_port, Cgroup(f"portcullis-bench-pg-{os.getpid()}"))
         for kind in kinds:
             spec = args.cases or DEFAULT_CASES.get(kind, OTHER_CASES)
             cases = [(int(kb) * 1024, int(n)) for kb, n in (c.split("x") for c in spec.split(","))]
             cases = [(size, n, message_count(kind, size, args.quick)) for size, n in cases]
-            t = run_kind(env, kind, cases, args.runs, args.only)
+            t = run_kind(env, kind, cases, args.runs, args.only, pg)
             print(f"\n{kind}:\n{t}\n", flush=True)
             tables.append((kind, t))
     finally:
+        if pg is not None: pg.close(); pg.cg.remove()
         env.close()
         if args.keep: print(f"work directory kept: {workdir}")
         else: shutil.rmtree(workdir, ignore_errors=True)
     if args.only:
         return  # a partial run does not replace the recorded figures
     with open(args.out, "w") as f:
-        f.write(f"Medians of {args.runs} runs; ratio = Portcullis / Postfix. Command: `sudo bench/relay.sh --runs {args.runs} --kinds {','.join(kinds)}`\n")
+        cluster = " --cluster" if args.cluster else ""
+        f.write(f"Medians of {args.runs} runs; ratio = Portcullis / Postfix. Command: `sudo bench/relay.sh --runs {args.runs} --kinds {','.join(kinds)}{cluster}`\n")
         for kind, t in tables:
             f.write(f"\n### {kind}\n\n{t}\n")
 

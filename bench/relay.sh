@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Portcullis vs Postfix relay benchmark (see README "Performance").
+# Portcullis vs Postfix relay benchmark (see README "Performance"); with
+# --cluster also one and three cluster nodes on PostgreSQL (bench/pg_cluster.py).
 # Builds Portcullis and the benchmark peers (examples/bench_peer) in release
 # mode, installs Postfix's tools and Dovecot (for Postfix's SASL) when
 # missing, without running a system mail daemon, then runs bench/relay.py,
@@ -13,8 +14,16 @@ command -v smtp-source >/dev/null || missing+=(postfix)
 command -v dovecot >/dev/null || missing+=(dovecot-core)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v ip >/dev/null || missing+=(iproute2)
+case " $* " in
+*" --cluster "*)   # PostgreSQL (primary and standby of the bench's own) and HAProxy
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql-15)
+    command -v haproxy >/dev/null || missing+=(haproxy) ;;
+esac
 if [ ${#missing[@]} -gt 0 ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    mkdir -p /etc/postgresql-common   # no system PostgreSQL cluster
+    grep -qs "create_main_cluster = false" /etc/postgresql-common/createcluster.conf ||
+        echo "create_main_cluster = false" >> /etc/postgresql-common/createcluster.conf
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -81,3 +81,18 @@ pub async fn heartbeat(
         .await
         .map(|_| ())
 }
+
+/// This node stops: its number is free for any installation at once.
+pub async fn sign_out(
+    client: &tokio_postgres::Client,
+    me: &Identity,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE portcullis_node SET last_seen = 0
+              WHERE node_id = $1 AND hostname = $2 AND data_dir = $3",
+            &[&me.node, &me.hostname, &me.data_dir],
+        )
+        .await
+        .map(|_| ())
+}

@@ -457,6 +457,24 @@ impl QueueStore for PgStore {
         true
     }
 
+    fn leave(&self) -> Result<(), SpoolError> {
+        self.wait(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "UPDATE portcullis_message SET lease_until = 0 WHERE owner = $1",
+                    &[&self.node],
+                )
+                .await
+                .map_err(db_error)?;
+            super::nodes::sign_out(&client, &self.identity)
+                .await
+                .map_err(db_error)
+        })?;
+        self.fences().clear();
+        Ok(())
+    }
+
     /// Renews the lease when this node still holds it under the same
     /// fence; otherwise forgets the message here (another node took it).
     fn renew_lease(&self, id: &QueueId) -> Result<bool, SpoolError> {

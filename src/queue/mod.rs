@@ -358,7 +358,20 @@ impl QueueManager {
             }
         }
         self.flush_unrecorded(&mut q);
-        let _ = tokio::time::timeout(grace, q.tasks.wait()).await;
+        let settled = tokio::time::timeout(grace, q.tasks.wait()).await.is_ok();
+        if settled && self.store.leases() {
+            // Nothing of ours is in flight: the others may take it all now.
+            let store = Arc::clone(&self.store);
+            match tokio::time::timeout(grace, off_thread(move || store.leave())).await {
+                Ok(Ok(())) => info!("leases ended: the other nodes deliver this node's messages"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot end this node's leases; the other nodes take its messages when they run out")
+                }
+                Err(_) => warn!(
+                    "the database did not answer in time; the other nodes take this node's messages when its leases run out"
+                ),
+            }
+        }
         self.deliverer.close_idle().await;
     }
 

@@ -110,6 +110,13 @@ pub trait QueueStore: Send + Sync {
         false
     }
 
+    /// The node stops with no attempt running (blocking): a shared store
+    /// ends its leases and frees its node number at once, so that the
+    /// other nodes deliver its messages now rather than a lease later.
+    fn leave(&self) -> Result<(), SpoolError> {
+        Ok(())
+    }
+
     /// Before an attempt (blocking): whether this node still holds `id`,
     /// its lease renewed for the attempt. A node that stalled past its
     /// lease learns here that another took the message, and does not

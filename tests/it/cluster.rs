@@ -650,3 +650,63 @@ async fn counters_bans_and_guard_decisions_are_shared() {
     });
     assert!(!all.contains("guess"), "no password in shared state");
 }
+
+/// A node stopped cleanly (SIGTERM, as for an upgrade) ends its leases and
+/// frees its number: with a one-minute lease, another node still delivers
+/// its waiting message within its next claim, and a new installation may
+/// take the number at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_hands_its_mail_over_at_once() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::ProcessServer;
+    use crate::support::sink::{Behaviour, Sink};
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let hop = crate::support::free_port("127.0.0.1");
+    let delivery = through_hop(hop);
+    let long_lease = |path: std::path::PathBuf| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("lease = \"2s\""));
+        std::fs::write(&path, text.replace("lease = \"2s\"", "lease = \"60s\"")).unwrap();
+        path
+    };
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config_one = long_lease(process_config(&pg, 1, dirs[0].path(), &delivery));
+    let mut first = tokio::task::block_in_place(|| ProcessServer::spawn(&config_one));
+    let mut c = SmtpClient::greeted(first.addr, "127.0.0.2", "app.test").await;
+    let r = c
+        .send_mail(
+            "app@client.test",
+            &["someone@far.example"],
+            b"Subject: handed over\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    drop(c);
+    assert!(tokio::task::block_in_place(
+        || first.wait_for_log("deferred")
+    ));
+    assert!(
+        tokio::task::block_in_place(|| first.terminate()),
+        "node 1 stopped"
+    );
+    assert!(
+        first.log.lock().unwrap().contains("leases ended"),
+        "{}",
+        first.log.lock().unwrap()
+    );
+
+    let sink = Sink::start("127.0.0.1", hop, Behaviour::accept_all()).await;
+    let config_two = long_lease(process_config(&pg, 2, dirs[1].path(), &delivery));
+    let _second = tokio::task::block_in_place(|| ProcessServer::spawn(&config_two));
+    // Well before node 1's minute-long lease would have run out.
+    let got = sink.wait_for(1, Duration::from_secs(25)).await;
+    assert_eq!(got.len(), 1, "node 2 took the message at its first claims");
+    // Node 1's number is free for another installation now.
+    let config_other = long_lease(process_config(&pg, 1, dirs[2].path(), ""));
+    let other = tokio::task::block_in_place(|| ProcessServer::spawn(&config_other));
+    assert!(
+        !other.log.lock().unwrap().contains("is in use"),
+        "{}",
+        other.log.lock().unwrap()
+    );
+}

@@ -247,6 +247,22 @@ impl ProcessServer {
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
+    /// SIGTERM, as systemd stops it, and waits (bounded) for the exit:
+    /// whether it exited within `WAIT`.
+    pub fn terminate(&mut self) -> bool {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
