@@ -299,6 +299,8 @@ struct Row {
 struct QueuePage {
     frame: Frame,
     rows: Vec<Row>,
+    /// Several nodes share the queue: each row names its holder.
+    cluster: bool,
     filter_sender: String,
     filter_domain: String,
     filter_state: String,
@@ -337,6 +339,7 @@ pub async fn queue(
     render(&QueuePage {
         frame: frame(&login, "queue"),
         rows,
+        cluster: state.current.get().config.cluster.is_some(),
         filter_sender: text(&q.filter.sender),
         filter_domain: text(&q.filter.domain),
         filter_state: text(&q.filter.state),

@@ -192,9 +192,18 @@ fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
         outln!("queue is empty");
         return Ok(0);
     }
+    // In a cluster each message shows the node that holds it ("-": none
+    // alive does; the next claim takes it).
+    let cluster = rows.iter().any(|m| m.node.is_some());
+    let node = |m: &MessageSummary| match (cluster, m.node) {
+        (false, _) => String::new(),
+        (true, Some(n)) => format!("{n:<4}  "),
+        (true, None) => "-     ".to_string(),
+    };
     outln!(
-        "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  recipients",
+        "{:<20}  {}{:<23}  {:>9}  {:<9}  {:<30}  recipients",
         "ID",
+        if cluster { "node  " } else { "" },
         "received (UTC)",
         "size",
         "state",
@@ -203,8 +212,9 @@ fn list(rows: &[MessageSummary], json: bool) -> anyhow::Result<i32> {
     for m in rows {
         let state = m.state_word();
         outln!(
-            "{:<20}  {:<23}  {:>9}  {:<9}  {:<30}  {}",
+            "{:<20}  {}{:<23}  {:>9}  {:<9}  {:<30}  {}",
             m.id,
+            node(m),
             when(m.received_at),
             m.size,
             state,

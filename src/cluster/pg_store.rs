@@ -11,7 +11,9 @@
 //! the delivery code reads message files.
 
 use crate::config::ClusterConfig;
-use crate::queue::{Durability, Forwarded, Loaded, QueueCommand, QueueStore};
+use crate::queue::{
+    Durability, Forwarded, Loaded, MessageSummary, QueueCommand, QueueStore, SharedQueue,
+};
 use crate::spool::{
     Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, SpoolError, SpoolWriter,
 };
@@ -22,6 +24,9 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 use super::db::NOW;
+
+/// Messages of other nodes a `queue list` shows at most.
+const SHARED_LIST_MAX: i64 = 100_000;
 
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
@@ -455,6 +460,43 @@ impl QueueStore for PgStore {
 
     fn leases(&self) -> bool {
         true
+    }
+
+    /// The messages other nodes hold or no live node holds (at most
+    /// `SHARED_LIST_MAX`, oldest first).
+    fn shared_queue(&self) -> Result<Option<SharedQueue>, SpoolError> {
+        let rows = self.wait(async {
+            let client = self.client().await?;
+            client
+                .query(
+                    &format!(
+                        "SELECT id, envelope, state, held,
+                                CASE WHEN lease_until >= {NOW} THEN owner END AS holder
+                           FROM portcullis_message
+                          WHERE owner IS DISTINCT FROM $1
+                          ORDER BY id LIMIT $2"
+                    ),
+                    &[&self.node, &SHARED_LIST_MAX],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        let others = rows
+            .iter()
+            .filter_map(|row| {
+                let id = QueueId::parse(row.get::<_, &str>(0))?;
+                let envelope: Envelope = serde_json::from_str(row.get(1)).ok()?;
+                let state: MessageState = serde_json::from_str(row.get(2)).ok()?;
+                let holder: Option<i32> = row.get(4);
+                let mut summary = MessageSummary::of(&id, &envelope, &state, row.get(3), false);
+                summary.node = holder.and_then(|n| u8::try_from(n).ok());
+                Some(summary)
+            })
+            .collect();
+        Ok(Some(SharedQueue {
+            node: u8::try_from(self.node).unwrap_or_default(),
+            others,
+        }))
     }
 
     fn leave(&self) -> Result<(), SpoolError> {

@@ -76,6 +76,10 @@ pub struct MessageSummary {
     /// Each recipient's state: attempts, next retry, last error.
     #[serde(default)]
     pub states: Vec<crate::spool::RecipientState>,
+    /// In a cluster: the node that holds it (None: no live node does; it
+    /// is taken at the next claim). Absent on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u8>,
 }
 
 /// One word for where a message stands, the same in `queue list`, `queue
@@ -119,6 +123,35 @@ pub fn recipient_state(r: &crate::spool::RecipientState) -> &'static str {
 }
 
 impl MessageSummary {
+    /// The summary of a message as its envelope and state say.
+    pub fn of(
+        id: &QueueId,
+        e: &crate::spool::Envelope,
+        state: &crate::spool::MessageState,
+        held: bool,
+        in_flight: bool,
+    ) -> MessageSummary {
+        use crate::spool::RecipientStatus;
+        let count = |s: RecipientStatus| state.recipients.iter().filter(|r| r.status == s).count();
+        MessageSummary {
+            id: id.clone(),
+            received_at: e.received_at,
+            size: e.size,
+            sender: e.sender.clone(),
+            recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
+            client_ip: e.client_ip.clone(),
+            auth_user: e.auth_user.clone(),
+            held,
+            in_flight,
+            next_attempt: state.next_due(),
+            queued: count(RecipientStatus::Queued),
+            delivered: count(RecipientStatus::Delivered),
+            failed: count(RecipientStatus::Failed),
+            states: state.recipients.clone(),
+            node: None,
+        }
+    }
+
     /// See `message_state`.
     pub fn state_word(&self) -> &'static str {
         message_state(self.held, self.in_flight, &self.states)

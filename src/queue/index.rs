@@ -133,30 +133,13 @@ impl Entry {
     }
 
     fn summary(&self, id: &QueueId) -> MessageSummary {
-        let count = |s: RecipientStatus| {
-            self.state
-                .recipients
-                .iter()
-                .filter(|r| r.status == s)
-                .count()
-        };
-        let e = &self.envelope;
-        MessageSummary {
-            id: id.clone(),
-            received_at: e.received_at,
-            size: e.size,
-            sender: e.sender.clone(),
-            recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
-            client_ip: e.client_ip.clone(),
-            auth_user: e.auth_user.clone(),
-            held: self.pending.held.unwrap_or(self.state.held),
-            in_flight: self.busy,
-            next_attempt: self.state.next_due(),
-            queued: count(RecipientStatus::Queued),
-            delivered: count(RecipientStatus::Delivered),
-            failed: count(RecipientStatus::Failed),
-            states: self.state.recipients.clone(),
-        }
+        MessageSummary::of(
+            id,
+            &self.envelope,
+            &self.state,
+            self.pending.held.unwrap_or(self.state.held),
+            self.busy,
+        )
     }
 
     /// Makes every queued recipient due at `now`.

@@ -18,7 +18,7 @@ pub use control::{
 };
 pub use index::{Applied, Content, Index, Write};
 pub use schedule::{expired, next_attempt};
-pub use store::{Durability, Forwarded, Loaded, QueueStore};
+pub use store::{Durability, Forwarded, Loaded, QueueStore, SharedQueue};
 pub use work::route_facts;
 
 use crate::config::Config;
@@ -536,6 +536,11 @@ impl QueueManager {
             self.deliverer.forget_down_hosts();
         }
         let applied = q.index.apply(&cmd, unix_now());
+        if let (QueueCommand::List, QueueAnswer::List { messages }) = (&cmd, &applied.answer)
+            && self.store.leases()
+        {
+            return self.list_shared(messages.clone(), reply);
+        }
         let with_body = matches!(cmd, QueueCommand::Show { body: true, .. });
         if !matches!(
             cmd,
@@ -607,6 +612,30 @@ impl QueueManager {
                 }
             });
         }
+    }
+
+    /// `queue list` in a cluster: this node's messages and, from the
+    /// shared store, every other one, each with the node that holds it.
+    fn list_shared(&self, mut mine: Vec<MessageSummary>, reply: oneshot::Sender<QueueAnswer>) {
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let answer = match off_thread(move || store.shared_queue()).await {
+                Ok(Some(shared)) => {
+                    for m in &mut mine {
+                        m.node = Some(shared.node);
+                    }
+                    mine.extend(shared.others);
+                    mine.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+                    QueueAnswer::List { messages: mine }
+                }
+                Ok(None) => QueueAnswer::List { messages: mine },
+                Err(e) => QueueAnswer::error(format!(
+                    "the shared queue cannot be read ({e}); this node holds {} message(s)",
+                    mine.len()
+                )),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     /// Carries out a write a command asked for, as a job that owns the message meanwhile.

@@ -110,6 +110,13 @@ pub trait QueueStore: Send + Sync {
         false
     }
 
+    /// The shared queue beyond this node (blocking): this node's number
+    /// and the messages it does not hold, each with its holder. None for
+    /// the local store (every message is this node's).
+    fn shared_queue(&self) -> Result<Option<SharedQueue>, SpoolError> {
+        Ok(None)
+    }
+
     /// The node stops with no attempt running (blocking): a shared store
     /// ends its leases and frees its node number at once, so that the
     /// other nodes deliver its messages now rather than a lease later.
@@ -129,6 +136,12 @@ pub trait QueueStore: Send + Sync {
     /// accept journal, so releasing its record is all there is. A crash
     /// right after may bring it back for a duplicate delivery, never lose it.
     fn finish(&self, id: &QueueId, journaled: bool) -> Result<(), SpoolError>;
+}
+
+/// What `QueueStore::shared_queue` sees.
+pub struct SharedQueue {
+    pub node: u8,
+    pub others: Vec<super::MessageSummary>,
 }
 
 /// The single-node store: the local spool in `data_dir`.

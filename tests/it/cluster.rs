@@ -448,6 +448,21 @@ async fn queue_commands_reach_the_node_that_holds_the_message() {
             "SELECT held::text || '/' || owner FROM portcullis_message WHERE id = '{id}'"
         ))
     };
+    // Node 1's list shows the whole shared queue, with the holder.
+    let listed = tokio::task::block_in_place(|| {
+        let (ok, out, err) = run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["queue", "list", "--json", "--config"])
+                .arg(&config_one),
+            WAIT,
+        );
+        assert!(ok, "{err}");
+        out
+    });
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(rows[0]["id"], id.as_str());
+    assert_eq!(rows[0]["node"], 2, "held by node 2: {listed}");
     let said = tokio::task::block_in_place(|| queue("hold"));
     assert!(said.contains("passed to node 2"), "{said}");
     let mut state = String::new();
