@@ -109,7 +109,9 @@ class PortcullisCluster:
             if nodes > 1:
                 listener += 'proxy_protocol = true\nproxy_from = ["127.0.0.1"]\n'
             text = base_config(os.path.join(self.dir, f"node{i + 1}"), listener)
-            text += f'[cluster]\nnode_id = {i + 1}\ndatabase = "{pg.url()}"\npool_size = 16\n'
+            # Numbers of their own: a node of the other server may still
+            # hold its number for a lease after a run that left work behind.
+            text += f'[cluster]\nnode_id = {10 * nodes + i + 1}\ndatabase = "{pg.url()}"\npool_size = 16\n'
             path = os.path.join(self.dir, f"node{i + 1}.toml")
             with open(path, "w") as f: f.write(text)
             self.configs.append(path)

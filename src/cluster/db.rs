@@ -24,13 +24,22 @@ pub fn pool(cluster: &ClusterConfig) -> Result<deadpool_postgres::Pool, String> 
             .map_err(|e| format!("cluster.password_file {}: {e}", path.display()))?;
         config.password(password.trim_end_matches(['\r', '\n']));
     }
-    let manager = deadpool_postgres::Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    // sslmode=require: TLS, the server's certificate verified and its name
+    // checked. Otherwise in clear (libpq's "prefer" would try TLS without
+    // verifying anything, which protects against nothing that matters).
+    let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        let tls = crate::client_tls::verified_with(cluster.ca_file.as_deref(), "cluster.ca_file")?;
+        deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()),
+            manager_config,
+        )
+    } else {
+        deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+    };
     deadpool_postgres::Pool::builder(manager)
         .max_size(cluster.pool_size.max(1))
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -39,4 +48,21 @@ pub fn pool(cluster: &ClusterConfig) -> Result<deadpool_postgres::Pool, String> 
         .recycle_timeout(Some(DB_WAIT))
         .build()
         .map_err(|e| format!("cluster.database: {e}"))
+}
+
+/// An error with its causes ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer"): the top line alone seldom says what to fix.
+/// tokio-postgres never puts the connection string in its errors.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -67,10 +67,12 @@ impl PgStore {
         let node = cluster.node_id;
         let lease = cluster.lease.get();
         let pool = super::db::pool(cluster)?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| format!("cluster.database: cannot connect: {e}"))?;
+        let mut client = pool.get().await.map_err(|e| {
+            format!(
+                "cluster.database: cannot connect: {}",
+                super::db::describe(&e)
+            )
+        })?;
         crate::cluster::schema::ensure(&mut client)
             .await
             .map_err(|e| format!("cluster.database: cannot create the tables: {e}"))?;
@@ -499,21 +501,25 @@ impl QueueStore for PgStore {
         }))
     }
 
-    fn leave(&self) -> Result<(), SpoolError> {
+    fn leave(&self, settled: bool) -> Result<(), SpoolError> {
         self.wait(async {
             let client = self.client().await?;
-            client
-                .execute(
-                    "UPDATE portcullis_message SET lease_until = 0 WHERE owner = $1",
-                    &[&self.node],
-                )
-                .await
-                .map_err(db_error)?;
+            if settled {
+                client
+                    .execute(
+                        "UPDATE portcullis_message SET lease_until = 0 WHERE owner = $1",
+                        &[&self.node],
+                    )
+                    .await
+                    .map_err(db_error)?;
+            }
             super::nodes::sign_out(&client, &self.identity)
                 .await
                 .map_err(db_error)
         })?;
-        self.fences().clear();
+        if settled {
+            self.fences().clear();
+        }
         Ok(())
     }
 

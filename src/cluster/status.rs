@@ -43,10 +43,12 @@ pub struct NodeSeen {
 /// Asks the database (read only).
 pub async fn status(cluster: &ClusterConfig) -> Result<ClusterStatus, String> {
     let pool = super::db::pool(cluster)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| format!("cluster.database: cannot connect: {e}"))?;
+    let client = pool.get().await.map_err(|e| {
+        format!(
+            "cluster.database: cannot connect: {}",
+            super::db::describe(&e)
+        )
+    })?;
     let failed = |e: tokio_postgres::Error| format!("cluster.database: {e}");
     let lease = cluster.lease.get().as_secs().max(1) as i64;
     let primary: bool = client

@@ -27,6 +27,11 @@ pub struct ClusterConfig {
     /// Connections to the database this node keeps open at most.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// With `sslmode=require` in `database`: a CA file (PEM) trusted for
+    /// the database server's certificate, besides the web PKI and the
+    /// system's trust store.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_lease() -> ConfigDuration {

@@ -33,6 +33,9 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
             "holds the database password, which the Settings page and the config's backups then show; put it in cluster.password_file (0600) instead",
         ));
     }
+    if let Ok(parsed) = cl.database.parse::<tokio_postgres::Config>() {
+        check_encryption(cl, &parsed, out);
+    }
     if let Some(path) = &cl.password_file
         && let Err(e) = std::fs::read(path)
     {
@@ -80,6 +83,58 @@ pub fn check(c: &Config, out: &mut Vec<Finding>) {
     }
 }
 
+/// TLS to the database: `sslmode=require` for any host beyond this
+/// machine (the queue's content and the password cross the network), and
+/// a readable `ca_file`, which means nothing without it.
+fn check_encryption(
+    cl: &super::ClusterConfig,
+    parsed: &tokio_postgres::Config,
+    out: &mut Vec<Finding>,
+) {
+    use tokio_postgres::config::{Host, SslMode};
+    let required = parsed.get_ssl_mode() == SslMode::Require;
+    let remote = parsed.get_hosts().iter().find_map(|h| match h {
+        Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+        _ => None,
+    });
+    if let (false, Some(host)) = (required, remote) {
+        out.push(finding(
+            Severity::Warning,
+            "cluster.database",
+            "(not shown: it may hold a password)",
+            format!(
+                "reaches {host} without TLS: the messages and the password cross the network in clear; add sslmode=require (and cluster.ca_file for a private CA) unless that network is private to the nodes"
+            ),
+        ));
+    }
+    match &cl.ca_file {
+        Some(path) if !required => out.push(finding(
+            Severity::Warning,
+            "cluster.ca_file",
+            path.display().to_string(),
+            "is used only with sslmode=require in cluster.database",
+        )),
+        Some(path) => {
+            if let Err(e) = crate::tls::ca_file_roots(path, "cluster.ca_file") {
+                out.push(finding(
+                    Severity::Error,
+                    "cluster.ca_file",
+                    path.display().to_string(),
+                    e,
+                ));
+            }
+        }
+        None => {}
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, Severity};
@@ -103,9 +158,21 @@ mod tests {
     #[test]
     fn a_sound_cluster_section_passes() {
         let found = findings(
-            "[cluster]\nnode_id = 2\ndatabase = \"postgres://relay@db1,db2/mail?target_session_attrs=read-write\"\n",
+            "[cluster]\nnode_id = 2\ndatabase = \"postgres://relay@db1,db2/mail?target_session_attrs=read-write&sslmode=require\"\n",
         );
         assert!(found.is_empty(), "{found:?}");
+        let found = findings(
+            "[cluster]\nnode_id = 2\ndatabase = \"host=127.0.0.1 user=relay dbname=mail\"\n",
+        );
+        assert!(found.is_empty(), "loopback needs no TLS: {found:?}");
+        let found =
+            findings("[cluster]\nnode_id = 2\ndatabase = \"host=db1 user=relay dbname=mail\"\n");
+        assert!(
+            found.iter().any(|(s, k, r)| *s == Severity::Warning
+                && k == "cluster.database"
+                && r.contains("without TLS")),
+            "{found:?}"
+        );
         let c = Config::parse(
             "[cluster]\nnode_id = 2\ndatabase = \"host=db user=relay password=s3cret dbname=mail\"\n",
             "t",
@@ -136,7 +203,7 @@ mod tests {
         assert_eq!(found[2].0, Severity::Warning, "a short lease is a warning");
         // A password in the connection string: said, not shown.
         let found = findings(
-            "[cluster]\nnode_id = 1\ndatabase = \"postgres://u:s3cret@db/mail\"\npassword_file = \"/nonexistent/pw\"\n",
+            "[cluster]\nnode_id = 1\ndatabase = \"postgres://u:s3cret@db/mail?sslmode=require\"\npassword_file = \"/nonexistent/pw\"\n",
         );
         let keys: Vec<&str> = found.iter().map(|(_, k, _)| k.as_str()).collect();
         assert_eq!(

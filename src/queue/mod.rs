@@ -359,11 +359,16 @@ impl QueueManager {
         }
         self.flush_unrecorded(&mut q);
         let settled = tokio::time::timeout(grace, q.tasks.wait()).await.is_ok();
-        if settled && self.store.leases() {
-            // Nothing of ours is in flight: the others may take it all now.
+        if self.store.leases() {
+            // With nothing of ours in flight, the others may take it all now.
             let store = Arc::clone(&self.store);
-            match tokio::time::timeout(grace, off_thread(move || store.leave())).await {
-                Ok(Ok(())) => info!("leases ended: the other nodes deliver this node's messages"),
+            match tokio::time::timeout(grace, off_thread(move || store.leave(settled))).await {
+                Ok(Ok(())) if settled => {
+                    info!("leases ended: the other nodes deliver this node's messages")
+                }
+                Ok(Ok(())) => info!(
+                    "attempts still running: the other nodes take this node's messages when its leases run out"
+                ),
                 Ok(Err(e)) => {
                     warn!(error = %e, "cannot end this node's leases; the other nodes take its messages when they run out")
                 }

@@ -117,10 +117,11 @@ pub trait QueueStore: Send + Sync {
         Ok(None)
     }
 
-    /// The node stops with no attempt running (blocking): a shared store
-    /// ends its leases and frees its node number at once, so that the
-    /// other nodes deliver its messages now rather than a lease later.
-    fn leave(&self) -> Result<(), SpoolError> {
+    /// The node stops (blocking): a shared store frees its node number at
+    /// once and, when no attempt of this node runs any more (`settled`),
+    /// ends its leases, so that the other nodes deliver its messages now
+    /// rather than a lease later.
+    fn leave(&self, _settled: bool) -> Result<(), SpoolError> {
         Ok(())
     }
 

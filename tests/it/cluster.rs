@@ -20,6 +20,7 @@ fn cluster(pg: &TestPostgres, id: u8) -> ClusterConfig {
         lease: ConfigDuration(LEASE),
         password_file: None,
         pool_size: 2,
+        ca_file: None,
     }
 }
 
@@ -724,4 +725,116 @@ async fn a_node_stopped_cleanly_hands_its_mail_over_at_once() {
         "{}",
         other.log.lock().unwrap()
     );
+}
+
+/// The compose example's files hold up: each node's config (as its
+/// entrypoint writes it) passes `check-config`, and HAProxy accepts its
+/// configuration (`haproxy -c`).
+#[test]
+fn the_compose_cluster_example_is_valid() {
+    use crate::support::server::binary;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(root.join("packaging/cluster/node.toml")).unwrap();
+    let entrypoint =
+        std::fs::read_to_string(root.join("packaging/cluster/node-entrypoint.sh")).unwrap();
+    assert!(template.contains("\nnode_id = NODE_ID\n"));
+    assert!(entrypoint.contains("s/^node_id = NODE_ID$/node_id = ${PORTCULLIS_NODE}/"));
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("cluster-db-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    for node in ["1", "2"] {
+        let text = template
+            .replace("node_id = NODE_ID", &format!("node_id = {node}"))
+            .replace(
+                "/run/secrets/cluster-db-password",
+                &password.display().to_string(),
+            )
+            .replace(
+                "/var/lib/portcullis",
+                &dir.path().join(node).display().to_string(),
+            );
+        let path = dir.path().join(format!("node{node}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (ok, out, err) = run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["check-config", "--config"])
+                .arg(&path),
+            WAIT,
+        );
+        assert!(ok, "node {node}: {out}{err}");
+    }
+    let (ok, out, err) = run_with_timeout(
+        std::process::Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(root.join("packaging/cluster/haproxy.cfg")),
+        WAIT,
+    );
+    assert!(ok, "haproxy -c: {out}{err}");
+}
+
+/// `sslmode=require`: the node reaches PostgreSQL over TLS, verifying the
+/// server's certificate against `cluster.ca_file`. The server here refuses
+/// any connection without TLS, so the accepted mail proves it; a node that
+/// does not trust the server's CA refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_connection_is_tls_when_required() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::{ProcessServer, binary};
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::TestCa::generate(certs.path());
+    let ca_file = certs.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let pg =
+        tokio::task::block_in_place(|| TestPostgres::start_tls_only(&ca.cert_path, &ca.key_path));
+    let database = format!(
+        "host=localhost port={} user=postgres dbname=postgres sslmode=require",
+        pg.port
+    );
+    let node_config = |dir: &std::path::Path, trusted: bool| {
+        let path = process_config(&pg, 1, dir, "");
+        let mut text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&pg.url(), &database);
+        if trusted {
+            text = text.replace(
+                "[cluster]\n",
+                &format!("[cluster]\nca_file = \"{}\"\n", ca_file.display()),
+            );
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    let untrusting = tempfile::tempdir().unwrap();
+    let path = node_config(untrusting.path(), false);
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["serve", "--config"])
+                .arg(&path),
+            WAIT,
+        )
+    });
+    assert!(!ok, "a node that cannot verify the database does not start");
+    assert!(
+        err.contains("cluster.database") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = node_config(dir.path(), true);
+    let server = tokio::task::block_in_place(|| ProcessServer::spawn(&path));
+    let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "app.test").await;
+    let r = c
+        .send_mail(
+            "app@client.test",
+            &["someone@far.example"],
+            b"Subject: over TLS\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}\n{}", server.log.lock().unwrap());
+    let encrypted = tokio::task::block_in_place(|| {
+        pg.query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.datname = 'postgres' AND a.pid <> pg_backend_pid()")
+    });
+    assert_ne!(encrypted, "0", "the node's connections are TLS");
 }

@@ -52,6 +52,39 @@ fn as_db_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
 
 impl TestPostgres {
     pub fn start() -> TestPostgres {
+        Self::serve(Self::initdb())
+    }
+
+    /// A server that speaks TLS with `cert`/`key` and refuses any
+    /// connection without it (`hostnossl ... reject`).
+    pub fn start_tls_only(cert: &std::path::Path, key: &std::path::Path) -> TestPostgres {
+        let dir = Self::initdb();
+        let data = dir.path().join("data");
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some((uid, gid)) = run_as() {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n{rules}"),
+        )
+        .unwrap();
+        Self::serve(dir)
+    }
+
+    /// A fresh data directory (initdb), not yet served.
+    fn initdb() -> tempfile::TempDir {
         let dir = Self::owned_dir();
         let data = dir.path().join("data");
         let out = as_db_user(
@@ -67,7 +100,7 @@ impl TestPostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self::serve(dir)
+        dir
     }
 
     /// A streaming standby of `primary`, copied with `pg_basebackup -R`
