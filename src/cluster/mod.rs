@@ -10,6 +10,7 @@
 //! work on that message: at least once, never zero times, and never two
 //! owners writing.
 
+mod batch;
 mod db;
 mod nodes;
 mod pg_store;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
 
+use super::batch::Batcher;
 use super::db::NOW;
 
 /// Messages of other nodes a `queue list` shows at most.
@@ -39,7 +40,25 @@ pub struct PgStore {
     /// Where the content of the messages this node delivers is copied.
     cache_dir: PathBuf,
     runtime: tokio::runtime::Handle,
+    /// Accepted messages, inserted together (group commit).
+    inserts: Batcher<NewRow>,
+    /// Finished messages (id, fence), removed together.
+    removals: Batcher<(String, i64)>,
 }
+
+/// A received message's row, before its insert.
+struct NewRow {
+    id: String,
+    envelope: String,
+    state: String,
+    body: Vec<u8>,
+    held: bool,
+    next_due: Option<i64>,
+}
+
+/// Batches of inserts or removals in flight at once, and their size.
+const BATCHES_IN_FLIGHT: usize = 4;
+const BATCH_MAX: usize = 128;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +100,6 @@ impl PgStore {
         let cache_dir = data_dir.join("cluster-cache");
         clear_cache(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
         Ok(PgStore {
-            pool,
             node: i32::from(node),
             identity: super::nodes::Identity {
                 node: i32::from(node),
@@ -92,6 +110,9 @@ impl PgStore {
             fences: Mutex::new(HashMap::new()),
             cache_dir,
             runtime: tokio::runtime::Handle::current(),
+            inserts: insert_batcher(pool.clone(), i32::from(node), lease_secs),
+            removals: removal_batcher(pool.clone(), i32::from(node)),
+            pool,
         })
     }
 
@@ -196,27 +217,17 @@ impl PgStore {
             .ok_or_else(|| std::io::Error::other("a message without a queue id"))?;
         let envelope_json = serde_json::to_string(&envelope).map_err(std::io::Error::other)?;
         let state_json = serde_json::to_string(&state).map_err(std::io::Error::other)?;
-        let client = self.client().await.map_err(std::io::Error::other)?;
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO portcullis_message
-                       (id, envelope, state, body, held, next_due, owner, lease_until, fence)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, {NOW} + $8, 1)"
-                ),
-                &[
-                    &id.as_str(),
-                    &envelope_json,
-                    &state_json,
-                    &body,
-                    &state.held,
-                    &state.next_due(),
-                    &self.node,
-                    &self.lease,
-                ],
-            )
+        self.inserts
+            .submit(NewRow {
+                id: id.to_string(),
+                envelope: envelope_json,
+                state: state_json,
+                body: body.clone(),
+                held: state.held,
+                next_due: state.next_due(),
+            })
             .await
-            .map_err(|e| std::io::Error::other(db_error(e).to_string()))?;
+            .map_err(|e| std::io::Error::other(format!("queue database: {e}")))?;
         self.fences().insert(id.clone(), 1);
         let path = self.cache_dir.join(id.as_str());
         let body_len = body.len() as u64;
@@ -418,13 +429,21 @@ impl QueueStore for PgStore {
         &self,
         id: &QueueId,
         state: &MessageState,
-        _durability: Durability,
+        durability: Durability,
     ) -> Result<(), SpoolError> {
         let fence = self.fence_of(id)?;
         let json = serde_json::to_string(state).map_err(|e| db_error(e.to_string()))?;
         let changed = self.wait(async {
-            let client = self.client().await?;
-            client
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            if durability == Durability::Quick {
+                // A deferral lost to a crash only means an earlier retry:
+                // no wait for the disk or the standby.
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(db_error)?;
+            }
+            let changed = tx
                 .execute(
                     &format!(
                         "UPDATE portcullis_message
@@ -442,7 +461,9 @@ impl QueueStore for PgStore {
                     ],
                 )
                 .await
-                .map_err(db_error)
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok::<_, SpoolError>(changed)
         })?;
         if changed == 0 {
             self.fences().remove(id);
@@ -548,14 +569,21 @@ impl QueueStore for PgStore {
         Ok(true)
     }
 
-    /// Fenced like `record_state`.
+    /// Fenced like `record_state`; removed with others finished meanwhile,
+    /// committed without waiting for the disk or the standby: a removal
+    /// lost to a crash of the database means a second delivery, never a
+    /// lost message (as on a single node).
     fn finish(&self, id: &QueueId, _journaled: bool) -> Result<(), SpoolError> {
         let fence = self.fence_of(id)?;
-        self.remove(
-            id,
-            "DELETE FROM portcullis_message WHERE id = $1 AND owner = $2 AND fence = $3",
-            &[&id.as_str(), &self.node, &fence],
-        )
+        let removed = self
+            .wait(self.removals.submit((id.to_string(), fence)))
+            .map_err(db_error)?;
+        self.fences().remove(id);
+        let _ = std::fs::remove_file(self.cache_dir.join(id.as_str()));
+        if !removed {
+            return Err(SpoolError::NotFound(id.to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -593,4 +621,71 @@ fn clear_cache(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Inserts accepted messages in batches: one statement, one commit (with a
+/// synchronous standby, one wait for it) for all that arrived together.
+fn insert_batcher(pool: deadpool_postgres::Pool, node: i32, lease: i64) -> Batcher<NewRow> {
+    Batcher::start(BATCHES_IN_FLIGHT, BATCH_MAX, move |rows: Vec<NewRow>| {
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            let envelopes: Vec<&str> = rows.iter().map(|r| r.envelope.as_str()).collect();
+            let states: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
+            let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
+            let held: Vec<bool> = rows.iter().map(|r| r.held).collect();
+            let due: Vec<Option<i64>> = rows.iter().map(|r| r.next_due).collect();
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO portcullis_message
+                           (id, envelope, state, body, held, next_due, owner, lease_until, fence)
+                         SELECT id, envelope, state, body, held, due, $7, {NOW} + $8, 1
+                           FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bool[], $6::int8[])
+                             AS t(id, envelope, state, body, held, due)"
+                    ),
+                    &[&ids, &envelopes, &states, &bodies, &held, &due, &node, &lease],
+                )
+                .await
+                .map_err(|e| super::db::describe(&e))?;
+            Ok(vec![true; rows.len()])
+        }
+    })
+}
+
+/// Removes finished messages in batches, each only under the fence this
+/// node holds; answers, per message, whether its row was there.
+fn removal_batcher(pool: deadpool_postgres::Pool, node: i32) -> Batcher<(String, i64)> {
+    Batcher::start(
+        BATCHES_IN_FLIGHT,
+        BATCH_MAX,
+        move |items: Vec<(String, i64)>| {
+            let pool = pool.clone();
+            async move {
+                let mut client = pool.get().await.map_err(|e| e.to_string())?;
+                let describe = |e: tokio_postgres::Error| super::db::describe(&e);
+                let tx = client.transaction().await.map_err(describe)?;
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(describe)?;
+                let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+                let fences: Vec<i64> = items.iter().map(|(_, f)| *f).collect();
+                let removed = tx
+                    .query(
+                        "DELETE FROM portcullis_message m
+                      USING unnest($1::text[], $2::int8[]) AS d(id, fence)
+                      WHERE m.id = d.id AND m.fence = d.fence AND m.owner = $3
+                  RETURNING m.id",
+                        &[&ids, &fences, &node],
+                    )
+                    .await
+                    .map_err(describe)?;
+                tx.commit().await.map_err(describe)?;
+                let removed: std::collections::HashSet<String> =
+                    removed.iter().map(|r| r.get(0)).collect();
+                Ok(items.iter().map(|(id, _)| removed.contains(id)).collect())
+            }
+        },
+    )
 }

@@ -1,12 +1,16 @@
-//! Joining a cluster at start: the shared queue store, the shared
-//! counters and the guard's shared decisions, read before the node serves.
+//! Joining a cluster at start: the shared queue store and counters first
+//! (delivery needs the counters for its quotas), then, once the guard and
+//! the deliverer exist, what else the nodes share, read before the node
+//! serves.
 
 use crate::cluster::PgStore;
 use crate::cluster::shared::counters::ClusterCounters;
+use crate::cluster::shared::down::SharedDownHosts;
 use crate::cluster::shared::guard::SharedGuard;
 use crate::cluster::shared::{SharedClock, SharedSource, SharedSync};
 use crate::config::ClusterConfig;
 use crate::counters::Counters;
+use crate::delivery::Deliverer;
 use crate::guard::Guard;
 use crate::queue::QueueStore;
 use std::path::Path;
@@ -14,39 +18,68 @@ use std::sync::Arc;
 use tracing::info;
 
 pub struct Cluster {
+    node: u8,
+    store: PgStore,
+    clock: Arc<SharedClock>,
+    counters: Arc<ClusterCounters>,
+}
+
+/// What the daemon keeps of the cluster once it is joined.
+pub struct Joined {
     pub store: Arc<dyn QueueStore>,
     pub counters: Arc<dyn Counters>,
     pub sync: Arc<SharedSync>,
 }
 
 impl Cluster {
-    pub async fn join(
+    /// Connects to the database and registers this node.
+    pub async fn connect(
         cluster: &ClusterConfig,
         hostname: &str,
         data_dir: &Path,
-        guard: &Arc<Guard>,
     ) -> anyhow::Result<Cluster> {
         let store = PgStore::connect(cluster, hostname, data_dir)
             .await
             .map_err(anyhow::Error::msg)?;
         let clock = Arc::new(SharedClock::default());
         let counters = Arc::new(ClusterCounters::new(cluster.node_id, Arc::clone(&clock)));
-        let sources: Vec<Arc<dyn SharedSource>> = vec![
-            Arc::clone(&counters) as Arc<dyn SharedSource>,
-            Arc::new(SharedGuard::new(Arc::clone(guard))),
-        ];
-        let sync = SharedSync::new(store.pool(), cluster.node_id, clock, sources);
-        sync.load().await.map_err(|e| {
-            anyhow::anyhow!("cluster.database: cannot read the shared counters and bans: {e}")
-        })?;
         info!(
             node = cluster.node_id,
-            "the queue, counters, bans and guard decisions are shared in {}",
+            "the queue, counters, bans, guard decisions and down hosts are shared in {}",
             cluster.database_shown()
         );
         Ok(Cluster {
-            store: Arc::new(store),
+            node: cluster.node_id,
+            store,
+            clock,
             counters,
+        })
+    }
+
+    /// The counters every part of this node counts with (quotas included).
+    pub fn counters(&self) -> Arc<dyn Counters> {
+        Arc::clone(&self.counters) as Arc<dyn Counters>
+    }
+
+    /// Reads what the nodes share into `guard`, `deliverer` and the
+    /// counters, and returns what keeps it in step from now on.
+    pub async fn share(
+        self,
+        guard: &Arc<Guard>,
+        deliverer: &Arc<Deliverer>,
+    ) -> anyhow::Result<Joined> {
+        let sources: Vec<Arc<dyn SharedSource>> = vec![
+            Arc::clone(&self.counters) as Arc<dyn SharedSource>,
+            Arc::new(SharedGuard::new(Arc::clone(guard))),
+            Arc::new(SharedDownHosts::new(Arc::clone(deliverer))),
+        ];
+        let sync = SharedSync::new(self.store.pool(), self.node, self.clock, sources);
+        sync.load().await.map_err(|e| {
+            anyhow::anyhow!("cluster.database: cannot read the shared counters and bans: {e}")
+        })?;
+        Ok(Joined {
+            store: Arc::new(self.store),
+            counters: self.counters as Arc<dyn Counters>,
             sync: Arc::new(sync),
         })
     }

@@ -152,11 +152,11 @@ impl Daemon {
             .map_err(anyhow::Error::msg)?;
         let tls_reports = Arc::new(crate::tlsrpt::Collector::open(&data_dir));
         let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::join(c, &hostname, &data_dir, &guard).await?),
+            Some(c) => Some(Cluster::connect(c, &hostname, &data_dir).await?),
             None => None,
         };
         let ledger: Arc<dyn crate::counters::Counters> = match &cluster {
-            Some(c) => c.counters.clone(),
+            Some(c) => c.counters(),
             None => {
                 let quota_file = data_dir.join("quota.json");
                 Arc::new(
@@ -188,11 +188,15 @@ impl Daemon {
             events.clone(),
             Arc::clone(&guard),
         );
-        let sharing = cluster.map(|cluster| {
-            ctx.store = cluster.store;
-            ctx.checks = Arc::new(ctx.checks.counting_with(cluster.counters));
-            cluster.sync
-        });
+        let sharing = match cluster {
+            Some(cluster) => {
+                let joined = cluster.share(&guard, &deliverer).await?;
+                ctx.store = joined.store;
+                ctx.checks = Arc::new(ctx.checks.counting_with(joined.counters));
+                Some(joined.sync)
+            }
+            None => None,
+        };
         // The sessions and the manager share one queue store.
         let (queue, inbox) = QueueManager::new(
             ctx.spool.clone(),

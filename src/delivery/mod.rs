@@ -3,7 +3,7 @@
 
 pub mod client;
 pub mod dane;
-mod down;
+pub mod down;
 mod downgrade;
 pub mod graph;
 pub mod mta_sts;
@@ -366,6 +366,11 @@ impl Deliverer {
             }
         }
         Err(last)
+    }
+
+    /// The next hops remembered as down (a cluster shares them).
+    pub fn down_hosts(&self) -> &down::DownHosts {
+        &self.down
     }
 
     /// Forgets which next hops seemed down and which profiles rest, so the

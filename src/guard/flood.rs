@@ -137,9 +137,16 @@ impl Source {
     }
 }
 
+/// Recipient domains noted for the other nodes of a cluster, at most
+/// (beyond, the newest are not shared until the next round takes them).
+const MAX_SHARED: usize = 100_000;
+
 #[derive(Default)]
 pub struct FloodWatch {
     sources: Mutex<HashMap<String, Source>>,
+    /// In a cluster: (source, domain) pairs seen here since the cluster
+    /// last took them (None: not in a cluster, nothing is kept).
+    shared: Mutex<Option<std::collections::HashSet<(String, String)>>>,
 }
 
 impl FloodWatch {
@@ -147,9 +154,43 @@ impl FloodWatch {
     /// source is flooding. Cost per call: the source's distinct domains, not
     /// its volume.
     pub fn observe_recipient(&self, c: &GuardConfig, source: &str, domain: &str) -> Option<Flood> {
+        if let Some(shared) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            && shared.len() < MAX_SHARED
+        {
+            shared.insert((source.to_string(), domain.to_lowercase()));
+        }
         self.with_source(c, source, |s, now, window| {
             s.observe(c, source, domain, now, window)
         })
+    }
+
+    /// From now on, keeps the recipient domains seen, for the other nodes.
+    pub fn share_observations(&self) {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Default::default);
+    }
+
+    /// The (source, domain) pairs seen here since the last call.
+    pub fn take_observations(&self) -> Vec<(String, String)> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(|s| std::mem::take(s).into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// A recipient domain another node saw `source` write to: it counts
+    /// towards the source's spread here (a sender spread over the nodes is
+    /// judged by all it does), and the next observation here judges it.
+    pub fn observe_elsewhere(&self, c: &GuardConfig, source: &str, domain: &str) {
+        self.with_source(c, source, |s, now, window| s.note(c, domain, now, window))
     }
 
     /// Runs `f` on `source`'s record (made when new) under the lock, with
@@ -229,6 +270,16 @@ impl Source {
             reason,
             usual_domain,
         })
+    }
+
+    /// Counts `domain` within the window without judging.
+    fn note(&mut self, c: &GuardConfig, domain: &str, now: Instant, window: Duration) {
+        self.roll(c, now);
+        self.domains.retain(|_, t| now.duration_since(*t) < window);
+        let domain = domain.to_lowercase();
+        if self.domains.len() < MAX_DOMAINS || self.domains.contains_key(&domain) {
+            self.domains.insert(domain, now);
+        }
     }
 
     fn record(&mut self, c: &GuardConfig, failed: bool, now: Instant, window: Duration) {

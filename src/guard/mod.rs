@@ -124,12 +124,30 @@ impl Guard {
         }
     }
 
-    /// From now on, keeps which decisions change, for the other nodes.
+    /// From now on, keeps which decisions change and which recipient
+    /// domains each source writes to, for the other nodes.
     pub fn share_changes(&self) {
         self.shared_changes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(BTreeSet::new);
+        self.floods.share_observations();
+    }
+
+    /// The (source, recipient domain) pairs seen here since the last call.
+    pub fn take_shared_observations(&self) -> Vec<(String, String)> {
+        self.floods.take_observations()
+    }
+
+    /// A recipient domain another node saw `source` write to.
+    pub fn observe_elsewhere(&self, source: &str, domain: &str) {
+        self.floods
+            .observe_elsewhere(&self.config(), source, domain)
+    }
+
+    /// The flood window: how long a shared observation counts.
+    pub fn flood_window(&self) -> std::time::Duration {
+        self.config().flood_window.get()
     }
 
     /// The decisions changed here since the last call.

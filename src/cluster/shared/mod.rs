@@ -1,6 +1,7 @@
 //! State the nodes of a cluster share besides the queue: rate counters,
 //! bans and blocks, quota ledgers (`counters.rs`), the guard's decisions
-//! (`guard.rs`). Each lives in memory on every node, where the session's
+//! and the flood hold's observations (`guard.rs`), the next hops taken for
+//! down (`down.rs`). Each lives in memory on every node, where the session's
 //! hot path reads it without waiting, and is mirrored through one table,
 //! `portcullis_shared`, by a background task (`SharedSync`) that every
 //! 100 ms writes what changed here and reads what changed elsewhere.
@@ -18,6 +19,7 @@
 //! until the database answers again.
 
 pub mod counters;
+pub mod down;
 pub mod guard;
 
 use std::collections::HashMap;
