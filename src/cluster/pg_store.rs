@@ -56,6 +56,9 @@ struct NewRow {
     next_due: Option<i64>,
 }
 
+/// Deferral states written in one statement at most.
+const STATES_AT_ONCE: usize = 1_000;
+
 /// Batches of inserts or removals in flight at once, and their size.
 const BATCHES_IN_FLIGHT: usize = 4;
 const BATCH_MAX: usize = 128;
@@ -472,6 +475,19 @@ impl QueueStore for PgStore {
         Ok(())
     }
 
+    /// In chunks of `STATES_AT_ONCE`, one fenced UPDATE each.
+    fn record_states(
+        &self,
+        states: &[(&QueueId, &MessageState)],
+        durability: Durability,
+    ) -> Vec<Result<(), SpoolError>> {
+        let mut results: Vec<Result<(), SpoolError>> = Vec::with_capacity(states.len());
+        for chunk in states.chunks(STATES_AT_ONCE) {
+            results.extend(self.record_chunk(chunk, durability));
+        }
+        results
+    }
+
     /// An admin's delete: whoever holds the message.
     fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.remove(
@@ -588,6 +604,70 @@ impl QueueStore for PgStore {
 }
 
 impl PgStore {
+    fn record_chunk(
+        &self,
+        chunk: &[(&QueueId, &MessageState)],
+        durability: Durability,
+    ) -> Vec<Result<(), SpoolError>> {
+        let mut ids = Vec::new();
+        let mut fences = Vec::new();
+        let mut jsons = Vec::new();
+        let mut held = Vec::new();
+        let mut due = Vec::new();
+        for (id, state) in chunk {
+            let (Ok(fence), Ok(json)) = (self.fence_of(id), serde_json::to_string(state)) else {
+                continue;
+            };
+            ids.push(id.as_str());
+            fences.push(fence);
+            jsons.push(json);
+            held.push(state.held);
+            due.push(state.next_due());
+        }
+        let updated = self.wait(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            if durability == Durability::Quick {
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(db_error)?;
+            }
+            let rows = tx
+                .query(
+                    &format!(
+                        "UPDATE portcullis_message m
+                            SET state = u.state, held = u.held, next_due = u.due,
+                                lease_until = {NOW} + $6
+                           FROM unnest($1::text[], $2::int8[], $3::text[], $4::bool[], $5::int8[])
+                             AS u(id, fence, state, held, due)
+                          WHERE m.id = u.id AND m.fence = u.fence AND m.owner = $7
+                      RETURNING m.id"
+                    ),
+                    &[&ids, &fences, &jsons, &held, &due, &self.lease, &self.node],
+                )
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok::<_, SpoolError>(
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<std::collections::HashSet<String>>(),
+            )
+        });
+        chunk
+            .iter()
+            .map(|(id, _)| match &updated {
+                Ok(set) if set.contains(id.as_str()) => Ok(()),
+                Ok(_) => {
+                    // Taken over (or gone): no longer this node's.
+                    self.fences().remove(*id);
+                    Err(SpoolError::NotFound(id.to_string()))
+                }
+                Err(e) => Err(db_error(e)),
+            })
+            .collect()
+    }
+
     /// Deletes the row as `sql` says; the cached content and the fence go
     /// too. `NotFound` when no row matched (deleted, or taken over).
     fn remove(

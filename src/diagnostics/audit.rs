@@ -124,6 +124,7 @@ pub fn audit(config: &Config, machine: &Machine) -> Vec<Finding> {
     authentication(config, &mut out);
     smarthost(config, &mut out);
     proxies(config, &mut out);
+    trusted_load_balancer(config, &policy, &mut out);
     for (zone, problem) in &machine.broken_zones {
         push(
             &mut out,
@@ -416,6 +417,37 @@ fn proxies(config: &Config, out: &mut Vec<Finding>) {
     }
 }
 
+/// A load balancer inside a network that relays without AUTH: whatever
+/// reaches a node from it without a PROXY header naming the client (a
+/// listener without `proxy_protocol` it also forwards to, its own checks)
+/// is trusted, so every Internet client behind it could relay: the
+/// router problem again, one hop further.
+fn trusted_load_balancer(config: &Config, policy: &Policy, out: &mut Vec<Finding>) {
+    for (i, l) in config
+        .listener
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.proxy_protocol)
+    {
+        for r in &l.proxy_from {
+            let balancer = r.net().network();
+            if policy.is_trusted(balancer) {
+                push(
+                    out,
+                    Severity::Risk,
+                    format!("listener[{i}].proxy_from"),
+                    format!(
+                        "the load balancer {r} is inside a network that relays without AUTH: a connection from it without a PROXY header (a listener without proxy_protocol it forwards to, or its health check) relays for whoever is behind it"
+                    ),
+                    format!(
+                        "exclude {balancer} from that [[network]] (exclude = [\"{balancer}\"]), and give every listener the load balancer reaches proxy_protocol = true"
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn limits(config: &Config, out: &mut Vec<Finding>) {
     let s = &config.server;
     if s.max_connections > 10_000 {
@@ -531,6 +563,28 @@ mod tests {
             "[[listener]]\naddress = \"127.0.0.1:2525\"\n[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n",
         );
         assert_eq!(audit(&safe, &Machine::default()), vec![]);
+    }
+
+    #[test]
+    fn a_load_balancer_inside_a_trusted_network_is_a_risk() {
+        let node = |network: &str| {
+            config(&format!(
+                "[[listener]]\naddress = \"10.0.0.11:2525\"\nproxy_protocol = true\nproxy_from = [\"10.0.0.10/32\"]\n\
+                 [[network]]\nrange = \"{network}\"\nauth = \"none\"\n"
+            ))
+        };
+        let found = audit(&node("10.0.0.0/24"), &Machine::default());
+        let f = found
+            .iter()
+            .find(|f| f.key == "listener[0].proxy_from" && f.message.contains("load balancer"))
+            .expect("the load balancer finding");
+        assert_eq!(f.severity, Severity::Risk);
+        assert!(f.fix.contains("exclude = [\"10.0.0.10\"]"), "{}", f.fix);
+        let apart = audit(&node("192.168.1.0/24"), &Machine::default());
+        assert!(
+            !apart.iter().any(|f| f.message.contains("load balancer")),
+            "{apart:?}"
+        );
     }
 
     #[test]

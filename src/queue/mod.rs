@@ -723,6 +723,13 @@ impl QueueManager {
                     .filter_map(|(id, _, copy)| copy.as_deref().map(|c| (id, c)))
                     .collect();
                 let mut moved = store.settle(&journaled).into_iter();
+                // The others' states go together (one statement on a shared store).
+                let plain: Vec<(&QueueId, &MessageState)> = batch
+                    .iter()
+                    .filter(|(_, _, copy)| copy.is_none())
+                    .map(|(id, state, _)| (id, state))
+                    .collect();
+                let mut written = store.record_states(&plain, Durability::Quick).into_iter();
                 let mut done = Vec::with_capacity(batch.len());
                 for (id, state, journaled) in &batch {
                     let recorded = match journaled {
@@ -734,8 +741,9 @@ impl QueueManager {
                             Some(Err(e)) => Err(e),
                             None => Err(std::io::Error::other("not materialized").into()),
                         },
-                        None => store
-                            .record_state(id, state, Durability::Quick)
+                        None => written
+                            .next()
+                            .unwrap_or_else(|| Err(std::io::Error::other("not written").into()))
                             .map(|()| false),
                     };
                     match recorded {

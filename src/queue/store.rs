@@ -101,6 +101,20 @@ pub trait QueueStore: Send + Sync {
         durability: Durability,
     ) -> Result<(), SpoolError>;
 
+    /// Replaces several messages' delivery states (the deferrals written
+    /// later, together): one result per message, in order. A shared store
+    /// writes them in one statement.
+    fn record_states(
+        &self,
+        states: &[(&QueueId, &MessageState)],
+        durability: Durability,
+    ) -> Vec<Result<(), SpoolError>> {
+        states
+            .iter()
+            .map(|(id, state)| self.record_state(id, state, durability))
+            .collect()
+    }
+
     /// An admin's delete: the message and its state go, durably.
     fn delete(&self, id: &QueueId) -> Result<(), SpoolError>;
 

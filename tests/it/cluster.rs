@@ -504,15 +504,21 @@ fn the_readme_node_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("db-password");
     std::fs::write(&password, "s3cret\n").unwrap();
-    let text = block.replace(
-        "/etc/portcullis/db-password",
-        &password.display().to_string(),
-    );
+    let ca = crate::support::tls::TestCa::generate(dir.path());
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let text = block
+        .replace(
+            "/etc/portcullis/db-password",
+            &password.display().to_string(),
+        )
+        .replace("/etc/portcullis/db-ca.pem", &ca_file.display().to_string());
     let config = portcullis::config::Config::parse(&text, "README")
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     let cluster = config.cluster.expect("a [cluster] section");
     assert_eq!(cluster.node_id, 1);
     assert_eq!(cluster.lease.get(), Duration::from_secs(120));
+    assert!(cluster.ca_file.is_some() && cluster.database.contains("sslmode=require"));
     assert!(config.listener[0].proxy_protocol);
 }
 
