@@ -44,6 +44,8 @@ pub struct PgStore {
     inserts: Batcher<NewRow>,
     /// Finished messages (id, fence), removed together.
     removals: Batcher<(String, i64)>,
+    /// Leases (id, fence) renewed before attempts, together.
+    renewals: Batcher<(String, i64)>,
 }
 
 /// A received message's row, before its insert.
@@ -115,6 +117,7 @@ impl PgStore {
             runtime: tokio::runtime::Handle::current(),
             inserts: insert_batcher(pool.clone(), i32::from(node), lease_secs),
             removals: removal_batcher(pool.clone(), i32::from(node)),
+            renewals: renewal_batcher(pool.clone(), i32::from(node), lease_secs),
             pool,
         })
     }
@@ -561,23 +564,14 @@ impl QueueStore for PgStore {
     }
 
     /// Renews the lease when this node still holds it under the same
-    /// fence; otherwise forgets the message here (another node took it).
+    /// fence (with the other renewals asked meanwhile); otherwise forgets
+    /// the message here (another node took it).
     fn renew_lease(&self, id: &QueueId) -> Result<bool, SpoolError> {
         let fence = self.fence_of(id)?;
-        let renewed = self.wait(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    &format!(
-                        "UPDATE portcullis_message SET lease_until = {NOW} + $4
-                          WHERE id = $1 AND owner = $2 AND fence = $3"
-                    ),
-                    &[&id.as_str(), &self.node, &fence, &self.lease],
-                )
-                .await
-                .map_err(db_error)
-        })?;
-        if renewed == 0 {
+        let renewed = self
+            .wait(self.renewals.submit((id.to_string(), fence)))
+            .map_err(db_error)?;
+        if !renewed {
             self.fences().remove(id);
             let _ = std::fs::remove_file(self.cache_dir.join(id.as_str()));
             return Ok(false);
@@ -765,6 +759,46 @@ fn removal_batcher(pool: deadpool_postgres::Pool, node: i32) -> Batcher<(String,
                 let removed: std::collections::HashSet<String> =
                     removed.iter().map(|r| r.get(0)).collect();
                 Ok(items.iter().map(|(id, _)| removed.contains(id)).collect())
+            }
+        },
+    )
+}
+
+/// Renews leases in batches, each only under the fence this node holds;
+/// answers, per message, whether it is still this node's. Committed without
+/// waiting for the disk or the standby: a renewal lost to a crash of the
+/// database only makes the lease look shorter to the others.
+fn renewal_batcher(pool: deadpool_postgres::Pool, node: i32, lease: i64) -> Batcher<(String, i64)> {
+    Batcher::start(
+        BATCHES_IN_FLIGHT,
+        BATCH_MAX,
+        move |items: Vec<(String, i64)>| {
+            let pool = pool.clone();
+            async move {
+                let mut client = pool.get().await.map_err(|e| e.to_string())?;
+                let describe = |e: tokio_postgres::Error| super::db::describe(&e);
+                let tx = client.transaction().await.map_err(describe)?;
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(describe)?;
+                let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+                let fences: Vec<i64> = items.iter().map(|(_, f)| *f).collect();
+                let renewed = tx
+                    .query(
+                        &format!(
+                            "UPDATE portcullis_message m SET lease_until = {NOW} + $4
+                           FROM unnest($1::text[], $2::int8[]) AS r(id, fence)
+                          WHERE m.id = r.id AND m.fence = r.fence AND m.owner = $3
+                      RETURNING m.id"
+                        ),
+                        &[&ids, &fences, &node, &lease],
+                    )
+                    .await
+                    .map_err(describe)?;
+                tx.commit().await.map_err(describe)?;
+                let renewed: std::collections::HashSet<String> =
+                    renewed.iter().map(|r| r.get(0)).collect();
+                Ok(items.iter().map(|(id, _)| renewed.contains(id)).collect())
             }
         },
     )
