@@ -557,7 +557,7 @@ def main():
     if args.only:
         return  # a partial run does not replace the recorded figures
     with open(args.out, "w") as f:
-        cluster = " --cluster" if args.cluster else ""
+        cluster = (f" --cases {args.cases}" if args.cases else "") + (" --cluster" if args.cluster else "")
         f.write(f"Medians of {args.runs} runs; ratio = Portcullis / Postfix. Command: `sudo bench/relay.sh --runs {args.runs} --kinds {','.join(kinds)}{cluster}`\n")
         for kind, t in tables:
             f.write(f"\n### {kind}\n\n{t}\n")
