@@ -20,6 +20,11 @@ use std::time::Duration;
 const FRONT_IP: &str = "127.0.0.98";
 /// The LAN client (trusted without a password).
 const LAN: &str = "127.0.0.2";
+/// Where the nodes listen for HAProxy and where the next hop listens: an
+/// address of their own, so that no other test's port 0 on 127.0.0.1 can
+/// take a port chosen here before it is bound (or bound again).
+const BACKENDS: &str = "127.0.0.96";
+const NEXT_HOP: &str = "127.0.0.97";
 
 struct Haproxy(Child);
 
@@ -38,7 +43,7 @@ fn haproxy(dir: &std::path::Path, front: u16, backends: &[u16]) -> Haproxy {
         .enumerate()
         .map(|(i, port)| {
             format!(
-                "  server node{} 127.0.0.1:{port} check send-proxy-v2 check-send-proxy\n",
+                "  server node{} {BACKENDS}:{port} check send-proxy-v2 check-send-proxy\n",
                 i + 1
             )
         })
@@ -81,9 +86,9 @@ fn node_config(
     let text = crate::support::server::complete_config(
         &format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n\
-             [[listener]]\naddress = \"127.0.0.1:{proxied}\"\nkind = \"smtp\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n\
+             [[listener]]\naddress = \"{BACKENDS}:{proxied}\"\nkind = \"smtp\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n\
              [[network]]\nrange = \"{LAN}\"\nauth = \"none\"\n\
-             [delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n\
+             [delivery]\nmode = \"smarthost\"\nsmarthost = \"{NEXT_HOP}:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n\
              [cluster]\nnode_id = {id}\ndatabase = \"{database}\"\nlease = \"2s\"\npool_size = 4\n"
         ),
         dir,
@@ -163,7 +168,7 @@ impl Tally {
     }
 
     async fn start(&mut self) {
-        self.sink = Some(Sink::start("127.0.0.1", self.hop, Behaviour::accept_all()).await);
+        self.sink = Some(Sink::start(NEXT_HOP, self.hop, Behaviour::accept_all()).await);
     }
 
     /// The next hop goes down (what it received is kept).
@@ -227,10 +232,10 @@ async fn three_nodes_behind_haproxy_lose_no_acknowledged_mail() {
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let hop = free_port("127.0.0.1");
+    let hop = free_port(NEXT_HOP);
     let mut tally = Tally::up(hop).await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let proxied: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
+    let proxied: Vec<u16> = (0..3).map(|_| free_port(BACKENDS)).collect();
     let mut nodes: Vec<ProcessServer> = (0..3)
         .map(|i| {
             let config = node_config(dirs[i].path(), i as u8 + 1, proxied[i], hop, &database);
