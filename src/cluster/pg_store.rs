@@ -731,49 +731,50 @@ fn insert_batcher(pool: deadpool_postgres::Pool, node: i32, lease: i64) -> Batch
 /// Removes finished messages in batches, each only under the fence this
 /// node holds; answers, per message, whether its row was there.
 fn removal_batcher(pool: deadpool_postgres::Pool, node: i32) -> Batcher<(String, i64)> {
-    Batcher::start(
-        BATCHES_IN_FLIGHT,
-        BATCH_MAX,
-        move |items: Vec<(String, i64)>| {
-            let pool = pool.clone();
-            async move {
-                let mut client = pool.get().await.map_err(|e| e.to_string())?;
-                let describe = |e: tokio_postgres::Error| super::db::describe(&e);
-                let tx = client.transaction().await.map_err(describe)?;
-                tx.batch_execute("SET LOCAL synchronous_commit = off")
-                    .await
-                    .map_err(describe)?;
-                let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
-                let fences: Vec<i64> = items.iter().map(|(_, f)| *f).collect();
-                let removed = tx
-                    .query(
-                        "DELETE FROM portcullis_message m
-                      USING unnest($1::text[], $2::int8[]) AS d(id, fence)
-                      WHERE m.id = d.id AND m.fence = d.fence AND m.owner = $3
-                  RETURNING m.id",
-                        &[&ids, &fences, &node],
-                    )
-                    .await
-                    .map_err(describe)?;
-                tx.commit().await.map_err(describe)?;
-                let removed: std::collections::HashSet<String> =
-                    removed.iter().map(|r| r.get(0)).collect();
-                Ok(items.iter().map(|(id, _)| removed.contains(id)).collect())
-            }
-        },
+    fenced_batcher(
+        pool,
+        "DELETE FROM portcullis_message m
+          USING unnest($1::text[], $2::int8[]) AS f(id, fence)
+          WHERE m.id = f.id AND m.fence = f.fence AND m.owner = $3
+      RETURNING m.id"
+            .to_string(),
+        node,
+        None,
     )
 }
 
 /// Renews leases in batches, each only under the fence this node holds;
-/// answers, per message, whether it is still this node's. Committed without
-/// waiting for the disk or the standby: a renewal lost to a crash of the
-/// database only makes the lease look shorter to the others.
+/// answers, per message, whether it is still this node's. A renewal lost
+/// to a crash of the database only makes the lease look shorter.
 fn renewal_batcher(pool: deadpool_postgres::Pool, node: i32, lease: i64) -> Batcher<(String, i64)> {
+    fenced_batcher(
+        pool,
+        format!(
+            "UPDATE portcullis_message m SET lease_until = {NOW} + $4
+               FROM unnest($1::text[], $2::int8[]) AS f(id, fence)
+              WHERE m.id = f.id AND m.fence = f.fence AND m.owner = $3
+          RETURNING m.id"
+        ),
+        node,
+        Some(lease),
+    )
+}
+
+/// Runs `sql` on batches of (id, fence) ($1, $2; this node $3, `lease`
+/// $4 when given), committed without waiting for the disk or the standby;
+/// answers, per message, whether `sql` returned its id.
+fn fenced_batcher(
+    pool: deadpool_postgres::Pool,
+    sql: String,
+    node: i32,
+    lease: Option<i64>,
+) -> Batcher<(String, i64)> {
+    let sql = std::sync::Arc::new(sql);
     Batcher::start(
         BATCHES_IN_FLIGHT,
         BATCH_MAX,
         move |items: Vec<(String, i64)>| {
-            let pool = pool.clone();
+            let (pool, sql) = (pool.clone(), std::sync::Arc::clone(&sql));
             async move {
                 let mut client = pool.get().await.map_err(|e| e.to_string())?;
                 let describe = |e: tokio_postgres::Error| super::db::describe(&e);
@@ -783,22 +784,16 @@ fn renewal_batcher(pool: deadpool_postgres::Pool, node: i32, lease: i64) -> Batc
                     .map_err(describe)?;
                 let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
                 let fences: Vec<i64> = items.iter().map(|(_, f)| *f).collect();
-                let renewed = tx
-                    .query(
-                        &format!(
-                            "UPDATE portcullis_message m SET lease_until = {NOW} + $4
-                           FROM unnest($1::text[], $2::int8[]) AS r(id, fence)
-                          WHERE m.id = r.id AND m.fence = r.fence AND m.owner = $3
-                      RETURNING m.id"
-                        ),
-                        &[&ids, &fences, &node, &lease],
-                    )
-                    .await
-                    .map_err(describe)?;
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    vec![&ids, &fences, &node];
+                if let Some(lease) = &lease {
+                    params.push(lease);
+                }
+                let done = tx.query(sql.as_str(), &params).await.map_err(describe)?;
                 tx.commit().await.map_err(describe)?;
-                let renewed: std::collections::HashSet<String> =
-                    renewed.iter().map(|r| r.get(0)).collect();
-                Ok(items.iter().map(|(id, _)| renewed.contains(id)).collect())
+                let done: std::collections::HashSet<String> =
+                    done.iter().map(|r| r.get(0)).collect();
+                Ok(items.iter().map(|(id, _)| done.contains(id)).collect())
             }
         },
     )
