@@ -636,6 +636,7 @@ mod tests {
             held: 1,
             recipients_queued: 4,
             oldest_received_at: Some(100),
+            ..Default::default()
         };
         let text = m.render(Some(&stats), 2, 160);
         assert!(

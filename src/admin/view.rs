@@ -328,6 +328,10 @@ pub struct Dashboard {
     pub hourly: Vec<Activity>,
     pub queue: Option<QueueStats>,
     pub oldest_age: Option<String>,
+    /// A cluster node's: the whole shared queue (`queue` is this node's).
+    pub cluster_queue: Option<QueueStats>,
+    pub cluster_oldest_age: Option<String>,
+    pub cluster_queue_error: Option<String>,
     pub refusals: Vec<EventRow>,
     pub guard_untrusted: Vec<GuardAlert>,
     pub guard_alerts: Vec<EventRow>,
@@ -414,6 +418,12 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
         .as_ref()
         .and_then(|q| q.oldest_received_at)
         .map(|t| age(now - t));
+    let cluster_queue = queue.as_ref().and_then(|q| q.cluster.as_deref()).cloned();
+    let cluster_oldest_age = cluster_queue
+        .as_ref()
+        .and_then(|q| q.oldest_received_at)
+        .map(|t| age(now - t));
+    let cluster_queue_error = queue.as_ref().and_then(|q| q.cluster_error.clone());
     let guard_untrusted = ctx
         .guard
         .state()
@@ -465,6 +475,9 @@ pub async fn dashboard(state: &AdminState) -> Dashboard {
         hourly: state.history.series(24, 60, now),
         queue,
         oldest_age,
+        cluster_queue,
+        cluster_oldest_age,
+        cluster_queue_error,
         refusals: events(
             state,
             &EventFilter {

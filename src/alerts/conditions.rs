@@ -197,6 +197,7 @@ mod tests {
             held,
             recipients_queued: messages,
             oldest_received_at: Some(0),
+            ..Default::default()
         })
     }
 

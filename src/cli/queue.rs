@@ -1,7 +1,8 @@
 //! `portcullis queue`: list and manage spooled messages. With a server
 //! running, every command goes through its control socket (the queue manager
 //! alone writes queue state); with none, the CLI takes the data-dir lock and
-//! applies the same commands to the files itself.
+//! applies the same commands to the files itself (a cluster node's CLI
+//! to the shared queue in the database).
 
 use super::ConfigArgs;
 use crate::clock::unix_now;
@@ -76,15 +77,20 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
     let command = command_of(&args.action)?;
     let answer = match ask_queue(&data_dir, &command, ANSWER_TIMEOUT) {
         Ok(answer) => answer,
-        Err(ControlError::NoServer) => offline(&data_dir, &command).map_err(|e| {
-            // Looked where the embedded default keeps its data: rarely what was meant.
-            let hint = if args.data_dir.is_none() {
-                super::config_hint(&args.config)
-            } else {
-                String::new()
-            };
-            anyhow::anyhow!("{e:#}{hint}")
-        })?,
+        // A cluster node's queue is in the database, not in its data dir.
+        Err(ControlError::NoServer) => match &config.cluster {
+            Some(cluster) => crate::cluster::queue_admin::answer_offline(cluster, &command)
+                .map_err(anyhow::Error::msg)?,
+            None => offline(&data_dir, &command).map_err(|e| {
+                // Looked where the embedded default keeps its data: rarely what was meant.
+                let hint = if args.data_dir.is_none() {
+                    super::config_hint(&args.config)
+                } else {
+                    String::new()
+                };
+                anyhow::anyhow!("{e:#}{hint}")
+            })?,
+        },
         Err(e) => anyhow::bail!(e),
     };
     print_answer(answer, args.json, &config)

@@ -70,8 +70,24 @@ fn print(s: &Status, json: bool) -> anyhow::Result<()> {
     outln!("listening: {}", s.listeners.join(", "));
     outln!("connections: {}", s.connections);
     let q = &s.queue;
-    outln!(
-        "queue: {} message(s), {} held, {} recipient(s) waiting{}",
+    match (&q.cluster, &q.cluster_error) {
+        (Some(all), _) => {
+            outln!("queue (whole cluster): {}", queue_line(all));
+            outln!("queue (this node): {}", queue_line(q));
+        }
+        (None, Some(error)) => {
+            outln!("queue (this node): {}", queue_line(q));
+            outln!("queue (whole cluster): unknown, {error}");
+        }
+        (None, None) => outln!("queue: {}", queue_line(q)),
+    }
+    Ok(())
+}
+
+/// "N message(s), …" for `status`.
+fn queue_line(q: &crate::queue::QueueStats) -> String {
+    format!(
+        "{} message(s), {} held, {} recipient(s) waiting{}",
         q.messages,
         q.held,
         q.recipients_queued,
@@ -83,6 +99,5 @@ fn print(s: &Status, json: bool) -> anyhow::Result<()> {
                 ))
             ))
             .unwrap_or_default()
-    );
-    Ok(())
+    )
 }

@@ -14,6 +14,7 @@ mod batch;
 mod db;
 mod nodes;
 mod pg_store;
+pub mod queue_admin;
 mod schema;
 pub mod shared;
 mod status;

@@ -12,7 +12,7 @@
 
 use crate::config::ClusterConfig;
 use crate::queue::{
-    Durability, Forwarded, Loaded, MessageSummary, QueueCommand, QueueStore, SharedQueue,
+    Changed, Durability, Forwarded, Loaded, QueueCommand, QueueStats, QueueStore, SharedQueue,
 };
 use crate::spool::{
     Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, SpoolError, SpoolWriter,
@@ -26,8 +26,8 @@ use std::sync::Mutex;
 use super::batch::Batcher;
 use super::db::NOW;
 
-/// Messages of other nodes a `queue list` shows at most.
-const SHARED_LIST_MAX: i64 = 100_000;
+/// The longest wait for the shared queue's counts.
+const SHARED_STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct PgStore {
     pool: deadpool_postgres::Pool,
@@ -313,19 +313,11 @@ impl QueueStore for PgStore {
     ) -> Result<Vec<(QueueId, QueuedMessage)>, SpoolError> {
         let limit = limit.max(1) as i64;
         let rows = self.wait(async {
-            let client = self.client().await?;
+            let mut client = self.client().await?;
             super::nodes::heartbeat(&client, &self.identity)
                 .await
                 .map_err(db_error)?;
-            client
-                .execute(
-                    &format!(
-                        "UPDATE portcullis_message SET lease_until = {NOW} + $2 WHERE owner = $1"
-                    ),
-                    &[&self.node, &self.lease],
-                )
-                .await
-                .map_err(db_error)?;
+            self.renew_held_leases(&mut client).await?;
             client
                 .query(
                     &format!(
@@ -504,41 +496,44 @@ impl QueueStore for PgStore {
         true
     }
 
-    /// The messages other nodes hold or no live node holds (at most
-    /// `SHARED_LIST_MAX`, oldest first).
+    /// The messages this node does not hold, each with its holder.
     fn shared_queue(&self) -> Result<Option<SharedQueue>, SpoolError> {
-        let rows = self.wait(async {
+        let others = self.wait(async {
             let client = self.client().await?;
-            client
-                .query(
-                    &format!(
-                        "SELECT id, envelope, state, held,
-                                CASE WHEN lease_until >= {NOW} THEN owner END AS holder
-                           FROM portcullis_message
-                          WHERE owner IS DISTINCT FROM $1
-                          ORDER BY id LIMIT $2"
-                    ),
-                    &[&self.node, &SHARED_LIST_MAX],
-                )
+            super::queue_admin::list(&client, Some(self.node))
                 .await
                 .map_err(db_error)
         })?;
-        let others = rows
-            .iter()
-            .filter_map(|row| {
-                let id = QueueId::parse(row.get::<_, &str>(0))?;
-                let envelope: Envelope = serde_json::from_str(row.get(1)).ok()?;
-                let state: MessageState = serde_json::from_str(row.get(2)).ok()?;
-                let holder: Option<i32> = row.get(4);
-                let mut summary = MessageSummary::of(&id, &envelope, &state, row.get(3), false);
-                summary.node = holder.and_then(|n| u8::try_from(n).ok());
-                Some(summary)
-            })
-            .collect();
         Ok(Some(SharedQueue {
             node: u8::try_from(self.node).unwrap_or_default(),
             others,
         }))
+    }
+
+    /// Counted in the database, within `SHARED_STATS_WAIT` (a status or a
+    /// dashboard does not wait out a database that does not answer).
+    fn shared_stats(&self) -> Result<Option<QueueStats>, SpoolError> {
+        let stats = self.wait(async {
+            let counting = async {
+                let client = self.client().await?;
+                super::queue_admin::stats(&client, Some(self.node))
+                    .await
+                    .map_err(db_error)
+            };
+            tokio::time::timeout(SHARED_STATS_WAIT, counting)
+                .await
+                .map_err(|_| db_error("the database did not answer in time"))?
+        })?;
+        Ok(Some(stats))
+    }
+
+    fn change_shared(&self, command: &QueueCommand) -> Result<Vec<Changed>, SpoolError> {
+        self.wait(async {
+            let mut client = self.client().await?;
+            super::queue_admin::change(&mut client, command, Some(self.node))
+                .await
+                .map_err(db_error)
+        })
     }
 
     fn leave(&self, settled: bool) -> Result<(), SpoolError> {
@@ -662,6 +657,32 @@ impl PgStore {
             .collect()
     }
 
+    /// Renews the leases this node holds that have run down to
+    /// `renew_below` (each round would otherwise rewrite every row the node
+    /// holds, a queue of deferred mail included). Committed without waiting
+    /// for the disk or the standby: a renewal lost to a crash of the
+    /// database only makes a lease look shorter, and an attempt renews its
+    /// own lease first.
+    async fn renew_held_leases(
+        &self,
+        client: &mut deadpool_postgres::Object,
+    ) -> Result<(), SpoolError> {
+        let tx = client.transaction().await.map_err(db_error)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(db_error)?;
+        tx.execute(
+            &format!(
+                "UPDATE portcullis_message SET lease_until = {NOW} + $2
+                  WHERE owner = $1 AND lease_until < {NOW} + $3"
+            ),
+            &[&self.node, &self.lease, &renew_below(self.lease)],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
     /// Deletes the row as `sql` says; the cached content and the fence go
     /// too. `NotFound` when no row matched (deleted, or taken over).
     fn remove(
@@ -681,6 +702,15 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// The seconds left on a lease below which the claim round renews it: at
+/// its half, when the rounds (every `CLAIM_EVERY`) come often enough for a
+/// lease renewed that late to be renewed again before it ends; otherwise at
+/// every round.
+fn renew_below(lease: i64) -> i64 {
+    let round = crate::queue::CLAIM_EVERY.as_secs() as i64;
+    if lease >= 4 * round { lease / 2 } else { lease }
 }
 
 /// Empties the content cache (what an earlier run left: the messages this
@@ -797,4 +827,19 @@ fn fenced_batcher(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renew_below;
+
+    #[test]
+    fn long_leases_are_renewed_at_their_half_short_ones_every_round() {
+        // 2m with rounds every 10s: renewed with 60s left, four rounds to spare.
+        assert_eq!(renew_below(120), 60);
+        assert_eq!(renew_below(40), 20);
+        // Too short for that: every round renews it, as it must.
+        assert_eq!(renew_below(39), 39);
+        assert_eq!(renew_below(5), 5);
+    }
 }

@@ -190,6 +190,30 @@ pub struct QueueStats {
     pub recipients_queued: usize,
     /// When the oldest queued message was received (unix seconds).
     pub oldest_received_at: Option<i64>,
+    /// A cluster node's: the whole shared queue, this node's messages
+    /// included (the figures above are this node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Box<QueueStats>>,
+    /// A cluster node's: why the shared queue could not be counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_error: Option<String>,
+}
+
+impl QueueStats {
+    /// These counts and `other`'s together.
+    pub fn plus(&self, other: &QueueStats) -> QueueStats {
+        QueueStats {
+            messages: self.messages + other.messages,
+            held: self.held + other.held,
+            recipients_queued: self.recipients_queued + other.recipients_queued,
+            oldest_received_at: match (self.oldest_received_at, other.oldest_received_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            cluster: None,
+            cluster_error: None,
+        }
+    }
 }
 
 /// What a changing command did to one message.

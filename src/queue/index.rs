@@ -129,7 +129,7 @@ impl Entry {
     }
 
     fn came_from(&self, source: &str) -> bool {
-        self.envelope.client_ip == source || self.envelope.auth_user.as_deref() == Some(source)
+        self.envelope.came_from(source)
     }
 
     fn summary(&self, id: &QueueId) -> MessageSummary {
@@ -144,14 +144,7 @@ impl Entry {
 
     /// Makes every queued recipient due at `now`.
     pub fn make_due(&mut self, now: i64) {
-        for r in self
-            .state
-            .recipients
-            .iter_mut()
-            .filter(|r| r.status == RecipientStatus::Queued)
-        {
-            r.next_attempt = Some(now);
-        }
+        self.state.make_due(now);
     }
 }
 

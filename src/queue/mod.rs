@@ -203,7 +203,7 @@ const UNRECORDED_FLUSH: Duration = Duration::from_secs(30);
 /// How often the store is asked for due work no live node holds (a shared
 /// store's: a dead node's messages are taken over at most this late after
 /// their lease ends).
-const CLAIM_EVERY: Duration = Duration::from_secs(10);
+pub const CLAIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Deferred messages still only in the journal that make a flush start at once.
 const JOURNALED_FLUSH_AT: usize = 256;
@@ -532,10 +532,13 @@ impl QueueManager {
         self: &Arc<Self>,
         q: &mut Queue,
         cmd: QueueCommand,
-        reply: oneshot::Sender<QueueAnswer>,
+        mut reply: oneshot::Sender<QueueAnswer>,
     ) {
         if let Some(id) = held_elsewhere(&cmd, &q.index) {
             return self.forward(q, id, cmd, reply);
+        }
+        if self.store.leases() && changes_many(&cmd) {
+            reply = self.with_shared_changes(&cmd, reply);
         }
         if matches!(cmd, QueueCommand::Retry { .. }) {
             self.deliverer.forget_down_hosts();
@@ -545,6 +548,11 @@ impl QueueManager {
             && self.store.leases()
         {
             return self.list_shared(messages.clone(), reply);
+        }
+        if let (QueueCommand::Stats, QueueAnswer::Stats { stats }) = (&cmd, &applied.answer)
+            && self.store.leases()
+        {
+            return self.stats_shared(stats.clone(), reply);
         }
         let with_body = matches!(cmd, QueueCommand::Show { body: true, .. });
         if !matches!(
@@ -640,6 +648,55 @@ impl QueueManager {
                 )),
             };
             let _ = reply.send(answer);
+        });
+    }
+
+    /// A change of many messages in a cluster: the other nodes' messages
+    /// are changed through the store while this node changes its own; the
+    /// answer that comes back on the returned sender is sent on `reply`
+    /// with the others' changes added.
+    fn with_shared_changes(
+        &self,
+        cmd: &QueueCommand,
+        reply: oneshot::Sender<QueueAnswer>,
+    ) -> oneshot::Sender<QueueAnswer> {
+        let (local_tx, local_rx) = oneshot::channel();
+        let store = Arc::clone(&self.store);
+        let shared_cmd = cmd.clone();
+        tokio::spawn(async move {
+            let shared = off_thread(move || store.change_shared(&shared_cmd)).await;
+            let local = local_rx
+                .await
+                .unwrap_or_else(|_| QueueAnswer::error("the queue stopped before it answered"));
+            let answer = match (local, shared) {
+                (QueueAnswer::Changed { mut changed }, Ok(others)) => {
+                    changed.extend(others);
+                    QueueAnswer::Changed { changed }
+                }
+                (QueueAnswer::Changed { changed }, Err(e)) => QueueAnswer::error(format!(
+                    "{} message(s) of this node changed; the other nodes' messages cannot be reached: {e}",
+                    changed.len()
+                )),
+                (other, _) => other,
+            };
+            let _ = reply.send(answer);
+        });
+        local_tx
+    }
+
+    /// `Stats` in a cluster: this node's counts, and the whole shared
+    /// queue's (this node's and, from the store, every other one's).
+    fn stats_shared(&self, mut mine: QueueStats, reply: oneshot::Sender<QueueAnswer>) {
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            match off_thread(move || store.shared_stats()).await {
+                Ok(Some(others)) => mine.cluster = Some(Box::new(mine.plus(&others))),
+                Ok(None) => {}
+                Err(e) => {
+                    mine.cluster_error = Some(format!("the shared queue cannot be read: {e}"))
+                }
+            }
+            let _ = reply.send(QueueAnswer::Stats { stats: mine });
         });
     }
 
@@ -905,6 +962,18 @@ fn settle_one(
 
 /// The message a hold, release, retry or delete names, when this node does
 /// not hold it (it may be another node's, in a shared store).
+/// A hold, release, retry or delete by `--source` or `--all`.
+fn changes_many(cmd: &QueueCommand) -> bool {
+    matches!(
+        cmd,
+        QueueCommand::Hold { select }
+            | QueueCommand::Release { select }
+            | QueueCommand::Retry { select }
+            | QueueCommand::Delete { select }
+            if !matches!(select, Selector::Id(_))
+    )
+}
+
 fn held_elsewhere(cmd: &QueueCommand, index: &Index) -> Option<QueueId> {
     let (QueueCommand::Hold { select }
     | QueueCommand::Release { select }

@@ -131,6 +131,20 @@ pub trait QueueStore: Send + Sync {
         Ok(None)
     }
 
+    /// The counts of the messages this node does not hold (blocking), for
+    /// the whole shared queue's figures. None for the local store.
+    fn shared_stats(&self) -> Result<Option<super::QueueStats>, SpoolError> {
+        Ok(None)
+    }
+
+    /// A hold, release, retry or delete of many messages (`--source`,
+    /// `--all`) on the messages this node does not hold (blocking): passed
+    /// to their holders, or applied in the store when no live node holds
+    /// them. Nothing for the local store (every message is this node's).
+    fn change_shared(&self, _command: &QueueCommand) -> Result<Vec<super::Changed>, SpoolError> {
+        Ok(Vec::new())
+    }
+
     /// The node stops (blocking): a shared store frees its node number at
     /// once and, when no attempt of this node runs any more (`settled`),
     /// ends its leases, so that the other nodes deliver its messages now

@@ -61,6 +61,11 @@ pub struct ContentInfo {
 }
 
 impl Envelope {
+    /// Whether `source` is the client's address or its login (`--source`).
+    pub fn came_from(&self, source: &str) -> bool {
+        self.client_ip == source || self.auth_user.as_deref() == Some(source)
+    }
+
     /// The envelope of a message accepted now (by a session, or a report we write).
     pub fn new(
         id: &QueueId,

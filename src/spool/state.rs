@@ -141,6 +141,17 @@ impl MessageState {
             .min()
     }
 
+    /// Every recipient still waiting becomes due at `now` (`queue retry`).
+    pub fn make_due(&mut self, now: i64) {
+        for r in self
+            .recipients
+            .iter_mut()
+            .filter(|r| r.status == RecipientStatus::Queued)
+        {
+            r.next_attempt = Some(now);
+        }
+    }
+
     pub fn has_queued(&self) -> bool {
         self.recipients
             .iter()

@@ -475,6 +475,27 @@ async fn queue_commands_reach_the_node_that_holds_the_message() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(state, "true/2", "node 2 applied the hold");
+    // Node 1's status counts the whole shared queue beside its own.
+    let status = tokio::task::block_in_place(|| {
+        let (ok, out, err) = run_with_timeout(
+            std::process::Command::new(binary())
+                .args(["status", "--json", "--config"])
+                .arg(&config_one),
+            WAIT,
+        );
+        assert!(ok, "{err}");
+        out
+    });
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let queue_counts = &status["queue"];
+    assert_eq!(queue_counts["messages"], 0, "node 1 holds none: {status}");
+    assert_eq!(queue_counts["cluster"]["messages"], 1, "{status}");
+    assert_eq!(queue_counts["cluster"]["held"], 1, "{status}");
+    assert_eq!(queue_counts["cluster"]["recipients_queued"], 1, "{status}");
+    assert!(
+        queue_counts["cluster"]["oldest_received_at"].is_i64(),
+        "{status}"
+    );
 
     second.kill9();
     tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
@@ -685,12 +706,7 @@ async fn a_node_stopped_cleanly_hands_its_mail_over_at_once() {
     let pg = tokio::task::block_in_place(TestPostgres::start);
     let hop = crate::support::free_port("127.0.0.1");
     let delivery = through_hop(hop);
-    let long_lease = |path: std::path::PathBuf| {
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("lease = \"2s\""));
-        std::fs::write(&path, text.replace("lease = \"2s\"", "lease = \"60s\"")).unwrap();
-        path
-    };
+    let long_lease = |path: std::path::PathBuf| with_lease(path, "60s");
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let config_one = long_lease(process_config(&pg, 1, dirs[0].path(), &delivery));
     let mut first = tokio::task::block_in_place(|| ProcessServer::spawn(&config_one));
@@ -843,4 +859,127 @@ async fn the_database_connection_is_tls_when_required() {
         pg.query("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.datname = 'postgres' AND a.pid <> pg_backend_pid()")
     });
     assert_ne!(encrypted, "0", "the node's connections are TLS");
+}
+
+/// `lease = "2s"` in the node config at `path` made `lease`.
+fn with_lease(path: std::path::PathBuf, lease: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("lease = \"2s\""));
+    std::fs::write(
+        &path,
+        text.replace("lease = \"2s\"", &format!("lease = \"{lease}\"")),
+    )
+    .unwrap();
+    path
+}
+
+/// Queue commands over the whole shared queue: `--source` on a running
+/// node reaches the messages another node holds; a node whose server is
+/// stopped lists, shows and changes the shared queue from the database
+/// (passed to the holder while it lives, applied in the database once no
+/// live node holds the message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_cover_the_whole_shared_queue_with_or_without_a_server() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::{ProcessServer, binary};
+    use crate::support::sink::{Behaviour, Sink};
+    let pg = tokio::task::block_in_place(TestPostgres::start);
+    let hop = crate::support::free_port("127.0.0.1");
+    let delivery = through_hop(hop);
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_one = with_lease(process_config(&pg, 1, one.path(), &delivery), "60s");
+    let config_two = with_lease(process_config(&pg, 2, two.path(), &delivery), "60s");
+    let mut first = tokio::task::block_in_place(|| ProcessServer::spawn(&config_one));
+    let mut second = tokio::task::block_in_place(|| ProcessServer::spawn(&config_two));
+    let mut ids = Vec::new();
+    for subject in ["kept", "dropped"] {
+        let mut c = SmtpClient::greeted(second.addr, "127.0.0.2", "app.test").await;
+        let body = format!("Subject: {subject}\r\n\r\nx\r\n");
+        let r = c
+            .send_mail("app@client.test", &["someone@far.example"], body.as_bytes())
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+        ids.push(r.text().rsplit(' ').next().unwrap().to_string());
+    }
+    let cli = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            run_with_timeout(
+                std::process::Command::new(binary())
+                    .args(args)
+                    .arg("--config")
+                    .arg(&config_one),
+                WAIT,
+            )
+        })
+    };
+    let row = |id: &str| {
+        tokio::task::block_in_place(|| {
+            pg.query(&format!(
+                "SELECT held::text || '/' || coalesce(owner::text, '-') FROM portcullis_message WHERE id = '{id}'"
+            ))
+        })
+    };
+
+    // Through node 1's server: every message from 127.0.0.2, node 2's too.
+    let (ok, said, err) = cli(&["queue", "hold", "--source", "127.0.0.2"]);
+    assert!(ok, "{err}");
+    assert_eq!(said.matches("passed to node 2").count(), 2, "{said}");
+    for id in &ids {
+        let mut state = String::new();
+        for _ in 0..100 {
+            state = row(id);
+            if state == "true/2" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(state, "true/2", "node 2 applied the hold to {id}");
+    }
+
+    // Node 1 stopped: its CLI reads the shared queue from the database.
+    assert!(tokio::task::block_in_place(|| first.terminate()));
+    let (ok, listed, err) = cli(&["queue", "list", "--json"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{listed}");
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["node"], 2, "{listed}");
+        assert_eq!(r["held"], true, "{listed}");
+    }
+    let (ok, shown, err) = cli(&["queue", "show", &ids[0], "--json"]);
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["envelope"]["sender"], "app@client.test", "{shown}");
+    assert!(
+        shown["headers"].as_str().unwrap().contains("Subject: kept"),
+        "{shown}"
+    );
+
+    // Node 2 dead and its leases over: the CLI changes the rows itself.
+    second.kill9();
+    tokio::task::block_in_place(|| pg.query("UPDATE portcullis_message SET lease_until = 0"));
+    let (ok, said, err) = cli(&["queue", "release", &ids[0]]);
+    assert!(
+        ok && said.contains("released") && !said.contains("passed"),
+        "{said}{err}"
+    );
+    let (ok, said, err) = cli(&["queue", "delete", &ids[1]]);
+    assert!(ok && said.contains("deleted"), "{said}{err}");
+    assert_eq!(row(&ids[0]), "false/2");
+    assert_eq!(row(&ids[1]), "", "deleted from the shared queue");
+    let (ok, _, err) = cli(&["queue", "show", &ids[1]]);
+    assert!(!ok && err.contains("no message"), "{err}");
+
+    // Node 1 back: it delivers the released message, and only that one.
+    let sink = Sink::start("127.0.0.1", hop, Behaviour::accept_all()).await;
+    let _first = tokio::task::block_in_place(|| ProcessServer::spawn(&config_one));
+    let got = sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: kept"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "the deleted message stayed deleted"
+    );
 }
