@@ -16,15 +16,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The address the test's HAProxy listens on.
-const FRONT_IP: &str = "127.0.0.98";
 /// The LAN client (trusted without a password).
 const LAN: &str = "127.0.0.2";
-/// Where the nodes listen for HAProxy and where the next hop listens: an
-/// address of their own, so that no other test's port 0 on 127.0.0.1 can
-/// take a port chosen here before it is bound (or bound again).
-const BACKENDS: &str = "127.0.0.96";
-const NEXT_HOP: &str = "127.0.0.97";
+
+/// Where a test's HAProxy listens (`front`), where its nodes listen for
+/// HAProxy (`backends`) and where the next hop listens: addresses of the
+/// test's own, so that no other test's port 0 on 127.0.0.1 can take a port
+/// chosen here before it is bound (or bound again).
+#[derive(Clone, Copy)]
+struct Seats {
+    front: &'static str,
+    backends: &'static str,
+    next_hop: &'static str,
+}
+
+const FAILURES: Seats = Seats {
+    front: "127.0.0.98",
+    backends: "127.0.0.96",
+    next_hop: "127.0.0.97",
+};
+const SHARING: Seats = Seats {
+    front: "127.0.0.95",
+    backends: "127.0.0.93",
+    next_hop: "127.0.0.94",
+};
 
 struct Haproxy(Child);
 
@@ -37,23 +52,25 @@ impl Drop for Haproxy {
 
 /// HAProxy in front of `backends` (the nodes' PROXY listeners), checking
 /// each with an SMTP HELO every 300 ms.
-fn haproxy(dir: &std::path::Path, front: u16, backends: &[u16]) -> Haproxy {
+fn haproxy(dir: &std::path::Path, seats: Seats, front: u16, backends: &[u16]) -> Haproxy {
     let servers: String = backends
         .iter()
         .enumerate()
         .map(|(i, port)| {
             format!(
-                "  server node{} {BACKENDS}:{port} check send-proxy-v2 check-send-proxy\n",
-                i + 1
+                "  server node{} {}:{port} check send-proxy-v2 check-send-proxy\n",
+                i + 1,
+                seats.backends
             )
         })
         .collect();
+    let front_ip = seats.front;
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &cfg,
         format!(
             "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
-             frontend smtp\n  bind {FRONT_IP}:{front}\n  default_backend relays\n\
+             frontend smtp\n  bind {front_ip}:{front}\n  default_backend relays\n\
              backend relays\n  balance roundrobin\n  option smtpchk HELO haproxy.test\n  default-server inter 300ms fall 1 rise 1\n{servers}"
         ),
     )
@@ -66,7 +83,7 @@ fn haproxy(dir: &std::path::Path, front: u16, backends: &[u16]) -> Haproxy {
         .spawn()
         .expect("haproxy installed (test.sh)");
     let started = std::time::Instant::now();
-    while std::net::TcpStream::connect((FRONT_IP, front)).is_err() {
+    while std::net::TcpStream::connect((front_ip, front)).is_err() {
         assert!(started.elapsed() < WAIT, "haproxy did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -74,22 +91,27 @@ fn haproxy(dir: &std::path::Path, front: u16, backends: &[u16]) -> Haproxy {
 }
 
 /// Node `id`: a direct listener (the test's own door, listed first) and
-/// one behind HAProxy on `proxied`; delivery to the sink on `hop`.
+/// one behind HAProxy on `proxied`; delivery to the sink on `hop`; `extra`
+/// (more sections) before `[cluster]`.
 fn node_config(
     dir: &std::path::Path,
+    seats: Seats,
     id: u8,
-    proxied: u16,
-    hop: u16,
+    (proxied, hop): (u16, u16),
     database: &str,
+    extra: &str,
 ) -> std::path::PathBuf {
     let ca = crate::support::tls::TestCa::generate(dir);
+    let Seats {
+        backends, next_hop, ..
+    } = seats;
     let text = crate::support::server::complete_config(
         &format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n\
-             [[listener]]\naddress = \"{BACKENDS}:{proxied}\"\nkind = \"smtp\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n\
+             [[listener]]\naddress = \"{backends}:{proxied}\"\nkind = \"smtp\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n\
              [[network]]\nrange = \"{LAN}\"\nauth = \"none\"\n\
-             [delivery]\nmode = \"smarthost\"\nsmarthost = \"{NEXT_HOP}:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n\
-             [cluster]\nnode_id = {id}\ndatabase = \"{database}\"\nlease = \"2s\"\npool_size = 4\n"
+             [delivery]\nmode = \"smarthost\"\nsmarthost = \"{next_hop}:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n\
+             {extra}[cluster]\nnode_id = {id}\ndatabase = \"{database}\"\nlease = \"2s\"\npool_size = 4\n"
         ),
         dir,
         &ca,
@@ -168,7 +190,7 @@ impl Tally {
     }
 
     async fn start(&mut self) {
-        self.sink = Some(Sink::start(NEXT_HOP, self.hop, Behaviour::accept_all()).await);
+        self.sink = Some(Sink::start(FAILURES.next_hop, self.hop, Behaviour::accept_all()).await);
     }
 
     /// The next hop goes down (what it received is kept).
@@ -217,6 +239,36 @@ impl Tally {
     }
 }
 
+/// Three nodes (ids 1 to 3, one per directory of `dirs`) behind HAProxy:
+/// the nodes, HAProxy's address and HAProxy.
+fn three_nodes(
+    dirs: &[tempfile::TempDir],
+    seats: Seats,
+    hop: u16,
+    database: &str,
+    extra: &str,
+) -> (Vec<ProcessServer>, SocketAddr, Haproxy) {
+    let proxied: Vec<u16> = (0..3).map(|_| free_port(seats.backends)).collect();
+    let nodes = (0..3)
+        .map(|i| {
+            let config = node_config(
+                dirs[i].path(),
+                seats,
+                i as u8 + 1,
+                (proxied[i], hop),
+                database,
+                extra,
+            );
+            tokio::task::block_in_place(|| ProcessServer::spawn(&config))
+        })
+        .collect();
+    let front_port = free_port(seats.front);
+    let haproxy =
+        tokio::task::block_in_place(|| haproxy(dirs[0].path(), seats, front_port, &proxied));
+    let front = format!("{}:{front_port}", seats.front).parse().unwrap();
+    (nodes, front, haproxy)
+}
+
 fn signal(server: &ProcessServer, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
     rustix::process::kill_process(pid, signal).unwrap();
@@ -232,19 +284,10 @@ async fn three_nodes_behind_haproxy_lose_no_acknowledged_mail() {
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let hop = free_port(NEXT_HOP);
+    let hop = free_port(FAILURES.next_hop);
     let mut tally = Tally::up(hop).await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let proxied: Vec<u16> = (0..3).map(|_| free_port(BACKENDS)).collect();
-    let mut nodes: Vec<ProcessServer> = (0..3)
-        .map(|i| {
-            let config = node_config(dirs[i].path(), i as u8 + 1, proxied[i], hop, &database);
-            block_in_place(|| ProcessServer::spawn(&config))
-        })
-        .collect();
-    let front_port = free_port(FRONT_IP);
-    let _haproxy = block_in_place(|| haproxy(dirs[0].path(), front_port, &proxied));
-    let front: SocketAddr = format!("{FRONT_IP}:{front_port}").parse().unwrap();
+    let (mut nodes, front, _haproxy) = three_nodes(&dirs, FAILURES, hop, &database, "");
 
     // 1. Load through HAProxy from three clients; node 3 is killed (-9)
     // once ten messages are acknowledged.
@@ -347,4 +390,78 @@ async fn three_nodes_behind_haproxy_lose_no_acknowledged_mail() {
         !tally.counts().contains_key("during-outage"),
         "what was refused was not delivered"
     );
+}
+
+/// One outsider whose connections HAProxy spreads over three nodes is held
+/// to one limit (three messages an hour) and, banned after two failed
+/// logins on whichever node, is refused by all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_limit_and_one_ban_over_three_nodes_behind_haproxy() {
+    use tokio::task::block_in_place;
+    const OUTSIDER: &str = "127.0.3.10";
+    let pg = block_in_place(TestPostgres::start);
+    let hop = free_port(SHARING.next_hop);
+    let sink = Sink::start(SHARING.next_hop, hop, Behaviour::accept_all()).await;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for dir in &dirs {
+        crate::support::write_users(
+            &dir.path().join("data").join("users"),
+            &[("bob", "builder")],
+        );
+    }
+    let extra = "[relay]\ninbound_domains = [\"example.lan\"]\n\
+                 [limits]\nmessages_per_hour_per_ip = 3\nauth_failures_before_ban = 2\nban_duration = \"10m\"\n";
+    let (nodes, front, _haproxy) = three_nodes(&dirs, SHARING, hop, &pg.url(), extra);
+
+    // Six messages, one connection each: HAProxy deals them round the nodes.
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let mut c = SmtpClient::from_stream(tcp_from(OUTSIDER, front).await);
+        assert_eq!(c.read_reply().await.code, 220);
+        c.expect("EHLO spread.test", 250).await;
+        let r = c.cmd("MAIL FROM:<a@spread.test>").await;
+        if r.code == 250 {
+            c.expect("RCPT TO:<b@example.lan>", 250).await;
+            c.expect("DATA", 354).await;
+            codes.push(
+                c.cmd(&format!("Subject: spread-{i}\r\n\r\nx\r\n."))
+                    .await
+                    .code,
+            );
+        } else {
+            codes.push(r.code);
+        }
+        c.cmd("QUIT").await;
+        // The nodes share what changed every 100 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        codes,
+        [250, 250, 250, 450, 450, 450],
+        "held to one limit over three nodes"
+    );
+    let served = nodes
+        .iter()
+        .filter(|n| n.log.lock().unwrap().contains(OUTSIDER))
+        .count();
+    assert!(
+        served >= 2,
+        "HAProxy spread the client over the nodes ({served})"
+    );
+    let got = sink.wait_for(3, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 3, "the three accepted were delivered");
+
+    // Two failed logins through HAProxy: the next connections, whichever
+    // node they reach, are refused.
+    let mut c = SmtpClient::from_stream(tcp_from(OUTSIDER, front).await);
+    assert_eq!(c.read_reply().await.code, 220);
+    c.expect("EHLO guesser.test", 250).await;
+    assert_eq!(c.auth_plain("bob", "guess1").await.code, 535);
+    assert_eq!(c.auth_plain("bob", "guess2").await.code, 421);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let mut c = SmtpClient::from_stream(tcp_from(OUTSIDER, front).await);
+        let greeting = c.try_read_reply().await.map(|r| r.code);
+        assert_eq!(greeting, Some(421), "banned on every node");
+    }
 }
