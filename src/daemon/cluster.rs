@@ -70,7 +70,7 @@ impl Cluster {
     ) -> anyhow::Result<Joined> {
         let sources: Vec<Arc<dyn SharedSource>> = vec![
             Arc::clone(&self.counters) as Arc<dyn SharedSource>,
-            Arc::new(SharedGuard::new(Arc::clone(guard))),
+            Arc::new(SharedGuard::new(Arc::clone(guard), self.node)),
             Arc::new(SharedDownHosts::new(Arc::clone(deliverer))),
         ];
         let sync = SharedSync::new(self.store.pool(), self.node, self.clock, sources);

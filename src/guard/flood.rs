@@ -20,7 +20,7 @@
 //! all along, and never beyond `flood_recipient_domains_max`.
 
 use crate::config::GuardConfig;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -68,8 +68,10 @@ struct Source {
     alerted: Option<Instant>,
     /// Delivery outcomes within the current outcome window.
     outcomes_start: Instant,
-    delivered: u32,
-    failed: u32,
+    outcomes: Outcomes,
+    /// In a cluster: each other node's outcomes of this source's mail
+    /// within its window, until the time they stop counting.
+    outcomes_elsewhere: HashMap<i16, (Outcomes, Instant)>,
     /// Set when its mail bounces too much: when, and the evidence.
     bouncing: Option<(Instant, String)>,
     last_seen: Instant,
@@ -86,8 +88,8 @@ impl Source {
             baseline: None,
             alerted: None,
             outcomes_start: now,
-            delivered: 0,
-            failed: 0,
+            outcomes: Outcomes::default(),
+            outcomes_elsewhere: HashMap::new(),
             bouncing: None,
             last_seen: now,
             usual: HashMap::new(),
@@ -137,16 +139,34 @@ impl Source {
     }
 }
 
-/// Recipient domains noted for the other nodes of a cluster, at most
-/// (beyond, the newest are not shared until the next round takes them).
+/// How a source's mail fared within a window: recipients delivered, and
+/// recipients failed permanently (bounced).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outcomes {
+    pub delivered: u32,
+    pub failed: u32,
+}
+
+/// Recipient domains (and sources with new outcomes) noted for the other
+/// nodes of a cluster, at most (beyond, the newest are not shared until the
+/// next round takes them).
 const MAX_SHARED: usize = 100_000;
+
+/// What this node saw since the cluster last took it.
+#[derive(Default)]
+struct ForOtherNodes {
+    /// (source, recipient domain) pairs.
+    pairs: HashSet<(String, String)>,
+    /// Sources whose delivery outcomes changed.
+    outcomes: HashSet<String>,
+}
 
 #[derive(Default)]
 pub struct FloodWatch {
     sources: Mutex<HashMap<String, Source>>,
-    /// In a cluster: (source, domain) pairs seen here since the cluster
-    /// last took them (None: not in a cluster, nothing is kept).
-    shared: Mutex<Option<std::collections::HashSet<(String, String)>>>,
+    /// In a cluster: what the other nodes are to learn (None: not in a
+    /// cluster, nothing is kept).
+    shared: Mutex<Option<ForOtherNodes>>,
 }
 
 impl FloodWatch {
@@ -154,36 +174,74 @@ impl FloodWatch {
     /// source is flooding. Cost per call: the source's distinct domains, not
     /// its volume.
     pub fn observe_recipient(&self, c: &GuardConfig, source: &str, domain: &str) -> Option<Flood> {
-        if let Some(shared) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-            && shared.len() < MAX_SHARED
+        if let Some(shared) = self.shared().as_mut()
+            && shared.pairs.len() < MAX_SHARED
         {
-            shared.insert((source.to_string(), domain.to_lowercase()));
+            shared
+                .pairs
+                .insert((source.to_string(), domain.to_lowercase()));
         }
         self.with_source(c, source, |s, now, window| {
             s.observe(c, source, domain, now, window)
         })
     }
 
-    /// From now on, keeps the recipient domains seen, for the other nodes.
+    fn shared(&self) -> std::sync::MutexGuard<'_, Option<ForOtherNodes>> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, keeps the recipient domains seen and the sources whose
+    /// outcomes changed, for the other nodes.
     pub fn share_observations(&self) {
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Default::default);
+        self.shared().get_or_insert_with(Default::default);
     }
 
     /// The (source, domain) pairs seen here since the last call.
     pub fn take_observations(&self) -> Vec<(String, String)> {
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared()
             .as_mut()
-            .map(|s| std::mem::take(s).into_iter().collect())
+            .map(|s| std::mem::take(&mut s.pairs).into_iter().collect())
             .unwrap_or_default()
+    }
+
+    /// The outcomes within this node's window of each source whose
+    /// outcomes changed here since the last call.
+    pub fn take_outcomes(&self) -> Vec<(String, Outcomes)> {
+        let changed = self
+            .shared()
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.outcomes))
+            .unwrap_or_default();
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        changed
+            .into_iter()
+            .filter_map(|source| {
+                let outcomes = sources.get(&source)?.outcomes;
+                Some((source, outcomes))
+            })
+            .collect()
+    }
+
+    /// Another node's outcomes of `source`'s mail within its window: they
+    /// count with this node's for `counts_for`, and may show the source's
+    /// mail bouncing.
+    pub fn outcomes_elsewhere(
+        &self,
+        c: &GuardConfig,
+        source: &str,
+        node: i16,
+        outcomes: Outcomes,
+        counts_for: Duration,
+    ) {
+        self.with_source(c, source, |s, now, _| {
+            if s.outcomes_elsewhere.len() < usize::from(u8::MAX)
+                || s.outcomes_elsewhere.contains_key(&node)
+            {
+                s.outcomes_elsewhere
+                    .insert(node, (outcomes, now + counts_for));
+            }
+            s.judge_outcomes(c, now);
+        })
     }
 
     /// A recipient domain another node saw `source` write to: it counts
@@ -215,6 +273,11 @@ impl FloodWatch {
     /// Records the fate of one recipient of `source`'s mail (`failed`: a
     /// permanent failure, which becomes a bounce).
     pub fn record_outcome(&self, c: &GuardConfig, source: &str, failed: bool) {
+        if let Some(shared) = self.shared().as_mut()
+            && shared.outcomes.len() < MAX_SHARED
+        {
+            shared.outcomes.insert(source.to_string());
+        }
         self.with_source(c, source, |s, now, window| s.record(c, failed, now, window))
     }
 }
@@ -285,24 +348,35 @@ impl Source {
     fn record(&mut self, c: &GuardConfig, failed: bool, now: Instant, window: Duration) {
         if now.duration_since(self.outcomes_start) >= window {
             self.outcomes_start = now;
-            self.delivered = 0;
-            self.failed = 0;
+            self.outcomes = Outcomes::default();
         }
         if failed {
-            self.failed += 1;
+            self.outcomes.failed += 1;
         } else {
-            self.delivered += 1;
+            self.outcomes.delivered += 1;
         }
-        let total = self.failed + self.delivered;
+        self.judge_outcomes(c, now);
+    }
+
+    /// Marks the source bouncing when its outcomes here and on the other
+    /// nodes (those still counting) show it.
+    fn judge_outcomes(&mut self, c: &GuardConfig, now: Instant) {
+        self.outcomes_elsewhere.retain(|_, (_, until)| *until > now);
+        let (mut failed, mut delivered) = (self.outcomes.failed, self.outcomes.delivered);
+        for (o, _) in self.outcomes_elsewhere.values() {
+            failed = failed.saturating_add(o.failed);
+            delivered = delivered.saturating_add(o.delivered);
+        }
+        let total = failed.saturating_add(delivered);
         if c.flood_min_failures > 0
-            && self.failed >= c.flood_min_failures
-            && f64::from(self.failed) >= c.flood_failure_rate * f64::from(total)
+            && failed >= c.flood_min_failures
+            && f64::from(failed) >= c.flood_failure_rate * f64::from(total)
         {
             self.bouncing = Some((
                 now,
                 format!(
-                    "{} of its last {total} recipients failed permanently within {}",
-                    self.failed, c.flood_window
+                    "{failed} of its last {total} recipients failed permanently within {}",
+                    c.flood_window
                 ),
             ));
         }

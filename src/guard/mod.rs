@@ -14,7 +14,7 @@
 
 mod flood;
 
-pub use flood::Flood;
+pub use flood::{Flood, Outcomes};
 
 use crate::config::GuardConfig;
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,29 @@ impl Guard {
     pub fn observe_elsewhere(&self, source: &str, domain: &str) {
         self.floods
             .observe_elsewhere(&self.config(), source, domain)
+    }
+
+    /// The delivery outcomes of each source whose outcomes changed here
+    /// since the last call (within this node's window).
+    pub fn take_shared_outcomes(&self) -> Vec<(String, Outcomes)> {
+        self.floods.take_outcomes()
+    }
+
+    /// Another node's outcomes of `source`'s mail, counting for `counts_for`.
+    pub fn outcomes_elsewhere(
+        &self,
+        source: &str,
+        node: i16,
+        outcomes: Outcomes,
+        counts_for: std::time::Duration,
+    ) {
+        self.floods
+            .outcomes_elsewhere(&self.config(), source, node, outcomes, counts_for)
+    }
+
+    /// The fate of one recipient of `source`'s mail (`failed`: it bounced).
+    pub fn record_outcome(&self, source: &str, failed: bool) {
+        self.floods.record_outcome(&self.config(), source, failed)
     }
 
     /// The flood window: how long a shared observation counts.
@@ -430,10 +453,8 @@ impl crate::events::Subscriber for Guard {
         } = event
         {
             match state {
-                DeliveryState::Delivered => {
-                    self.floods.record_outcome(&self.config(), source, false)
-                }
-                DeliveryState::Failed => self.floods.record_outcome(&self.config(), source, true),
+                DeliveryState::Delivered => self.record_outcome(source, false),
+                DeliveryState::Failed => self.record_outcome(source, true),
                 DeliveryState::Deferred | DeliveryState::Expired => {}
             }
         }
