@@ -66,3 +66,31 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Whether a failure to connect is one that waiting will not mend: the
+/// server's certificate is not trusted (or names another host), the login
+/// is refused, or the database does not exist. Anything else (refused,
+/// timed out, shutting down) may pass.
+pub fn is_misconfiguration(e: &deadpool_postgres::PoolError) -> bool {
+    let deadpool_postgres::PoolError::Backend(e) = e else {
+        return false;
+    };
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // 28xxx: invalid authorization; 3D000: no such database.
+        return code.starts_with("28") || code == "3D000";
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        // An io::Error's source skips the error it wraps: look inside too.
+        let wrapped = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if c.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}

@@ -19,5 +19,5 @@ mod schema;
 pub mod shared;
 mod status;
 
-pub use pg_store::PgStore;
+pub use pg_store::{JoinError, PgStore};
 pub use status::{ClusterStatus, NodeSeen, Standby, status};

@@ -6,6 +6,28 @@
 
 use super::db::NOW;
 
+/// Why a node could not sign in.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// The database did not answer or failed: worth trying again.
+    Database(String),
+    /// Another live node holds the number: a configuration to fix.
+    InUse(String),
+    /// The database answers, but not to this configuration (its
+    /// certificate is not trusted, the login is refused): to fix too.
+    Misconfigured(String),
+}
+
+impl std::fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterError::Database(e)
+            | RegisterError::InUse(e)
+            | RegisterError::Misconfigured(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Signs this node in, or says who holds its number.
 pub async fn register(
     client: &tokio_postgres::Client,
@@ -13,7 +35,7 @@ pub async fn register(
     hostname: &str,
     data_dir: &std::path::Path,
     lease: i64,
-) -> Result<(), String> {
+) -> Result<(), RegisterError> {
     let node = i32::from(node);
     let dir = data_dir.display().to_string();
     let taken = client
@@ -32,7 +54,9 @@ pub async fn register(
             &[&node, &hostname, &dir, &lease],
         )
         .await
-        .map_err(|e| format!("cluster.database: cannot register this node: {e}"))?;
+        .map_err(|e| {
+            RegisterError::Database(format!("cluster.database: cannot register this node: {e}"))
+        })?;
     if taken.is_some() {
         return Ok(());
     }
@@ -44,15 +68,15 @@ pub async fn register(
             &[&node],
         )
         .await
-        .map_err(|e| format!("cluster.database: {e}"))?;
+        .map_err(|e| RegisterError::Database(format!("cluster.database: {e}")))?;
     let (host, dir, ago): (String, String, i64) = (
         holder.get("hostname"),
         holder.get("data_dir"),
         holder.get("ago"),
     );
-    Err(format!(
+    Err(RegisterError::InUse(format!(
         "cluster.node_id = {node} is in use by {host} ({dir}), seen {ago}s ago: give each node its own number"
-    ))
+    )))
 }
 
 /// Who a node is: its number and its installation.

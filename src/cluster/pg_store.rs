@@ -22,6 +22,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::batch::Batcher;
 use super::db::NOW;
@@ -40,12 +41,38 @@ pub struct PgStore {
     /// Where the content of the messages this node delivers is copied.
     cache_dir: PathBuf,
     runtime: tokio::runtime::Handle,
+    /// Signed in to the cluster: until then (the database did not answer
+    /// at start) new mail is refused and nothing is claimed.
+    joined: AtomicBool,
     /// Accepted messages, inserted together (group commit).
     inserts: Batcher<NewRow>,
     /// Finished messages (id, fence), removed together.
     removals: Batcher<(String, i64)>,
     /// Leases (id, fence) renewed before attempts, together.
     renewals: Batcher<(String, i64)>,
+}
+
+/// Why `PgStore::connect` gave no joined store.
+pub enum JoinError {
+    /// Nothing to serve with: the node number is in use, or the
+    /// configuration cannot work.
+    Refused(String),
+    /// The database did not answer: the store, to join later, and why.
+    Unreachable(Box<PgStore>, String),
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::Refused(e) | JoinError::Unreachable(_, e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A received message's row, before its insert.
@@ -76,32 +103,42 @@ fn db_error(e: impl std::fmt::Display) -> SpoolError {
 }
 
 impl PgStore {
-    /// Connects (`database`: a libpq-style URL or key=value string; several
-    /// hosts with `target_session_attrs=read-write` find the primary),
-    /// creates the schema when missing. Call inside the Tokio runtime.
-    /// The node registers itself (`cluster.node_id` must not be held by
-    /// another live node); `hostname` and `data_dir` say which machine and
-    /// installation it is, so that the same one restarting takes its
-    /// number back at once.
+    /// Opens the store (`database`: a libpq-style URL or key=value string;
+    /// several hosts with `target_session_attrs=read-write` find the
+    /// primary) and joins the cluster (see `join`). Call inside the Tokio
+    /// runtime. The node registers itself: `cluster.node_id` must not be
+    /// held by another live node; `hostname` and `data_dir` say which
+    /// machine and installation it is, so that the same one restarting
+    /// takes its number back at once.
+    ///
+    /// A database that does not answer does not stop the node: it comes up
+    /// unjoined, answers 451 to new mail, and joins at a later claim round
+    /// (`JoinError::Unreachable`, with the store). A number in use and a
+    /// configuration that cannot work (a certificate not trusted, a login
+    /// refused) are errors.
     pub async fn connect(
         cluster: &ClusterConfig,
         hostname: &str,
         data_dir: &Path,
-    ) -> Result<PgStore, String> {
+    ) -> Result<PgStore, JoinError> {
+        let store = PgStore::open(cluster, hostname, data_dir).map_err(JoinError::Refused)?;
+        match store.join().await {
+            Ok(()) => Ok(store),
+            Err(
+                super::nodes::RegisterError::InUse(e)
+                | super::nodes::RegisterError::Misconfigured(e),
+            ) => Err(JoinError::Refused(e)),
+            Err(super::nodes::RegisterError::Database(e)) => {
+                Err(JoinError::Unreachable(Box::new(store), e))
+            }
+        }
+    }
+
+    /// The store, not joined yet: no connection made.
+    fn open(cluster: &ClusterConfig, hostname: &str, data_dir: &Path) -> Result<PgStore, String> {
         let node = cluster.node_id;
-        let lease = cluster.lease.get();
+        let lease_secs = cluster.lease.get().as_secs().max(1) as i64;
         let pool = super::db::pool(cluster)?;
-        let mut client = pool.get().await.map_err(|e| {
-            format!(
-                "cluster.database: cannot connect: {}",
-                super::db::describe(&e)
-            )
-        })?;
-        crate::cluster::schema::ensure(&mut client)
-            .await
-            .map_err(|e| format!("cluster.database: cannot create the tables: {e}"))?;
-        let lease_secs = lease.as_secs().max(1) as i64;
-        super::nodes::register(&client, node, hostname, data_dir, lease_secs).await?;
         let cache_dir = data_dir.join("cluster-cache");
         clear_cache(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
         Ok(PgStore {
@@ -112,6 +149,7 @@ impl PgStore {
                 data_dir: data_dir.display().to_string(),
             },
             lease: lease_secs,
+            joined: AtomicBool::new(false),
             fences: Mutex::new(HashMap::new()),
             cache_dir,
             runtime: tokio::runtime::Handle::current(),
@@ -120,6 +158,37 @@ impl PgStore {
             renewals: renewal_batcher(pool.clone(), i32::from(node), lease_secs),
             pool,
         })
+    }
+
+    /// Creates the tables when missing and signs this node in.
+    async fn join(&self) -> Result<(), super::nodes::RegisterError> {
+        use super::nodes::RegisterError;
+        let mut client = self.pool.get().await.map_err(|e| {
+            let said = format!(
+                "cluster.database: cannot connect: {}",
+                super::db::describe(&e)
+            );
+            if super::db::is_misconfiguration(&e) {
+                RegisterError::Misconfigured(said)
+            } else {
+                RegisterError::Database(said)
+            }
+        })?;
+        crate::cluster::schema::ensure(&mut client)
+            .await
+            .map_err(|e| {
+                RegisterError::Database(format!("cluster.database: cannot create the tables: {e}"))
+            })?;
+        let node = u8::try_from(self.node).unwrap_or_default();
+        let data_dir = Path::new(&self.identity.data_dir);
+        super::nodes::register(&client, node, &self.identity.hostname, data_dir, self.lease)
+            .await?;
+        self.joined.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     /// The connection pool (the shared counters use it too).
@@ -218,6 +287,11 @@ impl PgStore {
         })
         .await
         .map_err(std::io::Error::other)??;
+        if !self.joined() {
+            return Err(std::io::Error::other(
+                "queue database: this node has not reached the cluster's database since it started",
+            ));
+        }
         let state = MessageState::initial(&envelope);
         let id = QueueId::parse(&envelope.id)
             .ok_or_else(|| std::io::Error::other("a message without a queue id"))?;
@@ -265,24 +339,15 @@ impl QueueStore for PgStore {
         Box::pin(self.accept_async(content, envelope))
     }
 
-    /// This node's own messages (after a restart): taken again with a new fence.
+    /// This node's own messages (after a restart): taken again with a new
+    /// fence. None before the node joined: the claim round that joins it
+    /// takes them (see `claim_due`).
     fn load_all(&self) -> std::io::Result<Loaded> {
+        if !self.joined() {
+            return Ok(Loaded::default());
+        }
         let rows = self
-            .wait(async {
-                let client = self.client().await?;
-                client
-                    .query(
-                        &format!(
-                            "UPDATE portcullis_message
-                                SET fence = fence + 1, lease_until = {NOW} + $2
-                              WHERE owner = $1
-                          RETURNING id, envelope, state, body, fence"
-                        ),
-                        &[&self.node, &self.lease],
-                    )
-                    .await
-                    .map_err(db_error)
-            })
+            .wait(async { self.take_own_back(&self.client().await?).await })
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.taken(rows)
             .map_err(|e| std::io::Error::other(e.to_string()))
@@ -312,6 +377,17 @@ impl QueueStore for PgStore {
         limit: usize,
     ) -> Result<Vec<(QueueId, QueuedMessage)>, SpoolError> {
         let limit = limit.max(1) as i64;
+        // A node that came up without its database joins here, and takes
+        // back what it held before it stopped.
+        let mut own = Vec::new();
+        if !self.joined() {
+            self.wait(self.join()).map_err(db_error)?;
+            tracing::info!(
+                node = self.node,
+                "joined the cluster: the database answers, new mail is accepted again"
+            );
+            own = self.wait(async { self.take_own_back(&self.client().await?).await })?;
+        }
         let rows = self.wait(async {
             let mut client = self.client().await?;
             super::nodes::heartbeat(&client, &self.identity)
@@ -338,7 +414,8 @@ impl QueueStore for PgStore {
                 .await
                 .map_err(db_error)
         })?;
-        Ok(self.taken(rows)?.messages)
+        own.extend(rows);
+        Ok(self.taken(own)?.messages)
     }
 
     fn forward(&self, id: &QueueId, command: &QueueCommand) -> Result<Forwarded, SpoolError> {
@@ -537,6 +614,9 @@ impl QueueStore for PgStore {
     }
 
     fn leave(&self, settled: bool) -> Result<(), SpoolError> {
+        if !self.joined() {
+            return Ok(());
+        }
         self.wait(async {
             let client = self.client().await?;
             if settled {
@@ -655,6 +735,25 @@ impl PgStore {
                 Err(e) => Err(db_error(e)),
             })
             .collect()
+    }
+
+    /// This node's messages (after a restart), each with a new fence and lease.
+    async fn take_own_back(
+        &self,
+        client: &deadpool_postgres::Object,
+    ) -> Result<Vec<tokio_postgres::Row>, SpoolError> {
+        client
+            .query(
+                &format!(
+                    "UPDATE portcullis_message
+                        SET fence = fence + 1, lease_until = {NOW} + $2
+                      WHERE owner = $1
+                  RETURNING id, envelope, state, body, fence"
+                ),
+                &[&self.node, &self.lease],
+            )
+            .await
+            .map_err(db_error)
     }
 
     /// Renews the leases this node holds that have run down to

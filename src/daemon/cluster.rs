@@ -3,11 +3,11 @@
 //! the deliverer exist, what else the nodes share, read before the node
 //! serves.
 
-use crate::cluster::PgStore;
 use crate::cluster::shared::counters::ClusterCounters;
 use crate::cluster::shared::down::SharedDownHosts;
 use crate::cluster::shared::guard::SharedGuard;
 use crate::cluster::shared::{SharedClock, SharedSource, SharedSync};
+use crate::cluster::{JoinError, PgStore};
 use crate::config::ClusterConfig;
 use crate::counters::Counters;
 use crate::delivery::Deliverer;
@@ -15,7 +15,7 @@ use crate::guard::Guard;
 use crate::queue::QueueStore;
 use std::path::Path;
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 
 pub struct Cluster {
     node: u8,
@@ -32,15 +32,26 @@ pub struct Joined {
 }
 
 impl Cluster {
-    /// Connects to the database and registers this node.
+    /// Connects to the database and registers this node. A database that
+    /// does not answer yet does not stop the node: it serves, refusing new
+    /// mail with 451, until a claim round finds the database (every 10 s).
     pub async fn connect(
         cluster: &ClusterConfig,
         hostname: &str,
         data_dir: &Path,
     ) -> anyhow::Result<Cluster> {
-        let store = PgStore::connect(cluster, hostname, data_dir)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let store = match PgStore::connect(cluster, hostname, data_dir).await {
+            Ok(store) => store,
+            Err(JoinError::Refused(e)) => anyhow::bail!(e),
+            Err(JoinError::Unreachable(store, e)) => {
+                warn!(
+                    node = cluster.node_id,
+                    "{e}; serving without the cluster: new mail gets 451 until the database answers (tried again every {}s)",
+                    crate::queue::CLAIM_EVERY.as_secs()
+                );
+                *store
+            }
+        };
         let clock = Arc::new(SharedClock::default());
         let counters = Arc::new(ClusterCounters::new(cluster.node_id, Arc::clone(&clock)));
         info!(
@@ -74,9 +85,11 @@ impl Cluster {
             Arc::new(SharedDownHosts::new(Arc::clone(deliverer))),
         ];
         let sync = SharedSync::new(self.store.pool(), self.node, self.clock, sources);
-        sync.load().await.map_err(|e| {
-            anyhow::anyhow!("cluster.database: cannot read the shared counters and bans: {e}")
-        })?;
+        // Without the database, this node starts with its own state only
+        // and reads the others' once the database answers.
+        if let Err(e) = sync.load().await {
+            warn!("cluster.database: cannot read the shared counters and bans yet: {e}");
+        }
         Ok(Joined {
             store: Arc::new(self.store),
             counters: self.counters as Arc<dyn Counters>,

@@ -40,6 +40,7 @@ pub enum Forwarded {
 }
 
 /// What `load_all` found.
+#[derive(Default)]
 pub struct Loaded {
     pub messages: Vec<(QueueId, QueuedMessage)>,
     /// Ids that could not be read, and why (left in place).

@@ -237,6 +237,11 @@ async fn a_node_number_is_held_by_one_live_node() {
         .await
         .unwrap_err();
     assert!(
+        matches!(refused, portcullis::cluster::JoinError::Refused(_)),
+        "a number in use stops the node: {refused}"
+    );
+    let refused = refused.to_string();
+    assert!(
         refused.contains("cluster.node_id = 5 is in use"),
         "{refused}"
     );
@@ -327,6 +332,60 @@ async fn without_the_database_new_mail_gets_451() {
         !server.log.lock().unwrap().contains(&url),
         "the connection string is never logged"
     );
+}
+
+/// A node that starts while its database is down comes up anyway: new
+/// mail gets 451 (never 250), and once the database answers the node joins
+/// by itself and accepts and delivers mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_its_database_joins_when_it_answers() {
+    use crate::support::client::SmtpClient;
+    use crate::support::server::ProcessServer;
+    use crate::support::sink::{Behaviour, Sink};
+    let mut pg = tokio::task::block_in_place(TestPostgres::start);
+    let hop = crate::support::free_port("127.0.0.1");
+    let sink = Sink::start("127.0.0.1", hop, Behaviour::accept_all()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = process_config(&pg, 1, dir.path(), &through_hop(hop));
+    tokio::task::block_in_place(|| pg.crash());
+    let server = tokio::task::block_in_place(|| ProcessServer::spawn(&path));
+    let send = async |subject: &str| {
+        let mut c = SmtpClient::greeted(server.addr, "127.0.0.2", "app.test").await;
+        let body = format!("Subject: {subject}\r\n\r\nx\r\n");
+        c.send_mail("app@client.test", &["someone@far.example"], body.as_bytes())
+            .await
+            .code
+    };
+    assert_eq!(
+        send("while down").await,
+        451,
+        "{}",
+        server.log.lock().unwrap()
+    );
+    assert!(
+        server.log.lock().unwrap().contains("new mail gets 451"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+
+    tokio::task::block_in_place(|| pg.restart());
+    // The next claim rounds (every 10 s) find the database.
+    let mut code = 0;
+    for _ in 0..30 {
+        code = send("once joined").await;
+        if code == 250 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(code, 250, "joined once the database answered");
+    let got = sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: once joined"));
+    let nodes = tokio::task::block_in_place(|| {
+        pg.query("SELECT count(*) FROM portcullis_node WHERE node_id = 1")
+    });
+    assert_eq!(nodes, "1", "the node signed in");
 }
 
 /// `portcullis cluster status` asks the database: nodes and their signs of

@@ -169,22 +169,43 @@ impl TestPostgres {
         dir
     }
 
-    /// Runs the server of `dir/data` on a free loopback port.
-    fn serve(dir: tempfile::TempDir) -> TestPostgres {
-        let port = super::free_port("127.0.0.1");
-        let child = as_db_user(
+    /// Starts again, on the same data and port, a server that crashed
+    /// (see `crash`).
+    pub fn restart(&mut self) {
+        // The crashed server's backends may hold its shared memory a moment
+        // longer; a postmaster started meanwhile exits, and is started again.
+        for _ in 0..20 {
+            self.child = Self::postmaster(self._dir.path(), self.port);
+            std::thread::sleep(Duration::from_millis(500));
+            if self.child.try_wait().unwrap().is_none() {
+                self.wait_ready(Duration::from_secs(30));
+                return;
+            }
+        }
+        panic!("PostgreSQL did not start again on port {}", self.port);
+    }
+
+    /// The server process for `dir/data` on `port`.
+    fn postmaster(dir: &std::path::Path, port: u16) -> Child {
+        as_db_user(
             Command::new(bin_dir().join("postgres"))
                 .arg("-D")
-                .arg(dir.path().join("data"))
+                .arg(dir.join("data"))
                 .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
                 .arg("-k")
-                .arg(dir.path())
+                .arg(dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
             run_as(),
         )
         .spawn()
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Runs the server of `dir/data` on a free loopback port.
+    fn serve(dir: tempfile::TempDir) -> TestPostgres {
+        let port = super::free_port("127.0.0.1");
+        let child = Self::postmaster(dir.path(), port);
         let pg = TestPostgres {
             _dir: dir,
             child,
