@@ -389,30 +389,34 @@ fn smarthost(config: &Config, out: &mut Vec<Finding>) {
     }
 }
 
-/// PROXY headers are believed from `proxy_from`: anyone there can claim any address.
-fn proxies(config: &Config, out: &mut Vec<Finding>) {
-    for (i, l) in config
+/// Each (listener index, `proxy_from` entry) of the listeners that take
+/// PROXY headers.
+fn proxy_sources(config: &Config) -> impl Iterator<Item = (usize, &crate::config::IpRange)> {
+    config
         .listener
         .iter()
         .enumerate()
         .filter(|(_, l)| l.proxy_protocol)
-    {
-        for r in &l.proxy_from {
-            let wide = match r.net() {
-                ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,
-                ipnet::IpNet::V6(v6) => v6.prefix_len() < 112,
-            };
-            if wide || !crate::config::is_non_global(r) {
-                push(
-                    out,
-                    Severity::Risk,
-                    format!("listener[{i}].proxy_from"),
-                    format!(
-                        "PROXY headers are believed from {r}: any machine there can claim to be any client — a trusted one included — and relay"
-                    ),
-                    "list only your load balancers' own addresses".into(),
-                );
-            }
+        .flat_map(|(i, l)| l.proxy_from.iter().map(move |r| (i, r)))
+}
+
+/// PROXY headers are believed from `proxy_from`: anyone there can claim any address.
+fn proxies(config: &Config, out: &mut Vec<Finding>) {
+    for (i, r) in proxy_sources(config) {
+        let wide = match r.net() {
+            ipnet::IpNet::V4(v4) => v4.prefix_len() < 24,
+            ipnet::IpNet::V6(v6) => v6.prefix_len() < 112,
+        };
+        if wide || !crate::config::is_non_global(r) {
+            push(
+                out,
+                Severity::Risk,
+                format!("listener[{i}].proxy_from"),
+                format!(
+                    "PROXY headers are believed from {r}: any machine there can claim to be any client — a trusted one included — and relay"
+                ),
+                "list only your load balancers' own addresses".into(),
+            );
         }
     }
 }
@@ -423,27 +427,20 @@ fn proxies(config: &Config, out: &mut Vec<Finding>) {
 /// is trusted, so every Internet client behind it could relay: the
 /// router problem again, one hop further.
 fn trusted_load_balancer(config: &Config, policy: &Policy, out: &mut Vec<Finding>) {
-    for (i, l) in config
-        .listener
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.proxy_protocol)
-    {
-        for r in &l.proxy_from {
-            let balancer = r.net().network();
-            if policy.is_trusted(balancer) {
-                push(
-                    out,
-                    Severity::Risk,
-                    format!("listener[{i}].proxy_from"),
-                    format!(
-                        "the load balancer {r} is inside a network that relays without AUTH: a connection from it without a PROXY header (a listener without proxy_protocol it forwards to, or its health check) relays for whoever is behind it"
-                    ),
-                    format!(
-                        "exclude {balancer} from that [[network]] (exclude = [\"{balancer}\"]), and give every listener the load balancer reaches proxy_protocol = true"
-                    ),
-                );
-            }
+    for (i, r) in proxy_sources(config) {
+        let balancer = r.net().network();
+        if policy.is_trusted(balancer) {
+            push(
+                out,
+                Severity::Risk,
+                format!("listener[{i}].proxy_from"),
+                format!(
+                    "the load balancer {r} is inside a network that relays without AUTH: a connection from it without a PROXY header (a listener without proxy_protocol it forwards to, or its health check) relays for whoever is behind it"
+                ),
+                format!(
+                    "exclude {balancer} from that [[network]] (exclude = [\"{balancer}\"]), and give every listener the load balancer reaches proxy_protocol = true"
+                ),
+            );
         }
     }
 }

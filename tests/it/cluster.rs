@@ -2,6 +2,7 @@
 //! PostgreSQL server, two nodes' stores. A lease that ended is taken over
 //! with a new fence, and the old owner's writes then change nothing.
 
+use crate::support::cluster_node::ClusterSection;
 use crate::support::postgres::TestPostgres;
 use crate::support::{WAIT, run_with_timeout};
 use portcullis::cluster::PgStore;
@@ -68,19 +69,16 @@ fn process_config(
     dir: &std::path::Path,
     extra: &str,
 ) -> std::path::PathBuf {
-    let ca = crate::support::tls::TestCa::generate(dir);
-    let text = crate::support::server::complete_config(
-        &format!(
-            "[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n{extra}\
-             [cluster]\nnode_id = {id}\ndatabase = \"{}\"\nlease = \"2s\"\npool_size = 2\n",
-            pg.url()
-        ),
+    crate::support::cluster_node::write(
         dir,
-        &ca,
-    );
-    let path = dir.join("portcullis.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+        &format!("[[network]]\nrange = \"127.0.0.0/8\"\nauth = \"none\"\n{extra}"),
+        &ClusterSection {
+            node_id: id,
+            database: &pg.url(),
+            lease: "2s",
+            pool_size: 2,
+        },
+    )
 }
 
 /// Delivery to a smart host on loopback port `hop` (nothing listens there
@@ -611,21 +609,21 @@ fn sharing_config(
     dir: &std::path::Path,
     hop: u16,
 ) -> std::path::PathBuf {
-    let ca = crate::support::tls::TestCa::generate(dir);
-    let text = crate::support::server::complete_config(
+    let path = crate::support::cluster_node::write(
+        dir,
         &format!(
             "[relay]\ninbound_domains = [\"example.lan\"]\n\
              [[network]]\nrange = \"127.0.0.2\"\nauth = \"none\"\n\
-             [limits]\nmessages_per_hour_per_ip = 3\nauth_failures_before_ban = 2\nban_duration = \"10m\"\n\
-             {}[cluster]\nnode_id = {id}\ndatabase = \"{}\"\nlease = \"2s\"\npool_size = 2\n",
+             [limits]\nmessages_per_hour_per_ip = 3\nauth_failures_before_ban = 2\nban_duration = \"10m\"\n{}",
             through_hop(hop),
-            pg.url()
         ),
-        dir,
-        &ca,
+        &ClusterSection {
+            node_id: id,
+            database: &pg.url(),
+            lease: "2s",
+            pool_size: 2,
+        },
     );
-    let path = dir.join("portcullis.toml");
-    std::fs::write(&path, text).unwrap();
     crate::support::write_users(&dir.join("data").join("users"), &[("bob", "builder")]);
     path
 }

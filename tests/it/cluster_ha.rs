@@ -6,13 +6,13 @@
 //! message is delivered; duplicates are counted and reported.
 
 use crate::support::client::{SmtpClient, tcp_from};
+use crate::support::free_port;
+use crate::support::haproxy::Haproxy;
 use crate::support::postgres::TestPostgres;
 use crate::support::server::ProcessServer;
 use crate::support::sink::{Behaviour, Sink};
-use crate::support::{WAIT, free_port};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ const LAN: &str = "127.0.0.2";
 
 /// Where a test's HAProxy listens (`front`), where its nodes listen for
 /// HAProxy (`backends`) and where the next hop listens: addresses of the
-/// test's own, so that no other test's port 0 on 127.0.0.1 can take a port
-/// chosen here before it is bound (or bound again).
+/// test's own (no other test uses them), so that no other test's port 0
+/// can take a port chosen here before it is bound (or bound again).
 #[derive(Clone, Copy)]
 struct Seats {
     front: &'static str,
@@ -31,24 +31,15 @@ struct Seats {
 }
 
 const FAILURES: Seats = Seats {
-    front: "127.0.0.98",
-    backends: "127.0.0.96",
-    next_hop: "127.0.0.97",
+    front: "127.0.31.1",
+    backends: "127.0.31.2",
+    next_hop: "127.0.31.3",
 };
 const SHARING: Seats = Seats {
-    front: "127.0.0.95",
-    backends: "127.0.0.93",
-    next_hop: "127.0.0.94",
+    front: "127.0.32.1",
+    backends: "127.0.32.2",
+    next_hop: "127.0.32.3",
 };
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// HAProxy in front of `backends` (the nodes' PROXY listeners), checking
 /// each with an SMTP HELO every 300 ms.
@@ -65,29 +56,15 @@ fn haproxy(dir: &std::path::Path, seats: Seats, front: u16, backends: &[u16]) ->
         })
         .collect();
     let front_ip = seats.front;
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
+    crate::support::haproxy::start(
+        dir,
+        &format!(
             "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
              frontend smtp\n  bind {front_ip}:{front}\n  default_backend relays\n\
              backend relays\n  balance roundrobin\n  option smtpchk HELO haproxy.test\n  default-server inter 300ms fall 1 rise 1\n{servers}"
         ),
+        (front_ip, front),
     )
-    .unwrap();
-    let child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy installed (test.sh)");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect((front_ip, front)).is_err() {
-        assert!(started.elapsed() < WAIT, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Haproxy(child)
 }
 
 /// Node `id`: a direct listener (the test's own door, listed first) and
@@ -101,24 +78,24 @@ fn node_config(
     database: &str,
     extra: &str,
 ) -> std::path::PathBuf {
-    let ca = crate::support::tls::TestCa::generate(dir);
     let Seats {
         backends, next_hop, ..
     } = seats;
-    let text = crate::support::server::complete_config(
+    crate::support::cluster_node::write(
+        dir,
         &format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n\
              [[listener]]\naddress = \"{backends}:{proxied}\"\nkind = \"smtp\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\n\
              [[network]]\nrange = \"{LAN}\"\nauth = \"none\"\n\
-             [delivery]\nmode = \"smarthost\"\nsmarthost = \"{next_hop}:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n\
-             {extra}[cluster]\nnode_id = {id}\ndatabase = \"{database}\"\nlease = \"2s\"\npool_size = 4\n"
+             [delivery]\nmode = \"smarthost\"\nsmarthost = \"{next_hop}:{hop}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n{extra}"
         ),
-        dir,
-        &ca,
-    );
-    let path = dir.join("portcullis.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+        &crate::support::cluster_node::ClusterSection {
+            node_id: id,
+            database,
+            lease: "2s",
+            pool_size: 4,
+        },
+    )
 }
 
 /// One message carrying `token`, from the LAN: the reply to its data, or

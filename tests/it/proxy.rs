@@ -3,18 +3,8 @@
 
 use crate::support::client::{SmtpClient, tcp_from};
 use crate::support::server::TestServer;
-use crate::support::{WAIT, free_port};
-use std::process::{Child, Command, Stdio};
+use crate::support::free_port;
 use tokio::io::AsyncWriteExt;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn relay_verdict(addr: std::net::SocketAddr, source: &str) -> u16 {
     let mut c = SmtpClient::greeted(addr, source, "client.test").await;
@@ -30,28 +20,14 @@ async fn proxy_protocol_behind_haproxy_sets_the_client() {
     .await;
     let (v1, v2) = (free_port("127.0.0.98"), free_port("127.0.0.98"));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
+    let _haproxy = crate::support::haproxy::start(
+        dir.path(),
+        &format!(
             "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\nfrontend v1\n  bind 127.0.0.98:{v1}\n  default_backend relay_v1\nfrontend v2\n  bind 127.0.0.98:{v2}\n  default_backend relay_v2\nbackend relay_v1\n  server portcullis {addr} send-proxy\nbackend relay_v2\n  server portcullis {addr} send-proxy-v2\n",
             addr = server.addr()
         ),
-    )
-    .unwrap();
-    let child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy installed (test.sh)");
-    let _haproxy = Haproxy(child);
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.98", v2)).is_err() {
-        assert!(started.elapsed() < WAIT, "haproxy did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        ("127.0.0.98", v2),
+    );
     for port in [v1, v2] {
         let front: std::net::SocketAddr = format!("127.0.0.98:{port}").parse().unwrap();
         // The LAN client behind the proxy may relay; an outsider may not.

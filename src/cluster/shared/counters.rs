@@ -420,25 +420,32 @@ impl SharedSource for ClusterCounters {
                 ) else {
                     return;
                 };
-                if until.until_ms > now_ms {
-                    state.bans.insert(ip, until.until_ms);
-                } else {
-                    state.bans.remove(&ip);
-                }
+                set_until(&mut state.bans, ip, until, now_ms);
             }
             BLOCK => {
                 let Ok(until) = serde_json::from_str::<Until>(&row.value) else {
                     return;
                 };
-                if until.until_ms > now_ms {
-                    state.blocks.insert(row.key.clone(), until.until_ms);
-                } else {
-                    state.blocks.remove(&row.key);
-                }
+                set_until(&mut state.blocks, row.key.clone(), until, now_ms);
             }
             FORGET if !mine => Self::forget_here(&mut state, &row.key),
             _ => {}
         }
+    }
+}
+
+/// A ban or block as another node set it: in force until its end, or
+/// lifted (an end already past).
+fn set_until<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, i64>,
+    key: K,
+    until: Until,
+    now_ms: i64,
+) {
+    if until.until_ms > now_ms {
+        map.insert(key, until.until_ms);
+    } else {
+        map.remove(&key);
     }
 }
 

@@ -2,7 +2,9 @@
 //! 127.0.0.x addresses, generated TLS certificates, and helpers to read the spool.
 
 pub mod client;
+pub mod cluster_node;
 pub mod dns;
+pub mod haproxy;
 pub mod netns;
 pub mod oauth_peer;
 pub mod postfix_mta;
