@@ -417,6 +417,22 @@ fn proxies(config: &Config, out: &mut Vec<Finding>) {
                 ),
                 "list only your load balancers' own addresses".into(),
             );
+        } else if config.cluster.is_some() && r.net().prefix_len() < r.net().max_prefix_len() {
+            // A cluster's front is one or two known machines (HAProxy,
+            // keepalived pairs): a range believes more than them.
+            push(
+                out,
+                Severity::Warning,
+                format!("listener[{i}].proxy_from"),
+                format!(
+                    "PROXY headers are believed from the whole range {r}: every machine in it, not only the cluster's load balancer, can claim to be any client"
+                ),
+                format!(
+                    "list each load balancer's own address (e.g. proxy_from = [\"{}/{}\"])",
+                    r.net().network(),
+                    r.net().max_prefix_len()
+                ),
+            );
         }
     }
 }
@@ -581,6 +597,28 @@ mod tests {
         assert!(
             !apart.iter().any(|f| f.message.contains("load balancer")),
             "{apart:?}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_believing_proxy_headers_from_a_range_is_warned() {
+        let node = |from: &str| {
+            config(&format!(
+                "[[listener]]\naddress = \"10.0.0.11:2525\"\nproxy_protocol = true\nproxy_from = [\"{from}\"]\n\
+                 [cluster]\nnode_id = 1\ndatabase = \"postgres://relay@10.0.0.20/mail?sslmode=require\"\n"
+            ))
+        };
+        let found = audit(&node("10.0.0.8/29"), &Machine::default());
+        let f = found
+            .iter()
+            .find(|f| f.key == "listener[0].proxy_from")
+            .expect("the range is named");
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(f.fix.contains("10.0.0.8/32"), "{}", f.fix);
+        let alone = audit(&node("10.0.0.10/32"), &Machine::default());
+        assert!(
+            !alone.iter().any(|f| f.key == "listener[0].proxy_from"),
+            "{alone:?}"
         );
     }
 

@@ -2,8 +2,8 @@
 //! for the cases HAProxy would never send.
 
 use crate::support::client::{SmtpClient, tcp_from};
-use crate::support::server::TestServer;
 use crate::support::free_port;
+use crate::support::server::TestServer;
 use tokio::io::AsyncWriteExt;
 
 async fn relay_verdict(addr: std::net::SocketAddr, source: &str) -> u16 {
