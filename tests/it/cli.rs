@@ -303,20 +303,16 @@ async fn status_describes_the_running_server_and_says_when_none_runs() {
         ),
     )
     .unwrap();
-    let out = tokio::task::block_in_place(|| {
-        Command::new(binary())
-            .args(["status", "--json", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap()
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        crate::support::run_bounded(
+            Command::new(binary())
+                .args(["status", "--json", "--config"])
+                .arg(&config),
+            crate::support::WAIT,
+        )
     });
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(code.code(), Some(3), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["running"], false);
 }
 

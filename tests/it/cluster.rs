@@ -398,14 +398,15 @@ async fn cluster_status_shows_nodes_messages_and_standbys() {
     let hop = crate::support::free_port("127.0.0.1");
     let path = process_config(&pg, 7, dir.path(), &through_hop(hop));
     let status = || {
-        let out = std::process::Command::new(binary())
-            .args(["cluster", "status", "--json", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), json)
+        let (code, out, err) = crate::support::run_bounded(
+            std::process::Command::new(binary())
+                .args(["cluster", "status", "--json", "--config"])
+                .arg(&path),
+            WAIT,
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+        (code.code(), json)
     };
     // Before any node started: an empty cluster, said so.
     let (code, before) = tokio::task::block_in_place(status);

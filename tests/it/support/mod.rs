@@ -71,6 +71,17 @@ pub fn run_with_timeout(
     cmd: &mut std::process::Command,
     limit: Duration,
 ) -> (bool, String, String) {
+    let (status, out, err) = run_bounded(cmd, limit);
+    (status.success(), out, err)
+}
+
+/// Runs an external program with a time limit (killed and the test failed
+/// beyond it); returns its exit status, stdout and stderr. The outputs are
+/// read while it runs, so a long one cannot stall it on a full pipe.
+pub fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
     use std::io::Read;
     use std::process::Stdio;
     let mut child = cmd
@@ -81,6 +92,27 @@ pub fn run_with_timeout(
         .unwrap_or_else(|e| {
             panic!("cannot run {cmd:?}: {e} (run ./test.sh, which installs the test tools)")
         });
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -93,11 +125,7 @@ pub fn run_with_timeout(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    (status.success(), out, err)
+    (status, out.join().unwrap(), err.join().unwrap())
 }
 
 /// Writes a users file with quick bcrypt hashes (argon2 is tested through `user add`).
