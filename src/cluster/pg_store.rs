@@ -12,7 +12,8 @@
 
 use crate::config::ClusterConfig;
 use crate::queue::{
-    Changed, Durability, Forwarded, Loaded, QueueCommand, QueueStats, QueueStore, SharedQueue,
+    Changed, Durability, Forwarded, Loaded, MessageDetail, QueueCommand, QueueStats, QueueStore,
+    SharedQueue,
 };
 use crate::spool::{
     Envelope, MemoryCopy, MessageState, QueueId, QueuedMessage, SpoolError, SpoolWriter,
@@ -602,6 +603,15 @@ impl QueueStore for PgStore {
                 .map_err(|_| db_error("the database did not answer in time"))?
         })?;
         Ok(Some(stats))
+    }
+
+    fn show_shared(&self, id: &QueueId) -> Result<Option<MessageDetail>, SpoolError> {
+        self.wait(async {
+            let client = self.client().await?;
+            super::queue_admin::show(&client, id)
+                .await
+                .map_err(db_error)
+        })
     }
 
     fn change_shared(&self, command: &QueueCommand) -> Result<Vec<Changed>, SpoolError> {

@@ -540,6 +540,12 @@ impl QueueManager {
         if self.store.leases() && changes_many(&cmd) {
             reply = self.with_shared_changes(&cmd, reply);
         }
+        if let QueueCommand::Show { id, .. } = &cmd
+            && self.store.leases()
+            && !q.index.entries.contains_key(id)
+        {
+            return self.show_shared(id.clone(), reply);
+        }
         if matches!(cmd, QueueCommand::Retry { .. }) {
             self.deliverer.forget_down_hosts();
         }
@@ -682,6 +688,23 @@ impl QueueManager {
             let _ = reply.send(answer);
         });
         local_tx
+    }
+
+    /// `Show` in a cluster, of a message this node does not hold: as the
+    /// shared store has it (envelope, state, headers).
+    fn show_shared(&self, id: QueueId, reply: oneshot::Sender<QueueAnswer>) {
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let asked = id.clone();
+            let answer = match off_thread(move || store.show_shared(&asked)).await {
+                Ok(Some(message)) => QueueAnswer::Show {
+                    message: Box::new(message),
+                },
+                Ok(None) => QueueAnswer::error(format!("no message {id} in the queue")),
+                Err(e) => QueueAnswer::error(format!("the shared queue cannot be read: {e}")),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     /// `Stats` in a cluster: this node's counts, and the whole shared

@@ -138,6 +138,13 @@ pub trait QueueStore: Send + Sync {
         Ok(None)
     }
 
+    /// A message this node does not hold, as the shared store has it
+    /// (blocking; envelope, state and header section). None for the local
+    /// store, and for a message not in the store.
+    fn show_shared(&self, _id: &QueueId) -> Result<Option<super::MessageDetail>, SpoolError> {
+        Ok(None)
+    }
+
     /// A hold, release, retry or delete of many messages (`--source`,
     /// `--all`) on the messages this node does not hold (blocking): passed
     /// to their holders, or applied in the store when no live node holds

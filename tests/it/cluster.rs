@@ -522,6 +522,9 @@ async fn queue_commands_reach_the_node_that_holds_the_message() {
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(rows[0]["id"], id.as_str());
     assert_eq!(rows[0]["node"], 2, "held by node 2: {listed}");
+    // And shows it, as the shared queue has it.
+    let shown = tokio::task::block_in_place(|| queue("show"));
+    assert!(shown.contains("Subject: steered"), "{shown}");
     let said = tokio::task::block_in_place(|| queue("hold"));
     assert!(said.contains("passed to node 2"), "{said}");
     let mut state = String::new();

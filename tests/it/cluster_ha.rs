@@ -13,6 +13,7 @@ use crate::support::server::ProcessServer;
 use crate::support::sink::{Behaviour, Sink};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -371,7 +372,8 @@ async fn three_nodes_behind_haproxy_lose_no_acknowledged_mail() {
 
 /// One outsider whose connections HAProxy spreads over three nodes is held
 /// to one limit (three messages an hour) and, banned after two failed
-/// logins on whichever node, is refused by all three.
+/// logins on whichever node, is refused by all three; the LAN, untrusted
+/// by an admin on one node, relays through none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_limit_and_one_ban_over_three_nodes_behind_haproxy() {
     use tokio::task::block_in_place;
@@ -441,4 +443,44 @@ async fn one_limit_and_one_ban_over_three_nodes_behind_haproxy() {
         let greeting = c.try_read_reply().await.map(|r| r.code);
         assert_eq!(greeting, Some(421), "banned on every node");
     }
+
+    // The LAN relays through every node until an admin untrusts it on node
+    // 1: then no node lets it relay without AUTH.
+    let relays = async || {
+        let mut c = SmtpClient::from_stream(tcp_from(LAN, front).await);
+        assert_eq!(c.read_reply().await.code, 220);
+        c.expect("EHLO lan.test", 250).await;
+        c.expect("MAIL FROM:<app@lan.test>", 250).await;
+        c.cmd("RCPT TO:<someone@far.example>").await.code
+    };
+    for _ in 0..3 {
+        assert_eq!(relays().await, 250, "the LAN relays through each node");
+    }
+    let (ok, _, err) = block_in_place(|| {
+        crate::support::run_with_timeout(
+            Command::new(crate::support::server::binary())
+                .args(["guard", "untrust", LAN, "--config"])
+                .arg(dirs[0].path().join("portcullis.toml")),
+            crate::support::WAIT,
+        )
+    });
+    assert!(ok, "{err}");
+    // Refused by three connections in a row (one per node), once the
+    // decision has reached them (the nodes share every 100 ms).
+    let mut refused_in_a_row = 0;
+    for _ in 0..50 {
+        if relays().await == 250 {
+            refused_in_a_row = 0;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            refused_in_a_row += 1;
+            if refused_in_a_row == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refused_in_a_row, 3,
+        "every node follows node 1's guard decision"
+    );
 }
