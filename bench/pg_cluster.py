@@ -80,6 +80,14 @@ class Postgres:
         return (f"host=127.0.0.1,127.0.0.1 port={self.primary_port},{self.standby_port} user=postgres "
                 "dbname=postgres target_session_attrs=read-write")
 
+    def maintenance(self):
+        """PostgreSQL's own work on the queue table so far: (autovacuums,
+        autoanalyzes); a run that overlaps them pays for them."""
+        out = self.sql("SELECT coalesce(sum(autovacuum_count), 0) || ' ' || coalesce(sum(autoanalyze_count), 0) "
+                       "FROM pg_stat_user_tables WHERE relname LIKE 'portcullis_%'")
+        vacuums, analyzes = (int(x) for x in out.split())
+        return vacuums, analyzes
+
     def empty(self):
         """Between runs: the queue and the shared counters start empty."""
         self.sql("DO $$ BEGIN IF to_regclass('portcullis_message') IS NOT NULL THEN "
@@ -131,6 +139,7 @@ class PortcullisCluster:
     def start(self, cg):
         wait_port = self.wait_port
         self.pg.empty()
+        self.maintenance_before = self.pg.maintenance()
         self.logs, self.procs = [], []
         for i, config in enumerate(self.configs):
             log = open(os.path.join(self.dir, f"log{i + 1}"), "a")
@@ -154,6 +163,9 @@ class PortcullisCluster:
             except subprocess.TimeoutExpired: p.kill(); p.wait()
         for log in self.logs:
             log.close()
+        vacuums, analyzes = (now - then for now, then in zip(self.pg.maintenance(), self.maintenance_before))
+        print(f"       {self.name}: PostgreSQL ran {vacuums} autovacuum(s) and {analyzes} autoanalyze(s) "
+              "on the queue tables during the run", flush=True)
         for i in range(self.nodes):
             data = os.path.join(self.dir, f"node{i + 1}", "data")
             if os.path.exists(data):
