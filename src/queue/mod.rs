@@ -983,8 +983,6 @@ fn settle_one(
         .unwrap_or_else(|| Err(std::io::Error::other("nothing settled").into()))
 }
 
-/// The message a hold, release, retry or delete names, when this node does
-/// not hold it (it may be another node's, in a shared store).
 /// A hold, release, retry or delete by `--source` or `--all`.
 fn changes_many(cmd: &QueueCommand) -> bool {
     matches!(
@@ -997,6 +995,8 @@ fn changes_many(cmd: &QueueCommand) -> bool {
     )
 }
 
+/// The message a hold, release, retry or delete names, when this node does
+/// not hold it (it may be another node's, in a shared store).
 fn held_elsewhere(cmd: &QueueCommand, index: &Index) -> Option<QueueId> {
     let (QueueCommand::Hold { select }
     | QueueCommand::Release { select }
