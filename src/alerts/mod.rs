@@ -3,12 +3,15 @@
 //! has held for the rule's `for` fires an `Alert` event (which the notifier
 //! sends to the rule's webhook) and, with `email`, a queued notice; it is
 //! told again every `repeat` while it lasts, and a "resolved" notice goes
-//! out when it clears. Rule states live in memory: after a restart, a
-//! condition that still holds fires again.
+//! out when it clears. Rule states are kept in `data_dir/alerts.json`
+//! (`state.rs`): after a restart, an alert still holding is not told again
+//! before its `repeat`, one that cleared meanwhile is told resolved, and
+//! the dashboard shows what was firing.
 
 mod conditions;
 mod facts;
 mod mail;
+mod state;
 
 pub use conditions::{Holding, Observed, evaluate};
 pub use facts::{Facts, FactsCollector};
@@ -24,16 +27,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 const TICK: Duration = Duration::from_secs(1);
+/// How long after a restart an alert that was firing waits before it can
+/// be resolved (see `AlertWatch::restored`).
+const RESTORE_GRACE: i64 = 15;
 /// How often our public address is looked up in the DNS lists.
 const LISTING_CHECK: i64 = 3600;
 
 /// One rule's progress.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleState {
     /// When the condition was first seen holding (this time round).
     first_seen: Option<i64>,
     firing: bool,
     last_notice: i64,
+    /// While firing: the last firing notice's detail and start, for the
+    /// dashboard after a restart.
+    #[serde(default)]
+    told: Option<(String, i64)>,
 }
 
 /// What a rule has to say at this evaluation.
@@ -106,18 +116,54 @@ fn delay_of(rule: &AlertConfig) -> i64 {
 pub struct AlertWatch {
     facts: Arc<FactsCollector>,
     states: HashMap<String, RuleState>,
+    /// Where the states are kept across restarts (None: in memory only).
+    kept: Option<state::Kept>,
+    /// Alerts that were firing before a restart, to show on the dashboard
+    /// at the first evaluation (when the rules are at hand).
+    restore: Option<Arc<crate::events::History>>,
+    /// The rules that were firing before a restart, and when the watch
+    /// started: they are not resolved within `RESTORE_GRACE` of it.
+    restored: std::collections::HashSet<String>,
+    started: i64,
     waiting_since: Option<i64>,
     /// The DNS lists our address was found on, and when that was checked.
     listing: Option<(i64, Vec<String>)>,
 }
 
 impl AlertWatch {
+    /// In memory only (tests, tools).
     pub fn new(facts: Arc<FactsCollector>) -> AlertWatch {
         AlertWatch {
             facts,
             states: HashMap::new(),
+            kept: None,
+            restore: None,
+            restored: Default::default(),
+            started: crate::clock::unix_now(),
             waiting_since: None,
             listing: None,
+        }
+    }
+
+    /// With the states kept in `data_dir`, read back now; what was firing
+    /// goes back on `history`'s list of firing alerts.
+    pub fn kept_in(
+        facts: Arc<FactsCollector>,
+        data_dir: &std::path::Path,
+        history: Arc<crate::events::History>,
+    ) -> AlertWatch {
+        let mut kept = state::Kept::new(data_dir);
+        let states = kept.load();
+        AlertWatch {
+            restored: states
+                .iter()
+                .filter(|(_, st)| st.firing)
+                .map(|(key, _)| key.clone())
+                .collect(),
+            states,
+            kept: Some(kept),
+            restore: Some(history),
+            ..AlertWatch::new(facts)
         }
     }
 
@@ -155,19 +201,40 @@ impl AlertWatch {
             .unwrap_or(0);
         self.facts.prune_bounces(now - longest_window);
         let facts = self.facts.snapshot();
+        let restore = self.restore.take();
+        if now - self.started >= RESTORE_GRACE {
+            self.restored.clear();
+        }
         let mut kept = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
-            // A rule changed by a reload starts afresh.
+            // A rule changed by a reload (or in the file) starts afresh.
             let key = format!("{i}:{}", serde_json::to_string(rule).unwrap_or_default());
             let mut st = self.states.remove(&key).unwrap_or_default();
+            if let (Some(history), Some((detail, since))) = (&restore, &st.told) {
+                history.restore_firing(alert_event(i, rule, AlertState::Firing, detail, *since));
+            }
             let holding = evaluate(rule, &facts, &seen);
+            if holding.is_none() && self.restored.contains(&key) {
+                // Just after a restart, what the condition reads (the
+                // queue being loaded, events) may not be back yet: an
+                // alert that was firing is not resolved on that.
+                kept.insert(key, st);
+                continue;
+            }
             let repeat = rule.repeat_every().map(|d| d.as_secs() as i64);
             if let Some(notice) = step(&mut st, holding.as_ref(), delay_of(rule), repeat, now) {
+                st.told = match notice.state {
+                    AlertState::Firing => Some((notice.detail.clone(), notice.since)),
+                    AlertState::Resolved => None,
+                };
                 tell(ctx, i, rule, &notice).await;
             }
             kept.insert(key, st);
         }
         self.states = kept;
+        if let Some(file) = &mut self.kept {
+            file.save_if_changed(&self.states);
+        }
     }
 
     async fn observe(&mut self, ctx: &Context, now: i64) -> Observed {
@@ -229,17 +296,34 @@ impl AlertWatch {
     }
 }
 
+/// The `Alert` event of rule `index`.
+fn alert_event(
+    index: usize,
+    rule: &AlertConfig,
+    state: AlertState,
+    detail: &str,
+    since: i64,
+) -> Event {
+    Event::Alert {
+        alert: rule.on.name(),
+        rule: index,
+        state,
+        detail: detail.to_string(),
+        webhook: rule.webhook.clone(),
+        since,
+    }
+}
+
 /// Tells a notice: the `Alert` event (log, metrics, webhooks) and the mail.
 async fn tell(ctx: &Context, index: usize, rule: &AlertConfig, notice: &Notice) {
     let name = rule.on.name();
-    ctx.events.emit(Event::Alert {
-        alert: name,
-        rule: index,
-        state: notice.state,
-        detail: notice.detail.clone(),
-        webhook: rule.webhook.clone(),
-        since: notice.since,
-    });
+    ctx.events.emit(alert_event(
+        index,
+        rule,
+        notice.state,
+        &notice.detail,
+        notice.since,
+    ));
     let Some(to) = &rule.email else { return };
     let host = &ctx.hostname;
     let (subject, intro) = match notice.state {

@@ -297,7 +297,11 @@ impl Daemon {
         ));
         let current = CurrentContext::new(Arc::clone(&self.ctx));
         tracker.spawn(prune_archive(current.clone(), shutdown.clone()));
-        let alerts = crate::alerts::AlertWatch::new(Arc::clone(&self.alert_facts));
+        let alerts = crate::alerts::AlertWatch::kept_in(
+            Arc::clone(&self.alert_facts),
+            &self.ctx.config.server.data_dir,
+            Arc::clone(&self.history),
+        );
         let for_alerts = current.clone();
         tracker.spawn(alerts.run(move || for_alerts.get(), shutdown.clone()));
         let for_reports = current.clone();

@@ -178,6 +178,22 @@ impl History {
         drop(oldest);
     }
 
+    /// An alert that was firing before a restart (its last firing notice,
+    /// kept with the alert states): on the list of firing alerts again,
+    /// without being told anew.
+    pub fn restore_firing(&self, event: Event) {
+        if let Event::Alert { rule, since, .. } = &event {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.seq += 1;
+            let kept = Recorded {
+                seq: inner.seq,
+                at: *since,
+                event: Arc::new(event.clone()),
+            };
+            inner.firing.insert(*rule, kept);
+        }
+    }
+
     /// The alerts firing now (their latest notice), by rule.
     pub fn alerts_firing(&self) -> Vec<Recorded> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

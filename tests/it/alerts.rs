@@ -98,6 +98,86 @@ async fn a_stalled_queue_fires_by_webhook_and_mail_and_resolves_when_the_hop_ret
     server.stop().await;
 }
 
+/// An alert firing when the server restarts is not told again while it
+/// holds (the rule states are kept in the data dir), the dashboard still
+/// shows it, and it resolves once the condition clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_firing_across_a_restart_is_not_told_twice() {
+    let receiver = Receiver::start("127.0.0.1", "unused").await;
+    let port = free_port("127.0.0.95");
+    let data = tempfile::tempdir().unwrap();
+    let users = tempfile::NamedTempFile::new().unwrap();
+    crate::support::write_users(users.path(), &[("alice", "wonderland")]);
+    let config = format!(
+        "[auth]\nusers_file = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\nusers = [\"alice\"]\n[[network]]\nrange = \"127.0.0.0/24\"\nauth = \"none\"\n[delivery]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.95:{port}\"\nsmarthost_tls = \"none\"\nretry_schedule = [\"1s\"]\n[[webhook]]\nname = \"ops\"\nurl = \"{}\"\n[[alert]]\non = \"delivery_stalled\"\nfor = \"2s\"\nwebhook = \"ops\"\n",
+        users.path().display(),
+        receiver.url()
+    );
+    let first = TestServer::start_at(&config, Some(data.path())).await;
+    let mut c = SmtpClient::greeted(first.addr(), "127.0.0.2", "pc.office.test").await;
+    let r = c
+        .send_mail(
+            "app@office.test",
+            &["someone@far.example"],
+            b"Subject: waits\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    c.expect("QUIT", 221).await;
+    receiver
+        .wait_until(WAIT, |t| {
+            !alerts(t, "delivery_stalled", "firing").is_empty()
+        })
+        .await;
+    first.stop().await;
+    assert!(
+        data.path().join("alerts.json").exists(),
+        "the states are kept"
+    );
+
+    let second = TestServer::start_at(&config, Some(data.path())).await;
+    // Several evaluations after the restart (one a second), the mail still
+    // waiting: nothing new told.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let taken = receiver.taken();
+    assert_eq!(
+        alerts(&taken, "delivery_stalled", "firing").len(),
+        1,
+        "{taken:#?}"
+    );
+    assert!(
+        alerts(&taken, "delivery_stalled", "resolved").is_empty(),
+        "{taken:#?}"
+    );
+    let dashboard = tokio::task::block_in_place(|| {
+        let mut web = crate::support::web::Web::new(second.admin.unwrap());
+        web.login("alice", "wonderland");
+        web.get("/api/dashboard").json()
+    });
+    assert_eq!(
+        dashboard["alerts"][0]["alert"], "delivery_stalled",
+        "still shown as firing: {dashboard}"
+    );
+    // The next hop comes back: the alert resolves, once.
+    let _sink = Sink::start("127.0.0.95", port, Behaviour::accept_all()).await;
+    let taken = receiver
+        .wait_until(Duration::from_secs(40), |t| {
+            !alerts(t, "delivery_stalled", "resolved").is_empty()
+        })
+        .await;
+    assert_eq!(
+        alerts(&taken, "delivery_stalled", "resolved").len(),
+        1,
+        "{taken:#?}"
+    );
+    assert_eq!(
+        alerts(&taken, "delivery_stalled", "firing").len(),
+        1,
+        "{taken:#?}"
+    );
+    second.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_found_by_the_self_test_fires_open_relay() {
     let receiver = Receiver::start("127.0.0.1", "unused").await;
