@@ -72,7 +72,10 @@ pub fn decode(bytes: &[u8]) -> Vec<Record<'_>> {
         }
         match kind {
             KIND_MESSAGE => records.push(Record::Message { id, image: payload }),
-            KIND_RELEASE => records.push(Record::Release { id }),
+            // A release carries no payload: one with a payload is foreign
+            // (no writer of ours makes it), and read as a release it would
+            // not be what the bytes say.
+            KIND_RELEASE if payload.is_empty() => records.push(Record::Release { id }),
             _ => break,
         }
         at = end;
@@ -89,6 +92,23 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, kind, id, payload);
         buf
+    }
+
+    /// Found by the fuzz target (`fuzz/run.sh journal_codec`): a release
+    /// record with a payload and a valid checksum was read as a plain
+    /// release. It is foreign: decoding stops there.
+    #[test]
+    fn a_release_with_a_payload_is_foreign() {
+        let mut bytes = record(KIND_MESSAGE, "1", b"content");
+        bytes.extend(record(KIND_RELEASE, "1", b"x"));
+        bytes.extend(record(KIND_RELEASE, "2", b""));
+        assert_eq!(
+            decode(&bytes),
+            vec![Record::Message {
+                id: "1",
+                image: b"content"
+            }]
+        );
     }
 
     proptest! {
