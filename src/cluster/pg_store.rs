@@ -424,26 +424,15 @@ impl QueueStore for PgStore {
         let outcome = self.wait(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db_error)?;
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT owner, owner IS NOT NULL AND lease_until >= {NOW} AS live
-                           FROM portcullis_message WHERE id = $1 FOR UPDATE"
-                    ),
-                    &[&id.as_str()],
-                )
+            let (holder, _) = super::queue_admin::lock_message(&tx, id)
                 .await
                 .map_err(db_error)?
                 .ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
-            let (owner, live): (Option<i32>, bool) = (row.get(0), row.get(1));
-            let outcome = match owner {
-                Some(node) if live && node != self.node => {
-                    tx.execute(
-                        "INSERT INTO portcullis_command (message_id, command) VALUES ($1, $2)",
-                        &[&id.as_str(), &text],
-                    )
-                    .await
-                    .map_err(db_error)?;
+            let outcome = match holder {
+                Some(node) if node != self.node => {
+                    super::queue_admin::pass_to_holder(&tx, id, &text)
+                        .await
+                        .map_err(db_error)?;
                     Ok(node)
                 }
                 _ => Err(tx

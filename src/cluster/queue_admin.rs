@@ -18,11 +18,6 @@ const LIST_MAX: i64 = 100_000;
 /// The most of a message's header section `show` returns.
 const HEADERS_SHOWN: usize = 1 << 20;
 
-/// How long after a command is passed its holder applies it at the latest.
-fn applied_within() -> u64 {
-    crate::queue::CLAIM_EVERY.as_secs()
-}
-
 /// A queue command from the CLI of a node whose server is not running,
 /// answered from the database alone (this node holds nothing meanwhile).
 pub fn answer_offline(
@@ -70,14 +65,8 @@ pub fn answer_offline(
 
 /// The one message a command names, if it names one.
 fn command_id(command: &QueueCommand) -> Option<&QueueId> {
-    match command {
-        QueueCommand::Hold { select }
-        | QueueCommand::Release { select }
-        | QueueCommand::Retry { select }
-        | QueueCommand::Delete { select } => match select {
-            Selector::Id(id) => Some(id),
-            _ => None,
-        },
+    match command.selector()? {
+        Selector::Id(id) => Some(id),
         _ => None,
     }
 }
@@ -203,11 +192,7 @@ pub async fn change(
     except: Option<i32>,
 ) -> Result<Vec<Changed>, String> {
     let describe = |e: tokio_postgres::Error| super::db::describe(&e);
-    let (QueueCommand::Hold { select }
-    | QueueCommand::Release { select }
-    | QueueCommand::Retry { select }
-    | QueueCommand::Delete { select }) = command
-    else {
+    let Some(select) = command.selector() else {
         return Ok(Vec::new());
     };
     let ids = selected(client, select, except).await.map_err(describe)?;
@@ -215,34 +200,17 @@ pub async fn change(
     let mut changed = Vec::new();
     for id in ids {
         let tx = client.transaction().await.map_err(describe)?;
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT owner, owner IS NOT NULL AND lease_until >= {NOW}, state
-                       FROM portcullis_message WHERE id = $1 FOR UPDATE"
-                ),
-                &[&id.as_str()],
-            )
-            .await
-            .map_err(describe)?;
-        // Gone since it was selected (delivered, deleted).
-        let Some(row) = row else { continue };
-        let (owner, live): (Option<i32>, bool) = (row.get(0), row.get(1));
-        let result = match owner {
-            Some(node) if live => {
-                tx.execute(
-                    "INSERT INTO portcullis_command (message_id, command) VALUES ($1, $2)",
-                    &[&id.as_str(), &text],
-                )
-                .await
-                .map_err(describe)?;
-                format!(
-                    "passed to node {node}, which holds it (applied within {}s)",
-                    applied_within()
-                )
+        // Gone since it was selected (delivered, deleted): skipped.
+        let Some((holder, state)) = lock_message(&tx, &id).await.map_err(describe)? else {
+            continue;
+        };
+        let result = match holder {
+            Some(node) => {
+                pass_to_holder(&tx, &id, &text).await.map_err(describe)?;
+                crate::queue::passed_to(node)
             }
-            _ => {
-                let state: MessageState = serde_json::from_str(row.get(2))
+            None => {
+                let state: MessageState = serde_json::from_str(&state)
                     .map_err(|e| format!("{id}: unreadable in the database: {e}"))?;
                 apply_unheld(&tx, &id, command, state)
                     .await
@@ -253,6 +221,40 @@ pub async fn change(
         changed.push(Changed { id, result });
     }
     Ok(changed)
+}
+
+/// Locks `id`'s row for the transaction: the node that holds it while its
+/// lease lasts (None when no live node does) and its state as JSON; None
+/// when the message is gone.
+pub async fn lock_message(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &QueueId,
+) -> Result<Option<(Option<i32>, String)>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT CASE WHEN lease_until >= {NOW} THEN owner END, state
+                   FROM portcullis_message WHERE id = $1 FOR UPDATE"
+            ),
+            &[&id.as_str()],
+        )
+        .await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+/// Leaves `command` (its JSON) for the node holding `id`, which applies it
+/// at its next claim round (see `QueueStore::take_commands`).
+pub async fn pass_to_holder(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &QueueId,
+    command: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO portcullis_command (message_id, command) VALUES ($1, $2)",
+        &[&id.as_str(), &command],
+    )
+    .await
+    .map(|_| ())
 }
 
 /// `command` on a message no live node holds, in the database.

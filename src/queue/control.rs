@@ -54,6 +54,18 @@ impl QueueCommand {
             QueueCommand::Delete { .. } => "delete",
         }
     }
+
+    /// The messages a changing command (hold, release, retry, delete)
+    /// selects; None for the commands that change nothing.
+    pub fn selector(&self) -> Option<&Selector> {
+        match self {
+            QueueCommand::Hold { select }
+            | QueueCommand::Release { select }
+            | QueueCommand::Retry { select }
+            | QueueCommand::Delete { select } => Some(select),
+            QueueCommand::List | QueueCommand::Show { .. } | QueueCommand::Stats => None,
+        }
+    }
 }
 
 /// One line of `queue list`.

@@ -205,6 +205,14 @@ const UNRECORDED_FLUSH: Duration = Duration::from_secs(30);
 /// their lease ends).
 pub const CLAIM_EVERY: Duration = Duration::from_secs(10);
 
+/// What a queue command passed to the node holding its message says.
+pub fn passed_to(node: i32) -> String {
+    format!(
+        "passed to node {node}, which holds it (applied within {}s)",
+        CLAIM_EVERY.as_secs()
+    )
+}
+
 /// Deferred messages still only in the journal that make a flush start at once.
 const JOURNALED_FLUSH_AT: usize = 256;
 
@@ -487,10 +495,7 @@ impl QueueManager {
                     let _ = reply.send(QueueAnswer::Changed {
                         changed: vec![Changed {
                             id,
-                            result: format!(
-                                "passed to node {node}, which holds it (applied within {}s)",
-                                CLAIM_EVERY.as_secs()
-                            ),
+                            result: passed_to(node),
                         }],
                     });
                 }
@@ -985,27 +990,14 @@ fn settle_one(
 
 /// A hold, release, retry or delete by `--source` or `--all`.
 fn changes_many(cmd: &QueueCommand) -> bool {
-    matches!(
-        cmd,
-        QueueCommand::Hold { select }
-            | QueueCommand::Release { select }
-            | QueueCommand::Retry { select }
-            | QueueCommand::Delete { select }
-            if !matches!(select, Selector::Id(_))
-    )
+    cmd.selector()
+        .is_some_and(|select| !matches!(select, Selector::Id(_)))
 }
 
 /// The message a hold, release, retry or delete names, when this node does
 /// not hold it (it may be another node's, in a shared store).
 fn held_elsewhere(cmd: &QueueCommand, index: &Index) -> Option<QueueId> {
-    let (QueueCommand::Hold { select }
-    | QueueCommand::Release { select }
-    | QueueCommand::Retry { select }
-    | QueueCommand::Delete { select }) = cmd
-    else {
-        return None;
-    };
-    match select {
+    match cmd.selector()? {
         Selector::Id(id) if !index.entries.contains_key(id) => Some(id.clone()),
         _ => None,
     }

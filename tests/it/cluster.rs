@@ -2,7 +2,7 @@
 //! PostgreSQL server, two nodes' stores. A lease that ended is taken over
 //! with a new fence, and the old owner's writes then change nothing.
 
-use crate::support::cluster_node::ClusterSection;
+use crate::support::cluster_node::{ClusterSection, inbound_message_code};
 use crate::support::postgres::TestPostgres;
 use crate::support::{WAIT, run_with_timeout};
 use portcullis::cluster::PgStore;
@@ -668,18 +668,7 @@ async fn counters_bans_and_guard_decisions_are_shared() {
     let mut codes = Vec::new();
     for i in 0..6 {
         let mut c = SmtpClient::greeted(nodes[i % 2], "127.0.3.10", "spread.test").await;
-        let r = c.cmd("MAIL FROM:<a@spread.test>").await;
-        if r.code == 250 {
-            c.expect("RCPT TO:<b@example.lan>", 250).await;
-            c.expect("DATA", 354).await;
-            let done = c.cmd(&format!("Subject: {i}\r\n\r\nx\r\n.")).await;
-            codes.push(done.code);
-        } else {
-            codes.push(r.code);
-        }
-        c.cmd("QUIT").await;
-        // The nodes share what changed every 100 ms.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        codes.push(inbound_message_code(&mut c, &i.to_string()).await);
     }
     assert_eq!(
         codes,

@@ -33,3 +33,22 @@ pub fn write(dir: &Path, sections: &str, cluster: &ClusterSection) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// One message from an outsider to `b@example.lan` on a greeted session,
+/// then QUIT: the code that ended it (DATA's, or MAIL's refusal). The
+/// nodes share counts every 100 ms: it waits 400 ms before it returns.
+pub async fn inbound_message_code(c: &mut super::client::SmtpClient, subject: &str) -> u16 {
+    let r = c.cmd("MAIL FROM:<a@spread.test>").await;
+    let code = if r.code == 250 {
+        c.expect("RCPT TO:<b@example.lan>", 250).await;
+        c.expect("DATA", 354).await;
+        c.cmd(&format!("Subject: {subject}\r\n\r\nx\r\n."))
+            .await
+            .code
+    } else {
+        r.code
+    };
+    c.cmd("QUIT").await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    code
+}
